@@ -1,0 +1,61 @@
+# passt-sep: set-up, demo and tests on a fresh Debian machine (run as root).
+#   make demo   install everything, then run the demo on a private topology
+#   make test   install everything, then run the whole test suite
+#   make bench  install everything and the peers, then run the benchmarks
+
+SHELL := /bin/bash
+PYTHON := /usr/bin/python3
+# The venv must be usable by every uid (rootless tests run as 65534): inside
+# the checkout when others can traverse it, else under /var/tmp.
+VENV ?= $(shell if setpriv --reuid=65534 --regid=65534 --clear-groups test -x "$(CURDIR)" 2>/dev/null; \
+	then echo "$(CURDIR)/.venv"; else echo "/var/tmp/passt-sep-venv-$$(echo $(CURDIR) | md5sum | cut -c1-8)"; fi)
+APT_PACKAGES := python3-venv python3-dev libcap-dev libseccomp2 gcc iproute2 socat iperf3 \
+	busybox-static iputils-ping isc-dhcp-client ndisc6 nftables dnsutils tshark groff man-db \
+	apparmor checkpolicy semodule-utils util-linux procps curl
+DEPS_STAMP := $(VENV)/.apt-done
+PYTEST_ARGS ?=
+
+export PASST_SEP_VENV := $(VENV)
+
+.PHONY: all deps venv install test unit demo bench lint clean
+
+all: test
+
+$(DEPS_STAMP):
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	mkdir -p $(VENV) && touch $@
+
+deps: $(DEPS_STAMP)
+
+$(VENV)/bin/python: | $(DEPS_STAMP)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+
+venv: $(VENV)/bin/python
+
+install: venv
+	$(VENV)/bin/pip install -q ".[test]" ruff
+	chmod -R a+rX $(VENV)
+
+# Distros ship /dev/net/tun as 0666; rootless tests rely on it.
+test: install
+	chmod 0666 /dev/net/tun
+	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS) tests
+
+unit: install
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check passt_sep tests bench contrib
+
+demo: install
+	chmod 0666 /dev/net/tun
+	$(VENV)/bin/python contrib/demo.py
+
+bench: install
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends passt slirp4netns
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache

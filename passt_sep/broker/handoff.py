@@ -1,0 +1,58 @@
+"""Start the worker and hand it everything: the broker's last act.
+
+The worker is forked from the jailed broker, so it starts inside the jail
+(empty root, no capabilities, its own PID namespace as PID 1).  Right after
+the fork it closes every fd except its end of the handoff socket, then
+receives the manifest and the fds through SCM_RIGHTS (``passt_sep.handoff``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from .. import handoff
+from ..config import Config
+from ..handoff import FdEntry
+from ..netparams import Network
+from ..sandbox import Prepared
+from ..worker import main as worker_main
+
+
+class WorkerStartError(Exception):
+    """The worker died or refused the handoff before it became ready."""
+
+
+def start_worker(config: Config, network: Network, entries: list[FdEntry],
+                 sandbox: Prepared) -> int:
+    """Fork the worker, hand everything over, wait until it serves; its pid."""
+    broker_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        broker_end.close()
+        worker_main.run(worker_end, sandbox)  # never returns
+    worker_end.close()
+    try:
+        handoff.send(broker_end, config, network, entries)
+        for entry in entries:
+            os.close(entry.fd)
+        answer = broker_end.recv(1)
+    except OSError as exc:
+        answer = b""
+        reason = exc.strerror
+    else:
+        reason = "it exited during start-up"
+    finally:
+        broker_end.close()
+    if answer != handoff.READY:
+        status = _reap(pid)
+        raise WorkerStartError(f"the worker did not start: {reason} (status {status})")
+    return pid
+
+
+def _reap(pid: int) -> int:
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return -1
+    return os.waitstatus_to_exitcode(status)

@@ -1,0 +1,229 @@
+"""The setup broker: everything that needs a privilege or a path, once.
+
+Stages: read the host's network; enter or create the namespaces; create and
+configure the tap inside (pasta) or bind the guest socket (passt); open
+every other fd; close the jail around itself; fork the worker and hand it
+the fds; then, in daemon mode, write the pid file and exit, or in pasta's
+command mode release the command and return its exit status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import signal
+import socket
+import sys
+
+from pyroute2 import IPRoute
+
+from .. import sandbox
+from ..config import Config
+from ..handoff import FdEntry
+from ..netparams import Network
+from ..packet import mac_to_bytes
+from . import hostinfo, jail, namespaces, netconf, sockets
+from .handoff import WorkerStartError, start_worker
+from .tap import TapError, open_tap
+
+NS_GET_USERNS = 0xB701
+BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.JailError,
+                 hostinfo.HostConfigError, WorkerStartError, sandbox.AllowlistError)
+
+
+def run(config: Config) -> int:
+    """Set everything up and start the worker; the caller's exit status."""
+    try:
+        return Broker(config).run()
+    except BROKER_ERRORS as exc:
+        _say(config, str(exc), error=True)
+        return 1
+
+
+def _say(config: Config, message: str, error: bool = False) -> None:
+    if error or not config.quiet:
+        print(f"{_prog(config)}: {message}", file=sys.stderr, flush=True)
+
+
+def _prog(config: Config) -> str:
+    return "pasta-sep" if config.mode == "pasta" else "passt-sep"
+
+
+class Broker:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.entries: list[FdEntry] = []
+        self.target: namespaces.Target | None = None
+        self.real_root = os.geteuid() == 0
+        self.own_userns = False
+
+    def run(self) -> int:
+        try:
+            return self._run()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _run(self) -> int:
+        config = self.config
+        worker_filter = sandbox.prepare("worker")
+        host = hostinfo.read_host(config)
+        for warning in host.warnings:
+            _say(config, f"warning: {warning}")
+        net = hostinfo.guest_network(config, host)
+        if config.mode == "pasta":
+            net = self._pasta_namespace(net, host)
+        else:
+            self._passt_socket()
+        self._forwarding()
+        self._files()
+        pid_fd = sockets.pid_file(config.pid_file) if config.pid_file else None
+        identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
+        jail.close(identity)
+        worker = start_worker(config, net, self.entries, worker_filter)
+        self.entries = []
+        if pid_fd is not None:
+            os.write(pid_fd, f"{worker}\n".encode())
+            os.close(pid_fd)
+        return self._after_start(worker)
+
+    # -- pasta ------------------------------------------------------------------
+    def _pasta_namespace(self, net: Network, host: hostinfo.HostInfo) -> Network:
+        config = self.config
+        if config.netns or config.target_pid is not None:
+            self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
+            self._enter_owner_userns()
+        else:
+            if not self.real_root:
+                namespaces.create_user_namespace()
+                self.own_userns = True
+            command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
+            self.target = namespaces.spawn_command_namespace(command)
+            self.entries.append(FdEntry("command_pidfd", os.pidfd_open(self.target.holder.pid)))
+        ifname = config.ns_ifname or host.ifname or "tap0"
+        result, fds = namespaces.run_inside(self.target,
+                                            lambda: _tap_inside(config, ifname, net, host))
+        self.entries.append(FdEntry("tap", fds[0], {"ifname": ifname}))
+        return dataclasses.replace(net, guest_mac=mac_to_bytes(result["mac"]))
+
+    def _enter_owner_userns(self) -> None:
+        """Join the user namespace that owns the target network namespace,
+        so that this process holds capabilities over it (as pasta does)."""
+        assert self.target is not None
+        userns_fd = self.target.userns_fd
+        if userns_fd is None:
+            try:
+                userns_fd = fcntl.ioctl(self.target.netns_fd, NS_GET_USERNS)
+            except OSError:
+                return
+        if not namespaces.same_namespace(userns_fd, "user"):
+            try:
+                namespaces.enter_user_namespace(userns_fd)
+            except OSError as exc:
+                raise namespaces.NamespaceError(
+                    f"cannot join the namespace's user namespace: {exc.strerror} "
+                    "(pass --userns, or run as its owner)") from None
+            self.own_userns = True
+        if userns_fd != self.target.userns_fd:
+            os.close(userns_fd)
+
+    # -- passt ------------------------------------------------------------------
+    def _passt_socket(self) -> None:
+        config = self.config
+        if config.fd is not None:
+            os.set_inheritable(config.fd, False)
+            self.entries.append(FdEntry("guest_stream", os.dup(config.fd)))
+            return
+        entry, path = sockets.unix_listener(config.socket_path)
+        self.entries.append(entry)
+        if not config.quiet:
+            print(_qemu_hint(path), file=sys.stderr, flush=True)
+
+    # -- common -------------------------------------------------------------------
+    def _forwarding(self) -> None:
+        config = self.config
+        v4, v6 = not config.ipv6_only, not config.ipv4_only
+        if not config.no_tcp and config.tcp_ports.mode in ("spec", "all"):
+            self.entries += sockets.forward_listeners(
+                config.tcp_ports, socket.SOCK_STREAM, v4, v6, config.tcp_ports.mode == "all")
+        if not config.no_udp and config.udp_ports.mode in ("spec", "all"):
+            self.entries += sockets.forward_listeners(
+                config.udp_ports, socket.SOCK_DGRAM, v4, v6, config.udp_ports.mode == "all")
+
+    def _files(self) -> None:
+        config = self.config
+        if config.pcap:
+            self.entries.append(sockets.pcap_file(config.pcap))
+        if config.log_file:
+            self.entries.append(sockets.log_file(config.log_file))
+        if config.pid_file:
+            self.entries.append(sockets.pidfile_dir(config.pid_file))
+        if self.target and self.target.path and not config.no_netns_quit:
+            self.entries.append(sockets.netns_watch(self.target.path))
+        if self._daemon:
+            self.entries.append(FdEntry("devnull", os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
+
+    @property
+    def _daemon(self) -> bool:
+        holder = self.target.holder if self.target else None
+        return not self.config.foreground and holder is None
+
+    def _after_start(self, worker: int) -> int:
+        holder = self.target.holder if self.target else None
+        if holder is not None:
+            return _run_command(holder, worker)
+        if self.config.foreground:
+            return _wait(worker)
+        return 0
+
+    def _abandon(self) -> None:
+        for entry in self.entries:
+            try:
+                os.close(entry.fd)
+            except OSError:
+                pass
+        if self.target and self.target.holder:
+            self.target.holder.abandon()
+
+
+def _tap_inside(config: Config, ifname: str, net: Network,
+                host: hostinfo.HostInfo) -> namespaces.HelperResult:
+    """Namespace-helper work: create the tap, bring links up, configure."""
+    fd = open_tap(ifname)
+    with IPRoute() as ipr:
+        index = netconf.bring_up(ipr, ifname, config.ns_mac_addr)
+        mac = netconf.link_mac(ipr, index)
+        if config.config_net:
+            netconf.configure(ipr, index, ifname, net, host.v4, host.v6,
+                              copy_routes=not config.no_copy_routes)
+    return {"mac": mac}, [fd]
+
+
+def _run_command(holder: namespaces.CommandHolder, worker: int) -> int:
+    """pasta's command mode: run the command, return its status once the
+    worker has drained its flows and exited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    holder.release()
+    status = _wait(holder.pid)
+    _wait(worker)
+    return status
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        return code if code >= 0 else 128 - code
+
+
+def _qemu_hint(path: str) -> str:
+    return (f"UNIX domain socket bound at {path}\n\n"
+            "You can now start qemu (>= 7.2), with:\n"
+            "    qemu-system-x86_64 ... -device virtio-net-pci,netdev=s "
+            f"-netdev stream,id=s,server=off,addr.type=unix,addr.path={path}")

@@ -1,0 +1,232 @@
+"""User and network namespaces: create them, join them, work inside them.
+
+``setns()`` into a user namespace is refused to a multi-threaded process and
+cannot be undone, and a rootless process cannot come back to the host's
+network namespace once it has left it.  So everything that must happen
+inside the target namespace (creating the tap, configuring addresses,
+opening its /proc/net tables, making sockets there) runs in a short-lived
+forked helper that enters the namespace, does the work, sends the results
+and fds back over SCM_RIGHTS and exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import fdpass, linux
+
+NETNS_RUN_DIR = "/run/netns"
+HelperResult = tuple[dict[str, Any], list[int]]
+
+
+class NamespaceError(Exception):
+    """A namespace could not be created, found or entered."""
+
+
+def create_user_namespace() -> None:
+    """Move this process into a new user namespace where it is root.
+
+    Our own uid and gid map to 0, which gives the capabilities needed to
+    create network and mount namespaces and a tap device inside them.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        linux.unshare(linux.CLONE_NEWUSER)
+    except OSError as exc:
+        raise NamespaceError(
+            f"cannot create a user namespace ({exc.strerror}): enable unprivileged user "
+            "namespaces (sysctl kernel.unprivileged_userns_clone=1, "
+            "user.max_user_namespaces > 0)") from None
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1")
+    _write("/proc/self/gid_map", f"0 {gid} 1")
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="ascii") as handle:
+        handle.write(text)
+
+
+@dataclass
+class Target:
+    """The network namespace passt-sep serves, and the user namespace that
+    owns it when we must enter that first."""
+
+    netns_fd: int
+    userns_fd: int | None = None
+    holder: CommandHolder | None = None
+    path: str | None = None      # --netns file, watched for removal
+
+
+# -- a new namespace with a command inside ---------------------------------------
+
+class CommandHolder:
+    """The pasta command, forked into a new network namespace and parked
+    until the worker serves it; then released to exec the command."""
+
+    def __init__(self, pid: int, release_fd: int) -> None:
+        self.pid = pid
+        self.release_fd = release_fd
+
+    def release(self) -> None:
+        os.write(self.release_fd, b"go")
+        os.close(self.release_fd)
+        self.release_fd = -1
+
+    def abandon(self) -> None:
+        """Let the parked child exit without running the command."""
+        if self.release_fd >= 0:
+            os.close(self.release_fd)
+            self.release_fd = -1
+        _reap(self.pid)
+
+
+def spawn_command_namespace(command: list[str]) -> Target:
+    """Fork a child into a new network namespace that will exec ``command``."""
+    go_read, go_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_write)
+        os.close(ready_read)
+        _parked_child(command, go_read, ready_write)
+    os.close(go_read)
+    os.close(ready_write)
+    status = os.read(ready_read, 256)
+    os.close(ready_read)
+    if status != b"ok":
+        _reap(pid)
+        reason = status.decode(errors="replace")
+        raise NamespaceError(f"cannot create a network namespace: {reason}")
+    netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return Target(netns_fd, holder=CommandHolder(pid, go_write))
+
+
+def _parked_child(command: list[str], go_read: int, ready_write: int) -> None:
+    try:
+        linux.unshare(linux.CLONE_NEWNET)
+        os.set_inheritable(go_read, False)
+        os.write(ready_write, b"ok")
+        os.close(ready_write)
+        if os.read(go_read, 2) != b"go":
+            os._exit(0)
+        os.close(go_read)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.execvp(command[0], command)
+    except OSError as exc:
+        try:
+            os.write(ready_write, f"{command[0]}: {exc.strerror}".encode())
+        except OSError:
+            pass
+        os._exit(127)
+    os._exit(127)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+# -- an existing namespace ------------------------------------------------------------
+
+def open_existing(netns: str | None, pid: int | None, userns: str | None) -> Target:
+    """Open ``--netns PATH|NAME`` or the namespaces of process ``pid``."""
+    if pid is not None:
+        netns_path = f"/proc/{pid}/ns/net"
+        userns = userns or f"/proc/{pid}/ns/user"
+    else:
+        assert netns is not None
+        netns_path = netns if "/" in netns else os.path.join(NETNS_RUN_DIR, netns)
+    netns_fd = _open_ns(netns_path, "network")
+    userns_fd = _open_ns(userns, "user") if userns else None
+    return Target(netns_fd, userns_fd, path=netns_path if pid is None else None)
+
+
+NS_GET_NSTYPE = 0xB703
+NS_TYPES = {"network": linux.CLONE_NEWNET, "user": linux.CLONE_NEWUSER}
+
+
+def _open_ns(path: str, kind: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NamespaceError(f"cannot open {kind} namespace {path}: {exc.strerror}") from None
+    try:
+        nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        nstype = None
+    if nstype != NS_TYPES[kind]:
+        os.close(fd)
+        raise NamespaceError(f"{path} is not a {kind} namespace")
+    return fd
+
+
+# -- working inside ---------------------------------------------------------------------
+
+def run_inside(target: Target, work: Callable[[], HelperResult]) -> HelperResult:
+    """Run ``work`` in a forked helper inside the target namespace.
+
+    ``work`` returns a msgpack-able dict and a list of fds; both come back
+    here.  An exception in the helper comes back as ``NamespaceError`` with
+    its message.
+    """
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        parent_end.close()
+        _helper(target, work, child_end)
+    child_end.close()
+    try:
+        result, fds = fdpass.receive(parent_end)
+    except fdpass.FdPassError as exc:
+        raise NamespaceError(f"namespace helper failed: {exc}") from None
+    finally:
+        parent_end.close()
+        _reap(pid)
+    if "error" in result:
+        for fd in fds:
+            fdpass.close_quietly(fd)
+        raise NamespaceError(result["error"])
+    return result, fds
+
+
+def _helper(target: Target, work: Callable[[], HelperResult], sock: socket.socket) -> None:
+    code = 0
+    try:
+        if target.userns_fd is not None and not same_namespace(target.userns_fd, "user"):
+            linux.setns(target.userns_fd, linux.CLONE_NEWUSER)
+        linux.setns(target.netns_fd, linux.CLONE_NEWNET)
+        result, fds = work()
+        fdpass.send(sock, result, fds)
+    except Exception as exc:  # report, whatever it is, to the broker
+        message = str(exc) or repr(exc)
+        if os.environ.get("PASST_SEP_DEBUG"):
+            message += "\n" + traceback.format_exc()
+        try:
+            fdpass.send(sock, {"error": message}, [])
+        except OSError:
+            pass
+        code = 1
+    os._exit(code)
+
+
+def enter_user_namespace(fd: int) -> None:
+    """Join a user namespace for good (this process must be single-threaded)."""
+    linux.setns(fd, linux.CLONE_NEWUSER)
+
+
+def same_namespace(fd: int, kind: str) -> bool:
+    """Whether namespace ``fd`` is the one this process is in already."""
+    mine = os.stat(f"/proc/self/ns/{kind}")
+    theirs = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)

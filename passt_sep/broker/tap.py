@@ -1,0 +1,39 @@
+"""The tap device inside the target network namespace (pasta mode).
+
+Runs inside a namespace helper (see ``namespaces.run_inside``): the
+interface is created in the namespace of the task that calls TUNSETIFF, and
+its fd keeps working from anywhere afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+TUN_DEVICE = "/dev/net/tun"
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+_IFREQ = struct.Struct("16sH22x")
+
+
+class TapError(Exception):
+    """The tap device could not be created."""
+
+
+def open_tap(name: str) -> int:
+    """Create tap ``name`` in the current network namespace; return its fd."""
+    try:
+        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise TapError(f"cannot open {TUN_DEVICE}: {exc.strerror} "
+                       "(it should be mode 0666, or load the tun module)") from None
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), IFF_TAP | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        hint = " (no CAP_NET_ADMIN in the namespace's owner)" if exc.errno == errno.EPERM else ""
+        raise TapError(f"cannot create tap device {name}: {exc.strerror}{hint}") from None
+    return fd

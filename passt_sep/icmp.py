@@ -1,0 +1,123 @@
+"""ICMP and ICMPv6 echo, relayed through the kernel's ping sockets.
+
+A ping socket (``socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)``) sends an echo
+request built here; the kernel replaces its identifier with the socket's
+own and fixes the checksum, and hands back replies as ICMP messages.  This
+module parses the guest's requests, builds what goes to the socket, and
+turns replies back into frames carrying the guest's original identifier.
+``EchoFlows`` remembers which socket serves which (family, identifier,
+destination), capped and expiring.  No I/O here.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from .netparams import Network
+from .packet import IPPROTO_ICMP, IPPROTO_ICMPV6, Drop, Inbound, checksum, ip_frame, l4_checksum
+
+ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
+ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
+_ECHO = struct.Struct("!BBHHH")
+
+EchoKey = tuple[bool, int, bytes]  # (IPv6, guest identifier, destination)
+
+
+@dataclass(frozen=True, slots=True)
+class EchoRequest:
+    dst: bytes
+    ident: int
+    seq: int
+    data: bytes
+    v6: bool
+
+
+def parse_echo_request(inb: Inbound) -> EchoRequest | None:
+    """The guest's echo request, or None for any other ICMP message."""
+    message = inb.l4
+    if len(message) < _ECHO.size:
+        raise Drop("icmp_short")
+    kind, code, _csum, ident, seq = _ECHO.unpack_from(message)
+    wanted = ICMPV6_ECHO_REQUEST if inb.is_ipv6 else ICMP_ECHO_REQUEST
+    if kind != wanted or code != 0:
+        return None
+    if inb.is_ipv6:
+        valid = l4_checksum(inb.src, inb.dst, IPPROTO_ICMPV6, message) in (0, 0xFFFF)
+    else:
+        valid = checksum(message) in (0, 0xFFFF)
+    if not valid:
+        raise Drop("icmp_checksum")
+    return EchoRequest(inb.dst, ident, seq, bytes(message[_ECHO.size:]), inb.is_ipv6)
+
+
+def echo_request_payload(request: EchoRequest) -> bytes:
+    """What to send on the ping socket (the kernel sets id and checksum)."""
+    kind = ICMPV6_ECHO_REQUEST if request.v6 else ICMP_ECHO_REQUEST
+    return _ECHO.pack(kind, 0, 0, request.ident, request.seq) + request.data
+
+
+def parse_echo_reply(message: bytes, v6: bool) -> tuple[int, bytes] | None:
+    """(sequence, data) of an echo reply read from a ping socket."""
+    if len(message) < _ECHO.size:
+        return None
+    kind, _code, _csum, _ident, seq = _ECHO.unpack_from(message)
+    if kind != (ICMPV6_ECHO_REPLY if v6 else ICMP_ECHO_REPLY):
+        return None
+    return seq, message[_ECHO.size:]
+
+
+def echo_reply_frame(net: Network, guest_mac: bytes, src: bytes, dst: bytes, ident: int,
+                     seq: int, data: bytes) -> bytes:
+    """A complete echo-reply frame to the guest, with its own identifier."""
+    v6 = len(src) == 16
+    message = bytearray(_ECHO.pack(ICMPV6_ECHO_REPLY if v6 else ICMP_ECHO_REPLY, 0, 0,
+                                   ident, seq) + data)
+    if v6:
+        csum = l4_checksum(src, dst, IPPROTO_ICMPV6, message)
+    else:
+        csum = checksum(message)
+    struct.pack_into("!H", message, 2, csum)
+    return ip_frame(guest_mac, net.our_mac, src, dst,
+                    IPPROTO_ICMPV6 if v6 else IPPROTO_ICMP, message)
+
+
+class EchoFlows:
+    """(IPv6, identifier, destination) -> the loop's handle (a socket fd)."""
+
+    def __init__(self, max_flows: int, timeout: float = 60.0) -> None:
+        self.max_flows = max_flows
+        self.timeout = timeout
+        self.flows: dict[EchoKey, tuple[Hashable, float]] = {}
+        self.keys: dict[Hashable, EchoKey] = {}
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def get(self, key: EchoKey, now: float) -> Hashable | None:
+        entry = self.flows.get(key)
+        if entry is None:
+            return None
+        self.flows[key] = (entry[0], now)
+        return entry[0]
+
+    def add(self, key: EchoKey, handle: Hashable, now: float) -> bool:
+        if len(self.flows) >= self.max_flows:
+            return False
+        self.flows[key] = (handle, now)
+        self.keys[handle] = key
+        return True
+
+    def by_handle(self, handle: Hashable) -> EchoKey | None:
+        return self.keys.get(handle)
+
+    def expired(self, now: float) -> list[Hashable]:
+        """Remove and return the handles of flows idle past the timeout."""
+        stale = [key for key, (_, used) in self.flows.items() if now - used > self.timeout]
+        handles = []
+        for key in stale:
+            handle, _ = self.flows.pop(key)
+            self.keys.pop(handle, None)
+            handles.append(handle)
+        return handles

@@ -1,0 +1,106 @@
+"""Logging to an fd that was opened before the jail: never touches a path.
+
+Targets: a log file (``-l``; at ``--log-size`` it is truncated and starts
+over, since without a path there is nothing to rename it to), stderr
+(foreground or ``-e``), or the syslog socket.  Per-packet messages go
+through ``ratelimited`` so a flood cannot fill the disk or stall the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+ERROR, WARNING, INFO, DEBUG, TRACE = 3, 4, 6, 7, 8
+_NAMES = {ERROR: "ERROR", WARNING: "WARNING", INFO: "INFO", DEBUG: "DEBUG", TRACE: "TRACE"}
+RATE_INTERVAL = 1.0
+RATE_BURST = 5
+
+
+class Logger:
+    def __init__(self, prog: str, level: int = INFO) -> None:
+        self.prog = prog
+        self.level = level
+        self.fd: int | None = None
+        self.syslog: socket.socket | None = None
+        self.log_size: int | None = None
+        self.written = 0
+        self.rate: dict[str, tuple[float, int]] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def to_fd(self, fd: int | None, log_size: int | None = None) -> None:
+        self.fd, self.syslog, self.log_size = fd, None, log_size
+        self.written = os.lseek(fd, 0, os.SEEK_END) if fd is not None and log_size else 0
+
+    def to_syslog(self, sock: socket.socket | None) -> None:
+        self.fd, self.syslog = None, sock
+
+    def log(self, level: int, message: str) -> None:
+        if level > self.level:
+            return
+        if self.syslog is not None:
+            self._send_syslog(level, message)
+        elif self.fd is not None:
+            self._write(f"{self.prog}: {_NAMES[level]}: {message}\n".encode(errors="replace")
+                        if level != INFO else f"{self.prog}: {message}\n".encode(errors="replace"))
+
+    def _write(self, data: bytes) -> None:
+        assert self.fd is not None
+        if self.log_size and self.written + len(data) > self.log_size:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self.written = 0
+        try:
+            os.write(self.fd, data)
+            self.written += len(data)
+        except OSError:
+            pass
+
+    def _send_syslog(self, level: int, message: str) -> None:
+        assert self.syslog is not None
+        facility_daemon = 3 << 3
+        try:
+            line = f"<{facility_daemon | level}>{self.prog}: {message}"
+            self.syslog.send(line.encode(errors="replace"))
+        except OSError:
+            pass
+
+    def error(self, message: str) -> None:
+        self.log(ERROR, message)
+
+    def warning(self, message: str) -> None:
+        self.log(WARNING, message)
+
+    def info(self, message: str) -> None:
+        self.log(INFO, message)
+
+    def debug(self, message: str) -> None:
+        self.log(DEBUG, message)
+
+    def ratelimited(self, key: str, level: int, message: str, now: float | None = None) -> None:
+        """At most RATE_BURST messages per key per RATE_INTERVAL seconds."""
+        now = time.monotonic() if now is None else now
+        start, count = self.rate.get(key, (now, 0))
+        if now - start >= RATE_INTERVAL:
+            missed = self.suppressed.pop(key, 0)
+            if missed:
+                self.log(level, f"{missed} more '{key}' messages suppressed")
+            start, count = now, 0
+        if count < RATE_BURST:
+            self.log(level, message)
+        else:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        self.rate[key] = (start, count + 1)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """Type, message and frames, without reading source files (the jailed
+    worker has no filesystem, and seccomp kills it on open())."""
+    parts = [f"{type(exc).__name__}: {exc}"]
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        parts.append(f"  at {code.co_filename}:{tb.tb_lineno} in {code.co_name}")
+        tb = tb.tb_next
+    return "\n".join(parts)

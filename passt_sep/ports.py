@@ -1,0 +1,166 @@
+"""Port forwarding specifications (``-t``, ``-u``, ``-T``, ``-U``), parsed.
+
+Forms, as in passt(1): ``none``, ``all`` (passt), ``auto`` (pasta), ``22``,
+``22:23`` (host port 22 to guest port 23), ``22,25``, ``22-80``,
+``22-80:32-90``, ``ADDR/SPEC`` (bind address), ``ADDR%IF/SPEC`` and
+``%IF/SPEC`` (bind interface), and ``~PORTS`` exclusions (a spec made of
+exclusions only means every port but those).  No I/O here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+MAX_PORT = 65535
+IFNAMSIZ = 16
+
+
+class ConfigError(ValueError):
+    """A command-line value is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class ForwardRule:
+    first: int            # first listening port
+    last: int             # last listening port, inclusive
+    target: int           # port on the other side for ``first``
+    address: str | None = None
+    interface: str | None = None
+
+    def target_of(self, port: int) -> int:
+        return self.target + (port - self.first)
+
+
+@dataclass(frozen=True)
+class Forwarding:
+    mode: str = "none"                       # "none" | "spec" | "all" | "auto"
+    rules: tuple[ForwardRule, ...] = field(default_factory=tuple)
+
+    def lookup(self, port: int) -> int | None:
+        """The target of a listening port, or None when it is not forwarded."""
+        for rule in self.rules:
+            if rule.first <= port <= rule.last:
+                return rule.target_of(port)
+        return None
+
+    def ports(self) -> Iterator[tuple[int, int, ForwardRule]]:
+        """Every (listening port, target port, rule)."""
+        for rule in self.rules:
+            for port in range(rule.first, rule.last + 1):
+                yield port, rule.target_of(port), rule
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "rules": [
+            [r.first, r.last, r.target, r.address, r.interface] for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Forwarding:
+        return cls(data["mode"], tuple(ForwardRule(*r) for r in data["rules"]))
+
+
+def parse_forward(specs: Sequence[str], mode: str, option: str) -> Forwarding:
+    """All values given for one option (it may be repeated)."""
+    rules: list[ForwardRule] = []
+    kinds = set()
+    for spec in specs:
+        kind, spec_rules = _parse_one(spec, mode, option)
+        kinds.add(kind)
+        rules += spec_rules
+    if "none" in kinds and len(specs) > 1:
+        raise ConfigError(f"'none' cannot be combined with other port specifiers (option {option})")
+    for kind in ("auto", "all", "none"):
+        if kind in kinds:
+            return Forwarding(kind, tuple(rules))
+    return Forwarding("spec", tuple(rules))
+
+
+def _parse_one(spec: str, mode: str, option: str) -> tuple[str, list[ForwardRule]]:
+    if spec == "none":
+        return "none", []
+    if spec == "auto":
+        if mode != "pasta":
+            raise ConfigError(f"'auto' port forwarding is only allowed for pasta (option {option})")
+        return "auto", []
+    address, interface, ports = _split_bind(spec, option)
+    kind = "spec"
+    if ports == "all" or ports.startswith("all,"):
+        if mode != "passt":
+            raise ConfigError(f"'all' port forwarding is only allowed for passt (option {option})")
+        kind, ports = "all", ports[4:] or "~0"
+    return kind, _rules(ports, address, interface, spec, option, everything=kind == "all")
+
+
+def _split_bind(spec: str, option: str) -> tuple[str | None, str | None, str]:
+    if "/" not in spec:
+        return None, None, spec
+    bind, ports = spec.rsplit("/", 1)
+    address, _, interface = bind.partition("%")
+    if "%" in bind and not 0 < len(interface) < IFNAMSIZ:
+        raise ConfigError(f"Invalid interface in port specifier: {spec} (option {option})")
+    if address:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise ConfigError(
+                f"Invalid address in port specifier: {spec} (option {option})") from None
+    return address or None, interface or None, ports
+
+
+def _rules(ports: str, address: str | None, interface: str | None, spec: str, option: str,
+           everything: bool) -> list[ForwardRule]:
+    included: list[tuple[int, int, int]] = []
+    excluded: set[int] = set()
+    for item in ports.split(","):
+        if item.startswith("~"):
+            first, last = _range(item[1:], spec, option, allow_zero=item == "~0")
+            excluded.update(range(first, last + 1))
+            continue
+        source, _, dest = item.partition(":")
+        first, last = _range(source, spec, option)
+        target = first
+        if dest:
+            target, target_last = _range(dest, spec, option)
+            if target_last - target != last - first:
+                raise ConfigError(f"Mismatched port range sizes: {spec} (option {option})")
+        included.append((first, last, target))
+    if not included:
+        if not excluded:
+            raise ConfigError(f"Invalid port specifier: {spec} (option {option})")
+        included.append((1, MAX_PORT, 1))
+    elif everything:
+        raise ConfigError(f"Invalid port specifier: {spec} (option {option})")
+    rules = []
+    for first, last, target in included:
+        rules += _split_around(first, last, target, excluded, address, interface)
+    return rules
+
+
+def _range(text: str, spec: str, option: str, allow_zero: bool = False) -> tuple[int, int]:
+    first_text, sep, last_text = text.partition("-")
+    try:
+        first = int(first_text, 10)
+        last = int(last_text, 10) if sep else first
+    except ValueError:
+        raise ConfigError(f"Invalid port specifier: {spec} (option {option})") from None
+    low = 0 if allow_zero else 1
+    if not (low <= first <= last <= MAX_PORT) or not first_text.isdigit() or (
+            sep and not last_text.isdigit()):
+        raise ConfigError(f"Invalid port specifier: {spec} (option {option})")
+    return first, last
+
+
+def _split_around(first: int, last: int, target: int, excluded: set[int],
+                  address: str | None, interface: str | None) -> list[ForwardRule]:
+    """The range [first, last] minus exclusions, as contiguous rules."""
+    rules = []
+    start = None
+    for port in range(first, last + 2):
+        inside = port <= last and port not in excluded
+        if inside and start is None:
+            start = port
+        elif not inside and start is not None:
+            rules.append(ForwardRule(start, port - 1, target + (start - first), address, interface))
+            start = None
+    return rules

@@ -1,0 +1,192 @@
+"""The guest side of the worker: frames in and out of the tap device (pasta)
+or the passt stream socket (QEMU, libvirt), with optional capture.
+
+Reads fill one preallocated buffer; every complete frame goes to
+``on_frame(frame, now)``.  Writes never block: a full tap queue drops the
+frame (the guest's TCP retransmits), and on the stream socket whole frames
+wait in a bounded output buffer so the length framing is never broken.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from ..log import Logger
+from ..pcap import record
+from ..tap import FramingError, StreamDecoder, stream_prefix
+from .loop import EPOLLIN, EPOLLOUT, Loop
+
+FrameHandler = Callable[[memoryview, float], None]
+READ_SIZE = 65536 + 64
+FRAMES_PER_WAKEUP = 128
+STREAM_OUT_MAX = 8 << 20
+
+
+class Capture:
+    """pcap records of every frame, both ways, to an fd opened by the broker."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def frame(self, frame: bytes | memoryview) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, record(frame, time.time()))
+        except OSError:
+            self.fd = None
+
+
+class TapLink:
+    """pasta: one frame per read() on the tap fd."""
+
+    def __init__(self, loop: Loop, fd: int, capture: Capture, log: Logger) -> None:
+        self.loop, self.fd, self.capture, self.log = loop, fd, capture, log
+        self.buffer = bytearray(READ_SIZE)
+        self.view = memoryview(self.buffer)
+        self.on_frame: FrameHandler = lambda frame, now: None
+        os.set_blocking(fd, False)
+        loop.add_fd(fd, EPOLLIN, self._readable)
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    def _readable(self, fd: int, events: int, now: float) -> None:
+        for _ in range(FRAMES_PER_WAKEUP):
+            try:
+                size = os.readv(fd, [self.buffer])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.log.error(f"tap read failed: {exc.strerror}")
+                self.loop.stop()
+                return
+            frame = self.view[:size]
+            self.capture.frame(frame)
+            self.on_frame(frame, now)
+
+    def send(self, frame: bytes) -> None:
+        self.capture.frame(frame)
+        try:
+            os.write(self.fd, frame)
+        except BlockingIOError:
+            self.loop.counters.add("tap_full")
+        except OSError as exc:
+            self.loop.counters.add("tap_write_error")
+            self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
+
+
+class StreamLink:
+    """passt: length-prefixed frames on a UNIX stream socket, one guest at a
+    time.  A second client is accepted and closed; when the guest goes away
+    ``on_disconnect`` runs (exit with ``--one-off``, else wait for the next)."""
+
+    def __init__(self, loop: Loop, capture: Capture, log: Logger,
+                 listener: int | None = None, connected: int | None = None) -> None:
+        self.loop, self.capture, self.log = loop, capture, log
+        self.listener = socket.socket(fileno=listener) if listener is not None else None
+        self.conn: socket.socket | None = None
+        self.decoder = StreamDecoder()
+        self.out = bytearray()
+        self.buffer = bytearray(READ_SIZE)
+        self.on_frame: FrameHandler = lambda frame, now: None
+        self.on_connect: Callable[[], None] = lambda: None
+        self.on_disconnect: Callable[[], None] = lambda: None
+        if self.listener is not None:
+            self.listener.setblocking(False)
+            loop.add_fd(self.listener.fileno(), EPOLLIN, self._accept)
+        if connected is not None:
+            self._attach(socket.socket(fileno=connected))
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
+
+    def _accept(self, fd: int, events: int, now: float) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        if self.conn is not None:
+            self.log.info("a guest is already connected: closing the new connection")
+            sock.close()
+            return
+        self.log.info("guest connected")
+        self._attach(sock)
+
+    def _attach(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.conn = sock
+        self.decoder.reset()
+        self.out.clear()
+        self.loop.add_fd(sock.fileno(), EPOLLIN, self._ready)
+        self.on_connect()
+
+    def _ready(self, fd: int, events: int, now: float) -> None:
+        if events & EPOLLOUT:
+            self._flush()
+        if events & EPOLLIN and self.conn is not None:
+            self._read(now)
+
+    def _read(self, now: float) -> None:
+        assert self.conn is not None
+        try:
+            size = self.conn.recv_into(self.buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            size = 0
+        if size == 0:
+            self.disconnect("guest disconnected")
+            return
+        try:
+            frames = self.decoder.feed(memoryview(self.buffer)[:size])
+        except FramingError as exc:
+            self.disconnect(f"bad framing from guest ({exc}): dropping it")
+            return
+        for frame in frames:
+            self.capture.frame(frame)
+            self.on_frame(memoryview(frame), now)
+
+    def send(self, frame: bytes) -> None:
+        if self.conn is None:
+            return
+        if len(self.out) + len(frame) + 4 > STREAM_OUT_MAX:
+            self.loop.counters.add("stream_full")
+            return
+        self.capture.frame(frame)
+        self.out += stream_prefix(len(frame))
+        self.out += frame
+        if len(self.out) == len(frame) + 4:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self.conn is not None
+        try:
+            sent = self.conn.send(self.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                self.disconnect(f"guest write failed: {exc.strerror}")
+                return
+            sent = 0
+        del self.out[:sent]
+        self.loop.modify_fd(self.conn.fileno(), EPOLLIN | (EPOLLOUT if self.out else 0))
+
+    def disconnect(self, reason: str) -> None:
+        if self.conn is None:
+            return
+        self.log.info(reason)
+        self.loop.remove_fd(self.conn.fileno())
+        self.conn.close()
+        self.conn = None
+        self.out.clear()
+        self.on_disconnect()
+

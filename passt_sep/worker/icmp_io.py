@@ -1,0 +1,105 @@
+"""ICMP/ICMPv6 echo through the kernel's unprivileged ping sockets.
+
+One ping socket per (family, guest identifier, destination): the kernel
+picks the identifier the peer sees; replies are mapped back to the guest's
+own identifier by ``icmp.EchoFlows``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from .. import icmp
+from ..fwd import AddressMap
+from ..log import Logger
+from ..netparams import Network
+from ..packet import Inbound
+from .loop import EPOLLIN, Loop
+
+ECHO_TIMEOUT = 60.0
+RECV_SIZE = 65536
+
+
+class EchoHandler:
+    def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
+                 send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
+                 log: Logger, max_flows: int) -> None:
+        self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
+        self.send_frame = send_frame
+        self.guest_mac = guest_mac
+        self.flows = icmp.EchoFlows(max_flows, ECHO_TIMEOUT)
+        self.sockets: dict[int, tuple[socket.socket, bytes]] = {}  # fd -> (sock, guest src)
+        self.sweep_timer = None
+
+    def on_guest_echo(self, inb: Inbound, now: float) -> bool:
+        """Relay an echo request; False if ``inb`` is not one."""
+        request = icmp.parse_echo_request(inb)
+        if request is None:
+            return False
+        key = (request.v6, request.ident, request.dst)
+        fd = self.flows.get(key, now)
+        if fd is None:
+            fd = self._open(key, inb.src, now)
+            if fd is None:
+                return True
+        sock = self.sockets[fd][0]
+        target = socket.inet_ntop(sock.family, self.addrmap.to_host(request.dst, 0))
+        try:
+            sock.sendto(icmp.echo_request_payload(request), (target, 0))
+        except OSError as exc:
+            self.loop.counters.add("icmp_send_error")
+            self.log.ratelimited("icmp_send", 7, f"ping to {target} failed: {exc.strerror}")
+        return True
+
+    def _open(self, key: tuple[bool, int, bytes], guest_src: bytes, now: float) -> int | None:
+        family, proto = ((socket.AF_INET6, socket.IPPROTO_ICMPV6) if key[0]
+                         else (socket.AF_INET, socket.IPPROTO_ICMP))
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                                 | socket.SOCK_CLOEXEC, proto)
+        except OSError as exc:
+            self.loop.counters.add("icmp_socket_error")
+            self.log.ratelimited("icmp_socket", 4, f"cannot open ping socket: {exc.strerror} "
+                                 "(is the group in net.ipv4.ping_group_range?)")
+            return None
+        fd = sock.fileno()
+        if not self.flows.add(key, fd, now):
+            sock.close()
+            self.loop.counters.add("icmp_flows_full")
+            return None
+        self.sockets[fd] = (sock, guest_src)
+        self.loop.add_fd(fd, EPOLLIN, self._readable)
+        self._schedule_sweep(now)
+        return fd
+
+    def _readable(self, fd: int, events: int, now: float) -> None:
+        sock, guest_src = self.sockets[fd]
+        key = self.flows.by_handle(fd)
+        while key is not None:
+            try:
+                message = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.loop.counters.add("icmp_recv_error")
+                return
+            reply = icmp.parse_echo_reply(message, key[0])
+            if reply is None:
+                continue
+            seq, data = reply
+            self.send_frame(icmp.echo_reply_frame(self.net, self.guest_mac(), key[2], guest_src,
+                                                  key[1], seq, data))
+
+    def _schedule_sweep(self, now: float) -> None:
+        if self.sweep_timer is None:
+            self.sweep_timer = self.loop.call_at(now + ECHO_TIMEOUT, self._sweep)
+
+    def _sweep(self, now: float) -> None:
+        self.sweep_timer = None
+        for fd in self.flows.expired(now):
+            sock, _ = self.sockets.pop(fd)
+            self.loop.remove_fd(fd)
+            sock.close()
+        if self.sockets:
+            self._schedule_sweep(now)

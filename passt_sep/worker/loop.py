@@ -1,0 +1,162 @@
+"""The worker's epoll loop: the only place in passt-sep that does I/O.
+
+Protocol handlers register file descriptors with a callback and ask for
+timers; the loop owns one epoll instance and one timerfd that is always set
+to the earliest pending deadline.  Time comes from ``time.monotonic`` here
+and is passed down as ``now`` so the protocol modules never read a clock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import os
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FdCallback = Callable[[int, int, float], None]
+TimerCallback = Callable[[float], None]
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+EPOLLRDHUP = select.EPOLLRDHUP
+
+_TFD_CLOEXEC_NONBLOCK = os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass(order=True)
+class Timer:
+    """A pending call; ``cancel()`` makes the loop skip it."""
+
+    deadline: float
+    seq: int
+    callback: TimerCallback | None = field(compare=False)
+
+    def cancel(self) -> None:
+        self.callback = None
+
+
+class Counters:
+    """Named event and drop counters, readable as a dict for logging."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        self.values[name] = self.values.get(name, 0) + amount
+
+    def get(self, name: str) -> int:
+        return self.values.get(name, 0)
+
+
+class Loop:
+    """epoll + one timerfd.  Callbacks run in the order events arrive."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.callbacks: dict[int, FdCallback] = {}
+        self.timers: list[Timer] = []
+        self.timer_seq = itertools.count()
+        self.timerfd = _timerfd_create()
+        self.armed_deadline: float | None = None
+        self.running = False
+        self.counters = Counters()
+        self.add_fd(self.timerfd, EPOLLIN, self._on_timerfd)
+
+    # -- file descriptors -------------------------------------------------
+    def add_fd(self, fd: int, events: int, callback: FdCallback) -> None:
+        self.epoll.register(fd, events)
+        self.callbacks[fd] = callback
+
+    def modify_fd(self, fd: int, events: int) -> None:
+        self.epoll.modify(fd, events)
+
+    def remove_fd(self, fd: int) -> None:
+        if self.callbacks.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+
+    # -- timers -------------------------------------------------------------
+    def call_at(self, deadline: float, callback: TimerCallback) -> Timer:
+        timer = Timer(deadline, next(self.timer_seq), callback)
+        heapq.heappush(self.timers, timer)
+        if self.armed_deadline is None or deadline < self.armed_deadline:
+            self._arm(deadline)
+        return timer
+
+    def call_later(self, delay: float, callback: TimerCallback) -> Timer:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def _arm(self, deadline: float) -> None:
+        self.armed_deadline = deadline
+        delay = max(deadline - time.monotonic(), 1e-6)
+        _timerfd_settime(self.timerfd, delay)
+
+    def _on_timerfd(self, fd: int, events: int, now: float) -> None:
+        try:
+            os.read(fd, 8)
+        except BlockingIOError:
+            pass
+        self.armed_deadline = None
+        self.run_due_timers(now)
+
+    def run_due_timers(self, now: float) -> None:
+        while self.timers and self.timers[0].deadline <= now:
+            timer = heapq.heappop(self.timers)
+            if timer.callback is not None:
+                callback, timer.callback = timer.callback, None
+                callback(now)
+        while self.timers and self.timers[0].callback is None:
+            heapq.heappop(self.timers)
+        if self.timers and self.armed_deadline != self.timers[0].deadline:
+            self._arm(self.timers[0].deadline)
+
+    # -- running ------------------------------------------------------------
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            self.poll_once(-1)
+
+    def poll_once(self, timeout: float) -> None:
+        try:
+            ready = self.epoll.poll(timeout, 256)
+        except InterruptedError:
+            return
+        now = time.monotonic()
+        for fd, events in ready:
+            callback = self.callbacks.get(fd)
+            if callback is not None:
+                callback(fd, events, now)
+
+    def stop(self) -> None:
+        self.running = False
+
+
+# Python 3.11 has no os.timerfd_*: reach timerfd through libc, loaded at
+# import time because nothing can be loaded once the sandbox is closed.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("interval_sec", ctypes.c_long), ("interval_nsec", ctypes.c_long),
+                ("value_sec", ctypes.c_long), ("value_nsec", ctypes.c_long)]
+
+
+def _timerfd_create() -> int:
+    fd = _libc.timerfd_create(time.CLOCK_MONOTONIC, _TFD_CLOEXEC_NONBLOCK)
+    if fd < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return fd
+
+
+def _timerfd_settime(fd: int, delay: float) -> None:
+    seconds = int(delay)
+    spec = _Itimerspec(0, 0, seconds, max(int((delay - seconds) * 1e9), 1))
+    if _libc.timerfd_settime(fd, 0, ctypes.byref(spec), None) < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))

@@ -1,0 +1,189 @@
+"""UDP flows on host sockets: the I/O side of ``passt_sep.udp``."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import udp
+from ..fwd import AddressMap
+from ..log import Logger
+from ..netparams import Network
+from ..packet import Drop, Inbound
+from .loop import EPOLLERR, EPOLLIN, Loop
+
+RECV_SIZE = 65536
+DATAGRAMS_PER_WAKEUP = 64
+SWEEP_INTERVAL = 10.0
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+
+
+@dataclass(frozen=True)
+class UdpListener:
+    """A ``-u`` forwarded port: bound by the broker, datagrams go to ``target``."""
+
+    fd: int
+    family: int
+    port: int
+    target: int
+
+
+class UdpHandler:
+    def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
+                 send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
+                 log: Logger, max_flows: int, listeners: list[UdpListener],
+                 timeout: float = udp.DEFAULT_TIMEOUT, verify_checksums: bool = False) -> None:
+        self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
+        self.send_frame, self.guest_mac = send_frame, guest_mac
+        self.verify = verify_checksums
+        self.flows = udp.UdpFlows(max_flows, timeout)
+        self.sockets: dict[int, socket.socket] = {}
+        self.buffer = bytearray(RECV_SIZE)
+        self.view = memoryview(self.buffer)
+        self.sweep_timer = None
+        for listener in listeners:
+            self._add_listener(listener)
+
+    # -- guest -> host --------------------------------------------------------------
+    def on_guest_segment(self, inb: Inbound, now: float) -> None:
+        datagram = udp.parse_guest_datagram(inb, self.verify)
+        flow = self.flows.get(datagram.v6, datagram.sport, now)
+        if flow is None:
+            flow = self._open_flow(datagram, now)
+        sock = self.sockets[flow.handle]
+        host_dst = self.addrmap.to_host(datagram.dst, datagram.dport)
+        flow.remember((host_dst, datagram.dport), datagram.dst)
+        try:
+            sock.sendto(datagram.payload, (socket.inet_ntop(sock.family, host_dst), datagram.dport))
+        except BlockingIOError:
+            self.loop.counters.add("udp_send_full")
+        except OSError as exc:
+            self.loop.counters.add("udp_send_error")
+            self.log.ratelimited("udp_send", 7, f"UDP send failed: {exc.strerror}")
+
+    def _open_flow(self, datagram: udp.GuestDatagram, now: float) -> udp.UdpFlow:
+        family = socket.AF_INET6 if datagram.v6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            self._bind_like_guest(sock, family, datagram.sport)
+            if datagram.v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        except OSError:
+            sock.close()
+            raise Drop("udp_socket") from None
+        flow = udp.UdpFlow(datagram.v6, datagram.src, datagram.sport, sock.fileno(), now)
+        if not self.flows.add(flow):
+            sock.close()
+            raise Drop("udp_flows_full")
+        self._register(sock)
+        return flow
+
+    @staticmethod
+    def _bind_like_guest(sock: socket.socket, family: int, port: int) -> None:
+        """The guest's own source port, so the peer sees it (no NAT); an
+        ephemeral one when the host has that port taken."""
+        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((wildcard, port))
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            sock.bind((wildcard, 0))
+
+    def _register(self, sock: socket.socket) -> None:
+        self.sockets[sock.fileno()] = sock
+        self.loop.add_fd(sock.fileno(), EPOLLIN, self._readable)
+        if self.sweep_timer is None:
+            self.sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _add_listener(self, listener: UdpListener) -> None:
+        sock = socket.socket(fileno=listener.fd)
+        sock.setblocking(False)
+        v6 = listener.family == socket.AF_INET6
+        guest = (self.net.ipv6.addr if v6 and self.net.ipv6 else
+                 self.net.ipv4.addr if not v6 and self.net.ipv4 else None)
+        if guest is None:
+            sock.close()
+            return
+        flow = udp.UdpFlow(v6, guest, listener.target, sock.fileno(), 0.0, forwarded=True)
+        self.flows.add(flow)
+        self.sockets[sock.fileno()] = sock
+        self.loop.add_fd(sock.fileno(), EPOLLIN, self._readable)
+
+    # -- host -> guest --------------------------------------------------------------
+    def _readable(self, fd: int, events: int, now: float) -> None:
+        flow = self.flows.by_handle.get(fd)
+        sock = self.sockets.get(fd)
+        if flow is None or sock is None:
+            return
+        if events & EPOLLERR:
+            self._errors(flow, sock)
+        for _ in range(DATAGRAMS_PER_WAKEUP):
+            try:
+                size, address = sock.recvfrom_into(self.buffer)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._errors(flow, sock)
+                continue
+            flow.last_used = now
+            self._to_guest(flow, address, self.view[:size])
+
+    def _to_guest(self, flow: udp.UdpFlow, address: tuple, payload: memoryview) -> None:
+        family = socket.AF_INET6 if flow.v6 else socket.AF_INET
+        host_src = socket.inet_pton(family, address[0])
+        port = address[1]
+        src = flow.seen_as((host_src, port)) or self.addrmap.to_guest(host_src, port)
+        try:
+            frame = udp.datagram_frame(self.net, self.guest_mac(), src, port, flow.guest_addr,
+                                       flow.guest_port, payload)
+        except Drop as drop:
+            self.loop.counters.add(f"drop_{drop.reason}")
+            return
+        self.send_frame(frame)
+
+    def _errors(self, flow: udp.UdpFlow, sock: socket.socket) -> None:
+        """Reflect queued ICMP errors (IP_RECVERR) to the guest."""
+        for _ in range(DATAGRAMS_PER_WAKEUP):
+            try:
+                data, ancillary, _flags, address = sock.recvmsg(RECV_SIZE, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for _level, _kind, cmsg in ancillary:
+                self._reflect_error(flow, sock, cmsg, address, data)
+
+    def _reflect_error(self, flow: udp.UdpFlow, sock: socket.socket, cmsg: bytes,
+                       address: tuple, data: bytes) -> None:
+        parsed = udp.parse_extended_error(cmsg)
+        if parsed is None or address is None:
+            return
+        _err, origin, icmp_type, icmp_code = parsed
+        if origin not in (udp.SO_EE_ORIGIN_ICMP, udp.SO_EE_ORIGIN_ICMP6):
+            return
+        host_dst = socket.inet_pton(sock.family, address[0])
+        peer = flow.seen_as((host_dst, address[1])) or self.addrmap.to_guest(host_dst, address[1])
+        self.loop.counters.add("udp_icmp_error")
+        self.send_frame(udp.unreachable_frame(self.net, self.guest_mac(), flow.guest_addr,
+                                              flow.guest_port, peer, address[1], data,
+                                              icmp_type, icmp_code))
+
+    # -- housekeeping -----------------------------------------------------------------
+    def _sweep(self, now: float) -> None:
+        self.sweep_timer = None
+        for flow in self.flows.expired(now):
+            self.loop.remove_fd(flow.handle)
+            self.sockets.pop(flow.handle).close()
+        if len(self.flows.by_handle) > 0:
+            self.sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def active_flows(self) -> int:
+        return sum(1 for f in self.flows.by_handle.values() if not f.forwarded)

@@ -1,0 +1,46 @@
+"""Shared fixtures: the namespace topology and the installed binaries."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from topology import Topology  # noqa: E402
+
+VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
+
+
+def binary(name: str) -> str:
+    """An installed console script of the venv the suite runs with."""
+    return os.path.join(VENV, "bin", name)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/e2e/ are end-to-end: they need root to build namespaces."""
+    skip = pytest.mark.skip(reason="end-to-end tests build namespaces: run as root")
+    for item in items:
+        if f"{os.sep}e2e{os.sep}" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+            if os.geteuid() != 0:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def topo(request: pytest.FixtureRequest):
+    tag = "".join(c for c in request.node.name if c.isalnum())[-6:] or "t"
+    with Topology(tag) as topology:
+        yield topology
+
+
+@pytest.fixture
+def pasta() -> str:
+    return binary("pasta-sep")
+
+
+@pytest.fixture
+def passt() -> str:
+    return binary("passt-sep")

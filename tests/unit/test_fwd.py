@@ -1,0 +1,62 @@
+"""Special-address mapping between the guest's view and host sockets."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from passt_sep.fwd import LOOPBACK4, LOOPBACK6, AddressMap
+
+
+def ip(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+GW4, GW6 = ip("198.51.100.1"), ip("2001:db8:1::1")
+HOST4, HOST6 = ip("198.51.100.2"), ip("2001:db8:1::2")
+
+
+def amap(**options) -> AddressMap:
+    defaults = dict(gateway4=GW4, gateway6=GW6, no_map_gw=False, map_host_loopback=None,
+                    map_guest_addr=None, host_addr4=HOST4, host_addr6=HOST6)
+    return AddressMap.build(**{**defaults, **options})
+
+
+def test_gateway_means_host_loopback_by_default() -> None:
+    m = amap()
+    assert m.to_host(GW4, 80) == LOOPBACK4
+    assert m.to_host(GW6, 80) == LOOPBACK6
+    assert m.to_guest(LOOPBACK4, 80) == GW4
+    assert m.to_guest(ip("127.0.0.5"), 80) == GW4
+    assert m.to_guest(LOOPBACK6, 80) == GW6
+
+
+def test_no_map_gw_leaves_gateway_alone() -> None:
+    m = amap(no_map_gw=True)
+    assert m.to_host(GW4, 80) == GW4
+    assert m.to_guest(LOOPBACK4, 80) == LOOPBACK4
+
+
+def test_map_host_loopback_replaces_gateway_mapping() -> None:
+    m = amap(map_host_loopback="169.254.1.2")
+    assert m.to_host(ip("169.254.1.2"), 22) == LOOPBACK4
+    assert m.to_host(GW4, 22) == GW4
+    assert m.to_guest(LOOPBACK4, 22) == ip("169.254.1.2")
+
+
+def test_map_guest_addr_reaches_host_address() -> None:
+    m = amap(map_guest_addr="169.254.1.2")
+    assert m.to_host(ip("169.254.1.2"), 8080) == HOST4
+    assert m.to_guest(HOST4, 8080) == ip("169.254.1.2")
+
+
+def test_dns_forward_only_for_port_53() -> None:
+    m = amap(dns_forward=("169.254.1.1", "fd00::53"), dns_servers=("203.0.113.1", "2001:db8:2::1"))
+    assert m.to_host(ip("169.254.1.1"), 53) == ip("203.0.113.1")
+    assert m.to_host(ip("169.254.1.1"), 54) == ip("169.254.1.1")
+    assert m.to_host(ip("fd00::53"), 53) == ip("2001:db8:2::1")
+
+
+def test_replies_keep_the_address_the_guest_used() -> None:
+    m = amap(dns_forward=("169.254.1.1",), dns_servers=("203.0.113.1",))
+    assert m.to_guest(ip("203.0.113.1"), 53, original_dst=ip("169.254.1.1")) == ip("169.254.1.1")
+    assert m.to_guest(ip("203.0.113.9"), 80) == ip("203.0.113.9")

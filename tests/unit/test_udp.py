@@ -1,0 +1,105 @@
+"""UDP translation decisions on bytes: datagrams, errors, flows."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from passt_sep import packet, udp
+from passt_sep.netparams import IPv4Params, IPv6Params, Network
+
+GUEST_MAC = bytes.fromhex("020000000001")
+NET = Network(ipv4=IPv4Params(bytes([198, 51, 100, 2]), 24, bytes([198, 51, 100, 1])),
+              ipv6=IPv6Params(ipaddress.ip_address("2001:db8:1::2").packed, 64,
+                              ipaddress.ip_address("2001:db8:1::1").packed))
+GUEST4, PEER4 = bytes([198, 51, 100, 2]), bytes([203, 0, 113, 1])
+GUEST6, PEER6 = NET.ipv6.addr, ipaddress.ip_address("2001:db8:2::1").packed
+
+
+def inbound(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> packet.Inbound:
+    frame = packet.udp_frame(NET.our_mac, GUEST_MAC, src, dst, sport, dport, payload)
+    return packet.parse_ip_frame(packet.parse_ethernet(frame))
+
+
+@pytest.mark.parametrize("src, dst", [(GUEST4, PEER4), (GUEST6, PEER6)])
+def test_guest_datagram_parsed_and_verified(src: bytes, dst: bytes) -> None:
+    datagram = udp.parse_guest_datagram(inbound(src, dst, 5353, 53, b"query"), verify=True)
+    assert (datagram.src, datagram.sport, datagram.dst, datagram.dport) == (src, 5353, dst, 53)
+    assert bytes(datagram.payload) == b"query"
+    assert datagram.v6 == (len(src) == 16)
+
+
+def test_bad_checksum_dropped_when_verifying() -> None:
+    frame = bytearray(packet.udp_frame(NET.our_mac, GUEST_MAC, GUEST4, PEER4, 1, 2, b"abc"))
+    frame[-1] ^= 0xFF
+    inb = packet.parse_ip_frame(packet.parse_ethernet(bytes(frame)))
+    with pytest.raises(packet.Drop, match="udp_checksum"):
+        udp.parse_guest_datagram(inb, verify=True)
+    assert bytes(udp.parse_guest_datagram(inb).payload) == b"ab\x9c"
+
+
+def test_port_zero_dropped() -> None:
+    with pytest.raises(packet.Drop, match="udp_port_zero"):
+        udp.parse_guest_datagram(inbound(GUEST4, PEER4, 1000, 0, b""))
+
+
+def test_datagram_frame_to_guest() -> None:
+    frame = udp.datagram_frame(NET, GUEST_MAC, PEER4, 53, GUEST4, 5353, b"answer")
+    eth = packet.parse_ethernet(frame)
+    assert (eth.dst, eth.src) == (GUEST_MAC, NET.our_mac)
+    inb = packet.parse_ip_frame(eth)
+    parsed = udp.parse_guest_datagram(inb, verify=True)
+    assert (parsed.src, parsed.sport, parsed.dst, parsed.dport) == (PEER4, 53, GUEST4, 5353)
+
+
+@pytest.mark.parametrize("guest, peer, proto, kind", [
+    (GUEST4, PEER4, packet.IPPROTO_ICMP, (3, 3)), (GUEST6, PEER6, packet.IPPROTO_ICMPV6, (1, 4))])
+def test_unreachable_quotes_the_guest_datagram(guest, peer, proto, kind) -> None:
+    frame = udp.unreachable_frame(NET, GUEST_MAC, guest, 40000, peer, 9, b"ping", *kind)
+    inb = packet.parse_ip_frame(packet.parse_ethernet(frame))
+    assert (inb.src, inb.dst, inb.proto) == (peer, guest, proto)
+    icmp_type, code = inb.l4[0], inb.l4[1]
+    assert (icmp_type, code) == kind
+    if proto == packet.IPPROTO_ICMP:
+        assert packet.checksum(inb.l4) in (0, 0xFFFF)
+        quoted = packet.parse_ipv4(inb.l4[8:])
+    else:
+        pseudo = packet.pseudo_header_sum(peer, guest, proto, len(inb.l4))
+        assert packet.checksum(inb.l4, pseudo) in (0, 0xFFFF)
+        quoted = packet.parse_ipv6(inb.l4[8:])
+    assert (quoted.src, quoted.dst) == (guest, peer)
+    assert struct.unpack("!HH", bytes(quoted.payload[:4])) == (40000, 9)
+
+
+def test_extended_error_parsing() -> None:
+    raw = struct.pack("=IBBBxII", 111, 2, 3, 3, 0, 0) + bytes(16)
+    assert udp.parse_extended_error(raw) == (111, 2, 3, 3)
+    assert udp.parse_extended_error(b"short") is None
+
+
+def test_flows_cap_expiry_and_forwarded_listeners() -> None:
+    flows = udp.UdpFlows(max_flows=2, timeout=10)
+    a = udp.UdpFlow(False, GUEST4, 1000, handle=10, last_used=0)
+    b = udp.UdpFlow(True, GUEST6, 1000, handle=11, last_used=0)
+    c = udp.UdpFlow(False, GUEST4, 1001, handle=12, last_used=0)
+    listener = udp.UdpFlow(False, GUEST4, 53, handle=13, last_used=0, forwarded=True)
+    assert flows.add(a) and flows.add(b)
+    assert not flows.add(c)
+    assert flows.add(listener)  # forwarded ports are not counted against the cap
+    assert flows.get(False, 1000, now=8) is a
+    assert flows.expired(now=12) == [b]
+    assert flows.expired(now=100) == [a]
+    assert flows.get(False, 53, now=100) is listener
+
+
+def test_remembered_guest_view_is_bounded() -> None:
+    flow = udp.UdpFlow(False, GUEST4, 1000, handle=1, last_used=0)
+    flow.remember((PEER4, 53), bytes([169, 254, 1, 1]))
+    assert flow.seen_as((PEER4, 53)) == bytes([169, 254, 1, 1])
+    flow.remember((PEER4, 80), PEER4)  # unmapped: nothing to remember
+    assert flow.seen_as((PEER4, 80)) is None
+    for port in range(1, 200):
+        flow.remember((PEER4, 1000 + port), bytes([10, 0, 0, 1]))
+    assert len(flow.guest_view) == udp.UdpFlow.MAX_VIEWS
