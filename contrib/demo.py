@@ -29,7 +29,7 @@ ip route show
 ip -6 route show
 ping -c 3 -W 2 {REMOTE_ADDR4}
 ping -6 -c 3 -W 2 {REMOTE_ADDR6}
-wget -q -O - http://{REMOTE_ADDR4}:8080/ || echo "(HTTP needs the TCP translator)"
+curl -sS -m 5 http://{REMOTE_ADDR4}:8080/
 """
 
 
@@ -42,7 +42,7 @@ def main() -> int:
         topo.wait_listening(8080)
         print(f"== host namespace {topo.host}: as uid 65534, "
               "pasta-sep --config-net -- sh -c '...'", flush=True)
-        result = subprocess.run(topo.host_cmd(PASTA, "--config-net", "--", "busybox", "sh",
+        result = subprocess.run(topo.host_cmd(PASTA, "--config-net", "--", "sh",
                                               "-c", COMMAND, rootless=True), check=False)
         print(f"== pasta-sep exited with status {result.returncode}")
         return result.returncode

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -34,6 +37,16 @@ def topo(request: pytest.FixtureRequest):
     tag = "".join(c for c in request.node.name if c.isalnum())[-6:] or "t"
     with Topology(tag) as topology:
         yield topology
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temporary directory every uid can use (rootless passt-sep writes
+    its pid file there); pytest's own tmp_path is private to root."""
+    path = tempfile.mkdtemp(prefix="passt-sep-test-", dir="/tmp")
+    os.chmod(path, 0o777)
+    yield pathlib.Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

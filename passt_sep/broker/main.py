@@ -15,10 +15,11 @@ import os
 import signal
 import socket
 import sys
+from typing import NoReturn
 
 from pyroute2 import IPRoute
 
-from .. import sandbox
+from .. import linux, sandbox
 from ..config import Config
 from ..handoff import FdEntry
 from ..netparams import Network
@@ -38,7 +39,10 @@ def run(config: Config) -> int:
         return Broker(config).run()
     except BROKER_ERRORS as exc:
         _say(config, str(exc), error=True)
-        return 1
+    except OSError as exc:  # anything not foreseen above: still one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        _say(config, f"{exc.strerror or exc}{where}", error=True)
+    return 1
 
 
 def _say(config: Config, message: str, error: bool = False) -> None:
@@ -68,6 +72,7 @@ class Broker:
     def _run(self) -> int:
         config = self.config
         worker_filter = sandbox.prepare("worker")
+        waiter_filter = sandbox.prepare("waiter")
         host = hostinfo.read_host(config)
         for warning in host.warnings:
             _say(config, f"warning: {warning}")
@@ -86,7 +91,7 @@ class Broker:
         if pid_fd is not None:
             os.write(pid_fd, f"{worker}\n".encode())
             os.close(pid_fd)
-        return self._after_start(worker)
+        return self._after_start(worker, waiter_filter)
 
     # -- pasta ------------------------------------------------------------------
     def _pasta_namespace(self, net: Network, host: hostinfo.HostInfo) -> Network:
@@ -161,18 +166,12 @@ class Broker:
             self.entries.append(sockets.pidfile_dir(config.pid_file))
         if self.target and self.target.path and not config.no_netns_quit:
             self.entries.append(sockets.netns_watch(self.target.path))
-        if self._daemon:
-            self.entries.append(FdEntry("devnull", os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
+        self.entries.append(FdEntry("devnull", os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
 
-    @property
-    def _daemon(self) -> bool:
-        holder = self.target.holder if self.target else None
-        return not self.config.foreground and holder is None
-
-    def _after_start(self, worker: int) -> int:
+    def _after_start(self, worker: int, waiter_filter: sandbox.Prepared) -> int:
         holder = self.target.holder if self.target else None
         if holder is not None:
-            return _run_command(holder, worker)
+            return _run_command(holder, worker, waiter_filter)
         if self.config.foreground:
             return _wait(worker)
         return 0
@@ -200,14 +199,20 @@ def _tap_inside(config: Config, ifname: str, net: Network,
     return {"mac": mac}, [fd]
 
 
-def _run_command(holder: namespaces.CommandHolder, worker: int) -> int:
+def _run_command(holder: namespaces.CommandHolder, worker: int,
+                 waiter_filter: sandbox.Prepared) -> NoReturn:
     """pasta's command mode: run the command, return its status once the
-    worker has drained its flows and exited."""
+    worker has drained its flows and exited.  From here this process holds
+    no fd and no capability, and may only wait and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    waiter_filter.load()
     holder.release()
+    linux.close_range(0)
     status = _wait(holder.pid)
     _wait(worker)
-    return status
+    os._exit(status)  # no interpreter shutdown under the waiter's filter
 
 
 def _wait(pid: int) -> int:

@@ -143,7 +143,11 @@ def pid_file(path: str) -> int:
 def pidfile_dir(path: str) -> FdEntry:
     """The pid file's directory, so the jailed worker can remove the file."""
     directory, name = os.path.split(os.path.abspath(path))
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SetupError(f"cannot open the pid file's directory {directory}: "
+                         f"{exc.strerror}") from None
     return FdEntry("pidfile_dir", fd, {"name": name})
 
 

@@ -95,7 +95,8 @@ class Worker:
         self.log.level = _log_level(self.config)
         devnull = self._fd("devnull")
         log_fd = self._fd("log")
-        keep_stderr = self.config.foreground or self.config.stderr
+        command_mode = self.handoff.one("command_pidfd") is not None
+        keep_stderr = self.config.foreground or self.config.stderr or command_mode
         if devnull is not None:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)

@@ -1,0 +1,155 @@
+"""The worker's sandbox, property by property, against the running daemon."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from passt_sep import sandbox
+from topology import REMOTE_ADDR4, Topology
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        return dict(line.split(":\t", 1) for line in handle.read().splitlines() if ":\t" in line)
+
+
+@pytest.fixture(params=["root", "rootless"])
+def daemon(request, topo: Topology, pasta: str, shared_tmp):
+    """A daemonized pasta-sep serving a namespace; yields the worker's pid."""
+    netns = f"{topo.host}-sb"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    pidfile = shared_tmp / "pid"
+    rootless = request.param == "rootless"
+    try:
+        args = ["--config-net", "--netns", f"/run/netns/{netns}", "-P", str(pidfile), "-q"]
+        if rootless:
+            # an unprivileged caller must own the namespace: let it make one
+            args = ["--config-net", "-P", str(pidfile), "-q", "--", "sleep", "30"]
+            proc = topo.spawn_host(pasta, *args, rootless=True, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip())
+        else:
+            result = topo.run_host(pasta, *args)
+            assert result.returncode == 0, result.stderr
+            proc = None
+        worker = int(pidfile.read_text())
+        yield worker, rootless, netns
+    finally:
+        if proc is not None:
+            proc.kill()
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError("condition not met")
+
+
+def test_worker_has_no_capabilities_and_is_locked(daemon) -> None:
+    worker, _, _ = daemon
+    status = _status(worker)
+    assert int(status["CapEff"], 16) == 0
+    assert int(status["CapPrm"], 16) == 0
+    assert int(status["CapInh"], 16) == 0
+    assert int(status["CapBnd"], 16) == 0
+    assert int(status["CapAmb"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+
+
+def test_worker_root_is_empty_and_namespaces_are_its_own(daemon) -> None:
+    worker, rootless, _ = daemon
+    assert os.listdir(f"/proc/{worker}/root") == []
+    for kind in ("mnt", "ipc", "uts", "pid_for_children"):
+        mine = os.stat(f"/proc/self/ns/{kind}").st_ino
+        theirs = os.stat(f"/proc/{worker}/ns/{kind}").st_ino
+        assert mine != theirs, kind
+    if rootless:
+        assert os.stat("/proc/self/ns/user").st_ino != os.stat(f"/proc/{worker}/ns/user").st_ino
+    assert _status(worker)["NSpid"].split()[-1] == "1"  # PID 1 of its own namespace
+
+
+def _fd_kind(target: str) -> str:
+    """What an fd of the jailed worker is (paths show relative to its old root)."""
+    for suffix, kind in (("/net/tun", "tap"), ("/null", "devnull"),
+                         ("anon_inode:[eventpoll]", "epoll"), ("anon_inode:[timerfd]", "timerfd"),
+                         ("anon_inode:inotify", "netns_watch"), ("anon_inode:[pidfd]", "pidfd")):
+        if target.endswith(suffix):
+            return kind
+    if target.startswith("socket:"):
+        return "socket"
+    return "path"
+
+
+def test_worker_fds_are_the_manifest_and_the_loop(daemon) -> None:
+    """Manifest: tap, /dev/null (stdio; stderr stays the caller's in command
+    mode, here /dev/null too), the pid file's directory, and the command's
+    pidfd or the netns watch; the loop's own: epoll, timerfd
+    and the signal wake-up socket pair.  Nothing else."""
+    worker, rootless, _ = daemon
+    targets = [os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")]
+    kinds = Counter(_fd_kind(t) for t in targets)
+    expected = Counter(tap=1, epoll=1, timerfd=1, socket=2, path=1, devnull=3)
+    if rootless:
+        expected.update(pidfd=1)
+    else:
+        expected.update(netns_watch=1)
+    assert kinds == expected, targets
+
+
+def test_traffic_still_flows_under_the_filter(daemon, topo: Topology) -> None:
+    worker, rootless, netns = daemon
+    if rootless:
+        pytest.skip("the rootless daemon's namespace belongs to its command")
+    ping = subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "2", "-W", "3",
+                           REMOTE_ADDR4], capture_output=True, text=True)
+    assert ping.returncode == 0, ping.stdout
+    assert os.path.exists(f"/proc/{worker}")
+
+
+@pytest.mark.parametrize("call", ["open", "execve", "unix_socket", "netlink_socket",
+                                  "exec_mmap", "setns", "ptrace"])
+def test_unlisted_syscall_kills_with_sigsys(call: str) -> None:
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sandbox_probe.py"),
+                             call], capture_output=True, cwd="/")
+    assert result.returncode == -signal.SIGSYS, result.stderr
+
+
+@pytest.mark.parametrize("call", ["inet_socket", "inet6_socket", "anon_mmap"])
+def test_listed_syscall_is_allowed(call: str) -> None:
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "sandbox_probe.py"),
+                             call], capture_output=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+
+
+def _listed(name: str) -> list[str]:
+    with open(sandbox.allowlist_path(name), encoding="utf-8") as handle:
+        return sandbox.syscall_names(sandbox.parse_allowlist(handle.read()))
+
+
+def test_allowlist_filter_and_readme_agree(tmp_path) -> None:
+    names = _listed("worker")
+    pfc = tmp_path / "filter.pfc"
+    with open(pfc, "w", encoding="ascii") as handle:
+        sandbox.prepare("worker").filter.export_pfc(handle)
+    in_filter = sorted(set(re.findall(r"# filter for syscall \"(\w+)\"", pfc.read_text())))
+    assert in_filter == names
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    assert f"the worker's list has {len(names)} entries" in readme
+    assert f"the waiter's list has {len(_listed('waiter'))} entries" in readme
+    assert len(names) <= 40

@@ -1,0 +1,46 @@
+"""Test-only entry point: close the real jail and arm the real worker filter,
+then make one system call named on the command line.
+
+Exit status 0 means the call was allowed (whatever it returned); a filter
+that refuses it kills this process with SIGSYS.  Run as root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import socket
+import sys
+
+from passt_sep import sandbox
+from passt_sep.broker import jail
+
+PROBES = {
+    "open": lambda: os.open("/etc/hostname", os.O_RDONLY),
+    "execve": lambda: os.execv("/bin/true", ["true"]),
+    "unix_socket": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM),
+    "netlink_socket": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0),
+    "exec_mmap": lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC),
+    "setns": lambda: ctypes.CDLL(None).setns(0, 0),
+    "ptrace": lambda: ctypes.CDLL(None).ptrace(0, 0, 0, 0),
+    "inet_socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close(),
+    "inet6_socket": lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close(),
+    "anon_mmap": lambda: mmap.mmap(-1, 4096).close(),
+}
+
+
+def main() -> None:
+    probe = PROBES[sys.argv[1]]
+    worker_filter = sandbox.prepare("worker")
+    jail.close(None)
+    worker_filter.load()
+    try:
+        probe()
+    except OSError:
+        pass
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
