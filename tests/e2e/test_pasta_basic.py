@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import pytest
+
 from topology import (
     GW_ADDR4,
     GW_ADDR6,

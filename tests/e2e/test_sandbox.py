@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 from passt_sep import sandbox
+
 from topology import REMOTE_ADDR4, Topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
