@@ -66,6 +66,7 @@ class Loop:
         self.armed_deadline: float | None = None
         self.running = False
         self.counters = Counters()
+        self.on_error: Callable[[Exception], None] = _reraise
         self.add_fd(self.timerfd, EPOLLIN, self._on_timerfd)
 
     # -- file descriptors -------------------------------------------------
@@ -109,7 +110,7 @@ class Loop:
             timer = heapq.heappop(self.timers)
             if timer.callback is not None:
                 callback, timer.callback = timer.callback, None
-                callback(now)
+                self._guarded(callback, now)
         while self.timers and self.timers[0].callback is None:
             heapq.heappop(self.timers)
         if self.timers and self.armed_deadline != self.timers[0].deadline:
@@ -130,10 +131,22 @@ class Loop:
         for fd, events in ready:
             callback = self.callbacks.get(fd)
             if callback is not None:
-                callback(fd, events, now)
+                self._guarded(callback, fd, events, now)
+
+    def _guarded(self, callback: Callable[..., None], *args: object) -> None:
+        """Run a callback; a bug in one flow must not end the others."""
+        try:
+            callback(*args)
+        except Exception as exc:
+            self.counters.add("internal_error")
+            self.on_error(exc)
 
     def stop(self) -> None:
         self.running = False
+
+
+def _reraise(exc: Exception) -> None:
+    raise exc
 
 
 # Python 3.11 has no os.timerfd_*: reach timerfd through libc, loaded at

@@ -18,17 +18,19 @@ from .. import handoff, linux
 from ..config import Config
 from ..fwd import AddressMap
 from ..handoff import Handoff, HandoffError
-from ..log import DEBUG, INFO, TRACE, WARNING, Logger, describe_exception
+from ..log import DEBUG, ERROR, INFO, TRACE, WARNING, Logger, describe_exception
 from ..sandbox import Prepared
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
 from .loop import EPOLLIN, Loop
 from .services import GuestServices
+from .tcp_io import TcpHandler, TcpListener, new_secret
 from .udp_io import UdpHandler, UdpListener
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-DRAIN_SECONDS = 2.0
+DRAIN_SECONDS = 10.0
+DRAIN_POLL = 0.05
 
 
 def run(sock: socket.socket, sandbox: Prepared) -> NoReturn:
@@ -70,6 +72,7 @@ class Worker:
         self.log = log
         self._setup_stdio_and_log()
         self.loop = Loop()
+        self.loop.on_error = self._internal_error
         self.exit_code = EXIT_OK
         capture = Capture(self._fd("pcap"))
         self.link = self._guest_link(capture)
@@ -80,8 +83,12 @@ class Worker:
         udp_handler = None if config.no_udp else UdpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._udp_listeners(), verify_checksums=config.mode == "passt")
+        self.tcp = None if config.no_tcp else TcpHandler(
+            self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
+            config.max_flows, self._tcp_listeners(), new_secret(),
+            verify_checksums=config.mode == "passt")
         self.services = GuestServices(self.loop, self.net, config, log, self.link.send, echo,
-                                      udp=udp_handler)
+                                      tcp=self.tcp, udp=udp_handler)
         self.link.on_frame = self.services.on_frame
         self._signals()
         self._watch_command()
@@ -117,6 +124,10 @@ class Worker:
         link.on_connect = lambda: self.services.announce()
         link.on_disconnect = self._guest_gone
         return link
+
+    def _tcp_listeners(self) -> list[TcpListener]:
+        return [TcpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])
+                for e in self.handoff.by_role("tcp_listener")]
 
     def _udp_listeners(self) -> list[UdpListener]:
         return [UdpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])
@@ -177,8 +188,19 @@ class Worker:
             self.loop.stop()
 
     def _command_exited(self, fd: int, events: int, now: float) -> None:
+        """The command is gone: let open TCP flows drain (bounded), then exit,
+        so that everything it wrote reaches its peers."""
         self.loop.remove_fd(fd)
-        self.loop.call_at(now + DRAIN_SECONDS, lambda _now: self.loop.stop())
+        self._drain(now, now + DRAIN_SECONDS)
+
+    def _drain(self, now: float, give_up: float) -> None:
+        if self.tcp is None or self.tcp.active_flows() == 0 or now >= give_up:
+            self.loop.stop()
+            return
+        self.loop.call_at(now + DRAIN_POLL, lambda later: self._drain(later, give_up))
+
+    def _internal_error(self, exc: Exception) -> None:
+        self.log.ratelimited("internal_error", ERROR, f"internal error: {describe_exception(exc)}")
 
     def _guest_gone(self) -> None:
         if self.config.one_off:
