@@ -218,6 +218,7 @@ class TcpConn:
         self.fin_sent = False
         self.fin_acked = False
         self.socket_full = False        # we advertise zero window
+        self.socket_space = MAX_WINDOW  # room in the socket's send buffer
         self.last_activity = now
         self.deadline: float | None = None
 
@@ -228,10 +229,17 @@ class TcpConn:
                            self.peer_port, self.guest_port, seq, self.rcv_nxt, flags,
                            self.advertised_window(), payload, options)
 
+    def _small(self, space: int, buffer: int) -> bool:
+        """Receiver-side silly-window avoidance (RFC 1122 4.2.3.3): less room
+        than a segment or a quarter of the buffer is advertised as none."""
+        return space < min(self.guest_mss, self.mtu_mss, buffer // 4)
+
     def advertised_window(self) -> int:
+        """The room the socket has, in the units of our window scale."""
         if self.socket_full:
             return 0
-        return MAX_WINDOW >> OUR_WSCALE if self.scaling else 0xFFFF
+        room = min(self.socket_space, MAX_WINDOW)
+        return room >> OUR_WSCALE if self.scaling else min(room, 0xFFFF)
 
     def ack_frame(self) -> bytes:
         return self._frame(ACK, self.snd_nxt)
@@ -387,21 +395,26 @@ class TcpConn:
         if self.fin_acked:
             self.state = CLOSED
 
-    def data_written(self, seg: Segment, written: int, now: float) -> list[bytes]:
-        """The socket took ``written`` bytes of the payload: acknowledge them
-        (and the FIN, if the whole segment went through)."""
+    def data_written(self, seg: Segment, written: int, space: int, buffer: int) -> GuestResult:
+        """The socket took ``written`` bytes of the payload and has ``space``
+        bytes of room left: acknowledge what it took, offer that room as the
+        window (and acknowledge the FIN, which then means shutting the
+        socket's write side, if the whole segment went through)."""
+        result = GuestResult()
         self.rcv_nxt = (self.rcv_nxt + written) & 0xFFFFFFFF
         offset_end = seq_diff((seg.seq + len(seg.payload)) & 0xFFFFFFFF, self.rcv_nxt)
-        self.socket_full = offset_end > 0
+        self.socket_space = space
+        self.socket_full = offset_end > 0 or self._small(space, buffer)
         if seg.flags & FIN and offset_end == 0 and not self.guest_fin:
-            result = GuestResult()
             self._guest_fin_in_order(result)
-            return result.frames
-        return [self.ack_frame()]
+        else:
+            result.frames.append(self.ack_frame())
+        return result
 
-    def socket_writable(self) -> list[bytes]:
-        """The socket drained: tell the guest the window is open again."""
-        if not self.socket_full:
+    def socket_writable(self, space: int, buffer: int) -> list[bytes]:
+        """The socket drained: tell the guest once there is room again."""
+        self.socket_space = space
+        if not self.socket_full or self._small(space, buffer):
             return []
         self.socket_full = False
         return [self.ack_frame()]

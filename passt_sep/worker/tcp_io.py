@@ -9,6 +9,7 @@ the guest opens its window or acknowledges data, ``_pump`` runs again.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -23,6 +24,8 @@ from ..packet import Inbound
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop, Timer
 
 SO_PEEK_OFF = 42
+SIOCOUTQ = 0x5411
+WINDOW_RECHECK = 0.002
 EPOLLET = 1 << 31
 PEEK_BUFFER = 256 * 1024
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
@@ -142,7 +145,7 @@ class TcpHandler:
         if result.rewind:
             self._rewind(flow)
         if result.to_socket is not None:
-            self._write(flow, seg, result.to_socket, now)
+            self._write(flow, seg, result.to_socket)
         if result.shutdown_write:
             self._shutdown(flow)
         if result.established:
@@ -154,7 +157,7 @@ class TcpHandler:
             self._pump(flow, now)
         self._schedule(flow)
 
-    def _write(self, flow: Flow, seg: tcp.Segment, data: memoryview, now: float) -> None:
+    def _write(self, flow: Flow, seg: tcp.Segment, data: memoryview) -> None:
         try:
             written = flow.sock.send(data)
         except BlockingIOError:
@@ -163,11 +166,27 @@ class TcpHandler:
             self.send_frame(flow.conn.socket_reset())
             self._close(flow)
             return
-        for frame in flow.conn.data_written(seg, written, now):
+        result = flow.conn.data_written(seg, written, *self._send_space(flow))
+        for frame in result.frames:
             self.send_frame(frame)
+        if result.shutdown_write:
+            self._shutdown(flow)
         if flow.conn.socket_full and not flow.want_out:
             flow.want_out = True
             self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS | EPOLLOUT)
+
+    @staticmethod
+    def _send_space(flow: Flow) -> tuple[int, int]:
+        """(free room, payload size) of the socket's send buffer: the window
+        we offer the guest, so that it never sends more than the socket takes."""
+        fd = flow.sock.fileno()
+        try:
+            queued = int.from_bytes(fcntl.ioctl(fd, SIOCOUTQ, b"\0\0\0\0"), "little")
+            size = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * 3 // 4
+        except OSError:
+            return 0, 0
+        # SO_SNDBUF counts the kernel's overhead too: about 3/4 is payload
+        return max(size - queued, 0), size
 
     def _discard(self, flow: Flow, count: int) -> None:
         """Drop acknowledged bytes from the socket's queue without copying."""
@@ -204,14 +223,25 @@ class TcpHandler:
             self._socket_failed(flow)
             return
         if events & EPOLLOUT and flow.want_out:
-            flow.want_out = False
-            self.loop.modify_fd(fd, SOCKET_EVENTS)
-            for frame in conn.socket_writable():
-                self.send_frame(frame)
+            self._window_update(flow)
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP):
             self._pump(flow, now)
         if flow.key in self.flows:
             self._schedule(flow)
+
+    def _window_update(self, flow: Flow, now: float = 0.0) -> None:
+        """Offer the guest the room the socket has again; while it is still
+        too little, look again shortly (the socket's own "writable" comes
+        sooner than a worthwhile window)."""
+        if flow.key not in self.flows:
+            return
+        for frame in flow.conn.socket_writable(*self._send_space(flow)):
+            self.send_frame(frame)
+        if flow.conn.socket_full:
+            self.loop.call_later(WINDOW_RECHECK, lambda later: self._window_update(flow, later))
+            return
+        flow.want_out = False
+        self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS)
 
     def _connect_done(self, flow: Flow, now: float) -> None:
         error = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -1,0 +1,213 @@
+"""TCP through pasta-sep with the kernel's own TCP on both ends: integrity
+both ways, concurrency, half-close, resets, forwarding and loss."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from topology import GW_ADDR4, HOST_ADDR4, HOST_ADDR6, REMOTE_ADDR4, REMOTE_ADDR6, Topology
+
+PEERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers.py")
+PY = sys.executable
+MiB = 1 << 20
+
+
+def digest(size: int, seed: int) -> str:
+    result = subprocess.run([PY, PEERS, "digest", str(size), str(seed)], capture_output=True,
+                            text=True, check=True)
+    return result.stdout.strip()
+
+
+def start_servers(topo: Topology, *ports_and_kinds: tuple[str, int]) -> None:
+    for kind, port in ports_and_kinds:
+        topo.spawn_remote(PY, PEERS, kind, str(port))
+        topo.wait_listening(port)
+
+
+def in_pasta(topo: Topology, pasta: str, script: str, *options: str, timeout: float = 240):
+    result = topo.run_host(pasta, "--config-net", *options, "--", "sh", "-ec", script,
+                           timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("remote", [REMOTE_ADDR4, REMOTE_ADDR6])
+def test_100_mib_each_way_outbound(topo: Topology, pasta: str, remote: str) -> None:
+    start_servers(topo, ("sink", 9000), ("source", 9001))
+    size = 100 * MiB
+    lines = in_pasta(topo, pasta, f"{PY} {PEERS} send {remote} 9000 {size} 1\n"
+                                  f"{PY} {PEERS} recv {remote} 9001 {size} 2")
+    assert lines == [digest(size, 1), digest(size, 2)]
+
+
+def test_200_concurrent_connections(topo: Topology, pasta: str) -> None:
+    start_servers(topo, ("sink", 9000))
+    lines = in_pasta(topo, pasta, f"{PY} {PEERS} many {REMOTE_ADDR4} 9000 200 {MiB}")
+    assert lines == ["ok 200"]
+
+
+def test_half_close_both_ways(topo: Topology, pasta: str) -> None:
+    """send: the guest shuts its write side and still reads the answer;
+    recv: the remote closes after its data and the guest sees EOF."""
+    start_servers(topo, ("sink", 9000), ("source", 9001))
+    lines = in_pasta(topo, pasta, f"{PY} {PEERS} send {REMOTE_ADDR4} 9000 12345 3\n"
+                                  f"{PY} {PEERS} recv {REMOTE_ADDR4} 9001 54321 4")
+    assert lines == [digest(12345, 3), digest(54321, 4)]
+
+
+def test_closed_port_is_refused_fast(topo: Topology, pasta: str) -> None:
+    script = ("start=$(date +%s%N); "
+              f"{PY} -c \"import socket; socket.create_connection(('{REMOTE_ADDR4}', 9999), 10)\""
+              " 2>&1 | tail -1; echo $(( ($(date +%s%N) - start) / 1000000 ))")
+    result = topo.run_host(pasta, "--config-net", "--", "sh", "-c", script)
+    lines = result.stdout.splitlines()
+    assert "ConnectionRefusedError" in lines[0]
+    assert int(lines[1]) < 3000
+
+
+def test_reset_from_remote_reaches_guest(topo: Topology, pasta: str) -> None:
+    """The remote accepts, then closes with SO_LINGER 0 (RST)."""
+    topo.spawn_remote(PY, "-c", (
+        "import socket, struct\n"
+        "s = socket.create_server(('0.0.0.0', 9100))\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.recv(10)\n"
+        "    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+        "    c.close()\n"))
+    topo.wait_listening(9100)
+    script = (f"{PY} -c \"import socket\n"
+              f"c = socket.create_connection(('{REMOTE_ADDR4}', 9100), 10); c.sendall(b'hi')\n"
+              "try:\n    print(len(c.recv(10)))\nexcept ConnectionResetError:\n"
+              "    print('reset')\"")
+    assert in_pasta(topo, pasta, script) == ["reset"]
+
+
+def test_reset_from_guest_reaches_remote(topo: Topology, pasta: str) -> None:
+    out = topo.spawn_remote(PY, "-c", (
+        "import socket\n"
+        "s = socket.create_server(('0.0.0.0', 9101))\n"
+        "c, _ = s.accept()\n"
+        "try:\n    data = c.recv(10); data = c.recv(10); print('eof' if not data else data)\n"
+        "except ConnectionResetError:\n    print('reset')\n"), stdout=subprocess.PIPE, text=True)
+    topo.wait_listening(9101)
+    script = (f"{PY} -c \"import socket, struct, time\n"
+              f"c = socket.create_connection(('{REMOTE_ADDR4}', 9101), 10); c.sendall(b'x')\n"
+              "time.sleep(0.5)\n"
+              "c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+              "c.close(); time.sleep(0.5)\"")
+    in_pasta(topo, pasta, script)
+    assert out.communicate(timeout=20)[0].strip() == "reset"
+
+
+def _serve_in_namespace(topo: Topology, pasta: str, *options: str, port: int = 20000):
+    """pasta-sep running a sink inside its namespace, with forwarding options."""
+    proc = topo.spawn_host(pasta, "--config-net", *options, "--", PY, PEERS, "sink", str(port),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc
+
+
+def _remote_send(topo: Topology, host: str, port: int, size: int, seed: int,
+                 deadline: float = 20.0) -> str:
+    """Send from the remote namespace, retrying while the guest's server starts."""
+    end = time.monotonic() + deadline
+    while True:
+        result = subprocess.run(topo.remote_cmd(PY, PEERS, "send", host, str(port), str(size),
+                                                str(seed)), capture_output=True, text=True)
+        if result.returncode == 0 or time.monotonic() > end:
+            return result.stdout.strip() or result.stderr.strip()
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("host", [HOST_ADDR4, HOST_ADDR6])
+def test_inbound_forwarding_with_translated_range(topo: Topology, pasta: str, host: str) -> None:
+    _serve_in_namespace(topo, pasta, "-t", "10000-10002:20000-20002")
+    size = 10 * MiB
+    assert _remote_send(topo, host, 10000, size, 5) == digest(size, 5)
+    # the other ports of the range are forwarded too, to their own targets:
+    # nothing listens on 20001 inside, so the guest refuses
+    refused = subprocess.run(topo.remote_cmd(PY, "-c", (
+        f"import socket\ntry:\n    socket.create_connection(('{host}', 10001), 5)\n"
+        "except ConnectionRefusedError:\n    print('refused')")), capture_output=True, text=True)
+    assert refused.stdout.strip() == "refused"
+
+
+def test_inbound_from_host_loopback_appears_from_gateway(topo: Topology, pasta: str) -> None:
+    topo.spawn_host(pasta, "--config-net", "-t", "10005:20005", "--", PY, "-c", (
+        "import socket\n"
+        "s = socket.create_server(('0.0.0.0', 20005))\n"
+        "while True:\n"
+        "    c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()\n"),
+        stdout=subprocess.DEVNULL)
+    end = time.monotonic() + 20
+    while True:
+        try:
+            result = topo.run_host(PY, "-c", (
+                "import socket\nc = socket.create_connection(('127.0.0.1', 10005), 5)\n"
+                "print(c.recv(100).decode())"))
+            if result.returncode == 0 and result.stdout.strip():
+                break
+        except subprocess.TimeoutExpired:
+            pass
+        assert time.monotonic() < end, result.stderr
+        time.sleep(0.2)
+    assert result.stdout.strip() == GW_ADDR4
+
+
+def test_address_bound_forwarding(topo: Topology, pasta: str) -> None:
+    _serve_in_namespace(topo, pasta, "-t", f"{HOST_ADDR4}/10010:20000")
+    assert _remote_send(topo, HOST_ADDR4, 10010, MiB, 6) == digest(MiB, 6)
+    listening = topo.in_host("ss", "-Htln", "sport = :10010").stdout
+    assert f"{HOST_ADDR4}:10010" in listening and "*:10010" not in listening
+
+
+def test_interface_bound_forwarding(topo: Topology, pasta: str) -> None:
+    _serve_in_namespace(topo, pasta, "-t", "%eth0/10020:20000")
+    assert _remote_send(topo, HOST_ADDR4, 10020, MiB, 7) == digest(MiB, 7)
+    listening = topo.in_host("ss", "-Htln", "sport = :10020").stdout
+    assert "%eth0:10020" in listening
+
+
+def test_port_already_bound_is_a_clear_error(topo: Topology, pasta: str) -> None:
+    holder = topo.spawn_host(PY, "-c", "import socket,time\ns=socket.create_server(('0.0.0.0',"
+                             " 10030))\ntime.sleep(60)")
+    topo.wait_listening(10030, remote=False)
+    result = topo.run_host(pasta, "--config-net", "-t", "10030", "--", "true")
+    holder.kill()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "pasta-sep: TCP port *:10030 is already in use: pick another port or stop what holds it"]
+
+
+def test_lossy_tap_still_transfers_intact(topo: Topology, pasta: str) -> None:
+    """nftables drops 1% of packets on the namespace's tap both ways: the
+    translator's own retransmission must recover."""
+    start_servers(topo, ("sink", 9000), ("source", 9001))
+    size = 20 * MiB
+    rules = ("nft add table inet lossy; "
+             "nft add chain inet lossy in '{ type filter hook input priority 0; }'; "
+             "nft add chain inet lossy out '{ type filter hook output priority 0; }'; "
+             "nft add rule inet lossy in iifname eth0 numgen random mod 100 0 drop; "
+             "nft add rule inet lossy out oifname eth0 numgen random mod 100 0 drop")
+    lines = in_pasta(topo, pasta, f"{rules}\n"
+                                  f"{PY} {PEERS} send {REMOTE_ADDR4} 9000 {size} 8\n"
+                                  f"{PY} {PEERS} recv {REMOTE_ADDR4} 9001 {size} 9\n"
+                                  "nft list ruleset | grep -c drop", timeout=300)
+    assert lines == [digest(size, 8), digest(size, 9), "2"]
+
+
+def test_flow_cap_refuses_new_connections(topo: Topology, pasta: str) -> None:
+    start_servers(topo, ("sink", 9000))
+    script = (f"{PY} -c \"import socket\n"
+              f"held = [socket.create_connection(('{REMOTE_ADDR4}', 9000), 5) for _ in range(4)]\n"
+              "try:\n"
+              f"    socket.create_connection(('{REMOTE_ADDR4}', 9000), 5)\n"
+              "    print('accepted')\n"
+              "except ConnectionRefusedError:\n"
+              "    print('refused')\"")
+    assert in_pasta(topo, pasta, script, "--max-flows", "4") == ["refused"]
+
