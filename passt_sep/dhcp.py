@@ -1,8 +1,16 @@
-"""DHCPv4 server for one lease (RFC 2131, options RFC 2132/3397).
+"""DHCPv4 server for exactly one lease (RFC 2131; options RFC 2132, 3396,
+3397, 6842).
 
-The guest is always offered the same thing: the host's address, prefix and
-gateway, the resolvers and search list, the MTU, and an infinite lease.
-No I/O here: ``handle_dhcp`` turns a request into a reply frame.
+Whoever asks gets the same thing: the guest's address and prefix, the
+gateway (which is also our server identifier), the resolvers, the search
+list, the MTU and an infinite lease, as passt does.  There is no lease
+state: a REQUEST is acknowledged when it names that address and refused
+(NAK) otherwise, RELEASE and DECLINE change nothing and get no answer.
+
+Replies go to the broadcast address from the gateway address: a client
+without an address yet (busybox udhcpc, ISC dhclient) reads them on a raw
+socket, and one that has an address (INFORM) on its socket bound to port
+68.  No I/O here: ``handle_dhcp`` turns a request into a reply frame.
 """
 
 from __future__ import annotations
@@ -11,80 +19,110 @@ import struct
 from dataclasses import dataclass, field
 
 from .dnswire import encode_names
-from .netparams import Network
+from .netparams import IPv4Params, Network
 from .packet import UDP, Drop, Inbound, udp_frame
 
-BOOTREQUEST, BOOTREPLY = 1, 2
-MAGIC = bytes([99, 130, 83, 99])
 SERVER_PORT, CLIENT_PORT = 67, 68
-DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
-OPT_PAD, OPT_END = 0, 255
-OPT_SUBNET, OPT_ROUTER, OPT_DNS, OPT_MTU, OPT_BROADCAST = 1, 3, 6, 26, 28
-OPT_REQUESTED_IP, OPT_LEASE, OPT_TYPE, OPT_SERVER_ID, OPT_SEARCH = 50, 51, 53, 54, 119
+BOOTREQUEST, BOOTREPLY = 1, 2
+HTYPE_ETHERNET, HLEN_ETHERNET = 1, 6
+MAGIC = bytes([99, 130, 83, 99])
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
+
+OPT_PAD, OPT_SUBNET_MASK, OPT_ROUTER, OPT_DNS, OPT_MTU, OPT_BROADCAST = 0, 1, 3, 6, 26, 28
+OPT_REQUESTED_IP, OPT_LEASE_TIME, OPT_MESSAGE_TYPE, OPT_SERVER_ID = 50, 51, 53, 54
+OPT_CLIENT_ID, OPT_DOMAIN_SEARCH, OPT_END = 61, 119, 255
+
 INFINITE_LEASE = 0xFFFFFFFF
-BOOTP_MIN_SIZE = 300
-BROADCAST4 = bytes([255] * 4)
+MIN_MTU, MAX_MTU = 576, 65535      # every host takes 576 (RFC 791); the option is 16 bits
+BOOTP_MIN_SIZE = 300               # RFC 1542 §2.1: some relays and clients want 300
+BROADCAST4 = b"\xff" * 4
+ZERO4 = bytes(4)
+
+# RFC 2131 §2, figure 1: op htype hlen hops xid secs flags ciaddr yiaddr
+# siaddr giaddr chaddr sname file; the magic cookie and the options follow.
 _FIXED = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
+_OPTIONS_START = _FIXED.size + len(MAGIC)
+
+# The answer to each message type we answer; RELEASE and DECLINE get none.
+_REPLY_TYPE = {DISCOVER: OFFER, REQUEST: ACK, INFORM: ACK}
+_SILENT = frozenset({RELEASE, DECLINE})
 
 
 @dataclass(frozen=True)
 class DhcpMessage:
+    """A BOOTP/DHCP message on Ethernet; options concatenated (RFC 3396)."""
+
     op: int
     xid: int
     flags: int
     ciaddr: bytes
     chaddr: bytes                       # the client's MAC (6 bytes)
     options: dict[int, bytes] = field(default_factory=dict)
-    yiaddr: bytes = bytes(4)
-    siaddr: bytes = bytes(4)
-    giaddr: bytes = bytes(4)
+    yiaddr: bytes = ZERO4
+    siaddr: bytes = ZERO4
+    giaddr: bytes = ZERO4
     secs: int = 0
+
+    def __post_init__(self) -> None:
+        if {len(self.ciaddr), len(self.yiaddr), len(self.siaddr), len(self.giaddr)} != {4}:
+            raise ValueError("DHCP addresses are 4 bytes long")
+        if len(self.chaddr) != HLEN_ETHERNET:
+            raise ValueError("chaddr must be a MAC address")
+        if OPT_PAD in self.options or OPT_END in self.options:
+            raise ValueError("PAD and END are not options with a value")
 
     @property
     def message_type(self) -> int | None:
-        value = self.options.get(OPT_TYPE)
-        return value[0] if value and len(value) == 1 else None
+        value = self.options.get(OPT_MESSAGE_TYPE)
+        return value[0] if value is not None and len(value) == 1 else None
 
 
 def parse_dhcp(payload: bytes | memoryview) -> DhcpMessage:
-    if len(payload) < _FIXED.size + len(MAGIC):
+    """Parse a DHCP message from Ethernet hardware; sname and file are not
+    looked at (no option overload)."""
+    if len(payload) < _OPTIONS_START:
         raise Drop("dhcp_short")
     (op, htype, hlen, _hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr,
      _sname, _file) = _FIXED.unpack_from(payload)
-    if htype != 1 or hlen != 6:
+    if (htype, hlen) != (HTYPE_ETHERNET, HLEN_ETHERNET):
         raise Drop("dhcp_hardware")
-    if bytes(payload[_FIXED.size:_FIXED.size + 4]) != MAGIC:
+    if bytes(payload[_FIXED.size:_OPTIONS_START]) != MAGIC:
         raise Drop("dhcp_cookie")
-    options = _parse_options(payload[_FIXED.size + 4:])
-    return DhcpMessage(op, xid, flags, ciaddr, chaddr[:6], options, yiaddr, siaddr, giaddr, secs)
+    options = _parse_options(payload[_OPTIONS_START:])
+    return DhcpMessage(op, xid, flags, ciaddr, chaddr[:HLEN_ETHERNET], options,
+                       yiaddr, siaddr, giaddr, secs)
 
 
 def _parse_options(data: bytes | memoryview) -> dict[int, bytes]:
+    """Options up to END (or the end of the data: some clients stop there).
+
+    A repeated option continues the first one (RFC 3396).
+    """
     options: dict[int, bytes] = {}
     offset = 0
-    while offset < len(data):
+    while offset < len(data) and data[offset] != OPT_END:
         code = data[offset]
-        if code == OPT_END:
-            return options
         if code == OPT_PAD:
             offset += 1
             continue
         if offset + 2 > len(data) or offset + 2 + data[offset + 1] > len(data):
             raise Drop("dhcp_option_length")
-        length = data[offset + 1]
-        # RFC 3396: a repeated option continues the first one
-        options[code] = options.get(code, b"") + bytes(data[offset + 2:offset + 2 + length])
-        offset += 2 + length
-    raise Drop("dhcp_no_end")
+        end = offset + 2 + data[offset + 1]
+        options[code] = options.get(code, b"") + bytes(data[offset + 2:end])
+        offset = end
+    return options
 
 
 def build_dhcp(message: DhcpMessage) -> bytes:
-    fixed = _FIXED.pack(message.op, 1, 6, 0, message.xid, message.secs, message.flags,
-                        message.ciaddr, message.yiaddr, message.siaddr, message.giaddr,
-                        message.chaddr.ljust(16, b"\0"), b"", b"")
-    out = bytearray(fixed + MAGIC)
+    """The message with END after the options, padded to the BOOTP size;
+    options longer than 255 bytes are split (RFC 3396)."""
+    out = bytearray(_FIXED.pack(
+        message.op, HTYPE_ETHERNET, HLEN_ETHERNET, 0, message.xid, message.secs, message.flags,
+        message.ciaddr, message.yiaddr, message.siaddr, message.giaddr,
+        message.chaddr, b"", b""))
+    out += MAGIC
     for code, value in message.options.items():
-        for start in range(0, max(len(value), 1), 255):  # RFC 3396 long options
+        for start in range(0, max(len(value), 1), 255):
             chunk = value[start:start + 255]
             out += bytes([code, len(chunk)]) + chunk
     out.append(OPT_END)
@@ -93,56 +131,83 @@ def build_dhcp(message: DhcpMessage) -> bytes:
 
 def handle_dhcp(net: Network, inb: Inbound, udp: UDP, *, send_dns: bool = True,
                 send_search: bool = True) -> bytes | None:
-    """The reply frame to a guest's DHCP request, or None."""
-    if udp.dport != SERVER_PORT or net.ipv4 is None:
-        return None
+    """The reply frame to a guest's message to port 67, or None.
+
+    ``inb`` is not needed (the reply goes to ``chaddr``, broadcast) but
+    keeps the signature of the other guest services.
+    """
+    v4 = net.ipv4
+    if v4 is None:
+        raise Drop("dhcp_no_ipv4")
     request = parse_dhcp(udp.payload)
     if request.op != BOOTREQUEST:
-        return None
+        raise Drop("dhcp_op")
     kind = request.message_type
     if kind is None:
         raise Drop("dhcp_no_type")
-    reply_type = _reply_type(net, request, kind)
-    if reply_type is None:
+    if kind in _SILENT or not _for_us(v4, request):
         return None
-    reply = _reply(net, request, reply_type, send_dns, send_search)
-    return udp_frame(request.chaddr, net.our_mac, net.ipv4.gateway, BROADCAST4,
+    if kind not in _REPLY_TYPE:
+        raise Drop("dhcp_type")
+    reply = _reply(net, v4, request, _reply_type(v4, request, kind), send_dns, send_search)
+    return udp_frame(request.chaddr, net.our_mac, v4.gateway, BROADCAST4,
                      SERVER_PORT, CLIENT_PORT, build_dhcp(reply))
 
 
-def _reply_type(net: Network, request: DhcpMessage, kind: int) -> int | None:
-    assert net.ipv4 is not None
-    if kind == DISCOVER:
-        return OFFER
-    if kind == INFORM:
-        return ACK
-    if kind != REQUEST:
-        return None  # RELEASE, DECLINE: nothing to answer, the lease never changes
-    wanted = request.options.get(OPT_REQUESTED_IP) or request.ciaddr
-    return ACK if wanted == net.ipv4.addr else NAK
+def _for_us(v4: IPv4Params, request: DhcpMessage) -> bool:
+    """False when the client names another server: it chose that one."""
+    server_id = request.options.get(OPT_SERVER_ID)
+    return server_id is None or server_id == v4.gateway
 
 
-def _reply(net: Network, request: DhcpMessage, kind: int, send_dns: bool,
+def _reply_type(v4: IPv4Params, request: DhcpMessage, kind: int) -> int:
+    """OFFER, ACK, or NAK for a REQUEST of any address but the one we lease.
+
+    SELECTING and INIT-REBOOT clients name it in option 50, RENEWING and
+    REBINDING ones in ciaddr (RFC 2131 §4.3.2).
+    """
+    if kind == REQUEST:
+        wanted = request.options.get(OPT_REQUESTED_IP, request.ciaddr)
+        return ACK if wanted == v4.addr else NAK
+    return _REPLY_TYPE[kind]
+
+
+def _reply(net: Network, v4: IPv4Params, request: DhcpMessage, kind: int, send_dns: bool,
            send_search: bool) -> DhcpMessage:
-    assert net.ipv4 is not None
-    v4 = net.ipv4
-    options: dict[int, bytes] = {OPT_TYPE: bytes([kind]), OPT_SERVER_ID: v4.gateway}
-    if kind == NAK:
-        return DhcpMessage(BOOTREPLY, request.xid, request.flags, bytes(4), request.chaddr, options)
-    mask = ((0xFFFFFFFF << (32 - v4.prefix_len)) & 0xFFFFFFFF).to_bytes(4, "big")
-    if kind != ACK or request.message_type != INFORM:
-        options[OPT_LEASE] = struct.pack("!I", INFINITE_LEASE)
-    options[OPT_SUBNET] = mask
-    options[OPT_ROUTER] = v4.gateway
-    host_bits = (~int.from_bytes(mask, "big")) & 0xFFFFFFFF
-    options[OPT_BROADCAST] = (int.from_bytes(v4.addr, "big") | host_bits).to_bytes(4, "big")
+    """The reply's fields as RFC 2131 table 3 sets them."""
+    options = {OPT_MESSAGE_TYPE: bytes([kind]), OPT_SERVER_ID: v4.gateway}
+    inform = request.message_type == INFORM
+    if kind != NAK:
+        if not inform:
+            options[OPT_LEASE_TIME] = struct.pack("!I", INFINITE_LEASE)
+        options |= _configuration(net, v4, send_dns, send_search)
+    if OPT_CLIENT_ID in request.options:
+        options[OPT_CLIENT_ID] = request.options[OPT_CLIENT_ID]  # RFC 6842
+    return DhcpMessage(
+        BOOTREPLY, request.xid, request.flags,
+        ciaddr=request.ciaddr if kind == ACK else ZERO4, chaddr=request.chaddr,
+        options=options, yiaddr=v4.addr if kind != NAK and not inform else ZERO4,
+        giaddr=request.giaddr)
+
+
+def _configuration(net: Network, v4: IPv4Params, send_dns: bool,
+                   send_search: bool) -> dict[int, bytes]:
+    """Everything we hand out, whatever the parameter request list says (as
+    passt does): clients ignore what they did not ask for."""
+    mask = subnet_mask(v4.prefix_len)
+    options = {OPT_SUBNET_MASK: mask, OPT_ROUTER: v4.gateway}
+    if v4.prefix_len <= 30:  # /31 and /32 have no broadcast address (RFC 3021)
+        options[OPT_BROADCAST] = bytes(a | (~m & 0xFF) for a, m in zip(v4.addr, mask,
+                                                                        strict=True))
     if send_dns and v4.dns:
         options[OPT_DNS] = b"".join(v4.dns)
     if send_search and net.search:
-        options[OPT_SEARCH] = encode_names(net.search)
-    if 576 <= net.mtu <= 65535:
+        options[OPT_DOMAIN_SEARCH] = encode_names(net.search)
+    if MIN_MTU <= net.mtu <= MAX_MTU:
         options[OPT_MTU] = struct.pack("!H", net.mtu)
-    yiaddr = bytes(4) if request.message_type == INFORM else v4.addr
-    return DhcpMessage(BOOTREPLY, request.xid, request.flags, request.ciaddr, request.chaddr,
-                       options, yiaddr=yiaddr)
+    return options
 
+
+def subnet_mask(prefix_len: int) -> bytes:
+    """``24`` -> ``255.255.255.0`` as 4 bytes."""
+    return ((0xFFFFFFFF << (32 - prefix_len)) & 0xFFFFFFFF).to_bytes(4, "big")
