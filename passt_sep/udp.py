@@ -24,7 +24,7 @@ the datagram the guest sent, so its connected socket sees ECONNREFUSED.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .netparams import Network
 from .packet import (
@@ -124,22 +124,28 @@ class UdpFlow:
     handle: int                  # the host socket's fd, owned by the I/O layer
     last_used: float
     forwarded: bool = False      # a -u listener: never expires
-    # host peer -> the address the guest used for it (mapped destinations)
-    guest_view: dict[tuple[bytes, int], bytes] | None = None
+    # host peer <-> the address the guest knows it by, both ways: replies
+    # keep the address the guest used, and the guest's answers to a peer go
+    # back to that peer even where the address alone would be mapped (a
+    # peer that is the gateway itself, say)
+    guest_view: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
+    host_view: dict[tuple[bytes, int], bytes] = field(default_factory=dict)
     MAX_VIEWS = 64
 
-    def remember(self, host_peer: tuple[bytes, int], guest_dst: bytes) -> None:
-        """Replies from ``host_peer`` must appear to come from ``guest_dst``."""
-        if host_peer[0] == guest_dst:
-            return
-        if self.guest_view is None:
-            self.guest_view = {}
-        if len(self.guest_view) >= self.MAX_VIEWS:
-            self.guest_view.pop(next(iter(self.guest_view)))
-        self.guest_view[host_peer] = guest_dst
+    def remember(self, host_peer: tuple[bytes, int], guest_seen: bytes) -> None:
+        """``host_peer`` is known to the guest as ``guest_seen``."""
+        if len(self.guest_view) >= self.MAX_VIEWS and host_peer not in self.guest_view:
+            old_host = next(iter(self.guest_view))
+            old_seen = self.guest_view.pop(old_host)
+            self.host_view.pop((old_seen, old_host[1]), None)
+        self.guest_view[host_peer] = guest_seen
+        self.host_view[(guest_seen, host_peer[1])] = host_peer[0]
 
     def seen_as(self, host_peer: tuple[bytes, int]) -> bytes | None:
-        return self.guest_view.get(host_peer) if self.guest_view else None
+        return self.guest_view.get(host_peer)
+
+    def host_of(self, guest_peer: tuple[bytes, int]) -> bytes | None:
+        return self.host_view.get(guest_peer)
 
 
 class UdpFlows:

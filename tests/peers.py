@@ -4,10 +4,14 @@ Servers (run in a namespace, until killed):
   sink PORT [ADDR]          TCP: read until EOF, answer "<sha256> <bytes>\\n", close
   source PORT [ADDR]        TCP: read "SIZE SEED\\n", send SIZE pseudo-random bytes, close
   udp-echo PORT [ADDR]      UDP: send every datagram back
+  dns PORT [ADDR]           DNS over UDP and TCP: A -> 203.0.113.53, AAAA -> 2001:db8:2::53
 Clients (print one line, exit 0 on success):
   send HOST PORT SIZE SEED  send, half-close, print the sink's answer and ours
   recv HOST PORT SIZE SEED  ask a source, print "<sha256> <bytes>" of what came
   many HOST PORT N SIZE     N concurrent sends to a sink, print "ok N" if all match
+  udp-stream HOST PORT N [RATE]  send N numbered 1000-byte datagrams to a
+                            udp-count, at most RATE per second (default: no limit)
+  udp-count PORT SECONDS    count numbered datagrams, print "got N missing M corrupt C"
 
 Data is deterministic per seed, so both ends can compute its sha256.
 """
@@ -19,6 +23,7 @@ import random
 import socket
 import sys
 import threading
+import time
 
 CHUNK = 1 << 20
 
@@ -89,6 +94,86 @@ def udp_echo(sock: socket.socket) -> None:
         sock.sendto(data, peer)
 
 
+DNS_A = socket.inet_pton(socket.AF_INET, "203.0.113.53")
+DNS_AAAA = socket.inet_pton(socket.AF_INET6, "2001:db8:2::53")
+
+
+def dns_answer(query: bytes) -> bytes:
+    """A minimal authoritative answer for any name: one A or AAAA record."""
+    end = 12
+    while query[end]:
+        end += query[end] + 1
+    qtype = int.from_bytes(query[end + 1:end + 3], "big")
+    question = query[12:end + 5]
+    rdata = {1: DNS_A, 28: DNS_AAAA}.get(qtype)
+    header = query[:2] + b"\x84\x00" + b"\x00\x01" + (b"\x00\x01" if rdata else b"\x00\x00")
+    header += b"\x00\x00\x00\x00"
+    answer = b""
+    if rdata:
+        answer = b"\xc0\x0c" + qtype.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x3c"
+        answer += len(rdata).to_bytes(2, "big") + rdata
+    return header + question + answer
+
+
+def dns_server(port: int, addr: str) -> None:
+    udp = listener(port, addr, socket.SOCK_DGRAM)
+    tcp = listener(port, addr)
+
+    def handle_tcp(conn: socket.socket) -> None:
+        with conn:
+            length = int.from_bytes(conn.recv(2), "big")
+            query = b""
+            while len(query) < length:
+                query += conn.recv(length - len(query))
+            reply = dns_answer(query)
+            conn.sendall(len(reply).to_bytes(2, "big") + reply)
+
+    threading.Thread(target=serve, args=(tcp, handle_tcp), daemon=True).start()
+    while True:
+        query, peer = udp.recvfrom(4096)
+        udp.sendto(dns_answer(query), peer)
+
+
+def udp_stream(host: str, port: int, count: int, rate: float = 0.0) -> str:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    start = time.monotonic()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        for number in range(count):
+            if rate and number % 100 == 0:
+                ahead = start + number / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            payload = number.to_bytes(8, "big") + random.Random(number).randbytes(992)
+            while True:
+                try:
+                    sock.sendto(payload, (host, port))
+                    break
+                except BlockingIOError:
+                    continue
+    return f"sent {count}"
+
+
+def udp_count(port: int, seconds: float) -> str:
+    sock = listener(port, "::", socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.settimeout(seconds)
+    seen: set[int] = set()
+    corrupt = 0
+    top = -1
+    try:
+        while True:
+            data = sock.recv(2000)
+            number = int.from_bytes(data[:8], "big")
+            if data[8:] != random.Random(number).randbytes(992):
+                corrupt += 1
+                continue
+            seen.add(number)
+            top = max(top, number)
+    except TimeoutError:
+        pass
+    return f"got {len(seen)} missing {top + 1 - len(seen)} corrupt {corrupt}"
+
+
 def connect(host: str, port: int) -> socket.socket:
     return socket.create_connection((host, port), timeout=60)
 
@@ -144,6 +229,13 @@ def main(argv: list[str]) -> None:
     if command in ("sink", "source"):
         addr = args[1] if len(args) > 1 else "::"
         serve(listener(int(args[0]), addr), handle_sink if command == "sink" else handle_source)
+    elif command == "dns":
+        dns_server(int(args[0]), args[1] if len(args) > 1 else "::")
+    elif command == "udp-stream":
+        rate = float(args[3]) if len(args) > 3 else 0.0
+        print(udp_stream(args[0], int(args[1]), int(args[2]), rate))
+    elif command == "udp-count":
+        print(udp_count(int(args[0]), float(args[1])))
     elif command == "udp-echo":
         udp_echo(listener(int(args[0]), args[1] if len(args) > 1 else "::", socket.SOCK_DGRAM))
     elif command == "send":

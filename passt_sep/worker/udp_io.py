@@ -54,7 +54,8 @@ class UdpHandler:
         if flow is None:
             flow = self._open_flow(datagram, now)
         sock = self.sockets[flow.handle]
-        host_dst = self.addrmap.to_host(datagram.dst, datagram.dport)
+        host_dst = (flow.host_of((datagram.dst, datagram.dport))
+                    or self.addrmap.to_host(datagram.dst, datagram.dport))
         flow.remember((host_dst, datagram.dport), datagram.dst)
         try:
             sock.sendto(datagram.payload, (socket.inet_ntop(sock.family, host_dst), datagram.dport))
@@ -141,6 +142,7 @@ class UdpHandler:
         host_src = socket.inet_pton(family, address[0])
         port = address[1]
         src = flow.seen_as((host_src, port)) or self.addrmap.to_guest(host_src, port)
+        flow.remember((host_src, port), src)
         try:
             frame = udp.datagram_frame(self.net, self.guest_mac(), src, port, flow.guest_addr,
                                        flow.guest_port, payload)

@@ -98,8 +98,10 @@ def test_remembered_guest_view_is_bounded() -> None:
     flow = udp.UdpFlow(False, GUEST4, 1000, handle=1, last_used=0)
     flow.remember((PEER4, 53), bytes([169, 254, 1, 1]))
     assert flow.seen_as((PEER4, 53)) == bytes([169, 254, 1, 1])
-    flow.remember((PEER4, 80), PEER4)  # unmapped: nothing to remember
-    assert flow.seen_as((PEER4, 80)) is None
+    assert flow.host_of((bytes([169, 254, 1, 1]), 53)) == PEER4
+    flow.remember((PEER4, 80), PEER4)
+    assert flow.seen_as((PEER4, 80)) == PEER4
+    assert flow.host_of((PEER4, 80)) == PEER4
     for port in range(1, 200):
         flow.remember((PEER4, 1000 + port), bytes([10, 0, 0, 1]))
-    assert len(flow.guest_view) == udp.UdpFlow.MAX_VIEWS
+    assert len(flow.guest_view) == len(flow.host_view) == udp.UdpFlow.MAX_VIEWS
