@@ -132,10 +132,11 @@ def test_inbound_forwarding_with_translated_range(topo: Topology, pasta: str, ho
     # nothing listens on 20001 inside, so the guest's refusal resets the
     # connection the host had accepted
     refused = subprocess.run(topo.remote_cmd(PY, "-c", (
-        f"import socket\nc = socket.create_connection(('{host}', 10001), 5)\n"
-        "try:\n    print('eof' if not c.recv(10) else 'data')\n"
+        "import socket\n"
+        f"try:\n    c = socket.create_connection(('{host}', 10001), 20)\n"
+        "    print('eof' if not c.recv(10) else 'data')\n"
         "except ConnectionResetError:\n    print('reset')")), capture_output=True, text=True)
-    assert refused.stdout.strip() == "reset"
+    assert refused.stdout.strip() == "reset", refused.stderr
 
 
 def test_inbound_from_host_loopback_appears_from_gateway(topo: Topology, pasta: str) -> None:
