@@ -1,0 +1,177 @@
+"""passt mode: a guest on passt-sep's UNIX socket.
+
+The guest is a network namespace whose tap device is bridged to the socket
+by tests/tapbridge.py (what QEMU's -netdev stream does for a VM): its
+kernel runs DHCP, SLAAC, TCP and UDP against passt-sep for real.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from topology import HOST_ADDR4, REMOTE_ADDR4, REMOTE_ADDR6, Topology
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = os.path.join(TESTS, "peers.py")
+BRIDGE = os.path.join(TESTS, "tapbridge.py")
+PY = sys.executable
+MiB = 1 << 20
+LEASE_SCRIPT = """#!/bin/sh
+case "$1" in bound|renew)
+  ip addr flush dev $interface
+  ip addr add $ip/$mask dev $interface
+  [ -n "$router" ] && ip route add default via $router
+;; esac
+exit 0
+"""
+
+
+class Guest:
+    """A namespace attached to passt-sep's socket through a tap bridge."""
+
+    def __init__(self, topo: Topology, socket_path: str, workdir: str) -> None:
+        self.ns = f"{topo.host}-g"
+        self.lease_script = os.path.join(workdir, "udhcpc.sh")
+        with open(self.lease_script, "w", encoding="ascii") as handle:
+            handle.write(LEASE_SCRIPT)
+        os.chmod(self.lease_script, 0o755)
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        subprocess.run(self.cmd("ip", "link", "set", "lo", "up"), check=True)
+        self.bridge = subprocess.Popen(self.cmd(PY, BRIDGE, socket_path, "eth0"))
+        self._wait_link()
+
+    def cmd(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *args]
+
+    def run(self, script: str, timeout: float = 120) -> list[str]:
+        result = subprocess.run(self.cmd("sh", "-ec", script), capture_output=True, text=True,
+                                timeout=timeout)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout.splitlines()
+
+    def _wait_link(self) -> None:
+        for _ in range(200):
+            state = subprocess.run(self.cmd("ip", "-br", "link", "show", "eth0"),
+                                   capture_output=True, text=True).stdout
+            if "UP" in state:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("tap bridge did not come up")
+
+    def dhcp(self) -> None:
+        self.run(f"busybox udhcpc -i eth0 -f -q -n -t 5 -T 1 -s {self.lease_script} "
+                 ">/dev/null 2>&1 || true; "
+                 "ip -4 addr show dev eth0 | grep -q inet || exit 1")
+
+    def close(self) -> None:
+        self.bridge.kill()
+        self.bridge.wait()
+        subprocess.run(["ip", "netns", "del", self.ns], check=False)
+
+
+@pytest.fixture
+def passt_socket(shared_tmp) -> str:
+    return str(shared_tmp / "passt.socket")
+
+
+@pytest.fixture
+def guest(topo: Topology, passt: str, passt_socket: str, shared_tmp):
+    daemon = topo.spawn_host(passt, "-f", "-q", "-s", passt_socket, "-t", "10080:20080",
+                             stderr=subprocess.PIPE, text=True)
+    g = Guest(topo, passt_socket, str(shared_tmp))
+    yield g
+    g.close()
+    daemon.kill()
+
+
+def test_dhcp_gives_the_host_address_and_gateway(topo: Topology, guest: Guest) -> None:
+    lines = guest.run("busybox udhcpc -i eth0 -f -q -n -t 5 -T 1 -s /bin/true -O mtu 2>&1 | "
+                      "grep -o 'lease of [0-9.]* obtained' ; true")
+    assert lines == [f"lease of {HOST_ADDR4} obtained"]
+
+
+def test_tcp_both_ways_udp_and_ping(topo: Topology, guest: Guest) -> None:
+    guest.dhcp()
+    for kind, port in (("sink", 9000), ("source", 9001)):
+        topo.spawn_remote(PY, PEERS, kind, str(port))
+        topo.wait_listening(port)
+    topo.spawn_remote(PY, PEERS, "udp-echo", "7000", REMOTE_ADDR4)
+    size = 20 * MiB
+    lines = guest.run(f"{PY} {PEERS} send {REMOTE_ADDR4} 9000 {size} 1\n"
+                      f"{PY} {PEERS} recv {REMOTE_ADDR4} 9001 {size} 2\n"
+                      f"ping -c 2 -W 3 {REMOTE_ADDR4} >/dev/null && echo ping-ok\n"
+                      f"{PY} -c \"import socket; s = socket.socket(socket.AF_INET, "
+                      "socket.SOCK_DGRAM); s.settimeout(5); "
+                      f"s.sendto(b'udp-ok', ('{REMOTE_ADDR4}', 7000)); "
+                      "print(s.recv(100).decode())\"")
+    digests = [subprocess.run([PY, PEERS, "digest", str(size), str(seed)], capture_output=True,
+                              text=True).stdout.strip() for seed in (1, 2)]
+    assert lines == digests + ["ping-ok", "udp-ok"]
+
+
+def test_ipv6_slaac_and_tcp(topo: Topology, guest: Guest) -> None:
+    topo.spawn_remote(PY, PEERS, "source", "9001")
+    topo.wait_listening(9001)
+    lines = guest.run(
+        "for i in $(seq 100); do ip -6 addr show dev eth0 scope global -tentative | "
+        "grep -q 2001:db8:1: "
+        "&& break; sleep 0.1; done; ip -6 -br addr show dev eth0 scope global\n"
+        f"{PY} {PEERS} recv {REMOTE_ADDR6} 9001 {MiB} 3")
+    assert "2001:db8:1:" in lines[0]
+    expected = subprocess.run([PY, PEERS, "digest", str(MiB), "3"], capture_output=True,
+                              text=True).stdout.strip()
+    assert lines[1] == expected
+
+
+def test_forwarded_port_reaches_the_guest(topo: Topology, guest: Guest) -> None:
+    guest.dhcp()
+    server = subprocess.Popen(guest.cmd(PY, PEERS, "sink", "20080"))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            result = subprocess.run(topo.remote_cmd(PY, PEERS, "send", HOST_ADDR4, "10080",
+                                                    str(MiB), "4"), capture_output=True, text=True)
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        expected = subprocess.run([PY, PEERS, "digest", str(MiB), "4"], capture_output=True,
+                                  text=True).stdout.strip()
+        assert result.stdout.strip() == expected, result.stderr
+    finally:
+        server.kill()
+
+
+def test_second_client_is_refused_and_one_off_exits(topo: Topology, passt: str,
+                                                     passt_socket: str, shared_tmp) -> None:
+    daemon = topo.spawn_host(passt, "-f", "-1", "-s", passt_socket, stderr=subprocess.PIPE,
+                             text=True)
+    first = Guest(topo, passt_socket, str(shared_tmp))
+    try:
+        second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        second.connect(passt_socket)
+        second.settimeout(5)
+        assert second.recv(10) == b""  # accepted and closed
+        second.close()
+    finally:
+        first.close()
+    assert daemon.wait(timeout=20) == 0
+    assert "already connected" in daemon.stderr.read()
+
+
+def test_host_addresses_are_the_guests(topo: Topology, guest: Guest) -> None:
+    """No NAT: the remote sees the connection from the host's own address."""
+    guest.dhcp()
+    topo.spawn_remote(PY, "-c", (
+        "import socket\ns = socket.create_server(('::', 9200), family=socket.AF_INET6,"
+        " dualstack_ipv6=True)\n"
+        "while True:\n    c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()\n"))
+    topo.wait_listening(9200)
+    lines = guest.run(f"{PY} -c \"import socket; c = socket.create_connection(('{REMOTE_ADDR4}',"
+                      " 9200), 10); print(c.recv(100).decode())\"")
+    assert lines == [f"::ffff:{HOST_ADDR4}"]
