@@ -80,6 +80,7 @@ class Broker:
         if config.mode == "pasta":
             net = self._pasta_namespace(net, host)
         else:
+            self._own_user_namespace()
             self._passt_socket()
         self._forwarding()
         self._files()
@@ -100,9 +101,7 @@ class Broker:
             self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
             self._enter_owner_userns()
         else:
-            if not self.real_root:
-                namespaces.create_user_namespace()
-                self.own_userns = True
+            self._own_user_namespace()
             command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
             self.target = namespaces.spawn_command_namespace(command)
             self.entries.append(FdEntry("command_pidfd", os.pidfd_open(self.target.holder.pid)))
@@ -111,6 +110,13 @@ class Broker:
                                             lambda: _tap_inside(config, ifname, net, host))
         self.entries.append(FdEntry("tap", fds[0], {"ifname": ifname}))
         return dataclasses.replace(net, guest_mac=mac_to_bytes(result["mac"]))
+
+    def _own_user_namespace(self) -> None:
+        """Unprivileged: a user namespace of our own gives the capabilities
+        the jail needs (and nothing on the host)."""
+        if not self.real_root:
+            namespaces.create_user_namespace()
+            self.own_userns = True
 
     def _enter_owner_userns(self) -> None:
         """Join the user namespace that owns the target network namespace,

@@ -1,0 +1,164 @@
+"""Write man/passt-sep.1 and man/pasta-sep.1 from the option table.
+
+The option list of each page comes from ``passt_sep.config.OPTIONS`` (the
+table ``--help`` prints), so the two cannot drift; the prose around it is
+here.  Run after changing options: ``python contrib/genman.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from passt_sep import __version__  # noqa: E402
+from passt_sep.config import BOTH, OPTIONS, Option  # noqa: E402
+
+DATE = "2026-11-23"
+
+
+def esc(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("-", "\\-")
+
+
+def option_entry(opt: Option) -> str:
+    names = [f"\\fB{esc(n)}\\fR" for n in (opt.short, opt.long) if n]
+    head = ", ".join(names) + (f" \\fI{esc(opt.arg)}\\fR" if opt.arg else "")
+    body = esc(opt.help) + "."
+    if opt.default:
+        body += f" Default: {esc(opt.default)}."
+    return f".TP\n{head}\n{body}\n"
+
+
+SECURITY = r"""
+.SH SECURITY MODEL
+A short\-lived broker does everything that needs a privilege or a path:
+it creates or joins the namespaces, opens the tap device or UNIX socket, the
+listening sockets, the capture and log files and the pid file, then closes
+a jail around itself: new mount, IPC, UTS and PID namespaces, an empty
+read\-only tmpfs as root, every capability dropped, no_new_privs, not
+dumpable; as real root it switches to \fBnobody\fR (or \fB\-\-runas\fR).
+It forks the translation worker and hands it every file descriptor in one
+message (SCM_RIGHTS, configuration as msgpack).
+The worker closes anything not in that message and arms a seccomp filter
+built from the allowlist in \fIseccomp/worker.x86_64\fR: any other system
+call kills it.
+The worker never opens a path.
+In pasta's command mode the process the caller started stays to return the
+command's exit status, holding no file descriptor and no capability, under
+its own twelve\-call filter.
+"""
+
+EXAMPLES = {
+    "passt": r"""
+.SH EXAMPLES
+.SS QEMU
+.nf
+passt\-sep \-\-socket /tmp/passt\-sep.socket
+qemu\-system\-x86_64 ... \-device virtio\-net\-pci,netdev=n0 \e
+  \-netdev stream,id=n0,server=off,addr.type=unix,addr.path=/tmp/passt\-sep.socket
+.fi
+.SS libvirt
+Install passt\-sep as \fIpasst\fR in libvirt's search path and use
+.nf
+<interface type='user'><backend type='passt'/></interface>
+.fi
+libvirt then runs \fBpasst \-\-one\-off \-\-socket\fR \fIPATH\fR
+\fB\-\-pid\fR \fIFILE\fR with its options.
+.SS systemd
+.nf
+systemctl \-\-user start passt\-sep@vm1
+.fi
+starts \fBpasst\-sep \-\-pid\-file %t/passt\-sep/vm1.pid \-\-socket
+%t/passt\-sep/vm1.socket\fR from \fIcontrib/systemd/passt\-sep@.service\fR
+(Type=forking: the foreground process exits once the worker serves and the
+pid file names it).
+""",
+    "pasta": r"""
+.SH EXAMPLES
+.SS A shell with the host's connectivity, rootless
+.nf
+pasta\-sep \-\-config\-net
+.fi
+.SS Join a namespace in the background
+.nf
+pasta\-sep \-\-config\-net \-\-netns /run/netns/mine \-\-pid\-file /run/user/1000/ps.pid
+.fi
+.SS Podman
+Point Podman at passt\-sep by making it find a binary called \fIpasta\fR:
+a symbolic link \fIpasta\fR \-> \fIpasta\-sep\fR in a directory listed as
+\fBhelper_binaries_dir\fR in \fIcontainers.conf\fR.
+Podman runs it as, for example:
+.nf
+pasta \-\-config\-net \-\-dns\-forward 169.254.1.1 \-t none \-u none \-T none \-U none \e
+  \-\-no\-map\-gw \-\-quiet \-\-netns /run/user/1000/netns/netns\-XXXX
+.fi
+""",
+}
+
+FILES = r"""
+.SH FILES
+.TP
+\fIseccomp/worker.x86_64\fR, \fIseccomp/waiter.x86_64\fR
+System call allowlists (installed in \fIshare/passt\-sep/seccomp\fR).
+.TP
+\fI/etc/resolv.conf\fR
+Read once by the broker: resolvers and search list handed to the guest.
+.TP
+\fI/dev/net/tun\fR
+The tap device (pasta mode).
+.SH EXIT STATUS
+0 when the worker serves (background) or exited cleanly (foreground); in
+pasta's command mode, the command's exit status; 1 for a bad option, a port
+already in use, a missing namespace or any other setup error, with one line
+saying what is wrong.
+.SH SEE ALSO
+\fBpasst\fR(1), \fBpasta\fR(1), \fBqemu\fR(1), \fBpodman\fR(1)
+"""
+
+
+def page(mode: str) -> str:
+    name = f"{mode}-sep"
+    other = "pasta-sep" if mode == "passt" else "passt-sep"
+    what = ("user-mode networking for virtual machines" if mode == "passt"
+            else "user-mode networking for network namespaces")
+    synopsis = (f".B {esc(name)}\n[\\fIOPTION\\fR]...\n" if mode == "passt" else
+                f".B {esc(name)}\n[\\fIOPTION\\fR]... [\\fICOMMAND\\fR [\\fIARG\\fR]...]\n.br\n"
+                f".B {esc(name)}\n[\\fIOPTION\\fR]... \\fIPID\\fR\n.br\n"
+                f".B {esc(name)}\n[\\fIOPTION\\fR]... \\fB\\-\\-netns\\fR "
+                "[\\fIPATH\\fR|\\fINAME\\fR]\n")
+    description = (
+        f"\\fB{esc(name)}\\fR is a privilege\\-separated Python reimplementation of "
+        f"\\fB{mode}\\fR. It translates the guest's Layer\\-2 frames into ordinary TCP, UDP "
+        "and ICMP echo sockets on the host and back, without any privilege: the guest "
+        "gets the host's own addresses, routes and resolvers (no NAT where it can be "
+        "avoided), by DHCP, NDP and DHCPv6, or directly with \\fB\\-\\-config\\-net\\fR. "
+        + ("Frames travel over a UNIX stream socket, each preceded by its length as a "
+           "4\\-byte big\\-endian number (QEMU's \\fB\\-netdev stream\\fR)."
+           if mode == "passt" else
+           "Frames travel over a tap device inside a network namespace that "
+           f"\\fB{esc(name)}\\fR creates (running \\fICOMMAND\\fR, by default the user's "
+           "shell) or joins. Any program name containing \\fIpasta\\fR selects this mode, "
+           "so a link called \\fIpasta\\fR works for Podman."))
+    options = "".join(option_entry(o) for o in OPTIONS if o.modes in (BOTH, mode))
+    title = esc(name.upper())
+    return (f'.TH {title} 1 "{DATE}" "passt\\-sep {__version__}" "User Commands"\n'
+            f".SH NAME\n{esc(name)} \\- {what}\n"
+            f".SH SYNOPSIS\n{synopsis}"
+            f".SH DESCRIPTION\n{description}\n"
+            f".SH OPTIONS\n{options}"
+            + SECURITY + EXAMPLES[mode] + FILES.replace("SEE ALSO\n",
+                                                       f"SEE ALSO\n\\fB{esc(other)}\\fR(1), "))
+
+
+def main() -> None:
+    man = os.path.join(os.path.dirname(HERE), "man")
+    for mode in ("passt", "pasta"):
+        with open(os.path.join(man, f"{mode}-sep.1"), "w", encoding="utf-8") as handle:
+            handle.write(page(mode))
+
+
+if __name__ == "__main__":
+    main()

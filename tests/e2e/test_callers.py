@@ -1,0 +1,113 @@
+"""What callers rely on: systemd's Type=forking contract, signals, the man
+pages and --help."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from passt_sep.config import BOTH, OPTIONS
+
+from topology import Topology
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            return "\nState:\tZ" not in handle.read()
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_forking_daemon_pid_file_and_clean_signal_exit(topo: Topology, passt: str, shared_tmp,
+                                                      signum: int) -> None:
+    """Type=forking: the foreground process exits 0 once the worker serves,
+    with the worker's pid in the file; a signal ends the worker cleanly and
+    it removes the pid file."""
+    pidfile = shared_tmp / "vm1.pid"
+    sock = shared_tmp / "vm1.socket"
+    result = topo.run_host(passt, "--quiet", "--pid-file", str(pidfile), "--socket", str(sock),
+                           rootless=True)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == ("", "")
+    worker = int(pidfile.read_text())
+    assert _alive(worker)
+    assert sock.is_socket()
+    os.kill(worker, signum)
+    assert _wait_gone(worker)
+    assert not pidfile.exists()
+
+
+def test_systemd_unit_verifies() -> None:
+    unit = os.path.join(REPO, "contrib", "systemd", "passt-sep@.service")
+    with open(unit, encoding="ascii") as handle:
+        text = handle.read()
+    assert "Type=forking" in text and "PIDFile=%t/passt-sep/%i.pid" in text
+    assert "--pid-file %t/passt-sep/%i.pid" in text
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
+                            capture_output=True, text=True)
+    # the unit names the installed path, which this machine may not have
+    problems = [line for line in result.stderr.splitlines() if "passt-sep@" in line
+                and "is not executable" not in line]
+    assert not problems, result.stderr
+
+
+@pytest.mark.parametrize("mode", ["passt", "pasta"])
+def test_man_page_renders_without_warnings(mode: str) -> None:
+    page = os.path.join(REPO, "man", f"{mode}-sep.1")
+    result = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-P-cbou", page],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert "SECURITY MODEL" in result.stdout and "EXIT STATUS" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["passt", "pasta"])
+def test_help_and_man_page_list_the_same_options(mode: str, passt: str, pasta: str) -> None:
+    binary = passt if mode == "passt" else pasta
+    help_text = subprocess.run([binary, "--help"], capture_output=True, text=True).stdout
+    in_help = set(re.findall(r"^\s+(?:-\w, )?(--[\w-]+)", help_text, re.M))
+    with open(os.path.join(REPO, "man", f"{mode}-sep.1"), encoding="utf-8") as handle:
+        man = handle.read().replace("\\-", "-")
+    in_man = set(re.findall(r"^\\fB(?:-\w\\fR, \\fB)?(--[\w-]+)", man, re.M))
+    expected = {o.long for o in OPTIONS if o.modes in (BOTH, mode)}
+    assert in_help == in_man == expected
+
+
+def test_version(passt: str) -> None:
+    result = subprocess.run([passt, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("passt-sep ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus"], "Unknown option: --bogus"),
+    (["-t", "22-abc"], "Invalid port specifier: 22-abc (option -t)"),
+    (["-a", "300.1.1.1"], "Invalid address for --address: 300.1.1.1"),
+    (["--netns", "/nonexistent/netns"], "cannot open network namespace /nonexistent/netns"),
+])
+def test_errors_are_one_clear_line(topo: Topology, pasta: str, argv: list[str],
+                                   message: str) -> None:
+    result = topo.run_host(pasta, *argv)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
