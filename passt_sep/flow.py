@@ -49,8 +49,7 @@ class FlowKey:
 
 
 class FlowTable(Generic[V]):
-    """At most ``max_flows`` flows by key, and by socket fd for those that
-    registered one."""
+    """At most ``max_flows`` flows by key; sockets' fds bound to flow keys."""
 
     def __init__(self, max_flows: int) -> None:
         self.max_flows = max_flows
@@ -60,21 +59,23 @@ class FlowTable(Generic[V]):
     def get(self, key: FlowKey) -> V | None:
         return self._flows.get(key)
 
-    def add(self, key: FlowKey, value: V, fd: int | None = None) -> bool:
+    def add(self, key: FlowKey, value: V) -> bool:
         """Insert a new flow; False when the table is full (or the key is
-        taken: callers look up first, so that is a bug they will notice)."""
+        taken: callers look up first, so that would be their bug)."""
         if len(self._flows) >= self.max_flows or key in self._flows:
             return False
         self._flows[key] = value
-        if fd is not None:
-            self._fds[fd] = key
         return True
 
-    def remove(self, key: FlowKey, fd: int | None = None) -> V | None:
-        """Forget a flow (and its fd, if given); the value, if it was there."""
-        if fd is not None and self._fds.get(fd) == key:
-            del self._fds[fd]
+    def remove(self, key: FlowKey) -> V | None:
+        """Forget a flow (unbind its fd first); the value, if it was there."""
         return self._flows.pop(key, None)
+
+    def bind_fd(self, fd: int, key: FlowKey) -> None:
+        self._fds[fd] = key
+
+    def unbind_fd(self, fd: int) -> None:
+        self._fds.pop(fd, None)
 
     def by_fd(self, fd: int) -> V | None:
         key = self._fds.get(fd)
@@ -87,8 +88,5 @@ class FlowTable(Generic[V]):
         return key in self._flows
 
     def __iter__(self) -> Iterator[FlowKey]:
+        """The keys, as a snapshot: flows may be removed while walking."""
         return iter(list(self._flows))
-
-    def values(self) -> list[V]:
-        """A snapshot: safe to remove flows while walking it."""
-        return list(self._flows.values())

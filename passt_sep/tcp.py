@@ -2,491 +2,781 @@
 
 Theory of operation
 -------------------
-passt-sep has no TCP stack.  Each guest connection is paired with one kernel
-socket on the host, and each side's observable state is reflected to the
-other (passt's design):
+passt-sep has no TCP stack (passt's design).  Each guest connection is
+paired with one kernel TCP socket on the host, and what one side can observe
+of the other is mirrored: sequence numbers are ours towards the guest,
+acknowledgements follow what the socket took, windows follow what the
+socket and the guest can take.  This module decides; ``worker/tcp_io.py``
+does the syscalls.  Everything is driven by method calls that pass ``now``;
+nothing here reads a clock or touches a socket.
 
-* Directions.  Outbound: the guest's SYN makes the I/O layer open a socket
-  and ``connect()``; the guest gets SYN-ACK when the connection is made, RST
-  when it fails.  Inbound: a connection accepted on a forwarded port (``-t``)
-  becomes a SYN to the guest, from the peer's address as the guest sees it.
+Directions
+    Outbound: the guest's SYN makes the I/O layer open a non-blocking socket
+    and ``connect()`` it (``TcpConn.from_guest_syn``, state CONNECTING).  When
+    the socket connects, the guest gets our SYN-ACK (``on_connected``,
+    SYN_RCVD); when it fails, a RST (``on_connect_failed``).  The guest's
+    ACK of the SYN-ACK makes the flow ESTABLISHED.
+    Inbound: a connection accepted on a forwarded port (``-t``) becomes a SYN
+    to the guest (``TcpConn.for_accepted``, SYN_SENT), from the peer's
+    address as the guest sees it.  The guest's SYN-ACK makes it ESTABLISHED;
+    its RST, or no answer after a few SYN retries, closes the socket with
+    RST.
 
-* Guest to host.  In-order payload is written to the socket; the guest is
-  acknowledged exactly what the socket accepted, so nothing waits in this
-  process: what the socket refused is retransmitted by the guest.  While the
-  socket is full, the advertised window is zero; a window update follows
-  when it drains.
+Guest to host
+    In-order payload, with what the socket already has trimmed off the
+    front, goes to the socket (``Actions.to_socket``).  The guest is
+    acknowledged exactly what the socket accepted (``on_socket_accepted``),
+    so nothing waits in this process: what the socket refused the guest
+    sends again.  The window we advertise is the room left in the socket's
+    send buffer; too little room is advertised as none (receiver-side
+    silly-window avoidance) and a window update follows when the socket
+    drains (``on_socket_writable``).  Segments beyond ``rcv_nxt`` are
+    dropped (we keep no reassembly queue) and answered with a duplicate ACK
+    so that the guest retransmits the gap at once.
 
-* Host to guest.  Data stays in the socket's receive queue until the guest
-  acknowledges it.  The I/O layer reads it with ``MSG_PEEK`` (SO_PEEK_OFF
-  moves the offset past what was already sent), this module cuts it into
-  segments within the guest's window and MSS, and bytes the guest
-  acknowledges are then discarded from the socket (``acked``).  A
-  retransmission rewinds: ``snd_nxt`` goes back to ``snd_una`` and the I/O
-  layer resets the peek offset to 0 and peeks again.
+Host to guest
+    Data stays in the socket's receive queue until the guest acknowledges
+    it.  The I/O layer peeks at it (``MSG_PEEK`` with ``SO_PEEK_OFF``, so
+    each peek continues where the last one ended), at most ``send_budget()``
+    bytes: the guest's window minus what is in flight.  ``on_socket_data``
+    cuts it into segments of the guest's MSS.  Bytes the guest acknowledges
+    are reported in ``Actions.acked`` and the I/O layer discards them from
+    the socket (``MSG_TRUNC``).  Retransmission never needs a copy: it
+    rewinds (``snd_nxt = snd_una``; ``Actions.retransmit`` tells the I/O layer
+    to set the peek offset back to 0) and the data is peeked again, after
+    three duplicate ACKs (once per window: NewReno's ``recover`` point) or
+    when the retransmission timer expires.  Invariant: the socket's peek
+    offset is ``snd_nxt - snd_una``.
 
-* Ending.  A guest FIN in order becomes ``shutdown(SHUT_WR)``; the socket's
-  end of file becomes a FIN to the guest once all data before it was sent.
-  When both FINs are acknowledged the flow is closed.  RST travels both ways:
-  a guest RST closes the socket with SO_LINGER 0 (the peer sees RST), a
-  socket error becomes RST to the guest.
+Windows and options
+    Our SYN/SYN-ACK carries MSS (the MTU's) and window scale (``OUR_WSCALE``,
+    only if the guest offered scaling, or in our own SYN).  The guest's MSS
+    and scale come from its SYN or SYN-ACK (defaults 536 / 1220 bytes, no
+    scaling).  No timestamps, no SACK: we never announce them, so the guest
+    never uses them.
 
-* Time.  Everything takes ``now``; ``deadline`` says when ``on_timer``
-  wants to run: SYN retries towards the guest, retransmission of data and
-  FIN with exponential back-off, and an inactivity limit.
+Ending
+    A guest FIN in order becomes ``shutdown(SHUT_WR)`` (``shutdown_write``);
+    the socket's end of file (a peek returning 0) becomes a FIN to the guest
+    once all data before it was sent.  When the guest's FIN was passed on
+    and our FIN is acknowledged, the flow is CLOSED (``closed``: the socket
+    can be closed) and lingers briefly to acknowledge a retransmitted FIN
+    rather than reset it.  A guest RST in the window closes the socket with
+    SO_LINGER 0 so its peer sees a reset (``reset``); a socket error becomes
+    a RST to the guest (``on_socket_error``).
 
-States: CONNECTING (outbound, socket connecting), SYN_SENT (inbound, SYN
-sent to the guest), ESTABLISHED, then half-closed flags ``guest_fin`` and
-``fin_sent``/``fin_acked``, and CLOSED.
+Time
+    ``next_deadline()`` says when ``on_timer`` wants to run: SYN and SYN-ACK
+    retries, retransmission with exponential back-off (RST after
+    ``MAX_RETRIES``; the FIN's timeout is its retransmission schedule),
+    zero-window probes, the inactivity limit (2 h, like passt) and the end
+    of the closed state's linger.
+
+States: CONNECTING, SYN_RCVD (outbound handshake), SYN_SENT (inbound
+handshake), ESTABLISHED (with the half-close flags ``guest_fin``,
+``sock_eof``/``fin_sent``/``fin_acked``), CLOSED.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .packet import IPPROTO_TCP, Drop, Inbound, checksum, ip_frame, pseudo_header_sum
+from .netparams import Network
+from .packet import (
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPPROTO_TCP,
+    IPV4_HLEN,
+    IPV6_HLEN,
+    Drop,
+    Inbound,
+    checksum,
+    pseudo_header_sum,
+)
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-OPT_END, OPT_NOP, OPT_MSS, OPT_WSCALE = 0, 1, 2, 3
+OPT_EOL, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_PERM, OPT_TIMESTAMP = 0, 1, 2, 3, 4, 8
+
 TCP_HLEN = 20
+ETH_HLEN = 14
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
 OUR_WSCALE = 7
-MAX_WINDOW = 0xFFFF << OUR_WSCALE            # about 8 MiB
-DEFAULT_MSS4, DEFAULT_MSS6 = 536, 1220
-ACK_TIMEOUT = 1.0                            # first retransmission
-MAX_RETRIES = 8
-SYN_TIMEOUT = 2.0
-SYN_RETRIES = 3
-INACTIVITY = 7200.0
+MAX_WSCALE = 14                          # RFC 7323 2.3
+MAX_WINDOW = 0xFFFF << OUR_WSCALE        # about 8 MiB
+DEFAULT_MSS4, DEFAULT_MSS6 = 536, 1220   # RFC 9293 3.7.1, RFC 8200 5
+MIN_MSS = 48                             # Linux's TCP_MIN_SND_MSS
 DUP_ACK_THRESHOLD = 3
-_TCP = struct.Struct("!HHIIBBHHH")
+SYN_TIMEOUT = 1.0                        # first SYN / SYN-ACK retry, doubling
+SYN_RETRIES = 3
+ACK_TIMEOUT = 1.0                        # first data retransmission, doubling
+MAX_RTO = 60.0
+MAX_RETRIES = 8
+INACTIVITY = 7200.0
+LINGER = 2.0
 
-CONNECTING, SYN_SENT, ESTABLISHED, CLOSED = "CONNECTING", "SYN_SENT", "ESTABLISHED", "CLOSED"
+_TCP = struct.Struct("!HHIIHHHH")
+_TCP_VARIABLE = struct.Struct("!IIHH")   # seq, ack, offset+flags, window (at offset 4)
+_U16 = struct.Struct("!H")
+_ETH = struct.Struct("!6s6sH")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+_TIMESTAMPS = struct.Struct("!II")
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class TcpSegment(NamedTuple):
+    """One parsed guest segment; ``window`` is the raw (unscaled) field."""
+
     sport: int
     dport: int
     seq: int
     ack: int
     flags: int
     window: int
-    mss: int | None
-    wscale: int | None
     payload: memoryview
+    mss: int | None = None
+    wscale: int | None = None
+    sack_permitted: bool = False
+    timestamp: tuple[int, int] | None = None
 
 
-def parse_tcp(inb: Inbound, verify: bool = False) -> Segment:
-    """The guest's TCP segment; ``verify`` checks the checksum."""
+def parse_tcp(inb: Inbound, verify: bool = False) -> TcpSegment:
+    """The guest's TCP segment.  ``verify`` checks the checksum (passt's
+    stream; the tap device already did).  Malformed: :class:`Drop`."""
     data = inb.l4
     if len(data) < TCP_HLEN:
         raise Drop("tcp_short")
-    sport, dport, seq, ack, offset, flags, window, _csum, _urg = _TCP.unpack_from(data)
-    hlen = (offset >> 4) * 4
-    if hlen < TCP_HLEN or hlen > len(data):
+    sport, dport, seq, ack, offset_flags, window, _csum, _urg = _TCP.unpack_from(data)
+    hlen = (offset_flags >> 12) * 4
+    if hlen < TCP_HLEN:
         raise Drop("tcp_offset")
+    if hlen > len(data):
+        raise Drop("tcp_truncated")
+    flags = offset_flags & 0x3F
     if flags & SYN and flags & (FIN | RST):
         raise Drop("tcp_flags")
     if not flags & (SYN | RST | ACK):
         raise Drop("tcp_no_ack")
+    if not sport or not dport:
+        raise Drop("tcp_port_zero")
     if verify and checksum(data, pseudo_header_sum(inb.src, inb.dst, IPPROTO_TCP,
                                                    len(data))) not in (0, 0xFFFF):
         raise Drop("tcp_checksum")
-    mss, wscale = _options(data[TCP_HLEN:hlen]) if flags & SYN else (None, None)
-    return Segment(sport, dport, seq, ack, flags, window, mss, wscale, data[hlen:])
+    payload = data[hlen:]
+    if hlen == TCP_HLEN:
+        return TcpSegment(sport, dport, seq, ack, flags, window, payload)
+    return TcpSegment(sport, dport, seq, ack, flags, window, payload,
+                      *_parse_options(data[TCP_HLEN:hlen]))
 
 
-def _options(data: memoryview) -> tuple[int | None, int | None]:
-    mss = wscale = None
-    offset = 0
-    while offset < len(data):
+def _parse_options(data: memoryview) -> tuple[int | None, int | None, bool,
+                                              tuple[int, int] | None]:
+    """MSS, window scale, SACK-permitted, timestamps.  Like Linux, a
+    malformed option ends the parsing but does not drop the segment."""
+    mss = wscale = timestamp = None
+    sack_permitted = False
+    offset, end = 0, len(data)
+    while offset < end:
         kind = data[offset]
-        if kind == OPT_END:
+        if kind == OPT_EOL:
             break
         if kind == OPT_NOP:
             offset += 1
             continue
-        if offset + 1 >= len(data) or data[offset + 1] < 2:
-            raise Drop("tcp_option")
-        length = data[offset + 1]
-        if kind == OPT_MSS and length == 4 and offset + 4 <= len(data):
-            mss = int.from_bytes(data[offset + 2:offset + 4], "big")
-        elif kind == OPT_WSCALE and length == 3 and offset + 3 <= len(data):
-            wscale = min(data[offset + 2], 14)
-        offset += length
-    return mss, wscale
+        if offset + 1 >= end:
+            break
+        size = data[offset + 1]
+        if size < 2 or offset + size > end:
+            break
+        if kind == OPT_MSS and size == 4:
+            mss = (data[offset + 2] << 8 | data[offset + 3]) or None
+        elif kind == OPT_WSCALE and size == 3:
+            wscale = min(data[offset + 2], MAX_WSCALE)
+        elif kind == OPT_SACK_PERM and size == 2:
+            sack_permitted = True
+        elif kind == OPT_TIMESTAMP and size == 10:
+            timestamp = _TIMESTAMPS.unpack_from(data, offset + 2)
+        offset += size
+    return mss, wscale, sack_permitted, timestamp
+
+
+def _ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """Ones' complement sum of 16-bit words, as a number below 0xFFFF (DESIGN
+    §3); an odd length is padded with a zero byte arithmetically, no copy."""
+    value = int.from_bytes(data, "big")
+    return (value << 8) % 0xFFFF if len(data) & 1 else value % 0xFFFF
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+class FrameTemplate:
+    """The Ethernet, IP and TCP headers of frames from one address/port to
+    another: the constant bytes and their checksum sums are computed once,
+    each frame fills in lengths, sequence numbers, flags and checksums."""
+
+    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum")
+
+    def __init__(self, dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes,
+                 sport: int, dport: int) -> None:
+        self.v6 = len(src) == 16
+        if self.v6:
+            eth = _ETH.pack(dst_mac, src_mac, ETH_P_IPV6)
+            ip = _IPV6.pack(0x60000000, 0, IPPROTO_TCP, 64, src, dst)
+            self.ip_sum = 0
+        else:
+            eth = _ETH.pack(dst_mac, src_mac, ETH_P_IP)
+            ip = _IPV4.pack(0x45, 0, 0, 0, 0x4000, 64, IPPROTO_TCP, 0, src, dst)
+            self.ip_sum = _ones_sum(ip)
+        self.l4 = len(eth) + len(ip)
+        self.prefix = eth + ip + struct.pack("!HH", sport, dport) + bytes(TCP_HLEN - 4)
+        self.pseudo_sum = _ones_sum(src + dst) + IPPROTO_TCP
+
+    def build(self, seq: int, ack: int, flags: int, window: int,
+              payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
+        """A whole frame; ``window`` is the 16-bit field, ``options`` a
+        multiple of 4 bytes long."""
+        frame = bytearray(self.prefix)
+        if options:
+            frame += options
+        frame += payload
+        l4 = self.l4
+        l4_len = len(frame) - l4
+        if self.v6:
+            _U16.pack_into(frame, ETH_HLEN + 4, l4_len)
+        else:
+            total = l4_len + IPV4_HLEN
+            _U16.pack_into(frame, ETH_HLEN + 2, total)
+            _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(self.ip_sum + total) & 0xFFFF)
+        _TCP_VARIABLE.pack_into(frame, l4 + 4, seq, ack,
+                                (TCP_HLEN + len(options)) << 10 | flags, window)
+        with memoryview(frame) as view:
+            total = _ones_sum(view[l4:]) + self.pseudo_sum + l4_len
+        _U16.pack_into(frame, l4 + 16, ~_fold(total) & 0xFFFF)
+        return frame
+
+
+def build_tcp_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,
+                    dport: int, seq: int, ack: int, flags: int, window: int,
+                    payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
+    """One Ethernet/IPv4-or-IPv6/TCP frame with correct checksums."""
+    return FrameTemplate(dst_mac, src_mac, src, dst, sport, dport).build(
+        seq, ack, flags, window, payload, options)
+
+
+def syn_options(mss: int, wscale: int | None) -> bytes:
+    """MSS, and window scale behind a NOP when we scale (RFC 7323 1.3)."""
+    options = struct.pack("!BBH", OPT_MSS, 4, min(mss, 0xFFFF))
+    if wscale is None:
+        return options
+    return options + bytes((OPT_NOP, OPT_WSCALE, 3, wscale))
 
 
 def seq_lt(a: int, b: int) -> bool:
-    """a < b in 32-bit sequence space."""
-    return ((a - b) & 0xFFFFFFFF) > 0x7FFFFFFF
-
-
-def seq_diff(a: int, b: int) -> int:
-    """a - b in sequence space, as a signed number."""
-    value = (a - b) & 0xFFFFFFFF
-    return value - (1 << 32) if value > 0x7FFFFFFF else value
+    """a before b in 32-bit sequence space (RFC 1982)."""
+    return (a - b) & MASK >= HALF
 
 
 def isn_for(secret: bytes, local: bytes, lport: int, remote: bytes, rport: int,
             now: float) -> int:
-    """RFC 6528: a 4-microsecond clock plus a keyed hash of the 4-tuple."""
-    digest = hashlib.blake2s(local + lport.to_bytes(2, "big") + remote
-                             + rport.to_bytes(2, "big"), key=secret, digest_size=4).digest()
-    return (int(now * 250_000) + int.from_bytes(digest, "big")) & 0xFFFFFFFF
+    """RFC 6528: ISN = M + F(localip, localport, remoteip, remoteport, key),
+    M a 4-microsecond clock, F a keyed hash (BLAKE2s, 16-byte secret)."""
+    digest = hashlib.blake2s(local + lport.to_bytes(2, "big") + remote + rport.to_bytes(2, "big"),
+                             key=secret, digest_size=4).digest()
+    return (int(now * 250_000) + int.from_bytes(digest, "big")) & MASK
 
 
-def rst_for_unknown(seg: Segment, inb: Inbound, our_mac: bytes) -> bytes | None:
-    """RFC 793 reset for a segment that belongs to no flow (never for RST)."""
+def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes) -> bytearray | None:
+    """RFC 9293 3.10.7.1: the reset that answers a segment of no connection;
+    never one for a RST."""
     if seg.flags & RST:
         return None
     if seg.flags & ACK:
         seq, ack, flags = seg.ack, 0, RST
     else:
         length = len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)
-        seq, ack, flags = 0, (seg.seq + length) & 0xFFFFFFFF, RST | ACK
-    return build_frame(inb.eth.src, our_mac, inb.dst, inb.src, seg.dport, seg.sport,
-                       seq, ack, flags, 0)
+        seq, ack, flags = 0, (seg.seq + length) & MASK, RST | ACK
+    return build_tcp_frame(inb.eth.src, our_mac, inb.dst, inb.src, seg.dport, seg.sport,
+                           seq, ack, flags, 0)
 
 
-def build_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,
-                dport: int, seq: int, ack: int, flags: int, window: int,
-                payload: bytes | memoryview = b"", options: bytes = b"") -> bytes:
-    """A whole Ethernet/IP/TCP frame with the checksum filled in."""
-    hlen = TCP_HLEN + len(options)
-    segment = bytearray(_TCP.pack(sport, dport, seq, ack, (hlen // 4) << 4, flags,
-                                  min(window, 0xFFFF), 0, 0))
-    segment += options
-    segment += payload
-    csum = checksum(segment, pseudo_header_sum(src, dst, IPPROTO_TCP, len(segment)))
-    struct.pack_into("!H", segment, 16, csum)
-    return ip_frame(dst_mac, src_mac, src, dst, IPPROTO_TCP, segment)
+class State(enum.Enum):
+    CONNECTING = "connecting"     # outbound: guest SYN seen, socket connecting
+    SYN_RCVD = "syn_rcvd"         # outbound: our SYN-ACK sent, waiting for the ACK
+    SYN_SENT = "syn_sent"         # inbound: our SYN sent, waiting for the SYN-ACK
+    ESTABLISHED = "established"   # data both ways, half-closes by flags
+    CLOSED = "closed"             # done; lingers until next_deadline()
 
 
-def syn_options(mss: int, scaling: bool = True) -> bytes:
-    """MSS, then window scale padded with a NOP (RFC 7323: only if the
-    other side offered it, or in our own SYN)."""
-    options = struct.pack("!BBH", OPT_MSS, 4, mss)
-    return options + bytes([OPT_NOP, OPT_WSCALE, 3, OUR_WSCALE]) if scaling else options
+@dataclass(slots=True)
+class Actions:
+    """What the I/O layer does after an event, in this order: send
+    ``frames``; on ``reset`` close the socket with RST and forget the flow;
+    discard ``acked`` bytes; on ``retransmit`` set the peek offset to 0; write
+    ``to_socket`` and report with ``on_socket_accepted``; ``shutdown_write``;
+    on ``closed`` close the socket; on ``send_more`` peek and send within
+    ``send_budget()``; on ``forget`` drop the flow.  ``drop`` names a counter."""
 
-
-@dataclass
-class GuestResult:
-    """What the I/O layer must do after a guest segment."""
-
-    frames: list[bytes] = field(default_factory=list)
-    to_socket: memoryview | None = None    # in-order payload to write
-    acked: int = 0                         # socket bytes to discard
-    rewind: bool = False                   # reset the peek offset to 0
-    shutdown_write: bool = False           # guest FIN reached in order
-    reset: bool = False                    # close the socket with RST
-    established: bool = False              # inbound handshake completed
-    window_opened: bool = False            # more may be sent to the guest
-
-
-@dataclass
-class TimerResult:
-    frames: list[bytes] = field(default_factory=list)
-    rewind: bool = False
+    frames: list[bytearray] = field(default_factory=list)
+    to_socket: memoryview | None = None
+    acked: int = 0
+    retransmit: bool = False
+    send_more: bool = False
+    shutdown_write: bool = False
     reset: bool = False
+    closed: bool = False
+    forget: bool = False
+    drop: str | None = None
 
 
 class TcpConn:
-    """One guest connection's state, driven by events with ``now``."""
+    """One guest connection.  Sequence numbers: ``snd_*`` count our bytes
+    towards the guest (``snd_max`` the highest ever sent, ``snd_nxt`` where
+    the next peek continues), ``rcv_nxt`` the guest's next byte we expect."""
 
-    def __init__(self, *, guest_addr: bytes, guest_port: int, peer_addr: bytes, peer_port: int,
-                 our_mac: bytes, guest_mac: bytes, mtu: int, isn: int, now: float) -> None:
+    __slots__ = (
+        "state", "tx", "guest_addr", "guest_port", "peer_addr", "peer_port", "mtu_mss",
+        "isn", "snd_una", "snd_nxt", "snd_max", "rcv_nxt", "guest_mss", "snd_mss",
+        "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
+        "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
+        "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
+        "linger_until",
+    )
+
+    def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
+                 peer_addr: bytes, peer_port: int, net: Network, isn: int, now: float) -> None:
+        v6 = len(guest_addr) == 16
+        self.state = state
+        self.tx = FrameTemplate(guest_mac, net.our_mac, peer_addr, guest_addr, peer_port,
+                                guest_port)
         self.guest_addr, self.guest_port = guest_addr, guest_port
         self.peer_addr, self.peer_port = peer_addr, peer_port
-        self.our_mac, self.guest_mac = our_mac, guest_mac
-        self.v6 = len(guest_addr) == 16
-        self.mtu_mss = mtu - (60 if self.v6 else 40)
-        self.state = CONNECTING
+        self.mtu_mss = net.mtu - (IPV6_HLEN if v6 else IPV4_HLEN) - TCP_HLEN
         self.isn = isn
-        self.snd_una = self.snd_nxt = (isn + 1) & 0xFFFFFFFF
+        self.snd_una = isn                      # our SYN: sent now or once connected
+        self.snd_nxt = self.snd_max = (isn + 1) & MASK
         self.rcv_nxt = 0
-        self.guest_mss = DEFAULT_MSS6 if self.v6 else DEFAULT_MSS4
-        self.guest_wscale = 0
-        self.guest_window = 0
-        self.scaling = True             # until the guest's SYN says otherwise
+        self.guest_mss = DEFAULT_MSS6 if v6 else DEFAULT_MSS4
+        self.snd_mss = max(min(self.guest_mss, self.mtu_mss), MIN_MSS)
+        self.guest_wscale = 0                   # shift for the guest's window fields
+        self.our_wscale = OUR_WSCALE            # 0 once we know the guest does not scale
+        self.guest_window = 0                   # bytes
+        self.rcv_window = 0xFFFF                # bytes the socket can take
+        self.socket_full = False                # advertise no window
         self.dup_acks = 0
+        self.recover = isn                      # fast retransmit once per window
         self.retries = 0
-        self.guest_fin = False          # guest's FIN received (in order)
-        self.eof_seen = False           # the socket reached end of file
+        self.rto = SYN_TIMEOUT
+        self.rtx_deadline: float | None = None
+        self.last_activity = now
+        self.guest_fin = False                  # the guest's FIN passed on in order
+        self.sock_eof = False                   # the socket reached end of file...
+        self.fin_seq = 0                        # ...at this sequence number
         self.fin_sent = False
         self.fin_acked = False
-        self.socket_full = False        # we advertise zero window
-        self.socket_space = MAX_WINDOW  # room in the socket's send buffer
-        self.last_activity = now
-        self.deadline: float | None = None
+        self.pending = (0, False)               # to_socket length, FIN behind it
+        self.linger_until = 0.0
 
-    # -- frames ---------------------------------------------------------------------
-    def _frame(self, flags: int, seq: int, payload: bytes | memoryview = b"",
-               options: bytes = b"") -> bytes:
-        return build_frame(self.guest_mac, self.our_mac, self.peer_addr, self.guest_addr,
-                           self.peer_port, self.guest_port, seq, self.rcv_nxt, flags,
-                           self.advertised_window(), payload, options)
-
-    def _small(self, space: int, buffer: int) -> bool:
-        """Receiver-side silly-window avoidance (RFC 1122 4.2.3.3): less room
-        than a segment or a quarter of the buffer is advertised as none."""
-        return space < min(self.guest_mss, self.mtu_mss, buffer // 4)
-
-    def advertised_window(self) -> int:
-        """The room the socket has, in the units of our window scale."""
-        if self.socket_full:
-            return 0
-        room = min(self.socket_space, MAX_WINDOW)
-        return room >> OUR_WSCALE if self.scaling else min(room, 0xFFFF)
-
-    def ack_frame(self) -> bytes:
-        return self._frame(ACK, self.snd_nxt)
-
-    def _syn_flags_frame(self, flags: int) -> bytes:
-        """Our SYN or SYN-ACK (windows in SYNs are never scaled)."""
-        return build_frame(self.guest_mac, self.our_mac, self.peer_addr, self.guest_addr,
-                           self.peer_port, self.guest_port, self.isn, self.rcv_nxt, flags,
-                           0xFFFF, b"", syn_options(self.mtu_mss, self.scaling))
-
-    # -- opening ---------------------------------------------------------------------
+    # -- opening -------------------------------------------------------------------
     @classmethod
-    def from_guest_syn(cls, seg: Segment, inb: Inbound, our_mac: bytes, mtu: int, isn: int,
+    def from_guest_syn(cls, seg: TcpSegment, inb: Inbound, net: Network, isn: int,
                        now: float) -> TcpConn:
-        conn = cls(guest_addr=inb.src, guest_port=seg.sport, peer_addr=inb.dst,
-                   peer_port=seg.dport, our_mac=our_mac, guest_mac=inb.eth.src, mtu=mtu,
+        """The guest's SYN: a flow waiting for the host socket to connect."""
+        conn = cls(State.CONNECTING, guest_mac=inb.eth.src, guest_addr=inb.src,
+                   guest_port=seg.sport, peer_addr=inb.dst, peer_port=seg.dport, net=net,
                    isn=isn, now=now)
         conn._take_syn_options(seg)
-        conn.rcv_nxt = (seg.seq + 1) & 0xFFFFFFFF
-        conn.guest_window = seg.window  # not scaled in a SYN
+        conn.rcv_nxt = (seg.seq + 1) & MASK
+        conn.guest_window = seg.window          # never scaled in a SYN
         return conn
 
-    def _take_syn_options(self, seg: Segment) -> None:
+    @classmethod
+    def for_accepted(cls, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
+                     peer_addr: bytes, peer_port: int, net: Network, isn: int, room: int,
+                     now: float) -> tuple[TcpConn, bytearray]:
+        """An accepted host connection: the flow and the SYN for the guest."""
+        conn = cls(State.SYN_SENT, guest_mac=guest_mac, guest_addr=guest_addr,
+                   guest_port=guest_port, peer_addr=peer_addr, peer_port=peer_port, net=net,
+                   isn=isn, now=now)
+        conn.rcv_window = room
+        conn.rtx_deadline = now + conn.rto
+        return conn, conn._syn_frame(SYN)
+
+    def on_connected(self, room: int, now: float) -> list[bytearray]:
+        """The host socket connected: SYN-ACK to the guest.  ``room``: what
+        the socket's send buffer can take, our first window."""
+        self.state = State.SYN_RCVD
+        self.rcv_window = room
+        self.rtx_deadline = now + self.rto
+        return [self._syn_frame(SYN | ACK)]
+
+    def on_connect_failed(self, now: float) -> list[bytearray]:
+        """The host refused or is unreachable: RST for the guest's SYN."""
+        self.state = State.CLOSED
+        return [self.tx.build(0, self.rcv_nxt, RST | ACK, 0)]
+
+    def _take_syn_options(self, seg: TcpSegment) -> None:
         if seg.mss:
             self.guest_mss = seg.mss
-        self.guest_wscale = seg.wscale if seg.wscale is not None else 0
-        self.scaling = seg.wscale is not None
+        self.snd_mss = max(min(self.guest_mss, self.mtu_mss), MIN_MSS)
+        if seg.wscale is None:
+            self.guest_wscale = self.our_wscale = 0
+        else:
+            self.guest_wscale = seg.wscale
 
-    def socket_connected(self, now: float) -> bytes:
-        """The host connection is up: SYN-ACK to the guest."""
-        self.state = ESTABLISHED
+    def _syn_frame(self, flags: int) -> bytearray:
+        """Our SYN or SYN-ACK: window never scaled, MSS from the MTU."""
+        wscale = self.our_wscale if self.our_wscale else None
+        return self.tx.build(self.isn, self.rcv_nxt if flags & ACK else 0, flags,
+                             min(self.rcv_window, 0xFFFF), b"",
+                             syn_options(self.mtu_mss, wscale))
+
+    # -- frames --------------------------------------------------------------------------
+    def _window_field(self) -> int:
+        if self.socket_full:
+            return 0
+        return min(self.rcv_window >> self.our_wscale, 0xFFFF)
+
+    def _ack(self) -> bytearray:
+        return self.tx.build(self.snd_nxt, self.rcv_nxt, ACK, self._window_field())
+
+    def _rst(self) -> bytearray:
+        return self.tx.build(self.snd_nxt, self.rcv_nxt, RST | ACK, 0)
+
+    # -- the guest's segments -----------------------------------------------------------
+    def on_guest_segment(self, seg: TcpSegment, now: float) -> Actions:
+        actions = Actions()
         self.last_activity = now
-        return self._syn_flags_frame(SYN | ACK)
+        _GUEST_HANDLERS[self.state](self, seg, actions, now)
+        return actions
 
-    def socket_failed(self) -> bytes:
-        """The connection failed: RST to the guest."""
-        self.state = CLOSED
-        return self._frame(RST | ACK, self.snd_nxt)
+    def _seg_connecting(self, seg: TcpSegment, actions: Actions, now: float) -> None:
+        """Nothing to answer before the socket connects; a retransmitted SYN
+        waits too.  A RST for the SYN aborts the connect."""
+        if seg.flags & RST and seg.seq == self.rcv_nxt:
+            self._reset_by_guest(actions)
 
-    @classmethod
-    def for_accepted(cls, *, guest_addr: bytes, guest_port: int, peer_addr: bytes,
-                     peer_port: int, our_mac: bytes, guest_mac: bytes, mtu: int, isn: int,
-                     now: float) -> tuple[TcpConn, bytes]:
-        """An inbound connection: the flow and the SYN to send the guest."""
-        conn = cls(guest_addr=guest_addr, guest_port=guest_port, peer_addr=peer_addr,
-                   peer_port=peer_port, our_mac=our_mac, guest_mac=guest_mac, mtu=mtu,
-                   isn=isn, now=now)
-        conn.state = SYN_SENT
-        conn.deadline = now + SYN_TIMEOUT
-        return conn, conn._syn_flags_frame(SYN)
+    def _seg_syn_rcvd(self, seg: TcpSegment, actions: Actions, now: float) -> None:
+        flags = seg.flags
+        if flags & RST:
+            if seg.seq == self.rcv_nxt:
+                self._reset_by_guest(actions)
+            return
+        if flags & SYN:
+            if not flags & ACK and seg.seq == (self.rcv_nxt - 1) & MASK:
+                actions.frames.append(self._syn_frame(SYN | ACK))   # ours was lost
+            return
+        if seg.ack != self.snd_nxt:
+            actions.frames.append(self.tx.build(seg.ack, 0, RST, 0))
+            return
+        self._established(seg.window << self.guest_wscale, actions)
+        self._seg_established(seg, actions, now)
 
-    # -- the guest's segments ------------------------------------------------------------
-    def guest_segment(self, seg: Segment, now: float) -> GuestResult:
-        result = GuestResult()
-        self.last_activity = now
-        if seg.flags & RST:
-            return self._guest_reset(seg, result)
-        if self.state == SYN_SENT:
-            return self._handshake_reply(seg, result, now)
-        if self.state == CONNECTING:
-            return result  # the guest retransmits its SYN: wait for connect()
-        if seg.flags & SYN:
-            if seg.seq == (self.rcv_nxt - 1) & 0xFFFFFFFF and self.state == ESTABLISHED:
-                result.frames.append(self._syn_flags_frame(SYN | ACK))  # SYN-ACK was lost
-            return result
-        self._process_ack(seg, result, now)
-        self._process_data(seg, result)
-        return result
-
-    def _guest_reset(self, seg: Segment, result: GuestResult) -> GuestResult:
-        if self.state != SYN_SENT and not self._in_window(seg.seq):
-            return result  # a blind reset: ignore (RFC 5961 in spirit)
-        self.state = CLOSED
-        result.reset = True
-        return result
-
-    def _handshake_reply(self, seg: Segment, result: GuestResult, now: float) -> GuestResult:
-        if not (seg.flags & SYN and seg.flags & ACK) or seg.ack != self.snd_nxt:
-            result.frames.append(self._frame(RST, seg.ack))
-            self.state = CLOSED
-            result.reset = True
-            return result
+    def _seg_syn_sent(self, seg: TcpSegment, actions: Actions, now: float) -> None:
+        flags = seg.flags
+        acceptable = bool(flags & ACK) and seg.ack == self.snd_nxt
+        if flags & RST:
+            if acceptable:
+                self._reset_by_guest(actions)
+            return
+        if flags & ACK and not acceptable:
+            actions.frames.append(self.tx.build(seg.ack, 0, RST, 0))
+            return
+        if not (flags & SYN and acceptable):
+            return
         self._take_syn_options(seg)
-        self.rcv_nxt = (seg.seq + 1) & 0xFFFFFFFF
-        self.guest_window = seg.window << self.guest_wscale
-        self.state = ESTABLISHED
-        self.deadline = None
+        self.rcv_nxt = (seg.seq + 1) & MASK
+        self._established(seg.window, actions)   # a SYN-ACK's window is never scaled
+        actions.frames.append(self._ack())
+
+    def _established(self, window: int, actions: Actions) -> None:
+        self.state = State.ESTABLISHED
+        self.snd_una = self.snd_nxt
+        self.recover = self.snd_nxt
+        self.guest_window = window
+        self.rtx_deadline = None
         self.retries = 0
-        result.established = True
-        result.frames.append(self.ack_frame())
-        return result
+        self.rto = ACK_TIMEOUT
+        actions.send_more = True
 
-    def _in_window(self, seq: int) -> bool:
-        return 0 <= seq_diff(seq, self.rcv_nxt) <= MAX_WINDOW
-
-    def _process_ack(self, seg: Segment, result: GuestResult, now: float) -> None:
-        if not seg.flags & ACK:
+    def _seg_established(self, seg: TcpSegment, actions: Actions, now: float) -> None:
+        flags = seg.flags
+        if flags & RST:
+            if (seg.seq - self.rcv_nxt) & MASK <= MAX_WINDOW:
+                self._reset_by_guest(actions)
             return
+        if flags & SYN:
+            actions.frames.append(self._ack())   # RFC 5961 4.2 challenge, or our ACK was lost
+            return
+        if not self._process_ack(seg, actions, now):
+            return
+        self._process_data(seg, actions, now)
+        self._maybe_fin(actions.frames, now)
+        self._check_closed(actions, now)
+
+    def _seg_closed(self, seg: TcpSegment, actions: Actions, now: float) -> None:
+        """Lingering: acknowledge a retransmitted FIN, reset stray data."""
+        if seg.flags & (RST | SYN):
+            return
+        if seg.flags & FIN:
+            actions.frames.append(self._ack())
+        elif len(seg.payload):
+            actions.frames.append(self.tx.build(seg.ack, 0, RST, 0))
+
+    def _reset_by_guest(self, actions: Actions) -> None:
+        self.state = State.CLOSED
+        actions.reset = actions.forget = True
+
+    def _process_ack(self, seg: TcpSegment, actions: Actions, now: float) -> bool:
+        """Take the guest's acknowledgement and window; False: drop the segment
+        (it acknowledges what we never sent)."""
+        advance = (seg.ack - self.snd_una) & MASK
+        outstanding = (self.snd_max - self.snd_una) & MASK
+        if advance > outstanding:
+            if advance < HALF:
+                actions.frames.append(self._ack())
+                actions.drop = "tcp_ack_unsent"
+                return False
+            return True                               # an old ACK: only the data counts
         window = seg.window << self.guest_wscale
-        advance = seq_diff(seg.ack, self.snd_una)
-        in_flight = seq_diff(self.snd_nxt, self.snd_una)
-        if advance > in_flight:
-            result.frames.append(self.ack_frame())  # acknowledges what we never sent
-            return
-        if advance > 0:
-            fin_part = 1 if self.fin_sent and seg.ack == self.snd_nxt else 0
-            result.acked = advance - fin_part
-            self.fin_acked = self.fin_acked or bool(fin_part)
-            self.snd_una = seg.ack
-            self.dup_acks = 0
-            self.retries = 0
-            self.deadline = now + ACK_TIMEOUT if seq_diff(self.snd_nxt, self.snd_una) > 0 else None
-            result.window_opened = True
-        elif (advance == 0 and in_flight > 0 and not len(seg.payload)
+        if advance:
+            self._acknowledged(seg.ack, advance, actions, now)
+        elif (outstanding and not len(seg.payload) and not seg.flags & FIN
               and window == self.guest_window):
             self.dup_acks += 1
-            if self.dup_acks == DUP_ACK_THRESHOLD:
-                self._rewind()
-                result.rewind = True
-                result.window_opened = True
+            if self.dup_acks == DUP_ACK_THRESHOLD and not seq_lt(self.snd_una, self.recover):
+                self._rewind(actions, now)
         if window > self.guest_window:
-            result.window_opened = True
+            actions.send_more = True
         self.guest_window = window
-        if self.guest_fin and self.fin_acked:
-            self.state = CLOSED
+        if not window and self.snd_max == self.snd_una and self.rtx_deadline is None:
+            self.rtx_deadline = now + self.rto    # probe the zero window
+        return True
 
-    def _process_data(self, seg: Segment, result: GuestResult) -> None:
+    def _acknowledged(self, ack: int, advance: int, actions: Actions, now: float) -> None:
+        if self.sock_eof and ack == (self.fin_seq + 1) & MASK:
+            self.fin_sent = self.fin_acked = True
+            advance -= 1
+        actions.acked = advance
+        if not seq_lt(ack, self.recover):
+            self.recover = ack                        # not in recovery: keep up
+        self.snd_una = ack
+        if seq_lt(self.snd_nxt, ack):
+            self.snd_nxt = ack                        # sent before a rewind: not again
+        self.dup_acks = self.retries = 0
+        self.rto = ACK_TIMEOUT
+        self.rtx_deadline = now + self.rto if self.snd_max != ack else None
+        actions.send_more = True
+
+    def _process_data(self, seg: TcpSegment, actions: Actions, now: float) -> None:
         payload = seg.payload
-        offset = seq_diff(self.rcv_nxt, seg.seq)
-        fin = bool(seg.flags & FIN)
-        if offset < 0:
-            # a gap: the guest will retransmit; a duplicate ACK speeds it up
-            result.frames.append(self.ack_frame())
+        fin = 1 if seg.flags & FIN else 0
+        if not len(payload) and not fin:
             return
-        if offset > len(payload) or (offset == len(payload) and not (fin and not self.guest_fin)):
-            if len(payload) or fin:
-                result.frames.append(self.ack_frame())  # all old: re-acknowledge
+        behind = (self.rcv_nxt - seg.seq) & MASK
+        if behind >= HALF:
+            ahead = (seg.seq - self.rcv_nxt) & MASK
+            actions.drop = ("tcp_out_of_window" if ahead > max(self.rcv_window, 0xFFFF)
+                            else "tcp_out_of_order")
+            actions.frames.append(self._ack())       # a duplicate ACK: resend the gap
             return
-        new = payload[offset:]
-        if len(new):
-            if self.guest_fin:
-                return
-            result.to_socket = new
-            return  # acknowledged in data_written(), with what the socket took
-        if fin and not self.guest_fin:
-            self._guest_fin_in_order(result)
+        if behind >= len(payload) + fin or self.guest_fin:
+            actions.frames.append(self._ack())       # all old: acknowledge again
+            return
+        if behind < len(payload):
+            actions.to_socket = payload[behind:]
+            self.pending = (len(payload) - behind, bool(fin))
+            return
+        self._guest_fin(actions, now)
 
-    def _guest_fin_in_order(self, result: GuestResult) -> None:
+    def _guest_fin(self, actions: Actions, now: float) -> None:
         self.guest_fin = True
-        self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFFFFFF
-        result.shutdown_write = True
-        result.frames.append(self.ack_frame())
-        if self.fin_acked:
-            self.state = CLOSED
+        self.rcv_nxt = (self.rcv_nxt + 1) & MASK
+        actions.shutdown_write = True
+        actions.frames.append(self._ack())
+        self._check_closed(actions, now)
 
-    def data_written(self, seg: Segment, written: int, space: int, buffer: int) -> GuestResult:
-        """The socket took ``written`` bytes of the payload and has ``space``
-        bytes of room left: acknowledge what it took, offer that room as the
-        window (and acknowledge the FIN, which then means shutting the
-        socket's write side, if the whole segment went through)."""
-        result = GuestResult()
-        self.rcv_nxt = (self.rcv_nxt + written) & 0xFFFFFFFF
-        offset_end = seq_diff((seg.seq + len(seg.payload)) & 0xFFFFFFFF, self.rcv_nxt)
-        self.socket_space = space
-        self.socket_full = offset_end > 0 or self._small(space, buffer)
-        if seg.flags & FIN and offset_end == 0 and not self.guest_fin:
-            self._guest_fin_in_order(result)
+    def _check_closed(self, actions: Actions, now: float) -> None:
+        if self.guest_fin and self.fin_acked and self.state is State.ESTABLISHED:
+            self.state = State.CLOSED
+            self.linger_until = now + LINGER
+            self.rtx_deadline = None
+            actions.closed = True
+
+    # -- the socket's side -----------------------------------------------------------
+    def on_socket_accepted(self, accepted: int, room: int, buffer: int, now: float) -> Actions:
+        """The socket took ``accepted`` bytes of ``to_socket`` and has ``room``
+        bytes free of ``buffer``: acknowledge what it took (and the FIN behind
+        it, if all of it went), advertise the room."""
+        actions = Actions()
+        length, fin = self.pending
+        self.pending = (0, False)
+        self.rcv_nxt = (self.rcv_nxt + accepted) & MASK
+        self._set_room(room, buffer)
+        if accepted < length:
+            self.socket_full = True
+        if fin and accepted == length:
+            self._guest_fin(actions, now)
         else:
-            result.frames.append(self.ack_frame())
-        return result
+            actions.frames.append(self._ack())
+        return actions
 
-    def socket_writable(self, space: int, buffer: int) -> list[bytes]:
-        """The socket drained: tell the guest once there is room again."""
-        self.socket_space = space
-        if not self.socket_full or self._small(space, buffer):
-            return []
-        self.socket_full = False
-        return [self.ack_frame()]
+    def on_socket_writable(self, room: int, buffer: int) -> list[bytearray]:
+        """The socket drained: a window update once the room is worth it."""
+        was_full = self.socket_full
+        self._set_room(room, buffer)
+        if was_full and not self.socket_full and self.state is State.ESTABLISHED:
+            return [self._ack()]
+        return []
 
-    # -- the socket's data -------------------------------------------------------------
+    def _set_room(self, room: int, buffer: int) -> None:
+        """Receiver-side silly-window avoidance (RFC 9293 3.8.6.2.2): less
+        room than a segment or a quarter of the buffer is advertised as none."""
+        self.rcv_window = min(room, MAX_WINDOW)
+        self.socket_full = room < min(self.guest_mss, self.mtu_mss, buffer // 4)
+
     def send_budget(self) -> int:
-        """How many new bytes the guest's window allows now."""
-        if self.state != ESTABLISHED or self.fin_sent:
+        """How many new bytes may be peeked and sent to the guest now."""
+        if self.state is not State.ESTABLISHED or self.fin_sent:
             return 0
-        return max(self.guest_window - seq_diff(self.snd_nxt, self.snd_una), 0)
+        budget = self.guest_window - ((self.snd_nxt - self.snd_una) & MASK)
+        if self.sock_eof:
+            budget = min(budget, (self.fin_seq - self.snd_nxt) & MASK)
+        return max(budget, 0)
 
-    def socket_data(self, data: memoryview, now: float) -> list[bytes]:
-        """Segments for freshly peeked bytes (at most ``send_budget()``)."""
-        mss = max(min(self.guest_mss, self.mtu_mss), 64)
+    def on_socket_data(self, data: memoryview, now: float) -> list[bytearray]:
+        """Segments for bytes just peeked (at most ``send_budget()``)."""
+        idle = self.snd_max == self.snd_una
+        mss, size = self.snd_mss, len(data)
+        window = self._window_field()
         frames = []
-        for start in range(0, len(data), mss):
-            chunk = data[start:start + mss]
-            last = start + mss >= len(data)
-            frames.append(self._frame(ACK | (PSH if last else 0), self.snd_nxt, chunk))
-            self.snd_nxt = (self.snd_nxt + len(chunk)) & 0xFFFFFFFF
-        if frames and self.deadline is None:
-            self.deadline = now + ACK_TIMEOUT
+        for start in range(0, size, mss):
+            end = min(start + mss, size)
+            frames.append(self.tx.build(self.snd_nxt, self.rcv_nxt,
+                                        ACK | PSH if end == size else ACK, window,
+                                        data[start:end]))
+            self.snd_nxt = (self.snd_nxt + end - start) & MASK
+        if seq_lt(self.snd_max, self.snd_nxt):
+            self.snd_max = self.snd_nxt
+        if frames and (idle or self.rtx_deadline is None):
+            self.rtx_deadline = now + self.rto
         self.last_activity = now
+        self._maybe_fin(frames, now)
         return frames
 
-    def socket_eof(self, now: float) -> list[bytes]:
-        """End of file from the socket, all data before it sent: FIN."""
-        self.eof_seen = True
-        if self.fin_sent or self.state != ESTABLISHED:
+    def on_socket_eof(self, now: float) -> list[bytearray]:
+        """A peek at ``snd_nxt`` found end of file: FIN once the guest can
+        take it."""
+        if self.sock_eof or self.state is State.CLOSED:
             return []
-        self.fin_sent = True
-        frame = self._frame(FIN | ACK, self.snd_nxt)
-        self.snd_nxt = (self.snd_nxt + 1) & 0xFFFFFFFF
-        if self.deadline is None:
-            self.deadline = now + ACK_TIMEOUT
-        return [frame]
+        self.sock_eof = True
+        self.fin_seq = self.snd_nxt
+        frames: list[bytearray] = []
+        self._maybe_fin(frames, now)
+        return frames
 
-    def socket_reset(self) -> bytes:
-        """The socket failed or was reset: RST to the guest."""
-        self.state = CLOSED
-        return self._frame(RST | ACK, self.snd_nxt)
+    def _maybe_fin(self, frames: list[bytearray], now: float) -> None:
+        in_flight = (self.snd_nxt - self.snd_una) & MASK
+        if (self.sock_eof and not self.fin_sent and self.state is State.ESTABLISHED
+                and self.snd_nxt == self.fin_seq and self.guest_window > in_flight):
+            frames.append(self.tx.build(self.fin_seq, self.rcv_nxt, FIN | ACK,
+                                        self._window_field()))
+            self.fin_sent = True
+            self.snd_nxt = (self.fin_seq + 1) & MASK
+            if seq_lt(self.snd_max, self.snd_nxt):
+                self.snd_max = self.snd_nxt
+            if self.rtx_deadline is None or not in_flight:
+                self.rtx_deadline = now + self.rto
 
-    # -- time ------------------------------------------------------------------------------
-    def _rewind(self) -> None:
-        self.snd_nxt = self.snd_una
-        if self.fin_sent and not self.fin_acked:
-            self.fin_sent = False
+    def on_socket_error(self, now: float) -> list[bytearray]:
+        """The socket failed or its peer reset: RST to the guest."""
+        if self.state is State.CLOSED:
+            return []
+        if self.state is State.CONNECTING:
+            return self.on_connect_failed(now)
+        self.state = State.CLOSED
+        return [self._rst()]
 
-    def on_timer(self, now: float) -> TimerResult:
-        result = TimerResult()
-        if self.deadline is None or now < self.deadline:
-            return result
+    # -- time -----------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        if self.state is State.CLOSED:
+            return self.linger_until
+        idle = self.last_activity + INACTIVITY
+        return idle if self.rtx_deadline is None else min(self.rtx_deadline, idle)
+
+    def on_timer(self, now: float) -> Actions:
+        actions = Actions()
+        if self.state is State.CLOSED:
+            actions.forget = now >= self.linger_until
+            return actions
+        if now >= self.last_activity + INACTIVITY:
+            self._give_up(actions, "tcp_inactive")
+            return actions
+        if self.rtx_deadline is None or now < self.rtx_deadline:
+            return actions
+        self.rtx_deadline = None
+        if self.state is State.ESTABLISHED:
+            self._retransmit_timeout(actions, now)
+        elif self.state is not State.CONNECTING:
+            self._handshake_timeout(actions, now)
+        return actions
+
+    def _handshake_timeout(self, actions: Actions, now: float) -> None:
         self.retries += 1
-        if self.state == SYN_SENT:
-            if self.retries > SYN_RETRIES:
-                self.state = CLOSED
-                result.reset = True
-                return result
-            result.frames.append(self._syn_flags_frame(SYN))
-            self.deadline = now + SYN_TIMEOUT * (1 << self.retries)
-            return result
-        if seq_diff(self.snd_nxt, self.snd_una) <= 0 and not self.fin_sent:
-            self.deadline = None
-            return result
-        if self.retries > MAX_RETRIES:
-            result.frames.append(self.socket_reset())
-            result.reset = True
-            return result
-        self._rewind()
-        result.rewind = True
-        self.deadline = now + ACK_TIMEOUT * (1 << min(self.retries, 6))
-        return result
+        if self.retries > SYN_RETRIES:
+            self._give_up(actions, "tcp_handshake_timeout")
+            return
+        actions.frames.append(self._syn_frame(SYN if self.state is State.SYN_SENT
+                                              else SYN | ACK))
+        self.rto = min(self.rto * 2, MAX_RTO)
+        self.rtx_deadline = now + self.rto
 
-    def idle(self, now: float) -> bool:
-        return now - self.last_activity > INACTIVITY
+    def _retransmit_timeout(self, actions: Actions, now: float) -> None:
+        if self.snd_max == self.snd_una:
+            if not self.guest_window:
+                # zero-window probe: an old sequence number makes the guest answer
+                actions.frames.append(self.tx.build((self.snd_una - 1) & MASK, self.rcv_nxt,
+                                                    ACK, self._window_field()))
+                self.rto = min(self.rto * 2, MAX_RTO)
+                self.rtx_deadline = now + self.rto
+            return
+        self.retries += 1
+        if self.retries > MAX_RETRIES:
+            self._give_up(actions, "tcp_retransmit_limit")
+            return
+        self.rto = min(self.rto * 2, MAX_RTO)
+        self._rewind(actions, now)
+        self.rtx_deadline = now + self.rto
+
+    def _rewind(self, actions: Actions, now: float) -> None:
+        """Go back to the first unacknowledged byte; the I/O layer peeks again."""
+        self.snd_nxt = self.snd_una
+        if not self.fin_acked:
+            self.fin_sent = False
+        self.recover = self.snd_max
+        self.dup_acks = 0
+        actions.retransmit = actions.send_more = True
+        self._maybe_fin(actions.frames, now)
+
+    def _give_up(self, actions: Actions, reason: str) -> None:
+        if self.state is not State.SYN_SENT:
+            actions.frames.append(self._rst())
+        self.state = State.CLOSED
+        actions.reset = actions.forget = True
+        actions.drop = reason
+
+
+_GUEST_HANDLERS = {
+    State.CONNECTING: TcpConn._seg_connecting,
+    State.SYN_RCVD: TcpConn._seg_syn_rcvd,
+    State.SYN_SENT: TcpConn._seg_syn_sent,
+    State.ESTABLISHED: TcpConn._seg_established,
+    State.CLOSED: TcpConn._seg_closed,
+}

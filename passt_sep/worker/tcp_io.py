@@ -1,15 +1,25 @@
-"""TCP flows on host sockets: the I/O side of ``passt_sep.tcp``.
+"""TCP flows on host sockets: the I/O side of :mod:`passt_sep.tcp`.
+
+The sans-IO :class:`~passt_sep.tcp.TcpConn` decides; this module turns its
+:class:`~passt_sep.tcp.Actions` into syscalls, in the order that class
+documents.  Only socket, connect, setsockopt, getsockopt, recvfrom, sendto,
+accept4, shutdown, close, epoll_ctl, fcntl and ioctl(SIOCOUTQ) are used,
+all listed in ``seccomp/worker.*``.  Python's ``setblocking`` is avoided
+after start-up: it is ioctl(FIONBIO), which the filter does not allow.
 
 Sockets are edge-triggered: data the guest has not acknowledged stays in
-the socket's queue, so a level-triggered socket would look readable for
-ever.  After each edge we peek as much as the guest's window allows; when
-the guest opens its window or acknowledges data, ``_pump`` runs again.
+the socket's receive queue, so a level-triggered socket would look
+readable for ever.  After each edge, and whenever the guest acknowledges
+data or opens its window, ``_pump`` peeks as much as ``send_budget()``
+allows into one buffer shared by every flow.  EPOLLOUT is asked for only
+while a connect is in progress or the socket refused guest data.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import socket
 import struct
@@ -17,364 +27,425 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import tcp
+from ..flow import FlowKey, FlowTable
 from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
-from ..packet import Inbound
+from ..packet import IPPROTO_TCP, Inbound
+from ..tcp import State
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop, Timer
 
 SO_PEEK_OFF = 42
 SIOCOUTQ = 0x5411
-WINDOW_RECHECK = 0.002
 EPOLLET = 1 << 31
-PEEK_BUFFER = 256 * 1024
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
+PEEK_BUFFER = 1 << 19
+ACCEPTS_PER_WAKEUP = 64
+WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
+WINDOW_RECHECK_MAX = 0.1
+MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
 LINGER_RESET = struct.pack("ii", 1, 0)
-
-FlowKey = tuple[bool, int, bytes, int]  # (IPv6, guest port, peer as seen by guest, peer port)
+DONTWAIT = socket.MSG_DONTWAIT
+SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 
 @dataclass(frozen=True)
-class TcpListener:
-    """A ``-t`` forwarded port: listening socket from the broker."""
+class Listener:
+    """A ``-t`` forwarded port: a bound, listening, non-blocking socket from
+    the broker; a connection from peer P becomes a SYN to the guest's
+    ``target_port`` from P as the guest sees it."""
 
     fd: int
     family: int
     port: int
-    target: int
+    target_port: int
+
+
+TcpListener = Listener   # the worker's name for it, beside UdpListener
 
 
 class Flow:
-    """A TcpConn and its socket, as the loop sees them."""
+    """A TcpConn and its socket; ``sock`` is None once closed (lingering)."""
 
-    __slots__ = ("conn", "sock", "key", "timer", "want_out", "pending")
+    __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
-        self.conn, self.sock, self.key = conn, sock, key
+        self.conn, self.key = conn, key
+        self.sock: socket.socket | None = sock
         self.timer: Timer | None = None
+        self.recheck: Timer | None = None
+        self.recheck_delay = WINDOW_RECHECK
         self.want_out = False
-        self.pending: tcp.Segment | None = None   # payload the socket refused
 
 
 class TcpHandler:
+    """Every TCP flow of the worker.  The loop calls ``on_guest_segment`` for
+    the guest's TCP frames; sockets and timers call back on their own."""
+
     def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
                  send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
-                 log: Logger, max_flows: int, listeners: list[TcpListener],
-                 secret: bytes, verify_checksums: bool = False) -> None:
+                 log: Logger, max_flows: int, listeners: list[Listener], secret: bytes,
+                 verify_checksums: bool = False) -> None:
         self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
         self.send_frame, self.guest_mac = send_frame, guest_mac
-        self.max_flows = max_flows
         self.secret = secret
         self.verify = verify_checksums
-        self.flows: dict[FlowKey, Flow] = {}
-        self.by_fd: dict[int, Flow] = {}
+        self.flows: FlowTable[Flow] = FlowTable(max_flows)
         self.buffer = bytearray(PEEK_BUFFER)
         self.view = memoryview(self.buffer)
-        self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}
+        self.listeners: dict[int, tuple[socket.socket, Listener]] = {}
         for listener in listeners:
             self._add_listener(listener)
 
     def active_flows(self) -> int:
-        return len(self.flows)
+        """Flows not yet closed (lingering ones do not hold the worker up)."""
+        return sum(1 for key in self.flows if self._alive(key))
 
-    # -- guest segments -------------------------------------------------------------
-    def on_guest_segment(self, inb: Inbound, now: float) -> None:
-        seg = tcp.parse_tcp(inb, self.verify)
-        key = (inb.is_ipv6, seg.sport, inb.dst, seg.dport)
+    def _alive(self, key: FlowKey) -> bool:
         flow = self.flows.get(key)
-        if flow is None:
-            self._unknown(seg, inb, key, now)
-            return
-        result = flow.conn.guest_segment(seg, now)
-        self._apply(flow, result, seg, now)
+        return flow is not None and flow.conn.state is not State.CLOSED
 
-    def _unknown(self, seg: tcp.Segment, inb: Inbound, key: FlowKey, now: float) -> None:
-        if seg.flags & tcp.SYN and not seg.flags & tcp.ACK:
-            self._open_outbound(seg, inb, key, now)
+    def _send(self, frames: list[bytearray]) -> None:
+        for frame in frames:
+            self.send_frame(frame)
+
+    # -- the guest's segments -------------------------------------------------------
+    def on_guest_segment(self, inb: Inbound, now: float) -> None:
+        """A TCP frame from the guest; :class:`~passt_sep.packet.Drop` if malformed."""
+        seg = tcp.parse_tcp(inb, self.verify)
+        key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
+        flow = self.flows.get(key)
+        syn = seg.flags & (tcp.SYN | tcp.ACK) == tcp.SYN
+        if flow is not None and syn and flow.conn.state is State.CLOSED:
+            self._forget(flow)            # a new connection on a lingering flow's ports
+            flow = None
+        if flow is None:
+            if syn:
+                self._open_outbound(seg, inb, key, now)
+            else:
+                self.loop.counters.add("tcp_no_flow")
+                self._refuse(seg, inb)
             return
-        self.loop.counters.add("tcp_unknown_flow")
+        self._apply(flow, flow.conn.on_guest_segment(seg, now), now)
+
+    def _refuse(self, seg: tcp.TcpSegment, inb: Inbound) -> None:
         reply = tcp.rst_for_unknown(seg, inb, self.net.our_mac)
         if reply is not None:
             self.send_frame(reply)
 
-    def _open_outbound(self, seg: tcp.Segment, inb: Inbound, key: FlowKey, now: float) -> None:
-        if len(self.flows) >= self.max_flows:
+    def _open_outbound(self, seg: tcp.TcpSegment, inb: Inbound, key: FlowKey,
+                       now: float) -> None:
+        if len(self.flows) >= self.flows.max_flows:
             self.loop.counters.add("tcp_flows_full")
             self._refuse(seg, inb)
             return
         family = socket.AF_INET6 if inb.is_ipv6 else socket.AF_INET
-        host_dst = self.addrmap.to_host(inb.dst, seg.dport)
         try:
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                                  | socket.SOCK_CLOEXEC)
         except OSError:
-            self.loop.counters.add("tcp_socket_error")  # fd limit, most likely
+            self.loop.counters.add("tcp_socket_error")     # out of fds, most likely
             self._refuse(seg, inb)
             return
+        self._tune(sock, seg.mss)
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
-        conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net.our_mac, self.net.mtu, isn, now)
-        flow = self._track(conn, sock, key)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = sock.connect_ex((socket.inet_ntop(family, host_dst), seg.dport))
+        flow = Flow(tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now), sock, key)
+        self._track(flow)
+        host_dst = socket.inet_ntop(family, self.addrmap.to_host(inb.dst, seg.dport))
+        code = sock.connect_ex((host_dst, seg.dport))
         if code not in (0, errno.EINPROGRESS):
-            self.send_frame(conn.socket_failed())
-            self._close(flow)
+            self._connect_failed(flow, now)
             return
         flow.want_out = True
         self.loop.add_fd(sock.fileno(), SOCKET_EVENTS | EPOLLOUT, self._socket_event)
 
-    def _refuse(self, seg: tcp.Segment, inb: Inbound) -> None:
-        reply = tcp.rst_for_unknown(seg, inb, self.net.our_mac)
-        if reply is not None:
-            self.send_frame(reply)
+    def _tune(self, sock: socket.socket, guest_mss: int | None) -> None:
+        """No Nagle (the guest already segmented), the peek offset on, and
+        the guest's MSS mirrored where Linux takes it."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        if guest_mss in MAXSEG_RANGE:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, guest_mss)
 
-    def _track(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> Flow:
-        flow = Flow(conn, sock, key)
-        self.flows[key] = flow
-        self.by_fd[sock.fileno()] = flow
-        return flow
+    def _track(self, flow: Flow) -> None:
+        assert flow.sock is not None
+        self.flows.add(flow.key, flow)
+        self.flows.bind_fd(flow.sock.fileno(), flow.key)
 
-    def _apply(self, flow: Flow, result: tcp.GuestResult, seg: tcp.Segment, now: float) -> None:
-        for frame in result.frames:
-            self.send_frame(frame)
-        if result.reset:
-            self._close(flow, reset=True)
+    def _apply(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
+        """Carry out a TcpConn's decision, in the order Actions documents."""
+        self._send(actions.frames)
+        if actions.drop is not None:
+            self.loop.counters.add(actions.drop)
+        if actions.reset:
+            self._forget(flow, reset=True)
             return
-        if result.acked:
-            self._discard(flow, result.acked)
-        if result.rewind:
-            self._rewind(flow)
-        if result.to_socket is not None:
-            self._write(flow, seg, result.to_socket)
-        if result.shutdown_write:
-            self._shutdown(flow)
-        if result.established:
-            self._arm_socket(flow)
-        if flow.conn.state == tcp.CLOSED:
-            self._close(flow)
+        if flow.sock is not None:
+            self._socket_actions(flow, actions, now)
+        if actions.forget:
+            self._forget(flow)
             return
-        if result.window_opened or result.established or result.rewind:
+        if flow.sock is not None and actions.send_more:
             self._pump(flow, now)
-        self._schedule(flow)
+        if self.flows.get(flow.key) is flow:
+            self._schedule(flow)
 
-    def _write(self, flow: Flow, seg: tcp.Segment, data: memoryview) -> None:
+    def _socket_actions(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
+        sock = flow.sock
+        assert sock is not None
+        if actions.acked:
+            self._discard(sock, actions.acked)
+        if actions.retransmit:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            self.loop.counters.add("tcp_retransmit")
+        if actions.to_socket is not None:
+            self._write(flow, actions.to_socket, now)
+            return              # the socket's answer was applied in full
+        if actions.shutdown_write:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if actions.closed:
+            self._close_socket(flow)
+
+    def _write(self, flow: Flow, data: memoryview, now: float) -> None:
+        sock = flow.sock
+        assert sock is not None
         try:
-            written = flow.sock.send(data)
+            written = sock.send(data, SEND_FLAGS)
         except BlockingIOError:
             written = 0
         except OSError:
-            self.send_frame(flow.conn.socket_reset())
-            self._close(flow)
+            self._socket_error(flow, now)
             return
-        result = flow.conn.data_written(seg, written, *self._send_space(flow))
-        for frame in result.frames:
-            self.send_frame(frame)
-        if result.shutdown_write:
-            self._shutdown(flow)
-        if flow.conn.socket_full and not flow.want_out:
-            flow.want_out = True
-            self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS | EPOLLOUT)
+        actions = flow.conn.on_socket_accepted(written, *self._room(sock), now)
+        if flow.conn.socket_full:
+            self._want_out(flow)
+        self._apply(flow, actions, now)
 
     @staticmethod
-    def _send_space(flow: Flow) -> tuple[int, int]:
-        """(free room, payload size) of the socket's send buffer: the window
-        we offer the guest, so that it never sends more than the socket takes."""
-        fd = flow.sock.fileno()
+    def _room(sock: socket.socket) -> tuple[int, int]:
+        """(free bytes, payload capacity) of the socket's send buffer: the
+        window we offer the guest, so that it never sends more than the
+        socket takes.  SO_SNDBUF counts the kernel's overhead too: about
+        three quarters of it is payload."""
         try:
-            queued = int.from_bytes(fcntl.ioctl(fd, SIOCOUTQ, b"\0\0\0\0"), "little")
-            size = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * 3 // 4
+            queued = int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"), "little")
+            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * 3 // 4
         except OSError:
             return 0, 0
-        # SO_SNDBUF counts the kernel's overhead too: about 3/4 is payload
         return max(size - queued, 0), size
 
-    def _discard(self, flow: Flow, count: int) -> None:
-        """Drop acknowledged bytes from the socket's queue without copying."""
+    def _discard(self, sock: socket.socket, count: int) -> None:
+        """Drop acknowledged bytes from the receive queue without copying them
+        (MSG_TRUNC); the peek offset moves back by as much (DESIGN §8)."""
         while count > 0:
-            chunk = min(count, PEEK_BUFFER)
             try:
-                got = flow.sock.recv_into(self.view, chunk, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+                got = sock.recv_into(self.view, min(count, PEEK_BUFFER),
+                                     socket.MSG_TRUNC | DONTWAIT)
             except OSError:
                 return
             if got <= 0:
                 return
             count -= got
 
-    def _rewind(self, flow: Flow) -> None:
-        flow.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        self.loop.counters.add("tcp_retransmit")
-
-    def _shutdown(self, flow: Flow) -> None:
-        try:
-            flow.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    # -- socket events ---------------------------------------------------------------
+    # -- socket events -------------------------------------------------------------------
     def _socket_event(self, fd: int, events: int, now: float) -> None:
-        flow = self.by_fd.get(fd)
-        if flow is None:
+        flow = self.flows.by_fd(fd)
+        if flow is None or flow.sock is None:
             return
-        conn = flow.conn
-        if conn.state == tcp.CONNECTING:
+        if flow.conn.state is State.CONNECTING:
             self._connect_done(flow, now)
             return
-        if events & EPOLLERR and not events & EPOLLIN:
-            self._socket_failed(flow)
+        if events & EPOLLERR and flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._socket_error(flow, now)
             return
         if events & EPOLLOUT and flow.want_out:
-            self._window_update(flow)
+            self._window_update(flow, now)
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP):
             self._pump(flow, now)
-        if flow.key in self.flows:
+        if self.flows.get(flow.key) is flow:
             self._schedule(flow)
 
-    def _window_update(self, flow: Flow, now: float = 0.0) -> None:
-        """Offer the guest the room the socket has again; while it is still
-        too little, look again shortly (the socket's own "writable" comes
-        sooner than a worthwhile window)."""
-        if flow.key not in self.flows:
-            return
-        for frame in flow.conn.socket_writable(*self._send_space(flow)):
-            self.send_frame(frame)
-        if flow.conn.socket_full:
-            self.loop.call_later(WINDOW_RECHECK, lambda later: self._window_update(flow, later))
-            return
-        flow.want_out = False
-        self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS)
-
     def _connect_done(self, flow: Flow, now: float) -> None:
-        error = flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self.send_frame(flow.conn.socket_failed())
-            self._close(flow)
+        sock = flow.sock
+        assert sock is not None
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._connect_failed(flow, now)
             return
         flow.want_out = False
-        self.send_frame(flow.conn.socket_connected(now))
-        self._arm_socket(flow)
-        self._pump(flow, now)
+        self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
+        self._send(flow.conn.on_connected(self._room(sock)[0], now))
         self._schedule(flow)
 
-    def _arm_socket(self, flow: Flow) -> None:
-        flow.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        fd = flow.sock.fileno()
-        if fd in self.loop.callbacks:
-            self.loop.modify_fd(fd, SOCKET_EVENTS)
-        else:
-            self.loop.add_fd(fd, SOCKET_EVENTS, self._socket_event)
+    def _connect_failed(self, flow: Flow, now: float) -> None:
+        self.loop.counters.add("tcp_connect_failed")
+        self._send(flow.conn.on_connect_failed(now))
+        self._forget(flow)
 
-    def _socket_failed(self, flow: Flow) -> None:
-        self.send_frame(flow.conn.socket_reset())
-        self._close(flow)
+    def _socket_error(self, flow: Flow, now: float) -> None:
+        self.loop.counters.add("tcp_socket_error")
+        self._send(flow.conn.on_socket_error(now))
+        self._forget(flow)
+
+    def _want_out(self, flow: Flow) -> None:
+        if not flow.want_out and flow.sock is not None:
+            flow.want_out = True
+            self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS | EPOLLOUT)
+
+    def _window_update(self, flow: Flow, now: float) -> None:
+        """Offer the guest the room the socket has again.  The socket says
+        "writable" before the room is worth a window (and not at all when it
+        never refused a write), so while it is too little, look again soon."""
+        sock = flow.sock
+        if sock is None:
+            return
+        self._send(flow.conn.on_socket_writable(*self._room(sock)))
+        if flow.conn.socket_full:
+            if flow.recheck is None:
+                flow.recheck = self.loop.call_at(now + flow.recheck_delay,
+                                                 functools.partial(self._recheck, flow))
+                flow.recheck_delay = min(flow.recheck_delay * 2, WINDOW_RECHECK_MAX)
+            return
+        flow.recheck_delay = WINDOW_RECHECK
+        flow.want_out = False
+        self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
+
+    def _recheck(self, flow: Flow, now: float) -> None:
+        flow.recheck = None
+        if self.flows.get(flow.key) is flow:
+            self._window_update(flow, now)
 
     def _pump(self, flow: Flow, now: float) -> None:
-        """Peek new socket data into segments while the guest's window allows."""
-        conn = flow.conn
-        while conn.state == tcp.ESTABLISHED and not conn.fin_sent:
-            budget = conn.send_budget()
-            if budget <= 0:
-                return
+        """Peek new socket data and send it while the guest's window allows."""
+        conn, sock, view = flow.conn, flow.sock, self.view
+        assert sock is not None
+        while (budget := conn.send_budget()) > 0:
             try:
-                size = flow.sock.recv_into(self.view, min(budget, PEEK_BUFFER),
-                                           socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                size = sock.recv_into(view, min(budget, PEEK_BUFFER), socket.MSG_PEEK | DONTWAIT)
             except BlockingIOError:
                 return
             except OSError:
-                self._socket_failed(flow)
+                self._socket_error(flow, now)
                 return
-            frames = conn.socket_data(self.view[:size], now) if size else conn.socket_eof(now)
-            for frame in frames:
-                self.send_frame(frame)
             if not size:
+                self._send(conn.on_socket_eof(now))
                 return
+            self._send(conn.on_socket_data(view[:size], now))
 
-    # -- timers and closing ----------------------------------------------------------
+    # -- timers and the end of flows --------------------------------------------------
     def _schedule(self, flow: Flow) -> None:
-        deadline = flow.conn.deadline
-        if flow.timer is not None:
-            if deadline is not None and flow.timer.deadline == deadline:
+        """One loop timer per flow, moved only when the deadline comes
+        earlier; a timer that fires early just schedules the next one."""
+        deadline = flow.conn.next_deadline()
+        timer = flow.timer
+        if timer is not None and timer.callback is not None:
+            if deadline is not None and timer.deadline <= deadline:
                 return
-            flow.timer.cancel()
-            flow.timer = None
-        if deadline is not None:
-            flow.timer = self.loop.call_at(deadline, lambda now, f=flow: self._timer(f, now))
-
-    def _timer(self, flow: Flow, now: float) -> None:
+            timer.cancel()
         flow.timer = None
-        if flow.key not in self.flows:
-            return
-        result = flow.conn.on_timer(now)
-        for frame in result.frames:
-            self.send_frame(frame)
-        if result.reset:
-            self._close(flow, reset=True)
-            return
-        if result.rewind:
-            self._rewind(flow)
-            self._pump(flow, now)
-        self._schedule(flow)
+        if deadline is not None:
+            flow.timer = self.loop.call_at(deadline, functools.partial(self._on_timer, flow))
 
-    def _close(self, flow: Flow, reset: bool = False) -> None:
-        if self.flows.get(flow.key) is flow:
-            del self.flows[flow.key]
-        fd = flow.sock.fileno()
-        self.by_fd.pop(fd, None)
-        if flow.timer is not None:
-            flow.timer.cancel()
+    def _on_timer(self, flow: Flow, now: float) -> None:
+        flow.timer = None
+        if self.flows.get(flow.key) is not flow:
+            return
+        actions = flow.conn.on_timer(now)
+        if actions.retransmit and flow.sock is not None:
+            self.loop.counters.add("tcp_retransmit_timeout")
+        self._apply(flow, actions, now)
+
+    def _close_socket(self, flow: Flow, reset: bool = False) -> None:
+        sock = flow.sock
+        if sock is None:
+            return
+        flow.sock = None
+        fd = sock.fileno()
+        self.flows.unbind_fd(fd)
         self.loop.remove_fd(fd)
+        if flow.recheck is not None:
+            flow.recheck.cancel()
+            flow.recheck = None
         if reset:
             try:
-                flow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             except OSError:
                 pass
-        flow.sock.close()
+        sock.close()
 
-    # -- inbound (forwarded ports) ------------------------------------------------------
-    def _add_listener(self, listener: TcpListener) -> None:
+    def _forget(self, flow: Flow, reset: bool = False) -> None:
+        self._close_socket(flow, reset)
+        if flow.timer is not None:
+            flow.timer.cancel()
+            flow.timer = None
+        if self.flows.get(flow.key) is flow:
+            self.flows.remove(flow.key)
+
+    # -- inbound: forwarded ports -----------------------------------------------------
+    def _add_listener(self, listener: Listener) -> None:
         sock = socket.socket(fileno=listener.fd)
-        sock.setblocking(False)
-        self.listeners[sock.fileno()] = (sock, listener)
-        self.loop.add_fd(sock.fileno(), EPOLLIN, self._accept)
+        sock.setblocking(False)            # before the sandbox: ioctl(FIONBIO)
+        self.listeners[listener.fd] = (sock, listener)
+        self.loop.add_fd(listener.fd, EPOLLIN, self._accept)
 
     def _accept(self, fd: int, events: int, now: float) -> None:
         sock, listener = self.listeners[fd]
-        for _ in range(64):
+        for _ in range(ACCEPTS_PER_WAKEUP):
             try:
-                conn_sock, address = sock.accept()
+                accepted, address = sock.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
                 self.loop.counters.add("tcp_accept_error")
                 self.log.ratelimited("tcp_accept", 4, f"accept failed: {exc.strerror}")
                 return
-            self._inbound(conn_sock, listener, address, now)
+            self._inbound(accepted, listener, address, now)
 
-    def _inbound(self, sock: socket.socket, listener: TcpListener, address: tuple,
+    def _inbound(self, sock: socket.socket, listener: Listener, address: tuple,
                  now: float) -> None:
-        v6 = listener.family == socket.AF_INET6
-        params = self.net.ipv6 if v6 else self.net.ipv4
-        if params is None or len(self.flows) >= self.max_flows:
-            self.loop.counters.add("tcp_flows_full" if params else "tcp_no_family")
-            sock.close()
-            return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = socket.inet_pton(listener.family, address[0].split("%")[0])
-        if v6 and peer[:12] == bytes(10) + b"\xff\xff":
-            peer = peer[12:]
-        seen_peer = self.addrmap.to_guest(peer, address[1])
-        key = (v6, listener.target, seen_peer, address[1])
-        if key in self.flows:
-            sock.close()
+        if peer[:12] == bytes(10) + b"\xff\xff":
+            peer = peer[12:]                        # IPv4 on a dual-stack listener
+        params = self.net.ipv6 if len(peer) == 16 else self.net.ipv4
+        if params is None:
+            self._reject(sock, "tcp_no_family")
             return
-        isn = tcp.isn_for(self.secret, seen_peer, address[1], params.addr, listener.target, now)
+        seen = self.addrmap.to_guest(peer, address[1])
+        key = FlowKey(IPPROTO_TCP, params.addr, listener.target_port, seen, address[1])
+        old = self.flows.get(key)
+        if old is not None and old.conn.state is State.CLOSED:
+            self._forget(old)
+        elif old is not None:
+            self._reject(sock, "tcp_flow_exists")
+            return
+        if len(self.flows) >= self.flows.max_flows:
+            self._reject(sock, "tcp_flows_full")
+            return
+        fd = sock.fileno()
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self._tune(sock, None)
+        isn = tcp.isn_for(self.secret, seen, address[1], params.addr, listener.target_port, now)
         conn, syn = tcp.TcpConn.for_accepted(
-            guest_addr=params.addr, guest_port=listener.target, peer_addr=seen_peer,
-            peer_port=address[1], our_mac=self.net.our_mac, guest_mac=self.guest_mac(),
-            mtu=self.net.mtu, isn=isn, now=now)
-        flow = self._track(conn, sock, key)
+            guest_mac=self.guest_mac(), guest_addr=params.addr, guest_port=listener.target_port,
+            peer_addr=seen, peer_port=address[1], net=self.net, isn=isn,
+            room=self._room(sock)[0], now=now)
+        flow = Flow(conn, sock, key)
+        self._track(flow)
+        self.loop.add_fd(fd, SOCKET_EVENTS, self._socket_event)
         self.send_frame(syn)
         self._schedule(flow)
+
+    def _reject(self, sock: socket.socket, reason: str) -> None:
+        """Refuse an accepted connection: its peer sees a reset."""
+        self.loop.counters.add(reason)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        except OSError:
+            pass
+        sock.close()
 
 
 def new_secret() -> bytes:

@@ -1,0 +1,175 @@
+"""`make bench`: passt-sep beside distro pasta and slirp4netns, same run,
+same topology (tests/topology.py), printed as ratios.
+
+Each implementation serves a named network namespace; iperf3 inside it
+talks to a server in the "remote" namespace.  Figures are medians of
+ROUNDS rounds.  Results go to stdout as a table and to
+bench/results/<date>.json with the machine and kernel noted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+from topology import REMOTE_ADDR4, Topology  # noqa: E402
+
+VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
+PASTA_SEP = os.path.join(VENV, "bin", "pasta-sep")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
+
+
+class Served:
+    """One implementation serving namespace ``ns`` from the host namespace."""
+
+    def __init__(self, topo: Topology, name: str, mtu: int) -> None:
+        self.topo, self.name, self.mtu = topo, name, mtu
+        self.ns = f"{topo.host}-b"
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        path = f"/run/netns/{self.ns}"
+        if name == "passt-sep":
+            self._start([PASTA_SEP, "--config-net", "-q", "-m", str(mtu), "--netns", path])
+        elif name == "pasta":
+            # as root, distro pasta drops to nobody and cannot join: keep root
+            self._start(["pasta", "--config-net", "-q", "--runas", "0:0", "-m", str(mtu),
+                         "--netns", path])
+        else:
+            self.proc = topo.spawn_host("slirp4netns", "--configure", f"--mtu={mtu}",
+                                        "--netns-type=path", path, "tap0",
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready()
+
+    def _start(self, argv: list[str]) -> None:
+        result = self.topo.run_host(*argv)
+        if result.returncode != 0:
+            raise RuntimeError(f"{self.name}: {result.stderr.strip()}")
+
+    def _wait_ready(self) -> None:
+        for _ in range(200):
+            out = subprocess.run(["ip", "netns", "exec", self.ns, "ip", "-4", "route"],
+                                 capture_output=True, text=True).stdout
+            if "default" in out:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name}: namespace not configured")
+
+    def run(self, *argv: str, timeout: float = 60) -> str:
+        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
+                              text=True, timeout=timeout).stdout
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.ns], check=False)
+        time.sleep(0.3)  # netns-watching implementations exit on their own
+
+
+def iperf(served: Served, reverse: bool) -> float:
+    """Gbit/s received, guest -> remote (or remote -> guest with -R)."""
+    out = served.run("iperf3", "-c", REMOTE_ADDR4, "-t", str(SECONDS), "-J",
+                     *(["-R"] if reverse else []), timeout=SECONDS + 30)
+    try:
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    except (ValueError, KeyError):
+        return 0.0
+
+
+def latency(served: Served) -> float:
+    """Median microseconds of a 1-byte TCP request/response."""
+    script = ("import socket, time, statistics\n"
+              f"c = socket.create_connection(('{REMOTE_ADDR4}', 7001), 5)\n"
+              "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+              "samples = []\n"
+              "for _ in range(2000):\n"
+              "    t = time.perf_counter(); c.sendall(b'x'); c.recv(1)\n"
+              "    samples.append(time.perf_counter() - t)\n"
+              "print(statistics.median(samples) * 1e6)")
+    out = served.run(sys.executable, "-c", script)
+    return float(out.strip() or "nan")
+
+
+def startup(topo: Topology, name: str) -> float:
+    """Seconds from exec to a configured namespace running `true`."""
+    argv = {"passt-sep": [PASTA_SEP, "--config-net", "-q", "--", "true"],
+            "pasta": ["pasta", "--config-net", "-q", "--runas", "0:0", "--", "true"]}.get(name)
+    if argv is None:
+        return float("nan")
+    start = time.monotonic()
+    topo.run_host(*argv)
+    return time.monotonic() - start
+
+
+ECHO_SERVER = ("import socket\ns = socket.create_server(('0.0.0.0', 7001))\n"
+               "while True:\n    c, _ = s.accept()\n"
+               "    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+               "    while (d := c.recv(1)):\n        c.sendall(d)\n")
+
+
+def measure(names: list[str]) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    with Topology("bench") as topo:
+        topo.spawn_remote("iperf3", "-s", stdout=subprocess.DEVNULL)
+        topo.spawn_remote(sys.executable, "-c", ECHO_SERVER)
+        topo.wait_listening(5201)
+        topo.wait_listening(7001)
+        for _ in range(ROUNDS):
+            for name in names:
+                for mtu in (65520, 1500):
+                    served = Served(topo, name, mtu)
+                    try:
+                        add = results[name].setdefault
+                        add(f"tcp_out_gbps_mtu{mtu}", []).append(iperf(served, False))
+                        add(f"tcp_in_gbps_mtu{mtu}", []).append(iperf(served, True))
+                        if mtu == 65520:
+                            add("rr_latency_us", []).append(latency(served))
+                    finally:
+                        served.close()
+                results[name].setdefault("startup_s", []).append(startup(topo, name))
+    return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in results.items()}
+
+
+def table(figures: dict[str, dict[str, float]]) -> str:
+    peers = [n for n in figures if n != "passt-sep"]
+    keys = list(figures["passt-sep"])
+    head = f"{'metric':<24}{'passt-sep':>12}" + "".join(
+        f"{p:>12}{'ratio':>8}" for p in peers)
+    lines = [head, "-" * len(head)]
+    for key in keys:
+        ours = figures["passt-sep"][key]
+        row = f"{key:<24}{ours:>12.3f}"
+        for peer in peers:
+            theirs = figures[peer].get(key, float("nan"))
+            ratio = ours / theirs if theirs and theirs == theirs else float("nan")
+            row += f"{theirs:>12.3f}{ratio:>8.2f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    names = ["passt-sep"] + [n for n in ("pasta", "slirp4netns") if shutil.which(n)]
+    figures = measure(names)
+    print(f"passt-sep benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
+          f"kernel {platform.release()}, {os.cpu_count()} cpus, {ROUNDS} rounds of {SECONDS}s")
+    print("ratio = passt-sep / peer (throughput: higher is better; latency and start-up: "
+          "lower is better)")
+    print(table(figures))
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    out = os.path.join(HERE, "results", f"{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(out, "w", encoding="utf-8") as handle:
+        json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "kernel": platform.release(),
+                   "machine": platform.machine(), "cpus": os.cpu_count(),
+                   "figures": figures}, handle, indent=2)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
