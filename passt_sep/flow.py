@@ -31,15 +31,14 @@ from an epoll event to the flow.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 V = TypeVar("V")
 
 
-@dataclass(frozen=True, slots=True)
-class FlowKey:
-    """A flow's name, in the addresses the guest uses (4 or 16 bytes)."""
+class FlowKey(NamedTuple):
+    """A flow's name, in the addresses the guest uses (4 or 16 bytes).  A
+    tuple: immutable, and hashed in C on every frame's lookup."""
 
     proto: int
     guest_addr: bytes
@@ -66,6 +65,10 @@ class FlowTable(Generic[V]):
             return False
         self._flows[key] = value
         return True
+
+    @property
+    def full(self) -> bool:
+        return len(self._flows) >= self.max_flows
 
     def remove(self, key: FlowKey) -> V | None:
         """Forget a flow (unbind its fd first); the value, if it was there."""

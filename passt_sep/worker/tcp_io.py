@@ -3,9 +3,9 @@
 The sans-IO :class:`~passt_sep.tcp.TcpConn` decides; this module turns its
 :class:`~passt_sep.tcp.Actions` into syscalls, in the order that class
 documents.  Only socket, connect, setsockopt, getsockopt, recvfrom, sendto,
-accept4, shutdown, close, epoll_ctl, fcntl and ioctl(SIOCOUTQ) are used,
-all listed in ``seccomp/worker.*``.  Python's ``setblocking`` is avoided
-after start-up: it is ioctl(FIONBIO), which the filter does not allow.
+accept4, shutdown, close, epoll_ctl and fcntl are used, all listed in
+``seccomp/worker.*``.  Python's ``setblocking`` is avoided after start-up:
+it is ioctl(FIONBIO), which the filter does not allow.
 
 Sockets are edge-triggered: data the guest has not acknowledged stays in
 the socket's receive queue, so a level-triggered socket would look
@@ -36,7 +36,9 @@ from ..tcp import State
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop, Timer
 
 SO_PEEK_OFF = 42
-SIOCOUTQ = 0x5411
+SO_MEMINFO = 55
+_MEMINFO = struct.Struct("=9I")           # SK_MEMINFO_* (linux/sock_diag.h)
+MEMINFO_SNDBUF, MEMINFO_WMEM_QUEUED = 3, 5
 EPOLLET = 1 << 31
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
 PEEK_BUFFER = 1 << 19
@@ -94,6 +96,8 @@ class TcpHandler:
         self.buffer = bytearray(PEEK_BUFFER)
         self.view = memoryview(self.buffer)
         self.listeners: dict[int, tuple[socket.socket, Listener]] = {}
+        # pasta: connections from the host itself may be spliced instead
+        self.divert: Callable[[socket.socket, int, int, bytes], bool] | None = None
         for listener in listeners:
             self._add_listener(listener)
 
@@ -135,7 +139,7 @@ class TcpHandler:
 
     def _open_outbound(self, seg: tcp.TcpSegment, inb: Inbound, key: FlowKey,
                        now: float) -> None:
-        if len(self.flows) >= self.flows.max_flows:
+        if self.flows.full:
             self.loop.counters.add("tcp_flows_full")
             self._refuse(seg, inb)
             return
@@ -219,6 +223,8 @@ class TcpHandler:
         except OSError:
             self._socket_error(flow, now)
             return
+        if written < len(data):
+            self.loop.counters.add("tcp_socket_full")
         actions = flow.conn.on_socket_accepted(written, *self._room(sock), now)
         if flow.conn.socket_full:
             self._want_out(flow)
@@ -226,16 +232,15 @@ class TcpHandler:
 
     @staticmethod
     def _room(sock: socket.socket) -> tuple[int, int]:
-        """(free bytes, payload capacity) of the socket's send buffer: the
-        window we offer the guest, so that it never sends more than the
-        socket takes.  SO_SNDBUF counts the kernel's overhead too: about
-        three quarters of it is payload."""
+        """(free, size) of the socket's send buffer as the kernel counts it,
+        overhead included (SO_MEMINFO: sk_sndbuf - sk_wmem_queued): the
+        window we offer the guest follows from it."""
         try:
-            queued = int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"), "little")
-            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * 3 // 4
+            info = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
         except OSError:
             return 0, 0
-        return max(size - queued, 0), size
+        sndbuf = info[MEMINFO_SNDBUF]
+        return max(sndbuf - info[MEMINFO_WMEM_QUEUED], 0), sndbuf
 
     def _discard(self, sock: socket.socket, count: int) -> None:
         """Drop acknowledged bytes from the receive queue without copying them
@@ -276,7 +281,7 @@ class TcpHandler:
             return
         flow.want_out = False
         self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
-        self._send(flow.conn.on_connected(self._room(sock)[0], now))
+        self._send(flow.conn.on_connected(*self._room(sock), now))
         self._schedule(flow)
 
     def _connect_failed(self, flow: Flow, now: float) -> None:
@@ -408,6 +413,9 @@ class TcpHandler:
         peer = socket.inet_pton(listener.family, address[0].split("%")[0])
         if peer[:12] == bytes(10) + b"\xff\xff":
             peer = peer[12:]                        # IPv4 on a dual-stack listener
+        if self.divert is not None and self.divert(sock, listener.family,
+                                                   listener.target_port, peer):
+            return                                  # taken by the loopback splice path
         params = self.net.ipv6 if len(peer) == 16 else self.net.ipv4
         if params is None:
             self._reject(sock, "tcp_no_family")
@@ -420,7 +428,7 @@ class TcpHandler:
         elif old is not None:
             self._reject(sock, "tcp_flow_exists")
             return
-        if len(self.flows) >= self.flows.max_flows:
+        if self.flows.full:
             self._reject(sock, "tcp_flows_full")
             return
         fd = sock.fileno()
@@ -428,10 +436,11 @@ class TcpHandler:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self._tune(sock, None)
         isn = tcp.isn_for(self.secret, seen, address[1], params.addr, listener.target_port, now)
+        free, sndbuf = self._room(sock)
         conn, syn = tcp.TcpConn.for_accepted(
             guest_mac=self.guest_mac(), guest_addr=params.addr, guest_port=listener.target_port,
             peer_addr=seen, peer_port=address[1], net=self.net, isn=isn,
-            room=self._room(sock)[0], now=now)
+            free=free, sndbuf=sndbuf, now=now)
         flow = Flow(conn, sock, key)
         self._track(flow)
         self.loop.add_fd(fd, SOCKET_EVENTS, self._socket_event)

@@ -1,0 +1,753 @@
+"""TCP translation decisions on byte-level segments, without I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from passt_sep import packet, tcp
+from passt_sep.netparams import IPv4Params, IPv6Params, Network
+from passt_sep.packet import Drop
+from passt_sep.tcp import ACK, FIN, PSH, RST, SYN, State, TcpConn, TcpSegment
+
+GUEST_MAC = bytes.fromhex("020000000001")
+NET = Network(ipv4=IPv4Params(bytes([198, 51, 100, 2]), 24, bytes([198, 51, 100, 1])),
+              ipv6=IPv6Params(ipaddress.ip_address("2001:db8:1::2").packed, 64,
+                              ipaddress.ip_address("2001:db8:1::1").packed))
+GUEST4, PEER4 = NET.ipv4.addr, bytes([203, 0, 113, 1])
+GUEST6, PEER6 = NET.ipv6.addr, ipaddress.ip_address("2001:db8:2::1").packed
+GPORT, PPORT = 40000, 80
+GUEST_ISN, OUR_ISN = 1000, 0xFFFFFF00          # ours wraps around 2**32 soon
+T0 = 100.0
+FREE, SNDBUF = 1 << 20, 4 << 20                # the send buffer, kernel accounting
+WINDOW = min(FREE // 2, 1460 * tcp.RCV_SEGMENTS) >> tcp.OUR_WSCALE
+
+MSS_1460 = struct.pack("!BBH", 2, 4, 1460)
+LINUX_SYN_OPTIONS = (MSS_1460 + b"\x04\x02" + b"\x08\x0a" + struct.pack("!II", 7, 0)
+                     + b"\x01\x03\x03\x07")      # MSS, SACK-permitted, timestamps, NOP, WS 7
+
+
+def reference_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+class Guest:
+    """The guest's end of one connection: segments in, our frames checked."""
+
+    def __init__(self, v6: bool = False, net: Network = NET) -> None:
+        self.v6, self.net = v6, net
+        self.addr, self.peer = (GUEST6, PEER6) if v6 else (GUEST4, PEER4)
+
+    def frame(self, seq: int, ack: int, flags: int, window: int = 0xFFFF,
+              payload: bytes = b"", options: bytes = b"") -> bytes:
+        return bytes(tcp.build_tcp_frame(self.net.our_mac, GUEST_MAC, self.addr, self.peer,
+                                         GPORT, PPORT, seq & tcp.MASK, ack & tcp.MASK, flags,
+                                         window, payload, options))
+
+    def seg(self, seq: int, ack: int, flags: int, window: int = 0xFFFF,
+            payload: bytes = b"", options: bytes = b"") -> tuple[TcpSegment, packet.Inbound]:
+        inb = inbound(self.frame(seq, ack, flags, window, payload, options))
+        return tcp.parse_tcp(inb, verify=True), inb
+
+    def check(self, frame: bytes | bytearray) -> TcpSegment:
+        """One of our frames: addressed to this guest, checksums right."""
+        frame = bytes(frame)
+        inb = inbound(frame)
+        assert inb.eth.dst == GUEST_MAC and inb.eth.src == self.net.our_mac
+        assert (inb.src, inb.dst) == (self.peer, self.addr)
+        if not self.v6:
+            assert reference_checksum(frame[14:34]) == 0
+        seg = tcp.parse_tcp(inb, verify=True)
+        assert (seg.sport, seg.dport) == (PPORT, GPORT)
+        return seg
+
+
+def inbound(frame: bytes) -> packet.Inbound:
+    return packet.parse_ip_frame(packet.parse_ethernet(frame))
+
+
+def outbound_conn(guest: Guest, options: bytes = LINUX_SYN_OPTIONS,
+                  window: int = 64240) -> TcpConn:
+    seg, inb = guest.seg(GUEST_ISN, 0, SYN, window, options=options)
+    return TcpConn.from_guest_syn(seg, inb, guest.net, OUR_ISN, T0)
+
+
+def established(guest: Guest, options: bytes = LINUX_SYN_OPTIONS,
+                window_field: int = 1000) -> TcpConn:
+    """Outbound flow after the handshake; the guest scales by 7 by default,
+    so ``window_field`` 1000 is 128000 bytes."""
+    conn = outbound_conn(guest, options)
+    conn.on_connected(FREE, SNDBUF, T0)
+    seg, _ = guest.seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, window_field)
+    actions = conn.on_guest_segment(seg, T0)
+    assert conn.state is State.ESTABLISHED and actions.send_more and not actions.frames
+    return conn
+
+
+def ack(guest: Guest, conn: TcpConn, ack_no: int, window_field: int = 1000,
+        now: float = T0, payload: bytes = b"", flags: int = ACK) -> tcp.Actions:
+    seg, _ = guest.seg(conn.rcv_nxt, ack_no, flags, window_field, payload)
+    return conn.on_guest_segment(seg, now)
+
+
+# -- parsing ---------------------------------------------------------------------------
+def test_parse_syn_options_and_fields() -> None:
+    guest = Guest()
+    seg, _ = guest.seg(GUEST_ISN, 0, SYN, 64240, options=LINUX_SYN_OPTIONS)
+    assert (seg.sport, seg.dport, seg.seq, seg.ack, seg.flags, seg.window) == (
+        GPORT, PPORT, GUEST_ISN, 0, SYN, 64240)
+    assert (seg.mss, seg.wscale, seg.sack_permitted, seg.timestamp) == (1460, 7, True, (7, 0))
+    assert bytes(seg.payload) == b""
+
+
+def test_parse_payload_without_options() -> None:
+    seg, _ = Guest().seg(5, 6, ACK | PSH, 100, payload=b"hello")
+    assert (seg.mss, seg.wscale, seg.sack_permitted, seg.timestamp) == (None, None, False, None)
+    assert bytes(seg.payload) == b"hello" and seg.flags == ACK | PSH
+
+
+def test_parse_window_scale_capped_at_14() -> None:
+    seg, _ = Guest().seg(1, 0, SYN, options=b"\x03\x03\x0f\x00")
+    assert seg.wscale == 14
+
+
+@pytest.mark.parametrize("options", [b"\x02\x01\x00\x00", b"\x02\x09\x05\xb4",
+                                     b"\x01\x01\x01\x02", b"\x08\x0a\x00\x00"])
+def test_malformed_options_end_parsing_but_keep_segment(options: bytes) -> None:
+    seg, _ = Guest().seg(1, 0, SYN, options=options)
+    assert seg.flags == SYN and seg.mss is None
+
+
+def tcp_inbound(l4: bytes, v6: bool = False) -> packet.Inbound:
+    src, dst = (GUEST6, PEER6) if v6 else (GUEST4, PEER4)
+    frame = packet.ip_frame(NET.our_mac, GUEST_MAC, src, dst, packet.IPPROTO_TCP, l4)
+    return inbound(frame)
+
+
+def raw_header(flags: int, offset_words: int = 5, sport: int = GPORT) -> bytes:
+    return struct.pack("!HHIIHHHH", sport, PPORT, 1, 2, offset_words << 12 | flags, 100, 0, 0)
+
+
+@pytest.mark.parametrize("l4, reason", [
+    (raw_header(ACK)[:19], "tcp_short"),
+    (raw_header(ACK, offset_words=4), "tcp_offset"),
+    (raw_header(ACK, offset_words=6), "tcp_truncated"),
+    (raw_header(SYN | FIN), "tcp_flags"),
+    (raw_header(SYN | RST), "tcp_flags"),
+    (raw_header(FIN), "tcp_no_ack"),
+    (raw_header(0), "tcp_no_ack"),
+    (raw_header(SYN, sport=0), "tcp_port_zero"),
+])
+def test_bad_segments_dropped(l4: bytes, reason: str) -> None:
+    with pytest.raises(Drop) as caught:
+        tcp.parse_tcp(tcp_inbound(l4))
+    assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_checksum_verified_only_when_asked(v6: bool) -> None:
+    frame = bytearray(Guest(v6).frame(1, 2, ACK, payload=b"data"))
+    frame[-1] ^= 0x55
+    inb = inbound(bytes(frame))
+    with pytest.raises(Drop, match="tcp_checksum"):
+        tcp.parse_tcp(inb, verify=True)
+    assert bytes(tcp.parse_tcp(inb).payload) == b"dat" + bytes([ord("a") ^ 0x55])
+
+
+@given(st.binary(max_size=120), st.booleans(), st.booleans())
+def test_parse_only_ever_raises_drop(l4: bytes, v6: bool, verify: bool) -> None:
+    try:
+        tcp.parse_tcp(tcp_inbound(l4, v6), verify)
+    except Drop:
+        pass
+
+
+@given(st.binary(max_size=40))
+def test_options_of_any_content_parse(options: bytes) -> None:
+    options += bytes(-len(options) % 4)
+    l4 = raw_header(SYN, offset_words=5 + len(options) // 4) + options
+    tcp.parse_tcp(tcp_inbound(l4))
+
+
+# -- building --------------------------------------------------------------------------
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("payload", [b"", b"x", b"odd length", bytes(range(256)) * 7])
+def test_built_frames_carry_correct_checksums(v6: bool, payload: bytes) -> None:
+    guest = Guest(v6)
+    frame = bytes(tcp.build_tcp_frame(GUEST_MAC, NET.our_mac, guest.peer, guest.addr, PPORT,
+                                      GPORT, 0xDEADBEEF, 0x01020304, ACK | PSH, 0x1234, payload,
+                                      MSS_1460))
+    seg = guest.check(frame)
+    assert (seg.seq, seg.ack, seg.flags, seg.window, seg.mss) == (
+        0xDEADBEEF, 0x01020304, ACK | PSH, 0x1234, 1460)
+    assert bytes(seg.payload) == payload
+    inb = inbound(frame)
+    l4 = bytes(inb.l4)
+    zeroed = l4[:16] + b"\0\0" + l4[18:]
+    expected = packet.l4_checksum(inb.src, inb.dst, packet.IPPROTO_TCP, zeroed)
+    assert {int.from_bytes(l4[16:18], "big"), expected} <= {expected, expected ^ 0xFFFF}
+    assert len(frame) == 14 + (40 if v6 else 20) + 24 + len(payload)
+
+
+# -- outbound handshake ---------------------------------------------------------------------
+def test_guest_syn_waits_for_connect_then_syn_ack_fields() -> None:
+    guest = Guest()
+    conn = outbound_conn(guest)
+    assert conn.state is State.CONNECTING and conn.send_budget() == 0
+    seg, _ = guest.seg(GUEST_ISN, 0, SYN, 64240, options=LINUX_SYN_OPTIONS)
+    assert conn.on_guest_segment(seg, T0 + 0.5).frames == []   # retransmitted SYN: wait
+    [frame] = conn.on_connected(FREE, SNDBUF, T0 + 1)
+    synack = guest.check(frame)
+    assert (synack.seq, synack.ack, synack.flags, synack.window) == (
+        OUR_ISN, GUEST_ISN + 1, SYN | ACK, 0xFFFF)
+    assert (synack.mss, synack.wscale) == (65520 - 40, tcp.OUR_WSCALE)
+    assert not synack.sack_permitted and synack.timestamp is None
+    assert conn.state is State.SYN_RCVD
+
+
+def test_syn_ack_without_window_scale_when_guest_offers_none() -> None:
+    guest = Guest()
+    conn = outbound_conn(guest, options=MSS_1460)
+    synack = guest.check(conn.on_connected(51040, SNDBUF, T0)[0])
+    room = 51040 * 1460 // (1460 + tcp.SKB_OVERHEAD)             # 30000
+    assert (synack.wscale, synack.window, synack.mss) == (None, room, 65480)
+    seg, _ = guest.seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 30000)
+    conn.on_guest_segment(seg, T0)
+    assert conn.send_budget() == 30000                       # unscaled
+    data = guest.check(conn.on_socket_data(memoryview(b"x"), T0)[0])
+    assert data.window == room                               # ours unscaled too
+
+
+def test_handshake_ack_establishes_and_scales_guest_window() -> None:
+    guest = Guest()
+    conn = established(guest, window_field=1000)
+    assert conn.send_budget() == 1000 << 7
+
+
+def test_lost_syn_ack_is_sent_again_on_guest_syn() -> None:
+    guest = Guest()
+    conn = outbound_conn(guest)
+    conn.on_connected(FREE, SNDBUF, T0)
+    seg, _ = guest.seg(GUEST_ISN, 0, SYN, 64240, options=LINUX_SYN_OPTIONS)
+    [frame] = conn.on_guest_segment(seg, T0 + 1).frames
+    assert guest.check(frame).flags == SYN | ACK
+
+
+def test_syn_ack_retries_then_reset() -> None:
+    guest = Guest()
+    conn = outbound_conn(guest)
+    conn.on_connected(FREE, SNDBUF, T0)
+    now = T0
+    for _ in range(tcp.SYN_RETRIES):
+        now = conn.next_deadline()
+        actions = conn.on_timer(now)
+        assert guest.check(actions.frames[0]).flags == SYN | ACK
+    actions = conn.on_timer(conn.next_deadline())
+    assert actions.reset and actions.forget
+    rst = guest.check(actions.frames[0])
+    assert rst.flags == RST | ACK and rst.seq == OUR_ISN + 1
+
+
+def test_wrong_ack_in_handshake_gets_reset_and_flow_stays() -> None:
+    guest = Guest()
+    conn = outbound_conn(guest)
+    conn.on_connected(FREE, SNDBUF, T0)
+    seg, _ = guest.seg(GUEST_ISN + 1, 12345, ACK)
+    [frame] = conn.on_guest_segment(seg, T0).frames
+    rst = guest.check(frame)
+    assert (rst.flags, rst.seq) == (RST, 12345)
+    assert conn.state is State.SYN_RCVD
+
+
+def test_connect_failure_resets_guest_syn() -> None:
+    guest = Guest()
+    conn = outbound_conn(guest)
+    [frame] = conn.on_connect_failed(T0)
+    rst = guest.check(frame)
+    assert (rst.flags, rst.seq, rst.ack) == (RST | ACK, 0, GUEST_ISN + 1)
+    assert conn.state is State.CLOSED
+
+
+def test_guest_reset_while_connecting() -> None:
+    guest = Guest()
+    conn = outbound_conn(guest)
+    seg, _ = guest.seg(GUEST_ISN + 1, 0, RST)
+    actions = conn.on_guest_segment(seg, T0)
+    assert actions.reset and actions.forget
+
+
+# -- inbound handshake ----------------------------------------------------------------------
+def accepted(guest: Guest) -> tuple[TcpConn, TcpSegment]:
+    conn, frame = TcpConn.for_accepted(guest_mac=GUEST_MAC, guest_addr=guest.addr,
+                                       guest_port=GPORT, peer_addr=guest.peer, peer_port=PPORT,
+                                       net=guest.net, isn=OUR_ISN, free=100000,
+                                       sndbuf=SNDBUF, now=T0)
+    return conn, guest.check(frame)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_inbound_syn_then_guest_syn_ack(v6: bool) -> None:
+    guest = Guest(v6)
+    conn, syn = accepted(guest)
+    segment = 1220 if v6 else 536                 # the guest's MSS is not known yet
+    window = 100000 * segment // (segment + tcp.SKB_OVERHEAD)
+    assert (syn.seq, syn.ack, syn.flags, syn.window) == (OUR_ISN, 0, SYN, window)
+    assert (syn.mss, syn.wscale) == (65520 - (60 if v6 else 40), tcp.OUR_WSCALE)
+    assert conn.state is State.SYN_SENT
+    seg, _ = guest.seg(7000, OUR_ISN + 1, SYN | ACK, 28800,
+                       options=struct.pack("!BBH", 2, 4, 1400) + b"\x01\x03\x03\x02")
+    actions = conn.on_guest_segment(seg, T0)
+    [frame] = actions.frames
+    reply = guest.check(frame)
+    assert (reply.flags, reply.seq, reply.ack) == (ACK, OUR_ISN + 1, 7001)
+    assert reply.window == window >> tcp.OUR_WSCALE
+    assert conn.state is State.ESTABLISHED and actions.send_more
+    assert conn.send_budget() == 28800                       # SYN-ACK window: unscaled
+    frames = conn.on_socket_data(memoryview(bytes(3000)), T0)
+    assert [len(guest.check(f).payload) for f in frames] == [1400, 1400, 200]
+
+
+def test_inbound_guest_refuses() -> None:
+    guest = Guest()
+    conn, _ = accepted(guest)
+    seg, _ = guest.seg(0, OUR_ISN + 1, RST | ACK)
+    actions = conn.on_guest_segment(seg, T0)
+    assert actions.reset and actions.forget and not actions.frames
+
+
+def test_inbound_reset_with_wrong_ack_ignored() -> None:
+    guest = Guest()
+    conn, _ = accepted(guest)
+    seg, _ = guest.seg(0, OUR_ISN + 7, RST | ACK)
+    assert not conn.on_guest_segment(seg, T0).reset
+    assert conn.state is State.SYN_SENT
+
+
+def test_inbound_syn_ack_with_wrong_ack_gets_reset() -> None:
+    guest = Guest()
+    conn, _ = accepted(guest)
+    seg, _ = guest.seg(7000, 99, SYN | ACK)
+    [frame] = conn.on_guest_segment(seg, T0).frames
+    assert (guest.check(frame).flags, guest.check(frame).seq) == (RST, 99)
+    assert conn.state is State.SYN_SENT
+
+
+def test_inbound_syn_retries_with_backoff_then_gives_up_silently() -> None:
+    guest = Guest()
+    conn, _ = accepted(guest)
+    deadlines = []
+    for _ in range(tcp.SYN_RETRIES):
+        deadline = conn.next_deadline()
+        deadlines.append(deadline)
+        [frame] = conn.on_timer(deadline).frames
+        assert guest.check(frame).flags == SYN and guest.check(frame).seq == OUR_ISN
+    assert [b - a for a, b in zip([T0, *deadlines[:-1]], deadlines, strict=True)] == [1.0, 2.0, 4.0]
+    actions = conn.on_timer(conn.next_deadline())
+    assert actions.reset and actions.forget and not actions.frames
+
+
+def test_timer_before_deadline_does_nothing() -> None:
+    conn, _ = accepted(Guest())
+    actions = conn.on_timer(T0 + 0.5)
+    assert actions == tcp.Actions()
+
+
+# -- guest to socket --------------------------------------------------------------------
+def data_seg(guest: Guest, conn: TcpConn, offset: int, payload: bytes,
+             flags: int = ACK | PSH) -> TcpSegment:
+    return guest.seg(GUEST_ISN + 1 + offset, conn.snd_una, flags, 1000, payload)[0]
+
+
+def test_in_order_data_goes_to_socket_and_ack_follows_what_it_took() -> None:
+    guest = Guest()
+    conn = established(guest)
+    actions = conn.on_guest_segment(data_seg(guest, conn, 0, b"a" * 100), T0)
+    assert bytes(actions.to_socket) == b"a" * 100 and not actions.frames
+    [frame] = conn.on_socket_accepted(100, FREE, SNDBUF, T0).frames
+    reply = guest.check(frame)
+    assert (reply.flags, reply.ack, reply.window) == (ACK, GUEST_ISN + 101, WINDOW)
+
+
+def test_partial_accept_acks_part_and_closes_window() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"b" * 100), T0)
+    [frame] = conn.on_socket_accepted(60, 80, SNDBUF, T0).frames
+    reply = guest.check(frame)
+    assert (reply.ack, reply.window) == (GUEST_ISN + 61, 0)
+    assert conn.socket_full
+    # the guest sends the rest again, overlapping what the socket has
+    actions = conn.on_guest_segment(data_seg(guest, conn, 0, b"b" * 100), T0)
+    assert bytes(actions.to_socket) == b"b" * 40
+    # the socket drains: a window update, once the room is worth it
+    assert conn.on_socket_writable(2000, SNDBUF) == []      # 1000 bytes: less than a segment
+    [update] = conn.on_socket_writable(FREE, SNDBUF)
+    assert guest.check(update).window == WINDOW and not conn.socket_full
+
+
+@pytest.mark.parametrize("mss, free, window", [
+    (65480, 665040, 654800),             # big segments: nearly all of it is payload
+    (1460, 248400, 146000),              # 1500-byte MTU: an skb's overhead per segment
+    (536, 156000, 53600),                # small segments: mostly overhead
+    (1460, 8 << 20, 1460 * tcp.RCV_SEGMENTS),   # no more than the tap's queue holds
+])
+def test_window_from_send_buffer_accounting(mss: int, free: int, window: int) -> None:
+    guest = Guest()
+    conn = established(guest, options=struct.pack("!BBH", 2, 4, mss) + b"\x01\x03\x03\x00")
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"f"), T0)
+    [frame] = conn.on_socket_accepted(1, free, SNDBUF, T0).frames
+    assert guest.check(frame).window == window >> tcp.OUR_WSCALE
+
+
+@pytest.mark.parametrize("free, sndbuf, full", [
+    (2000, 1 << 20, True),               # 1175 bytes: less than a segment
+    (3000, 1 << 20, False),
+    (2000, 8000, False),                 # a quarter of a small buffer is enough
+    (1500, 8000, True),
+])
+def test_silly_window_avoidance(free: int, sndbuf: int, full: bool) -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"g"), T0)
+    [frame] = conn.on_socket_accepted(1, free, sndbuf, T0).frames
+    assert conn.socket_full is full and (guest.check(frame).window == 0) is full
+
+
+def test_duplicate_segment_only_reacknowledged() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"c" * 10), T0)
+    conn.on_socket_accepted(10, FREE, SNDBUF, T0)
+    actions = conn.on_guest_segment(data_seg(guest, conn, 0, b"c" * 10), T0)
+    assert actions.to_socket is None and actions.drop is None
+    assert guest.check(actions.frames[0]).ack == GUEST_ISN + 11
+
+
+def test_guest_zero_window_probe_answered_with_our_window() -> None:
+    """Our window update after a full socket can be lost: the guest's probe
+    (an old sequence number, no payload) must get the window again."""
+    guest = Guest()
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"p" * 100), T0)
+    conn.on_socket_accepted(100, 80, SNDBUF, T0)            # full: window 0
+    conn.on_socket_writable(FREE, SNDBUF)                     # this update is lost
+    [answer] = conn.on_guest_segment(data_seg(guest, conn, 99, b"", ACK), T0).frames
+    reply = guest.check(answer)
+    assert (reply.ack, reply.window) == (GUEST_ISN + 101, WINDOW)
+    # a pure ACK in sequence needs no answer
+    assert not conn.on_guest_segment(data_seg(guest, conn, 100, b"", ACK), T0).frames
+
+
+@pytest.mark.parametrize("offset, reason", [(10, "tcp_out_of_order"),
+                                            (10 << 20, "tcp_out_of_window")])
+def test_data_after_a_gap_dropped_with_duplicate_ack(offset: int, reason: str) -> None:
+    guest = Guest()
+    conn = established(guest)
+    actions = conn.on_guest_segment(data_seg(guest, conn, offset, b"d" * 10), T0)
+    assert actions.to_socket is None and actions.drop == reason
+    assert guest.check(actions.frames[0]).ack == GUEST_ISN + 1
+
+
+def test_ack_of_unsent_data_answered_and_dropped() -> None:
+    guest = Guest()
+    conn = established(guest)
+    seg = guest.seg(GUEST_ISN + 1, OUR_ISN + 500, ACK | PSH, 1000, b"zz")[0]
+    actions = conn.on_guest_segment(seg, T0)
+    assert actions.drop == "tcp_ack_unsent" and actions.to_socket is None
+    assert guest.check(actions.frames[0]).seq == OUR_ISN + 1
+
+
+# -- socket to guest --------------------------------------------------------------------
+def test_segments_cut_to_guest_mss_within_window() -> None:
+    guest = Guest()
+    conn = established(guest, window_field=40)               # 5120 bytes
+    assert conn.send_budget() == 5120
+    frames = conn.on_socket_data(memoryview(bytes(range(250)) * 12), T0)
+    segs = [guest.check(f) for f in frames]
+    assert [len(s.payload) for s in segs] == [1460, 1460, 80]
+    assert [s.seq for s in segs] == [(OUR_ISN + 1 + i * 1460) & tcp.MASK for i in range(3)]
+    assert [s.flags for s in segs] == [ACK, ACK, ACK | PSH]
+    assert b"".join(bytes(s.payload) for s in segs) == bytes(range(250)) * 12
+    assert conn.send_budget() == 5120 - 3000
+
+
+def test_mss_never_above_mtu() -> None:
+    guest = Guest(net=dataclasses.replace(NET, mtu=1500))
+    conn = established(guest, options=struct.pack("!BBH", 2, 4, 9000) + b"\x01\x03\x03\x07")
+    frames = conn.on_socket_data(memoryview(bytes(3000)), T0)
+    assert [len(guest.check(f).payload) for f in frames] == [1460, 1460, 80]
+
+
+@pytest.mark.parametrize("v6, size", [(False, 536), (True, 1220)])
+def test_default_mss_without_option(v6: bool, size: int) -> None:
+    guest = Guest(v6)
+    conn = established(guest, options=b"")
+    frames = conn.on_socket_data(memoryview(bytes(size + 1)), T0)
+    assert [len(guest.check(f).payload) for f in frames] == [size, 1]
+
+
+def test_guest_ack_reports_bytes_to_discard() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(3000)), T0)
+    actions = ack(guest, conn, OUR_ISN + 1 + 2920)
+    assert actions.acked == 2920 and actions.send_more and not actions.frames
+    assert conn.send_budget() == (1000 << 7) - 80
+
+
+def test_window_opening_asks_for_more() -> None:
+    guest = Guest()
+    conn = established(guest, window_field=10)
+    conn.on_socket_data(memoryview(bytes(1280)), T0)
+    assert conn.send_budget() == 0
+    actions = ack(guest, conn, OUR_ISN + 1, window_field=20)
+    assert actions.send_more and actions.acked == 0 and conn.send_budget() == 1280
+
+
+def test_fast_retransmit_after_three_duplicate_acks_once_per_window() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(5 * 1460)), T0)
+    assert not ack(guest, conn, OUR_ISN + 1 + 1460).retransmit
+    assert not ack(guest, conn, OUR_ISN + 1 + 1460).retransmit
+    assert not ack(guest, conn, OUR_ISN + 1 + 1460).retransmit
+    actions = ack(guest, conn, OUR_ISN + 1 + 1460)
+    assert actions.retransmit and actions.send_more
+    assert conn.send_budget() == 1460                        # the first lost segment
+    [first] = conn.on_socket_data(memoryview(bytes(1460)), T0)
+    assert guest.check(first).seq == (OUR_ISN + 1 + 1460) & tcp.MASK
+    assert conn.send_budget() == 0                           # until it is acknowledged
+    for _ in range(5):                                       # still recovering: no more
+        assert not ack(guest, conn, OUR_ISN + 1 + 1460).retransmit
+
+
+def test_recovery_follows_partial_acks_one_hole_at_a_time() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(10 * 1000)), T0)   # 6 full segments + 1240
+    for _ in range(3):
+        ack(guest, conn, OUR_ISN + 1)
+    [hole] = conn.on_socket_data(memoryview(bytes(conn.send_budget())), T0)
+    assert guest.check(hole).seq == (OUR_ISN + 1) & tcp.MASK
+    # the guest had all but one more segment: its ACK stops at the next hole
+    actions = ack(guest, conn, OUR_ISN + 1 + 4 * 1460)
+    assert actions.acked == 4 * 1460 and conn.snd_nxt == conn.snd_una
+    assert conn.send_budget() == 1460
+    [hole] = conn.on_socket_data(memoryview(bytes(1460)), T0)
+    assert guest.check(hole).seq == (OUR_ISN + 1 + 4 * 1460) & tcp.MASK
+    # everything sent before the loss is in: back to the whole window
+    actions = ack(guest, conn, OUR_ISN + 1 + 10 * 1000)
+    assert actions.acked == 10 * 1000 - 4 * 1460 and conn.send_budget() == 1000 << 7
+
+
+def test_ack_beyond_rewound_send_point_accepted() -> None:
+    """After a rewind the guest may acknowledge what it had got before it:
+    snd_nxt catches up and the peek offset (0 after discarding) stays right."""
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(4 * 1460)), T0)
+    for _ in range(3):
+        ack(guest, conn, OUR_ISN + 1)
+    assert ack(guest, conn, OUR_ISN + 1).retransmit is False  # 4th dup ack: already rewound
+    conn.on_socket_data(memoryview(bytes(1460)), T0)           # one resent
+    actions = ack(guest, conn, OUR_ISN + 1 + 4 * 1460)
+    assert actions.acked == 4 * 1460
+    assert conn.snd_nxt == conn.snd_una == (OUR_ISN + 1 + 4 * 1460) & tcp.MASK
+
+
+def test_duplicate_ack_with_window_change_is_no_duplicate() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(3 * 1460)), T0)
+    for window in (999, 998, 997):
+        assert not ack(guest, conn, OUR_ISN + 1, window_field=window).retransmit
+
+
+def test_retransmission_timeout_backs_off_then_resets() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(100)), T0)
+    assert conn.next_deadline() == T0 + tcp.ACK_TIMEOUT
+    gaps = []
+    now = T0
+    for _ in range(tcp.MAX_RETRIES):
+        deadline = conn.next_deadline()
+        gaps.append(deadline - now)
+        now = deadline
+        actions = conn.on_timer(now)
+        assert actions.retransmit and actions.send_more and not actions.frames
+        assert conn.send_budget() == 1460                    # again from snd_una
+        conn.on_socket_data(memoryview(bytes(100)), now)
+    assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    actions = conn.on_timer(conn.next_deadline())
+    assert actions.reset and actions.forget and actions.drop == "tcp_retransmit_limit"
+    assert guest.check(actions.frames[0]).flags == RST | ACK
+
+
+def test_progress_resets_the_retransmission_timer() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(200)), T0)
+    ack(guest, conn, OUR_ISN + 101, now=T0 + 0.9)
+    assert conn.next_deadline() == T0 + 0.9 + tcp.ACK_TIMEOUT
+    ack(guest, conn, OUR_ISN + 201, now=T0 + 1.2)
+    assert conn.next_deadline() == T0 + 1.2 + tcp.INACTIVITY
+
+
+def test_zero_window_probed() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(100)), T0)
+    ack(guest, conn, OUR_ISN + 101, window_field=0)
+    assert conn.send_budget() == 0
+    [frame] = conn.on_timer(conn.next_deadline()).frames
+    probe = guest.check(frame)
+    assert (probe.seq, probe.flags, len(probe.payload)) == (OUR_ISN + 100, ACK, 0)
+    assert ack(guest, conn, OUR_ISN + 101, window_field=5).send_more
+
+
+def test_inactivity_resets_both_ways() -> None:
+    guest = Guest()
+    conn = established(guest)
+    actions = conn.on_timer(T0 + tcp.INACTIVITY)
+    assert actions.reset and actions.drop == "tcp_inactive"
+    assert guest.check(actions.frames[0]).flags == RST | ACK
+
+
+# -- ending -----------------------------------------------------------------------------
+def test_socket_eof_then_guest_fin_closes_and_lingers() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(b"bye"), T0)
+    [frame] = conn.on_socket_eof(T0)
+    fin = guest.check(frame)
+    assert (fin.flags, fin.seq) == (FIN | ACK, OUR_ISN + 4)
+    assert conn.send_budget() == 0
+    actions = ack(guest, conn, OUR_ISN + 5)
+    assert actions.acked == 3 and conn.fin_acked and not actions.closed
+    actions = ack(guest, conn, OUR_ISN + 5, flags=FIN | ACK)
+    assert actions.shutdown_write and actions.closed and not actions.forget
+    assert guest.check(actions.frames[0]).ack == GUEST_ISN + 2
+    assert conn.state is State.CLOSED
+    # lingering: a retransmitted FIN is acknowledged, not reset
+    seg, _ = guest.seg(GUEST_ISN + 1, OUR_ISN + 5, FIN | ACK, 1000)
+    [again] = conn.on_guest_segment(seg, T0 + 1).frames
+    assert guest.check(again).flags == ACK
+    assert not conn.on_timer(T0 + 1).forget
+    assert conn.on_timer(conn.next_deadline()).forget
+
+
+def test_guest_fin_first_then_socket_eof() -> None:
+    guest = Guest()
+    conn = established(guest)
+    actions = ack(guest, conn, OUR_ISN + 1, flags=FIN | ACK)
+    assert actions.shutdown_write and not actions.closed
+    assert guest.check(actions.frames[0]).ack == GUEST_ISN + 2
+    conn.on_socket_data(memoryview(b"answer"), T0)               # half-closed: data still flows
+    [fin] = conn.on_socket_eof(T0)
+    assert guest.check(fin).flags == FIN | ACK
+    actions = ack(guest, conn, OUR_ISN + 8)
+    assert actions.closed and actions.acked == 6
+
+
+def test_fin_behind_data_passed_on_only_if_all_data_taken() -> None:
+    guest = Guest()
+    conn = established(guest)
+    actions = conn.on_guest_segment(data_seg(guest, conn, 0, b"e" * 10, ACK | FIN), T0)
+    assert bytes(actions.to_socket) == b"e" * 10 and not actions.shutdown_write
+    partial = conn.on_socket_accepted(4, FREE, SNDBUF, T0)
+    assert not partial.shutdown_write and guest.check(partial.frames[0]).ack == GUEST_ISN + 5
+    actions = conn.on_guest_segment(data_seg(guest, conn, 0, b"e" * 10, ACK | FIN), T0)
+    assert bytes(actions.to_socket) == b"e" * 6
+    whole = conn.on_socket_accepted(6, FREE, SNDBUF, T0)
+    assert whole.shutdown_write and guest.check(whole.frames[0]).ack == GUEST_ISN + 12
+
+
+def test_fin_waits_for_window_and_is_retransmitted() -> None:
+    guest = Guest()
+    conn = established(guest, window_field=1)                 # 128 bytes
+    conn.on_socket_data(memoryview(bytes(128)), T0)
+    assert conn.on_socket_eof(T0) == []                        # the window is full
+    actions = ack(guest, conn, OUR_ISN + 129, window_field=1)
+    [frame] = actions.frames
+    assert guest.check(frame).flags == FIN | ACK
+    actions = conn.on_timer(conn.next_deadline())              # the FIN is lost
+    assert actions.retransmit
+    assert guest.check(actions.frames[0]).flags == FIN | ACK
+
+
+def test_guest_reset_in_window_closes_with_reset() -> None:
+    guest = Guest()
+    conn = established(guest)
+    seg, _ = guest.seg(GUEST_ISN + 1 + (1 << 30), 0, RST)
+    assert not conn.on_guest_segment(seg, T0).reset            # blind: ignored
+    seg, _ = guest.seg(GUEST_ISN + 1, 0, RST)
+    actions = conn.on_guest_segment(seg, T0)
+    assert actions.reset and actions.forget and conn.state is State.CLOSED
+
+
+def test_socket_error_resets_guest() -> None:
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(bytes(10)), T0)
+    [frame] = conn.on_socket_error(T0)
+    rst = guest.check(frame)
+    assert (rst.flags, rst.seq, rst.ack) == (RST | ACK, OUR_ISN + 11, GUEST_ISN + 1)
+    assert conn.on_socket_error(T0) == []
+
+
+def test_syn_on_established_flow_gets_challenge_ack() -> None:
+    guest = Guest()
+    conn = established(guest)
+    seg, _ = guest.seg(555, 0, SYN)
+    [frame] = conn.on_guest_segment(seg, T0).frames
+    reply = guest.check(frame)
+    assert (reply.flags, reply.ack) == (ACK, GUEST_ISN + 1)
+
+
+# -- no flow, ISNs ----------------------------------------------------------------------
+@pytest.mark.parametrize("v6", [False, True])
+def test_reset_for_unknown_flows(v6: bool) -> None:
+    guest = Guest(v6)
+    seg, inb = guest.seg(300, 400, ACK, payload=b"xyz")
+    rst = guest.check(tcp.rst_for_unknown(seg, inb, NET.our_mac))
+    assert (rst.flags, rst.seq, rst.ack) == (RST, 400, 0)
+    seg, inb = guest.seg(300, 0, SYN)
+    rst = guest.check(tcp.rst_for_unknown(seg, inb, NET.our_mac))
+    assert (rst.flags, rst.seq, rst.ack) == (RST | ACK, 0, 301)
+    seg, inb = guest.seg(300, 0, RST)
+    assert tcp.rst_for_unknown(seg, inb, NET.our_mac) is None
+
+
+def test_isn_keyed_by_tuple_and_clocked_at_4_microseconds() -> None:
+    secret = bytes(range(16))
+    base = tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 10.0)
+    assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 10.0) == base
+    assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 11.0) == (base + 250_000) & tcp.MASK
+    assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40001, 10.0) != base
+    assert tcp.isn_for(bytes(16), PEER4, 80, GUEST4, 40000, 10.0) != base
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_whole_exchange_over_ipv6_and_ipv4(v6: bool) -> None:
+    """Handshake, data both ways, FINs: every frame verified."""
+    guest = Guest(v6)
+    conn = established(guest)
+    actions = conn.on_guest_segment(data_seg(guest, conn, 0, b"GET /\r\n"), T0)
+    guest.check(conn.on_socket_accepted(len(actions.to_socket), FREE, SNDBUF, T0).frames[0])
+    frames = conn.on_socket_data(memoryview(b"200 OK"), T0)
+    assert bytes(guest.check(frames[0]).payload) == b"200 OK"
+    guest.check(conn.on_socket_eof(T0)[0])
+    seg, _ = guest.seg(GUEST_ISN + 8, OUR_ISN + 8, FIN | ACK, 1000)
+    actions = conn.on_guest_segment(seg, T0)
+    assert actions.acked == 6 and actions.shutdown_write and actions.closed
