@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from pyroute2 import IPRoute
 
-from .. import linux, sandbox
+from .. import linux, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
 from ..netparams import Network
@@ -73,6 +73,7 @@ class Broker:
         config = self.config
         worker_filter = sandbox.prepare("worker")
         waiter_filter = sandbox.prepare("waiter")
+        self.source_filter = sandbox.prepare("nssource")
         host = hostinfo.read_host(config)
         for warning in host.warnings:
             _say(config, f"warning: {warning}")
@@ -86,6 +87,8 @@ class Broker:
         self._files()
         pid_fd = sockets.pid_file(config.pid_file) if config.pid_file else None
         identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
+        if config.mode == "pasta" and not config.no_splice:
+            self._ns_source(identity)
         jail.close(identity)
         worker = start_worker(config, net, self.entries, worker_filter)
         self.entries = []
@@ -110,6 +113,20 @@ class Broker:
                                             lambda: _tap_inside(config, ifname, net, host))
         self.entries.append(FdEntry("tap", fds[0], {"ifname": ifname}))
         return dataclasses.replace(net, guest_mac=mac_to_bytes(result["mac"]))
+
+    def _ns_source(self, identity: jail.Identity | None) -> None:
+        """The process that makes sockets inside the namespace for the
+        worker (loopback fast path), jailed and filtered like it."""
+        assert self.target is not None
+        source_filter = self.source_filter
+
+        def serve(sock: socket.socket) -> None:
+            jail.close(identity)
+            source_filter.load()
+            nssource.serve(sock)
+
+        _pid, fd = namespaces.spawn_inside(self.target, serve)
+        self.entries.append(FdEntry("ns_source", fd))
 
     def _own_user_namespace(self) -> None:
         """Unprivileged: a user namespace of our own gives the capabilities

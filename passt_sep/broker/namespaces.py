@@ -200,12 +200,44 @@ def run_inside(target: Target, work: Callable[[], HelperResult]) -> HelperResult
     return result, fds
 
 
+def spawn_inside(target: Target, serve: Callable[[socket.socket], None]) -> tuple[int, int]:
+    """Leave a long-lived process in the target namespace running ``serve``
+    on one end of a socket pair; the pid and the other end's fd."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        try:
+            _enter(target)
+            _detach_stdio()
+            linux.close_all_except({theirs.fileno()})
+            serve(theirs)
+        except BaseException as exc:  # stderr is still the caller's: say why
+            os.write(2, f"ns socket source: {exc}\n".encode(errors="replace"))
+        os._exit(1)
+    theirs.close()
+    return pid, ours.detach()
+
+
+def _detach_stdio() -> None:
+    """A long-lived helper must not hold the caller's terminal or pipes
+    (a daemon's caller waits for them to close); it reports over its socket."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _enter(target: Target) -> None:
+    if target.userns_fd is not None and not same_namespace(target.userns_fd, "user"):
+        linux.setns(target.userns_fd, linux.CLONE_NEWUSER)
+    linux.setns(target.netns_fd, linux.CLONE_NEWNET)
+
+
 def _helper(target: Target, work: Callable[[], HelperResult], sock: socket.socket) -> None:
     code = 0
     try:
-        if target.userns_fd is not None and not same_namespace(target.userns_fd, "user"):
-            linux.setns(target.userns_fd, linux.CLONE_NEWUSER)
-        linux.setns(target.netns_fd, linux.CLONE_NEWNET)
+        _enter(target)
         result, fds = work()
         fdpass.send(sock, result, fds)
     except Exception as exc:  # report, whatever it is, to the broker

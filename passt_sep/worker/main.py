@@ -19,11 +19,13 @@ from ..config import Config
 from ..fwd import AddressMap
 from ..handoff import Handoff, HandoffError
 from ..log import DEBUG, ERROR, INFO, TRACE, WARNING, Logger, describe_exception
+from ..nssource import NsSource
 from ..sandbox import Prepared
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
 from .loop import EPOLLIN, Loop
 from .services import GuestServices
+from .splice_io import LocalSplicer
 from .tcp_io import TcpHandler, TcpListener, new_secret
 from .udp_io import UdpHandler, UdpListener
 
@@ -87,6 +89,7 @@ class Worker:
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._tcp_listeners(), new_secret(),
             verify_checksums=config.mode == "passt")
+        self._splice_local_connections()
         self.services = GuestServices(self.loop, self.net, config, log, self.link.send, echo,
                                       tcp=self.tcp, udp=udp_handler)
         self.link.on_frame = self.services.on_frame
@@ -124,6 +127,14 @@ class Worker:
         link.on_connect = lambda: self.services.announce()
         link.on_disconnect = self._guest_gone
         return link
+
+    def _splice_local_connections(self) -> None:
+        fd = self._fd("ns_source")
+        if fd is None or self.tcp is None:
+            return
+        own = {p.addr for p in (self.net.ipv4, self.net.ipv6) if p is not None}
+        self.splicer = LocalSplicer(self.loop, NsSource(fd), own, self.log)
+        self.tcp.divert = self.splicer
 
     def _tcp_listeners(self) -> list[TcpListener]:
         return [TcpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])

@@ -99,12 +99,12 @@ def _fd_kind(target: str) -> str:
 def test_worker_fds_are_the_manifest_and_the_loop(daemon) -> None:
     """Manifest: tap, /dev/null (stdio; stderr stays the caller's in command
     mode, here /dev/null too), the pid file's directory, and the command's
-    pidfd or the netns watch; the loop's own: epoll, timerfd
-    and the signal wake-up socket pair.  Nothing else."""
+    pidfd or the netns watch, the ns socket source's socket; the loop's
+    own: epoll, timerfd and the signal wake-up socket pair.  Nothing else."""
     worker, rootless, _ = daemon
     targets = [os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")]
     kinds = Counter(_fd_kind(t) for t in targets)
-    expected = Counter(tap=1, epoll=1, timerfd=1, socket=2, path=1, devnull=3)
+    expected = Counter(tap=1, epoll=1, timerfd=1, socket=3, path=1, devnull=3)
     if rootless:
         expected.update(pidfd=1)
     else:
@@ -154,3 +154,45 @@ def test_allowlist_filter_and_readme_agree(tmp_path) -> None:
     assert f"the worker's list has {len(names)} entries" in readme
     assert f"the waiter's list has {len(_listed('waiter'))} entries" in readme
     assert len(names) <= 40
+
+
+def _ns_source(worker: int) -> int:
+    """The ns socket source: the other pasta-sep process, the one whose
+    network namespace is the target's rather than the host's (the
+    worker's, and the waiter's in command mode)."""
+    host_net = os.stat(f"/proc/{worker}/ns/net").st_ino
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == worker:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            net = os.stat(f"/proc/{entry}/ns/net").st_ino
+        except OSError:
+            continue
+        if any(arg.endswith(b"pasta-sep") for arg in argv[:2]) and net != host_net:
+            return int(entry)
+    raise AssertionError("no ns socket source running")
+
+
+def test_ns_source_is_jailed_filtered_and_holds_one_socket(daemon) -> None:
+    """It lives in the target namespace to make sockets there for the
+    worker: no capabilities, its own allowlist, an empty root, and no fd
+    but its socket to the worker and /dev/null on stdio."""
+    worker, _, _ = daemon
+    source = _ns_source(worker)
+    status = _status(source)
+    for field in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"):
+        assert int(status[field], 16) == 0, field
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+    assert os.listdir(f"/proc/{source}/root") == []
+    targets = [os.readlink(f"/proc/{source}/fd/{fd}") for fd in os.listdir(f"/proc/{source}/fd")]
+    assert Counter(_fd_kind(t) for t in targets) == Counter(socket=1, devnull=3), targets
+
+
+def test_ns_source_allowlist_is_small() -> None:
+    names = _listed("nssource")
+    assert "socket" in names and "open" not in names and "openat" not in names
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        assert f"the ns socket source's list has {len(names)} entries" in handle.read()

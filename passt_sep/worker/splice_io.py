@@ -1,0 +1,147 @@
+"""Spliced loopback connections: the I/O side of ``passt_sep.tcp_splice``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+
+from ..fwd import is_loopback
+from ..log import Logger
+from ..nssource import NsSource, NsSourceError
+from ..tcp_splice import SplicePair
+from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop
+
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+CHUNK = 1 << 20
+LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class Spliced:
+    """Socket ``a`` (accepted on the host) joined to ``b`` (made in the
+    namespace, connecting)."""
+
+    def __init__(self, loop: Loop, a: socket.socket, b: socket.socket, on_close) -> None:
+        self.loop, self.a, self.b = loop, a, b
+        self.on_close = on_close
+        self.state = SplicePair()
+        self.pipes = (os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC),
+                      os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+        self.closed = False
+        self.hung: set[int] = set()
+        loop.add_fd(a.fileno(), 0, self._event)
+        loop.add_fd(b.fileno(), EPOLLOUT, self._event)
+
+    def _event(self, fd: int, events: int, now: float) -> None:
+        if events & EPOLLERR and self._socket(fd).getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.close(reset=True)
+            return
+        if not self.state.connected:
+            if fd != self.b.fileno():
+                if events & EPOLLHUP:  # the host side gave up first
+                    self.close(reset=True)
+                return
+            self.state.connected = True
+        if events & EPOLLHUP:
+            self._hung_up(fd)
+        try:
+            self._move(0, self.a, self.b)
+            self._move(1, self.b, self.a)
+        except OSError as exc:
+            self.close(reset=exc.errno in (errno.ECONNRESET, errno.EPIPE))
+            return
+        if self.state.finished:
+            self.close()
+            return
+        self._interest()
+
+    def _socket(self, fd: int) -> socket.socket:
+        return self.a if fd == self.a.fileno() else self.b
+
+    def _hung_up(self, fd: int) -> None:
+        """The peer closed both ways; what it sent may still wait in the
+        receive queue.  epoll reports a hang-up whatever the interest, so
+        the socket leaves the loop (no spinning while the pipe is full) and
+        is read when the other side drains the pipe."""
+        if fd not in self.hung:
+            self.hung.add(fd)
+            self.loop.remove_fd(fd)
+
+    def _move(self, index: int, src: socket.socket, dst: socket.socket) -> None:
+        way = self.state.ways[index]
+        read_end, write_end = self.pipes[index]
+        while True:
+            moved = False
+            if way.want_read():
+                try:
+                    way.read(os.splice(src.fileno(), write_end, CHUNK, flags=SPLICE_FLAGS))
+                    moved = True
+                except BlockingIOError:
+                    pass
+            if way.want_write():
+                try:
+                    count = os.splice(read_end, dst.fileno(), way.pending, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    count = 0
+                if way.wrote(count):
+                    dst.shutdown(socket.SHUT_WR)
+                moved = moved or count > 0
+            elif way.wrote(0):
+                dst.shutdown(socket.SHUT_WR)
+            if not moved:
+                return
+
+    def _interest(self) -> None:
+        for fd_sock, into, out_of in ((self.a, 0, 1), (self.b, 1, 0)):
+            if fd_sock.fileno() in self.hung:
+                continue
+            events = (EPOLLIN if self.state.ways[into].want_read() else 0) | \
+                     (EPOLLOUT if self.state.ways[out_of].want_write() else 0)
+            self.loop.modify_fd(fd_sock.fileno(), events)
+
+    def close(self, reset: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for sock in (self.a, self.b):
+            self.loop.remove_fd(sock.fileno())
+            if reset:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+                except OSError:
+                    pass
+            sock.close()
+        for pipe in self.pipes:
+            for fd in pipe:
+                os.close(fd)
+        self.on_close(self)
+
+
+class LocalSplicer:
+    """pasta's fast path for forwarded ports: a connection whose peer is the
+    host itself (loopback, or the host's own address, which the namespace
+    also holds) is joined to the namespace's loopback instead of becoming
+    frames, with a socket made there by the ns socket source."""
+
+    def __init__(self, loop: Loop, source: NsSource, own_addresses: set[bytes],
+                 log: Logger) -> None:
+        self.loop, self.source, self.log = loop, source, log
+        self.own_addresses = own_addresses
+        self.active: set[Spliced] = set()
+
+    def __call__(self, sock: socket.socket, family: int, port: int, peer: bytes) -> bool:
+        if not (is_loopback(peer) or peer in self.own_addresses):
+            return False
+        try:
+            inner = socket.socket(fileno=self.source.connect(family, port))
+        except (NsSourceError, OSError) as exc:
+            self.loop.counters.add("splice_source_error")
+            self.log.ratelimited("splice", 4, f"no socket in the namespace: {exc}")
+            sock.close()
+            return True
+        sock.setblocking(False)
+        inner.setblocking(False)
+        self.loop.counters.add("splice_connections")
+        self.active.add(Spliced(self.loop, sock, inner, self.active.discard))
+        return True
