@@ -12,7 +12,10 @@ Request protocol, over a UNIX stream socket pair (the worker's end is the
 
 * request ``{"op": "connect", "family": 2|10, "port": N}``: a non-blocking
   TCP socket, ``connect()`` to the namespace's loopback (127.0.0.1 or ::1)
-  port N started;
+  port N started (``-t`` reached from the host's loopback);
+* request ``{"op": "listen", "family": 2|10, "port": N}``: a non-blocking
+  TCP socket listening on the namespace's loopback port N (``-T auto``:
+  the host started listening on N);
 * answer ``{"ok": true}`` with that one fd, or ``{"error": "..."}`` and
   none.
 
@@ -30,6 +33,7 @@ from typing import NoReturn
 from . import fdpass
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+LISTEN_BACKLOG = 128
 
 
 class NsSourceError(Exception):
@@ -55,20 +59,36 @@ def serve(sock: socket.socket) -> NoReturn:
 
 
 def _answer(request: dict) -> tuple[dict, list[int]]:
-    family, port = request.get("family"), request.get("port")
-    if request.get("op") != "connect" or family not in LOOPBACK or not isinstance(port, int) \
-            or not 0 < port < 65536:
+    op, family, port = request.get("op"), request.get("family"), request.get("port")
+    if op not in ("connect", "listen") or family not in LOOPBACK \
+            or not isinstance(port, int) or not 0 < port < 65536:
         return {"error": "bad request"}, []
     try:
         made = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                              | socket.SOCK_CLOEXEC)
     except OSError as exc:
         return {"error": exc.strerror or str(exc)}, []
+    try:
+        if op == "connect":
+            _connect(made, family, port)
+        else:
+            _listen(made, family, port)
+    except OSError as exc:
+        made.close()
+        return {"error": exc.strerror or str(exc)}, []
+    return {"ok": True}, [made.detach()]
+
+
+def _connect(made: socket.socket, family: int, port: int) -> None:
     code = made.connect_ex((LOOPBACK[family], port))
     if code not in (0, errno.EINPROGRESS):
-        made.close()
-        return {"error": os.strerror(code)}, []
-    return {"ok": True}, [made.detach()]
+        raise OSError(code, os.strerror(code))
+
+
+def _listen(made: socket.socket, family: int, port: int) -> None:
+    made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    made.bind((LOOPBACK[family], port))
+    made.listen(LISTEN_BACKLOG)
 
 
 class NsSource:
@@ -79,7 +99,15 @@ class NsSource:
         self.sock.setblocking(True)
 
     def connect(self, family: int, port: int) -> int:
-        fdpass.send(self.sock, {"op": "connect", "family": int(family), "port": port}, [])
+        """A socket connecting to the namespace's loopback ``port``."""
+        return self._ask("connect", family, port)
+
+    def listen(self, family: int, port: int) -> int:
+        """A socket listening on the namespace's loopback ``port``."""
+        return self._ask("listen", family, port)
+
+    def _ask(self, op: str, family: int, port: int) -> int:
+        fdpass.send(self.sock, {"op": op, "family": int(family), "port": port}, [])
         answer, fds = fdpass.receive(self.sock)
         if "error" in answer or len(fds) != 1:
             for fd in fds:

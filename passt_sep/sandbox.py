@@ -31,7 +31,7 @@ CONSTANTS = {
     "AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6,
     "SOCK_STREAM": socket.SOCK_STREAM, "SOCK_DGRAM": socket.SOCK_DGRAM,
     "PROT_EXEC": 4, "F_GETFL": 3, "F_SETFL": 4, "F_GETFD": 1, "F_SETFD": 2,
-    "SIOCOUTQ": 0x5411, "FIONBIO": 0x5421,
+    "FIONBIO": 0x5421,
 }
 _ARCH_NAMES = {"x86_64": "x86_64", "aarch64": "aarch64"}
 

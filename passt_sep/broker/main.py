@@ -178,6 +178,32 @@ class Broker:
         if not config.no_udp and config.udp_ports.mode in ("spec", "all"):
             self.entries += sockets.forward_listeners(
                 config.udp_ports, socket.SOCK_DGRAM, v4, v6, config.udp_ports.mode == "all")
+        if config.mode == "pasta" and not config.no_tcp:
+            self._namespace_forwarding(v4, v6)
+
+    def _namespace_forwarding(self, v4: bool, v6: bool) -> None:
+        """pasta's ``-T``: listeners on the namespace's loopback, made there;
+        ``auto`` in either direction: both sides' TCP tables."""
+        assert self.target is not None
+        tcp_ns, config = self.config.tcp_ns, self.config
+        auto = "auto" in (tcp_ns.mode, config.tcp_ports.mode)
+        if tcp_ns.mode != "spec" and not auto:
+            return
+
+        def inside() -> namespaces.HelperResult:
+            entries = []
+            if tcp_ns.mode == "spec":
+                entries += sockets.forward_listeners(tcp_ns, socket.SOCK_STREAM, v4, v6,
+                                                     role="tcp_ns_listener", loopback=True)
+            if auto:
+                entries += sockets.proc_net_tables("ns")
+            return ({"entries": [[e.role, e.meta] for e in entries]}, [e.fd for e in entries])
+
+        result, fds = namespaces.run_inside(self.target, inside)
+        self.entries += [FdEntry(role, fd, meta)
+                         for (role, meta), fd in zip(result["entries"], fds, strict=True)]
+        if auto:
+            self.entries += sockets.proc_net_tables("host")
 
     def _files(self) -> None:
         config = self.config

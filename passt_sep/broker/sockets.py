@@ -18,6 +18,8 @@ from ..pcap import file_header
 from ..ports import Forwarding
 
 SO_BINDTODEVICE = 25
+LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+PROC_NET_TABLES = ("tcp", "tcp6")
 LISTEN_BACKLOG = 128
 
 
@@ -30,18 +32,22 @@ def families(ipv4: bool, ipv6: bool) -> list[int]:
 
 
 def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
-                      quiet_conflicts: bool = False) -> list[FdEntry]:
-    """Listening (TCP) or bound (UDP) sockets for every forwarded port.
+                      quiet_conflicts: bool = False, role: str | None = None,
+                      loopback: bool = False) -> list[FdEntry]:
+    """Listening (TCP) or bound (UDP) sockets for every forwarded port, on
+    the wildcard address or, with ``loopback`` (pasta's ``-T``, made in the
+    namespace), on 127.0.0.1 and ::1 unless the rule names an address.
 
     A port that is already taken is an error naming it, except with
     ``quiet_conflicts`` (``all``), where such ports are skipped as passt does.
     """
-    role = "tcp_listener" if kind == socket.SOCK_STREAM else "udp_listener"
+    role = role or ("tcp_listener" if kind == socket.SOCK_STREAM else "udp_listener")
     entries: list[FdEntry] = []
     try:
         for port, target, rule in forwarding.ports():
             for family in _rule_families(rule.address, ipv4, ipv6):
-                sock = _bound(family, kind, rule.address, rule.interface, port, quiet_conflicts)
+                address = rule.address or (LOOPBACK[family] if loopback else None)
+                sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts)
                 if sock is not None:
                     entries.append(FdEntry(role, sock.detach(), {
                         "family": int(family), "port": port, "target": target}))
@@ -82,6 +88,21 @@ def _bound(family: int, kind: int, address: str | None, interface: str | None,
         hint = ("is already in use: pick another port or stop what holds it"
                 if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc.strerror}")
         raise SetupError(f"{proto} port {where} {hint}") from None
+
+
+def proc_net_tables(side: str) -> list[FdEntry]:
+    """This process's network namespace's TCP tables, for ``auto``
+    forwarding: an open table keeps showing the namespace it was opened in."""
+    entries = []
+    for table in PROC_NET_TABLES:
+        try:
+            fd = os.open(f"/proc/self/net/{table}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:       # no IPv6 in this kernel
+                continue
+            raise SetupError(f"cannot read /proc/net/{table}: {exc.strerror}") from None
+        entries.append(FdEntry("proc_net", fd, {"side": side, "table": table}))
+    return entries
 
 
 def unix_listener(path: str | None) -> tuple[FdEntry, str]:

@@ -9,13 +9,14 @@ import struct
 
 from ..fwd import is_loopback
 from ..log import Logger
-from ..nssource import NsSource, NsSourceError
+from ..nssource import LOOPBACK, NsSource, NsSourceError
 from ..tcp_splice import SplicePair
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 CHUNK = 1 << 20
 LINGER_RESET = struct.pack("ii", 1, 0)
+ACCEPTS_PER_WAKEUP = 64
 
 
 class Spliced:
@@ -145,3 +146,61 @@ class LocalSplicer:
         self.loop.counters.add("splice_connections")
         self.active.add(Spliced(self.loop, sock, inner, self.active.discard))
         return True
+
+
+class NamespaceListeners:
+    """pasta's ``-T``: connections accepted on the namespace's loopback are
+    joined to the same (or translated) port on the host's loopback.  The
+    worker lives in the host's namespace, so the host side is its own
+    socket; the listeners come from the broker (static ports) or from the
+    ns socket source (``auto``)."""
+
+    def __init__(self, loop: Loop, log: Logger) -> None:
+        self.loop, self.log = loop, log
+        self.listeners: dict[int, tuple[socket.socket, int]] = {}
+        self.active: set[Spliced] = set()
+
+    def add(self, fd: int, target: int) -> None:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self.listeners[fd] = (sock, target)
+        self.loop.add_fd(fd, EPOLLIN, self._accept)
+
+    def remove(self, fd: int) -> None:
+        entry = self.listeners.pop(fd, None)
+        if entry is not None:
+            self.loop.remove_fd(fd)
+            entry[0].close()
+
+    def _accept(self, fd: int, events: int, now: float) -> None:
+        listener, target = self.listeners[fd]
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                inner, _address = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.loop.counters.add("splice_accept_error")
+                self.log.ratelimited("splice_accept", 4, f"accept failed: {exc.strerror}")
+                return
+            self._join(inner, listener.family, target)
+
+    def _join(self, inner: socket.socket, family: int, target: int) -> None:
+        inner.setblocking(False)
+        try:
+            outer = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+                                  | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            self.loop.counters.add("splice_socket_error")
+            self.log.ratelimited("splice_socket", 4, f"no host socket: {exc.strerror}")
+            inner.close()
+            return
+        code = outer.connect_ex((LOOPBACK[family], target))
+        if code not in (0, errno.EINPROGRESS):
+            outer.close()
+            inner.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            inner.close()
+            return
+        self.loop.counters.add("splice_connections")
+        # Spliced waits for its second socket, the one connecting, to be writable
+        self.active.add(Spliced(self.loop, inner, outer, self.active.discard))

@@ -3,9 +3,8 @@
 The sans-IO :class:`~passt_sep.tcp.TcpConn` decides; this module turns its
 :class:`~passt_sep.tcp.Actions` into syscalls, in the order that class
 documents.  Only socket, connect, setsockopt, getsockopt, recvfrom, sendto,
-accept4, shutdown, close, epoll_ctl and fcntl are used, all listed in
-``seccomp/worker.*``.  Python's ``setblocking`` is avoided after start-up:
-it is ioctl(FIONBIO), which the filter does not allow.
+accept4, shutdown, close, epoll_ctl, fcntl and ioctl(FIONBIO) (Python's
+``setblocking``) are used, all listed in ``seccomp/worker.*``.
 
 Sockets are edge-triggered: data the guest has not acknowledged stays in
 the socket's receive queue, so a level-triggered socket would look
@@ -389,6 +388,17 @@ class TcpHandler:
             self.flows.remove(flow.key)
 
     # -- inbound: forwarded ports -----------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        """A forwarded port opened after start (``auto``)."""
+        self._add_listener(listener)
+
+    def remove_listener(self, fd: int) -> None:
+        """Stop forwarding a port: close its listener (flows stay)."""
+        entry = self.listeners.pop(fd, None)
+        if entry is not None:
+            self.loop.remove_fd(fd)
+            entry[0].close()
+
     def _add_listener(self, listener: Listener) -> None:
         sock = socket.socket(fileno=listener.fd)
         sock.setblocking(False)            # before the sandbox: ioctl(FIONBIO)

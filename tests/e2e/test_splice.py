@@ -119,3 +119,49 @@ def test_nothing_listening_inside_closes_host_connection(topo: Topology, pasta: 
         "except ConnectionResetError:\n    print('reset')"))
     assert result.stdout.strip() == "reset", result.stderr
     assert _peer_seen(topo, "127.0.0.1", 10026) == "127.0.0.1"
+
+
+def _host_server(topo: Topology, port: int) -> None:
+    topo.spawn_host(PY, "-c", PEER_REPORTER, str(port), stdout=subprocess.DEVNULL)
+    topo.wait_listening(port, remote=False)
+
+
+CLIENT_WITH_RETRIES = ("import socket, sys, time\n"
+                       "end = time.monotonic() + 20\n"
+                       "while True:\n"
+                       "    try:\n"
+                       "        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)\n"
+                       "        answer = c.recv(100).decode()\n"
+                       "        if answer:\n"
+                       "            print(answer); break\n"
+                       "    except OSError:\n"
+                       "        pass\n"
+                       "    assert time.monotonic() < end, 'never reached'\n"
+                       "    time.sleep(0.2)\n")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_namespace_port_forwarded_to_host_loopback(topo: Topology, pasta: str,
+                                                   host: str) -> None:
+    """-T: the namespace's loopback port 10030 reaches the host's 20030;
+    the host's server sees its own loopback as the peer."""
+    _host_server(topo, 20030)
+    result = topo.run_host(pasta, "--config-net", "-T", "10030:20030", "--",
+                           PY, "-c", CLIENT_WITH_RETRIES, host, "10030")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().removeprefix("::ffff:") == host
+
+
+def test_auto_follows_what_each_side_listens_on(topo: Topology, pasta: str) -> None:
+    """Default (auto both ways): a port the host listens on appears on the
+    namespace's loopback, and a port the namespace starts listening on
+    appears on the host, both within the one-second rescan."""
+    _host_server(topo, 20031)
+    inside = topo.spawn_host(pasta, "--config-net", "--", "sh", "-c",
+                             f"{PY} -c \"$0\" 20032 & {PY} -c \"$1\" 127.0.0.1 20031; wait",
+                             PEER_REPORTER.replace("while True:", "for _ in range(1):"),
+                             CLIENT_WITH_RETRIES,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _peer_seen(topo, "127.0.0.1", 20032) == "127.0.0.1"
+    out, err = inside.communicate(timeout=30)
+    assert [line.removeprefix("::ffff:") for line in out.splitlines()] == ["127.0.0.1"], err
