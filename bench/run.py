@@ -27,6 +27,7 @@ VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
 PASTA_SEP = os.path.join(VENV, "bin", "pasta-sep")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
+SPLICE_PORT = 5202
 
 
 class Served:
@@ -38,11 +39,12 @@ class Served:
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         path = f"/run/netns/{self.ns}"
         if name == "passt-sep":
-            self._start([PASTA_SEP, "--config-net", "-q", "-m", str(mtu), "--netns", path])
+            self._start([PASTA_SEP, "--config-net", "-q", "-m", str(mtu), "-t", str(SPLICE_PORT),
+                         "--netns", path])
         elif name == "pasta":
             # as root, distro pasta drops to nobody and cannot join: keep root
             self._start(["pasta", "--config-net", "-q", "--runas", "0:0", "-m", str(mtu),
-                         "--netns", path])
+                         "-t", str(SPLICE_PORT), "--netns", path])
         else:
             self.proc = topo.spawn_host("slirp4netns", "--configure", f"--mtu={mtu}",
                                         "--netns-type=path", path, "tap0",
@@ -80,6 +82,27 @@ def iperf(served: Served, reverse: bool) -> float:
         return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
     except (ValueError, KeyError):
         return 0.0
+
+
+def splice(served: Served) -> float:
+    """Gbit/s from the host's loopback to a forwarded port served inside
+    the namespace (pasta's splice path; slirp4netns forwards only through
+    its API socket, so it has no figure here)."""
+    if served.name == "slirp4netns":
+        return float("nan")
+    server = subprocess.Popen(["ip", "netns", "exec", served.ns, "iperf3", "-s", "-1", "-p",
+                               str(SPLICE_PORT)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = served.topo.run_host("iperf3", "-c", "127.0.0.1", "-p", str(SPLICE_PORT), "-t",
+                                   str(SECONDS), "-J", timeout=SECONDS + 30).stdout
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    except (ValueError, KeyError, subprocess.TimeoutExpired):
+        return 0.0
+    finally:
+        server.kill()
+        server.wait()
 
 
 def latency(served: Served) -> float:
@@ -130,6 +153,7 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                         add(f"tcp_in_gbps_mtu{mtu}", []).append(iperf(served, True))
                         if mtu == 65520:
                             add("rr_latency_us", []).append(latency(served))
+                            add("splice_host_lo_to_ns_gbps", []).append(splice(served))
                     finally:
                         served.close()
                 results[name].setdefault("startup_s", []).append(startup(topo, name))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import resource
 import signal
 import socket
 import sys
@@ -45,6 +46,14 @@ def run(config: Config) -> int:
     return 1
 
 
+def _raise_fd_limit() -> None:
+    """Every flow holds a host socket: allow as many as the hard limit does
+    (as passt does), so the flow cap, not a default of 1024, is the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _say(config: Config, message: str, error: bool = False) -> None:
     if error or not config.quiet:
         print(f"{_prog(config)}: {message}", file=sys.stderr, flush=True)
@@ -71,6 +80,7 @@ class Broker:
 
     def _run(self) -> int:
         config = self.config
+        _raise_fd_limit()
         worker_filter = sandbox.prepare("worker")
         waiter_filter = sandbox.prepare("waiter")
         self.source_filter = sandbox.prepare("nssource")

@@ -77,6 +77,19 @@ class Loop:
     def modify_fd(self, fd: int, events: int) -> None:
         self.epoll.modify(fd, events)
 
+    def pause_fd(self, fd: int, seconds: float, events: int) -> None:
+        """Stop reporting ``fd`` for a while, then ask for ``events`` again:
+        a listener with a connection waiting that we have no fd left to
+        accept would otherwise wake the loop for ever."""
+        callback = self.callbacks.get(fd)
+        self.modify_fd(fd, 0)
+
+        def resume(now: float) -> None:
+            if callback is not None and self.callbacks.get(fd) == callback:
+                self.modify_fd(fd, events)
+
+        self.call_later(seconds, resume)
+
     def remove_fd(self, fd: int) -> None:
         if self.callbacks.pop(fd, None) is not None:
             self.epoll.unregister(fd)

@@ -12,11 +12,11 @@ from ..log import Logger
 from ..nssource import LOOPBACK, NsSource, NsSourceError
 from ..tcp_splice import SplicePair
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop
+from .tcp_io import ACCEPT_PAUSE, ACCEPTS_PER_WAKEUP, OUT_OF_FDS
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 CHUNK = 1 << 20
 LINGER_RESET = struct.pack("ii", 1, 0)
-ACCEPTS_PER_WAKEUP = 64
 
 
 class Spliced:
@@ -182,6 +182,8 @@ class NamespaceListeners:
             except OSError as exc:
                 self.loop.counters.add("splice_accept_error")
                 self.log.ratelimited("splice_accept", 4, f"accept failed: {exc.strerror}")
+                if exc.errno in OUT_OF_FDS:
+                    self.loop.pause_fd(fd, ACCEPT_PAUSE, EPOLLIN)
                 return
             self._join(inner, listener.family, target)
 

@@ -42,6 +42,8 @@ EPOLLET = 1 << 31
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
 PEEK_BUFFER = 1 << 19
 ACCEPTS_PER_WAKEUP = 64
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_PAUSE = 1.0                        # seconds a listener rests when we are out of fds
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
 WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
@@ -415,6 +417,8 @@ class TcpHandler:
             except OSError as exc:
                 self.loop.counters.add("tcp_accept_error")
                 self.log.ratelimited("tcp_accept", 4, f"accept failed: {exc.strerror}")
+                if exc.errno in OUT_OF_FDS:
+                    self.loop.pause_fd(fd, ACCEPT_PAUSE, EPOLLIN)
                 return
             self._inbound(accepted, listener, address, now)
 

@@ -192,3 +192,29 @@ def test_flow_cap_refuses_new_connections(topo: Topology, pasta: str) -> None:
               "    print('refused')\"")
     assert in_pasta(topo, pasta, script, "--max-flows", "4") == ["refused"]
 
+
+
+def test_out_of_fds_refuses_new_flows_and_keeps_serving(topo: Topology, pasta: str) -> None:
+    """With 40 fds (hard limit), the worker runs out of sockets long
+    before the flow cap: new connections are refused (RST), the ones it
+    holds keep moving data intact."""
+    start_servers(topo, ("sink", 9000))
+    script = (f"{PY} -c \"import socket, sys\n"
+              "sys.path.insert(0, sys.argv[1])\n"
+              "from peers import data_chunks\n"
+              "held, refused = [], 0\n"
+              "for _ in range(30):\n"
+              "    try:\n"
+              f"        held.append(socket.create_connection(('{REMOTE_ADDR4}', 9000), 10))\n"
+              "    except ConnectionRefusedError:\n"
+              "        refused += 1\n"
+              "print('refused' if refused else 'none refused')\n"
+              "c = held[0]\n"
+              "for chunk in data_chunks(1 << 20, 21):\n"
+              "    c.sendall(chunk)\n"
+              "c.shutdown(socket.SHUT_WR); print(c.recv(200).decode().strip())\" "
+              f"{os.path.dirname(PEERS)}")
+    result = topo.run_host("prlimit", "--nofile=40:40", pasta, "--config-net", "--", "sh",
+                           "-ec", script, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["refused", digest(MiB, 21)]
