@@ -16,6 +16,7 @@ from ..log import Logger
 from ..netparams import Network
 from ..packet import Inbound
 from .loop import EPOLLIN, Loop
+from .outbound import DEFAULT_OUTBOUND, Outbound
 
 ECHO_TIMEOUT = 60.0
 RECV_SIZE = 65536
@@ -24,8 +25,9 @@ RECV_SIZE = 65536
 class EchoHandler:
     def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
                  send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
-                 log: Logger, max_flows: int) -> None:
+                 log: Logger, max_flows: int, outbound: Outbound = DEFAULT_OUTBOUND) -> None:
         self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
+        self.outbound = outbound
         self.send_frame = send_frame
         self.guest_mac = guest_mac
         self.flows = icmp.EchoFlows(max_flows, ECHO_TIMEOUT)
@@ -62,6 +64,13 @@ class EchoHandler:
             self.loop.counters.add("icmp_socket_error")
             self.log.ratelimited("icmp_socket", 4, f"cannot open ping socket: {exc.strerror} "
                                  "(is the group in net.ipv4.ping_group_range?)")
+            return None
+        try:
+            self.outbound.prepare(sock)
+        except OSError as exc:
+            sock.close()
+            self.loop.counters.add("icmp_socket_error")
+            self.log.ratelimited("icmp_bind", 4, f"cannot bind ping socket: {exc.strerror}")
             return None
         fd = sock.fileno()
         if not self.flows.add(key, fd, now):

@@ -25,6 +25,7 @@ from .fwd_io import AutoForwarding
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
 from .loop import EPOLLIN, Loop
+from .outbound import Outbound
 from .services import GuestServices
 from .splice_io import LocalSplicer, NamespaceListeners
 from .tcp_io import TcpHandler, TcpListener, new_secret
@@ -80,16 +81,18 @@ class Worker:
         capture = Capture(self._fd("pcap"))
         self.link = self._guest_link(capture)
         addrmap = self._address_map()
+        outbound = Outbound.from_config(config)
         echo = None if config.no_icmp else EchoHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows)
+            config.max_flows, outbound)
         udp_handler = None if config.no_udp else UdpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, self._udp_listeners(), verify_checksums=config.mode == "passt")
+            config.max_flows, self._udp_listeners(), verify_checksums=config.mode == "passt",
+            outbound=outbound)
         self.tcp = None if config.no_tcp else TcpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._tcp_listeners(), new_secret(),
-            verify_checksums=config.mode == "passt")
+            verify_checksums=config.mode == "passt", outbound=outbound)
         self._splice_local_connections()
         self._namespace_forwarding()
         self.services = GuestServices(self.loop, self.net, config, log, self.link.send, echo,

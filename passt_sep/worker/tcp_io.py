@@ -33,6 +33,7 @@ from ..netparams import Network
 from ..packet import IPPROTO_TCP, Inbound
 from ..tcp import State
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop, Timer
+from .outbound import DEFAULT_OUTBOUND, Outbound
 
 SO_PEEK_OFF = 42
 SO_MEMINFO = 55
@@ -88,8 +89,9 @@ class TcpHandler:
     def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
                  send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
                  log: Logger, max_flows: int, listeners: list[Listener], secret: bytes,
-                 verify_checksums: bool = False) -> None:
+                 verify_checksums: bool = False, outbound: Outbound = DEFAULT_OUTBOUND) -> None:
         self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
+        self.outbound = outbound
         self.send_frame, self.guest_mac = send_frame, guest_mac
         self.secret = secret
         self.verify = verify_checksums
@@ -150,6 +152,14 @@ class TcpHandler:
                                  | socket.SOCK_CLOEXEC)
         except OSError:
             self.loop.counters.add("tcp_socket_error")     # out of fds, most likely
+            self._refuse(seg, inb)
+            return
+        try:
+            self.outbound.prepare(sock)
+        except OSError as exc:
+            sock.close()
+            self.loop.counters.add("tcp_bind_error")
+            self.log.ratelimited("tcp_bind", 4, f"cannot bind outbound socket: {exc.strerror}")
             self._refuse(seg, inb)
             return
         self._tune(sock, seg.mss)

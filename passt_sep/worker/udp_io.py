@@ -13,6 +13,7 @@ from ..log import Logger
 from ..netparams import Network
 from ..packet import Drop, Inbound
 from .loop import EPOLLERR, EPOLLIN, Loop
+from .outbound import DEFAULT_OUTBOUND, Outbound
 
 RECV_SIZE = 65536
 DATAGRAMS_PER_WAKEUP = 64
@@ -35,8 +36,10 @@ class UdpHandler:
     def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
                  send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
                  log: Logger, max_flows: int, listeners: list[UdpListener],
-                 timeout: float = udp.DEFAULT_TIMEOUT, verify_checksums: bool = False) -> None:
+                 timeout: float = udp.DEFAULT_TIMEOUT, verify_checksums: bool = False,
+                 outbound: Outbound = DEFAULT_OUTBOUND) -> None:
         self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
+        self.outbound = outbound
         self.send_frame, self.guest_mac = send_frame, guest_mac
         self.verify = verify_checksums
         self.flows = udp.UdpFlows(max_flows, timeout)
@@ -84,11 +87,12 @@ class UdpHandler:
         self._register(sock)
         return flow
 
-    @staticmethod
-    def _bind_like_guest(sock: socket.socket, family: int, port: int) -> None:
+    def _bind_like_guest(self, sock: socket.socket, family: int, port: int) -> None:
         """The guest's own source port, so the peer sees it (no NAT); an
         ephemeral one when the host has that port taken."""
-        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        self.outbound.prepare(sock, port=None)
+        wildcard = self.outbound.address(family) or ("::" if family == socket.AF_INET6
+                                                     else "0.0.0.0")
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:

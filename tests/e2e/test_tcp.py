@@ -218,3 +218,35 @@ def test_out_of_fds_refuses_new_flows_and_keeps_serving(topo: Topology, pasta: s
                            "-ec", script, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["refused", digest(MiB, 21)]
+
+
+PEER_ECHO = ("import socket, threading\n"
+             "def tcp():\n"
+             "    s = socket.create_server(('0.0.0.0', 9102))\n"
+             "    while True:\n"
+             "        c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()\n"
+             "threading.Thread(target=tcp, daemon=True).start()\n"
+             "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 9102))\n"
+             "while True:\n"
+             "    _, peer = u.recvfrom(100); u.sendto(peer[0].encode(), peer)\n")
+
+ASK_BOTH = (f"{PY} -c \"import socket\n"
+            f"c = socket.create_connection(('{REMOTE_ADDR4}', 9102), 10)\n"
+            "print(c.recv(100).decode())\n"
+            "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)\n"
+            f"u.sendto(b'?', ('{REMOTE_ADDR4}', 9102)); print(u.recv(100).decode())\"")
+
+
+@pytest.mark.parametrize("options, source", [
+    (("-o", "198.51.100.3"), "198.51.100.3"),
+    (("--outbound-if4", "eth0"), HOST_ADDR4),
+])
+def test_outbound_binding(topo: Topology, pasta: str, options: tuple[str, ...],
+                          source: str) -> None:
+    """-o: the host sockets carrying the guest's TCP and UDP leave from that
+    address (a second one of the host's); --outbound-if4: from that
+    interface."""
+    topo.in_host("ip", "addr", "add", "198.51.100.3/24", "dev", "eth0")
+    topo.spawn_remote(PY, "-c", PEER_ECHO)
+    topo.wait_listening(9102)
+    assert in_pasta(topo, pasta, ASK_BOTH, *options) == [source, source]
