@@ -46,8 +46,10 @@ ROLES: dict[str, tuple[str, str]] = {
     "tcp_listener": ("*", "-t forwarded port: listening TCP socket (port, target, family)"),
     "tcp_ns_listener": ("*", "pasta -T: listening TCP socket on the namespace's loopback"
                         " (port, target, family)"),
+    "udp_ns_listener": ("*", "pasta -U: bound UDP socket on the namespace's loopback"
+                        " (port, target, family)"),
     "udp_listener": ("*", "-u forwarded port: bound UDP socket (port, target, family)"),
-    "proc_net": ("*", "pasta auto: /proc/net/{tcp,tcp6} of one side (side, table)"),
+    "proc_net": ("*", "pasta auto: /proc/net/{tcp,tcp6,udp,udp6} of one side (side, table)"),
     "pcap": ("0-1", "capture file (-p), header already written"),
     "log": ("0-1", "log file (-l) or connected syslog socket"),
     "netns_watch": ("0-1", "inotify fd watching the --netns file's directory (name)"),

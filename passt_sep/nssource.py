@@ -16,6 +16,9 @@ Request protocol, over a UNIX stream socket pair (the worker's end is the
 * request ``{"op": "listen", "family": 2|10, "port": N}``: a non-blocking
   TCP socket listening on the namespace's loopback port N (``-T auto``:
   the host started listening on N);
+* ``{"op": "udp_connect", ...}`` and ``{"op": "udp_bind", ...}``: the
+  same for UDP, a socket connected to (``-u`` from the host's loopback) or
+  bound on (``-U auto``) the namespace's loopback port N;
 * answer ``{"ok": true}`` with that one fd, or ``{"error": "..."}`` and
   none.
 
@@ -60,19 +63,16 @@ def serve(sock: socket.socket) -> NoReturn:
 
 def _answer(request: dict) -> tuple[dict, list[int]]:
     op, family, port = request.get("op"), request.get("family"), request.get("port")
-    if op not in ("connect", "listen") or family not in LOOPBACK \
-            or not isinstance(port, int) or not 0 < port < 65536:
+    if op not in OPS or family not in LOOPBACK or not isinstance(port, int) \
+            or not 0 < port < 65536:
         return {"error": "bad request"}, []
+    kind, action = OPS[op]
     try:
-        made = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-                             | socket.SOCK_CLOEXEC)
+        made = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     except OSError as exc:
         return {"error": exc.strerror or str(exc)}, []
     try:
-        if op == "connect":
-            _connect(made, family, port)
-        else:
-            _listen(made, family, port)
+        action(made, family, port)
     except OSError as exc:
         made.close()
         return {"error": exc.strerror or str(exc)}, []
@@ -85,10 +85,18 @@ def _connect(made: socket.socket, family: int, port: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def _listen(made: socket.socket, family: int, port: int) -> None:
+def _bind(made: socket.socket, family: int, port: int) -> None:
     made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     made.bind((LOOPBACK[family], port))
+
+
+def _listen(made: socket.socket, family: int, port: int) -> None:
+    _bind(made, family, port)
     made.listen(LISTEN_BACKLOG)
+
+
+OPS = {"connect": (socket.SOCK_STREAM, _connect), "listen": (socket.SOCK_STREAM, _listen),
+       "udp_connect": (socket.SOCK_DGRAM, _connect), "udp_bind": (socket.SOCK_DGRAM, _bind)}
 
 
 class NsSource:
@@ -100,13 +108,14 @@ class NsSource:
 
     def connect(self, family: int, port: int) -> int:
         """A socket connecting to the namespace's loopback ``port``."""
-        return self._ask("connect", family, port)
+        return self.ask("connect", family, port)
 
     def listen(self, family: int, port: int) -> int:
         """A socket listening on the namespace's loopback ``port``."""
-        return self._ask("listen", family, port)
+        return self.ask("listen", family, port)
 
-    def _ask(self, op: str, family: int, port: int) -> int:
+    def ask(self, op: str, family: int, port: int) -> int:
+        """Any of ``OPS``: the socket's fd, or ``NsSourceError``."""
         fdpass.send(self.sock, {"op": op, "family": int(family), "port": port}, [])
         answer, fds = fdpass.receive(self.sock)
         if "error" in answer or len(fds) != 1:

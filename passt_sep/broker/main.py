@@ -25,6 +25,7 @@ from ..config import Config
 from ..handoff import FdEntry
 from ..netparams import Network
 from ..packet import mac_to_bytes
+from ..ports import Forwarding
 from . import hostinfo, jail, namespaces, netconf, sockets
 from .handoff import WorkerStartError, start_worker
 from .tap import TapError, open_tap
@@ -188,32 +189,50 @@ class Broker:
         if not config.no_udp and config.udp_ports.mode in ("spec", "all"):
             self.entries += sockets.forward_listeners(
                 config.udp_ports, socket.SOCK_DGRAM, v4, v6, config.udp_ports.mode == "all")
-        if config.mode == "pasta" and not config.no_tcp:
+        if config.mode == "pasta":
             self._namespace_forwarding(v4, v6)
 
     def _namespace_forwarding(self, v4: bool, v6: bool) -> None:
-        """pasta's ``-T``: listeners on the namespace's loopback, made there;
-        ``auto`` in either direction: both sides' TCP tables."""
+        """pasta's ``-T`` and ``-U``: sockets on the namespace's loopback, made
+        there; ``auto`` in either direction: both sides' tables."""
         assert self.target is not None
-        tcp_ns, config = self.config.tcp_ns, self.config
-        auto = "auto" in (tcp_ns.mode, config.tcp_ports.mode)
-        if tcp_ns.mode != "spec" and not auto:
+        static = self._ns_static_forwards()
+        auto = self._auto_protocols()
+        if not static and not auto:
             return
 
         def inside() -> namespaces.HelperResult:
             entries = []
-            if tcp_ns.mode == "spec":
-                entries += sockets.forward_listeners(tcp_ns, socket.SOCK_STREAM, v4, v6,
-                                                     role="tcp_ns_listener", loopback=True)
+            for forwarding, kind, role in static:
+                entries += sockets.forward_listeners(forwarding, kind, v4, v6, role=role,
+                                                     loopback=True)
             if auto:
-                entries += sockets.proc_net_tables("ns")
+                entries += sockets.proc_net_tables("ns", auto)
             return ({"entries": [[e.role, e.meta] for e in entries]}, [e.fd for e in entries])
 
         result, fds = namespaces.run_inside(self.target, inside)
         self.entries += [FdEntry(role, fd, meta)
                          for (role, meta), fd in zip(result["entries"], fds, strict=True)]
         if auto:
-            self.entries += sockets.proc_net_tables("host")
+            self.entries += sockets.proc_net_tables("host", auto)
+
+    def _ns_static_forwards(self) -> list[tuple[Forwarding, int, str]]:
+        config = self.config
+        static = []
+        if not config.no_tcp and config.tcp_ns.mode == "spec":
+            static.append((config.tcp_ns, socket.SOCK_STREAM, "tcp_ns_listener"))
+        if not config.no_udp and config.udp_ns.mode == "spec":
+            static.append((config.udp_ns, socket.SOCK_DGRAM, "udp_ns_listener"))
+        return static
+
+    def _auto_protocols(self) -> list[str]:
+        config = self.config
+        protocols = []
+        if not config.no_tcp and "auto" in (config.tcp_ns.mode, config.tcp_ports.mode):
+            protocols.append("tcp")
+        if not config.no_udp and "auto" in (config.udp_ns.mode, config.udp_ports.mode):
+            protocols.append("udp")
+        return protocols
 
     def _files(self) -> None:
         config = self.config

@@ -19,7 +19,6 @@ from ..ports import Forwarding
 
 SO_BINDTODEVICE = 25
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-PROC_NET_TABLES = ("tcp", "tcp6")
 LISTEN_BACKLOG = 128
 
 
@@ -90,11 +89,12 @@ def _bound(family: int, kind: int, address: str | None, interface: str | None,
         raise SetupError(f"{proto} port {where} {hint}") from None
 
 
-def proc_net_tables(side: str) -> list[FdEntry]:
-    """This process's network namespace's TCP tables, for ``auto``
-    forwarding: an open table keeps showing the namespace it was opened in."""
+def proc_net_tables(side: str, protocols: list[str]) -> list[FdEntry]:
+    """This process's network namespace's tables of ``protocols`` ("tcp",
+    "udp"), for ``auto`` forwarding: an open table keeps showing the
+    namespace it was opened in."""
     entries = []
-    for table in PROC_NET_TABLES:
+    for table in [t for p in protocols for t in (p, p + "6")]:
         try:
             fd = os.open(f"/proc/self/net/{table}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:

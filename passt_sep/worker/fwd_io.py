@@ -1,123 +1,114 @@
 """pasta's ``auto`` forwarding, the I/O side of ``passt_sep.procnet``.
 
-Every second both sides' TCP tables are read again (fds the broker opened
-in each namespace).  ``-t auto``: a port the namespace listens on gets a
-listener on the host, feeding the TCP translator (and, from the host's own
-loopback, the splice path).  ``-T auto``: a port the host listens on gets
-a listener on the namespace's loopback, made by the ns socket source and
-joined to the host's loopback.  Our own listeners show in those tables
-too and are never forwarded back; a port that cannot be bound is left
-alone until its listener goes away.
+Every second both sides' tables (``/proc/net/tcp{,6}`` or ``udp{,6}``,
+fds the broker opened in each namespace) are read again.  Inward
+(``-t auto``, ``-u auto``): a port the namespace listens on (TCP) or has
+bound (UDP) gets a socket on the host, feeding the translator (and the
+splice path for the host's own loopback).  Outward (``-T auto``,
+``-U auto``): a port the host listens on or has bound gets a socket on the
+namespace's loopback, made by the ns socket source, joined to the host's
+loopback.  Our own sockets show in those tables too and are never
+forwarded back; a port that cannot be bound is left alone until it goes
+away on the other side.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .. import procnet
 from ..log import Logger
-from ..nssource import NsSource, NsSourceError
+from ..nssource import NsSourceError
 from .loop import Loop
-from .splice_io import NamespaceListeners
-from .tcp_io import Listener, TcpHandler
 
 SCAN_INTERVAL = 1.0
 READ_CHUNK = 65536
 LISTEN_BACKLOG = 128
 
+Open = Callable[[int, int], int]       # (family, port) -> fd, registered where it serves
+Close = Callable[[int], None]
 
-class Side:
-    """One direction of ``auto``: the ports we forward and their fds."""
 
-    def __init__(self) -> None:
-        self.forwarded: dict[int, list[int]] = {}
-        self.refused: set[int] = set()       # could not be bound: retried once gone
+@dataclass
+class Direction:
+    """One direction of ``auto`` for one protocol.
 
-    def follow(self, seen: set[int], ours: set[int]) -> tuple[set[int], set[int]]:
+    ``seen_on``: the side whose tables are followed; ``open``/``close``:
+    make and drop our socket on the other side; ``ours``: ports our own
+    sockets hold on ``seen_on`` (never forwarded back)."""
+
+    seen_on: str
+    open: Open
+    close: Close
+    ours: Callable[[], set[int]]
+    forwarded: dict[int, list[int]] = field(default_factory=dict)
+    refused: set[int] = field(default_factory=set)
+
+    def follow(self, seen: set[int]) -> tuple[set[int], set[int]]:
         self.refused &= seen
-        return procnet.plan(self.forwarded, seen, ours, self.refused)
+        return procnet.plan(self.forwarded, seen, self.ours(), self.refused)
 
 
 class AutoForwarding:
-    def __init__(self, loop: Loop, log: Logger, tables: dict[str, list[int]],
-                 families: list[int], *, tcp: TcpHandler | None,
-                 outward: NamespaceListeners | None, source: NsSource | None,
-                 static_host: set[int], static_ns: set[int]) -> None:
-        self.loop, self.log, self.tables, self.families = loop, log, tables, families
-        self.tcp, self.outward, self.source = tcp, outward, source
-        self.static_host, self.static_ns = static_host, static_ns
-        self.inward, self.outward_side = Side(), Side()
+    def __init__(self, loop: Loop, log: Logger, tables: dict[str, list[int]], udp: bool,
+                 families: list[int], directions: list[Direction]) -> None:
+        self.loop, self.log, self.tables, self.udp = loop, log, tables, udp
+        self.families, self.directions = families, directions
         self.scan(0.0)
 
     def scan(self, now: float) -> None:
-        ns_seen, host_seen = self._listening("ns"), self._listening("host")
-        if self.tcp is not None and ns_seen is not None:
-            ours = self.static_ns | set(self.outward_side.forwarded)
-            start, stop = self.inward.follow(ns_seen, ours)
+        for direction in self.directions:
+            seen = self._listening(direction.seen_on)
+            start, stop = direction.follow(seen)
             for port in sorted(stop):
-                for fd in self.inward.forwarded.pop(port):
-                    self.tcp.remove_listener(fd)
+                for fd in direction.forwarded.pop(port):
+                    direction.close(fd)
             for port in sorted(start):
-                self._open(self.inward, port, self._host_listener)
-        if self.outward is not None and self.source is not None and host_seen is not None:
-            ours = self.static_host | set(self.inward.forwarded)
-            start, stop = self.outward_side.follow(host_seen, ours)
-            for port in sorted(stop):
-                for fd in self.outward_side.forwarded.pop(port):
-                    self.outward.remove(fd)
-            for port in sorted(start):
-                self._open(self.outward_side, port, self._ns_listener)
+                self._open(direction, port)
         self.loop.call_later(SCAN_INTERVAL, self.scan)
 
-    def _listening(self, side: str) -> set[int] | None:
-        fds = self.tables.get(side)
-        if not fds:
-            return None
+    def _listening(self, side: str) -> set[int]:
         ports: set[int] = set()
-        for fd in fds:
+        for fd in self.tables.get(side, ()):
             try:
-                ports |= procnet.listening_ports(_read_all(fd))
+                ports |= procnet.listening_ports(_read_all(fd), self.udp)
             except OSError:
                 self.loop.counters.add("auto_table_error")
         return ports
 
-    def _open(self, side: Side, port: int, make) -> None:
+    def _open(self, direction: Direction, port: int) -> None:
         fds = []
         for family in self.families:
             try:
-                fds.append(make(family, port))
+                fds.append(direction.open(family, port))
             except (OSError, NsSourceError) as exc:
                 self.loop.counters.add("auto_bind_error")
                 self.log.ratelimited("auto", 4, f"auto forwarding of port {port}: {exc}")
         if fds:
-            side.forwarded[port] = fds
-            self.log.debug(f"auto: forwarding port {port}")
+            direction.forwarded[port] = fds
+            self.log.debug(f"auto: forwarding {'UDP' if self.udp else 'TCP'} port {port}")
         else:
-            side.refused.add(port)
+            direction.refused.add(port)
 
-    def _host_listener(self, family: int, port: int) -> int:
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-                             | socket.SOCK_CLOEXEC)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(("0.0.0.0" if family == socket.AF_INET else "::", port))
+
+def host_socket(family: int, kind: int, port: int) -> int:
+    """A socket on the host's wildcard address at ``port``: listening (TCP)
+    or bound (UDP)."""
+    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(("0.0.0.0" if family == socket.AF_INET else "::", port))
+        if kind == socket.SOCK_STREAM:
             sock.listen(LISTEN_BACKLOG)
-        except OSError:
-            sock.close()
-            raise
-        fd = sock.detach()
-        assert self.tcp is not None
-        self.tcp.add_listener(Listener(fd, family, port, port))
-        return fd
-
-    def _ns_listener(self, family: int, port: int) -> int:
-        assert self.source is not None and self.outward is not None
-        fd = self.source.listen(family, port)
-        self.outward.add(fd, port)
-        return fd
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
 
 
 def _read_all(fd: int) -> bytes:
@@ -131,4 +122,3 @@ def _read_all(fd: int) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
-

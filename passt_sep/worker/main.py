@@ -19,15 +19,13 @@ from ..config import Config
 from ..fwd import AddressMap
 from ..handoff import Handoff, HandoffError
 from ..log import DEBUG, ERROR, INFO, TRACE, WARNING, Logger, describe_exception
-from ..nssource import NsSource
 from ..sandbox import Prepared
-from .fwd_io import AutoForwarding
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
 from .loop import EPOLLIN, Loop
+from .nsfwd import NamespaceForwarding
 from .outbound import Outbound
 from .services import GuestServices
-from .splice_io import LocalSplicer, NamespaceListeners
 from .tcp_io import TcpHandler, TcpListener, new_secret
 from .udp_io import UdpHandler, UdpListener
 
@@ -93,8 +91,9 @@ class Worker:
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._tcp_listeners(), new_secret(),
             verify_checksums=config.mode == "passt", outbound=outbound)
-        self._splice_local_connections()
-        self._namespace_forwarding()
+        if config.mode == "pasta":
+            self.nsfwd = NamespaceForwarding(self.loop, log, config, received, self.net,
+                                             self.tcp, udp_handler)
         self.services = GuestServices(self.loop, self.net, config, log, self.link.send, echo,
                                       tcp=self.tcp, udp=udp_handler)
         self.link.on_frame = self.services.on_frame
@@ -132,40 +131,6 @@ class Worker:
         link.on_connect = lambda: self.services.announce()
         link.on_disconnect = self._guest_gone
         return link
-
-    def _splice_local_connections(self) -> None:
-        self.splicer = None
-        fd = self._fd("ns_source")
-        if fd is None or self.tcp is None:
-            return
-        own = {p.addr for p in (self.net.ipv4, self.net.ipv6) if p is not None}
-        self.splicer: LocalSplicer | None = LocalSplicer(self.loop, NsSource(fd), own, self.log)
-        self.tcp.divert = self.splicer
-
-    def _namespace_forwarding(self) -> None:
-        """pasta's -T (static listeners from the broker) and auto both ways."""
-        config = self.config
-        if config.mode != "pasta" or self.tcp is None:
-            return
-        self.outward = NamespaceListeners(self.loop, self.log)
-        static_ns = set()
-        for entry in self.handoff.by_role("tcp_ns_listener"):
-            self.outward.add(entry.fd, entry.meta["target"])
-            static_ns.add(entry.meta["port"])
-        tables: dict[str, list[int]] = {}
-        for entry in self.handoff.by_role("proc_net"):
-            tables.setdefault(entry.meta["side"], []).append(entry.fd)
-        if not tables:
-            return
-        if config.tcp_ports.mode != "auto":
-            tables.pop("ns", None)
-        source = self.splicer.source if config.tcp_ns.mode == "auto" and self.splicer else None
-        families = [f for f, off in ((socket.AF_INET, config.ipv6_only),
-                                     (socket.AF_INET6, config.ipv4_only)) if not off]
-        static_host = {e.meta["port"] for e in self.handoff.by_role("tcp_listener")}
-        self.auto = AutoForwarding(self.loop, self.log, tables, families, tcp=self.tcp,
-                                   outward=self.outward, source=source,
-                                   static_host=static_host, static_ns=static_ns)
 
     def _tcp_listeners(self) -> list[TcpListener]:
         return [TcpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])

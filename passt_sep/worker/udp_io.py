@@ -47,6 +47,8 @@ class UdpHandler:
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
         self.sweep_timer = None
+        # pasta: datagrams from the host's loopback may be spliced instead
+        self.divert: Callable[[socket.socket, tuple, memoryview, int, float], bool] | None = None
         for listener in listeners:
             self._add_listener(listener)
 
@@ -108,6 +110,31 @@ class UdpHandler:
         if self.sweep_timer is None:
             self.sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
+    def add_listener(self, listener: UdpListener) -> None:
+        """A forwarded port opened after start (``auto``)."""
+        self._add_listener(listener)
+
+    def remove_listener(self, fd: int) -> None:
+        flow = self.flows.by_handle.get(fd)
+        if flow is not None and flow.forwarded:
+            self.flows.remove(flow)
+            self.loop.remove_fd(fd)
+            self.sockets.pop(fd).close()
+
+    def bound_ports(self) -> set[int]:
+        """Host ports our flows' own sockets hold: they show in the host's
+        /proc/net/udp like any bound socket, and are not to be forwarded."""
+        ports = set()
+        for flow in self.flows.by_handle.values():
+            sock = self.sockets.get(flow.handle)
+            if flow.forwarded or sock is None:
+                continue
+            try:
+                ports.add(sock.getsockname()[1])
+            except OSError:
+                self.loop.counters.add("udp_getsockname_error")
+        return ports
+
     def _add_listener(self, listener: UdpListener) -> None:
         sock = socket.socket(fileno=listener.fd)
         sock.setblocking(False)
@@ -139,6 +166,9 @@ class UdpHandler:
                 self._errors(flow, sock)
                 continue
             flow.last_used = now
+            if flow.forwarded and self.divert is not None and self.divert(
+                    sock, address, self.view[:size], flow.guest_port, now):
+                continue                        # loopback peer: spliced, no frame
             self._to_guest(flow, address, self.view[:size])
 
     def _to_guest(self, flow: udp.UdpFlow, address: tuple, payload: memoryview) -> None:

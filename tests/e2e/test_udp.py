@@ -133,3 +133,72 @@ def test_dhcp_hands_out_dns_and_search_options(topo: Topology, pasta: str) -> No
         os.unlink(path)
     assert "dns=203.0.113.7 203.0.113.8" in lines
     assert "search=a.test b.test" in lines
+
+
+UDP_PEER_REPORTER = ("import socket, sys\n"
+                     "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+                     "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+                     "s.bind(('::', int(sys.argv[1])))\n"
+                     "while True:\n"
+                     "    data, peer = s.recvfrom(100)\n"
+                     "    s.sendto(peer[0].removeprefix('::ffff:').encode() + b' ' + data, peer)\n")
+
+ASK_WITH_RETRIES = ("import socket, sys, time\n"
+                    "host, port = sys.argv[1], int(sys.argv[2])\n"
+                    "family = socket.AF_INET6 if ':' in host else socket.AF_INET\n"
+                    "s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(0.3)\n"
+                    "end = time.monotonic() + 20\n"
+                    "while time.monotonic() < end:\n"
+                    "    try:\n"
+                    "        s.sendto(b'hello', (host, port)); print(s.recv(100).decode()); break\n"
+                    "    except OSError:\n"
+                    "        time.sleep(0.2)\n")
+
+
+def _ask_from_host(topo: Topology, host: str, port: int) -> str:
+    result = topo.run_host(PY, "-c", ASK_WITH_RETRIES, host, str(port), timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def _served_in_namespace(topo: Topology, pasta: str, port: int, *options: str) -> None:
+    topo.spawn_host(pasta, "--config-net", *options, "--", PY, "-c", UDP_PEER_REPORTER,
+                    str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("host, seen", [("127.0.0.1", "127.0.0.1"), ("::1", "::1")])
+def test_udp_from_host_loopback_is_spliced(topo: Topology, pasta: str, host: str,
+                                           seen: str) -> None:
+    """-u from the host's own loopback goes socket to socket: the namespace's
+    server sees its own loopback, and the reply comes back."""
+    _served_in_namespace(topo, pasta, 21000, "-u", "11000:21000")
+    assert _ask_from_host(topo, host, 11000) == f"{seen} hello"
+
+
+def test_udp_no_splice_comes_from_the_gateway(topo: Topology, pasta: str) -> None:
+    _served_in_namespace(topo, pasta, 21001, "-u", "11001:21001", "--no-splice")
+    assert _ask_from_host(topo, "127.0.0.1", 11001) == "198.51.100.1 hello"
+
+
+def test_udp_namespace_port_forwarded_to_host(topo: Topology, pasta: str) -> None:
+    """-U: the namespace's loopback port reaches the host's loopback port."""
+    topo.spawn_host(PY, "-c", UDP_PEER_REPORTER, "21002")
+    topo.wait_listening(21002, "udp", remote=False)
+    result = topo.run_host(pasta, "--config-net", "-U", "11002:21002", "--",
+                           PY, "-c", ASK_WITH_RETRIES, "127.0.0.1", "11002")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "127.0.0.1 hello"
+
+
+def test_udp_auto_follows_both_sides(topo: Topology, pasta: str) -> None:
+    """Default (auto): a UDP port the host binds appears on the namespace's
+    loopback, and one the namespace binds appears on the host."""
+    topo.spawn_host(PY, "-c", UDP_PEER_REPORTER, "21003")
+    topo.wait_listening(21003, "udp", remote=False)
+    inside = topo.spawn_host(pasta, "--config-net", "--", "sh", "-c",
+                             f"{PY} -c \"$0\" 21004 & {PY} -c \"$1\" 127.0.0.1 21003; sleep 30",
+                             UDP_PEER_REPORTER, ASK_WITH_RETRIES,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert _ask_from_host(topo, "127.0.0.1", 21004) == "127.0.0.1 hello"
+    first = inside.stdout.readline().strip()
+    assert first == "127.0.0.1 hello"
