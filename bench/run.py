@@ -28,6 +28,7 @@ PASTA_SEP = os.path.join(VENV, "bin", "pasta-sep")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
 SPLICE_PORT = 5202
+UDP_PORT = 5301
 
 
 class Served:
@@ -82,6 +83,20 @@ def iperf(served: Served, reverse: bool) -> float:
         return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
     except (ValueError, KeyError):
         return 0.0
+
+
+def udp_out(served: Served) -> float:
+    """Gbit/s of 1400-byte datagrams the remote received, the guest sending
+    as fast as socat can for SECONDS (iperf3 3.12's UDP mode fails its
+    set-up through every implementation here, so socat does it)."""
+    sink = served.topo.spawn_remote("sh", "-c", f"timeout {SECONDS + 2} socat -u -b 65536 "
+                                    f"UDP-RECV:{UDP_PORT} - | wc -c", stdout=subprocess.PIPE,
+                                    text=True)
+    time.sleep(0.3)
+    served.run("timeout", str(SECONDS), "socat", "-u", "-b", "1400", "/dev/zero",
+               f"UDP:{REMOTE_ADDR4}:{UDP_PORT}", timeout=SECONDS + 10)
+    received = int(sink.communicate(timeout=SECONDS + 10)[0].strip() or 0)
+    return received * 8 / SECONDS / 1e9
 
 
 def splice(served: Served) -> float:
@@ -154,6 +169,7 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                         if mtu == 65520:
                             add("rr_latency_us", []).append(latency(served))
                             add("splice_host_lo_to_ns_gbps", []).append(splice(served))
+                            add("udp_out_gbps", []).append(udp_out(served))
                     finally:
                         served.close()
                 results[name].setdefault("startup_s", []).append(startup(topo, name))
