@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from ..config import Config
 from ..netparams import DEFAULT_OUR_MAC, IPv4Params, IPv6Params, Network
@@ -20,6 +21,9 @@ from ..packet import mac_to_bytes
 
 RESOLV_CONF = "/etc/resolv.conf"
 PASTA_MTU = 65520
+# No usable IPv4 on the host (offline, VPN down, boot): the guest still gets
+# an address, and its gateway stands for the host's loopback, as passt does
+LOCAL_ADDR4, LOCAL_PREFIX4, LOCAL_GATEWAY4 = "169.254.2.1", 16, "169.254.2.2"
 IFA_F_TEMPORARY = 0x01
 
 
@@ -72,15 +76,22 @@ def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
         v6 = None if config.ipv4_only else _read_family(ipr, socket.AF_INET6, config)
         family = v4 or v6
         mtu = _link_mtu(ipr, family.ifindex) if family else None
-    if v4 is None and not config.ipv6_only:
-        warnings.append("no usable IPv4 default route on the host: IPv4 is local-only")
-    if v6 is None and not config.ipv4_only:
-        warnings.append("no usable IPv6 default route on the host: IPv6 is local-only")
+    missing = []
+    if v4 is None and not config.ipv6_only and not config.address4:
+        missing.append(f"IPv4 is local-only ({LOCAL_ADDR4}/{LOCAL_PREFIX4}, gateway "
+                       f"{LOCAL_GATEWAY4} = the host)")
+    if v6 is None and not config.ipv4_only and not config.address6:
+        missing.append("no IPv6")
+    if missing:
+        warnings.append("no usable default route on the host: " + "; ".join(missing))
     return HostInfo(v4, v6, mtu, resolvers, search, tuple(warnings))
 
 
 def _read_family(ipr: IPRoute, family: int, config: Config) -> HostFamily | None:
-    routes = [r for r in ipr.get_routes(family=family, table=254)]
+    try:
+        routes = list(ipr.get_routes(family=family, table=254))
+    except NetlinkError:          # a kernel built or booted without IPv6
+        return None
     ifindex = _outbound_ifindex(ipr, routes, config.interface)
     if ifindex is None:
         return None
@@ -161,10 +172,13 @@ def guest_network(config: Config, host: HostInfo, default_mtu: int = PASTA_MTU) 
 def _guest_ipv4(config: Config, host: HostInfo) -> IPv4Params | None:
     addr = config.address4 or (host.v4.addr if host.v4 else None)
     gateway = config.gateway4 or (host.v4.gateway if host.v4 else None)
+    local = host.v4 is None and addr is None
+    if local:
+        addr, gateway = LOCAL_ADDR4, gateway or LOCAL_GATEWAY4
     if addr is None or gateway is None:
         return None
     prefix = config.prefix4 or (host.v4.prefix_len if host.v4 and not config.address4
-                                else _classful_prefix(addr))
+                                else LOCAL_PREFIX4 if local else _classful_prefix(addr))
     dns = _guest_dns(config, host, 4, gateway)
     return IPv4Params(_packed(addr), prefix, _packed(gateway), dns)
 

@@ -69,7 +69,12 @@ class Broker:
         self.config = config
         self.entries: list[FdEntry] = []
         self.target: namespaces.Target | None = None
-        self.real_root = os.geteuid() == 0
+        # root of a user namespace someone else made (Podman's) is not "real
+        # root": it has nobody to switch to, and nothing on the host to protect
+        self.real_root = os.geteuid() == 0 and namespaces.in_initial_user_namespace()
+        self.pid_file_created = False
+        self.socket_path: str | None = None             # a UNIX socket we created
+        self.jailed = False
         self.own_userns = False
 
     def run(self) -> int:
@@ -82,6 +87,8 @@ class Broker:
     def _run(self) -> int:
         config = self.config
         _raise_fd_limit()
+        if config.runas:
+            jail.resolve_runas(config.runas, False)     # an unknown user fails before anything
         worker_filter = sandbox.prepare("worker")
         waiter_filter = sandbox.prepare("waiter")
         self.source_filter = sandbox.prepare("nssource")
@@ -93,16 +100,23 @@ class Broker:
             net = self._pasta_namespace(net, host)
         else:
             self._own_user_namespace()
-            self._passt_socket()
         self._forwarding()
+        if config.mode != "pasta":
+            self._passt_socket()
         self._files()
         pid_fd = sockets.pid_file(config.pid_file) if config.pid_file else None
+        self.pid_file_created = pid_fd is not None
         identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         jail.close(identity)
+        self.jailed = True
         worker = start_worker(config, net, self.entries, worker_filter)
         self.entries = []
+        self.pid_file_created = False                   # the worker's now
+        if self.socket_path and not config.quiet:
+            print(_qemu_hint(self.socket_path), file=sys.stderr, flush=True)
+        self.socket_path = None
         if pid_fd is not None:
             os.write(pid_fd, f"{worker}\n".encode())
             os.close(pid_fd)
@@ -174,10 +188,8 @@ class Broker:
             os.set_inheritable(config.fd, False)
             self.entries.append(FdEntry("guest_stream", os.dup(config.fd)))
             return
-        entry, path = sockets.unix_listener(config.socket_path)
+        entry, self.socket_path = sockets.unix_listener(config.socket_path)
         self.entries.append(entry)
-        if not config.quiet:
-            print(_qemu_hint(path), file=sys.stderr, flush=True)
 
     # -- common -------------------------------------------------------------------
     def _forwarding(self) -> None:
@@ -255,6 +267,21 @@ class Broker:
         return 0
 
     def _abandon(self) -> None:
+        """Setup failed: leave nothing behind (the pid file goes through its
+        directory's fd, which works after the jail closed too)."""
+        if self.pid_file_created:
+            for entry in self.entries:
+                if entry.role == "pidfile_dir":
+                    try:
+                        os.unlink(entry.meta["name"], dir_fd=entry.fd)
+                    except OSError as exc:
+                        _say(self.config, f"cannot remove the pid file: {exc.strerror}",
+                             error=True)
+        if self.socket_path and not self.jailed:
+            try:
+                os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass
         for entry in self.entries:
             try:
                 os.close(entry.fd)

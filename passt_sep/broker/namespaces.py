@@ -200,6 +200,15 @@ def run_inside(target: Target, work: Callable[[], HelperResult]) -> HelperResult
     return result, fds
 
 
+def in_initial_user_namespace() -> bool:
+    """The initial user namespace maps every uid onto itself."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as handle:
+            return handle.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
 def spawn_inside(target: Target, serve: Callable[[socket.socket], None]) -> tuple[int, int]:
     """Leave a long-lived process in the target namespace running ``serve``
     on one end of a socket pair; the pid and the other end's fd."""

@@ -111,3 +111,55 @@ def test_errors_are_one_clear_line(topo: Topology, pasta: str, argv: list[str],
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def _left_behind(marker: str) -> list[str]:
+    """Processes whose command line still names ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read() and _alive(int(entry)):
+                    found.append(entry)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("wrapper, options, message", [
+    ([], ["--runas", "nosuchuser"], "--runas: unknown user 'nosuchuser'"),
+    (["unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /dev/net && exec "$0" "$@"'], [],
+     "cannot open /dev/net/tun: No such file or directory"),
+    (["unshare", "--user", "--map-root-user", "sh", "-c",
+      'echo 0 > /proc/sys/user/max_user_namespaces && exec "$0" "$@"'], [],
+     "cannot create a user namespace"),
+], ids=["unknown-runas", "no-tun", "userns-disabled"])
+def test_setup_errors_leave_nothing_behind(topo: Topology, pasta: str, shared_tmp,
+                                           wrapper: list[str], options: list[str],
+                                           message: str) -> None:
+    """One line saying what is wrong and what to do, a non-zero status, and
+    no process, namespace, socket or pid file left."""
+    pidfile = shared_tmp / "error.pid"
+    netns_before = set(os.listdir("/run/netns"))
+    result = topo.run_host(*wrapper, pasta, *options, "--config-net", "-P", str(pidfile),
+                           "--", "sleep", "60")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not pidfile.exists()
+    assert set(os.listdir("/run/netns")) == netns_before
+    assert _left_behind(str(pidfile)) == []
+    assert os.listdir(shared_tmp) == []
+
+
+def test_passt_setup_error_removes_its_socket(topo: Topology, passt: str, shared_tmp) -> None:
+    """passt mode: a failure after the UNIX socket was bound removes it, and
+    QEMU's hint is printed only once the worker serves."""
+    socket_path = shared_tmp / "guest.socket"
+    result = topo.run_host(passt, "-f", "-s", str(socket_path), "-p", "/nonexistent/x.pcap")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "passt-sep: cannot open capture file /nonexistent/x.pcap: No such file or directory"]
+    assert not socket_path.exists()

@@ -130,3 +130,34 @@ def test_worker_exits_when_the_netns_file_is_removed(topo: Topology, pasta_link:
     while workers() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert workers() == []
+
+
+ROOTLESS_FLOW = """set -e
+netns="$1/netns-podman"; pasta="$2"; shift 2
+touch "$netns"
+unshare --net="$netns" true
+"$pasta" "$@" --netns "$netns" > "$1/out" 2>&1
+echo "status $?"
+echo "output $(wc -c < "$1/out")"
+nsenter --net="$netns" ip -4 -o addr show scope global | awk '{print "addr " $4}'
+nsenter --net="$netns" ip -4 route show default | awk '{print "gateway " $3}'
+umount "$netns"; rm "$netns"
+sleep 1.5
+pgrep -f "netns-podman" > /dev/null && echo "worker still running" || echo "worker gone"
+"""
+
+
+def test_rootless_podman_flow_in_its_own_user_namespace(topo: Topology, pasta_link: str,
+                                                        shared_tmp) -> None:
+    """As Podman does it, unprivileged: a user namespace where the caller is
+    root (and nobody else is mapped), a network namespace bind-mounted on
+    a file, Podman's argv through `pasta`; the worker leaves when the file
+    goes."""
+    script = shared_tmp / "flow.sh"
+    script.write_text(ROOTLESS_FLOW.replace('"$1/out"', f'"{shared_tmp}/out"'))
+    result = topo.run_host("unshare", "--user", "--map-root-user", "--mount",
+                           "--propagation", "private", "sh", str(script), str(shared_tmp),
+                           pasta_link, *PODMAN_ARGV, rootless=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "status 0", "output 0", f"addr {HOST_ADDR4}/24", f"gateway {GW_ADDR4}", "worker gone"]
