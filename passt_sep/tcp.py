@@ -119,6 +119,7 @@ SKB_OVERHEAD = 1024                      # kernel bytes per packet beyond its pa
 DEFAULT_MSS4, DEFAULT_MSS6 = 536, 1220   # RFC 9293 3.7.1, RFC 8200 5
 MIN_MSS = 48                             # Linux's TCP_MIN_SND_MSS
 DUP_ACK_THRESHOLD = 3
+TSO_MAX_PAYLOAD = 0xFFFF - IPV4_HLEN - TCP_HLEN   # an IPv4 packet's limit (IPv6's is larger)
 SYN_TIMEOUT = 1.0                        # first SYN / SYN-ACK retry, doubling
 SYN_RETRIES = 3
 ACK_TIMEOUT = 1.0                        # first data retransmission, doubling
@@ -248,9 +249,12 @@ class FrameTemplate:
         self.pseudo_sum = _ones_sum(src + dst) + IPPROTO_TCP
 
     def build(self, seq: int, ack: int, flags: int, window: int,
-              payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
+              payload: bytes | memoryview = b"", options: bytes = b"",
+              partial: bool = False) -> bytearray:
         """A whole frame; ``window`` is the 16-bit field, ``options`` a
-        multiple of 4 bytes long."""
+        multiple of 4 bytes long.  ``partial``: the TCP checksum field holds
+        only the pseudo-header's sum, for a receiver that completes it (a
+        segmentation-offload frame: the kernel sums the payload)."""
         frame = bytearray(self.prefix)
         if options:
             frame += options
@@ -265,6 +269,9 @@ class FrameTemplate:
             _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(self.ip_sum + total) & 0xFFFF)
         _TCP_VARIABLE.pack_into(frame, l4 + 4, seq, ack,
                                 (TCP_HLEN + len(options)) << 10 | flags, window)
+        if partial:
+            _U16.pack_into(frame, l4 + 16, _fold(self.pseudo_sum + l4_len))
+            return frame
         with memoryview(frame) as view:
             total = _ones_sum(view[l4:]) + self.pseudo_sum + l4_len
         _U16.pack_into(frame, l4 + 16, ~_fold(total) & 0xFFFF)
@@ -355,7 +362,7 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until",
+        "linger_until", "tso",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
@@ -378,6 +385,9 @@ class TcpConn:
         self.guest_window = 0                   # bytes
         self.rcv_window = 0xFFFF                # bytes the socket can take
         self.socket_full = False                # advertise no window
+        # the link completes checksums and splits big frames (pasta's tap):
+        # every frame with payload then carries a partial checksum
+        self.tso = False
         self.dup_acks = 0
         self.recover = isn                      # fast retransmit once per window
         self.retries = 0
@@ -679,14 +689,14 @@ class TcpConn:
     def on_socket_data(self, data: memoryview, now: float) -> list[bytearray]:
         """Segments for bytes just peeked (at most ``send_budget()``)."""
         idle = self.snd_max == self.snd_una
-        mss, size = self.snd_mss, len(data)
+        step, size = self._frame_payload(), len(data)
         window = self._window_field()
         frames = []
-        for start in range(0, size, mss):
-            end = min(start + mss, size)
+        for start in range(0, size, step):
+            end = min(start + step, size)
             frames.append(self.tx.build(self.snd_nxt, self.rcv_nxt,
                                         ACK | PSH if end == size else ACK, window,
-                                        data[start:end]))
+                                        data[start:end], partial=self.tso))
             self.snd_nxt = (self.snd_nxt + end - start) & MASK
         if seq_lt(self.snd_max, self.snd_nxt):
             self.snd_max = self.snd_nxt
@@ -695,6 +705,15 @@ class TcpConn:
         self.last_activity = now
         self._maybe_fin(frames, now)
         return frames
+
+    def _frame_payload(self) -> int:
+        """Payload per frame: one segment; with ``tso``, as many whole
+        segments as one IP packet holds, when our segments are the MTU's
+        (the link tells the kernel to cut them there: see
+        ``worker.guest.TapLink``)."""
+        if not self.tso or self.snd_mss != self.mtu_mss:
+            return self.snd_mss
+        return TSO_MAX_PAYLOAD // self.snd_mss * self.snd_mss
 
     def on_socket_eof(self, now: float) -> list[bytearray]:
         """A peek at ``snd_nxt`` found end of file: FIN once the guest can

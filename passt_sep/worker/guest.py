@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,14 @@ FrameHandler = Callable[[memoryview, float], None]
 READ_SIZE = 65536 + 64
 FRAMES_PER_WAKEUP = 128
 STREAM_OUT_MAX = 8 << 20
+VNET_HDR_SIZE = 10                        # struct virtio_net_hdr
+VNET_DATA_VALID = bytes([0x02]) + bytes(VNET_HDR_SIZE - 1)   # flags, no GSO
+VNET_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6 = 0x01, 1, 4
+# flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (host byte order: x86)
+_VNET_HDR = struct.Struct("<BBHHHH")
+ETH_HLEN = 14
+TCP_CHECKSUM_OFFSET = 16
+IPPROTO_TCP = 6
 
 
 class Capture:
@@ -42,11 +51,14 @@ class Capture:
 
 
 class TapLink:
-    """pasta: one frame per read() on the tap fd."""
+    """pasta: one frame per read() on the tap fd, behind a virtio-net header
+    (``broker.tap``): incoming TCP may arrive as segments of up to 64 KiB
+    (TSO), and our frames go out marked as checksummed (DATA_VALID)."""
 
-    def __init__(self, loop: Loop, fd: int, capture: Capture, log: Logger) -> None:
+    def __init__(self, loop: Loop, fd: int, capture: Capture, log: Logger, mtu: int) -> None:
         self.loop, self.fd, self.capture, self.log = loop, fd, capture, log
-        self.buffer = bytearray(READ_SIZE)
+        self.largest = ETH_HLEN + mtu
+        self.buffer = bytearray(VNET_HDR_SIZE + READ_SIZE)
         self.view = memoryview(self.buffer)
         self.on_frame: FrameHandler = lambda frame, now: None
         os.set_blocking(fd, False)
@@ -66,19 +78,44 @@ class TapLink:
                 self.log.error(f"tap read failed: {exc.strerror}")
                 self.loop.stop()
                 return
-            frame = self.view[:size]
+            if size <= VNET_HDR_SIZE:
+                self.loop.counters.add("drop_tap_short")
+                continue
+            frame = self.view[VNET_HDR_SIZE:size]
             self.capture.frame(frame)
             self.on_frame(frame, now)
 
     def send(self, frame: bytes) -> None:
         self.capture.frame(frame)
+        header = self._vnet_header(frame)
         try:
-            os.write(self.fd, frame)
+            os.writev(self.fd, [header, frame])
         except BlockingIOError:
             self.loop.counters.add("tap_full")
         except OSError as exc:
             self.loop.counters.add("tap_write_error")
             self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
+
+
+    def _vnet_header(self, frame: bytes) -> bytes:
+        """TCP frames with payload come from ``TcpConn`` with ``tso``: their
+        checksum field holds the pseudo-header's sum for the kernel to
+        complete (no payload summed in Python), and one beyond the MTU is
+        cut into MTU-sized segments by it.  Everything else is whole."""
+        ethertype = frame[12:14]
+        if ethertype == b"\x08\x00" and frame[ETH_HLEN + 9] == IPPROTO_TCP:
+            v6, l4 = False, ETH_HLEN + (frame[ETH_HLEN] & 0x0F) * 4
+        elif ethertype == b"\x86\xdd" and frame[ETH_HLEN + 6] == IPPROTO_TCP:
+            v6, l4 = True, ETH_HLEN + 40
+        else:
+            return VNET_DATA_VALID
+        header_end = l4 + (frame[l4 + 12] >> 4) * 4
+        if len(frame) <= header_end:
+            return VNET_DATA_VALID
+        if len(frame) <= self.largest:
+            return _VNET_HDR.pack(VNET_NEEDS_CSUM, 0, 0, 0, l4, TCP_CHECKSUM_OFFSET)
+        return _VNET_HDR.pack(VNET_NEEDS_CSUM, VNET_GSO_TCPV6 if v6 else VNET_GSO_TCPV4,
+                              header_end, self.largest - header_end, l4, TCP_CHECKSUM_OFFSET)
 
 
 class StreamLink:

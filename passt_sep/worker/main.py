@@ -90,7 +90,8 @@ class Worker:
         self.tcp = None if config.no_tcp else TcpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._tcp_listeners(), new_secret(),
-            verify_checksums=config.mode == "passt", outbound=outbound)
+            verify_checksums=config.mode == "passt", outbound=outbound,
+            tso=isinstance(self.link, TapLink))
         if config.mode == "pasta":
             self.nsfwd = NamespaceForwarding(self.loop, log, config, received, self.net,
                                              self.tcp, udp_handler)
@@ -125,7 +126,7 @@ class Worker:
     def _guest_link(self, capture: Capture) -> TapLink | StreamLink:
         tap = self._fd("tap")
         if tap is not None:
-            return TapLink(self.loop, tap, capture, self.log)
+            return TapLink(self.loop, tap, capture, self.log, self.net.mtu)
         link = StreamLink(self.loop, capture, self.log, listener=self._fd("unix_listener"),
                           connected=self._fd("guest_stream"))
         link.on_connect = lambda: self.services.announce()

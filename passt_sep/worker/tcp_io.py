@@ -89,8 +89,10 @@ class TcpHandler:
     def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
                  send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
                  log: Logger, max_flows: int, listeners: list[Listener], secret: bytes,
-                 verify_checksums: bool = False, outbound: Outbound = DEFAULT_OUTBOUND) -> None:
+                 verify_checksums: bool = False, outbound: Outbound = DEFAULT_OUTBOUND,
+                 tso: bool = False) -> None:
         self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
+        self.tso = tso            # the link takes frames beyond the MTU (pasta's tap)
         self.outbound = outbound
         self.send_frame, self.guest_mac = send_frame, guest_mac
         self.secret = secret
@@ -164,7 +166,9 @@ class TcpHandler:
             return
         self._tune(sock, seg.mss)
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
-        flow = Flow(tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now), sock, key)
+        conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now)
+        conn.tso = self.tso
+        flow = Flow(conn, sock, key)
         self._track(flow)
         host_dst = socket.inet_ntop(family, self.addrmap.to_host(inb.dst, seg.dport))
         code = sock.connect_ex((host_dst, seg.dport))
@@ -465,6 +469,7 @@ class TcpHandler:
             guest_mac=self.guest_mac(), guest_addr=params.addr, guest_port=listener.target_port,
             peer_addr=seen, peer_port=address[1], net=self.net, isn=isn,
             free=free, sndbuf=sndbuf, now=now)
+        conn.tso = self.tso
         flow = Flow(conn, sock, key)
         self._track(flow)
         self.loop.add_fd(fd, SOCKET_EVENTS, self._socket_event)
