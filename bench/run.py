@@ -39,18 +39,36 @@ class Served:
         self.ns = f"{topo.host}-b"
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         path = f"/run/netns/{self.ns}"
+        self.pidfile = f"/tmp/{self.ns}.pid"
         if name == "passt-sep":
             self._start([PASTA_SEP, "--config-net", "-q", "-m", str(mtu), "-t", str(SPLICE_PORT),
-                         "--netns", path])
+                         "-P", self.pidfile, "--netns", path])
         elif name == "pasta":
             # as root, distro pasta drops to nobody and cannot join: keep root
             self._start(["pasta", "--config-net", "-q", "--runas", "0:0", "-m", str(mtu),
-                         "-t", str(SPLICE_PORT), "--netns", path])
+                         "-t", str(SPLICE_PORT), "-P", self.pidfile, "--netns", path])
         else:
             self.proc = topo.spawn_host("slirp4netns", "--configure", f"--mtu={mtu}",
                                         "--netns-type=path", path, "tap0",
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()
+
+    def pid(self) -> int:
+        """The long-lived process: passt-sep's worker, pasta, slirp4netns
+        (its child under `ip netns exec`)."""
+        if self.name == "slirp4netns":
+            children = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
+                                      capture_output=True, text=True).stdout.split()
+            return int(children[0]) if children else self.proc.pid
+        with open(self.pidfile, encoding="ascii") as handle:
+            return int(handle.read())
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.pid()}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
 
     def _start(self, argv: list[str]) -> None:
         result = self.topo.run_host(*argv)
@@ -120,8 +138,9 @@ def splice(served: Served) -> float:
         server.wait()
 
 
-def latency(served: Served) -> float:
-    """Median microseconds of a 1-byte TCP request/response."""
+def latency(served: Served) -> tuple[float, float]:
+    """Median and 99th percentile microseconds of a 1-byte TCP
+    request/response."""
     script = ("import socket, time, statistics\n"
               f"c = socket.create_connection(('{REMOTE_ADDR4}', 7001), 5)\n"
               "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
@@ -129,9 +148,40 @@ def latency(served: Served) -> float:
               "for _ in range(2000):\n"
               "    t = time.perf_counter(); c.sendall(b'x'); c.recv(1)\n"
               "    samples.append(time.perf_counter() - t)\n"
-              "print(statistics.median(samples) * 1e6)")
-    out = served.run(sys.executable, "-c", script)
-    return float(out.strip() or "nan")
+              "samples.sort()\n"
+              "print(statistics.median(samples) * 1e6, samples[int(len(samples) * 0.99)] * 1e6)")
+    out = served.run(sys.executable, "-c", script).split()
+    return (float(out[0]), float(out[1])) if len(out) == 2 else (float("nan"), float("nan"))
+
+
+def connection_rate(served: Served) -> float:
+    """Connect, 1-byte request, response, close: per second, for SECONDS."""
+    script = ("import socket, time\n"
+              f"end = time.monotonic() + {SECONDS}; count = 0\n"
+              "while time.monotonic() < end:\n"
+              f"    c = socket.create_connection(('{REMOTE_ADDR4}', 7001), 5)\n"
+              "    c.sendall(b'x'); c.recv(1); c.close(); count += 1\n"
+              f"print(count / {SECONDS})")
+    out = served.run(sys.executable, "-c", script, timeout=SECONDS + 60).strip()
+    return float(out or "nan")
+
+
+def rss_with_connections(served: Served, count: int = 1000) -> float:
+    """MiB of the long-lived process while ``count`` connections are open."""
+    script = ("import socket, sys, time\n"
+              f"held = [socket.create_connection(('{REMOTE_ADDR4}', 7001), 10)"
+              f" for _ in range({count})]\n"
+              "print('open', flush=True); sys.stdin.readline()\n")
+    proc = subprocess.Popen(["ip", "netns", "exec", served.ns, sys.executable, "-c", script],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout is None or proc.stdout.readline().strip() != "open":
+            return float("nan")
+        time.sleep(0.5)
+        return served.rss_mib()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def startup(topo: Topology, name: str) -> float:
@@ -145,10 +195,14 @@ def startup(topo: Topology, name: str) -> float:
     return time.monotonic() - start
 
 
-ECHO_SERVER = ("import socket\ns = socket.create_server(('0.0.0.0', 7001))\n"
-               "while True:\n    c, _ = s.accept()\n"
+ECHO_SERVER = ("import socket, threading\n"
+               "s = socket.create_server(('0.0.0.0', 7001), backlog=2048)\n"
+               "def echo(c):\n"
                "    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
-               "    while (d := c.recv(1)):\n        c.sendall(d)\n")
+               "    while (d := c.recv(1)):\n        c.sendall(d)\n"
+               "    c.close()\n"
+               "while True:\n"
+               "    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()\n")
 
 
 def measure(names: list[str]) -> dict[str, dict[str, float]]:
@@ -167,7 +221,12 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                         add(f"tcp_out_gbps_mtu{mtu}", []).append(iperf(served, False))
                         add(f"tcp_in_gbps_mtu{mtu}", []).append(iperf(served, True))
                         if mtu == 65520:
-                            add("rr_latency_us", []).append(latency(served))
+                            add("rss_idle_mib", []).append(served.rss_mib())
+                            median, p99 = latency(served)
+                            add("rr_latency_us", []).append(median)
+                            add("rr_latency_p99_us", []).append(p99)
+                            add("connections_per_s", []).append(connection_rate(served))
+                            add("rss_1000_conns_mib", []).append(rss_with_connections(served))
                             add("splice_host_lo_to_ns_gbps", []).append(splice(served))
                             add("udp_out_gbps", []).append(udp_out(served))
                     finally:
