@@ -23,7 +23,7 @@ def _status(pid: int) -> dict[str, str]:
         return dict(line.split(":\t", 1) for line in handle.read().splitlines() if ":\t" in line)
 
 
-@pytest.fixture(params=["root", "rootless"])
+@pytest.fixture(params=["root", "root-runas", "rootless"])
 def daemon(request, topo: Topology, pasta: str, shared_tmp):
     """A daemonized pasta-sep serving a namespace; yields the worker's pid."""
     netns = f"{topo.host}-sb"
@@ -32,6 +32,8 @@ def daemon(request, topo: Topology, pasta: str, shared_tmp):
     rootless = request.param == "rootless"
     try:
         args = ["--config-net", "--netns", f"/run/netns/{netns}", "-P", str(pidfile), "-q"]
+        if request.param == "root-runas":
+            args += ["--runas", f"{RUNAS}:{RUNAS}"]
         if rootless:
             # an unprivileged caller must own the namespace: let it make one
             args = ["--config-net", "-P", str(pidfile), "-q", "--", "sleep", "30"]
@@ -48,6 +50,9 @@ def daemon(request, topo: Topology, pasta: str, shared_tmp):
         if proc is not None:
             proc.kill()
         subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+RUNAS = 12345
 
 
 def _wait_for(condition, timeout: float = 20.0) -> None:
@@ -70,6 +75,17 @@ def test_worker_has_no_capabilities_and_is_locked(daemon) -> None:
     assert int(status["CapAmb"], 16) == 0
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2"
+
+
+def test_worker_runs_as_nobody_or_the_runas_user(daemon, request) -> None:
+    """Real root switches to nobody like passt, or to --runas; rootless
+    stays the caller (65534 here) inside its own user namespace."""
+    worker, _, _ = daemon
+    expected = RUNAS if "root-runas" in request.node.name else 65534
+    status = _status(worker)
+    assert {int(x) for x in status["Uid"].split()} == {expected}
+    assert {int(x) for x in status["Gid"].split()} == {expected}
+    assert status["Groups"].split() == []
 
 
 def test_worker_root_is_empty_and_namespaces_are_its_own(daemon) -> None:
