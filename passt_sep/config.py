@@ -24,6 +24,7 @@ BOTH, PASST, PASTA = "both", "passt", "pasta"
 IFNAMSIZ = 16
 MIN_MTU, MAX_MTU = 68, 65520
 SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+DEFAULT_LOG_SIZE = 1 << 20          # --log-size, as passt
 
 
 class ShowText(Exception):
@@ -43,7 +44,7 @@ class Config:
     foreground: bool = False
     stderr: bool = False
     log_file: str | None = None
-    log_size: int | None = None
+    log_size: int | None = DEFAULT_LOG_SIZE
     runas: str | None = None
     pcap: str | None = None
     pid_file: str | None = None
@@ -373,7 +374,7 @@ def _addr(version: int | None = None) -> Callable[[str, str], str]:
 
 def _int_range(low: int, high: int) -> Callable[[str, str], int]:
     def convert(value: str, name: str) -> int:
-        if not value.isdigit() or not low <= int(value) <= high:
+        if not _decimal(value) or not low <= int(value) <= high:
             raise ConfigError(f"Invalid value for {name}: {value} (must be {low} to {high})")
         return int(value)
     return convert
@@ -381,9 +382,15 @@ def _int_range(low: int, high: int) -> Callable[[str, str], int]:
 
 def _size(value: str, name: str) -> int:
     number, suffix = (value[:-1], value[-1].lower()) if value[-1:].isalpha() else (value, "")
-    if not number.isdigit() or (suffix and suffix not in SIZE_SUFFIXES):
+    if not _decimal(number) or (suffix and suffix not in SIZE_SUFFIXES):
         raise ConfigError(f"Invalid size for {name}: {value}")
     return int(number) * SIZE_SUFFIXES.get(suffix, 1)
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '١٥', which
+    int() then rejects or reads."""
+    return text.isascii() and text.isdigit()
 
 
 def _ifname(value: str, name: str) -> str:
@@ -414,12 +421,18 @@ def _text(value: str, name: str) -> str:
 
 
 def _netmask(value: str, name: str) -> int:
-    if value.isdigit() and int(value) <= 32:
+    """A prefix length or a dotted netmask (leading ones only, not a host
+    mask such as 0.0.0.255)."""
+    if _decimal(value) and int(value) <= 32:
         return int(value)
     try:
-        return ipaddress.IPv4Network(f"0.0.0.0/{value}").prefixlen
+        mask = int(ipaddress.IPv4Address(value))
     except ValueError:
         raise ConfigError(f"Invalid netmask for {name}: {value}") from None
+    prefix = bin(mask).count("1")
+    if mask != (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:
+        raise ConfigError(f"Invalid netmask for {name}: {value}")
+    return prefix
 
 
 SINGLE: dict[str, tuple[str, Callable[[str, str], Any]]] = {
@@ -519,7 +532,7 @@ def _positionals(values: dict[str, Any], positional: list[str], mode: str) -> No
         return
     if mode == PASST:
         raise ConfigError(f"Unexpected argument: {positional[0]}")
-    if len(positional) == 1 and positional[0].isdigit():
+    if len(positional) == 1 and _decimal(positional[0]):
         values["target_pid"] = int(positional[0])
         return
     values["command"] = tuple(positional)

@@ -30,8 +30,14 @@ class Logger:
         self.suppressed: dict[str, int] = {}
 
     def to_fd(self, fd: int | None, log_size: int | None = None) -> None:
-        self.fd, self.syslog, self.log_size = fd, None, log_size
-        self.written = os.lseek(fd, 0, os.SEEK_END) if fd is not None and log_size else 0
+        """Log to ``fd``; with ``log_size``, a file is emptied before it would
+        grow past it (a pipe or terminal cannot be, and is left unbounded)."""
+        self.fd, self.syslog, self.log_size, self.written = fd, None, log_size, 0
+        if fd is not None and log_size:
+            try:
+                self.written = os.lseek(fd, 0, os.SEEK_END)
+            except OSError:
+                self.log_size = None
 
     def to_syslog(self, sock: socket.socket | None) -> None:
         self.fd, self.syslog = None, sock
@@ -47,15 +53,15 @@ class Logger:
 
     def _write(self, data: bytes) -> None:
         assert self.fd is not None
-        if self.log_size and self.written + len(data) > self.log_size:
-            os.ftruncate(self.fd, 0)
-            os.lseek(self.fd, 0, os.SEEK_SET)
-            self.written = 0
         try:
+            if self.log_size and self.written + len(data) > self.log_size:
+                os.ftruncate(self.fd, 0)
+                os.lseek(self.fd, 0, os.SEEK_SET)
+                self.written = 0
             os.write(self.fd, data)
             self.written += len(data)
         except OSError:
-            pass
+            pass             # nowhere left to say it: the log must never stop the loop
 
     def _send_syslog(self, level: int, message: str) -> None:
         assert self.syslog is not None

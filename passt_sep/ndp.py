@@ -13,10 +13,21 @@ from dataclasses import dataclass
 
 from .dnswire import encode_names
 from .netparams import Network
-from .packet import IPPROTO_ICMPV6, Drop, Inbound, build_ethernet, build_ipv6, l4_checksum
+from .packet import (
+    IPPROTO_ICMPV6,
+    IPV6_HLEN,
+    Drop,
+    Inbound,
+    build_ethernet,
+    build_ipv6,
+    l4_checksum,
+)
 
 ROUTER_SOLICIT, ROUTER_ADVERT, NEIGHBOUR_SOLICIT, NEIGHBOUR_ADVERT = 133, 134, 135, 136
 OPT_SOURCE_LL, OPT_TARGET_LL, OPT_PREFIX, OPT_MTU, OPT_RDNSS, OPT_DNSSL = 1, 2, 3, 5, 25, 31
+MAX_OPTION = 255 * 8           # the option length field counts 8-octet units
+OPTION_OVERHEAD = 2 + 6 + 7    # type, length, reserved and lifetime, worst padding
+MAX_RA_MTU = 1500              # one advertisement stays within a usual link's MTU
 NA_ROUTER, NA_SOLICITED, NA_OVERRIDE = 0x80000000, 0x40000000, 0x20000000
 RA_MANAGED, RA_OTHER = 0x80, 0x40
 PREFIX_ON_LINK, PREFIX_AUTONOMOUS = 0x80, 0x40
@@ -56,6 +67,32 @@ def build_option(kind: int, body: bytes) -> bytes:
     """Type, length in 8-octet units, body padded to a multiple of 8."""
     total = -(-(len(body) + 2) // 8) * 8
     return bytes([kind, total // 8]) + body + bytes(total - 2 - len(body))
+
+
+def _list_options(kind: int, items: list[bytes], room: int) -> list[bytes]:
+    """RDNSS or DNSSL options carrying ``items`` (addresses, encoded names)
+    in at most ``room`` bytes: as many options as the 8-bit option length
+    needs (RFC 8106 allows several); what does not fit is left out."""
+    options: list[bytes] = []
+    chunk = b""
+
+    def flush() -> None:
+        nonlocal chunk, room
+        option = build_option(kind, struct.pack("!HI", 0, DNS_LIFETIME) + chunk)
+        options.append(option)
+        room -= len(option)
+        chunk = b""
+
+    for item in items:
+        if OPTION_OVERHEAD + len(chunk) + len(item) > min(MAX_OPTION, room):
+            if chunk:
+                flush()
+            if OPTION_OVERHEAD + len(item) > min(MAX_OPTION, room):
+                break
+        chunk += item
+    if chunk:
+        flush()
+    return options
 
 
 def handle_ndp(net: Network, inb: Inbound, send_ra: bool, managed: bool = True,
@@ -110,12 +147,12 @@ def router_advertisement(net: Network, dst_mac: bytes | None = None,
         INFINITE, INFINITE, 0, net.ipv6.prefix))
     body += build_option(OPT_MTU, struct.pack("!HI", 0, min(max(net.mtu, MIN_MTU), MAX_MTU)))
     body += build_option(OPT_SOURCE_LL, net.our_mac)
-    if net.ipv6.dns:
-        body += build_option(OPT_RDNSS, struct.pack("!HI", 0, DNS_LIFETIME)
-                             + b"".join(net.ipv6.dns))
-    if net.search:
-        body += build_option(OPT_DNSSL, struct.pack("!HI", 0, DNS_LIFETIME)
-                             + encode_names(net.search))
+    room = min(net.mtu, MAX_RA_MTU) - IPV6_HLEN - 4 - len(body)
+    for kind, items in ((OPT_RDNSS, list(net.ipv6.dns)),
+                        (OPT_DNSSL, [encode_names((domain,)) for domain in net.search])):
+        for option in _list_options(kind, items, room):
+            body += option
+            room -= len(option)
     return _icmpv6_frame(net, dst_mac or ALL_NODES_MAC, net.our_link_local,
                          dst_ip or ALL_NODES, ROUTER_ADVERT, body)
 

@@ -92,12 +92,17 @@ def _parse_one(spec: str, mode: str, option: str) -> tuple[str, list[ForwardRule
     return kind, _rules(ports, address, interface, spec, option, everything=kind == "all")
 
 
+def _decimal(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _split_bind(spec: str, option: str) -> tuple[str | None, str | None, str]:
     if "/" not in spec:
         return None, None, spec
     bind, ports = spec.rsplit("/", 1)
     address, _, interface = bind.partition("%")
-    if "%" in bind and not 0 < len(interface) < IFNAMSIZ:
+    if "%" in bind and (not 0 < len(interface) < IFNAMSIZ or "/" in interface
+                        or any(c.isspace() for c in interface)):
         raise ConfigError(f"Invalid interface in port specifier: {spec} (option {option})")
     if address:
         try:
@@ -145,8 +150,8 @@ def _range(text: str, spec: str, option: str, allow_zero: bool = False) -> tuple
     except ValueError:
         raise ConfigError(f"Invalid port specifier: {spec} (option {option})") from None
     low = 0 if allow_zero else 1
-    if not (low <= first <= last <= MAX_PORT) or not first_text.isdigit() or (
-            sep and not last_text.isdigit()):
+    if not (low <= first <= last <= MAX_PORT) or not _decimal(first_text) or (
+            sep and not _decimal(last_text)):
         raise ConfigError(f"Invalid port specifier: {spec} (option {option})")
     return first, last
 

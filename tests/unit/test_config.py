@@ -1,0 +1,472 @@
+"""The passt/pasta command line: defaults per mode, every option of
+``OPTIONS`` in each of its documented forms, one-line errors, help, version."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from passt_sep import __version__
+from passt_sep.config import (
+    OPTIONS,
+    Config,
+    ConfigError,
+    ShowText,
+    mode_for,
+    parse_args,
+    usage,
+    version_text,
+)
+from passt_sep.ports import Forwarding, ForwardRule
+
+NONE, AUTO = Forwarding("none", ()), Forwarding("auto", ())
+PROG = {"passt": "passt-sep", "pasta": "pasta-sep"}
+BY_LONG = {opt.long: opt for opt in OPTIONS}
+
+
+def parse(*argv: str, mode: str = "passt") -> Config:
+    return parse_args(list(argv), PROG[mode])
+
+
+def error(*argv: str, mode: str = "passt") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(*argv, mode=mode)
+    assert type(info.value) is ConfigError
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+# -- defaults -------------------------------------------------------------------------
+
+def test_passt_defaults() -> None:
+    config = parse()
+    assert config == Config(mode="passt")
+    assert (config.tcp_ports, config.udp_ports, config.tcp_ns, config.udp_ns) == (
+        NONE, NONE, NONE, NONE)
+    assert (config.max_flows, config.mtu, config.socket_path, config.fd) == (8192, None,
+                                                                            None, None)
+    assert config.command == () and config.target_pid is None
+    assert not any(getattr(config, flag) for flag in ("debug", "quiet", "foreground",
+                                                      "no_tcp", "one_off", "no_map_gw"))
+
+
+def test_pasta_defaults() -> None:
+    config = parse(mode="pasta")
+    assert config == Config(mode="pasta", tcp_ports=AUTO, udp_ports=AUTO, tcp_ns=AUTO,
+                            udp_ns=AUTO)
+
+
+@pytest.mark.parametrize("prog, mode", [
+    ("passt", "passt"), ("passt-sep", "passt"), ("/usr/bin/passt.avx2", "passt"),
+    ("qemu-helper", "passt"), ("", "passt"), ("/opt/pasta/bin/passt", "passt"),
+    ("pasta", "pasta"), ("pasta-sep", "pasta"), ("/usr/local/bin/pasta.avx2", "pasta"),
+])
+def test_mode_follows_program_name(prog: str, mode: str) -> None:
+    assert mode_for(prog) == mode
+    assert parse_args([], prog).mode == mode
+
+
+def test_mode_option_overrides_program_name() -> None:
+    assert parse("--mode", "pasta") == parse(mode="pasta")
+    assert parse("--mode=passt", mode="pasta") == parse()
+    assert parse("--mode", "pasta", "--mode", "passt").mode == "passt"     # last one wins
+    assert error("--mode", "vde") == "Invalid mode: vde (use passt or pasta)"
+
+
+def test_log_size_default_is_the_documented_one_mebibyte() -> None:
+    assert BY_LONG["--log-size"].default == "1m"
+    assert parse("-l", "/tmp/passt-sep.log").log_size == 1 << 20
+
+
+# -- every option ------------------------------------------------------------------
+
+# long option -> (value or None for a flag, expected Config changes, extra argv, mode)
+CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
+    "--debug": (None, {"debug": True}, (), "passt"),
+    "--trace": (None, {"trace": True, "debug": True}, (), "passt"),
+    "--quiet": (None, {"quiet": True}, (), "passt"),
+    "--foreground": (None, {"foreground": True}, (), "passt"),
+    "--stderr": (None, {"stderr": True}, (), "passt"),
+    "--log-file": ("/tmp/passt-sep.log", {"log_file": "/tmp/passt-sep.log"}, (), "passt"),
+    "--log-size": ("64k", {"log_size": 65536}, (), "passt"),
+    "--runas": ("1000:1000", {"runas": "1000:1000"}, (), "passt"),
+    "--pcap": ("/tmp/dump.pcap", {"pcap": "/tmp/dump.pcap"}, (), "passt"),
+    "--pid": ("/run/p.pid", {"pid_file": "/run/p.pid"}, (), "passt"),
+    "--pid-file": ("/run/p.pid", {"pid_file": "/run/p.pid"}, (), "passt"),
+    "--mtu": ("1500", {"mtu": 1500}, (), "passt"),
+    "--address": ("192.0.2.5", {"address4": "192.0.2.5"}, (), "passt"),
+    "--netmask": ("255.255.255.0", {"prefix4": 24}, (), "passt"),
+    "--mac-addr": ("02:00:00:AB:CD:EF", {"mac_addr": "02:00:00:ab:cd:ef"}, (), "passt"),
+    "--gateway": ("2001:db8::1", {"gateway6": "2001:db8::1"}, (), "passt"),
+    "--interface": ("eth0", {"interface": "eth0"}, (), "passt"),
+    "--outbound": ("2001:DB8::5", {"outbound6": "2001:db8::5"}, (), "passt"),
+    "--outbound-if4": ("eth1", {"outbound_if4": "eth1"}, (), "passt"),
+    "--outbound-if6": ("wlan0", {"outbound_if6": "wlan0"}, (), "passt"),
+    "--dns": ("192.0.2.53", {"dns": ("192.0.2.53",)}, (), "passt"),
+    "--dns-forward": ("192.0.2.253", {"dns_forward": ("192.0.2.253",)}, (), "passt"),
+    "--search": ("example.test lab.example.test",
+                 {"search": ("example.test", "lab.example.test")}, (), "passt"),
+    "--no-dhcp-dns": (None, {"no_dhcp_dns": True}, (), "passt"),
+    "--no-dhcp-search": (None, {"no_dhcp_search": True}, (), "passt"),
+    "--no-tcp": (None, {"no_tcp": True}, (), "passt"),
+    "--no-udp": (None, {"no_udp": True}, (), "passt"),
+    "--no-icmp": (None, {"no_icmp": True}, (), "passt"),
+    "--no-dhcp": (None, {"no_dhcp": True}, (), "passt"),
+    "--no-ndp": (None, {"no_ndp": True}, (), "passt"),
+    "--no-dhcpv6": (None, {"no_dhcpv6": True}, (), "passt"),
+    "--no-ra": (None, {"no_ra": True}, (), "passt"),
+    "--freebind": (None, {"freebind": True}, (), "passt"),
+    "--no-map-gw": (None, {"no_map_gw": True}, (), "passt"),
+    "--map-gw": (None, {}, (), "passt"),
+    "--map-host-loopback": ("192.0.2.2", {"map_host_loopback": "192.0.2.2"}, (), "passt"),
+    "--map-guest-addr": ("2001:db8::3", {"map_guest_addr": "2001:db8::3"}, (), "passt"),
+    "--ipv4-only": (None, {"ipv4_only": True}, (), "passt"),
+    "--ipv6-only": (None, {"ipv6_only": True}, (), "passt"),
+    "--tcp-ports": ("22:2222", {"tcp_ports": Forwarding("spec", (ForwardRule(22, 22, 2222),))},
+                    (), "passt"),
+    "--udp-ports": ("53", {"udp_ports": Forwarding("spec", (ForwardRule(53, 53, 53),))},
+                    (), "passt"),
+    "--max-flows": ("100", {"max_flows": 100}, (), "passt"),
+    "--socket": ("/tmp/s.socket", {"socket_path": "/tmp/s.socket"}, (), "passt"),
+    "--fd": ("3", {"fd": 3}, (), "passt"),
+    "--one-off": (None, {"one_off": True}, (), "passt"),
+    "--ns-ifname": ("eth0", {"ns_ifname": "eth0"}, (), "pasta"),
+    "--tcp-ns": ("8080", {"tcp_ns": Forwarding("spec", (ForwardRule(8080, 8080, 8080),))},
+                 (), "pasta"),
+    "--udp-ns": ("none", {"udp_ns": NONE}, (), "pasta"),
+    "--userns": ("/proc/1/ns/user", {"userns": "/proc/1/ns/user", "netns": "ns1"},
+                 ("--netns", "ns1"), "pasta"),
+    "--netns": ("/run/netns/ns1", {"netns": "/run/netns/ns1"}, (), "pasta"),
+    "--netns-only": (None, {"netns_only": True, "target_pid": 4242}, ("4242",), "pasta"),
+    "--no-netns-quit": (None, {"no_netns_quit": True}, (), "pasta"),
+    "--config-net": (None, {"config_net": True}, (), "pasta"),
+    "--ns-mac-addr": ("02:00:00:00:00:01", {"ns_mac_addr": "02:00:00:00:00:01"}, (), "pasta"),
+    "--no-splice": (None, {"no_splice": True}, (), "pasta"),
+    "--no-copy-routes": (None, {"no_copy_routes": True}, (), "pasta"),
+    "--no-copy-addrs": (None, {"no_copy_addrs": True}, (), "pasta"),
+}
+SPECIAL = {"--help", "--version", "--mode"}
+
+
+def test_every_option_has_a_case() -> None:
+    assert set(CASES) | SPECIAL == set(BY_LONG)
+    for name, (value, _, _, mode) in CASES.items():
+        opt = BY_LONG[name]
+        assert (value is None) == (opt.arg is None), name
+        assert opt.modes in ("both", mode), name
+
+
+def forms(name: str, value: str | None) -> list[list[str]]:
+    short = BY_LONG[name].short
+    if value is None:
+        return [[name]] + ([[short]] if short else [])
+    out = [[name, value], [f"{name}={value}"]]
+    if short:
+        out += [[short, value], [short + value]]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_option_in_every_form(name: str) -> None:
+    value, changes, extra, mode = CASES[name]
+    expected = replace(parse(mode=mode), **changes)
+    for argv in forms(name, value):
+        assert parse(*argv, *extra, mode=mode) == expected, argv
+    if BY_LONG[name].modes == "both":
+        other = "pasta" if mode == "passt" else "passt"
+        assert parse(*forms(name, value)[0], *extra, mode=other) == replace(
+            parse(mode=other), **changes)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if BY_LONG[n].modes != "both"))
+def test_mode_specific_option_refused_in_the_other_mode(name: str) -> None:
+    value, _, extra, mode = CASES[name]
+    other = "pasta" if mode == "passt" else "passt"
+    for argv in forms(name, value):
+        given_as = argv[0].split("=")[0] if argv[0].startswith("--") else argv[0][:2]
+        assert error(*argv, *extra, mode=other) == f"{given_as} is only valid in {mode} mode"
+
+
+def test_both_families_of_per_family_options() -> None:
+    config = parse("-a", "192.0.2.5", "-a", "2001:db8::5", "-g", "192.0.2.1", "-g", "fe80::1",
+                   "-o", "192.0.2.9", "-o", "::ffff:1.2.3.4")
+    assert (config.address4, config.address6) == ("192.0.2.5", "2001:db8::5")
+    assert (config.gateway4, config.gateway6) == ("192.0.2.1", "fe80::1")
+    assert (config.outbound4, config.outbound6) == ("192.0.2.9", "::ffff:102:304")
+
+
+def test_repeatable_options_accumulate() -> None:
+    config = parse("-D", "192.0.2.53", "--dns", "2001:db8::53", "--dns-forward", "192.0.2.1",
+                   "--dns-forward", "192.0.2.2", "-S", "a.test,b.test", "-S", "c.test",
+                   "-t", "22", "-t", "80:8080", "-u", "53")
+    assert config.dns == ("192.0.2.53", "2001:db8::53")
+    assert config.dns_forward == ("192.0.2.1", "192.0.2.2")
+    assert config.search == ("a.test", "b.test", "c.test")
+    assert config.tcp_ports == Forwarding("spec", (ForwardRule(22, 22, 22),
+                                                   ForwardRule(80, 80, 8080)))
+
+
+def test_none_values_of_dns_and_search() -> None:
+    config = parse("-D", "none", "-S", "none")
+    assert (config.dns_none, config.dns, config.search_none, config.search) == (
+        True, (), True, ())
+
+
+def test_pasta_port_options() -> None:
+    config = parse("-t", "none", "-u", "22", "-T", "auto", "-U", "53:5353", mode="pasta")
+    assert (config.tcp_ports, config.tcp_ns, config.udp_ns.rules) == (
+        NONE, AUTO, (ForwardRule(53, 53, 5353),))
+    assert config.udp_ports == Forwarding("spec", (ForwardRule(22, 22, 22),))
+    assert parse("-t", "all").tcp_ports.mode == "all"
+    assert error("-t", "all", mode="pasta") == \
+        "'all' port forwarding is only allowed for passt (option -t)"
+    assert error("--tcp-ports", "auto") == \
+        "'auto' port forwarding is only allowed for pasta (option -t)"
+    assert error("--udp-ns=0", mode="pasta") == "Invalid port specifier: 0 (option -U)"
+
+
+@pytest.mark.parametrize("argv, changes", [
+    (["-dfq"], {"debug": True, "foreground": True, "quiet": True}),
+    (["-dm1500"], {"debug": True, "mtu": 1500}),
+    (["-dm", "1500"], {"debug": True, "mtu": 1500}),
+    (["-t22,80"], {"tcp_ports": Forwarding("spec", (ForwardRule(22, 22, 22),
+                                                    ForwardRule(80, 80, 80)))}),
+    (["-1fs", "/tmp/x"], {"one_off": True, "foreground": True, "socket_path": "/tmp/x"}),
+    (["-n24"], {"prefix4": 24}),
+    (["-D", "::1", "-D::2"], {"dns": ("::1", "::2")}),
+])
+def test_short_option_bundles(argv: list[str], changes: dict) -> None:
+    assert parse(*argv) == replace(parse(), **changes)
+
+
+@pytest.mark.parametrize("value, size", [("0", 0), ("1024", 1024), ("64k", 65536),
+                                         ("64K", 65536), ("1m", 1 << 20), ("3M", 3 << 20),
+                                         ("2g", 2 << 30)])
+def test_log_sizes(value: str, size: int) -> None:
+    assert parse("--log-size", value).log_size == size
+
+
+@pytest.mark.parametrize("value, prefix", [("24", 24), ("0", 0), ("32", 32), ("8", 8),
+                                           ("255.255.255.0", 24), ("255.255.0.0", 16),
+                                           ("255.255.255.255", 32), ("255.255.255.252", 30),
+                                           ("128.0.0.0", 1), ("0.0.0.0", 0)])
+def test_netmasks(value: str, prefix: int) -> None:
+    assert parse("-n", value).prefix4 == prefix
+
+
+@pytest.mark.parametrize("value", ["0.0.0.255", "0.0.255.255", "0.255.255.255"])
+def test_host_masks_are_not_netmasks(value: str) -> None:
+    assert error("-n", value) == f"Invalid netmask for --netmask: {value}"
+
+
+@pytest.mark.parametrize("runas", ["nobody", "1000", "1000:1000", "user:group", "0:0"])
+def test_runas_forms(runas: str) -> None:
+    assert parse("--runas", runas).runas == runas
+
+
+# -- pasta's positional arguments --------------------------------------------------------
+
+@pytest.mark.parametrize("argv, changes", [
+    (["4242"], {"target_pid": 4242}),
+    (["sh", "-c", "exit 3"], {"command": ("sh", "-c", "exit 3")}),
+    (["-d", "ls", "-l", "--debug"], {"debug": True, "command": ("ls", "-l", "--debug")}),
+    (["--", "-x", "y"], {"command": ("-x", "y")}),
+    (["--config-net", "--", "4242"], {"config_net": True, "target_pid": 4242}),
+    (["12", "34"], {"command": ("12", "34")}),
+    (["-"], {"command": ("-",)}),
+    (["--netns-only", "--netns", "n1"], {"netns_only": True, "netns": "n1"}),
+])
+def test_pasta_positionals(argv: list[str], changes: dict) -> None:
+    assert parse(*argv, mode="pasta") == replace(parse(mode="pasta"), **changes)
+
+
+# -- errors -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, mode, message", [
+    (["--bogus"], "passt", "Unknown option: --bogus"),
+    (["-x"], "passt", "Unknown option: -x"),
+    (["-dZ"], "passt", "Unknown option: -Z"),
+    (["--debug=yes"], "passt", "Option --debug takes no argument"),
+    (["--mtu"], "passt", "Option --mtu requires an argument"),
+    (["-m"], "passt", "Option -m requires an argument"),
+    (["-dm"], "passt", "Option -m requires an argument"),
+    (["--mtu", "67"], "passt", "Invalid value for --mtu: 67 (must be 68 to 65520)"),
+    (["-m", "65521"], "passt", "Invalid value for --mtu: 65521 (must be 68 to 65520)"),
+    (["--mtu=1500b"], "passt", "Invalid value for --mtu: 1500b (must be 68 to 65520)"),
+    (["--mtu="], "passt", "Invalid value for --mtu:  (must be 68 to 65520)"),
+    (["--mtu", "-1"], "passt", "Invalid value for --mtu: -1 (must be 68 to 65520)"),
+    (["--max-flows", "0"], "passt", "Invalid value for --max-flows: 0 (must be 1 to 1048576)"),
+    (["--max-flows", "1048577"], "passt",
+     "Invalid value for --max-flows: 1048577 (must be 1 to 1048576)"),
+    (["-F", "x"], "passt", "Invalid value for --fd: x (must be 0 to 1073741824)"),
+    (["-a", "192.0.2"], "passt", "Invalid address for --address: 192.0.2"),
+    (["-g", "2001:db8::g"], "passt", "Invalid address for --gateway: 2001:db8::g"),
+    (["-o", "eth0"], "passt", "Invalid address for --outbound: eth0"),
+    (["-D", "dns.example"], "passt", "Invalid address for -D: dns.example"),
+    (["--dns-forward", "1.2.3.4.5"], "passt", "Invalid address for --dns-forward: 1.2.3.4.5"),
+    (["--map-host-loopback", "x"], "passt", "Invalid address for --map-host-loopback: x"),
+    (["--map-guest-addr", ""], "passt", "Invalid address for --map-guest-addr: "),
+    (["-n", "33"], "passt", "Invalid netmask for --netmask: 33"),
+    (["-n", "255.0.255.0"], "passt", "Invalid netmask for --netmask: 255.0.255.0"),
+    (["-n", "/24"], "passt", "Invalid netmask for --netmask: /24"),
+    (["-M", "00:11:22:33:44"], "passt", "Invalid MAC address for --mac-addr: 00:11:22:33:44"),
+    (["-M", "0:1:2:3:4:5"], "passt", "Invalid MAC address for --mac-addr: 0:1:2:3:4:5"),
+    (["-M", "00:11:22:33:44:gg"], "passt",
+     "Invalid MAC address for --mac-addr: 00:11:22:33:44:gg"),
+    (["--ns-mac-addr", "001122334455"], "pasta",
+     "Invalid MAC address for --ns-mac-addr: 001122334455"),
+    (["-i", ""], "passt", "Invalid interface name for --interface: "),
+    (["-i", "abcdefghijklmnop"], "passt",
+     "Invalid interface name for --interface: abcdefghijklmnop"),
+    (["--outbound-if4", "a/b"], "passt", "Invalid interface name for --outbound-if4: a/b"),
+    (["--outbound-if6", "a b"], "passt", "Invalid interface name for --outbound-if6: a b"),
+    (["-I", "eth\t0"], "pasta", "Invalid interface name for --ns-ifname: eth\t0"),
+    (["--runas", "user:"], "passt", "Invalid user for --runas: user:"),
+    (["--runas", ":group"], "passt", "Invalid user for --runas: :group"),
+    (["--runas", "a b"], "passt", "Invalid user for --runas: a b"),
+    (["--log-size", "1x"], "passt", "Invalid size for --log-size: 1x"),
+    (["--log-size", "k"], "passt", "Invalid size for --log-size: k"),
+    (["--log-size", "1.5m"], "passt", "Invalid size for --log-size: 1.5m"),
+    (["--log-size="], "passt", "Invalid size for --log-size: "),
+    (["-l", ""], "passt", "Empty value for --log-file"),
+    (["-p", ""], "passt", "Empty value for --pcap"),
+    (["--netns="], "pasta", "Empty value for --netns"),
+    (["-S", "a..b"], "passt", "Invalid search domain: a..b"),
+    (["-S", "."], "passt", "Invalid search domain: ."),
+    (["-S", "x" * 64 + ".test"], "passt", f"Invalid search domain: {'x' * 64}.test"),
+    (["-S", ("a" * 60 + ".") * 4 + "bcdefghijklmn"], "passt",
+     f"Invalid search domain: {('a' * 60 + '.') * 4}bcdefghijklmn"),
+    (["-a", "10.0.0.1", "-a", "10.0.0.2"], "passt", "Multiple --address options given"),
+    (["-m", "1500", "--mtu", "9000"], "passt", "Multiple --mtu options given"),
+    (["-P", "a", "--pid-file", "b"], "passt", "Multiple --pid-file options given"),
+    (["--pid", "a", "--pid", "b"], "passt", "Multiple --pid options given"),
+    (["-i", "a", "-i", "b"], "passt", "Multiple --interface options given"),
+    (["-4", "-6"], "passt", "Options -4 and -6 are mutually exclusive"),
+    (["-46"], "pasta", "Options -4 and -6 are mutually exclusive"),
+    (["-F", "3", "-s", "/tmp/s"], "passt", "Options --fd and --socket are mutually exclusive"),
+    (["--netns", "n1", "4242"], "pasta", "--netns cannot be combined with a PID or a command"),
+    (["--netns", "n1", "sh"], "pasta", "--netns cannot be combined with a PID or a command"),
+    (["--netns-only"], "pasta", "--netns-only requires --netns or a PID"),
+    (["--netns-only", "sh"], "pasta", "--netns-only requires --netns or a PID"),
+    (["--userns", "/proc/1/ns/user"], "pasta", "--userns requires --netns or a PID"),
+    (["foo"], "passt", "Unexpected argument: foo"),
+    (["-d", "--", "-d"], "passt", "Unexpected argument: -d"),
+    (["-t", "none", "-t", "22"], "passt",
+     "'none' cannot be combined with other port specifiers (option -t)"),
+    (["-I", "eth0"], "passt", "-I is only valid in pasta mode"),
+    (["--netns", "n1"], "passt", "--netns is only valid in pasta mode"),
+    (["-s", "/tmp/s"], "pasta", "-s is only valid in passt mode"),
+    (["--one-off"], "pasta", "--one-off is only valid in passt mode"),
+])
+def test_errors(argv: list[str], mode: str, message: str) -> None:
+    assert error(*argv, mode=mode) == message
+
+
+@pytest.mark.parametrize("argv", [["--mtu", "²"], ["-n", "²"], ["--log-size", "²"],
+                                  ["--max-flows", "²"], ["--fd", "²"], ["-F", "³"]])
+def test_non_ascii_digits_are_config_errors(argv: list[str]) -> None:
+    error(*argv)
+
+
+def test_superscript_command_is_a_command_not_a_crash() -> None:
+    assert parse("²", mode="pasta").command == ("²",)
+
+
+# -- help and version ------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["passt", "pasta"])
+def test_help_lists_the_options_of_the_mode(mode: str) -> None:
+    for argv in (["-h"], ["--help"], ["-dh"], ["--mtu", "1", "-h"]):
+        with pytest.raises(ShowText) as info:
+            parse(*argv, mode=mode)
+        assert info.value.text == usage(mode)
+    text = usage(mode)
+    prog = PROG[mode]
+    assert text.startswith(f"Usage: {prog} [OPTION]...")
+    for opt in OPTIONS:
+        shown = f" {opt.long}" in text
+        assert shown == (opt.modes in ("both", mode)), opt.long
+        if shown and opt.default:
+            assert f"(default: {opt.default})" in text
+        if shown and opt.short:
+            assert f"{opt.short}, {opt.long}" in text
+    if mode == "pasta":
+        assert f"{prog} [OPTION]... PID" in text
+        assert f"{prog} [OPTION]... --netns [PATH|NAME]" in text
+
+
+def test_help_follows_the_mode_option_and_bad_options_come_first() -> None:
+    with pytest.raises(ShowText) as info:
+        parse("--help", "--mode", "pasta")
+    assert info.value.text == usage("pasta")
+    assert error("--bogus", "-h") == "Unknown option: --bogus"
+    assert error("--mode", "x", "-h") == "Invalid mode: x (use passt or pasta)"
+
+
+def test_version() -> None:
+    with pytest.raises(ShowText) as info:
+        parse("--version", mode="pasta")
+    assert info.value.text == version_text()
+    assert info.value.text.splitlines()[0] == f"passt-sep {__version__}"
+    assert "GPLv2+" in info.value.text
+    with pytest.raises(ShowText) as info:
+        parse("--version", "-h")
+    assert info.value.text == version_text()
+    with pytest.raises(ShowText) as info:
+        parse("-h", "--version")
+    assert info.value.text == usage("passt")
+
+
+def test_show_text_is_not_a_config_error() -> None:
+    assert not issubclass(ShowText, ConfigError)
+
+
+# -- serialisation and properties -------------------------------------------------------
+
+@pytest.mark.parametrize("argv, mode", [
+    ([], "passt"), ([], "pasta"),
+    (["-t", "22-80:1022-1080,~50", "-u", "all", "-D", "::1", "-S", "a.test", "-m", "9000",
+      "--log-size", "2m", "-a", "192.0.2.9"], "passt"),
+    (["-T", "8080", "--netns", "n1", "--config-net", "-I", "tap0"], "pasta"),
+    (["sh", "-c", "true"], "pasta"),
+])
+def test_dict_round_trip(argv: list[str], mode: str) -> None:
+    config = parse(*argv, mode=mode)
+    data = config.to_dict()
+    assert all(not isinstance(v, (tuple, Forwarding)) for v in data.values())
+    assert Config.from_dict(data) == config
+
+
+def test_from_dict_refuses_unknown_keys() -> None:
+    data = parse().to_dict()
+    data["bogus"] = 1
+    with pytest.raises(ConfigError, match=r"^unknown configuration keys: \['bogus'\]$"):
+        Config.from_dict(data)
+
+
+TOKENS = [name for opt in OPTIONS for name in (opt.short, opt.long) if name] + [
+    "--", "-", "--bogus", "-dq", "22", "none", "auto", "all", "192.0.2.1", "::1", "eth0",
+    "1500", "64k", "255.255.255.0", "02:00:00:00:00:01", "example.test", "--mtu=9000"]
+printable = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+
+
+@given(st.lists(st.one_of(st.sampled_from(TOKENS), printable), max_size=8),
+       st.sampled_from(["passt", "pasta"]))
+def test_any_command_line_is_a_config_help_or_one_line_error(argv: list[str],
+                                                             mode: str) -> None:
+    try:
+        config = parse(*argv, mode=mode)
+    except ShowText as shown:
+        assert shown.text in (usage("passt"), usage("pasta"), version_text())
+        return
+    except ConfigError as exc:
+        assert type(exc) is ConfigError
+        message = str(exc)
+        assert message and "\n" not in message
+        return
+    assert config.mode in ("passt", "pasta")
+    assert Config.from_dict(config.to_dict()) == config
