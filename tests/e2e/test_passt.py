@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -175,3 +176,93 @@ def test_host_addresses_are_the_guests(topo: Topology, guest: Guest) -> None:
     lines = guest.run(f"{PY} -c \"import socket; c = socket.create_connection(('{REMOTE_ADDR4}',"
                       " 9200), 10); print(c.recv(100).decode())\"")
     assert lines == [f"::ffff:{HOST_ADDR4}"]
+
+
+def _status_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        return dict(line.split(":\t", 1) for line in handle.read().splitlines() if ":\t" in line)
+
+
+def _wait_exit(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_libvirt_command_line(topo: Topology, passt: str, shared_tmp) -> None:
+    """libvirt's argv: daemonizes, writes the pid file, binds the ports of
+    an address%interface spec with an exclusion and a translated range,
+    serves one guest and exits when it leaves (--one-off)."""
+    socket_path, pidfile = shared_tmp / "libvirt.socket", shared_tmp / "libvirt.pid"
+    log = shared_tmp / "libvirt.log"
+    log.write_text("")                     # libvirt creates the log file itself
+    result = topo.run_host(
+        passt, "--one-off", "--socket", str(socket_path), "--pid", str(pidfile),
+        "--mtu", "1500", "--interface", "eth0", "--log-file", str(log),
+        "--address", HOST_ADDR4, "--netmask", "24", "--mac-addr", "52:54:00:12:34:56",
+        "--tcp-ports", f"{HOST_ADDR4}%eth0/~10081,10080-10082:20080-20082",
+        "--udp-ports", "10090")
+    assert result.returncode == 0, result.stderr
+    worker = int(pidfile.read_text())
+    listening = topo.in_host("ss", "-Htln").stdout
+    assert f"{HOST_ADDR4}%eth0:10080" in listening and f"{HOST_ADDR4}%eth0:10082" in listening
+    assert ":10081" not in listening
+    guest = Guest(topo, str(socket_path), str(shared_tmp))
+    try:
+        lines = guest.run("busybox udhcpc -i eth0 -f -q -n -t 5 -T 1 -s /bin/true 2>&1 | "
+                          "grep -o 'lease of [0-9.]* obtained' ; ip -br link show eth0")
+        assert lines[0] == f"lease of {HOST_ADDR4} obtained"
+    finally:
+        guest.close()
+    assert _wait_exit(worker), "--one-off: the worker did not exit after the guest left"
+
+
+def test_qemu_netdev_passt_fd_command_line(topo: Topology, passt: str, shared_tmp) -> None:
+    """QEMU's -netdev passt: `passt --quiet --pid FILE --fd 3`, fd 3 one end
+    of a connection whose other end is the guest."""
+    socket_path, pidfile = shared_tmp / "qemu.socket", shared_tmp / "qemu.pid"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen(1)
+    os.chmod(socket_path, 0o777)
+    accepted: list[socket.socket] = []
+    waiter = threading.Thread(target=lambda: accepted.append(listener.accept()[0]))
+    waiter.start()
+    guest = Guest(topo, str(socket_path), str(shared_tmp))
+    try:
+        waiter.join(timeout=20)
+        conn = accepted[0]
+        result = topo.run_host(passt, "--quiet", "--pid", str(pidfile), "--fd", "3",
+                               pass_fds=(3,), preexec_fn=lambda: os.dup2(conn.fileno(), 3))
+        assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+        conn.close()
+        guest.dhcp()
+        topo.spawn_remote(PY, PEERS, "source", "9001")
+        topo.wait_listening(9001)
+        lines = guest.run(f"{PY} {PEERS} recv {REMOTE_ADDR4} 9001 {MiB} 5")
+        expected = subprocess.run([PY, PEERS, "digest", str(MiB), "5"], capture_output=True,
+                                  text=True).stdout.strip()
+        assert lines == [expected]
+    finally:
+        guest.close()
+        listener.close()
+    os.kill(int(pidfile.read_text()), 15)
+
+
+def test_kubevirt_command_line(topo: Topology, passt: str, shared_tmp) -> None:
+    """KubeVirt adds --runas 107 and port forwarding: the worker runs as 107."""
+    socket_path, pidfile = shared_tmp / "kv.socket", shared_tmp / "kv.pid"
+    result = topo.run_host(passt, "--runas", "107", "-t", "10080", "-u", "10090",
+                           "--socket", str(socket_path), "--pid", str(pidfile), "--quiet")
+    assert result.returncode == 0, result.stderr
+    worker = int(pidfile.read_text())
+    try:
+        status = _status_of(worker)
+        assert {int(x) for x in status["Uid"].split()} == {107}
+        assert int(status["CapEff"], 16) == 0
+    finally:
+        os.kill(worker, 15)
+    assert _wait_exit(worker)
