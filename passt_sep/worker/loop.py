@@ -9,13 +9,17 @@ and is passed down as ``now`` so the protocol modules never read a clock.
 from __future__ import annotations
 
 import ctypes
+import errno
 import heapq
 import itertools
 import os
 import select
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ..log import Logger
 
 FdCallback = Callable[[int, int, float], None]
 TimerCallback = Callable[[float], None]
@@ -186,3 +190,27 @@ def _timerfd_settime(fd: int, delay: float) -> None:
     if _libc.timerfd_settime(fd, 0, ctypes.byref(spec), None) < 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+
+
+ACCEPTS_PER_WAKEUP = 64
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_PAUSE = 1.0                        # seconds a listener rests when we are out of fds
+
+
+def accept_ready(loop: Loop, log: Logger, fd: int, listener: socket.socket, what: str,
+                 handle: Callable[[socket.socket, tuple], None]) -> None:
+    """Accept what waits on ``listener`` (at most ACCEPTS_PER_WAKEUP), each
+    to ``handle``.  Out of fds, the listener rests a second instead of
+    waking the loop for ever with a connection it cannot take."""
+    for _ in range(ACCEPTS_PER_WAKEUP):
+        try:
+            accepted, address = listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            loop.counters.add(f"{what}_accept_error")
+            log.ratelimited(f"{what}_accept", 4, f"accept failed: {exc.strerror}")
+            if exc.errno in OUT_OF_FDS:
+                loop.pause_fd(fd, ACCEPT_PAUSE, EPOLLIN)
+            return
+        handle(accepted, address)

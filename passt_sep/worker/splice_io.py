@@ -11,8 +11,7 @@ from ..fwd import is_loopback
 from ..log import Logger
 from ..nssource import LOOPBACK, NsSource, NsSourceError
 from ..tcp_splice import SplicePair
-from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop
-from .tcp_io import ACCEPT_PAUSE, ACCEPTS_PER_WAKEUP, OUT_OF_FDS
+from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop, accept_ready
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 CHUNK = 1 << 20
@@ -174,18 +173,8 @@ class NamespaceListeners:
 
     def _accept(self, fd: int, events: int, now: float) -> None:
         listener, target = self.listeners[fd]
-        for _ in range(ACCEPTS_PER_WAKEUP):
-            try:
-                inner, _address = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self.loop.counters.add("splice_accept_error")
-                self.log.ratelimited("splice_accept", 4, f"accept failed: {exc.strerror}")
-                if exc.errno in OUT_OF_FDS:
-                    self.loop.pause_fd(fd, ACCEPT_PAUSE, EPOLLIN)
-                return
-            self._join(inner, listener.family, target)
+        accept_ready(self.loop, self.log, fd, listener, "splice",
+                     lambda inner, _address: self._join(inner, listener.family, target))
 
     def _join(self, inner: socket.socket, family: int, target: int) -> None:
         inner.setblocking(False)

@@ -32,7 +32,16 @@ from ..log import Logger
 from ..netparams import Network
 from ..packet import IPPROTO_TCP, Inbound
 from ..tcp import State
-from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Loop, Timer
+from .loop import (
+    EPOLLERR,
+    EPOLLHUP,
+    EPOLLIN,
+    EPOLLOUT,
+    EPOLLRDHUP,
+    Loop,
+    Timer,
+    accept_ready,
+)
 from .outbound import DEFAULT_OUTBOUND, Outbound
 
 SO_PEEK_OFF = 42
@@ -42,9 +51,6 @@ MEMINFO_SNDBUF, MEMINFO_WMEM_QUEUED = 3, 5
 EPOLLET = 1 << 31
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
 PEEK_BUFFER = 1 << 19
-ACCEPTS_PER_WAKEUP = 64
-OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-ACCEPT_PAUSE = 1.0                        # seconds a listener rests when we are out of fds
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
 WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
@@ -423,18 +429,8 @@ class TcpHandler:
 
     def _accept(self, fd: int, events: int, now: float) -> None:
         sock, listener = self.listeners[fd]
-        for _ in range(ACCEPTS_PER_WAKEUP):
-            try:
-                accepted, address = sock.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self.loop.counters.add("tcp_accept_error")
-                self.log.ratelimited("tcp_accept", 4, f"accept failed: {exc.strerror}")
-                if exc.errno in OUT_OF_FDS:
-                    self.loop.pause_fd(fd, ACCEPT_PAUSE, EPOLLIN)
-                return
-            self._inbound(accepted, listener, address, now)
+        accept_ready(self.loop, self.log, fd, sock, "tcp",
+                     lambda accepted, address: self._inbound(accepted, listener, address, now))
 
     def _inbound(self, sock: socket.socket, listener: Listener, address: tuple,
                  now: float) -> None:
