@@ -7,6 +7,7 @@ import ipaddress
 import struct
 
 import pytest
+from checksums import reference_checksum
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,15 +28,6 @@ WINDOWS_DATA = b"abcdefghijklmnopqrstuvwabcdefghi"
 # The first echo request of Windows "ping", as every capture shows it.
 WINDOWS_REQUEST = bytes.fromhex("08004d5a00010001") + WINDOWS_DATA
 WINDOWS_REPLY = bytes.fromhex("0000555a00010001") + WINDOWS_DATA
-
-
-def reference_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def pseudo6(src: bytes, dst: bytes, length: int) -> bytes:

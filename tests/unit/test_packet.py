@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from checksums import reference_checksum
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,15 +15,6 @@ from passt_sep.packet import Drop
 # RFC 1071-style reference: an IPv4 header whose checksum is known (0xb861),
 # from the worked example used in most networking textbooks.
 IPV4_HEADER = bytes.fromhex("450000730000400040110000c0a80001c0a800c7")
-
-
-def reference_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def test_checksum_of_textbook_ipv4_header() -> None:

@@ -7,6 +7,7 @@ import ipaddress
 import struct
 
 import pytest
+from checksums import reference_checksum
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,15 +31,6 @@ WINDOW = min(FREE // 2, 1460 * tcp.RCV_SEGMENTS) >> tcp.OUR_WSCALE
 MSS_1460 = struct.pack("!BBH", 2, 4, 1460)
 LINUX_SYN_OPTIONS = (MSS_1460 + b"\x04\x02" + b"\x08\x0a" + struct.pack("!II", 7, 0)
                      + b"\x01\x03\x03\x07")      # MSS, SACK-permitted, timestamps, NOP, WS 7
-
-
-def reference_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 class Guest:
