@@ -19,6 +19,7 @@ Data is deterministic per seed, so both ends can compute its sha256.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import socket
 import sys
@@ -26,6 +27,7 @@ import threading
 import time
 
 CHUNK = 1 << 20
+PATH = os.path.abspath(__file__)
 
 
 def data_chunks(size: int, seed: int):
@@ -42,6 +44,11 @@ def digest_of(size: int, seed: int) -> str:
     for chunk in data_chunks(size, seed):
         h.update(chunk)
     return h.hexdigest()
+
+
+def expected(size: int, seed: int) -> str:
+    """What ``send`` prints when the sink got every byte: digest and size."""
+    return f"{digest_of(size, seed)} {size}"
 
 
 def listener(port: int, addr: str, kind: int = socket.SOCK_STREAM) -> socket.socket:

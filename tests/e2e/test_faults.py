@@ -9,17 +9,13 @@ import subprocess
 import sys
 import time
 
+from peers import PATH as PEERS
+from peers import expected as digest
+
 from topology import REMOTE_ADDR4, Topology
 
-PEERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers.py")
 PY = sys.executable
 MiB = 1 << 20
-
-
-def _digest(size: int, seed: int) -> str:
-    result = subprocess.run([PY, PEERS, "digest", str(size), str(seed)], capture_output=True,
-                            text=True, check=True)
-    return result.stdout.strip()
 
 
 def _sinks(topo: Topology) -> None:
@@ -83,7 +79,7 @@ def test_remote_link_down_and_up_mid_transfer(topo: Topology, pasta: str) -> Non
     assert proc.poll() is None, "the transfer ended before the link came back"
     topo.in_remote("ip", "link", "set", "eth0", "up")
     out, err = proc.communicate(timeout=120)
-    assert out.strip() == _digest(size, 31), err
+    assert out.strip() == digest(size, 31), err
 
 
 def test_guest_stops_reading_then_resumes(topo: Topology, pasta: str) -> None:
@@ -100,7 +96,7 @@ def test_guest_stops_reading_then_resumes(topo: Topology, pasta: str) -> None:
               "print(h.hexdigest(), total)\"")
     result = topo.run_host(pasta, "--config-net", "--", "sh", "-c", script, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == _digest(size, 32)
+    assert result.stdout.strip() == digest(size, 32)
 
 
 SYN_FLOOD = """
@@ -164,7 +160,7 @@ def test_syn_flood_from_guest_keeps_established_flows(topo: Topology, pasta: str
         time.sleep(0.1)
     out, err = proc.communicate()
     assert proc.returncode == 0, err
-    assert out.splitlines() == ["sent", _digest(size, 33)]
+    assert out.splitlines() == ["sent", digest(size, 33)]
     assert 0 < peak < 200 * 1024, f"worker RSS peaked at {peak} KiB"
 
 
@@ -189,4 +185,4 @@ def test_udp_flood_from_10k_ports_stays_within_the_cap(topo: Topology, pasta: st
     result = topo.run_host(pasta, "--config-net", "--max-flows", "2048", "--", "sh", "-ec",
                            script, timeout=180)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["ping", _digest(MiB, 34)]
+    assert result.stdout.splitlines() == ["ping", digest(MiB, 34)]

@@ -11,18 +11,13 @@ import sys
 import time
 
 import pytest
-from peers import digest_of
+from peers import PATH as PEERS
+from peers import expected as digest
 
 from topology import GW_ADDR4, Topology
 
-PEERS = sys.modules["peers"].__file__
 PY = sys.executable
 MiB = 1 << 20
-
-
-def digest(size: int, seed: int) -> str:
-    return f"{digest_of(size, seed)} {size}"
-
 PEER_REPORTER = ("import socket, sys\n"
                  "s = socket.create_server(('::', int(sys.argv[1])), family=socket.AF_INET6,"
                  " dualstack_ipv6=True)\n"

@@ -9,18 +9,13 @@ import sys
 import time
 
 import pytest
+from peers import PATH as PEERS
+from peers import expected as digest
 
 from topology import HOST_ADDR4, HOST_ADDR6, REMOTE_ADDR4, REMOTE_ADDR6, Topology
 
-PEERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers.py")
 PY = sys.executable
 MiB = 1 << 20
-
-
-def digest(size: int, seed: int) -> str:
-    result = subprocess.run([PY, PEERS, "digest", str(size), str(seed)], capture_output=True,
-                            text=True, check=True)
-    return result.stdout.strip()
 
 
 def start_servers(topo: Topology, *ports_and_kinds: tuple[str, int]) -> None:
