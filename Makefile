@@ -61,3 +61,11 @@ bench: install
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
+
+# Fuzz every parser with atheris for a bounded time (fuzz/run.py; 60 s per
+# target, as many at once as there are CPUs); the short CI round without
+# atheris is tests/unit/test_fuzz_corpus.py.
+.PHONY: fuzz
+fuzz: install
+	$(VENV)/bin/pip install -q atheris
+	$(VENV)/bin/python fuzz/run.py --seconds 60

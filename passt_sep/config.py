@@ -23,7 +23,9 @@ __all__ = ["Config", "ConfigError", "ShowText", "OPTIONS", "parse_args", "usage"
 BOTH, PASST, PASTA = "both", "passt", "pasta"
 IFNAMSIZ = 16
 MIN_MTU, MAX_MTU = 68, 65520
-SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MAX_SIZE = 1 << 40
+PID_MAX_LIMIT = 1 << 22             # the kernel's largest pid_max
 DEFAULT_LOG_SIZE = 1 << 20          # --log-size, as passt
 
 
@@ -110,6 +112,8 @@ class Config:
             value = getattr(self, item.name)
             if isinstance(value, Forwarding):
                 value = value.to_dict()
+            elif item.name == "command":
+                value = [os.fsencode(arg) for arg in value]    # any bytes, as exec takes them
             elif isinstance(value, tuple):
                 value = list(value)
             out[item.name] = value
@@ -125,9 +129,11 @@ class Config:
         for name in cls._FORWARDINGS:
             if name in values:
                 values[name] = Forwarding.from_dict(values[name])
-        for name in ("dns", "dns_forward", "search", "command"):
+        for name in ("dns", "dns_forward", "search"):
             if name in values:
                 values[name] = tuple(values[name])
+        if "command" in values:
+            values["command"] = tuple(os.fsdecode(arg) for arg in values["command"])
         return cls(**values)
 
 
@@ -270,6 +276,7 @@ def parse_args(argv: Sequence[str], prog: str) -> Config:
         if not is_option:
             positional.append(value)
             continue
+        _check_encoding(name, value)
         opt = _BY_NAME[name]
         if opt.modes not in (BOTH, mode):
             raise ConfigError(f"{name} is only valid in {opt.modes} mode")
@@ -384,7 +391,10 @@ def _size(value: str, name: str) -> int:
     number, suffix = (value[:-1], value[-1].lower()) if value[-1:].isalpha() else (value, "")
     if not _decimal(number) or (suffix and suffix not in SIZE_SUFFIXES):
         raise ConfigError(f"Invalid size for {name}: {value}")
-    return int(number) * SIZE_SUFFIXES.get(suffix, 1)
+    size = int(number) * SIZE_SUFFIXES.get(suffix, 1)
+    if size > MAX_SIZE:
+        raise ConfigError(f"Invalid size for {name}: {value} (at most 1t)")
+    return size
 
 
 def _decimal(text: str) -> bool:
@@ -527,12 +537,25 @@ def _forwardings(values: dict[str, Any], multi: dict[str, list[str]], mode: str)
         values["udp_ns"] = parse_forward(multi["-U"] or default, mode, "-U")
 
 
+def _check_encoding(name: str, value: str | None) -> None:
+    """Option values travel to the worker as msgpack strings: UTF-8 only
+    (the command, which only the broker uses, may be any bytes)."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"Invalid value for {name}: not UTF-8") from None
+
+
 def _positionals(values: dict[str, Any], positional: list[str], mode: str) -> None:
     if not positional:
         return
     if mode == PASST:
         raise ConfigError(f"Unexpected argument: {positional[0]}")
     if len(positional) == 1 and _decimal(positional[0]):
+        if not 0 < int(positional[0]) <= PID_MAX_LIMIT:
+            raise ConfigError(f"Invalid PID: {positional[0]}")
         values["target_pid"] = int(positional[0])
         return
     values["command"] = tuple(positional)

@@ -1,0 +1,79 @@
+"""Fuzz target ``handoff``: the broker -> worker message as the worker
+receives it: the msgpack body (``fdpass._unpack``) and ``handoff.decode``
+with as many fds as the message announces.
+
+Input: the msgpack body.  Documented exceptions: ``handoff.HandoffError``
+(and, for a body that is not a msgpack map, ``fdpass.FdPassError``, which
+``handoff.receive`` turns into a ``HandoffError``).
+Invariant: a decoded handoff holds every fd once, in order, each with a
+known role.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_handoff.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import msgpack  # noqa: E402
+
+from fuzz import common  # noqa: E402
+from passt_sep import fdpass, handoff  # noqa: E402
+from passt_sep.config import parse_args  # noqa: E402
+from passt_sep.handoff import FdEntry, HandoffError  # noqa: E402
+
+NAME = "handoff"
+ALLOWED = (HandoffError,)
+DICTIONARY = [b"\xa1v", b"\xa6config", b"\xa7network", b"\xa3fds", b"\xa4nfds", b"\xa4role",
+              b"\xa5index", b"\xa3tap", b"\xacunix_listener", b"\xactcp_listener", b"\xc0",
+              b"\xc3", b"\xc2", b"\x90", b"\x80", b"\x91", b"\x81", b"\xdc\xff\xff",
+              b"\xde\xff\xff", b"\xcc\xff", b"\xd3" + b"\xff" * 8]
+MAX_FDS = 4096
+FIRST_FD = 100
+
+
+def check(data: bytes) -> None:
+    message = common.guarded((fdpass.FdPassError,), fdpass._unpack, data)
+    if message is None:
+        return
+    count = message.get("nfds")
+    if not isinstance(count, int) or not 0 <= count <= MAX_FDS:
+        return                       # fdpass.receive refuses it before decode
+    fds = list(range(FIRST_FD, FIRST_FD + count))
+    result = common.guarded(ALLOWED, handoff.decode, message, fds)
+    if result is None:
+        return
+    assert [entry.fd for entry in result.fds] == fds
+    assert all(entry.role in handoff.ROLES for entry in result.fds)
+
+
+def _body(argv: list[str], prog: str, entries: list[FdEntry]) -> bytes:
+    """What the broker sends (``fdpass.send``): the message and its fd count."""
+    message = handoff.encode(parse_args(argv, prog), common.NET, entries)
+    return msgpack.packb({**message, "nfds": len(entries)}, use_bin_type=True)
+
+
+def seeds() -> list[tuple[str, bytes]]:
+    pasta = [FdEntry("tap", 3), FdEntry("devnull", 4), FdEntry("command_pidfd", 5),
+             FdEntry("ns_source", 6),
+             FdEntry("tcp_listener", 7, {"port": 10000, "target": 20000, "family": 10}),
+             FdEntry("proc_net", 8, {"side": "ns", "table": "tcp"})]
+    passt = [FdEntry("unix_listener", 3), FdEntry("devnull", 4),
+             FdEntry("pidfile_dir", 5, {"name": "vm1.pid"}), FdEntry("pcap", 6)]
+    podman = ["--config-net", "--dns-forward", "169.254.1.1", "-t", "none", "-u", "none",
+              "-T", "none", "-U", "none", "--no-map-gw", "--quiet", "--netns",
+              "/run/user/1000/netns/netns-1234"]
+    podman_fds = [FdEntry("tap", 3), FdEntry("netns_watch", 4, {"name": "netns-1234"})]
+    return [("pasta-command", _body(["--config-net", "-t", "10000-10002:20000-20002", "--",
+                                     "sh", "-c", "true"], "pasta-sep", pasta)),
+            ("passt-socket", _body(["--socket", "/tmp/passt-sep.socket", "-t", "22,80:8080",
+                                    "--pid-file", "/run/user/1000/vm1.pid", "-p", "/tmp/x.pcap"],
+                                   "passt-sep", passt)),
+            ("podman", _body(podman, "pasta", podman_fds)),
+            ("no-fds", _body([], "passt-sep", []))]
+
+
+if __name__ == "__main__":
+    common.fuzz_main(NAME, check, DICTIONARY)
