@@ -21,13 +21,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-from topology import REMOTE_ADDR4, Topology  # noqa: E402
+from topology import REMOTE_ADDR4, REMOTE_ADDR6, Topology  # noqa: E402
 
 VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
 PASTA_SEP = os.path.join(VENV, "bin", "pasta-sep")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
 SPLICE_PORT = 5202
+SPLICE_OUT_PORT = 5203
 UDP_PORT = 5301
 
 
@@ -48,7 +49,8 @@ class Served:
             self._start(["pasta", "--config-net", "-q", "--runas", "0:0", "-m", str(mtu),
                          "-t", str(SPLICE_PORT), "-P", self.pidfile, "--netns", path])
         else:
-            self.proc = topo.spawn_host("slirp4netns", "--configure", f"--mtu={mtu}",
+            self.proc = topo.spawn_host("slirp4netns", "--configure", "--enable-ipv6",
+                                        f"--mtu={mtu}",
                                         "--netns-type=path", path, "tap0",
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()
@@ -93,9 +95,9 @@ class Served:
         time.sleep(0.3)  # netns-watching implementations exit on their own
 
 
-def iperf(served: Served, reverse: bool) -> float:
+def iperf(served: Served, reverse: bool, remote: str = REMOTE_ADDR4) -> float:
     """Gbit/s received, guest -> remote (or remote -> guest with -R)."""
-    out = served.run("iperf3", "-c", REMOTE_ADDR4, "-t", str(SECONDS), "-J",
+    out = served.run("iperf3", "-c", remote, "-t", str(SECONDS), "-J",
                      *(["-R"] if reverse else []), timeout=SECONDS + 30)
     try:
         return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
@@ -115,6 +117,26 @@ def udp_out(served: Served) -> float:
                f"UDP:{REMOTE_ADDR4}:{UDP_PORT}", timeout=SECONDS + 10)
     received = int(sink.communicate(timeout=SECONDS + 10)[0].strip() or 0)
     return received * 8 / SECONDS / 1e9
+
+
+def splice_out(served: Served) -> float:
+    """Gbit/s from the namespace's loopback to a server on the host's
+    loopback (pasta's -T, here by auto: the host listens first)."""
+    if served.name == "slirp4netns":
+        return float("nan")
+    server = served.topo.spawn_host("iperf3", "-s", "-1", "-B", "127.0.0.1", "-p",
+                                    str(SPLICE_OUT_PORT), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)                    # auto forwarding rescans every second
+        out = served.run("iperf3", "-c", "127.0.0.1", "-p", str(SPLICE_OUT_PORT), "-t",
+                         str(SECONDS), "-J", timeout=SECONDS + 30)
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    except (ValueError, KeyError, subprocess.TimeoutExpired):
+        return 0.0
+    finally:
+        server.kill()
+        server.wait()
 
 
 def splice(served: Served) -> float:
@@ -228,6 +250,11 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                             add("connections_per_s", []).append(connection_rate(served))
                             add("rss_1000_conns_mib", []).append(rss_with_connections(served))
                             add("splice_host_lo_to_ns_gbps", []).append(splice(served))
+                            add("splice_ns_lo_to_host_gbps", []).append(splice_out(served))
+                            add("tcp6_out_gbps_mtu65520", []).append(
+                                iperf(served, False, REMOTE_ADDR6))
+                            add("tcp6_in_gbps_mtu65520", []).append(
+                                iperf(served, True, REMOTE_ADDR6))
                             add("udp_out_gbps", []).append(udp_out(served))
                     finally:
                         served.close()

@@ -266,3 +266,31 @@ def test_kubevirt_command_line(topo: Topology, passt: str, shared_tmp) -> None:
     finally:
         os.kill(worker, 15)
     assert _wait_exit(worker)
+
+
+def test_pcap_records_both_ways_readable_by_tshark(topo: Topology, passt: str,
+                                                  passt_socket: str, shared_tmp) -> None:
+    """-p: every frame both ways, in libpcap format that tshark reads back:
+    the DHCP exchange and a TCP handshake are in it."""
+    capture = shared_tmp / "guest.pcap"
+    topo.spawn_host(passt, "-f", "-q", "-s", passt_socket, "-p", str(capture))
+    topo.spawn_remote(PY, PEERS, "source", "9001")
+    topo.wait_listening(9001)
+    guest = Guest(topo, passt_socket, str(shared_tmp))
+    try:
+        guest.dhcp()
+        guest.run(f"{PY} {PEERS} recv {REMOTE_ADDR4} 9001 1000 6")
+    finally:
+        guest.close()
+
+    def count(display_filter: str) -> int:
+        result = subprocess.run(["tshark", "-r", str(capture), "-Y", display_filter],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return len(result.stdout.splitlines())
+
+    assert count("dhcp.option.dhcp == 1") >= 1          # DISCOVER, from the guest
+    assert count("dhcp.option.dhcp == 2") >= 1          # OFFER, from passt-sep
+    assert count("dhcp.option.dhcp == 5") >= 1          # ACK
+    assert count(f"tcp.flags.syn == 1 && tcp.flags.ack == 0 && ip.dst == {REMOTE_ADDR4}") >= 1
+    assert count(f"tcp.flags.syn == 1 && tcp.flags.ack == 1 && ip.src == {REMOTE_ADDR4}") >= 1

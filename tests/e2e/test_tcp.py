@@ -119,6 +119,20 @@ def _remote_send(topo: Topology, host: str, port: int, size: int, seed: int,
 
 
 @pytest.mark.parametrize("host", [HOST_ADDR4, HOST_ADDR6])
+def test_100_mib_each_way_inbound_forwarded(topo: Topology, pasta: str, host: str) -> None:
+    """The remote connects to forwarded ports on the host's address: 100 MiB
+    to a sink in the namespace, 100 MiB from a source there."""
+    topo.spawn_host(pasta, "--config-net", "-t", "10030:20030", "-t", "10031:20031", "--",
+                    "sh", "-c", f"{PY} {PEERS} sink 20030 & exec {PY} {PEERS} source 20031",
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    size = 100 * MiB
+    assert _remote_send(topo, host, 10030, size, 7) == digest(size, 7)
+    received = subprocess.run(topo.remote_cmd(PY, PEERS, "recv", host, "10031", str(size), "8"),
+                              capture_output=True, text=True, timeout=120)
+    assert received.stdout.strip() == digest(size, 8), received.stderr
+
+
+@pytest.mark.parametrize("host", [HOST_ADDR4, HOST_ADDR6])
 def test_inbound_forwarding_with_translated_range(topo: Topology, pasta: str, host: str) -> None:
     _serve_in_namespace(topo, pasta, "-t", "10000-10002:20000-20002")
     size = 10 * MiB
