@@ -15,6 +15,7 @@ import itertools
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,3 +215,17 @@ def accept_ready(loop: Loop, log: Logger, fd: int, listener: socket.socket, what
                 loop.pause_fd(fd, ACCEPT_PAUSE, EPOLLIN)
             return
         handle(accepted, address)
+
+
+LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def close_socket(sock: socket.socket, reset: bool = False) -> None:
+    """Close; with ``reset`` the peer gets an RST instead of a FIN (linger
+    0), the way a TCP reset is passed on from the other side."""
+    if reset:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        except OSError:
+            pass                              # already gone: nothing to reset
+    sock.close()

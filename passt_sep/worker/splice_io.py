@@ -5,17 +5,15 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 
 from ..fwd import is_loopback
 from ..log import Logger
 from ..nssource import LOOPBACK, NsSource, NsSourceError
 from ..tcp_splice import SplicePair
-from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop, accept_ready
+from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop, accept_ready, close_socket
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 CHUNK = 1 << 20
-LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class Spliced:
@@ -106,12 +104,7 @@ class Spliced:
         self.closed = True
         for sock in (self.a, self.b):
             self.loop.remove_fd(sock.fileno())
-            if reset:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-                except OSError:
-                    pass
-            sock.close()
+            close_socket(sock, reset)
         for pipe in self.pipes:
             for fd in pipe:
                 os.close(fd)
@@ -189,8 +182,7 @@ class NamespaceListeners:
         code = outer.connect_ex((LOOPBACK[family], target))
         if code not in (0, errno.EINPROGRESS):
             outer.close()
-            inner.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-            inner.close()
+            close_socket(inner, reset=True)
             return
         self.loop.counters.add("splice_connections")
         # Spliced waits for its second socket, the one connecting, to be writable

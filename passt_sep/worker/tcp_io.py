@@ -41,6 +41,7 @@ from .loop import (
     Loop,
     Timer,
     accept_ready,
+    close_socket,
 )
 from .outbound import DEFAULT_OUTBOUND, Outbound
 
@@ -54,7 +55,6 @@ PEEK_BUFFER = 1 << 19
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
 WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
-LINGER_RESET = struct.pack("ii", 1, 0)
 DONTWAIT = socket.MSG_DONTWAIT
 SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
@@ -394,12 +394,7 @@ class TcpHandler:
         if flow.recheck is not None:
             flow.recheck.cancel()
             flow.recheck = None
-        if reset:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-            except OSError:
-                pass
-        sock.close()
+        close_socket(sock, reset)
 
     def _forget(self, flow: Flow, reset: bool = False) -> None:
         self._close_socket(flow, reset)
@@ -475,11 +470,7 @@ class TcpHandler:
     def _reject(self, sock: socket.socket, reason: str) -> None:
         """Refuse an accepted connection: its peer sees a reset."""
         self.loop.counters.add(reason)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-        except OSError:
-            pass
-        sock.close()
+        close_socket(sock, reset=True)
 
 
 def new_secret() -> bytes:
