@@ -107,5 +107,7 @@ def _drop_privileges(identity: Identity | None, keep_net_bind: bool) -> None:
     prctl.cap_inheritable.limit()
     prctl.cap_effective.limit(*kept)  # effective must stay within permitted
     prctl.cap_permitted.limit(*kept)
+    if kept:                          # a uid change cleared it from effective
+        prctl.cap_effective.net_bind_service = True
     prctl.set_no_new_privs(1)
     prctl.set_dumpable(False)

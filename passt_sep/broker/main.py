@@ -109,7 +109,7 @@ class Broker:
         identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
-        jail.close(identity)
+        jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
         worker = start_worker(config, net, self.entries, worker_filter)
         self.entries = []
@@ -138,6 +138,17 @@ class Broker:
                                             lambda: _tap_inside(config, ifname, net, host))
         self.entries.append(FdEntry("tap", fds[0], {"ifname": ifname}))
         return dataclasses.replace(net, guest_mac=mac_to_bytes(result["mac"]))
+
+    def _needs_low_ports(self) -> bool:
+        """Keep CAP_NET_BIND_SERVICE for the worker only where it was
+        granted (real root: a user namespace of ours grants nothing over
+        the host's ports) and may be needed: pasta's ``auto`` binds host
+        ports after the jail, whatever the namespace listens on.  Fixed
+        ports are bound here, before it."""
+        config = self.config
+        auto = (not config.no_tcp and config.tcp_ports.mode == "auto") or \
+            (not config.no_udp and config.udp_ports.mode == "auto")
+        return self.real_root and not self.own_userns and config.mode == "pasta" and auto
 
     def _ns_source(self, identity: jail.Identity | None) -> None:
         """The process that makes sockets inside the namespace for the

@@ -65,16 +65,52 @@ def _wait_for(condition, timeout: float = 20.0) -> None:
     raise TimeoutError("condition not met")
 
 
+CAP_NET_BIND_SERVICE = 1 << 10
+
+
 def test_worker_has_no_capabilities_and_is_locked(daemon) -> None:
-    worker, _, _ = daemon
+    """Nothing, except, as real root with pasta's auto forwarding (the
+    default: the namespace may start listening on a port below 1024 at
+    any time), CAP_NET_BIND_SERVICE."""
+    worker, rootless, _ = daemon
     status = _status(worker)
-    assert int(status["CapEff"], 16) == 0
-    assert int(status["CapPrm"], 16) == 0
+    kept = 0 if rootless else CAP_NET_BIND_SERVICE
+    assert int(status["CapEff"], 16) == kept
+    assert int(status["CapPrm"], 16) == kept
     assert int(status["CapInh"], 16) == 0
-    assert int(status["CapBnd"], 16) == 0
+    assert int(status["CapBnd"], 16) == kept
     assert int(status["CapAmb"], 16) == 0
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2"
+
+
+def test_no_capability_at_all_without_auto_forwarding(topo: Topology, pasta: str,
+                                                     shared_tmp) -> None:
+    netns = f"{topo.host}-nc"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    pidfile = shared_tmp / "pid"
+    try:
+        result = topo.run_host(pasta, "--config-net", "--netns", f"/run/netns/{netns}", "-P",
+                               str(pidfile), "-q", "-t", "none", "-u", "none")
+        assert result.returncode == 0, result.stderr
+        status = _status(int(pidfile.read_text()))
+        for field in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"):
+            assert int(status[field], 16) == 0, field
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def test_auto_forwards_a_port_below_1024_as_root(topo: Topology, pasta: str) -> None:
+    """The kept capability at work: the namespace listens on port 80 and
+    the worker binds it on the host within the rescan."""
+    script = (f"{sys.executable} -c \"import socket, time\n"
+              "s = socket.create_server(('0.0.0.0', 80)); time.sleep(4)\" &\n"
+              "sleep 2.5\n"
+              f"ip netns exec {topo.host} ss -Htln 'sport = :80' | wc -l\n"
+              "wait")
+    result = topo.run_host(pasta, "--config-net", "--", "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] != "0", result.stdout
 
 
 def test_worker_runs_as_nobody_or_the_runas_user(daemon, request) -> None:
