@@ -1,6 +1,7 @@
 """Frame transport to the guest, without I/O.
 
-pasta: the tap device gives one Ethernet frame per read().
+pasta: the tap device gives one Ethernet frame per read(), behind a
+virtio-net header (``vnet_header`` says what ours carry).
 passt: a stream socket (QEMU ``-netdev stream``, libvirt) where each frame is
 preceded by its length as a 4-byte big-endian integer.  ``StreamDecoder``
 turns arbitrary chunks of that stream into whole frames and rejects
@@ -12,9 +13,42 @@ from __future__ import annotations
 
 import struct
 
+from .packet import ETH_HLEN, IPPROTO_TCP
+
 MIN_FRAME = 14            # an Ethernet header
 MAX_FRAME = 65535 + 14    # the largest IP packet we accept, plus Ethernet
 _LENGTH = struct.Struct("!I")
+
+VNET_HDR_SIZE = 10                        # struct virtio_net_hdr, no mergeable buffers
+VNET_DATA_VALID = bytes([0x02]) + bytes(VNET_HDR_SIZE - 1)   # flags, no GSO
+VNET_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6 = 0x01, 1, 4
+# flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (host byte order: x86)
+_VNET_HDR = struct.Struct("<BBHHHH")
+TCP_CHECKSUM_OFFSET = 16
+
+
+def vnet_header(frame: bytes | bytearray, largest: int) -> bytes:
+    """The virtio-net header for one of our frames on the tap; ``largest``
+    is the link's biggest frame (Ethernet header plus MTU).
+
+    TCP frames with payload come from ``TcpConn`` with ``tso``: their
+    checksum field holds the pseudo-header's sum for the kernel to complete
+    (no payload summed in Python), and one beyond the MTU is cut into
+    MTU-sized segments by it.  Everything else is whole and checksummed."""
+    ethertype = frame[12:14]
+    if ethertype == b"\x08\x00" and frame[ETH_HLEN + 9] == IPPROTO_TCP:
+        v6, l4 = False, ETH_HLEN + (frame[ETH_HLEN] & 0x0F) * 4
+    elif ethertype == b"\x86\xdd" and frame[ETH_HLEN + 6] == IPPROTO_TCP:
+        v6, l4 = True, ETH_HLEN + 40
+    else:
+        return VNET_DATA_VALID
+    header_end = l4 + (frame[l4 + 12] >> 4) * 4
+    if len(frame) <= header_end:
+        return VNET_DATA_VALID
+    if len(frame) <= largest:
+        return _VNET_HDR.pack(VNET_NEEDS_CSUM, 0, 0, 0, l4, TCP_CHECKSUM_OFFSET)
+    return _VNET_HDR.pack(VNET_NEEDS_CSUM, VNET_GSO_TCPV6 if v6 else VNET_GSO_TCPV4,
+                          header_end, largest - header_end, l4, TCP_CHECKSUM_OFFSET)
 
 
 class FramingError(Exception):

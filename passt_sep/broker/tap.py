@@ -12,6 +12,8 @@ import fcntl
 import os
 import struct
 
+from ..tap import VNET_HDR_SIZE
+
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -20,7 +22,6 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
-VNET_HDR_SIZE = 10            # struct virtio_net_hdr, no mergeable buffers
 _IFREQ = struct.Struct("16sH22x")
 
 

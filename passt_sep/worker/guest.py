@@ -12,27 +12,19 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 
 from ..log import Logger
+from ..packet import ETH_HLEN
 from ..pcap import record
-from ..tap import FramingError, StreamDecoder, stream_prefix
+from ..tap import VNET_HDR_SIZE, FramingError, StreamDecoder, stream_prefix, vnet_header
 from .loop import EPOLLIN, EPOLLOUT, Loop
 
 FrameHandler = Callable[[memoryview, float], None]
 READ_SIZE = 65536 + 64
 FRAMES_PER_WAKEUP = 128
 STREAM_OUT_MAX = 8 << 20
-VNET_HDR_SIZE = 10                        # struct virtio_net_hdr
-VNET_DATA_VALID = bytes([0x02]) + bytes(VNET_HDR_SIZE - 1)   # flags, no GSO
-VNET_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6 = 0x01, 1, 4
-# flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (host byte order: x86)
-_VNET_HDR = struct.Struct("<BBHHHH")
-ETH_HLEN = 14
-TCP_CHECKSUM_OFFSET = 16
-IPPROTO_TCP = 6
 
 
 class Capture:
@@ -87,7 +79,7 @@ class TapLink:
 
     def send(self, frame: bytes) -> None:
         self.capture.frame(frame)
-        header = self._vnet_header(frame)
+        header = vnet_header(frame, self.largest)
         try:
             os.writev(self.fd, [header, frame])
         except BlockingIOError:
@@ -95,27 +87,6 @@ class TapLink:
         except OSError as exc:
             self.loop.counters.add("tap_write_error")
             self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
-
-
-    def _vnet_header(self, frame: bytes) -> bytes:
-        """TCP frames with payload come from ``TcpConn`` with ``tso``: their
-        checksum field holds the pseudo-header's sum for the kernel to
-        complete (no payload summed in Python), and one beyond the MTU is
-        cut into MTU-sized segments by it.  Everything else is whole."""
-        ethertype = frame[12:14]
-        if ethertype == b"\x08\x00" and frame[ETH_HLEN + 9] == IPPROTO_TCP:
-            v6, l4 = False, ETH_HLEN + (frame[ETH_HLEN] & 0x0F) * 4
-        elif ethertype == b"\x86\xdd" and frame[ETH_HLEN + 6] == IPPROTO_TCP:
-            v6, l4 = True, ETH_HLEN + 40
-        else:
-            return VNET_DATA_VALID
-        header_end = l4 + (frame[l4 + 12] >> 4) * 4
-        if len(frame) <= header_end:
-            return VNET_DATA_VALID
-        if len(frame) <= self.largest:
-            return _VNET_HDR.pack(VNET_NEEDS_CSUM, 0, 0, 0, l4, TCP_CHECKSUM_OFFSET)
-        return _VNET_HDR.pack(VNET_NEEDS_CSUM, VNET_GSO_TCPV6 if v6 else VNET_GSO_TCPV4,
-                              header_end, self.largest - header_end, l4, TCP_CHECKSUM_OFFSET)
 
 
 class StreamLink:

@@ -1,4 +1,4 @@
-"""passt stream framing and pcap records, on bytes."""
+"""passt stream framing, the tap's virtio-net header and pcap records, on bytes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from passt_sep import pcap, tap
+from passt_sep.tcp import ACK, build_tcp_frame
 
 
 def framed(*frames: bytes) -> bytes:
@@ -44,3 +45,31 @@ def test_pcap_header_and_record() -> None:
     seconds, micros, captured, original = struct.unpack("=IIII", record[:16])
     assert (seconds, micros, captured, original) == (1700000000, 250000, 60, 60)
     assert record[16:] == b"\x01" * 60
+
+
+# -- the virtio-net header of our frames on pasta's tap ---------------------------------
+_MACS = (bytes.fromhex("020000000001"), bytes.fromhex("020000000002"))
+_V4 = (bytes([203, 0, 113, 1]), bytes([198, 51, 100, 2]))
+_V6 = (bytes.fromhex("20010db8000200000000000000000001"),
+       bytes.fromhex("20010db8000100000000000000000002"))
+LARGEST = 14 + 1500
+
+
+def _tcp(addresses: tuple[bytes, bytes], payload: bytes) -> bytearray:
+    return build_tcp_frame(*_MACS, *addresses, 80, 40000, 1, 1, ACK, 1000, payload)
+
+
+def test_vnet_header_whole_frames_are_valid() -> None:
+    assert tap.vnet_header(_tcp(_V4, b""), LARGEST) == tap.VNET_DATA_VALID    # a bare ACK
+    udp = bytearray(_tcp(_V4, b"x" * 10))
+    udp[14 + 9] = 17                                                            # not TCP
+    assert tap.vnet_header(udp, LARGEST) == tap.VNET_DATA_VALID
+
+
+@pytest.mark.parametrize("addresses, l4, gso_type", [(_V4, 34, 1), (_V6, 54, 4)])
+def test_vnet_header_tcp_payload_needs_checksum_and_big_frames_segmentation(
+        addresses: tuple[bytes, bytes], l4: int, gso_type: int) -> None:
+    small = tap.vnet_header(_tcp(addresses, b"x" * 100), LARGEST)
+    assert struct.unpack("<BBHHHH", small) == (1, 0, 0, 0, l4, 16)
+    big = tap.vnet_header(_tcp(addresses, b"x" * 20000), LARGEST)
+    assert struct.unpack("<BBHHHH", big) == (1, gso_type, l4 + 20, LARGEST - l4 - 20, l4, 16)
