@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .ports import ConfigError, Forwarding, parse_forward
+from .ports import ConfigError, Forwarding, is_decimal, parse_forward
 
 __all__ = ["Config", "ConfigError", "ShowText", "OPTIONS", "parse_args", "usage"]
 
@@ -381,7 +381,7 @@ def _addr(version: int | None = None) -> Callable[[str, str], str]:
 
 def _int_range(low: int, high: int) -> Callable[[str, str], int]:
     def convert(value: str, name: str) -> int:
-        if not _decimal(value) or not low <= int(value) <= high:
+        if not is_decimal(value) or not low <= int(value) <= high:
             raise ConfigError(f"Invalid value for {name}: {value} (must be {low} to {high})")
         return int(value)
     return convert
@@ -389,18 +389,12 @@ def _int_range(low: int, high: int) -> Callable[[str, str], int]:
 
 def _size(value: str, name: str) -> int:
     number, suffix = (value[:-1], value[-1].lower()) if value[-1:].isalpha() else (value, "")
-    if not _decimal(number) or (suffix and suffix not in SIZE_SUFFIXES):
+    if not is_decimal(number) or (suffix and suffix not in SIZE_SUFFIXES):
         raise ConfigError(f"Invalid size for {name}: {value}")
     size = int(number) * SIZE_SUFFIXES.get(suffix, 1)
     if size > MAX_SIZE:
         raise ConfigError(f"Invalid size for {name}: {value} (at most 1t)")
     return size
-
-
-def _decimal(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes '²' and '١٥', which
-    int() then rejects or reads."""
-    return text.isascii() and text.isdigit()
 
 
 def _ifname(value: str, name: str) -> str:
@@ -433,7 +427,7 @@ def _text(value: str, name: str) -> str:
 def _netmask(value: str, name: str) -> int:
     """A prefix length or a dotted netmask (leading ones only, not a host
     mask such as 0.0.0.255)."""
-    if _decimal(value) and int(value) <= 32:
+    if is_decimal(value) and int(value) <= 32:
         return int(value)
     try:
         mask = int(ipaddress.IPv4Address(value))
@@ -553,7 +547,7 @@ def _positionals(values: dict[str, Any], positional: list[str], mode: str) -> No
         return
     if mode == PASST:
         raise ConfigError(f"Unexpected argument: {positional[0]}")
-    if len(positional) == 1 and _decimal(positional[0]):
+    if len(positional) == 1 and is_decimal(positional[0]):
         if not 0 < int(positional[0]) <= PID_MAX_LIMIT:
             raise ConfigError(f"Invalid PID: {positional[0]}")
         values["target_pid"] = int(positional[0])

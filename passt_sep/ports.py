@@ -92,7 +92,9 @@ def _parse_one(spec: str, mode: str, option: str) -> tuple[str, list[ForwardRule
     return kind, _rules(ports, address, interface, spec, option, everything=kind == "all")
 
 
-def _decimal(text: str) -> bool:
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '١٥', which
+    int() then rejects or reads."""
     return text.isascii() and text.isdigit()
 
 
@@ -150,8 +152,8 @@ def _range(text: str, spec: str, option: str, allow_zero: bool = False) -> tuple
     except ValueError:
         raise ConfigError(f"Invalid port specifier: {spec} (option {option})") from None
     low = 0 if allow_zero else 1
-    if not (low <= first <= last <= MAX_PORT) or not _decimal(first_text) or (
-            sep and not _decimal(last_text)):
+    if not (low <= first <= last <= MAX_PORT) or not is_decimal(first_text) or (
+            sep and not is_decimal(last_text)):
         raise ConfigError(f"Invalid port specifier: {spec} (option {option})")
     return first, last
 

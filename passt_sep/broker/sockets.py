@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 from .. import linux
 from ..handoff import FdEntry
+from ..nssource import LOOPBACK
 from ..pcap import file_header
 from ..ports import Forwarding
 
 SO_BINDTODEVICE = 25
-LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 LISTEN_BACKLOG = 128
 
 

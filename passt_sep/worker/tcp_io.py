@@ -110,7 +110,7 @@ class TcpHandler:
         # pasta: connections from the host itself may be spliced instead
         self.divert: Callable[[socket.socket, int, int, bytes], bool] | None = None
         for listener in listeners:
-            self._add_listener(listener)
+            self.add_listener(listener)
 
     def active_flows(self) -> int:
         """Flows not yet closed (lingering ones do not hold the worker up)."""
@@ -405,10 +405,6 @@ class TcpHandler:
             self.flows.remove(flow.key)
 
     # -- inbound: forwarded ports -----------------------------------------------------
-    def add_listener(self, listener: Listener) -> None:
-        """A forwarded port opened after start (``auto``)."""
-        self._add_listener(listener)
-
     def remove_listener(self, fd: int) -> None:
         """Stop forwarding a port: close its listener (flows stay)."""
         entry = self.listeners.pop(fd, None)
@@ -416,7 +412,7 @@ class TcpHandler:
             self.loop.remove_fd(fd)
             entry[0].close()
 
-    def _add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Listener) -> None:
         sock = socket.socket(fileno=listener.fd)
         sock.setblocking(False)            # before the sandbox: ioctl(FIONBIO)
         self.listeners[listener.fd] = (sock, listener)

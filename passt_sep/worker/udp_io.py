@@ -50,7 +50,7 @@ class UdpHandler:
         # pasta: datagrams from the host's loopback may be spliced instead
         self.divert: Callable[[socket.socket, tuple, memoryview, int, float], bool] | None = None
         for listener in listeners:
-            self._add_listener(listener)
+            self.add_listener(listener)
 
     # -- guest -> host --------------------------------------------------------------
     def on_guest_segment(self, inb: Inbound, now: float) -> None:
@@ -110,10 +110,6 @@ class UdpHandler:
         if self.sweep_timer is None:
             self.sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-    def add_listener(self, listener: UdpListener) -> None:
-        """A forwarded port opened after start (``auto``)."""
-        self._add_listener(listener)
-
     def remove_listener(self, fd: int) -> None:
         flow = self.flows.by_handle.get(fd)
         if flow is not None and flow.forwarded:
@@ -135,7 +131,7 @@ class UdpHandler:
                 self.loop.counters.add("udp_getsockname_error")
         return ports
 
-    def _add_listener(self, listener: UdpListener) -> None:
+    def add_listener(self, listener: UdpListener) -> None:
         sock = socket.socket(fileno=listener.fd)
         sock.setblocking(False)
         v6 = listener.family == socket.AF_INET6
