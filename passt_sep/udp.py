@@ -124,6 +124,7 @@ class UdpFlow:
     handle: int                  # the host socket's fd, owned by the I/O layer
     last_used: float
     forwarded: bool = False      # a -u listener: never expires
+    host_port: int = 0           # where the host socket is bound (the guest's port if free)
     # host peer <-> the address the guest knows it by, both ways: replies
     # keep the address the guest used, and the guest's answers to a peer go
     # back to that peer even where the address alone would be mapped (a

@@ -75,6 +75,7 @@ class UdpHandler:
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             self._bind_like_guest(sock, family, datagram.sport)
+            host_port = sock.getsockname()[1]
             if datagram.v6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             else:
@@ -82,7 +83,8 @@ class UdpHandler:
         except OSError:
             sock.close()
             raise Drop("udp_socket") from None
-        flow = udp.UdpFlow(datagram.v6, datagram.src, datagram.sport, sock.fileno(), now)
+        flow = udp.UdpFlow(datagram.v6, datagram.src, datagram.sport, sock.fileno(), now,
+                           host_port=host_port)
         if not self.flows.add(flow):
             sock.close()
             raise Drop("udp_flows_full")
@@ -120,16 +122,7 @@ class UdpHandler:
     def bound_ports(self) -> set[int]:
         """Host ports our flows' own sockets hold: they show in the host's
         /proc/net/udp like any bound socket, and are not to be forwarded."""
-        ports = set()
-        for flow in self.flows.by_handle.values():
-            sock = self.sockets.get(flow.handle)
-            if flow.forwarded or sock is None:
-                continue
-            try:
-                ports.add(sock.getsockname()[1])
-            except OSError:
-                self.loop.counters.add("udp_getsockname_error")
-        return ports
+        return {f.host_port for f in self.flows.by_handle.values() if not f.forwarded}
 
     def add_listener(self, listener: UdpListener) -> None:
         sock = socket.socket(fileno=listener.fd)
