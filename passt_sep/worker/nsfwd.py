@@ -6,6 +6,7 @@ both protocols.  Nothing here runs in passt mode."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from ..config import Config
 from ..fwd import is_loopback
@@ -13,7 +14,7 @@ from ..handoff import Handoff
 from ..log import Logger
 from ..netparams import Network
 from ..nssource import NsSource
-from .fwd_io import AutoForwarding, Direction, host_socket
+from .fwd_io import AutoForwarding, Close, Direction, Open, host_socket
 from .loop import Loop
 from .splice_io import LocalSplicer, NamespaceListeners
 from .tcp_io import Listener, TcpHandler
@@ -85,60 +86,68 @@ class NamespaceForwarding:
         return {e.meta["port"] for e in self.handoff.by_role(role)}
 
     def _auto_tcp(self) -> AutoForwarding | None:
-        tcp, outward, config = self.tcp, self.outward, self.config
-        tables = self._tables("tcp")
-        if tcp is None or outward is None or not tables:
+        tcp, outward, source, config = self.tcp, self.outward, self.source, self.config
+        if tcp is None or outward is None:
             return None
-        static_host = self._static_host("tcp_listener")
-        directions: list[Direction] = []
-        inward = outward_dir = None
-        if config.tcp_ports.mode == "auto":
-            def open_inward(family: int, port: int) -> int:
-                fd = host_socket(family, socket.SOCK_STREAM, port)
-                tcp.add_listener(Listener(fd, family, port, port))
-                return fd
-            inward = Direction("ns", open_inward, tcp.remove_listener,
-                               lambda: self.static_ns_tcp | _ports(outward_dir))
-            directions.append(inward)
-        if config.tcp_ns.mode == "auto" and self.source is not None:
-            source = self.source
 
-            def open_outward(family: int, port: int) -> int:
-                fd = source.listen(family, port)
-                outward.add(fd, port)
-                return fd
-            outward_dir = Direction("host", open_outward, outward.remove,
-                                    lambda: static_host | _ports(inward))
-            directions.append(outward_dir)
-        return AutoForwarding(self.loop, self.log, tables, False, self.families, directions)
+        def open_inward(family: int, port: int) -> int:
+            fd = host_socket(family, socket.SOCK_STREAM, port)
+            tcp.add_listener(Listener(fd, family, port, port))
+            return fd
+
+        def open_outward(family: int, port: int) -> int:
+            assert source is not None
+            fd = source.listen(family, port)
+            outward.add(fd, port)
+            return fd
+
+        static_host = self._static_host("tcp_listener")
+        return self._auto(
+            "tcp", (open_inward, tcp.remove_listener) if config.tcp_ports.mode == "auto" else None,
+            (open_outward, outward.remove) if config.tcp_ns.mode == "auto" and source else None,
+            self.static_ns_tcp, lambda: static_host)
 
     def _auto_udp(self) -> AutoForwarding | None:
-        udp, relay, config = self.udp, self.relay, self.config
-        tables = self._tables("udp")
-        if udp is None or relay is None or not tables:
+        udp, relay, source, config = self.udp, self.relay, self.source, self.config
+        if udp is None or relay is None:
             return None
-        static_host = self._static_host("udp_listener")
-        directions: list[Direction] = []
-        inward = outward_dir = None
-        if config.udp_ports.mode == "auto":
-            def open_inward(family: int, port: int) -> int:
-                fd = host_socket(family, socket.SOCK_DGRAM, port)
-                udp.add_listener(UdpListener(fd, family, port, port))
-                return fd
-            inward = Direction("ns", open_inward, udp.remove_listener,
-                               lambda: self.static_ns_udp | _ports(outward_dir))
-            directions.append(inward)
-        if config.udp_ns.mode == "auto" and self.source is not None:
-            source = self.source
 
-            def open_outward(family: int, port: int) -> int:
-                fd = source.ask("udp_bind", family, port)
-                relay.add(fd, port, connect_host_loopback)
-                return fd
-            outward_dir = Direction("host", open_outward, relay.remove,
-                                    lambda: static_host | udp.bound_ports() | _ports(inward))
+        def open_inward(family: int, port: int) -> int:
+            fd = host_socket(family, socket.SOCK_DGRAM, port)
+            udp.add_listener(UdpListener(fd, family, port, port))
+            return fd
+
+        def open_outward(family: int, port: int) -> int:
+            assert source is not None
+            fd = source.ask("udp_bind", family, port)
+            relay.add(fd, port, connect_host_loopback)
+            return fd
+
+        static_host = self._static_host("udp_listener")
+        return self._auto(
+            "udp", (open_inward, udp.remove_listener) if config.udp_ports.mode == "auto" else None,
+            (open_outward, relay.remove) if config.udp_ns.mode == "auto" and source else None,
+            self.static_ns_udp, lambda: static_host | udp.bound_ports())
+
+    def _auto(self, protocol: str, inward: tuple[Open, Close] | None,
+              outward: tuple[Open, Close] | None, static_ns: set[int],
+              host_ours: Callable[[], set[int]]) -> AutoForwarding | None:
+        """``inward`` follows the namespace's table (open, close on the
+        host), ``outward`` the host's (open, close in the namespace); each
+        leaves alone the ports the other holds for us."""
+        tables = self._tables(protocol)
+        if not tables or (inward is None and outward is None):
+            return None
+        directions: list[Direction] = []
+        inward_dir = outward_dir = None
+        if inward is not None:
+            inward_dir = Direction("ns", *inward, lambda: static_ns | _ports(outward_dir))
+            directions.append(inward_dir)
+        if outward is not None:
+            outward_dir = Direction("host", *outward, lambda: host_ours() | _ports(inward_dir))
             directions.append(outward_dir)
-        return AutoForwarding(self.loop, self.log, tables, True, self.families, directions)
+        return AutoForwarding(self.loop, self.log, tables, protocol == "udp", self.families,
+                              directions)
 
 
 def _ports(direction: Direction | None) -> set[int]:
