@@ -79,16 +79,19 @@ class Served:
 
     def _wait_ready(self) -> None:
         for _ in range(200):
-            out = subprocess.run(["ip", "netns", "exec", self.ns, "ip", "-4", "route"],
+            out = subprocess.run(self.cmd("ip", "-4", "route"),
                                  capture_output=True, text=True).stdout
             if "default" in out:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"{self.name}: namespace not configured")
 
+    def cmd(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *argv]
+
     def run(self, *argv: str, timeout: float = 60) -> str:
-        return subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True,
-                              text=True, timeout=timeout).stdout
+        return subprocess.run(self.cmd(*argv), capture_output=True, text=True,
+                              timeout=timeout).stdout
 
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.ns], check=False)
@@ -99,8 +102,12 @@ def iperf(served: Served, reverse: bool, remote: str = REMOTE_ADDR4) -> float:
     """Gbit/s received, guest -> remote (or remote -> guest with -R)."""
     out = served.run("iperf3", "-c", remote, "-t", str(SECONDS), "-J",
                      *(["-R"] if reverse else []), timeout=SECONDS + 30)
+    return _received_gbps(out)
+
+
+def _received_gbps(iperf_json: str) -> float:
     try:
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+        return json.loads(iperf_json)["end"]["sum_received"]["bits_per_second"] / 1e9
     except (ValueError, KeyError):
         return 0.0
 
@@ -124,19 +131,9 @@ def splice_out(served: Served) -> float:
     loopback (pasta's -T, here by auto: the host listens first)."""
     if served.name == "slirp4netns":
         return float("nan")
-    server = served.topo.spawn_host("iperf3", "-s", "-1", "-B", "127.0.0.1", "-p",
-                                    str(SPLICE_OUT_PORT), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.5)                    # auto forwarding rescans every second
-        out = served.run("iperf3", "-c", "127.0.0.1", "-p", str(SPLICE_OUT_PORT), "-t",
-                         str(SECONDS), "-J", timeout=SECONDS + 30)
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
-    except (ValueError, KeyError, subprocess.TimeoutExpired):
-        return 0.0
-    finally:
-        server.kill()
-        server.wait()
+    return _loopback_iperf(served.topo.host_cmd("iperf3", "-B", "127.0.0.1"),
+                           served.cmd("iperf3"), SPLICE_OUT_PORT,
+                           settle=1.5)             # auto forwarding rescans every second
 
 
 def splice(served: Served) -> float:
@@ -145,19 +142,25 @@ def splice(served: Served) -> float:
     its API socket, so it has no figure here)."""
     if served.name == "slirp4netns":
         return float("nan")
-    server = subprocess.Popen(["ip", "netns", "exec", served.ns, "iperf3", "-s", "-1", "-p",
-                               str(SPLICE_PORT)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    return _loopback_iperf(served.cmd("iperf3"), served.topo.host_cmd("iperf3"), SPLICE_PORT,
+                           settle=0.5)
+
+
+def _loopback_iperf(server: list[str], client: list[str], port: int, settle: float) -> float:
+    """Gbit/s from ``client`` to a one-shot ``server`` at 127.0.0.1:``port``
+    (each argv runs iperf3 where its prefix says)."""
+    proc = subprocess.Popen([*server, "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
-        out = served.topo.run_host("iperf3", "-c", "127.0.0.1", "-p", str(SPLICE_PORT), "-t",
-                                   str(SECONDS), "-J", timeout=SECONDS + 30).stdout
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
-    except (ValueError, KeyError, subprocess.TimeoutExpired):
+        time.sleep(settle)
+        out = subprocess.run([*client, "-c", "127.0.0.1", "-p", str(port), "-t", str(SECONDS),
+                              "-J"], capture_output=True, text=True, timeout=SECONDS + 30).stdout
+        return _received_gbps(out)
+    except subprocess.TimeoutExpired:
         return 0.0
     finally:
-        server.kill()
-        server.wait()
+        proc.kill()
+        proc.wait()
 
 
 def latency(served: Served) -> tuple[float, float]:
@@ -194,7 +197,7 @@ def rss_with_connections(served: Served, count: int = 1000) -> float:
               f"held = [socket.create_connection(('{REMOTE_ADDR4}', 7001), 10)"
               f" for _ in range({count})]\n"
               "print('open', flush=True); sys.stdin.readline()\n")
-    proc = subprocess.Popen(["ip", "netns", "exec", served.ns, sys.executable, "-c", script],
+    proc = subprocess.Popen(served.cmd(sys.executable, "-c", script),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         if proc.stdout is None or proc.stdout.readline().strip() != "open":
