@@ -18,21 +18,13 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_packet.py
 from fuzz import common  # noqa: E402
 from passt_sep import packet, tcp  # noqa: E402
 from passt_sep.packet import Drop  # noqa: E402
+from tests.checksums import reference_checksum  # noqa: E402
 
 NAME = "packet"
 ALLOWED = (Drop,)
 DICTIONARY = [b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x45", b"\x46", b"\x4f", b"\x60",
               b"\x00\x08", b"\x2c", b"\x3c", b"\x2b", b"\x11", b"\x06", b"\x3a", b"\x20\x00",
               b"\x3f\xff"]
-
-
-def reference_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def check(data: bytes) -> None:
