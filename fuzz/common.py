@@ -434,3 +434,34 @@ def reparse(frame: bytes | bytearray):
 
     eth = packet.parse_ethernet(bytes(frame))
     return eth, packet.parse_ip_frame(eth)
+
+
+def udp_server_exchange(data: bytes, v6: bool, server_port: int, client_port: int,
+                        parse: Callable, handle: Callable):
+    """One of our UDP servers (DHCP, DHCPv6) fed the frame in ``data``:
+    ``(net, request, answer payload)`` when it answered, else None.  Only
+    ``Drop`` may come out of parsing and answering; the answer must parse
+    back and go from the server port to the client port."""
+    from passt_sep import packet
+
+    fdp = provider(data)
+    net = pick_net(fdp)
+    flags = fdp.ConsumeIntInRange(0, 255)
+    _, inb = layers(rest(fdp))
+    if inb is None or inb.is_ipv6 != v6 or inb.proto != packet.IPPROTO_UDP:
+        return None
+    datagram = guarded((packet.Drop,), packet.parse_udp, inb.l4)
+    if datagram is None:
+        return None
+    request = guarded((packet.Drop,), parse, datagram.payload)
+    if datagram.dport != server_port:
+        return None
+    reply = guarded((packet.Drop,), handle, net, inb, datagram,
+                    send_dns=bool(flags & 1), send_search=bool(flags & 2))
+    if reply is None:
+        return None
+    assert request is not None
+    _, back = reparse(reply)
+    answer_udp = packet.parse_udp(back.l4)
+    assert (answer_udp.sport, answer_udp.dport) == (server_port, client_port)
+    return net, request, answer_udp.payload

@@ -18,38 +18,21 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_dhcpv6.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fuzz import common  # noqa: E402
-from passt_sep import dhcpv6, packet  # noqa: E402
-from passt_sep.packet import Drop  # noqa: E402
+from passt_sep import dhcpv6  # noqa: E402
 
 NAME = "dhcpv6"
-ALLOWED = (Drop,)
 DICTIONARY = [b"\x00\x01", b"\x00\x02", b"\x00\x03", b"\x00\x05", b"\x00\x0e\x00\x00",
               b"\x00\x19", b"\x00\x03\x00\x01", b"\x00\x0c", b"\x00\x00", b"\xff\xff",
               b"\x02\x23", common.GUEST6]
 
 
 def check(data: bytes) -> None:
-    fdp = common.provider(data)
-    net = common.pick_net(fdp)
-    flags = fdp.ConsumeIntInRange(0, 255)
-    _, inb = common.layers(common.rest(fdp))
-    if inb is None or not inb.is_ipv6 or inb.proto != packet.IPPROTO_UDP:
+    exchange = common.udp_server_exchange(data, True, dhcpv6.SERVER_PORT, dhcpv6.CLIENT_PORT,
+                                          dhcpv6.parse_dhcpv6, dhcpv6.handle_dhcpv6)
+    if exchange is None:
         return
-    datagram = common.guarded(ALLOWED, packet.parse_udp, inb.l4)
-    if datagram is None:
-        return
-    request = common.guarded(ALLOWED, dhcpv6.parse_dhcpv6, datagram.payload)
-    if datagram.dport != dhcpv6.SERVER_PORT:
-        return
-    reply = common.guarded(ALLOWED, dhcpv6.handle_dhcpv6, net, inb, datagram,
-                           send_dns=bool(flags & 1), send_search=bool(flags & 2))
-    if reply is None:
-        return
-    assert request is not None
-    _, back = common.reparse(reply)
-    answer_udp = packet.parse_udp(back.l4)
-    assert (answer_udp.sport, answer_udp.dport) == (dhcpv6.SERVER_PORT, dhcpv6.CLIENT_PORT)
-    answer = dhcpv6.parse_dhcpv6(answer_udp.payload)
+    net, request, payload = exchange
+    answer = dhcpv6.parse_dhcpv6(payload)
     assert answer.transaction_id == request.transaction_id
     assert answer.msg_type in (dhcpv6.ADVERTISE, dhcpv6.REPLY)
     assert answer.get(dhcpv6.OPT_SERVERID) == dhcpv6.server_duid(net)
