@@ -59,7 +59,14 @@ Windows and options
     only if the guest offered scaling, or in our own SYN).  The guest's MSS
     and scale come from its SYN or SYN-ACK (defaults 536 / 1220 bytes, no
     scaling).  No timestamps, no SACK: we never announce them, so the guest
-    never uses them.
+    never uses them.  The guest's MSS becomes the socket's TCP_MAXSEG and its
+    window the socket's TCP_WINDOW_CLAMP (``Actions.window_clamp``), as passt
+    does: the socket then offers its peer no more than the guest can take,
+    and data waits at the sender rather than in the socket's receive queue.
+    The clamp follows the window in steps of a quarter (a syscall per ACK
+    would cost more than the precision is worth) and never goes below
+    ``MIN_CLAMP``: a clamp shrunk to a zero window makes Linux's receive
+    window grow back slowly from a few KiB once the guest reads again.
 
 Ending
     A guest FIN in order becomes ``shutdown(SHUT_WR)`` (``shutdown_write``);
@@ -127,6 +134,8 @@ MAX_RTO = 60.0
 MAX_RETRIES = 8
 INACTIVITY = 7200.0
 LINGER = 2.0
+MIN_CLAMP = 0x10000                      # TCP_WINDOW_CLAMP floor, bytes
+CLAMP_STEP = 4                           # re-clamp on a change of a quarter or more
 
 _TCP = struct.Struct("!HHIIHHHH")
 _TCP_VARIABLE = struct.Struct("!IIHH")   # seq, ack, offset+flags, window (at offset 4)
@@ -337,7 +346,8 @@ class Actions:
     discard ``acked`` bytes; on ``retransmit`` set the peek offset to 0; write
     ``to_socket`` and report with ``on_socket_accepted``; ``shutdown_write``;
     on ``closed`` close the socket; on ``send_more`` peek and send within
-    ``send_budget()``; on ``forget`` drop the flow.  ``drop`` names a counter."""
+    ``send_budget()``; on ``forget`` drop the flow.  ``drop`` names a counter;
+    ``window_clamp``, when set, is the socket's new TCP_WINDOW_CLAMP."""
 
     frames: list[bytearray] = field(default_factory=list)
     to_socket: memoryview | None = None
@@ -349,6 +359,7 @@ class Actions:
     closed: bool = False
     forget: bool = False
     drop: str | None = None
+    window_clamp: int | None = None
 
 
 class TcpConn:
@@ -362,7 +373,7 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "tso",
+        "linger_until", "tso", "clamp",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
@@ -401,6 +412,7 @@ class TcpConn:
         self.fin_acked = False
         self.pending = (0, False)               # to_socket length, FIN behind it
         self.linger_until = 0.0
+        self.clamp = 0                          # the socket's TCP_WINDOW_CLAMP, 0: unset
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -523,6 +535,14 @@ class TcpConn:
         self.retries = 0
         self.rto = ACK_TIMEOUT
         actions.send_more = True
+        self._mirror_window(actions)
+
+    def _mirror_window(self, actions: Actions) -> None:
+        """The guest's window as the socket's clamp, when it moved enough."""
+        clamp = min(max(self.guest_window, MIN_CLAMP), MAX_WINDOW)
+        if self.clamp and abs(clamp - self.clamp) * CLAMP_STEP < self.clamp:
+            return
+        self.clamp = actions.window_clamp = clamp
 
     def _seg_established(self, seg: TcpSegment, actions: Actions, now: float) -> None:
         flags = seg.flags
@@ -573,7 +593,9 @@ class TcpConn:
                 self._rewind(actions, now)
         if window > self.guest_window:
             actions.send_more = True
-        self.guest_window = window
+        if window != self.guest_window:
+            self.guest_window = window
+            self._mirror_window(actions)
         if not window and self.snd_max == self.snd_una and self.rtx_deadline is None:
             self.rtx_deadline = now + self.rto    # probe the zero window
         return True

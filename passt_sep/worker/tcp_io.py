@@ -218,6 +218,8 @@ class TcpHandler:
     def _socket_actions(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
         sock = flow.sock
         assert sock is not None
+        if actions.window_clamp is not None:
+            self._clamp_window(sock, actions.window_clamp)
         if actions.acked:
             self._discard(sock, actions.acked)
         if actions.retransmit:
@@ -233,6 +235,14 @@ class TcpHandler:
                 pass
         if actions.closed:
             self._close_socket(flow)
+
+    @staticmethod
+    def _clamp_window(sock: socket.socket, clamp: int) -> None:
+        """Best effort, like passt: a socket that cannot take it still works."""
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, clamp)
+        except OSError:
+            pass
 
     def _write(self, flow: Flow, data: memoryview, now: float) -> None:
         sock = flow.sock

@@ -226,6 +226,36 @@ def test_handshake_ack_establishes_and_scales_guest_window() -> None:
     assert conn.send_budget() == 1000 << 7
 
 
+def test_guest_window_becomes_the_socket_window_clamp() -> None:
+    guest = Guest()
+    conn = outbound_conn(guest)
+    conn.on_connected(FREE, SNDBUF, T0)
+    seg, _ = guest.seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 1000)
+    assert conn.on_guest_segment(seg, T0).window_clamp == 1000 << 7
+
+
+@pytest.mark.parametrize("window_field, clamp", [
+    (1100, None),                 # a tenth more: not worth a syscall
+    (900, None),
+    (1300, 1300 << 7),            # a quarter or more: clamped again
+    (700, 700 << 7),
+    (0, tcp.MIN_CLAMP),           # a zero window keeps the floor
+    (0xFFFF, 0xFFFF << 7),
+])
+def test_window_clamp_follows_guest_window_in_quarters(window_field: int,
+                                                       clamp: int | None) -> None:
+    guest = Guest()
+    conn = established(guest, window_field=1000)
+    assert ack(guest, conn, OUR_ISN + 1, window_field).window_clamp == clamp
+
+
+def test_window_clamp_never_below_floor() -> None:
+    guest = Guest()
+    conn = established(guest, window_field=100)      # 12800 bytes
+    assert conn.clamp == tcp.MIN_CLAMP
+    assert ack(guest, conn, OUR_ISN + 1, 10).window_clamp is None
+
+
 def test_lost_syn_ack_is_sent_again_on_guest_syn() -> None:
     guest = Guest()
     conn = outbound_conn(guest)
