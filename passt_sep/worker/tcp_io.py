@@ -75,9 +75,12 @@ TcpListener = Listener   # the worker's name for it, beside UdpListener
 
 
 class Flow:
-    """A TcpConn and its socket; ``sock`` is None once closed (lingering)."""
+    """A TcpConn and its socket; ``sock`` is None once closed (lingering).
+    ``drained``: the last peek found the socket's queue empty, so until a
+    new edge (or a rewind) there is nothing to peek however the window grows."""
 
-    __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out")
+    __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out",
+                 "drained")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -86,6 +89,7 @@ class Flow:
         self.recheck: Timer | None = None
         self.recheck_delay = WINDOW_RECHECK
         self.want_out = False
+        self.drained = False
 
 
 class TcpHandler:
@@ -210,7 +214,7 @@ class TcpHandler:
         if actions.forget:
             self._forget(flow)
             return
-        if flow.sock is not None and actions.send_more:
+        if flow.sock is not None and actions.send_more and not flow.drained:
             self._pump(flow, now)
         if self.flows.get(flow.key) is flow:
             self._schedule(flow)
@@ -224,6 +228,7 @@ class TcpHandler:
             self._discard(sock, actions.acked)
         if actions.retransmit:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            flow.drained = False
             self.loop.counters.add("tcp_retransmit")
         if actions.to_socket is not None:
             self._write(flow, actions.to_socket, now)
@@ -300,7 +305,7 @@ class TcpHandler:
         if events & EPOLLOUT and flow.want_out:
             self._window_update(flow, now)
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP):
-            self._pump(flow, now)
+            self._pump(flow, now, until_empty=bool(events & (EPOLLRDHUP | EPOLLHUP)))
         if self.flows.get(flow.key) is flow:
             self._schedule(flow)
 
@@ -353,14 +358,23 @@ class TcpHandler:
         if self.flows.get(flow.key) is flow:
             self._window_update(flow, now)
 
-    def _pump(self, flow: Flow, now: float) -> None:
-        """Peek new socket data and send it while the guest's window allows."""
+    def _pump(self, flow: Flow, now: float, until_empty: bool = True) -> None:
+        """Peek new socket data and send it while the guest's window allows.
+        Without ``until_empty`` (an EPOLLIN edge, no hang-up), a short peek
+        ends it: the queue was drained and what arrives later raises a new
+        edge, so the peek that would only fail with EAGAIN is saved (one
+        syscall and one exception per request/response).  A hang-up, or a
+        call not caused by an edge, peeks until EAGAIN or end of file, which
+        has no edge of its own once this one is consumed."""
         conn, sock, view = flow.conn, flow.sock, self.view
         assert sock is not None
+        flow.drained = False
         while (budget := conn.send_budget()) > 0:
+            wanted = min(budget, PEEK_BUFFER)
             try:
-                size = sock.recv_into(view, min(budget, PEEK_BUFFER), socket.MSG_PEEK | DONTWAIT)
+                size = sock.recv_into(view, wanted, socket.MSG_PEEK | DONTWAIT)
             except BlockingIOError:
+                flow.drained = True
                 return
             except OSError:
                 self._socket_error(flow, now)
@@ -369,6 +383,9 @@ class TcpHandler:
                 self._send(conn.on_socket_eof(now))
                 return
             self._send(conn.on_socket_data(view[:size], now))
+            if size < wanted and not until_empty:
+                flow.drained = True
+                return
 
     # -- timers and the end of flows --------------------------------------------------
     def _schedule(self, flow: Flow) -> None:
