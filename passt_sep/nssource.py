@@ -34,9 +34,9 @@ import socket
 from typing import NoReturn
 
 from . import fdpass
+from .portsock import LISTEN_BACKLOG
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-LISTEN_BACKLOG = 128
 
 
 class NsSourceError(Exception):

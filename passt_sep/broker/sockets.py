@@ -17,9 +17,7 @@ from ..handoff import FdEntry
 from ..nssource import LOOPBACK
 from ..pcap import file_header
 from ..ports import Forwarding
-
-SO_BINDTODEVICE = 25
-LISTEN_BACKLOG = 128
+from ..portsock import bound_socket
 
 
 class SetupError(Exception):
@@ -66,20 +64,9 @@ def _rule_families(address: str | None, ipv4: bool, ipv6: bool) -> Iterator[int]
 
 def _bound(family: int, kind: int, address: str | None, interface: str | None,
            port: int, quiet_conflicts: bool) -> socket.socket | None:
-    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if interface:
-            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
-        wildcard = "0.0.0.0" if family == socket.AF_INET else "::"
-        sock.bind((address or wildcard, port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(LISTEN_BACKLOG)
-        return sock
+        return bound_socket(family, kind, port, address, interface)
     except OSError as exc:
-        sock.close()
         if quiet_conflicts and exc.errno in (errno.EADDRINUSE, errno.EACCES):
             return None
         proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"

@@ -15,18 +15,17 @@ away on the other side.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import procnet
 from ..log import Logger
 from ..nssource import NsSourceError
+from ..portsock import bound_socket
 from .loop import Loop
 
 SCAN_INTERVAL = 1.0
 READ_CHUNK = 65536
-LISTEN_BACKLOG = 128
 
 Open = Callable[[int, int], int]       # (family, port) -> fd, registered where it serves
 Close = Callable[[int], None]
@@ -97,18 +96,7 @@ class AutoForwarding:
 def host_socket(family: int, kind: int, port: int) -> int:
     """A socket on the host's wildcard address at ``port``: listening (TCP)
     or bound (UDP)."""
-    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(("0.0.0.0" if family == socket.AF_INET else "::", port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock.detach()
+    return bound_socket(family, kind, port).detach()
 
 
 def _read_all(fd: int) -> bytes:

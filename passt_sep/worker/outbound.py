@@ -13,8 +13,7 @@ import socket
 from dataclasses import dataclass
 
 from ..config import Config
-
-SO_BINDTODEVICE = 25
+from ..portsock import SO_BINDTODEVICE
 
 
 @dataclass(frozen=True)
