@@ -8,6 +8,9 @@ by TCP, UDP and ICMP:
   peers appear to the guest as coming from it, unless ``--no-map-gw``;
 * ``--map-guest-addr ADDR`` stands for the host's own address (which the
   guest also holds, so it could not otherwise reach the host by it);
+  without it, peers at that address appear to the guest as the gateway,
+  as with pasta, whatever ``--no-map-gw`` says (the guest could not answer
+  its own address);
 * ``--dns-forward ADDR``: DNS to ADDR goes to the host's first resolver.
 """
 
@@ -38,6 +41,8 @@ class AddressMap:
     guest_addr6: bytes | None = None
     host_addr4: bytes | None = None       # the host's own address (= the guest's)
     host_addr6: bytes | None = None
+    gateway4: bytes | None = None         # what the guest sees for its own address
+    gateway6: bytes | None = None
     dns_forward4: bytes | None = None     # --dns-forward addresses
     dns_forward6: bytes | None = None
     dns_server4: bytes | None = None      # where forwarded DNS goes
@@ -61,6 +66,7 @@ class AddressMap:
             guest_addr4=guest if guest and len(guest) == 4 else None,
             guest_addr6=guest if guest and len(guest) == 16 else None,
             host_addr4=host_addr4, host_addr6=host_addr6,
+            gateway4=gateway4, gateway6=gateway6,
             dns_forward4=_first_of_family(dns_forward, 4),
             dns_forward6=_first_of_family(dns_forward, 16),
             dns_server4=_first_of_family(dns_servers, 4),
@@ -102,8 +108,10 @@ class AddressMap:
                 return alias
         host_addr = self.host_addr4 if v4 else self.host_addr6
         guest_alias = self.guest_addr4 if v4 else self.guest_addr6
-        if guest_alias is not None and src == host_addr:
-            return guest_alias
+        if src == host_addr:
+            alias = guest_alias or (self.gateway4 if v4 else self.gateway6)
+            if alias is not None:
+                return alias
         return src
 
 

@@ -1,13 +1,16 @@
 """Real peers for the end-to-end tests: plain kernel sockets, nothing mocked.
 
-Servers (run in a namespace, until killed):
-  sink PORT [ADDR]          TCP: read until EOF, answer "<sha256> <bytes>\\n", close
-  source PORT [ADDR]        TCP: read "SIZE SEED\\n", send SIZE pseudo-random bytes, close
-  udp-echo PORT [ADDR]      UDP: send every datagram back
+Servers (run in a namespace, until killed; PORTS is one port or a comma list):
+  sink PORTS [ADDR]         TCP: read until EOF, answer "<sha256> <bytes>\\n", close
+  source PORTS [ADDR]       TCP: read "SIZE SEED\\n", send SIZE pseudo-random bytes, close
+  udp-echo PORTS [ADDR]     UDP: send every datagram back
   dns PORT [ADDR]           DNS over UDP and TCP: A -> 203.0.113.53, AAAA -> 2001:db8:2::53
 Clients (print one line, exit 0 on success):
   send HOST PORT SIZE SEED  send, half-close, print the sink's answer and ours
   recv HOST PORT SIZE SEED  ask a source, print "<sha256> <bytes>" of what came
+  udp-send HOST PORT SIZE SEED  send over UDP, through a udp-echo: one datagram at a
+                            time, each sent again until its echo comes back;
+                            print "<sha256> <bytes>" of what came back
   many HOST PORT N SIZE     N concurrent sends to a sink, print "ok N" if all match
   udp-stream HOST PORT N [RATE]  send N numbered 1000-byte datagrams to a
                             udp-count, at most RATE per second (default: no limit)
@@ -99,6 +102,22 @@ def udp_echo(sock: socket.socket) -> None:
     while True:
         data, peer = sock.recvfrom(65535)
         sock.sendto(data, peer)
+
+
+def serve_ports(command: str, ports: str, addr: str) -> None:
+    """A server on each of a comma-separated list of ports, one thread each."""
+    threads = []
+    for port in ports.split(","):
+        if command == "udp-echo":
+            target, args = udp_echo, (listener(int(port), addr, socket.SOCK_DGRAM),)
+        else:
+            handler = handle_sink if command == "sink" else handle_source
+            target, args = serve, (listener(int(port), addr), handler)
+        threads.append(threading.Thread(target=target, args=args, daemon=True))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 DNS_A = socket.inet_pton(socket.AF_INET, "203.0.113.53")
@@ -213,6 +232,42 @@ def recv(host: str, port: int, size: int, seed: int) -> str:
     return f"{h.hexdigest()} {total}"
 
 
+def echo_of(sock: socket.socket, packet: bytes, peer: tuple, deadline: float) -> bytes:
+    """Send until the echo of this packet (its first 8 bytes) comes back;
+    late echoes of earlier ones are skipped."""
+    while time.monotonic() < deadline:
+        sock.sendto(packet, peer)
+        try:
+            while True:
+                echo = sock.recv(65535)
+                if echo[:8] == packet[:8]:
+                    return echo
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"no echo from {peer[0]} port {peer[1]}")
+
+
+def udp_send(host: str, port: int, size: int, seed: int, datagram: int = 32768) -> str:
+    """``send`` over UDP: numbered datagrams through a udp-echo, each one
+    sent again until its echo comes (UDP may drop, never corrupt), so what
+    comes back must be the data whole and in order."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    h = hashlib.sha256()
+    total = 0
+    number = 0
+    deadline = time.monotonic() + 60
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        for chunk in data_chunks(size, seed):
+            for offset in range(0, len(chunk), datagram):
+                packet = number.to_bytes(8, "big") + chunk[offset:offset + datagram]
+                echo = echo_of(sock, packet, (host, port), deadline)[8:]
+                h.update(echo)
+                total += len(echo)
+                number += 1
+    return f"{h.hexdigest()} {total}"
+
+
 def many(host: str, port: int, count: int, size: int) -> str:
     results: list[bool] = [False] * count
 
@@ -233,9 +288,8 @@ def many(host: str, port: int, count: int, size: int) -> str:
 
 def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
-    if command in ("sink", "source"):
-        addr = args[1] if len(args) > 1 else "::"
-        serve(listener(int(args[0]), addr), handle_sink if command == "sink" else handle_source)
+    if command in ("sink", "source", "udp-echo"):
+        serve_ports(command, args[0], args[1] if len(args) > 1 else "::")
     elif command == "dns":
         dns_server(int(args[0]), args[1] if len(args) > 1 else "::")
     elif command == "udp-stream":
@@ -243,10 +297,10 @@ def main(argv: list[str]) -> None:
         print(udp_stream(args[0], int(args[1]), int(args[2]), rate))
     elif command == "udp-count":
         print(udp_count(int(args[0]), float(args[1])))
-    elif command == "udp-echo":
-        udp_echo(listener(int(args[0]), args[1] if len(args) > 1 else "::", socket.SOCK_DGRAM))
     elif command == "send":
         print(send(args[0], int(args[1]), int(args[2]), int(args[3])))
+    elif command == "udp-send":
+        print(udp_send(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "recv":
         print(recv(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "many":

@@ -119,14 +119,20 @@ class Topology:
         return proc
 
     def spawn_remote(self, *args: str, **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(self.remote_cmd(*args), start_new_session=True, **kwargs)
+        return self.spawn_in(self.remote, *args, **kwargs)
+
+    def spawn_in(self, ns: str, *args: str, **kwargs) -> subprocess.Popen:
+        """Start in any named namespace (one a test made too), killed by ``close()``."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], start_new_session=True,
+                                **kwargs)
         self.procs.append(proc)
         return proc
 
     def wait_listening(self, port: int, proto: str = "tcp", remote: bool = True,
-                       timeout: float = 10.0) -> None:
-        """Wait until something listens on ``port`` in one namespace."""
-        ns = self.remote if remote else self.host
+                       timeout: float = 10.0, ns: str | None = None) -> None:
+        """Wait until something listens on ``port`` in one namespace (``ns``
+        names any other than remote and host)."""
+        ns = ns or (self.remote if remote else self.host)
         flag = "-tln" if proto == "tcp" else "-uln"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -42,16 +42,19 @@ class NamespaceForwarding:
     def _splice(self, net: Network) -> None:
         if self.source is None:
             return
+        # the host's own address is the namespace's too: a peer there could
+        # not be answered over the tap, so it is spliced like loopback
+        self.own = {p.addr for p in (net.ipv4, net.ipv6) if p is not None}
         if self.tcp is not None:
-            own = {p.addr for p in (net.ipv4, net.ipv6) if p is not None}
-            self.tcp.divert = LocalSplicer(self.loop, self.source, own, self.log)
+            self.tcp.divert = LocalSplicer(self.loop, self.source, self.own, self.log)
         if self.udp is not None:
-            self.udp.divert = self._udp_from_host_loopback
+            self.udp.divert = self._udp_from_host_itself
 
-    def _udp_from_host_loopback(self, bound: socket.socket, peer: tuple, payload: memoryview,
-                                target: int, now: float) -> bool:
+    def _udp_from_host_itself(self, bound: socket.socket, peer: tuple, payload: memoryview,
+                              target: int, now: float) -> bool:
         address = socket.inet_pton(bound.family, peer[0].split("%")[0])
-        if not is_loopback(address) or self.relay is None or self.source is None:
+        if not (is_loopback(address) or address in self.own) or self.relay is None \
+                or self.source is None:
             return False
         source = self.source
         self.relay.forward(bound, peer, payload, target,

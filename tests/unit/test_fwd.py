@@ -49,6 +49,15 @@ def test_map_guest_addr_reaches_host_address() -> None:
     assert m.to_guest(HOST4, 8080) == ip("169.254.1.2")
 
 
+def test_host_address_appears_as_the_gateway_without_map_guest_addr() -> None:
+    """The guest holds the host's address itself: a host peer there (a
+    local client, unspliced) must look like someone it can answer."""
+    for m in (amap(), amap(no_map_gw=True)):
+        assert m.to_guest(HOST4, 8080) == GW4
+        assert m.to_guest(HOST6, 8080) == GW6
+    assert amap(map_guest_addr="169.254.1.2").to_guest(HOST6, 8080) == GW6
+
+
 def test_dns_forward_only_for_port_53() -> None:
     m = amap(dns_forward=("169.254.1.1", "fd00::53"), dns_servers=("203.0.113.1", "2001:db8:2::1"))
     assert m.to_host(ip("169.254.1.1"), 53) == ip("203.0.113.1")
