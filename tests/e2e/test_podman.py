@@ -233,8 +233,10 @@ unshare --net="$netns" true
 "$pasta" "$@" --netns "$netns" > "$1/out" 2>&1
 echo "status $?"
 echo "output $(wc -c < "$1/out")"
-nsenter --net="$netns" ip -4 -o addr show scope global | awk '{print "addr " $4}'
-nsenter --net="$netns" ip -4 route show default | awk '{print "gateway " $3}'
+for family in 4 6; do
+    nsenter --net="$netns" ip -$family -o addr show scope global | awk '{print "addr " $4}'
+    nsenter --net="$netns" ip -$family route show default | awk '{print "gateway " $3}'
+done
 umount "$netns"; rm "$netns"
 sleep 1.5
 pgrep -f "netns-podman" > /dev/null && echo "worker still running" || echo "worker gone"
@@ -254,4 +256,5 @@ def test_rootless_podman_flow_in_its_own_user_namespace(topo: Topology, pasta_li
                            pasta_link, *PODMAN_ARGV, rootless=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "status 0", "output 0", f"addr {HOST_ADDR4}/24", f"gateway {GW_ADDR4}", "worker gone"]
+        "status 0", "output 0", f"addr {HOST_ADDR4}/24", f"gateway {GW_ADDR4}",
+        f"addr {HOST_ADDR6}/64", f"gateway {GW_ADDR6}", "worker gone"]
