@@ -9,6 +9,10 @@ Clients (print one line, exit 0 on success):
   send HOST PORT SIZE SEED  send, half-close, print the sink's answer and ours
   recv HOST PORT SIZE SEED  ask a source, print "<sha256> <bytes>" of what came
   many HOST PORT N SIZE     N concurrent sends to a sink, print "ok N" if all match
+  connect-flood HOST PORT N RATE PATIENCE  open N connections, RATE per second,
+                            and hold each until the server ends it; print
+                            "opened O ended E failed F open S", S counted
+                            PATIENCE seconds after the last connect
   udp-stream HOST PORT N [RATE]  send N numbered 1000-byte datagrams to a
                             udp-count, at most RATE per second (default: no limit)
   udp-count PORT SECONDS    count numbered datagrams, print "got N missing M corrupt C"
@@ -18,9 +22,12 @@ Data is deterministic per seed, so both ends can compute its sha256.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
+import resource
+import select
 import socket
 import sys
 import threading
@@ -231,6 +238,74 @@ def many(host: str, port: int, count: int, size: int) -> str:
     return f"ok {good}" if good == count else f"failed {count - good} of {count}"
 
 
+def raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
+
+
+class ConnectFlood:
+    """Connections opened at a pace and held, each until the server ends it
+    (a reset or EOF): none is closed from this side."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address = (host, port)
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.epoll = select.epoll()
+        self.connecting: dict[int, socket.socket] = {}
+        self.held: dict[int, socket.socket] = {}
+        self.opened = self.ended = self.failed = 0
+
+    def open_one(self) -> None:
+        sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        code = sock.connect_ex(self.address)
+        if code not in (0, errno.EINPROGRESS):
+            self.failed += 1
+            sock.close()
+            return
+        self.connecting[sock.fileno()] = sock
+        self.epoll.register(sock.fileno(), select.EPOLLOUT)
+
+    def poll(self, timeout: float) -> None:
+        for fd, _ in self.epoll.poll(max(timeout, 0)):
+            if fd in self.connecting:
+                self._connected(self.connecting.pop(fd))
+            elif fd in self.held:
+                self._end(self.held.pop(fd))
+
+    def _connected(self, sock: socket.socket) -> None:
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code == errno.ECONNRESET:             # opened, and reset before we looked
+            self.opened += 1
+            self.ended += 1
+        elif code:
+            self.failed += 1
+        else:
+            self.opened += 1
+            self.held[sock.fileno()] = sock
+            self.epoll.modify(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+            return
+        self.epoll.unregister(sock.fileno())
+        sock.close()
+
+    def _end(self, sock: socket.socket) -> None:
+        self.ended += 1
+        self.epoll.unregister(sock.fileno())
+        sock.close()
+
+    def run(self, count: int, rate: float, patience: float) -> str:
+        raise_fd_limit(count + 100)
+        start = time.monotonic()
+        for number in range(count):
+            self.poll(start + number / rate - time.monotonic())
+            self.open_one()
+        deadline = time.monotonic() + patience
+        while (self.connecting or self.held) and time.monotonic() < deadline:
+            self.poll(deadline - time.monotonic())
+        return (f"opened {self.opened} ended {self.ended} failed {self.failed} "
+                f"open {len(self.connecting) + len(self.held)}")
+
+
 def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
     if command in ("sink", "source"):
@@ -251,6 +326,9 @@ def main(argv: list[str]) -> None:
         print(recv(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "many":
         print(many(args[0], int(args[1]), int(args[2]), int(args[3])))
+    elif command == "connect-flood":
+        flood = ConnectFlood(args[0], int(args[1]))
+        print(flood.run(int(args[2]), float(args[3]), float(args[4])))
     elif command == "digest":
         print(f"{digest_of(int(args[0]), int(args[1]))} {args[0]}")
     else:
