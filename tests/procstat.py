@@ -1,8 +1,10 @@
 """A process's memory and file descriptors as /proc shows them, sampled
-over time: what the flood tests bound and the soak run reports as slopes."""
+over time: what the flood tests bound and the soak run reports as slopes;
+and the worker's own counters, as it logs them on SIGUSR1."""
 
 from __future__ import annotations
 
+import ast
 import os
 import threading
 import time
@@ -107,3 +109,9 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
         return 0.0
     cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
     return cov / var * 60.0
+
+
+def logged_counters(log: str) -> dict[str, int]:
+    """The last counters a worker logged on SIGUSR1 ({} if none)."""
+    lines = [line for line in log.splitlines() if "counters: {" in line]
+    return ast.literal_eval(lines[-1][lines[-1].index("{"):]) if lines else {}

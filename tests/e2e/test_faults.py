@@ -3,7 +3,6 @@ byte a peer's kernel acknowledged is lost."""
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import os
@@ -15,7 +14,7 @@ import time
 import pytest
 from peers import PATH as PEERS
 from peers import expected as digest
-from procstat import Sampler, rss_kib, socket_count
+from procstat import Sampler, logged_counters, socket_count
 
 from topology import HOST_ADDR4, REMOTE_ADDR4, Topology
 
@@ -173,14 +172,10 @@ def test_syn_flood_from_guest_keeps_established_flows(topo: Topology, pasta: str
     proc = topo.spawn_host(pasta, "--config-net", "--max-flows", "1024", "-P", str(pidfile),
                            "--", "sh", "-ec", script, HELD_THEN_FLOOD, SYN_FLOOD,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, rss_kib(int(pidfile.read_text())))
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    out, err = proc.communicate()
+    sampler = Sampler(lambda: int(pidfile.read_text())).start()
+    out, err = proc.communicate(timeout=300)
+    sampler.stop()
+    peak = sampler.peak("rss_kib")
     assert proc.returncode == 0, err
     assert out.splitlines() == ["sent", digest(size, 33)]
     assert 0 < peak < 200 * 1024, f"worker RSS peaked at {peak} KiB"
@@ -243,12 +238,7 @@ def _established(topo: Topology, port: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _counters(log: str) -> dict[str, int]:
-    """The last counters the worker logged on SIGUSR1."""
-    line = [line for line in log.splitlines() if "counters: {" in line][-1]
-    return ast.literal_eval(line[line.index("{"):])
-
-
+@pytest.mark.slow
 def test_half_open_inbound_flood_stays_within_the_cap(topo: Topology, pasta: str,
                                                       shared_tmp) -> None:
     """10k connections from the remote to a forwarded port whose guest
@@ -294,7 +284,7 @@ def test_half_open_inbound_flood_stays_within_the_cap(topo: Topology, pasta: str
     # every connection reached the host's kernel and was ended by passt-sep
     assert flood_out.split() == ["opened", str(FLOOD_CONNECTIONS), "ended",
                                  str(FLOOD_CONNECTIONS), "failed", "0", "open", "0"], flood_err
-    counters = _counters(log)
+    counters = logged_counters(log)
     assert counters.get("tcp_flows_full", 0) > 0, counters        # the cap was reached...
     assert counters.get("tcp_handshake_timeout", 0) > 0, counters  # ...and freed by time-outs
     assert "internal_error" not in counters, log
