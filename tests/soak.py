@@ -17,9 +17,10 @@ Reported: connection and request counts, integrity failures (data that
 came back different), failures (connections that did not complete,
 answers that never came), the worker's RSS and fd count at the start,
 peak and end with their least-squares slope per minute over the steady
-part (after the first UDP flows expired: ``warm-up``), and whether the
-worker was the same process throughout.  Exit status 1 if any byte was
-wrong, a TCP connection failed, or the worker died or changed.
+part (after the first UDP flows expired: ``STEADY_AFTER``), and whether
+the worker was the same process throughout.  Exit status 1 if any byte
+was wrong, a TCP connection failed, the worker died or changed, or (in a
+run long enough to tell) its RSS or fd count kept growing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ RATE = 20                                      # UDP echoes a second, each famil
 DNS_RATE = 5                                   # DNS queries a second, each family
 PING_INTERVAL = 0.2
 UDP_FLOW_TIMEOUT = 180                         # passt_sep.udp.DEFAULT_TIMEOUT
+STEADY_AFTER = UDP_FLOW_TIMEOUT + 20           # the first DNS flows have expired by then
+FLAT_RSS_KIB, FLAT_FDS = 256, 5                # per minute, at most, in the steady part
 SAMPLE_EVERY = 1.0
 PORT_RANGE = "1024 65000"                      # many closed connections wait in TIME_WAIT
 
@@ -84,12 +87,15 @@ def guest_script(seconds: int) -> str:
     ])
 
 
-def summary(name: str, samples: list, what: str, warmup: float) -> str:
-    values = [getattr(s, what) for s in samples]
-    whole = slope_per_minute([(s.at, getattr(s, what)) for s in samples])
-    steady = slope_per_minute([(s.at, getattr(s, what)) for s in samples if s.at >= warmup])
-    return (f"{name}: start {values[0]}, peak {max(values)}, end {values[-1]}; slope "
-            f"{steady:+.1f}/min after {warmup:.0f} s ({whole:+.1f}/min over the whole run)")
+def steady_slope(name: str, samples: list, what: str, warmup: float) -> float:
+    """Print how ``what`` went; its slope per minute after ``warmup``."""
+    values = [getattr(sample, what) for sample in samples]
+    whole = slope_per_minute([(sample.at, getattr(sample, what)) for sample in samples])
+    steady = slope_per_minute([(sample.at, getattr(sample, what)) for sample in samples
+                               if sample.at >= warmup])
+    print(f"  worker {name}: start {values[0]}, peak {max(values)}, end {values[-1]}; slope "
+          f"{steady:+.1f}/min after {warmup:.0f} s ({whole:+.1f}/min over the whole run)")
+    return steady
 
 
 def soak(seconds: int) -> int:
@@ -145,10 +151,13 @@ def soak(seconds: int) -> int:
         print(f"  {name}: {got} of {sent} echoed")
         if got == "0":
             failures.append(f"{name}: no answer")
-    warmup = min(UDP_FLOW_TIMEOUT + 20, seconds / 2)
+    warmup = min(STEADY_AFTER, seconds / 2)
     if samples:
-        print("  worker " + summary("RSS KiB", samples, "rss_kib", warmup))
-        print("  worker " + summary("fds", samples, "fds", warmup))
+        rss = steady_slope("RSS KiB", samples, "rss_kib", warmup)
+        fds = steady_slope("fds", samples, "fds", warmup)
+        # flat, once the steady part is long enough to tell (a full run)
+        if warmup == STEADY_AFTER and (rss > FLAT_RSS_KIB or fds > FLAT_FDS):
+            failures.append(f"growing: RSS {rss:+.1f} KiB/min, {fds:+.1f} fds/min")
     seen = logged_counters(log)
     print(f"  worker counters: {seen}")
     if sampler.gone or len(samples) < elapsed / SAMPLE_EVERY / 2:
