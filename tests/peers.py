@@ -12,6 +12,18 @@ Clients (print one line, exit 0 on success):
                             time, each sent again until its echo comes back;
                             print "<sha256> <bytes>" of what came back
   many HOST PORT N SIZE     N concurrent sends to a sink, print "ok N" if all match
+  connect-flood HOST PORT N RATE PATIENCE  open N connections, RATE per second,
+                            and hold each until the server ends it; print
+                            "opened O ended E failed F open S", S counted
+                            PATIENCE seconds after the last connect
+  churn HOST PORT N SECONDS MAXSIZE SEED  keep N connections to a sink open
+                            for SECONDS, each sending up to MAXSIZE bytes in
+                            two halves a pause apart; print "opened O ok K
+                            failed F corrupt C"
+  echo-check HOST PORT SECONDS RATE  RATE datagrams a second to a udp-echo,
+                            each checked; print "asked A right R wrong W lost L"
+  dns-check HOST SECONDS RATE  RATE queries a second (A and AAAA, over UDP and
+                            TCP) to a dns server, each checked; same line
   udp-stream HOST PORT N [RATE]  send N numbered 1000-byte datagrams to a
                             udp-count, at most RATE per second (default: no limit)
   udp-count PORT SECONDS    count numbered datagrams, print "got N missing M corrupt C"
@@ -21,13 +33,18 @@ Data is deterministic per seed, so both ends can compute its sha256.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import heapq
 import os
 import random
+import resource
+import select
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 CHUNK = 1 << 20
 PATH = os.path.abspath(__file__)
@@ -286,6 +303,269 @@ def many(host: str, port: int, count: int, size: int) -> str:
     return f"ok {good}" if good == count else f"failed {count - good} of {count}"
 
 
+def raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
+
+
+class ConnectFlood:
+    """Connections opened at a pace and held, each until the server ends it
+    (a reset or EOF): none is closed from this side."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address = (host, port)
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.epoll = select.epoll()
+        self.connecting: dict[int, socket.socket] = {}
+        self.held: dict[int, socket.socket] = {}
+        self.opened = self.ended = self.failed = 0
+
+    def open_one(self) -> None:
+        sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        code = sock.connect_ex(self.address)
+        if code not in (0, errno.EINPROGRESS):
+            self.failed += 1
+            sock.close()
+            return
+        self.connecting[sock.fileno()] = sock
+        self.epoll.register(sock.fileno(), select.EPOLLOUT)
+
+    def poll(self, timeout: float) -> None:
+        for fd, _ in self.epoll.poll(max(timeout, 0)):
+            if fd in self.connecting:
+                self._connected(self.connecting.pop(fd))
+            elif fd in self.held:
+                self._end(self.held.pop(fd))
+
+    def _connected(self, sock: socket.socket) -> None:
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code == errno.ECONNRESET:             # opened, and reset before we looked
+            self.opened += 1
+            self.ended += 1
+        elif code:
+            self.failed += 1
+        else:
+            self.opened += 1
+            self.held[sock.fileno()] = sock
+            self.epoll.modify(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+            return
+        self.epoll.unregister(sock.fileno())
+        sock.close()
+
+    def _end(self, sock: socket.socket) -> None:
+        self.ended += 1
+        self.epoll.unregister(sock.fileno())
+        sock.close()
+
+    def run(self, count: int, rate: float, patience: float) -> str:
+        raise_fd_limit(count + 100)
+        start = time.monotonic()
+        for number in range(count):
+            self.poll(start + number / rate - time.monotonic())
+            self.open_one()
+        deadline = time.monotonic() + patience
+        while (self.connecting or self.held) and time.monotonic() < deadline:
+            self.poll(deadline - time.monotonic())
+        return (f"opened {self.opened} ended {self.ended} failed {self.failed} "
+                f"open {len(self.connecting) + len(self.held)}")
+
+
+class ChurnConn:
+    """One connection of a churn: its data, how much is sent, the answer."""
+
+    __slots__ = ("sock", "data", "sent", "paused", "answer", "expected", "deadline")
+
+    def __init__(self, sock: socket.socket, size: int, seed: int, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+        self.data = b"".join(data_chunks(size, seed))
+        self.expected = expected(size, seed).encode()
+        self.sent = 0
+        self.paused = False
+        self.answer = b""
+
+
+class Churn:
+    """Connections to a sink, ``concurrency`` of them open at any time: each
+    sends its own data in two halves a pause apart, half-closes and checks
+    the sink's digest; as one ends, another starts."""
+
+    PAUSE = (0.5, 4.5)              # seconds between the halves: lifetimes of a few seconds
+    STALL = 60.0                    # a connection not done by then has failed
+    FINISH = 90.0                   # after the last one opened, give up on the rest
+
+    def __init__(self, host: str, port: int, max_size: int, seed: int) -> None:
+        self.address = (host, port)
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.max_size = max_size
+        self.rng = random.Random(seed)
+        self.seed = seed << 32
+        self.epoll = select.epoll()
+        self.conns: dict[int, ChurnConn] = {}
+        self.resume: list[tuple[float, int]] = []           # (when, fd) of paused ones
+        self.opened = self.ok = self.failed = self.corrupt = 0
+
+    def run(self, concurrency: int, seconds: float) -> str:
+        raise_fd_limit(concurrency + 100)
+        start = time.monotonic()
+        checked = start
+        while True:
+            now = time.monotonic()
+            if now < start + seconds:
+                while len(self.conns) < concurrency:
+                    self._open(now)
+            elif not self.conns or now > start + seconds + self.FINISH:
+                break
+            if now - checked > 1.0:
+                self._stalled(now)
+                checked = now
+            while self.resume and self.resume[0][0] <= now:
+                self._resume(heapq.heappop(self.resume)[1])
+            wait = min(self.resume[0][0] - now if self.resume else 0.5, 0.5)
+            for fd, events in self.epoll.poll(max(wait, 0)):
+                conn = self.conns.get(fd)
+                if conn is not None:
+                    self._event(fd, conn, events)
+        self.failed += len(self.conns)
+        return (f"opened {self.opened} ok {self.ok} failed {self.failed} "
+                f"corrupt {self.corrupt}")
+
+    def _open(self, now: float) -> None:
+        sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.opened += 1
+        size = self.rng.randrange(1, self.max_size + 1)
+        conn = ChurnConn(sock, size, self.seed + self.opened, now + self.STALL)
+        if sock.connect_ex(self.address) not in (0, errno.EINPROGRESS):
+            self.failed += 1
+            sock.close()
+            return
+        self.conns[sock.fileno()] = conn
+        self.epoll.register(sock.fileno(), select.EPOLLOUT)
+
+    def _event(self, fd: int, conn: ChurnConn, events: int) -> None:
+        try:
+            if conn.sent == len(conn.data):
+                self._read(fd, conn)
+            else:
+                self._send(fd, conn)
+        except OSError:
+            self._end(fd, ok=False)
+
+    def _send(self, fd: int, conn: ChurnConn) -> None:
+        half = len(conn.data) // 2
+        limit = half if not conn.paused else len(conn.data)
+        if conn.sent < limit:
+            conn.sent += conn.sock.send(conn.data[conn.sent:limit])
+        if conn.sent == half and not conn.paused:
+            conn.paused = True
+            self.epoll.modify(fd, 0)
+            heapq.heappush(self.resume, (time.monotonic() + self.rng.uniform(*self.PAUSE), fd))
+        elif conn.sent == len(conn.data):
+            conn.sock.shutdown(socket.SHUT_WR)
+            self.epoll.modify(fd, select.EPOLLIN)
+
+    def _resume(self, fd: int) -> None:
+        if fd in self.conns:
+            self.epoll.modify(fd, select.EPOLLOUT)
+
+    def _read(self, fd: int, conn: ChurnConn) -> None:
+        more = conn.sock.recv(200)
+        if more:
+            conn.answer += more
+            return
+        right = conn.answer.strip() == conn.expected
+        if not right:
+            self.corrupt += 1
+        self._end(fd, ok=right, counted=not right)
+
+    def _end(self, fd: int, ok: bool, counted: bool = False) -> None:
+        conn = self.conns.pop(fd)
+        if ok:
+            self.ok += 1
+        elif not counted:
+            self.failed += 1
+        self.epoll.unregister(fd)
+        conn.sock.close()
+
+    def _stalled(self, now: float) -> None:
+        for fd, conn in list(self.conns.items()):
+            if now > conn.deadline:
+                self._end(fd, ok=False)
+
+
+def exchanges(seconds: float, rate: float, one: Callable[[int], bool | None]) -> str:
+    """Call ``one`` ``rate`` times a second for ``seconds``; it says whether
+    the answer was right (True), wrong (False) or never came (None)."""
+    counts = {True: 0, False: 0, None: 0}
+    start = time.monotonic()
+    number = 0
+    while (now := time.monotonic()) < start + seconds:
+        ahead = start + number / rate - now
+        if ahead > 0:
+            time.sleep(ahead)
+        counts[one(number)] += 1
+        number += 1
+    return f"asked {number} right {counts[True]} wrong {counts[False]} lost {counts[None]}"
+
+
+def echo_check(host: str, port: int, seconds: float, rate: float) -> str:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1.0)
+        sock.connect((host, port))
+
+        def one(number: int) -> bool | None:
+            payload = number.to_bytes(8, "big") + random.Random(number).randbytes(number % 1400)
+            sock.send(payload)
+            try:
+                while True:               # a late answer to an earlier one is skipped
+                    answer = sock.recv(2000)
+                    if answer[:8] == payload[:8]:
+                        return answer == payload
+            except (TimeoutError, ConnectionRefusedError):
+                return None
+
+        return exchanges(seconds, rate, one)
+
+
+def dns_query(ident: int, name: str, qtype: int) -> bytes:
+    labels = b"".join(len(part).to_bytes(1, "big") + part.encode() for part in name.split("."))
+    return (ident.to_bytes(2, "big") + b"\x01\x00\x00\x01" + bytes(6) + labels + b"\x00"
+            + qtype.to_bytes(2, "big") + b"\x00\x01")
+
+
+def dns_check(host: str, seconds: float, rate: float) -> str:
+    """A and AAAA by turns, every other pair over TCP: the answer must be
+    the server's, byte for byte."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    def one(number: int) -> bool | None:
+        qtype = 1 if number % 2 == 0 else 28
+        query = dns_query(number & 0xFFFF, f"q{number}.example.test", qtype)
+        try:
+            if number % 4 < 2:
+                with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                    sock.settimeout(1.0)
+                    sock.connect((host, 53))            # an answer from elsewhere is not one
+                    sock.send(query)
+                    answer = sock.recv(4096)
+            else:
+                with socket.create_connection((host, 53), timeout=5.0) as sock:
+                    sock.sendall(len(query).to_bytes(2, "big") + query)
+                    answer = b""
+                    while len(answer) < 2 or len(answer) < 2 + int.from_bytes(answer[:2], "big"):
+                        more = sock.recv(4096)
+                        if not more:
+                            return None
+                        answer += more
+                    answer = answer[2:]
+        except OSError:
+            return None
+        return answer == dns_answer(query)
+
+    return exchanges(seconds, rate, one)
+
+
 def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
     if command in ("sink", "source", "udp-echo"):
@@ -305,6 +585,16 @@ def main(argv: list[str]) -> None:
         print(recv(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "many":
         print(many(args[0], int(args[1]), int(args[2]), int(args[3])))
+    elif command == "connect-flood":
+        flood = ConnectFlood(args[0], int(args[1]))
+        print(flood.run(int(args[2]), float(args[3]), float(args[4])))
+    elif command == "churn":
+        churn = Churn(args[0], int(args[1]), int(args[4]), int(args[5]))
+        print(churn.run(int(args[2]), float(args[3])))
+    elif command == "echo-check":
+        print(echo_check(args[0], int(args[1]), float(args[2]), float(args[3])))
+    elif command == "dns-check":
+        print(dns_check(args[0], float(args[1]), float(args[2])))
     elif command == "digest":
         print(f"{digest_of(int(args[0]), int(args[1]))} {args[0]}")
     else:

@@ -110,6 +110,12 @@ class Topology:
         return subprocess.run(self.host_cmd(*args, rootless=rootless), capture_output=True,
                               text=True, timeout=timeout, **kwargs)
 
+    def run_remote(self, *args: str, timeout: float = 60,
+                   **kwargs) -> subprocess.CompletedProcess:
+        """Run in the remote namespace; output captured as text; no check."""
+        return subprocess.run(self.remote_cmd(*args), capture_output=True, text=True,
+                              timeout=timeout, **kwargs)
+
     def spawn_host(self, *args: str, rootless: bool = False, **kwargs) -> subprocess.Popen:
         """Start in the host namespace, in a process group of its own that
         ``close()`` kills whole (a pasta command and its children too)."""

@@ -32,6 +32,7 @@ EPOLLHUP = select.EPOLLHUP
 EPOLLRDHUP = select.EPOLLRDHUP
 
 _TFD_CLOEXEC_NONBLOCK = os.O_CLOEXEC | os.O_NONBLOCK
+COMPACT_MIN = 1024          # timers in the heap before cancelled ones are swept out
 
 
 @dataclass(order=True)
@@ -69,6 +70,7 @@ class Loop:
         self.timer_seq = itertools.count()
         self.timerfd = _timerfd_create()
         self.armed_deadline: float | None = None
+        self.compact_at = COMPACT_MIN
         self.running = False
         self.counters = Counters()
         self.on_error: Callable[[Exception], None] = _reraise
@@ -103,9 +105,21 @@ class Loop:
     def call_at(self, deadline: float, callback: TimerCallback) -> Timer:
         timer = Timer(deadline, next(self.timer_seq), callback)
         heapq.heappush(self.timers, timer)
+        if len(self.timers) > self.compact_at:
+            self._compact()
         if self.armed_deadline is None or deadline < self.armed_deadline:
             self._arm(deadline)
         return timer
+
+    def _compact(self) -> None:
+        """Sweep cancelled timers out of the heap.  Left there, each would stay
+        until its deadline, and a TCP flow's idle deadline is two hours away:
+        every short connection would leave some behind, and memory would grow
+        for two hours.  Swept when the heap has doubled since the last sweep,
+        so the cost per timer stays constant."""
+        self.timers = [timer for timer in self.timers if timer.callback is not None]
+        heapq.heapify(self.timers)
+        self.compact_at = max(COMPACT_MIN, 2 * len(self.timers))
 
     def call_later(self, delay: float, callback: TimerCallback) -> Timer:
         return self.call_at(time.monotonic() + delay, callback)
