@@ -8,6 +8,7 @@ Servers (run in a namespace, until killed):
 Clients (print one line, exit 0 on success):
   send HOST PORT SIZE SEED  send, half-close, print the sink's answer and ours
   recv HOST PORT SIZE SEED  ask a source, print "<sha256> <bytes>" of what came
+  drain HOST PORT           print "<sha256> <bytes>" of what a server sends unasked
   many HOST PORT N SIZE     N concurrent sends to a sink, print "ok N" if all match
   udp-stream HOST PORT N [RATE]  send N numbered 1000-byte datagrams to a
                             udp-count, at most RATE per second (default: no limit)
@@ -69,17 +70,22 @@ def serve(sock: socket.socket, handler) -> None:
         threading.Thread(target=handler, args=(conn,), daemon=True).start()
 
 
-def handle_sink(conn: socket.socket) -> None:
+def digest_until_eof(conn: socket.socket) -> str:
+    """"<sha256> <bytes>" of everything ``conn`` receives until EOF."""
     h = hashlib.sha256()
     total = 0
+    while True:
+        data = conn.recv(CHUNK)
+        if not data:
+            break
+        h.update(data)
+        total += len(data)
+    return f"{h.hexdigest()} {total}"
+
+
+def handle_sink(conn: socket.socket) -> None:
     with conn:
-        while True:
-            data = conn.recv(CHUNK)
-            if not data:
-                break
-            h.update(data)
-            total += len(data)
-        conn.sendall(f"{h.hexdigest()} {total}\n".encode())
+        conn.sendall(f"{digest_until_eof(conn)}\n".encode())
 
 
 def handle_source(conn: socket.socket) -> None:
@@ -200,17 +206,14 @@ def send(host: str, port: int, size: int, seed: int) -> str:
 
 
 def recv(host: str, port: int, size: int, seed: int) -> str:
-    h = hashlib.sha256()
-    total = 0
     with connect(host, port) as sock:
         sock.sendall(f"{size} {seed}\n".encode())
-        while True:
-            data = sock.recv(CHUNK)
-            if not data:
-                break
-            h.update(data)
-            total += len(data)
-    return f"{h.hexdigest()} {total}"
+        return digest_until_eof(sock)
+
+
+def drain(host: str, port: int) -> str:
+    with connect(host, port) as sock:
+        return digest_until_eof(sock)
 
 
 def many(host: str, port: int, count: int, size: int) -> str:
@@ -249,6 +252,8 @@ def main(argv: list[str]) -> None:
         print(send(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "recv":
         print(recv(args[0], int(args[1]), int(args[2]), int(args[3])))
+    elif command == "drain":
+        print(drain(args[0], int(args[1])))
     elif command == "many":
         print(many(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "digest":
