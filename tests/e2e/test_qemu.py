@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import qemu_guest
@@ -136,3 +137,54 @@ def test_qemu_guest_dhcp_ping_tcp_udp_dns_ipv6_and_forwarded_port(
     # One-off: passt-sep ends cleanly once the VM is gone.
     daemon = started["passt"]
     assert daemon.wait(timeout=20) == 0, daemon.stderr.read()
+
+
+def connections_to(topo: Topology, port: int) -> str:
+    """passt-sep's TCP connections to ``port`` (host namespace), any state
+    but closed."""
+    return topo.run_host("ss", "-Htn", f"dport = :{port}").stdout
+
+
+@pytest.mark.slow
+def test_qemu_guest_killed_then_a_new_guest_gets_dhcp_and_tcp(
+        topo: Topology, passt: str, shared_tmp, guest_image: qemu_guest.GuestImage) -> None:
+    """Without --one-off, passt-sep outlives a VM killed in the middle of a
+    download (SIGKILL: no FIN, no DHCP release) and serves the next VM on
+    the same socket: the dead guest's flows are closed, the new guest gets
+    its lease and moves data."""
+    start_remote_peers(topo)
+    socket_path = str(shared_tmp / "passt.socket")
+    daemon = start_passt(topo, passt, socket_path)
+    size = 4 << 20
+
+    def attempt(checks: str, until: str | None, log: str):
+        def run(accel: str) -> qemu_guest.GuestRun:
+            command = qemu_guest.qemu_command(guest_image, accel, socket_path,
+                                              guest_params(checks, size))
+            return qemu_guest.run_guest(topo.spawn_host, command, str(shared_tmp / log),
+                                        qemu_guest.BOOT_TIMEOUT[accel], GUEST_TIMEOUT, until)
+        return run
+
+    first = qemu_guest.boot(attempt("tcpdown,hold", "holding", "first.log"))
+    where = first.describe()
+    assert first.booted and first.returncode is None, where  # killed while holding
+    assert_dhcp(first.results, where)
+    assert first.results["tcp-down"].split()[0] == digest_of(size, SEED4), where
+    assert daemon.poll() is None, daemon.stderr.read()
+
+    # The killed guest's download is not left open towards the remote.
+    deadline = time.monotonic() + 10
+    while connections_to(topo, SOURCE_PORT) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not connections_to(topo, SOURCE_PORT), "the dead guest's flow is still open"
+
+    second = qemu_guest.boot(attempt("tcpdown,tcpup", None, "second.log"))
+    results, where = second.results, second.describe()
+    print(f"QEMU guests ({second.accel}): first {first.elapsed:.1f} s, "
+          f"second {second.elapsed:.1f} s")
+    assert second.returncode == 0 and "done" in results, where
+    assert_dhcp(results, where)
+    assert results["tcp-down"].split()[0] == digest_of(size, SEED4), where
+    sent_digest, sent_size = results["tcp-up-sent"].split()
+    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
+    assert daemon.poll() is None, "passt-sep exited without --one-off"
