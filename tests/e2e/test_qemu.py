@@ -11,7 +11,6 @@ or stop on an internal error).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -20,18 +19,14 @@ import pytest
 import qemu_guest
 from peers import digest_of
 
-from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, REMOTE_ADDR4, REMOTE_ADDR6, Topology
+from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, REMOTE_ADDR4, Topology
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEERS = os.path.join(TESTS, "peers.py")
-PY = sys.executable
-SOURCE_PORT, SINK_PORT, ECHO_PORT = 9001, 9000, 7000
 FWD_HOST_PORT, FWD_GUEST_PORT = 10080, 8080
 SIZE = 20 << 20                 # both ways over IPv4, and back out through -t
 SIZE6 = 4 << 20
 UDP_SIZES = (1, 1400, 8000, 65000)  # the last ones need the guest's 65520 MTU
 SEED4, SEED6 = 11, 12
-GUEST_TIMEOUT = 300  # the whole run; TCG here: about 40 s
+GUEST_TIMEOUT = 300  # the whole run; TCG here: about 11 s
 
 
 @pytest.fixture(scope="session")
@@ -43,27 +38,10 @@ def guest_image(tmp_path_factory: pytest.TempPathFactory) -> qemu_guest.GuestIma
         pytest.skip(str(exc))
 
 
-def start_remote_peers(topo: Topology) -> None:
-    """The servers the guest's checks talk to, in the "remote" namespace."""
-    for kind, port in (("sink", SINK_PORT), ("source", SOURCE_PORT)):
-        topo.spawn_remote(PY, PEERS, kind, str(port))
-    # UDP servers bound to the address asked: an unbound socket would answer
-    # from the address of the route back (the gateway's), not the one asked.
-    for address in (REMOTE_ADDR4, REMOTE_ADDR6):
-        topo.spawn_remote(PY, PEERS, "udp-echo", str(ECHO_PORT), address)
-        topo.spawn_remote(PY, PEERS, "dns", "53", address)  # the host's resolvers
-    topo.wait_listening(SINK_PORT)
-    topo.wait_listening(SOURCE_PORT)
-    topo.wait_listening(ECHO_PORT, "udp")
-    topo.wait_listening(53, "udp")
-
-
 def guest_params(checks: str, size: int = SIZE) -> dict[str, object]:
-    return {"checks": checks, "remote4": REMOTE_ADDR4, "remote6": REMOTE_ADDR6,
-            "source": SOURCE_PORT, "sink": SINK_PORT, "echo": ECHO_PORT,
-            "size": size, "seed": SEED4, "size6": SIZE6, "seed6": SEED6,
-            "udp_sizes": ",".join(map(str, UDP_SIZES)), "fwd": FWD_GUEST_PORT,
-            "name": "name.example.test"}
+    return qemu_guest.check_params(
+        checks, size, seed=SEED4, size6=SIZE6, seed6=SEED6,
+        udp_sizes=",".join(map(str, UDP_SIZES)), fwd=FWD_GUEST_PORT, name="name.example.test")
 
 
 def start_passt(topo: Topology, passt: str, socket_path: str, *args: str) -> subprocess.Popen:
@@ -82,13 +60,14 @@ def assert_dhcp(results: dict[str, str], where: str) -> None:
 @pytest.mark.slow
 def test_qemu_guest_dhcp_ping_tcp_udp_dns_ipv6_and_forwarded_port(
         topo: Topology, passt: str, shared_tmp, guest_image: qemu_guest.GuestImage) -> None:
-    start_remote_peers(topo)
+    qemu_guest.start_remote_peers(topo)
     params = guest_params("ping,tcpdown,tcpup,udp,dns,ipv6,fwd")
     started: dict[str, subprocess.Popen] = {}
 
     def fetch_forwarded(_: str) -> None:
         """From the host side, through passt-sep's -t port, what the guest serves."""
-        started["fetch"] = topo.spawn_host(PY, PEERS, "drain", "127.0.0.1", str(FWD_HOST_PORT),
+        started["fetch"] = topo.spawn_host(sys.executable, qemu_guest.PEERS, "drain",
+                                           "127.0.0.1", str(FWD_HOST_PORT),
                                            stdout=subprocess.PIPE, text=True)
 
     def attempt(accel: str) -> qemu_guest.GuestRun:
@@ -152,7 +131,7 @@ def test_qemu_guest_killed_then_a_new_guest_gets_dhcp_and_tcp(
     download (SIGKILL: no FIN, no DHCP release) and serves the next VM on
     the same socket: the dead guest's flows are closed, the new guest gets
     its lease and moves data."""
-    start_remote_peers(topo)
+    qemu_guest.start_remote_peers(topo)
     socket_path = str(shared_tmp / "passt.socket")
     daemon = start_passt(topo, passt, socket_path)
     size = 4 << 20
@@ -174,9 +153,9 @@ def test_qemu_guest_killed_then_a_new_guest_gets_dhcp_and_tcp(
 
     # The killed guest's download is not left open towards the remote.
     deadline = time.monotonic() + 10
-    while connections_to(topo, SOURCE_PORT) and time.monotonic() < deadline:
+    while connections_to(topo, qemu_guest.SOURCE_PORT) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not connections_to(topo, SOURCE_PORT), "the dead guest's flow is still open"
+    assert not connections_to(topo, qemu_guest.SOURCE_PORT), "the dead guest's flow is still open"
 
     second = qemu_guest.boot(attempt("tcpdown,tcpup", None, "second.log"))
     results, where = second.results, second.describe()
