@@ -117,9 +117,9 @@ check_benchdown() {
 }
 check_benchup() {
   upload_file
-  start=$(now)
+  local t0=$(now)
   timeout 120 nc "$pt_remote4" "$pt_sink" </tmp/up | {
-    read -r answer; echo "RESULT bench-up $answer $start $(now)"; killall nc 2>/dev/null; }
+    read -r answer; echo "RESULT bench-up $answer $t0 $(now)"; killall nc 2>/dev/null; }
 }
 # UDP datagrams of each size in pt_udp_sizes to the remote echo server at $1
 echo_udp() { timeout 30 udpecho "$1" "$pt_echo" $(echo "$pt_udp_sizes" | tr , ' '); }
