@@ -11,8 +11,8 @@ PYTHON := /usr/bin/python3
 VENV ?= $(shell if setpriv --reuid=65534 --regid=65534 --clear-groups test -x "$(CURDIR)" 2>/dev/null; \
 	then echo "$(CURDIR)/.venv"; else echo "/var/tmp/passt-sep-venv-$$(echo $(CURDIR) | md5sum | cut -c1-8)"; fi)
 APT_PACKAGES := python3-venv python3-dev libcap-dev libseccomp2 gcc iproute2 socat iperf3 \
-	busybox-static iputils-ping isc-dhcp-client ndisc6 nftables dnsutils tshark groff man-db \
-	apparmor checkpolicy semodule-utils util-linux procps curl qemu-system-x86 \
+	busybox-static libc6-dev iputils-ping isc-dhcp-client ndisc6 nftables dnsutils tshark groff \
+	man-db apparmor checkpolicy semodule-utils util-linux procps curl qemu-system-x86 \
 	linux-image-cloud-amd64
 # the stamp names the package list: adding a package installs again
 DEPS_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)

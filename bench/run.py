@@ -2,9 +2,10 @@
 same topology (tests/topology.py), printed as ratios.
 
 Each implementation serves a named network namespace; iperf3 inside it
-talks to a server in the "remote" namespace.  Figures are medians of
-ROUNDS rounds.  Results go to stdout as a table and to
-bench/results/<date>.json with the machine and kernel noted.
+talks to a server in the "remote" namespace; passt mode: a QEMU guest on
+passt-sep and on distro passt (bench/qemu_passt.py), a table of its own.
+Figures are medians of ROUNDS rounds.  Results go to stdout as a table and
+to bench/results/<date>.json with the machine and kernel noted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+import qemu_passt  # noqa: E402
 
 from topology import REMOTE_ADDR4, REMOTE_ADDR6, Topology  # noqa: E402
 
@@ -285,17 +288,20 @@ def table(figures: dict[str, dict[str, float]]) -> str:
 def main() -> int:
     names = ["passt-sep"] + [n for n in ("pasta", "slirp4netns") if shutil.which(n)]
     figures = measure(names)
+    passt_mode = {} if qemu_passt.available() else qemu_passt.measure(ROUNDS)
     print(f"passt-sep benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
           f"kernel {platform.release()}, {os.cpu_count()} cpus, {ROUNDS} rounds of {SECONDS}s")
     print("ratio = passt-sep / peer (throughput: higher is better; latency and start-up: "
           "lower is better)")
     print(table(figures))
+    print(f"\npasst mode, QEMU guest, {qemu_passt.MIB} MiB each way, Mbit/s:")
+    print(table(passt_mode) if passt_mode else f"skipped: {qemu_passt.available()}")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = os.path.join(HERE, "results", f"{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w", encoding="utf-8") as handle:
         json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "kernel": platform.release(),
                    "machine": platform.machine(), "cpus": os.cpu_count(),
-                   "figures": figures}, handle, indent=2)
+                   "figures": figures, "passt_mode_qemu": passt_mode}, handle, indent=2)
     print(f"written to {out}")
     return 0
 

@@ -11,6 +11,7 @@ Clients (print one line, exit 0 on success):
   udp-send HOST PORT SIZE SEED  send over UDP, through a udp-echo: one datagram at a
                             time, each sent again until its echo comes back;
                             print "<sha256> <bytes>" of what came back
+  drain HOST PORT           print "<sha256> <bytes>" of what a server sends unasked
   many HOST PORT N SIZE     N concurrent sends to a sink, print "ok N" if all match
   connect-flood HOST PORT N RATE PATIENCE  open N connections, RATE per second,
                             and hold each until the server ends it; print
@@ -89,17 +90,22 @@ def serve(sock: socket.socket, handler) -> None:
         threading.Thread(target=handler, args=(conn,), daemon=True).start()
 
 
-def handle_sink(conn: socket.socket) -> None:
+def digest_until_eof(conn: socket.socket) -> str:
+    """"<sha256> <bytes>" of everything ``conn`` receives until EOF."""
     h = hashlib.sha256()
     total = 0
+    while True:
+        data = conn.recv(CHUNK)
+        if not data:
+            break
+        h.update(data)
+        total += len(data)
+    return f"{h.hexdigest()} {total}"
+
+
+def handle_sink(conn: socket.socket) -> None:
     with conn:
-        while True:
-            data = conn.recv(CHUNK)
-            if not data:
-                break
-            h.update(data)
-            total += len(data)
-        conn.sendall(f"{h.hexdigest()} {total}\n".encode())
+        conn.sendall(f"{digest_until_eof(conn)}\n".encode())
 
 
 def handle_source(conn: socket.socket) -> None:
@@ -111,8 +117,11 @@ def handle_source(conn: socket.socket) -> None:
                 return
             line += more
         size, seed = (int(x) for x in line.split())
-        for chunk in data_chunks(size, seed):
-            conn.sendall(chunk)
+        try:
+            for chunk in data_chunks(size, seed):
+                conn.sendall(chunk)
+        except ConnectionError:  # reset by the other end: what fault tests do
+            pass
 
 
 def udp_echo(sock: socket.socket) -> None:
@@ -236,17 +245,14 @@ def send(host: str, port: int, size: int, seed: int) -> str:
 
 
 def recv(host: str, port: int, size: int, seed: int) -> str:
-    h = hashlib.sha256()
-    total = 0
     with connect(host, port) as sock:
         sock.sendall(f"{size} {seed}\n".encode())
-        while True:
-            data = sock.recv(CHUNK)
-            if not data:
-                break
-            h.update(data)
-            total += len(data)
-    return f"{h.hexdigest()} {total}"
+        return digest_until_eof(sock)
+
+
+def drain(host: str, port: int) -> str:
+    with connect(host, port) as sock:
+        return digest_until_eof(sock)
 
 
 def echo_of(sock: socket.socket, packet: bytes, peer: tuple, deadline: float) -> bytes:
@@ -583,6 +589,8 @@ def main(argv: list[str]) -> None:
         print(udp_send(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "recv":
         print(recv(args[0], int(args[1]), int(args[2]), int(args[3])))
+    elif command == "drain":
+        print(drain(args[0], int(args[1])))
     elif command == "many":
         print(many(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "connect-flood":

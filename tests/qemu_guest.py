@@ -2,13 +2,15 @@
 
 The guest is Debian's own kernel (``linux-image-cloud-amd64`` or
 ``linux-image-amd64``) booted straight into a tiny initramfs built here:
-busybox static, the virtio-net modules and an ``/init`` script that runs
-the checks and prints one ``RESULT <name> <value...>`` line per check on
-the serial console, then powers the machine off.  The checks' parameters
-come from the kernel command line (``pt_NAME=VALUE``).
+busybox static, the virtio-net modules, a small static UDP echo client
+(qemu_guest_udpecho.c: busybox's nc has no UDP) and an ``/init`` script
+that runs the checks and prints one ``RESULT <name> <value...>`` line per
+check on the serial console, then powers the machine off.  Which checks
+run and their parameters come from the kernel command line
+(``pt_NAME=VALUE``).  Used by tests/e2e/test_qemu.py and bench/qemu_passt.py.
 
-Nothing is downloaded: the kernel, its modules and busybox are the ones
-apt installed (see APT_PACKAGES in the Makefile).
+Nothing is downloaded: the kernel, its modules, busybox and gcc are the
+ones apt installed (see APT_PACKAGES in the Makefile).
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+from topology import REMOTE_ADDR4, REMOTE_ADDR6, Topology
+
 BUSYBOX = "/bin/busybox"
+QEMU = "qemu-system-x86_64"
+UDPECHO_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "qemu_guest_udpecho.c")
 # Loaded in this order (with their dependencies first) unless built in.
 NEEDED_MODULES = ("virtio_net", "virtio_pci")
 RESULT = re.compile(r"RESULT (\S+) ?(.*)$")  # not anchored: SeaBIOS leaves escapes
@@ -34,6 +41,7 @@ RESULT = re.compile(r"RESULT (\S+) ?(.*)$")  # not anchored: SeaBIOS leaves esca
 UDHCPC_SCRIPT = """#!/bin/sh
 case "$1" in bound|renew)
   ip -4 addr flush dev "$interface"
+  [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
   ip addr add "$ip/$mask" dev "$interface"
   [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
   echo "$router" > /tmp/router
@@ -42,9 +50,12 @@ case "$1" in bound|renew)
 exit 0
 """
 
-# Each check prints its line whatever happens (each has a time limit), so a
-# failure shows as a wrong value rather than a missing line or a hang;
-# "RESULT done" closes the run.
+# The guest configures eth0 by DHCP (address, router, resolver, MTU), then
+# runs the checks named by pt_checks (comma-separated, in order), each a
+# check_NAME function below.  Each prints its line whatever happens (each
+# has a time limit), so a failure shows as a wrong value rather than a
+# missing line or a hang; "RESULT time-NAME START END" (guest uptime, s)
+# follows every check; "RESULT done" closes the run.
 INIT_SCRIPT = r"""#!/bin/sh
 export PATH=/bin
 mount -t devtmpfs dev /dev
@@ -68,32 +79,91 @@ udhcpc -i eth0 -s /udhcpc.sh -n -q -t 5 -T 2 >/dev/null 2>&1
 echo "RESULT dhcp $(ip -4 -o addr show dev eth0 | awk '{print $4}')"
 echo "RESULT router $(cat /tmp/router 2>/dev/null)"
 echo "RESULT dns-server $(cat /tmp/dns 2>/dev/null)"
+echo "RESULT mtu $(cat /sys/class/net/eth0/mtu)"
 
-if ping -c 2 -w 10 "$pt_remote4" >/dev/null 2>&1; then r=ok; else r=fail; fi
-echo "RESULT ping $r"
+now() { cut -d' ' -f1 /proc/uptime; }
+# ask the remote "source" server at $1 for $2 bytes made from seed $3
+fetch() { echo "$2 $3" | timeout 120 nc "$1" "$pt_source"; }
+# the file uploaded (and served on the forwarded port): pt_size random bytes
+upload_file() {
+  [ -e /tmp/up ] && return
+  dd if=/dev/urandom of=/tmp/up bs=65536 count=$((pt_size / 65536)) 2>/dev/null
+  echo "RESULT tcp-up-sent $(sha256sum </tmp/up | cut -d' ' -f1) $(wc -c </tmp/up)"
+}
 
-# fetch ADDR SEED: sha256 of what the remote "source" server sends
-fetch() { echo "$pt_size $2" | timeout 30 nc "$1" "$pt_source" | sha256sum; }
-echo "RESULT tcp-down $(fetch "$pt_remote4" "$pt_seed")"
+check_ping() {
+  if ping -c 2 -w 10 "$pt_remote4" >/dev/null 2>&1; then r=ok; else r=fail; fi
+  echo "RESULT ping $r"
+}
+check_tcpdown() {
+  echo "RESULT tcp-down $(fetch "$pt_remote4" "$pt_size" "$pt_seed" | sha256sum)"
+}
+check_tcpup() {
+  upload_file
+  echo "RESULT tcp-up-got $(timeout 120 nc "$pt_remote4" "$pt_sink" </tmp/up)"
+}
+# Throughput (bench/qemu_passt.py): no digest in the guest (under TCG it
+# costs as much as the transfer), and no FIN from the guest before the
+# data it waits for (distro passt 0.0~git20230309 then repeats data and
+# loses the remote's FIN); an upload ends when the sink has it all.
+check_benchdown() {
+  rm -f /tmp/req; mkfifo /tmp/req
+  timeout 120 nc "$pt_remote4" "$pt_source" </tmp/req | wc -c >/tmp/got &
+  exec 3>/tmp/req
+  echo "$pt_size 1" >&3
+  wait $!
+  exec 3>&-
+  echo "RESULT bench-down $(cat /tmp/got)"
+}
+check_benchup() {
+  upload_file
+  local t0=$(now)
+  timeout 120 nc "$pt_remote4" "$pt_sink" </tmp/up | {
+    read -r answer; echo "RESULT bench-up $answer $t0 $(now)"; killall nc 2>/dev/null; }
+}
+# UDP datagrams of each size in pt_udp_sizes to the remote echo server at $1
+echo_udp() { timeout 30 udpecho "$1" "$pt_echo" $(echo "$pt_udp_sizes" | tr , ' '); }
+check_udp() { echo "RESULT udp-echo $(echo_udp "$pt_remote4")"; }
+check_dns() {
+  dns=$(cat /tmp/dns 2>/dev/null); dns=${dns%% *}
+  echo "RESULT dns $(timeout 10 nslookup -type=a "$pt_name" "$dns" 2>/dev/null |
+    awk '/^Name:/ {n = 1} n && /^Address/ {print $2}')"
+}
+check_ipv6() {
+  i=0; addr6=
+  while [ -z "$addr6" ] && [ $i -lt 100 ]; do
+    addr6=$(ip -6 addr show dev eth0 scope global | grep inet6 | grep -v tentative |
+      awk '{print $2}')
+    [ -z "$addr6" ] && sleep 0.1
+    i=$((i + 1))
+  done
+  echo "RESULT slaac $addr6"
+  echo "RESULT tcp6-down $(fetch "$pt_remote6" "$pt_size6" "$pt_seed6" | sha256sum)"
+  echo "RESULT udp6-echo $(echo_udp "$pt_remote6")"
+}
+# serve the upload file once on port pt_fwd (reached through passt's -t)
+check_fwd() {
+  upload_file
+  timeout 120 nc -l -p "$pt_fwd" </tmp/up >/dev/null &
+  i=0
+  while ! netstat -ltn | grep -q ":$pt_fwd " && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  echo "RESULT fwd-listening"
+  wait $!
+  echo "RESULT fwd-served $?"
+}
+# start an endless download and stay in the middle of it until killed
+check_hold() {
+  echo "$((1 << 40)) 1" | nc "$pt_remote4" "$pt_source" >/dev/null &
+  sleep 2
+  echo "RESULT holding"
+  sleep 100000
+}
 
-dd if=/dev/urandom of=/tmp/up bs=65536 count=$((pt_size / 65536)) 2>/dev/null
-echo "RESULT tcp-up-sent $(sha256sum </tmp/up | cut -d' ' -f1) $(wc -c </tmp/up)"
-echo "RESULT tcp-up-got $(timeout 30 nc "$pt_remote4" "$pt_sink" </tmp/up)"
-
-dns=$(cat /tmp/dns 2>/dev/null); dns=${dns%% *}
-echo "RESULT dns $(timeout 10 nslookup -type=a "$pt_name" "$dns" 2>/dev/null |
-  awk '/^Name:/ {n = 1} n && /^Address/ {print $2}')"
-
-i=0; addr6=
-while [ -z "$addr6" ] && [ $i -lt 100 ]; do
-  addr6=$(ip -6 addr show dev eth0 scope global | grep inet6 | grep -v tentative |
-    awk '{print $2}')
-  [ -z "$addr6" ] && sleep 0.1
-  i=$((i + 1))
+for c in $(echo "$pt_checks" | tr , ' '); do
+  start=$(now)
+  check_$c
+  echo "RESULT time-$c $start $(now)"
 done
-echo "RESULT slaac $addr6"
-echo "RESULT tcp6-down $(fetch "$pt_remote6" "$pt_seed6")"
-
 echo "RESULT done"
 sleep 1
 poweroff -f
@@ -212,6 +282,17 @@ class Cpio:
         return self.out.getvalue()
 
 
+def build_udpecho(dest: str) -> None:
+    """Compile the guest's UDP echo client (qemu_guest_udpecho.c), static."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise GuestImageError("no C compiler for the guest's udpecho (apt-get install gcc)")
+    result = subprocess.run([cc, "-static", "-Os", "-s", "-o", dest, UDPECHO_SOURCE],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise GuestImageError(f"cannot build udpecho (libc6-dev?): {result.stderr}")
+
+
 def build_initramfs(moddir: str, dest: str) -> list[str]:
     """Write the guest's initramfs (gzip'd newc cpio) to ``dest``; return
     the names of the modules it loads, in order."""
@@ -227,6 +308,11 @@ def build_initramfs(moddir: str, dest: str) -> list[str]:
     for applet in applets:
         if applet != "busybox" and "/" not in applet:
             archive.symlink(f"bin/{applet}", "busybox")
+    udpecho = dest + ".udpecho"
+    build_udpecho(udpecho)
+    with open(udpecho, "rb") as handle:
+        archive.file("bin/udpecho", handle.read(), 0o755)
+    os.unlink(udpecho)
     for index, path in enumerate(modules):
         name = f"modules/{index:02d}-{_module_name(path)}.ko"
         archive.file(name, _module_bytes(os.path.join(moddir, path)))
@@ -235,6 +321,29 @@ def build_initramfs(moddir: str, dest: str) -> list[str]:
     with open(dest, "wb") as handle:
         handle.write(gzip.compress(archive.finish(), compresslevel=1))
     return [_module_name(path) for path in modules]
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestImage:
+    qemu: str
+    kernel: str
+    initrd: str
+
+
+def prepare_image(workdir: str) -> GuestImage:
+    """QEMU, the installed kernel and an initramfs built in ``workdir``;
+    GuestImageError says what is missing."""
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        raise GuestImageError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    kernel = find_kernel()
+    if kernel is None:
+        raise GuestImageError("no guest kernel: no /boot/vmlinuz-* with /lib/modules "
+                              "(apt-get install linux-image-cloud-amd64)")
+    image, moddir = kernel
+    initrd = os.path.join(workdir, "initramfs.gz")
+    build_initramfs(moddir, initrd)
+    return GuestImage(qemu, image, initrd)
 
 
 # -- running it ----------------------------------------------------------------------------
@@ -248,14 +357,29 @@ def kvm_usable() -> bool:
     return True
 
 
-def qemu_command(qemu: str, accel: str, kernel: str, initrd: str, socket_path: str,
-                 params: Mapping[str, object], mac: str = "52:54:00:12:34:56") -> list[str]:
+def accelerators() -> list[str]:
+    """KVM first when /dev/kvm opens, TCG as the fallback; PASST_SEP_QEMU_ACCEL
+    (kvm or tcg) forces one; once a guest has booted, the accelerator it
+    booted with (nested KVM that fails once fails every time)."""
+    forced = os.environ.get("PASST_SEP_QEMU_ACCEL")
+    if forced:
+        return [forced]
+    if _booted_with:
+        return _booted_with[-1:]
+    return ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+
+
+_booted_with: list[str] = []
+
+
+def qemu_command(image: GuestImage, accel: str, socket_path: str, params: Mapping[str, object],
+                 mac: str = "52:54:00:12:34:56") -> list[str]:
     cpu = ["-cpu", "host"] if accel == "kvm" else []
     append = " ".join(["console=ttyS0", "quiet", "panic=-1"]
                       + [f"pt_{key}={value}" for key, value in params.items()])
-    return [qemu, "-accel", accel, *cpu, "-nodefaults", "-nographic", "-no-reboot",
+    return [image.qemu, "-accel", accel, *cpu, "-nodefaults", "-nographic", "-no-reboot",
             "-serial", "stdio", "-m", "256", "-smp", "1",
-            "-kernel", kernel, "-initrd", initrd, "-append", append,
+            "-kernel", image.kernel, "-initrd", image.initrd, "-append", append,
             "-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={socket_path}",
             # romfile=: no PXE ROM (the kernel is loaded directly; ipxe-qemu not needed)
             "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
@@ -264,19 +388,34 @@ def qemu_command(qemu: str, accel: str, kernel: str, initrd: str, socket_path: s
 @dataclasses.dataclass
 class GuestRun:
     console: str
-    returncode: int | None  # None: killed (did not boot, or did not finish in time)
+    returncode: int | None  # None: killed (did not boot, did not finish in time, or `until`)
     booted: bool
     elapsed: float
+    accel: str = ""
 
     @property
     def results(self) -> dict[str, str]:
         return parse_results(self.console)
 
+    def seconds(self, check: str) -> float:
+        """How long the guest's check ``check`` took (its RESULT time- line)."""
+        start, end = self.results[f"time-{check}"].split()
+        return float(end) - float(start)
+
+    def describe(self) -> str:
+        """For assertion messages: how the run went and the whole console."""
+        return (f"\n{self.accel}: {'booted' if self.booted else 'did not boot'}, "
+                f"{self.elapsed:.1f} s, QEMU exit {self.returncode}; console:\n{self.console}")
+
 
 def run_guest(spawn: Callable[..., subprocess.Popen], command: list[str], log_path: str,
-              boot_timeout: float, timeout: float) -> GuestRun:
+              boot_timeout: float, timeout: float, until: str | None = None,
+              on_result: Mapping[str, Callable[[str], object]] | None = None) -> GuestRun:
     """Run QEMU (``spawn`` starts it, in the test's namespace) until the guest
-    powers off.  Killed if the init script has not started within
+    powers off, or until it prints ``RESULT <until>`` (then SIGKILL, as a
+    crashing VM).  ``on_result[name](value)`` runs once when the guest
+    prints ``RESULT <name> <value>`` (to start the host's side of a check).
+    Killed if the init script has not started within
     ``boot_timeout`` s, if the whole run takes more than ``timeout`` s, or
     on a KVM internal error (QEMU then stops the VM and waits forever):
     nested KVM can be so slow or broken that TCG is the better choice."""
@@ -284,23 +423,91 @@ def run_guest(spawn: Callable[..., subprocess.Popen], command: list[str], log_pa
         vm = spawn(*command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     started = time.monotonic()
     booted = False
+    pending = dict(on_result or {})
     while True:
         returncode = vm.poll()
-        with open(log_path, "rb") as log:
-            console = log.read().decode(errors="replace")
+        console = read_console(log_path)
+        results = parse_results(console)
+        for name in [name for name in pending if name in results]:
+            pending.pop(name)(results[name])
         if returncode is not None:
             break
         booted = booted or "RESULT boot" in console
         elapsed = time.monotonic() - started
         if ("KVM internal error" in console or elapsed > timeout
-                or (not booted and elapsed > boot_timeout)):
+                or (not booted and elapsed > boot_timeout)
+                or (until is not None and until in results)):
             vm.kill()
             vm.wait()
             returncode = None
+            console = read_console(log_path)
             break
         time.sleep(0.1)
     return GuestRun(console, returncode, booted or "RESULT boot" in console,
                     time.monotonic() - started)
+
+
+# Until the init script starts: a second with working KVM (nested KVM can
+# be slower than TCG, or fail: then TCG takes over); TCG here: about 5 s.
+BOOT_TIMEOUT = {"kvm": 10, "tcg": 90}
+
+
+def boot(attempt: Callable[[str], GuestRun]) -> GuestRun:
+    """``attempt(accel)`` (start a backend, run_guest) with each accelerator
+    of accelerators() until a guest boots; the last run."""
+    for accel in accelerators():
+        run = attempt(accel)
+        run.accel = accel
+        if run.booted:
+            _booted_with.append(accel)
+            break
+    return run
+
+
+def read_console(log_path: str) -> str:
+    with open(log_path, "rb") as log:
+        return log.read().decode(errors="replace")
+
+
+def wait_for_socket(path: str, daemon: subprocess.Popen, timeout: float = 20) -> None:
+    """Until a passt's socket exists (QEMU's server=off gives up at once)."""
+    deadline = time.monotonic() + timeout
+    # Not connecting to it: that would use up a one-off daemon's only guest.
+    while not os.path.exists(path):
+        if daemon.poll() is not None:
+            detail = daemon.stderr.read() if daemon.stderr else ""
+            raise RuntimeError(f"{daemon.args} exited with {daemon.returncode}: {detail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no socket at {path}")
+        time.sleep(0.05)
+    time.sleep(0.1)  # bound, then listening: let the daemon get to listen()
+
+
+# -- the other end of the guest's checks ---------------------------------------------
+PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
+SOURCE_PORT, SINK_PORT, ECHO_PORT = 9001, 9000, 7000
+
+
+def start_remote_peers(topo: Topology) -> None:
+    """The servers the guest's checks talk to, in the "remote" namespace."""
+    for kind, port in (("sink", SINK_PORT), ("source", SOURCE_PORT)):
+        topo.spawn_remote(sys.executable, PEERS, kind, str(port))
+    # UDP servers bound to the address asked: an unbound socket would answer
+    # from the address of the route back (the gateway's), not the one asked.
+    for address in (REMOTE_ADDR4, REMOTE_ADDR6):
+        topo.spawn_remote(sys.executable, PEERS, "udp-echo", str(ECHO_PORT), address)
+        topo.spawn_remote(sys.executable, PEERS, "dns", "53", address)  # the host's resolvers
+    topo.wait_listening(SINK_PORT)
+    topo.wait_listening(SOURCE_PORT)
+    topo.wait_listening(ECHO_PORT, "udp")
+    topo.wait_listening(53, "udp")
+
+
+def check_params(checks: str, size: int, **more: object) -> dict[str, object]:
+    """The guest's parameters to run ``checks`` (comma-separated) against
+    start_remote_peers' servers, transfers of ``size`` bytes."""
+    return {"checks": checks, "remote4": REMOTE_ADDR4, "remote6": REMOTE_ADDR6,
+            "source": SOURCE_PORT, "sink": SINK_PORT, "echo": ECHO_PORT, "size": size, **more}
 
 
 def parse_results(console: str) -> dict[str, str]:

@@ -213,6 +213,8 @@ class Worker:
     def _guest_gone(self) -> None:
         if self.config.one_off:
             self.loop.stop()
+        elif self.tcp is not None:  # the next guest starts afresh
+            self.tcp.reset_all()
 
     # -- serving ----------------------------------------------------------------
     def serve(self) -> int:

@@ -120,6 +120,13 @@ class TcpHandler:
         """Flows not yet closed (lingering ones do not hold the worker up)."""
         return sum(1 for key in self.flows if self._alive(key))
 
+    def reset_all(self) -> None:
+        """The guest is gone (passt mode, waiting for the next one): reset
+        every flow towards its peer, nobody is left to answer for them."""
+        for flow in [self.flows.get(key) for key in list(self.flows)]:
+            if flow is not None:
+                self._forget(flow, reset=True)
+
     def _alive(self, key: FlowKey) -> bool:
         flow = self.flows.get(key)
         return flow is not None and flow.conn.state is not State.CLOSED

@@ -1,17 +1,16 @@
 """passt mode with a real virtual machine: QEMU's -netdev stream on passt-sep's socket.
 
 The guest is Debian's kernel with a busybox initramfs (tests/qemu_guest.py):
-virtio-net, busybox udhcpc, ping, nc and nslookup against passt-sep, every
-check's outcome printed on the serial console.  KVM when /dev/kvm opens,
-else TCG (a CI runner without nested virtualisation); TCG also takes over
-when the guest does not get to its init script under KVM in BOOT_TIMEOUT
-(nested KVM can be slower than TCG, or stop on an internal error).
+virtio-net, busybox udhcpc, ping, nc and nslookup and a small UDP echo
+client against passt-sep, every check's outcome printed on the serial
+console.  KVM when /dev/kvm opens, else TCG (a CI runner without nested
+virtualisation); TCG also takes over when the guest does not get to its
+init script under KVM in BOOT_TIMEOUT (nested KVM can be slower than TCG,
+or stop on an internal error).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,112 +19,151 @@ import pytest
 import qemu_guest
 from peers import digest_of
 
-from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, REMOTE_ADDR4, REMOTE_ADDR6, Topology
+from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, REMOTE_ADDR4, Topology
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEERS = os.path.join(TESTS, "peers.py")
-PY = sys.executable
-QEMU = "qemu-system-x86_64"
-SOURCE_PORT, SINK_PORT = 9001, 9000
-SIZE = 4 << 20
+FWD_HOST_PORT, FWD_GUEST_PORT = 10080, 8080
+SIZE = 20 << 20                 # both ways over IPv4, and back out through -t
+SIZE6 = 4 << 20
+UDP_SIZES = (1, 1400, 8000, 65000)  # the last ones need the guest's 65520 MTU
 SEED4, SEED6 = 11, 12
-GUEST_TIMEOUT = 150  # the whole run; TCG here: about 10 s
-# Until the init script starts: a second with working KVM (nested KVM can
-# be slower than TCG, or fail: then TCG takes over); TCG here: about 5 s.
-BOOT_TIMEOUT = {"kvm": 10, "tcg": 90}
+GUEST_TIMEOUT = 300  # the whole run; TCG here: about 11 s
 
 
 @pytest.fixture(scope="session")
-def guest_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
-    """(qemu, kernel, initramfs), built once per session."""
-    qemu = shutil.which(QEMU)
-    if qemu is None:
-        pytest.skip(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
-    kernel = qemu_guest.find_kernel()
-    if kernel is None:
-        pytest.skip("no guest kernel: no /boot/vmlinuz-* with /lib/modules "
-                    "(apt-get install linux-image-cloud-amd64)")
-    image, moddir = kernel
-    initrd = str(tmp_path_factory.mktemp("qemu-guest") / "initramfs.gz")
-    qemu_guest.build_initramfs(moddir, initrd)
-    return qemu, image, initrd
+def guest_image(tmp_path_factory: pytest.TempPathFactory) -> qemu_guest.GuestImage:
+    """QEMU, kernel and initramfs, built once per session."""
+    try:
+        return qemu_guest.prepare_image(str(tmp_path_factory.mktemp("qemu-guest")))
+    except qemu_guest.GuestImageError as exc:
+        pytest.skip(str(exc))
 
 
-def wait_for_socket(path: str, daemon: subprocess.Popen, timeout: float = 20) -> None:
-    """Until passt-sep's socket exists (QEMU's server=off gives up at once)."""
-    deadline = time.monotonic() + timeout
-    # Not connecting to it: that would use up the one-off daemon's only guest.
-    while not os.path.exists(path):
-        if daemon.poll() is not None:
-            raise RuntimeError(f"passt-sep exited with {daemon.returncode}: "
-                               f"{daemon.stderr.read()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"passt-sep made no socket at {path}")
-        time.sleep(0.05)
-    time.sleep(0.1)  # bound, then listening: let the broker get to listen()
+def guest_params(checks: str, size: int = SIZE) -> dict[str, object]:
+    return qemu_guest.check_params(
+        checks, size, seed=SEED4, size6=SIZE6, seed6=SEED6,
+        udp_sizes=",".join(map(str, UDP_SIZES)), fwd=FWD_GUEST_PORT, name="name.example.test")
 
 
-def accelerators() -> list[str]:
-    """KVM first when /dev/kvm opens, TCG as the fallback; PASST_SEP_QEMU_ACCEL
-    (kvm or tcg) forces one."""
-    forced = os.environ.get("PASST_SEP_QEMU_ACCEL")
-    if forced:
-        return [forced]
-    return ["kvm", "tcg"] if qemu_guest.kvm_usable() else ["tcg"]
+def start_passt(topo: Topology, passt: str, socket_path: str, *args: str) -> subprocess.Popen:
+    daemon = topo.spawn_host(passt, "-f", "-q", "-s", socket_path, *args,
+                             stderr=subprocess.PIPE, text=True)
+    qemu_guest.wait_for_socket(socket_path, daemon)
+    return daemon
+
+
+def assert_dhcp(results: dict[str, str], where: str) -> None:
+    """The lease is the host's own address, prefix and gateway."""
+    assert results["dhcp"] == f"{HOST_ADDR4}/{PREFIX4}", where
+    assert results["router"] == GW_ADDR4, where
 
 
 @pytest.mark.slow
-def test_qemu_guest_dhcp_ping_tcp_dns_and_slaac(topo: Topology, passt: str, shared_tmp,
-                                               guest_image: tuple[str, str, str]) -> None:
-    qemu, kernel, initrd = guest_image
-    for kind, port in (("sink", SINK_PORT), ("source", SOURCE_PORT)):
-        topo.spawn_remote(PY, PEERS, kind, str(port))
-        topo.wait_listening(port)
-    for address in (REMOTE_ADDR4, REMOTE_ADDR6):  # the host's resolvers (resolv.conf)
-        topo.spawn_remote(PY, PEERS, "dns", "53", address)
-    topo.wait_listening(53, "udp")
-    params = {"remote4": REMOTE_ADDR4, "remote6": REMOTE_ADDR6, "source": SOURCE_PORT,
-              "sink": SINK_PORT, "size": SIZE, "seed": SEED4, "seed6": SEED6,
-              "name": "name.example.test"}
+def test_qemu_guest_dhcp_ping_tcp_udp_dns_ipv6_and_forwarded_port(
+        topo: Topology, passt: str, shared_tmp, guest_image: qemu_guest.GuestImage) -> None:
+    qemu_guest.start_remote_peers(topo)
+    params = guest_params("ping,tcpdown,tcpup,udp,dns,ipv6,fwd")
+    started: dict[str, subprocess.Popen] = {}
 
-    tried = []
-    for accel in accelerators():
+    def fetch_forwarded(_: str) -> None:
+        """From the host side, through passt-sep's -t port, what the guest serves."""
+        started["fetch"] = topo.spawn_host(sys.executable, qemu_guest.PEERS, "drain",
+                                           "127.0.0.1", str(FWD_HOST_PORT),
+                                           stdout=subprocess.PIPE, text=True)
+
+    def attempt(accel: str) -> qemu_guest.GuestRun:
         socket_path = str(shared_tmp / f"passt-{accel}.socket")
         # One-off, as libvirt runs it: passt-sep ends when QEMU closes the socket.
-        daemon = topo.spawn_host(passt, "-f", "-q", "-1", "-s", socket_path,
-                                 stderr=subprocess.PIPE, text=True)
-        wait_for_socket(socket_path, daemon)
-        command = qemu_guest.qemu_command(qemu, accel, kernel, initrd, socket_path, params)
+        started["passt"] = start_passt(topo, passt, socket_path, "-1",
+                                       "-t", f"{FWD_HOST_PORT}:{FWD_GUEST_PORT}")
+        command = qemu_guest.qemu_command(guest_image, accel, socket_path, params)
         run = qemu_guest.run_guest(topo.spawn_host, command, str(shared_tmp / f"{accel}.log"),
-                                   BOOT_TIMEOUT[accel], GUEST_TIMEOUT)
-        tried.append(f"{accel}: {'booted' if run.booted else 'did not boot'} "
-                     f"in {run.elapsed:.1f} s")
-        if run.booted:
-            break
-        daemon.kill()
-    print("QEMU guest: " + "; ".join(tried))
-    results = run.results
-    print(results)
-    where = f"\n{'; '.join(tried)}; QEMU exit {run.returncode}; console:\n{run.console}"
+                                   qemu_guest.BOOT_TIMEOUT[accel], GUEST_TIMEOUT,
+                                   on_result={"fwd-listening": fetch_forwarded})
+        if not run.booted:
+            started["passt"].kill()
+        return run
 
+    run = qemu_guest.boot(attempt)
+    results, where = run.results, run.describe()
+    print(f"QEMU guest ({run.accel}): {run.elapsed:.1f} s; "
+          + ", ".join(f"{k[5:]} {run.seconds(k[5:]):.1f} s" for k in results
+                      if k.startswith("time-")))
     assert run.booted, "the guest never ran its init script" + where
     assert run.returncode == 0 and "done" in results, "the guest did not finish" + where
     assert "insmod-failed" not in results, where
-    # DHCP: the host's own address, prefix, gateway and resolver.
-    assert results["dhcp"] == f"{HOST_ADDR4}/{PREFIX4}", where
-    assert results["router"] == GW_ADDR4, where
+    # DHCP: the host's own address, prefix, gateway and resolver, and the MTU.
+    assert_dhcp(results, where)
     assert results["dns-server"].split()[0] == REMOTE_ADDR4, where
+    assert results["mtu"] == "65520", where
     # ICMP echo, through passt-sep's ping sockets.
     assert results["ping"] == "ok", where
-    # TCP both ways: remote -> guest and guest -> remote.
+    # TCP both ways: remote -> guest and guest -> remote, sha256 on both ends.
     assert results["tcp-down"].split()[0] == digest_of(SIZE, SEED4), where
     sent_digest, sent_size = results["tcp-up-sent"].split()
     assert int(sent_size) == SIZE, where
     assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
-    # UDP: a DNS query to the resolver DHCP handed out.
+    # UDP: echo off the remote, and a DNS query to the resolver DHCP handed out.
+    assert results["udp-echo"] == " ".join(f"{n}:ok" for n in UDP_SIZES), where
     assert results["dns"] == "203.0.113.53", where
-    # IPv6: SLAAC from passt-sep's router advertisements, then TCP.
+    # IPv6: SLAAC from passt-sep's router advertisements, then TCP and UDP.
     assert results["slaac"].startswith("2001:db8:1:"), where
-    assert results["tcp6-down"].split()[0] == digest_of(SIZE, SEED6), where
+    assert results["tcp6-down"].split()[0] == digest_of(SIZE6, SEED6), where
+    assert results["udp6-echo"] == " ".join(f"{n}:ok" for n in UDP_SIZES), where
+    # -t: the host's port FWD_HOST_PORT reaches the guest's server, every byte.
+    assert results["fwd-served"] == "0", where
+    forwarded = started["fetch"].communicate(timeout=60)[0].strip()
+    assert forwarded == f"{sent_digest} {sent_size}", where
     # One-off: passt-sep ends cleanly once the VM is gone.
+    daemon = started["passt"]
     assert daemon.wait(timeout=20) == 0, daemon.stderr.read()
+
+
+def connections_to(topo: Topology, port: int) -> str:
+    """passt-sep's TCP connections to ``port`` (host namespace), any state
+    but closed."""
+    return topo.run_host("ss", "-Htn", f"dport = :{port}").stdout
+
+
+@pytest.mark.slow
+def test_qemu_guest_killed_then_a_new_guest_gets_dhcp_and_tcp(
+        topo: Topology, passt: str, shared_tmp, guest_image: qemu_guest.GuestImage) -> None:
+    """Without --one-off, passt-sep outlives a VM killed in the middle of a
+    download (SIGKILL: no FIN, no DHCP release) and serves the next VM on
+    the same socket: the dead guest's flows are closed, the new guest gets
+    its lease and moves data."""
+    qemu_guest.start_remote_peers(topo)
+    socket_path = str(shared_tmp / "passt.socket")
+    daemon = start_passt(topo, passt, socket_path)
+    size = 4 << 20
+
+    def attempt(checks: str, until: str | None, log: str):
+        def run(accel: str) -> qemu_guest.GuestRun:
+            command = qemu_guest.qemu_command(guest_image, accel, socket_path,
+                                              guest_params(checks, size))
+            return qemu_guest.run_guest(topo.spawn_host, command, str(shared_tmp / log),
+                                        qemu_guest.BOOT_TIMEOUT[accel], GUEST_TIMEOUT, until)
+        return run
+
+    first = qemu_guest.boot(attempt("tcpdown,hold", "holding", "first.log"))
+    where = first.describe()
+    assert first.booted and first.returncode is None, where  # killed while holding
+    assert_dhcp(first.results, where)
+    assert first.results["tcp-down"].split()[0] == digest_of(size, SEED4), where
+    assert daemon.poll() is None, daemon.stderr.read()
+
+    # The killed guest's download is not left open towards the remote.
+    deadline = time.monotonic() + 10
+    while connections_to(topo, qemu_guest.SOURCE_PORT) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not connections_to(topo, qemu_guest.SOURCE_PORT), "the dead guest's flow is still open"
+
+    second = qemu_guest.boot(attempt("tcpdown,tcpup", None, "second.log"))
+    results, where = second.results, second.describe()
+    print(f"QEMU guests ({second.accel}): first {first.elapsed:.1f} s, "
+          f"second {second.elapsed:.1f} s")
+    assert second.returncode == 0 and "done" in results, where
+    assert_dhcp(results, where)
+    assert results["tcp-down"].split()[0] == digest_of(size, SEED4), where
+    sent_digest, sent_size = results["tcp-up-sent"].split()
+    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
+    assert daemon.poll() is None, "passt-sep exited without --one-off"

@@ -1,0 +1,101 @@
+"""passt mode with a QEMU guest: guest <-> remote TCP throughput through
+passt-sep and through distro passt (/usr/bin/passt), same guest, same
+topology.
+
+The guest is the QEMU test's (tests/qemu_guest.py): Debian's kernel and a
+busybox initramfs, no iperf3, so the guest times its own transfers of
+BENCH_QEMU_MIB MiB with busybox nc against tests/peers.py's source and sink
+in the "remote" namespace (the guest's uptime around each).  Under TCG the
+figures are low: the ratio is what counts.  Run by bench/run.py; alone:
+``python bench/qemu_passt.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+import qemu_guest  # noqa: E402
+
+from topology import Topology  # noqa: E402
+
+VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
+PASST_SEP = os.path.join(VENV, "bin", "passt-sep")
+MIB = int(os.environ.get("BENCH_QEMU_MIB", "64"))
+GUEST_TIMEOUT = 600
+# remote -> guest, then guest -> remote (the guest makes the file first)
+CHECKS = "benchdown,benchup"
+
+
+def backends() -> dict[str, str]:
+    """name -> binary of what is installed (passt: `make bench` installs it)."""
+    found = {"passt-sep": PASST_SEP}
+    if shutil.which("passt"):
+        found["passt"] = shutil.which("passt") or "passt"
+    return found
+
+
+def available() -> str | None:
+    """Why this benchmark cannot run here, or None."""
+    if qemu_guest.find_kernel() is None or shutil.which(qemu_guest.QEMU) is None:
+        return "no QEMU or guest kernel (make install)"
+    return None
+
+
+def one_run(topo: Topology, image: qemu_guest.GuestImage, binary: str,
+            workdir: str) -> dict[str, float]:
+    """Mbit/s both ways for one guest booted on ``binary`` (one-off, as
+    libvirt runs it); 0 for a transfer that came out wrong."""
+    size = MIB << 20
+    params = qemu_guest.check_params(CHECKS, size)
+
+    def attempt(accel: str) -> qemu_guest.GuestRun:
+        socket_path = os.path.join(workdir, "passt.socket")
+        if os.path.exists(socket_path):  # the last run's: not to be waited for
+            os.unlink(socket_path)
+        daemon = topo.spawn_host(binary, "-f", "-q", "-1", "-s", socket_path,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        qemu_guest.wait_for_socket(socket_path, daemon)
+        command = qemu_guest.qemu_command(image, accel, socket_path, params)
+        run = qemu_guest.run_guest(topo.spawn_host, command, os.path.join(workdir, "console"),
+                                   qemu_guest.BOOT_TIMEOUT[accel], GUEST_TIMEOUT)
+        daemon.kill()
+        daemon.wait()
+        return run
+
+    run = qemu_guest.boot(attempt)
+    results = run.results
+    if "done" not in results:
+        raise RuntimeError(f"{binary}: the guest did not finish{run.describe()}")
+    mbit = size * 8 / 1e6
+    down = mbit / run.seconds("benchdown") if results.get("bench-down") == str(size) else 0.0
+    digest, got, start, end = (results.get("bench-up", "").split() + ["", "", "0", "0"])[:4]
+    up_ok = f"{digest} {got}" == results.get("tcp-up-sent") and got == str(size)
+    return {"qemu_tcp_in_mbps": down,
+            "qemu_tcp_out_mbps": mbit / (float(end) - float(start)) if up_ok else 0.0}
+
+
+def measure(rounds: int) -> dict[str, dict[str, float]]:
+    """name -> metric -> median over ``rounds`` guests each."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="passt-sep-bench-qemu-") as workdir, \
+            Topology("bq") as topo:
+        os.chmod(workdir, 0o777)  # both passts drop to nobody and make their socket here
+        image = qemu_guest.prepare_image(workdir)
+        qemu_guest.start_remote_peers(topo)
+        for _ in range(rounds):
+            for name, binary in backends().items():
+                for key, value in one_run(topo, image, binary, workdir).items():
+                    samples.setdefault(name, {}).setdefault(key, []).append(value)
+    return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in samples.items()}
+
+
+if __name__ == "__main__":
+    print(measure(int(os.environ.get("BENCH_ROUNDS", "3"))))
