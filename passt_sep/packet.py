@@ -1,8 +1,10 @@
 """Ethernet, IPv4, IPv6, UDP and ICMP headers: parse and build, no I/O.
 
-Every parser takes a ``bytes``/``memoryview`` and returns a small frozen
-record whose ``payload`` is a view into the input (no copy); malformed input
-raises :class:`Drop` with a short reason that the worker counts.  Builders
+Every parser takes a ``bytes``/``memoryview`` and returns a small record
+whose ``payload`` is a view into the input (no copy); records are read-only
+by convention, not frozen (that costs a setattr call per field, per frame).
+Malformed input raises :class:`Drop` with a short reason that the worker
+counts.  Builders
 return ``bytes`` with correct checksums.  Addresses are raw ``bytes`` (4 or
 16 long) on this hot path; conversion to :mod:`ipaddress` objects happens at
 the configuration boundary only.
@@ -99,7 +101,7 @@ def mac_to_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ethernet:
     dst: bytes
     src: bytes
@@ -119,7 +121,7 @@ def build_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes | memo
     return _ETH.pack(dst, src, ethertype) + bytes(payload)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IPv4:
     src: bytes
     dst: bytes
@@ -156,7 +158,7 @@ def build_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes | memoryview,
     return bytes(header) + bytes(payload)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IPv6:
     src: bytes
     dst: bytes
@@ -207,7 +209,7 @@ def build_ip(src: bytes, dst: bytes, proto: int, payload: bytes | memoryview,
     return build_ipv6(src, dst, proto, payload, hop_limit=ttl)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UDP:
     sport: int
     dport: int
@@ -235,7 +237,7 @@ def build_udp(src: bytes, dst: bytes, sport: int, dport: int,
     return bytes(segment)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inbound:
     """A guest frame parsed down to its transport payload."""
 

@@ -52,7 +52,7 @@ SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3
 _SOCK_EXTENDED_ERR = struct.Struct("=IBBBxII")  # errno, origin, type, code, info, data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GuestDatagram:
     src: bytes
     sport: int
