@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from .. import udp
 from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
-from ..packet import Drop, Inbound
+from ..packet import UDP, Drop, Inbound
 from .loop import EPOLLERR, EPOLLIN, Loop
 from .outbound import DEFAULT_OUTBOUND, Outbound
 
@@ -20,6 +21,9 @@ DATAGRAMS_PER_WAKEUP = 64
 SWEEP_INTERVAL = 10.0
 IP_RECVERR = 11
 IPV6_RECVERR = 25
+SOL_UDP, UDP_SEGMENT = 17, 103            # UDP GSO (Linux 4.18)
+_GSO_SIZE = struct.Struct("=H")
+SOCKADDR_CACHE = 1024
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class UdpHandler:
         self.sockets: dict[int, socket.socket] = {}
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
+        self.batch = udp.SendBatch()
+        self.flush_scheduled = False
+        self.sockaddrs: dict[tuple[bytes, int], tuple[str, int]] = {}
         self.sweep_timer = None
         # pasta: datagrams from the host's loopback may be spliced instead
         self.divert: Callable[[socket.socket, tuple, memoryview, int, float], bool] | None = None
@@ -53,17 +60,65 @@ class UdpHandler:
             self.add_listener(listener)
 
     # -- guest -> host --------------------------------------------------------------
-    def on_guest_segment(self, inb: Inbound, now: float) -> None:
-        datagram = udp.parse_guest_datagram(inb, self.verify)
+    def on_guest_segment(self, inb: Inbound, now: float, header: UDP | None = None) -> None:
+        datagram = udp.parse_guest_datagram(inb, self.verify, header)
         flow = self.flows.get(datagram.v6, datagram.sport, now)
         if flow is None:
             flow = self._open_flow(datagram, now)
-        sock = self.sockets[flow.handle]
-        host_dst = (flow.host_of((datagram.dst, datagram.dport))
-                    or self.addrmap.to_host(datagram.dst, datagram.dport))
-        flow.remember((host_dst, datagram.dport), datagram.dst)
+        dport = datagram.dport
+        host_dst = flow.host_peer(datagram.dst, dport, self.addrmap)
+        address = self.sockaddrs.get((host_dst, dport))
+        if address is None:
+            address = self._sockaddr(host_dst, dport)
+        self._queue((self.sockets[flow.handle], address), datagram.payload)
+
+    def _sockaddr(self, host: bytes, port: int) -> tuple[str, int]:
+        """``sendto``'s address for ``host:port``, converted once, not per datagram."""
+        if len(self.sockaddrs) >= SOCKADDR_CACHE:
+            self.sockaddrs.clear()
+        family = socket.AF_INET if len(host) == 4 else socket.AF_INET6
+        address = self.sockaddrs[(host, port)] = (socket.inet_ntop(family, host), port)
+        return address
+
+    def _queue(self, target: tuple[socket.socket, tuple[str, int]],
+               payload: memoryview) -> None:
+        """Into the batch that leaves at the end of this loop round (or
+        sooner, when the next datagram cannot join it)."""
+        batch = self.batch
+        if not batch.add(target, payload):
+            self._send_batch()
+            if not batch.add(target, payload):          # empty, or too big to batch
+                self._send(target[0], payload, target[1])
+                return
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.at_round_end(self._flush)
+
+    def _flush(self, now: float) -> None:
+        self.flush_scheduled = False
+        self._send_batch()
+
+    def _send_batch(self) -> None:
+        if not self.batch:
+            return
+        (sock, address), data, segment, count = self.batch.take()
+        if count == 1:
+            self._send(sock, data, address)
+            return
         try:
-            sock.sendto(datagram.payload, (socket.inet_ntop(sock.family, host_dst), datagram.dport))
+            sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(segment))], 0, address)
+        except BlockingIOError:
+            self.loop.counters.add("udp_send_full", count)
+        except OSError:
+            # GSO refused (no checksum offload on the route, a segment over
+            # the path MTU) or an error to report per datagram, as without it
+            self.loop.counters.add("udp_gso_fallback")
+            for part in self.batch.segments(data, segment):
+                self._send(sock, part, address)
+
+    def _send(self, sock: socket.socket, payload: memoryview, address: tuple[str, int]) -> None:
+        try:
+            sock.sendto(payload, address)
         except BlockingIOError:
             self.loop.counters.add("udp_send_full")
         except OSError as exc:
