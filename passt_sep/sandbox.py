@@ -16,16 +16,39 @@ closes; ``Prepared.load`` arms it later, after the handoff.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import platform
 import socket
 import sys
 from dataclasses import dataclass
 
+# pyseccomp finds libc and libseccomp with ctypes.util.find_library at
+# import, which runs `ldconfig -p` once per library: two subprocesses on
+# every start.  Their usual sonames load directly; anything else still asks.
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+_search_library = ctypes.util.find_library
+
+
+def _find_library(name: str) -> str | None:
+    soname = _SONAMES.get(name)
+    if soname is not None:
+        try:
+            ctypes.CDLL(soname)
+            return soname
+        except OSError:
+            pass
+    return _search_library(name)
+
+
+ctypes.util.find_library = _find_library
 try:  # pyseccomp first: a checkout's seccomp/ folder shadows "seccomp"
     import pyseccomp as seccomp
 except ImportError:  # pragma: no cover - the distro's python3-seccomp
     import seccomp  # type: ignore[no-redef]
+finally:
+    ctypes.util.find_library = _search_library
 
 CONSTANTS = {
     "AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6,
