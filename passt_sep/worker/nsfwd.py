@@ -141,7 +141,8 @@ class NamespaceForwarding:
         directions: list[Direction] = []
         inward_dir = outward_dir = None
         if inward is not None:
-            inward_dir = Direction("ns", *inward, lambda: static_ns | _ports(outward_dir))
+            inward_dir = Direction("ns", *inward, lambda: static_ns | _ports(outward_dir),
+                                   fresh=self.handoff.one("command_pidfd") is not None)
             directions.append(inward_dir)
         if outward is not None:
             outward_dir = Direction("host", *outward, lambda: host_ours() | _ports(inward_dir))
