@@ -152,10 +152,15 @@ def parse_ipv4(packet: bytes | memoryview) -> IPv4:
 
 def build_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes | memoryview,
                ttl: int = 64, ident: int = 0, tos: int = 0) -> bytes:
-    total = IPV4_HLEN + len(payload)
+    return ipv4_header(src, dst, proto, len(payload), ttl, ident, tos) + bytes(payload)
+
+
+def ipv4_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = 64,
+                ident: int = 0, tos: int = 0) -> bytes:
+    total = IPV4_HLEN + payload_len
     header = bytearray(_IPV4.pack(0x45, tos, total, ident, 0x4000, ttl, proto, 0, src, dst))
     struct.pack_into("!H", header, 10, checksum(header))
-    return bytes(header) + bytes(payload)
+    return bytes(header)
 
 
 @dataclass(slots=True)
@@ -196,17 +201,27 @@ def parse_ipv6(packet: bytes | memoryview) -> IPv6:
 
 def build_ipv6(src: bytes, dst: bytes, next_header: int, payload: bytes | memoryview,
                hop_limit: int = 64, traffic_class: int = 0) -> bytes:
-    header = _IPV6.pack(0x60000000 | (traffic_class << 20), len(payload), next_header,
-                        hop_limit, src, dst)
-    return header + bytes(payload)
+    return ipv6_header(src, dst, next_header, len(payload), hop_limit, traffic_class) + \
+        bytes(payload)
+
+
+def ipv6_header(src: bytes, dst: bytes, next_header: int, payload_len: int,
+                hop_limit: int = 64, traffic_class: int = 0) -> bytes:
+    return _IPV6.pack(0x60000000 | (traffic_class << 20), payload_len, next_header,
+                      hop_limit, src, dst)
 
 
 def build_ip(src: bytes, dst: bytes, proto: int, payload: bytes | memoryview,
              ttl: int = 64) -> bytes:
     """IPv4 or IPv6 packet, by the length of the addresses."""
+    return ip_header(src, dst, proto, len(payload), ttl) + bytes(payload)
+
+
+def ip_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = 64) -> bytes:
+    """IPv4 or IPv6 header for ``payload_len`` bytes, by the length of the addresses."""
     if len(src) == 4:
-        return build_ipv4(src, dst, proto, payload, ttl=ttl)
-    return build_ipv6(src, dst, proto, payload, hop_limit=ttl)
+        return ipv4_header(src, dst, proto, payload_len, ttl=ttl)
+    return ipv6_header(src, dst, proto, payload_len, hop_limit=ttl)
 
 
 @dataclass(slots=True)

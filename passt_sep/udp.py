@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from .fwd import AddressMap
 from .netparams import Network
 from .packet import (
+    ETH_P_IP,
+    ETH_P_IPV6,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_UDP,
@@ -41,10 +43,13 @@ from .packet import (
     UDP_HLEN,
     Drop,
     Inbound,
+    build_ethernet,
     build_ip,
     build_udp,
     checksum,
+    checksum_fold,
     ip_frame,
+    ip_header,
     l4_checksum,
     parse_udp,
     pseudo_header_sum,
@@ -59,6 +64,7 @@ SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3
 GSO_MAX_SEGMENTS = 64             # UDP_MAX_SEGMENTS before Linux 6.9 raised it
 GSO_MAX_BYTES = 65507             # one IPv4 datagram's payload, at most
 _SOCK_EXTENDED_ERR = struct.Struct("=IBBBxII")  # errno, origin, type, code, info, data
+_UDP_HEADER = struct.Struct("!HHHH")
 
 
 @dataclass(slots=True)
@@ -97,6 +103,23 @@ def datagram_frame(net: Network, guest_mac: bytes, src: bytes, sport: int, dst: 
     if len(payload) > MAX_PAYLOAD:
         raise Drop("udp_too_big")
     return udp_frame(guest_mac, net.our_mac, src, dst, sport, dport, payload)
+
+
+def datagram_headers(net: Network, guest_mac: bytes, src: bytes, sport: int, dst: bytes,
+                     dport: int, length: int) -> bytes:
+    """Ethernet, IP and UDP headers of a datagram from a host peer carrying
+    ``length`` bytes, for a tap that completes checksums: the UDP checksum
+    field holds only the pseudo-header's sum (``VIRTIO_NET_HDR_F_NEEDS_CSUM``:
+    the kernel adds the payload's).  Behind one such header, the payloads
+    of several datagrams are cut apart again by the kernel (USO)."""
+    if length > MAX_PAYLOAD:
+        raise Drop("udp_too_big")
+    udp_len = UDP_HLEN + length
+    partial = checksum_fold(pseudo_header_sum(src, dst, IPPROTO_UDP, udp_len))
+    ethertype = ETH_P_IP if len(src) == 4 else ETH_P_IPV6
+    return build_ethernet(guest_mac, net.our_mac, ethertype,
+                          ip_header(src, dst, IPPROTO_UDP, udp_len)
+                          + _UDP_HEADER.pack(sport, dport, udp_len, partial))
 
 
 def parse_extended_error(data: bytes) -> tuple[int, int, int, int] | None:
@@ -243,7 +266,7 @@ class SendBatch:
         self.length = self.segment = self.count = 0
         return taken
 
-    @staticmethod
-    def segments(data: memoryview, segment: int) -> list[memoryview]:
-        """``data`` cut back into its datagrams (when GSO is refused)."""
-        return [data[start:start + segment] for start in range(0, len(data), segment)]
+
+def segments(data: memoryview, segment: int) -> list[memoryview]:
+    """A batch's data cut back into its datagrams (when GSO is refused)."""
+    return [data[start:start + segment] for start in range(0, len(data), segment)]

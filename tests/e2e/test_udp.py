@@ -100,12 +100,15 @@ BURST_SIZES = [1000] * 50 + [3000] * 20 + [1000, 600, 1000, 1400, 1400, 20, 0, 9
 BURST_SENDER = """
 import socket, sys, time
 host, port, sizes = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3])
+pace = int(sys.argv[4]) if len(sys.argv) > 4 else 0   # a pause after so many
 family = socket.AF_INET6 if ':' in host else socket.AF_INET
 s = socket.socket(family, socket.SOCK_DGRAM)
 s.sendto(b'warm-up', (host, port))  # neighbours resolved before the burst
 time.sleep(0.5)
 for number, size in enumerate(sizes):
     s.sendto(bytes([number % 256]) * size, (host, port))
+    if pace and number % pace == pace - 1:
+        time.sleep(0.005)
 print('sent', len(sizes))
 """
 
@@ -143,6 +146,25 @@ def test_udp_burst_keeps_sizes_and_order(topo: Topology, pasta: str, remote: str
     expected = [(size, bytes([n % 256]).hex() if size else "") for n, size in
                 enumerate(BURST_SIZES)]
     assert got == expected
+
+
+def test_udp_burst_to_the_guest_keeps_sizes_and_order(topo: Topology, pasta: str) -> None:
+    """Towards the guest, datagrams from one peer leave as one frame for
+    the kernel to cut apart (USO): each arrives with its own size, in order.
+    The peer pauses every 16 datagrams: a burst of all of them would
+    overflow the forwarded socket's receive buffer on the host."""
+    receiver = topo.spawn_host(pasta, "--config-net", "-u", "7410", "--", PY, "-c",
+                               BURST_RECEIVER, "0.0.0.0", "7410", stdout=subprocess.PIPE,
+                               text=True)
+    topo.wait_listening(7410, "udp", remote=False)
+    time.sleep(0.5)                                   # the receiver inside, bound
+    sizes = repr(BURST_SIZES).replace(" ", "")
+    sent = subprocess.run(topo.remote_cmd(PY, "-c", BURST_SENDER, HOST_ADDR4, "7410", sizes, "16"),
+                          capture_output=True, text=True, timeout=30)
+    assert sent.stdout.split() == ["sent", str(len(BURST_SIZES))], sent.stderr
+    got = eval(receiver.communicate(timeout=30)[0])
+    assert got == [(size, bytes([n % 256]).hex() if size else "")
+                   for n, size in enumerate(BURST_SIZES)]
 
 
 @pytest.fixture

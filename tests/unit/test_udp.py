@@ -135,7 +135,7 @@ def test_send_batch_gathers_one_target_and_size() -> None:
     assert not batch.add("a", b"r")            # after a shorter one: the batch is closed
     target, data, segment, count = batch.take()
     assert (target, bytes(data), segment, count) == ("a", b"xyzabcq", 3, 3)
-    assert [bytes(p) for p in batch.segments(data, segment)] == [b"xyz", b"abc", b"q"]
+    assert [bytes(p) for p in udp.segments(data, segment)] == [b"xyz", b"abc", b"q"]
     assert not batch and batch.add("a", b"xyz")
     assert not batch.add("b", b"xyz")          # another target
     assert not batch.add("a", b"wxyz")         # bigger than the segment size
@@ -152,3 +152,22 @@ def test_send_batch_segment_count_is_capped() -> None:
         assert batch.add("a", b"x")
     assert not batch.add("a", b"x")
     assert batch.take()[3] == udp.GSO_MAX_SEGMENTS
+
+
+@pytest.mark.parametrize("src, dst", [(PEER4, GUEST4), (PEER6, GUEST6)])
+def test_datagram_headers_leave_a_checksum_the_kernel_completes(src: bytes, dst: bytes) -> None:
+    payload = bytes(range(200)) * 7 + b"odd"
+    headers = udp.datagram_headers(NET, GUEST_MAC, src, 53, dst, 5353, len(payload))
+    frame = bytearray(headers + payload)
+    l4 = len(headers) - packet.UDP_HLEN
+    # what the kernel does for VIRTIO_NET_HDR_F_NEEDS_CSUM (csum_start l4, offset 6)
+    struct.pack_into("!H", frame, l4 + 6, packet.checksum(frame[l4:]) or 0xFFFF)
+    inb = packet.parse_ip_frame(packet.parse_ethernet(bytes(frame)))
+    datagram = udp.parse_guest_datagram(inb, verify=True)
+    assert (datagram.src, datagram.sport, datagram.dst, datagram.dport) == (src, 53, dst, 5353)
+    assert bytes(datagram.payload) == payload
+
+
+def test_datagram_headers_refuse_what_no_datagram_holds() -> None:
+    with pytest.raises(packet.Drop, match="udp_too_big"):
+        udp.datagram_headers(NET, GUEST_MAC, PEER4, 53, GUEST4, 5353, udp.MAX_PAYLOAD + 1)
