@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 
 from ..config import Config
-from ..fwd import is_loopback
+from ..fwd import is_loopback_text
 from ..handoff import Handoff
 from ..log import Logger
 from ..netparams import Network
@@ -50,8 +50,7 @@ class NamespaceForwarding:
 
     def _udp_from_host_loopback(self, bound: socket.socket, peer: tuple, payload: memoryview,
                                 target: int, now: float) -> bool:
-        address = socket.inet_pton(bound.family, peer[0].split("%")[0])
-        if not is_loopback(address) or self.relay is None or self.source is None:
+        if self.relay is None or self.source is None or not is_loopback_text(peer[0]):
             return False
         source = self.source
         self.relay.forward(bound, peer, payload, target,
