@@ -148,18 +148,20 @@ def test_udp_burst_keeps_sizes_and_order(topo: Topology, pasta: str, remote: str
     assert got == expected
 
 
-def test_udp_burst_to_the_guest_keeps_sizes_and_order(topo: Topology, pasta: str) -> None:
+@pytest.mark.parametrize("host", [HOST_ADDR4, HOST_ADDR6])
+def test_udp_burst_to_the_guest_keeps_sizes_and_order(topo: Topology, pasta: str,
+                                                      host: str) -> None:
     """Towards the guest, datagrams from one peer leave as one frame for
     the kernel to cut apart (USO): each arrives with its own size, in order.
     The peer pauses every 16 datagrams: a burst of all of them would
     overflow the forwarded socket's receive buffer on the host."""
     receiver = topo.spawn_host(pasta, "--config-net", "-u", "7410", "--", PY, "-c",
-                               BURST_RECEIVER, "0.0.0.0", "7410", stdout=subprocess.PIPE,
+                               BURST_RECEIVER, "::", "7410", stdout=subprocess.PIPE,
                                text=True)
     topo.wait_listening(7410, "udp", remote=False)
     time.sleep(0.5)                                   # the receiver inside, bound
     sizes = repr(BURST_SIZES).replace(" ", "")
-    sent = subprocess.run(topo.remote_cmd(PY, "-c", BURST_SENDER, HOST_ADDR4, "7410", sizes, "16"),
+    sent = subprocess.run(topo.remote_cmd(PY, "-c", BURST_SENDER, host, "7410", sizes, "16"),
                           capture_output=True, text=True, timeout=30)
     assert sent.stdout.split() == ["sent", str(len(BURST_SIZES))], sent.stderr
     got = eval(receiver.communicate(timeout=30)[0])
