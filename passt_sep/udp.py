@@ -245,12 +245,14 @@ class SendBatch:
 
     def add(self, target: object, payload: bytes | memoryview) -> bool:
         size, length = len(payload), self.length
+        if size == 0:                  # no segment of a batch can be empty: it goes alone
+            return False
         if self.count:
             if (size > self.segment or length != self.count * self.segment
                     or self.count >= GSO_MAX_SEGMENTS or length + size > len(self.buffer)
                     or target != self.target):
                 return False
-        elif size == 0 or size > len(self.buffer):
+        elif size > len(self.buffer):
             return False
         else:
             self.target, self.segment = target, size

@@ -137,6 +137,7 @@ def test_send_batch_gathers_one_target_and_size() -> None:
     assert (target, bytes(data), segment, count) == ("a", b"xyzabcq", 3, 3)
     assert [bytes(p) for p in udp.segments(data, segment)] == [b"xyz", b"abc", b"q"]
     assert not batch and batch.add("a", b"xyz")
+    assert not batch.add("a", b"")             # an empty datagram would vanish in a batch
     assert not batch.add("b", b"xyz")          # another target
     assert not batch.add("a", b"wxyz")         # bigger than the segment size
     assert batch.add("a", b"123") and batch.add("a", b"456")
