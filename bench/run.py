@@ -233,8 +233,22 @@ ECHO_SERVER = ("import socket, threading\n"
                "    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()\n")
 
 
+CASES = [c for c in os.environ.get("BENCH_CASES", "").split(",") if c]
+
+
+def wanted(key: str) -> bool:
+    """``BENCH_CASES=udp_out_gbps,startup_s``: only those figures (any
+    prefix of a key works: ``tcp_out`` is both MTUs' TCP-out figures)."""
+    return not CASES or any(key.startswith(case) for case in CASES)
+
+
 def measure(names: list[str]) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+
+    def add(name: str, key: str, figure, *args) -> None:
+        if wanted(key):
+            results[name].setdefault(key, []).append(figure(*args))
+
     with Topology("bench") as topo:
         topo.spawn_remote("iperf3", "-s", stdout=subprocess.DEVNULL)
         topo.spawn_remote(sys.executable, "-c", ECHO_SERVER)
@@ -243,29 +257,39 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
         for _ in range(ROUNDS):
             for name in names:
                 for mtu in (65520, 1500):
+                    if not any(wanted(k) for k in SERVED_KEYS[mtu]):
+                        continue
                     served = Served(topo, name, mtu)
                     try:
-                        add = results[name].setdefault
-                        add(f"tcp_out_gbps_mtu{mtu}", []).append(iperf(served, False))
-                        add(f"tcp_in_gbps_mtu{mtu}", []).append(iperf(served, True))
+                        add(name, f"tcp_out_gbps_mtu{mtu}", iperf, served, False)
+                        add(name, f"tcp_in_gbps_mtu{mtu}", iperf, served, True)
                         if mtu == 65520:
-                            add("rss_idle_mib", []).append(served.rss_mib())
-                            median, p99 = latency(served)
-                            add("rr_latency_us", []).append(median)
-                            add("rr_latency_p99_us", []).append(p99)
-                            add("connections_per_s", []).append(connection_rate(served))
-                            add("rss_1000_conns_mib", []).append(rss_with_connections(served))
-                            add("splice_host_lo_to_ns_gbps", []).append(splice(served))
-                            add("splice_ns_lo_to_host_gbps", []).append(splice_out(served))
-                            add("tcp6_out_gbps_mtu65520", []).append(
-                                iperf(served, False, REMOTE_ADDR6))
-                            add("tcp6_in_gbps_mtu65520", []).append(
-                                iperf(served, True, REMOTE_ADDR6))
-                            add("udp_out_gbps", []).append(udp_out(served))
+                            add(name, "rss_idle_mib", served.rss_mib)
+                            if wanted("rr_latency"):
+                                median, p99 = latency(served)
+                                add(name, "rr_latency_us", float, median)
+                                add(name, "rr_latency_p99_us", float, p99)
+                            add(name, "connections_per_s", connection_rate, served)
+                            add(name, "rss_1000_conns_mib", rss_with_connections, served)
+                            add(name, "splice_host_lo_to_ns_gbps", splice, served)
+                            add(name, "splice_ns_lo_to_host_gbps", splice_out, served)
+                            add(name, "tcp6_out_gbps_mtu65520", iperf, served, False,
+                                REMOTE_ADDR6)
+                            add(name, "tcp6_in_gbps_mtu65520", iperf, served, True, REMOTE_ADDR6)
+                            add(name, "udp_out_gbps", udp_out, served)
                     finally:
                         served.close()
-                results[name].setdefault("startup_s", []).append(startup(topo, name))
+                add(name, "startup_s", startup, topo, name)
     return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in results.items()}
+
+
+SERVED_KEYS = {
+    65520: ["tcp_out_gbps_mtu65520", "tcp_in_gbps_mtu65520", "rss_idle_mib", "rr_latency_us",
+            "rr_latency_p99_us", "connections_per_s", "rss_1000_conns_mib",
+            "splice_host_lo_to_ns_gbps", "splice_ns_lo_to_host_gbps", "tcp6_out_gbps_mtu65520",
+            "tcp6_in_gbps_mtu65520", "udp_out_gbps"],
+    1500: ["tcp_out_gbps_mtu1500", "tcp_in_gbps_mtu1500"],
+}
 
 
 def table(figures: dict[str, dict[str, float]]) -> str:

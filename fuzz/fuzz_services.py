@@ -60,8 +60,8 @@ class _Udp:
     def __init__(self, verify: bool) -> None:
         self.verify = verify
 
-    def on_guest_segment(self, inb: packet.Inbound, now: float) -> None:
-        udp.parse_guest_datagram(inb, self.verify)
+    def on_guest_segment(self, inb: packet.Inbound, now: float, header: packet.UDP) -> None:
+        udp.parse_guest_datagram(inb, self.verify, header)
 
 
 class _Echo:

@@ -31,6 +31,12 @@ def is_loopback(addr: bytes) -> bool:
     return addr[0] == 127 if len(addr) == 4 else addr == LOOPBACK6
 
 
+def is_loopback_text(host: str) -> bool:
+    """``is_loopback`` of a socket API address (no conversion per datagram;
+    IPv6 sockets here are V6ONLY, so no mapped IPv4)."""
+    return host.startswith("127.") or host.partition("%")[0] == "::1"
+
+
 @dataclass(frozen=True)
 class AddressMap:
     """The special addresses in force, as raw bytes per family."""

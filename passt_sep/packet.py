@@ -1,8 +1,10 @@
 """Ethernet, IPv4, IPv6, UDP and ICMP headers: parse and build, no I/O.
 
-Every parser takes a ``bytes``/``memoryview`` and returns a small frozen
-record whose ``payload`` is a view into the input (no copy); malformed input
-raises :class:`Drop` with a short reason that the worker counts.  Builders
+Every parser takes a ``bytes``/``memoryview`` and returns a small record
+whose ``payload`` is a view into the input (no copy); records are read-only
+by convention, not frozen (that costs a setattr call per field, per frame).
+Malformed input raises :class:`Drop` with a short reason that the worker
+counts.  Builders
 return ``bytes`` with correct checksums.  Addresses are raw ``bytes`` (4 or
 16 long) on this hot path; conversion to :mod:`ipaddress` objects happens at
 the configuration boundary only.
@@ -99,7 +101,7 @@ def mac_to_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ethernet:
     dst: bytes
     src: bytes
@@ -119,7 +121,7 @@ def build_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes | memo
     return _ETH.pack(dst, src, ethertype) + bytes(payload)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IPv4:
     src: bytes
     dst: bytes
@@ -150,13 +152,18 @@ def parse_ipv4(packet: bytes | memoryview) -> IPv4:
 
 def build_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes | memoryview,
                ttl: int = 64, ident: int = 0, tos: int = 0) -> bytes:
-    total = IPV4_HLEN + len(payload)
+    return ipv4_header(src, dst, proto, len(payload), ttl, ident, tos) + bytes(payload)
+
+
+def ipv4_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = 64,
+                ident: int = 0, tos: int = 0) -> bytes:
+    total = IPV4_HLEN + payload_len
     header = bytearray(_IPV4.pack(0x45, tos, total, ident, 0x4000, ttl, proto, 0, src, dst))
     struct.pack_into("!H", header, 10, checksum(header))
-    return bytes(header) + bytes(payload)
+    return bytes(header)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IPv6:
     src: bytes
     dst: bytes
@@ -194,20 +201,30 @@ def parse_ipv6(packet: bytes | memoryview) -> IPv6:
 
 def build_ipv6(src: bytes, dst: bytes, next_header: int, payload: bytes | memoryview,
                hop_limit: int = 64, traffic_class: int = 0) -> bytes:
-    header = _IPV6.pack(0x60000000 | (traffic_class << 20), len(payload), next_header,
-                        hop_limit, src, dst)
-    return header + bytes(payload)
+    return ipv6_header(src, dst, next_header, len(payload), hop_limit, traffic_class) + \
+        bytes(payload)
+
+
+def ipv6_header(src: bytes, dst: bytes, next_header: int, payload_len: int,
+                hop_limit: int = 64, traffic_class: int = 0) -> bytes:
+    return _IPV6.pack(0x60000000 | (traffic_class << 20), payload_len, next_header,
+                      hop_limit, src, dst)
 
 
 def build_ip(src: bytes, dst: bytes, proto: int, payload: bytes | memoryview,
              ttl: int = 64) -> bytes:
     """IPv4 or IPv6 packet, by the length of the addresses."""
+    return ip_header(src, dst, proto, len(payload), ttl) + bytes(payload)
+
+
+def ip_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = 64) -> bytes:
+    """IPv4 or IPv6 header for ``payload_len`` bytes, by the length of the addresses."""
     if len(src) == 4:
-        return build_ipv4(src, dst, proto, payload, ttl=ttl)
-    return build_ipv6(src, dst, proto, payload, hop_limit=ttl)
+        return ipv4_header(src, dst, proto, payload_len, ttl=ttl)
+    return ipv6_header(src, dst, proto, payload_len, hop_limit=ttl)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UDP:
     sport: int
     dport: int
@@ -235,7 +252,7 @@ def build_udp(src: bytes, dst: bytes, sport: int, dport: int,
     return bytes(segment)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inbound:
     """A guest frame parsed down to its transport payload."""
 

@@ -16,16 +16,50 @@ closes; ``Prepared.load`` arms it later, after the handoff.
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import os
-import platform
 import socket
 import sys
+import types
 from dataclasses import dataclass
 
+from .linux import MACHINE
+
+# pyseccomp finds libc and libseccomp with ctypes.util.find_library at
+# import: importing ctypes.util (subprocess, tempfile, shutil, random...)
+# costs 10 ms, and each lookup runs `ldconfig -p`.  While pyseccomp imports,
+# ctypes.util is a stand-in that loads the usual sonames directly; any
+# other name brings in the real module and asks it.
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+_STAND_IN = types.ModuleType("ctypes.util")
+
+
+def _find_library(name: str) -> str | None:
+    soname = _SONAMES.get(name)
+    if soname is not None:
+        try:
+            ctypes.CDLL(soname)
+            return soname
+        except OSError:
+            pass
+    if sys.modules.get("ctypes.util") is _STAND_IN:
+        del sys.modules["ctypes.util"]
+    return importlib.import_module("ctypes.util").find_library(name)
+
+
+_STAND_IN.find_library = _find_library  # type: ignore[attr-defined]
+if "ctypes.util" not in sys.modules:
+    sys.modules["ctypes.util"] = ctypes.util = _STAND_IN  # type: ignore[attr-defined]
 try:  # pyseccomp first: a checkout's seccomp/ folder shadows "seccomp"
     import pyseccomp as seccomp
 except ImportError:  # pragma: no cover - the distro's python3-seccomp
     import seccomp  # type: ignore[no-redef]
+finally:
+    if sys.modules.get("ctypes.util") is _STAND_IN:
+        del sys.modules["ctypes.util"]
+    if getattr(ctypes, "util", None) is _STAND_IN:
+        del ctypes.util
 
 CONSTANTS = {
     "AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6,
@@ -63,7 +97,7 @@ def allowlist_dirs() -> list[str]:
 
 
 def allowlist_path(name: str, arch: str | None = None) -> str:
-    arch = arch or _ARCH_NAMES.get(platform.machine(), platform.machine())
+    arch = arch or _ARCH_NAMES.get(MACHINE, MACHINE)
     for directory in allowlist_dirs():
         path = os.path.join(directory, f"{name}.{arch}")
         if os.path.exists(path):

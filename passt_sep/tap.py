@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from .packet import ETH_HLEN, IPPROTO_TCP
+from .packet import ETH_HLEN, IPPROTO_TCP, UDP_HLEN
 
 MIN_FRAME = 14            # an Ethernet header
 MAX_FRAME = 65535 + 14    # the largest IP packet we accept, plus Ethernet
@@ -21,10 +21,11 @@ _LENGTH = struct.Struct("!I")
 
 VNET_HDR_SIZE = 10                        # struct virtio_net_hdr, no mergeable buffers
 VNET_DATA_VALID = bytes([0x02]) + bytes(VNET_HDR_SIZE - 1)   # flags, no GSO
-VNET_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6 = 0x01, 1, 4
+VNET_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6, VNET_GSO_UDP_L4 = 0x01, 1, 4, 5
 # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (host byte order: x86)
 _VNET_HDR = struct.Struct("<BBHHHH")
 TCP_CHECKSUM_OFFSET = 16
+UDP_CHECKSUM_OFFSET = 6
 
 
 def vnet_header(frame: bytes | bytearray, largest: int) -> bytes:
@@ -49,6 +50,18 @@ def vnet_header(frame: bytes | bytearray, largest: int) -> bytes:
         return _VNET_HDR.pack(VNET_NEEDS_CSUM, 0, 0, 0, l4, TCP_CHECKSUM_OFFSET)
     return _VNET_HDR.pack(VNET_NEEDS_CSUM, VNET_GSO_TCPV6 if v6 else VNET_GSO_TCPV4,
                           header_end, largest - header_end, l4, TCP_CHECKSUM_OFFSET)
+
+
+def vnet_udp_header(headers_len: int, segment: int) -> bytes:
+    """The virtio-net header for a frame from ``udp.datagram_headers``
+    (``headers_len``: its Ethernet, IP and UDP headers): the kernel completes
+    the UDP checksum and, given ``segment``, cuts the payload into datagrams
+    of that size (the last may be shorter; USO, Linux 6.2)."""
+    l4 = headers_len - UDP_HLEN
+    if not segment:
+        return _VNET_HDR.pack(VNET_NEEDS_CSUM, 0, 0, 0, l4, UDP_CHECKSUM_OFFSET)
+    return _VNET_HDR.pack(VNET_NEEDS_CSUM, VNET_GSO_UDP_L4, headers_len, segment, l4,
+                          UDP_CHECKSUM_OFFSET)
 
 
 class FramingError(Exception):

@@ -15,6 +15,11 @@ listening socket for host port H goes to the guest's port T (H's target);
 the guest's answers from T leave through that same socket, so the peer sees
 them come from H.
 
+Datagrams the guest sends in a burst (one loop round) to the same peer
+through the same flow are gathered in a ``SendBatch`` and leave in one
+``sendmsg`` with UDP GSO (``UDP_SEGMENT``): the kernel cuts them apart
+again, each the size the guest gave it, in order.
+
 Flows end after ``timeout`` seconds without traffic either way; the table is
 capped.  Errors the kernel reports for a flow's socket (IP_RECVERR: port or
 host unreachable) are reflected to the guest as ICMP/ICMPv6 errors quoting
@@ -26,18 +31,25 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from .fwd import AddressMap
 from .netparams import Network
 from .packet import (
+    ETH_P_IP,
+    ETH_P_IPV6,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_UDP,
+    UDP,
     UDP_HLEN,
     Drop,
     Inbound,
+    build_ethernet,
     build_ip,
     build_udp,
     checksum,
+    checksum_fold,
     ip_frame,
+    ip_header,
     l4_checksum,
     parse_udp,
     pseudo_header_sum,
@@ -49,10 +61,13 @@ MAX_PAYLOAD = 65535 - 8 - 40
 ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP_HOST_UNREACH = 3, 3, 1
 ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, ICMPV6_ADDR_UNREACH = 1, 4, 3
 SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3
+GSO_MAX_SEGMENTS = 64             # UDP_MAX_SEGMENTS before Linux 6.9 raised it
+GSO_MAX_BYTES = 65507             # one IPv4 datagram's payload, at most
 _SOCK_EXTENDED_ERR = struct.Struct("=IBBBxII")  # errno, origin, type, code, info, data
+_UDP_HEADER = struct.Struct("!HHHH")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GuestDatagram:
     src: bytes
     sport: int
@@ -65,10 +80,12 @@ class GuestDatagram:
         return len(self.src) == 16
 
 
-def parse_guest_datagram(inb: Inbound, verify: bool = False) -> GuestDatagram:
+def parse_guest_datagram(inb: Inbound, verify: bool = False,
+                         header: UDP | None = None) -> GuestDatagram:
     """A guest's UDP datagram; ``verify`` checks its checksum (passt mode:
-    the guest's virtio device does not promise valid checksums otherwise)."""
-    udp = parse_udp(inb.l4)
+    the guest's virtio device does not promise valid checksums otherwise).
+    ``header``: ``inb.l4`` already parsed by the caller."""
+    udp = parse_udp(inb.l4) if header is None else header
     if udp.dport == 0:
         raise Drop("udp_port_zero")
     if verify:
@@ -86,6 +103,23 @@ def datagram_frame(net: Network, guest_mac: bytes, src: bytes, sport: int, dst: 
     if len(payload) > MAX_PAYLOAD:
         raise Drop("udp_too_big")
     return udp_frame(guest_mac, net.our_mac, src, dst, sport, dport, payload)
+
+
+def datagram_headers(net: Network, guest_mac: bytes, src: bytes, sport: int, dst: bytes,
+                     dport: int, length: int) -> bytes:
+    """Ethernet, IP and UDP headers of a datagram from a host peer carrying
+    ``length`` bytes, for a tap that completes checksums: the UDP checksum
+    field holds only the pseudo-header's sum (``VIRTIO_NET_HDR_F_NEEDS_CSUM``:
+    the kernel adds the payload's).  Behind one such header, the payloads
+    of several datagrams are cut apart again by the kernel (USO)."""
+    if length > MAX_PAYLOAD:
+        raise Drop("udp_too_big")
+    udp_len = UDP_HLEN + length
+    partial = checksum_fold(pseudo_header_sum(src, dst, IPPROTO_UDP, udp_len))
+    ethertype = ETH_P_IP if len(src) == 4 else ETH_P_IPV6
+    return build_ethernet(guest_mac, net.our_mac, ethertype,
+                          ip_header(src, dst, IPPROTO_UDP, udp_len)
+                          + _UDP_HEADER.pack(sport, dport, udp_len, partial))
 
 
 def parse_extended_error(data: bytes) -> tuple[int, int, int, int] | None:
@@ -142,11 +176,16 @@ class UdpFlow:
         self.guest_view[host_peer] = guest_seen
         self.host_view[(guest_seen, host_peer[1])] = host_peer[0]
 
+    def host_peer(self, dst: bytes, dport: int, addrmap: AddressMap) -> bytes:
+        """Where the guest's datagram to ``dst:dport`` goes on the host (the
+        peer the guest knows by that address, else ``addrmap``'s mapping),
+        remembered for the peer's replies."""
+        host = self.host_view.get((dst, dport)) or addrmap.to_host(dst, dport)
+        self.remember((host, dport), dst)
+        return host
+
     def seen_as(self, host_peer: tuple[bytes, int]) -> bytes | None:
         return self.guest_view.get(host_peer)
-
-    def host_of(self, guest_peer: tuple[bytes, int]) -> bytes | None:
-        return self.host_view.get(guest_peer)
 
 
 class UdpFlows:
@@ -186,3 +225,50 @@ class UdpFlows:
         for flow in stale:
             self.remove(flow)
         return stale
+
+
+class SendBatch:
+    """Datagrams for one target (a flow's socket and one peer) waiting to
+    leave in a single GSO send: every segment has the first one's size but
+    the last, which may be shorter, and the total fits one datagram.
+    ``add`` says whether a datagram joined; if not, the caller sends what
+    is pending (``take``) and adds it again to a fresh batch."""
+
+    def __init__(self, capacity: int = GSO_MAX_BYTES) -> None:
+        self.buffer = bytearray(capacity)
+        self.view = memoryview(self.buffer)
+        self.target: object = None
+        self.length = self.segment = self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, target: object, payload: bytes | memoryview) -> bool:
+        size, length = len(payload), self.length
+        if size == 0:                  # no segment of a batch can be empty: it goes alone
+            return False
+        if self.count:
+            if (size > self.segment or length != self.count * self.segment
+                    or self.count >= GSO_MAX_SEGMENTS or length + size > len(self.buffer)
+                    or target != self.target):
+                return False
+        elif size > len(self.buffer):
+            return False
+        else:
+            self.target, self.segment = target, size
+        self.buffer[length:length + size] = payload
+        self.length = length + size
+        self.count += 1
+        return True
+
+    def take(self) -> tuple[object, memoryview, int, int]:
+        """``(target, data, segment size, count)``, and the batch is empty."""
+        taken = (self.target, self.view[:self.length], self.segment, self.count)
+        self.target = None
+        self.length = self.segment = self.count = 0
+        return taken
+
+
+def segments(data: memoryview, segment: int) -> list[memoryview]:
+    """A batch's data cut back into its datagrams (when GSO is refused)."""
+    return [data[start:start + segment] for start in range(0, len(data), segment)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 
 from .. import linux
@@ -109,6 +108,8 @@ def unix_listener(path: str | None) -> tuple[FdEntry, str]:
 
 
 def _default_socket_path() -> str:
+    import tempfile  # passt mode only, before the jail: pasta need not load it
+
     runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     for index in range(1, 100):
         path = os.path.join(runtime, f"passt-sep_{index}.socket")

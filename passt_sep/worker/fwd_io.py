@@ -37,7 +37,11 @@ class Direction:
 
     ``seen_on``: the side whose tables are followed; ``open``/``close``:
     make and drop our socket on the other side; ``ours``: ports our own
-    sockets hold on ``seen_on`` (never forwarded back)."""
+    sockets hold on ``seen_on`` (never forwarded back); ``fresh``: that
+    side is a namespace we just created, where nothing of anyone else's can
+    listen yet, so the first scan need not read its tables (reading
+    /proc/net/tcp walks the kernel's whole socket hash: milliseconds, on
+    the way to a ready namespace)."""
 
     seen_on: str
     open: Open
@@ -45,6 +49,7 @@ class Direction:
     ours: Callable[[], set[int]]
     forwarded: dict[int, list[int]] = field(default_factory=dict)
     refused: set[int] = field(default_factory=set)
+    fresh: bool = False
 
     def follow(self, seen: set[int]) -> tuple[set[int], set[int]]:
         self.refused &= seen
@@ -60,7 +65,8 @@ class AutoForwarding:
 
     def scan(self, now: float) -> None:
         for direction in self.directions:
-            seen = self._listening(direction.seen_on)
+            seen = set() if direction.fresh else self._listening(direction.seen_on)
+            direction.fresh = False
             start, stop = direction.follow(seen)
             for port in sorted(stop):
                 for fd in direction.forwarded.pop(port):

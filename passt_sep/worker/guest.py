@@ -18,7 +18,14 @@ from collections.abc import Callable
 from ..log import Logger
 from ..packet import ETH_HLEN
 from ..pcap import record
-from ..tap import VNET_HDR_SIZE, FramingError, StreamDecoder, stream_prefix, vnet_header
+from ..tap import (
+    VNET_HDR_SIZE,
+    FramingError,
+    StreamDecoder,
+    stream_prefix,
+    vnet_header,
+    vnet_udp_header,
+)
 from .loop import EPOLLIN, EPOLLOUT, Loop
 
 FrameHandler = Callable[[memoryview, float], None]
@@ -79,14 +86,26 @@ class TapLink:
 
     def send(self, frame: bytes) -> None:
         self.capture.frame(frame)
-        header = vnet_header(frame, self.largest)
+        self._write([vnet_header(frame, self.largest), frame])
+
+    def send_datagrams(self, headers: bytes, payload: memoryview, segment: int) -> bool:
+        """UDP payload behind ``udp.datagram_headers``: the kernel completes
+        the checksum and, with ``segment``, cuts it into datagrams (USO).
+        False if this kernel refuses that (before Linux 6.2): nothing sent."""
+        return self._write([vnet_udp_header(len(headers), segment), headers, payload],
+                           refused_ok=bool(segment))
+
+    def _write(self, parts: list, refused_ok: bool = False) -> bool:
         try:
-            os.writev(self.fd, [header, frame])
+            os.writev(self.fd, parts)
         except BlockingIOError:
             self.loop.counters.add("tap_full")
         except OSError as exc:
+            if refused_ok and exc.errno == errno.EINVAL:
+                return False
             self.loop.counters.add("tap_write_error")
             self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
+        return True
 
 
 class StreamLink:

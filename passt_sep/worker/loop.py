@@ -72,6 +72,7 @@ class Loop:
         self.armed_deadline: float | None = None
         self.compact_at = COMPACT_MIN
         self.running = False
+        self.round_end: list[TimerCallback] = []
         self.counters = Counters()
         self.on_error: Callable[[Exception], None] = _reraise
         self.add_fd(self.timerfd, EPOLLIN, self._on_timerfd)
@@ -148,6 +149,11 @@ class Loop:
         if self.timers and self.armed_deadline != self.timers[0].deadline:
             self._arm(self.timers[0].deadline)
 
+    def at_round_end(self, callback: TimerCallback) -> None:
+        """Call once the events of this poll round are handled: work
+        gathered across them (a batch of datagrams) goes out together."""
+        self.round_end.append(callback)
+
     # -- running ------------------------------------------------------------
     def run(self) -> None:
         self.running = True
@@ -164,6 +170,8 @@ class Loop:
             callback = self.callbacks.get(fd)
             if callback is not None:
                 self._guarded(callback, fd, events, now)
+        while self.round_end:
+            self._guarded(self.round_end.pop(), now)
 
     def _guarded(self, callback: Callable[..., None], *args: object) -> None:
         """Run a callback; a bug in one flow must not end the others."""

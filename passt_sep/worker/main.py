@@ -86,7 +86,7 @@ class Worker:
         udp_handler = None if config.no_udp else UdpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._udp_listeners(), verify_checksums=config.mode == "passt",
-            outbound=outbound)
+            outbound=outbound, send_datagrams=self._send_datagrams(capture))
         self.tcp = None if config.no_tcp else TcpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._tcp_listeners(), new_secret(),
@@ -132,6 +132,13 @@ class Worker:
         link.on_connect = lambda: self.services.announce()
         link.on_disconnect = self._guest_gone
         return link
+
+    def _send_datagrams(self, capture: Capture):
+        """The tap takes batches of datagrams behind one header (USO); not
+        when capturing, where every frame must be one the guest sees."""
+        if isinstance(self.link, TapLink) and capture.fd is None:
+            return self.link.send_datagrams
+        return None
 
     def _tcp_listeners(self) -> list[TcpListener]:
         return [TcpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 
 from ..config import Config
-from ..fwd import is_loopback
+from ..fwd import is_loopback_text
 from ..handoff import Handoff
 from ..log import Logger
 from ..netparams import Network
@@ -44,17 +44,20 @@ class NamespaceForwarding:
             return
         # the host's own address is the namespace's too: a peer there could
         # not be answered over the tap, so it is spliced like loopback
-        self.own = {p.addr for p in (net.ipv4, net.ipv6) if p is not None}
+        own = {p.addr for p in (net.ipv4, net.ipv6) if p is not None}
+        self.own_text = {socket.inet_ntop(socket.AF_INET6 if len(a) == 16 else socket.AF_INET, a)
+                         for a in own}
         if self.tcp is not None:
-            self.tcp.divert = LocalSplicer(self.loop, self.source, self.own, self.log)
+            self.tcp.divert = LocalSplicer(self.loop, self.source, own, self.log)
         if self.udp is not None:
             self.udp.divert = self._udp_from_host_itself
 
     def _udp_from_host_itself(self, bound: socket.socket, peer: tuple, payload: memoryview,
                               target: int, now: float) -> bool:
-        address = socket.inet_pton(bound.family, peer[0].split("%")[0])
-        if not (is_loopback(address) or address in self.own) or self.relay is None \
-                or self.source is None:
+        if self.relay is None or self.source is None:
+            return False
+        host = peer[0]
+        if not (is_loopback_text(host) or host in self.own_text):
             return False
         source = self.source
         self.relay.forward(bound, peer, payload, target,
@@ -144,7 +147,8 @@ class NamespaceForwarding:
         directions: list[Direction] = []
         inward_dir = outward_dir = None
         if inward is not None:
-            inward_dir = Direction("ns", *inward, lambda: static_ns | _ports(outward_dir))
+            inward_dir = Direction("ns", *inward, lambda: static_ns | _ports(outward_dir),
+                                   fresh=self.handoff.one("command_pidfd") is not None)
             directions.append(inward_dir)
         if outward is not None:
             outward_dir = Direction("host", *outward, lambda: host_ours() | _ports(inward_dir))

@@ -20,6 +20,7 @@ from ..packet import (
     IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    UDP,
     Drop,
     Inbound,
     parse_ethernet,
@@ -38,10 +39,14 @@ class TransportHandler(Protocol):
     def on_guest_segment(self, inb: Inbound, now: float) -> None: ...
 
 
+class DatagramHandler(Protocol):
+    def on_guest_segment(self, inb: Inbound, now: float, header: UDP) -> None: ...
+
+
 class GuestServices:
     def __init__(self, loop: Loop, net: Network, config: Config, log: Logger,
                  send_frame, echo: EchoHandler | None,
-                 tcp: TransportHandler | None = None, udp: TransportHandler | None = None) -> None:
+                 tcp: TransportHandler | None = None, udp: DatagramHandler | None = None) -> None:
         self.loop, self.net, self.config, self.log = loop, net, config, log
         self.send_frame = send_frame
         self.echo, self.tcp, self.udp = echo, tcp, udp
@@ -100,7 +105,9 @@ class GuestServices:
                 raise Drop("dhcpv6_no_ipv6")
             self._answer(dhcpv6.handle_dhcpv6(self.net, inb, udp, **self._dns_flags()))
             return
-        self._transport(self.udp, inb, now, "udp_disabled")
+        if self.udp is None:
+            raise Drop("udp_disabled")
+        self.udp.on_guest_segment(inb, now, udp)
 
     def _dns_flags(self) -> dict[str, bool]:
         return {"send_dns": not self.config.no_dhcp_dns,

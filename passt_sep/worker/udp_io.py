@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .. import udp
 from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
-from ..packet import Drop, Inbound
+from ..packet import UDP, Drop, Inbound
 from .loop import EPOLLERR, EPOLLIN, Loop
 from .outbound import DEFAULT_OUTBOUND, Outbound
 
@@ -20,6 +22,9 @@ DATAGRAMS_PER_WAKEUP = 64
 SWEEP_INTERVAL = 10.0
 IP_RECVERR = 11
 IPV6_RECVERR = 25
+SOL_UDP, UDP_SEGMENT = 17, 103            # UDP GSO (Linux 4.18)
+_GSO_SIZE = struct.Struct("=H")
+SOCKADDR_CACHE = 1024
 
 
 @dataclass(frozen=True)
@@ -32,12 +37,46 @@ class UdpListener:
     target: int
 
 
+SendDatagrams = Callable[[bytes, memoryview, int], bool]   # TapLink.send_datagrams
+
+
+class Batcher:
+    """A ``udp.SendBatch`` and when it leaves: as soon as the next datagram
+    cannot join it, else at the end of the loop round."""
+
+    def __init__(self, loop: Loop, capacity: int,
+                 send: Callable[[Any, memoryview, int, int], None]) -> None:
+        self.loop, self.send = loop, send
+        self.batch = udp.SendBatch(capacity)
+        self.scheduled = False
+
+    def queue(self, target: Any, payload: memoryview) -> None:
+        batch = self.batch
+        if not batch.add(target, payload):
+            self.flush()
+            if not batch.add(target, payload):          # empty, or too big to batch
+                self.send(target, payload, len(payload), 1)
+                return
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.at_round_end(self._round_end)
+
+    def _round_end(self, now: float) -> None:
+        self.scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            self.send(*self.batch.take())
+
+
 class UdpHandler:
     def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
                  send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
                  log: Logger, max_flows: int, listeners: list[UdpListener],
                  timeout: float = udp.DEFAULT_TIMEOUT, verify_checksums: bool = False,
-                 outbound: Outbound = DEFAULT_OUTBOUND) -> None:
+                 outbound: Outbound = DEFAULT_OUTBOUND,
+                 send_datagrams: SendDatagrams | None = None) -> None:
         self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
         self.outbound = outbound
         self.send_frame, self.guest_mac = send_frame, guest_mac
@@ -46,6 +85,12 @@ class UdpHandler:
         self.sockets: dict[int, socket.socket] = {}
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
+        # datagrams each way leave in batches (GSO, USO), built up over a loop round
+        self.sends = Batcher(loop, udp.GSO_MAX_BYTES, self._send_batch)
+        self.deliveries = Batcher(loop, udp.MAX_PAYLOAD, self._deliver)
+        self.send_datagrams = send_datagrams
+        self.sockaddrs: dict[tuple[bytes, int], tuple[str, int]] = {}
+        self.packed: dict[str, bytes] = {}
         self.sweep_timer = None
         # pasta: datagrams from the host's loopback may be spliced instead
         self.divert: Callable[[socket.socket, tuple, memoryview, int, float], bool] | None = None
@@ -53,17 +98,46 @@ class UdpHandler:
             self.add_listener(listener)
 
     # -- guest -> host --------------------------------------------------------------
-    def on_guest_segment(self, inb: Inbound, now: float) -> None:
-        datagram = udp.parse_guest_datagram(inb, self.verify)
+    def on_guest_segment(self, inb: Inbound, now: float, header: UDP | None = None) -> None:
+        datagram = udp.parse_guest_datagram(inb, self.verify, header)
         flow = self.flows.get(datagram.v6, datagram.sport, now)
         if flow is None:
             flow = self._open_flow(datagram, now)
-        sock = self.sockets[flow.handle]
-        host_dst = (flow.host_of((datagram.dst, datagram.dport))
-                    or self.addrmap.to_host(datagram.dst, datagram.dport))
-        flow.remember((host_dst, datagram.dport), datagram.dst)
+        dport = datagram.dport
+        host_dst = flow.host_peer(datagram.dst, dport, self.addrmap)
+        address = self.sockaddrs.get((host_dst, dport))
+        if address is None:
+            address = self._sockaddr(host_dst, dport)
+        self.sends.queue((self.sockets[flow.handle], address), datagram.payload)
+
+    def _sockaddr(self, host: bytes, port: int) -> tuple[str, int]:
+        """``sendto``'s address for ``host:port``, converted once, not per datagram."""
+        if len(self.sockaddrs) >= SOCKADDR_CACHE:
+            self.sockaddrs.clear()
+        family = socket.AF_INET if len(host) == 4 else socket.AF_INET6
+        address = self.sockaddrs[(host, port)] = (socket.inet_ntop(family, host), port)
+        return address
+
+    def _send_batch(self, target: tuple[socket.socket, tuple[str, int]], data: memoryview,
+                    segment: int, count: int) -> None:
+        sock, address = target
+        if count == 1:
+            self._send(sock, data, address)
+            return
         try:
-            sock.sendto(datagram.payload, (socket.inet_ntop(sock.family, host_dst), datagram.dport))
+            sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(segment))], 0, address)
+        except BlockingIOError:
+            self.loop.counters.add("udp_send_full", count)
+        except OSError:
+            # GSO refused (no checksum offload on the route, a segment over
+            # the path MTU) or an error to report per datagram, as without it
+            self.loop.counters.add("udp_gso_fallback")
+            for part in udp.segments(data, segment):
+                self._send(sock, part, address)
+
+    def _send(self, sock: socket.socket, payload: memoryview, address: tuple[str, int]) -> None:
+        try:
+            sock.sendto(payload, address)
         except BlockingIOError:
             self.loop.counters.add("udp_send_full")
         except OSError as exc:
@@ -161,11 +235,45 @@ class UdpHandler:
             self._to_guest(flow, address, self.view[:size])
 
     def _to_guest(self, flow: udp.UdpFlow, address: tuple, payload: memoryview) -> None:
-        family = socket.AF_INET6 if flow.v6 else socket.AF_INET
-        host_src = socket.inet_pton(family, address[0])
         port = address[1]
+        host_src = self.packed.get(address[0])
+        if host_src is None:
+            host_src = self._pack(flow, address[0])
         src = flow.seen_as((host_src, port)) or self.addrmap.to_guest(host_src, port)
         flow.remember((host_src, port), src)
+        if self.send_datagrams is not None:
+            self.deliveries.queue((flow, src, port), payload)
+        else:
+            self._frame(flow, src, port, payload)
+
+    def _pack(self, flow: udp.UdpFlow, host: str) -> bytes:
+        """A peer's address as bytes, converted once, not per datagram."""
+        if len(self.packed) >= SOCKADDR_CACHE:
+            self.packed.clear()
+        packed = self.packed[host] = socket.inet_pton(
+            socket.AF_INET6 if flow.v6 else socket.AF_INET, host)
+        return packed
+
+    def _deliver(self, target: tuple[udp.UdpFlow, bytes, int], data: memoryview, segment: int,
+                 count: int) -> None:
+        """A batch of datagrams from one peer to the guest: one frame with
+        the checksum and the cutting left to the kernel (tap)."""
+        flow, src, port = target
+        assert self.send_datagrams is not None
+        try:
+            headers = udp.datagram_headers(self.net, self.guest_mac(), src, port,
+                                           flow.guest_addr, flow.guest_port, len(data))
+        except Drop as drop:
+            self.loop.counters.add(f"drop_{drop.reason}")
+            return
+        if self.send_datagrams(headers, data, segment if count > 1 else 0):
+            return
+        self.loop.counters.add("udp_uso_refused")       # Linux < 6.2: one frame each
+        self.send_datagrams = None
+        for part in udp.segments(data, segment):
+            self._frame(flow, src, port, part)
+
+    def _frame(self, flow: udp.UdpFlow, src: bytes, port: int, payload: memoryview) -> None:
         try:
             frame = udp.datagram_frame(self.net, self.guest_mac(), src, port, flow.guest_addr,
                                        flow.guest_port, payload)

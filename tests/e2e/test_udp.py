@@ -95,6 +95,81 @@ def test_udp_stream_loss_is_bounded_and_reported(topo: Topology, pasta: str) -> 
     assert int(got) >= count * 9 // 10, f"lost more than 10%: got {got} of {count}"
 
 
+# an empty datagram after equal ones would vanish if it joined their batch
+BURST_SIZES = [1000] * 50 + [3000] * 20 + [1000, 600, 1000, 1400, 1400, 0, 20, 0, 9000] * 10
+
+BURST_SENDER = """
+import socket, sys, time
+host, port, sizes = sys.argv[1], int(sys.argv[2]), eval(sys.argv[3])
+pace = int(sys.argv[4]) if len(sys.argv) > 4 else 0   # a pause after so many
+family = socket.AF_INET6 if ':' in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.sendto(b'warm-up', (host, port))  # neighbours resolved before the burst
+time.sleep(0.5)
+for number, size in enumerate(sizes):
+    s.sendto(bytes([number % 256]) * size, (host, port))
+    if pace and number % pace == pace - 1:
+        time.sleep(0.005)
+print('sent', len(sizes))
+"""
+
+BURST_RECEIVER = """
+import socket, sys
+family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(3)
+got = []
+try:
+    while True:
+        data = s.recv(65535)
+        if data != b'warm-up':
+            got.append((len(data), data[:1].hex()))
+except TimeoutError:
+    pass
+print(got)
+"""
+
+
+@pytest.mark.parametrize("remote", [REMOTE_ADDR4, REMOTE_ADDR6])
+def test_udp_burst_keeps_sizes_and_order(topo: Topology, pasta: str, remote: str) -> None:
+    """Datagrams sent back to back leave together (UDP GSO), each with its
+    own size and in order, including those over the path MTU (GSO refused:
+    sent one by one) and empty ones."""
+    receiver = topo.spawn_remote(PY, "-c", BURST_RECEIVER, remote, "7400",
+                                 stdout=subprocess.PIPE, text=True)
+    topo.wait_listening(7400, "udp")
+    sizes = repr(BURST_SIZES).replace(" ", "")
+    lines = run_in_pasta(topo, pasta, f"{PY} -c \"{BURST_SENDER}\" {remote} 7400 '{sizes}'")
+    assert lines == [f"sent {len(BURST_SIZES)}"]
+    got = eval(receiver.communicate(timeout=30)[0])
+    expected = [(size, bytes([n % 256]).hex() if size else "") for n, size in
+                enumerate(BURST_SIZES)]
+    assert got == expected
+
+
+@pytest.mark.parametrize("host", [HOST_ADDR4, HOST_ADDR6])
+def test_udp_burst_to_the_guest_keeps_sizes_and_order(topo: Topology, pasta: str,
+                                                      host: str) -> None:
+    """Towards the guest, datagrams from one peer leave as one frame for
+    the kernel to cut apart (USO): each arrives with its own size, in order.
+    The peer pauses every 16 datagrams: a burst of all of them would
+    overflow the forwarded socket's receive buffer on the host."""
+    receiver = topo.spawn_host(pasta, "--config-net", "-u", "7410", "--", PY, "-c",
+                               BURST_RECEIVER, "::", "7410", stdout=subprocess.PIPE,
+                               text=True)
+    topo.wait_listening(7410, "udp", remote=False)
+    time.sleep(0.5)                                   # the receiver inside, bound
+    sizes = repr(BURST_SIZES).replace(" ", "")
+    sent = subprocess.run(topo.remote_cmd(PY, "-c", BURST_SENDER, host, "7410", sizes, "16"),
+                          capture_output=True, text=True, timeout=30)
+    assert sent.stdout.split() == ["sent", str(len(BURST_SIZES))], sent.stderr
+    got = eval(receiver.communicate(timeout=30)[0])
+    assert got == [(size, bytes([n % 256]).hex() if size else "")
+                   for n, size in enumerate(BURST_SIZES)]
+
+
 @pytest.fixture
 def dns_remote(topo: Topology) -> None:
     """The resolvers of the host's resolv.conf, answering from their own

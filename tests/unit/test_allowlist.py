@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import sys
+
 import pytest
 
 from passt_sep import sandbox
@@ -33,3 +36,9 @@ def test_shipped_worker_list_parses_and_builds() -> None:
     assert all(e.reason for e in entries), "every syscall says why"
     assert len(names) <= 40
     sandbox.Prepared(entries)  # libseccomp accepts every rule
+
+
+def test_library_lookup_without_ldconfig_and_else_the_real_one() -> None:
+    assert sandbox._find_library("seccomp") == "libseccomp.so.2"
+    assert sandbox._find_library("m") == ctypes.util.find_library("m")      # not a known name
+    assert sys.modules["ctypes.util"] is not sandbox._STAND_IN

@@ -73,3 +73,11 @@ def test_vnet_header_tcp_payload_needs_checksum_and_big_frames_segmentation(
     assert struct.unpack("<BBHHHH", small) == (1, 0, 0, 0, l4, 16)
     big = tap.vnet_header(_tcp(addresses, b"x" * 20000), LARGEST)
     assert struct.unpack("<BBHHHH", big) == (1, gso_type, l4 + 20, LARGEST - l4 - 20, l4, 16)
+
+
+@pytest.mark.parametrize("headers_len, l4", [(42, 34), (62, 54)])
+def test_vnet_udp_header_checksum_and_segments(headers_len: int, l4: int) -> None:
+    one = tap.vnet_udp_header(headers_len, 0)
+    assert struct.unpack("<BBHHHH", one) == (1, 0, 0, 0, l4, 6)
+    batch = tap.vnet_udp_header(headers_len, 1400)
+    assert struct.unpack("<BBHHHH", batch) == (1, tap.VNET_GSO_UDP_L4, headers_len, 1400, l4, 6)

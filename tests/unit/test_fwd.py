@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from passt_sep.fwd import LOOPBACK4, LOOPBACK6, AddressMap
+from passt_sep.fwd import LOOPBACK4, LOOPBACK6, AddressMap, is_loopback_text
 
 
 def ip(text: str) -> bytes:
@@ -69,3 +69,10 @@ def test_replies_keep_the_address_the_guest_used() -> None:
     m = amap(dns_forward=("169.254.1.1",), dns_servers=("203.0.113.1",))
     assert m.to_guest(ip("203.0.113.1"), 53, original_dst=ip("169.254.1.1")) == ip("169.254.1.1")
     assert m.to_guest(ip("203.0.113.9"), 80) == ip("203.0.113.9")
+
+
+def test_loopback_from_socket_api_text() -> None:
+    assert is_loopback_text("127.0.0.1") and is_loopback_text("127.3.2.1")
+    assert is_loopback_text("::1") and is_loopback_text("::1%lo")
+    assert not is_loopback_text("198.51.100.1") and not is_loopback_text("::12")
+    assert not is_loopback_text("1.127.0.0")

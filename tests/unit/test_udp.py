@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from passt_sep import packet, udp
+from passt_sep.fwd import AddressMap
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 
 GUEST_MAC = bytes.fromhex("020000000001")
@@ -16,6 +17,9 @@ NET = Network(ipv4=IPv4Params(bytes([198, 51, 100, 2]), 24, bytes([198, 51, 100,
                               ipaddress.ip_address("2001:db8:1::1").packed))
 GUEST4, PEER4 = bytes([198, 51, 100, 2]), bytes([203, 0, 113, 1])
 GUEST6, PEER6 = NET.ipv6.addr, ipaddress.ip_address("2001:db8:2::1").packed
+NO_MAPPING = AddressMap.build(gateway4=None, gateway6=None, no_map_gw=True,
+                              map_host_loopback=None, map_guest_addr=None,
+                              host_addr4=None, host_addr6=None)
 
 
 def inbound(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> packet.Inbound:
@@ -73,6 +77,13 @@ def test_unreachable_quotes_the_guest_datagram(guest, peer, proto, kind) -> None
     assert struct.unpack("!HH", bytes(quoted.payload[:4])) == (40000, 9)
 
 
+def test_header_parsed_by_the_caller_is_reused() -> None:
+    inb = inbound(GUEST4, PEER4, 5353, 53, b"query")
+    header = packet.parse_udp(inb.l4)
+    datagram = udp.parse_guest_datagram(inb, verify=True, header=header)
+    assert (datagram.sport, datagram.dport, datagram.payload) == (5353, 53, header.payload)
+
+
 def test_extended_error_parsing() -> None:
     raw = struct.pack("=IBBBxII", 111, 2, 3, 3, 0, 0) + bytes(16)
     assert udp.parse_extended_error(raw) == (111, 2, 3, 3)
@@ -98,10 +109,66 @@ def test_remembered_guest_view_is_bounded() -> None:
     flow = udp.UdpFlow(False, GUEST4, 1000, handle=1, last_used=0)
     flow.remember((PEER4, 53), bytes([169, 254, 1, 1]))
     assert flow.seen_as((PEER4, 53)) == bytes([169, 254, 1, 1])
-    assert flow.host_of((bytes([169, 254, 1, 1]), 53)) == PEER4
+    assert flow.host_peer(bytes([169, 254, 1, 1]), 53, NO_MAPPING) == PEER4
     flow.remember((PEER4, 80), PEER4)
     assert flow.seen_as((PEER4, 80)) == PEER4
-    assert flow.host_of((PEER4, 80)) == PEER4
+    assert flow.host_peer(PEER4, 80, NO_MAPPING) == PEER4
     for port in range(1, 200):
         flow.remember((PEER4, 1000 + port), bytes([10, 0, 0, 1]))
     assert len(flow.guest_view) == len(flow.host_view) == udp.UdpFlow.MAX_VIEWS
+
+
+def test_host_peer_maps_once_then_remembers_for_replies() -> None:
+    gateway = bytes([198, 51, 100, 1])
+    addrmap = AddressMap.build(gateway4=gateway, gateway6=None, no_map_gw=False,
+                               map_host_loopback=None, map_guest_addr=None,
+                               host_addr4=None, host_addr6=None)
+    flow = udp.UdpFlow(False, GUEST4, 1000, handle=1, last_used=0)
+    host = flow.host_peer(gateway, 53, addrmap)
+    assert host == addrmap.to_host(gateway, 53) != gateway
+    assert flow.seen_as((host, 53)) == gateway       # replies come from the gateway
+
+
+def test_send_batch_gathers_one_target_and_size() -> None:
+    batch = udp.SendBatch(capacity=10)
+    assert batch.add("a", b"xyz") and batch.add("a", b"abc") and batch.add("a", b"q")
+    assert not batch.add("a", b"r")            # after a shorter one: the batch is closed
+    target, data, segment, count = batch.take()
+    assert (target, bytes(data), segment, count) == ("a", b"xyzabcq", 3, 3)
+    assert [bytes(p) for p in udp.segments(data, segment)] == [b"xyz", b"abc", b"q"]
+    assert not batch and batch.add("a", b"xyz")
+    assert not batch.add("a", b"")             # an empty datagram would vanish in a batch
+    assert not batch.add("b", b"xyz")          # another target
+    assert not batch.add("a", b"wxyz")         # bigger than the segment size
+    assert batch.add("a", b"123") and batch.add("a", b"456")
+    assert not batch.add("a", b"789")          # over capacity
+    batch.take()
+    assert not batch.add("a", b"")             # empty datagrams go alone
+    assert not batch.add("a", bytes(11))       # and those bigger than the batch
+
+
+def test_send_batch_segment_count_is_capped() -> None:
+    batch = udp.SendBatch()
+    for _ in range(udp.GSO_MAX_SEGMENTS):
+        assert batch.add("a", b"x")
+    assert not batch.add("a", b"x")
+    assert batch.take()[3] == udp.GSO_MAX_SEGMENTS
+
+
+@pytest.mark.parametrize("src, dst", [(PEER4, GUEST4), (PEER6, GUEST6)])
+def test_datagram_headers_leave_a_checksum_the_kernel_completes(src: bytes, dst: bytes) -> None:
+    payload = bytes(range(200)) * 7 + b"odd"
+    headers = udp.datagram_headers(NET, GUEST_MAC, src, 53, dst, 5353, len(payload))
+    frame = bytearray(headers + payload)
+    l4 = len(headers) - packet.UDP_HLEN
+    # what the kernel does for VIRTIO_NET_HDR_F_NEEDS_CSUM (csum_start l4, offset 6)
+    struct.pack_into("!H", frame, l4 + 6, packet.checksum(frame[l4:]) or 0xFFFF)
+    inb = packet.parse_ip_frame(packet.parse_ethernet(bytes(frame)))
+    datagram = udp.parse_guest_datagram(inb, verify=True)
+    assert (datagram.src, datagram.sport, datagram.dst, datagram.dport) == (src, 53, dst, 5353)
+    assert bytes(datagram.payload) == payload
+
+
+def test_datagram_headers_refuse_what_no_datagram_holds() -> None:
+    with pytest.raises(packet.Drop, match="udp_too_big"):
+        udp.datagram_headers(NET, GUEST_MAC, PEER4, 53, GUEST4, 5353, udp.MAX_PAYLOAD + 1)

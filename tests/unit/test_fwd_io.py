@@ -1,0 +1,42 @@
+"""auto forwarding's scans, on table files instead of /proc/net."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+from passt_sep.log import Logger
+from passt_sep.worker.fwd_io import AutoForwarding, Direction
+from passt_sep.worker.loop import Loop
+
+TCP = (b"  sl  local_address rem_address   st tx_queue rx_queue\n"
+       b"   0: 00000000:07E8 00000000:0000 0A 00000000:00000000\n"
+       b"   1: 0100007F:0CEA 00000000:0000 0A 00000000:00000000\n")
+
+
+def _table(text: bytes) -> int:
+    handle = tempfile.TemporaryFile()
+    handle.write(text)
+    handle.flush()
+    return os.dup(handle.fileno())
+
+
+def test_a_fresh_namespace_is_not_read_on_the_first_scan() -> None:
+    opened: list[int] = []
+
+    def open_port(family: int, port: int) -> int:
+        opened.append(port)
+        return port
+
+    fresh = Direction("ns", open_port, lambda fd: None, set, fresh=True)
+    loop = Loop()
+    fd = _table(TCP)
+    try:
+        auto = AutoForwarding(loop, Logger("test"), {"ns": [fd]}, False, [socket.AF_INET],
+                              [fresh])
+        assert opened == [] and not fresh.fresh       # nothing read, nothing opened
+        auto.scan(1.0)
+        assert sorted(opened) == [2024, 3306]          # read from the second scan on
+    finally:
+        os.close(fd)
