@@ -1,7 +1,7 @@
 """What the host's network looks like, and what the guest is given from it.
 
 The guest gets the host's own address, prefix, gateway and resolvers (no
-NAT); options override each part.  Read over netlink (``rtnl``) and from
+NAT); options override each part.  Read over netlink (pyroute2) and from
 /etc/resolv.conf by the broker, in the host's namespaces, before anything
 else happens.
 """
@@ -12,10 +12,12 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
 from ..config import Config
 from ..netparams import DEFAULT_OUR_MAC, IPv4Params, IPv6Params, Network
 from ..packet import mac_to_bytes
-from .rtnl import Rtnl, RtnlError
 
 RESOLV_CONF = "/etc/resolv.conf"
 PASTA_MTU = 65520
@@ -69,7 +71,7 @@ class HostInfo:
 def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
     resolvers, search = read_resolv_conf(resolv_conf)
     warnings = []
-    with Rtnl() as ipr:
+    with IPRoute() as ipr:
         v4 = None if config.ipv6_only else _read_family(ipr, socket.AF_INET, config)
         v6 = None if config.ipv4_only else _read_family(ipr, socket.AF_INET6, config)
         family = v4 or v6
@@ -85,18 +87,15 @@ def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
     return HostInfo(v4, v6, mtu, resolvers, search, tuple(warnings))
 
 
-def _read_family(ipr: Rtnl, family: int, config: Config) -> HostFamily | None:
+def _read_family(ipr: IPRoute, family: int, config: Config) -> HostFamily | None:
     try:
-        routes = ipr.routes(family)
-    except RtnlError:          # a kernel built or booted without IPv6
+        routes = list(ipr.get_routes(family=family, table=254))
+    except NetlinkError:          # a kernel built or booted without IPv6
         return None
     ifindex = _outbound_ifindex(ipr, routes, config.interface)
     if ifindex is None:
         return None
-    link = ipr.link(ifindex)
-    if link is None:
-        return None
-    ifname = link["ifname"]
+    ifname = ipr.get_links(ifindex)[0].get("ifname")
     addr = _global_address(ipr, family, ifindex)
     if addr is None:
         return None
@@ -107,16 +106,17 @@ def _read_family(ipr: Rtnl, family: int, config: Config) -> HostFamily | None:
     return HostFamily(ifname, ifindex, addr[0], addr[1], gateway, copied)
 
 
-def _outbound_ifindex(ipr: Rtnl, routes: list, interface: str | None) -> int | None:
+def _outbound_ifindex(ipr: IPRoute, routes: list, interface: str | None) -> int | None:
     if interface:
-        return ipr.link_index(interface)
+        found = ipr.link_lookup(ifname=interface)
+        return found[0] if found else None
     defaults = sorted((r for r in routes if r["dst_len"] == 0 and r.get("oif")),
                       key=lambda r: r.get("priority") or 0)
     return defaults[0].get("oif") if defaults else None
 
 
-def _global_address(ipr: Rtnl, family: int, ifindex: int) -> tuple[str, int] | None:
-    candidates = [a for a in ipr.addresses(family, ifindex) if a["scope"] == 0]
+def _global_address(ipr: IPRoute, family: int, ifindex: int) -> tuple[str, int] | None:
+    candidates = [a for a in ipr.get_addr(family=family, index=ifindex) if a["scope"] == 0]
     candidates.sort(key=lambda a: bool((a.get("flags") or 0) & IFA_F_TEMPORARY))
     if not candidates:
         return None
@@ -129,9 +129,9 @@ def _route(message, family: int) -> Route:
                  message.get("priority"))
 
 
-def _link_mtu(ipr: Rtnl, ifindex: int) -> int | None:
-    link = ipr.link(ifindex)
-    return link["mtu"] if link else None
+def _link_mtu(ipr: IPRoute, ifindex: int) -> int | None:
+    links = ipr.get_links(ifindex)
+    return links[0].get("mtu") if links else None
 
 
 def read_resolv_conf(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -18,6 +18,8 @@ import socket
 import sys
 from typing import NoReturn
 
+from pyroute2 import IPRoute
+
 from .. import linux, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
@@ -26,7 +28,6 @@ from ..packet import mac_to_bytes
 from ..ports import Forwarding
 from . import hostinfo, jail, namespaces, netconf, sockets
 from .handoff import WorkerStartError, start_worker
-from .rtnl import Rtnl
 from .tap import TapError, open_tap
 
 NS_GET_USERNS = 0xB701
@@ -305,7 +306,7 @@ def _tap_inside(config: Config, ifname: str, net: Network,
                 host: hostinfo.HostInfo) -> namespaces.HelperResult:
     """Namespace-helper work: create the tap, bring links up, configure."""
     fd = open_tap(ifname)
-    with Rtnl() as ipr:
+    with IPRoute() as ipr:
         index = netconf.bring_up(ipr, ifname, config.ns_mac_addr)
         mac = netconf.link_mac(ipr, index)
         if config.config_net:
