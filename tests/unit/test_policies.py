@@ -104,7 +104,7 @@ def test_apparmor_allows_what_the_broker_opens() -> None:
     assert f"@{{run}}/{NETNS_RUN_DIR.removeprefix('/run/')}/* r," in pasta
     # pasta's command runs outside the profile
     assert "/{usr/,}{bin,sbin}/** Ux," in pasta
-    # sockets: the broker's netlink socket (broker/rtnl.py) is SOCK_DGRAM
+    # sockets: pyroute2's netlink socket is SOCK_DGRAM
     for rule in ("network inet stream,", "network inet6 stream,", "network inet dgram,",
                  "network inet6 dgram,", "network netlink dgram,", "network unix stream,"):
         assert rule in shared
