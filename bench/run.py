@@ -312,14 +312,15 @@ def table(figures: dict[str, dict[str, float]]) -> str:
 def main() -> int:
     names = ["passt-sep"] + [n for n in ("pasta", "slirp4netns") if shutil.which(n)]
     figures = measure(names)
-    passt_mode = {} if qemu_passt.available() else qemu_passt.measure(ROUNDS)
+    skip_qemu = qemu_passt.available() or (None if wanted("qemu") else "not in BENCH_CASES")
+    passt_mode = {} if skip_qemu else qemu_passt.measure(ROUNDS)
     print(f"passt-sep benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
           f"kernel {platform.release()}, {os.cpu_count()} cpus, {ROUNDS} rounds of {SECONDS}s")
     print("ratio = passt-sep / peer (throughput: higher is better; latency and start-up: "
           "lower is better)")
     print(table(figures))
     print(f"\npasst mode, QEMU guest, {qemu_passt.MIB} MiB each way, Mbit/s:")
-    print(table(passt_mode) if passt_mode else f"skipped: {qemu_passt.available()}")
+    print(table(passt_mode) if passt_mode else f"skipped: {skip_qemu}")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = os.path.join(HERE, "results", f"{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w", encoding="utf-8") as handle:
