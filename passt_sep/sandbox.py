@@ -17,22 +17,20 @@ closes; ``Prepared.load`` arms it later, after the handoff.
 from __future__ import annotations
 
 import ctypes
-import importlib
+import ctypes.util  # in the broker, pyroute2 has loaded it already
 import os
 import socket
 import sys
-import types
 from dataclasses import dataclass
 
 from .linux import MACHINE
 
 # pyseccomp finds libc and libseccomp with ctypes.util.find_library at
-# import: importing ctypes.util (subprocess, tempfile, shutil, random...)
-# costs 10 ms, and each lookup runs `ldconfig -p`.  While pyseccomp imports,
-# ctypes.util is a stand-in that loads the usual sonames directly; any
-# other name brings in the real module and asks it.
+# import, and each lookup runs `ldconfig -p` (a fork and an exec).  While
+# pyseccomp imports, the usual sonames are loaded directly; any other name
+# goes to the real lookup, which is put back afterwards.
 _SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
-_STAND_IN = types.ModuleType("ctypes.util")
+_ldconfig_lookup = ctypes.util.find_library
 
 
 def _find_library(name: str) -> str | None:
@@ -43,23 +41,16 @@ def _find_library(name: str) -> str | None:
             return soname
         except OSError:
             pass
-    if sys.modules.get("ctypes.util") is _STAND_IN:
-        del sys.modules["ctypes.util"]
-    return importlib.import_module("ctypes.util").find_library(name)
+    return _ldconfig_lookup(name)
 
 
-_STAND_IN.find_library = _find_library  # type: ignore[attr-defined]
-if "ctypes.util" not in sys.modules:
-    sys.modules["ctypes.util"] = ctypes.util = _STAND_IN  # type: ignore[attr-defined]
+ctypes.util.find_library = _find_library
 try:  # pyseccomp first: a checkout's seccomp/ folder shadows "seccomp"
     import pyseccomp as seccomp
 except ImportError:  # pragma: no cover - the distro's python3-seccomp
     import seccomp  # type: ignore[no-redef]
 finally:
-    if sys.modules.get("ctypes.util") is _STAND_IN:
-        del sys.modules["ctypes.util"]
-    if getattr(ctypes, "util", None) is _STAND_IN:
-        del ctypes.util
+    ctypes.util.find_library = _ldconfig_lookup
 
 CONSTANTS = {
     "AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6,
