@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import struct
 from collections.abc import Callable
@@ -24,7 +25,7 @@ IP_RECVERR = 11
 IPV6_RECVERR = 25
 SOL_UDP, UDP_SEGMENT = 17, 103            # UDP GSO (Linux 4.18)
 _GSO_SIZE = struct.Struct("=H")
-SOCKADDR_CACHE = 1024
+SOCKADDR_CACHE = 1024                     # peer addresses kept converted
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,6 @@ class UdpHandler:
         self.sends = Batcher(loop, udp.GSO_MAX_BYTES, self._send_batch)
         self.deliveries = Batcher(loop, udp.MAX_PAYLOAD, self._deliver)
         self.send_datagrams = send_datagrams
-        self.sockaddrs: dict[tuple[bytes, int], tuple[str, int]] = {}
-        self.packed: dict[str, bytes] = {}
         self.sweep_timer = None
         # pasta: datagrams from the host's loopback may be spliced instead
         self.divert: Callable[[socket.socket, tuple, memoryview, int, float], bool] | None = None
@@ -105,18 +104,8 @@ class UdpHandler:
             flow = self._open_flow(datagram, now)
         dport = datagram.dport
         host_dst = flow.host_peer(datagram.dst, dport, self.addrmap)
-        address = self.sockaddrs.get((host_dst, dport))
-        if address is None:
-            address = self._sockaddr(host_dst, dport)
+        address = (_address_text(host_dst), dport)
         self.sends.queue((self.sockets[flow.handle], address), datagram.payload)
-
-    def _sockaddr(self, host: bytes, port: int) -> tuple[str, int]:
-        """``sendto``'s address for ``host:port``, converted once, not per datagram."""
-        if len(self.sockaddrs) >= SOCKADDR_CACHE:
-            self.sockaddrs.clear()
-        family = socket.AF_INET if len(host) == 4 else socket.AF_INET6
-        address = self.sockaddrs[(host, port)] = (socket.inet_ntop(family, host), port)
-        return address
 
     def _send_batch(self, target: tuple[socket.socket, tuple[str, int]], data: memoryview,
                     segment: int, count: int) -> None:
@@ -236,23 +225,13 @@ class UdpHandler:
 
     def _to_guest(self, flow: udp.UdpFlow, address: tuple, payload: memoryview) -> None:
         port = address[1]
-        host_src = self.packed.get(address[0])
-        if host_src is None:
-            host_src = self._pack(flow, address[0])
+        host_src = _address_bytes(socket.AF_INET6 if flow.v6 else socket.AF_INET, address[0])
         src = flow.seen_as((host_src, port)) or self.addrmap.to_guest(host_src, port)
         flow.remember((host_src, port), src)
         if self.send_datagrams is not None:
             self.deliveries.queue((flow, src, port), payload)
         else:
             self._frame(flow, src, port, payload)
-
-    def _pack(self, flow: udp.UdpFlow, host: str) -> bytes:
-        """A peer's address as bytes, converted once, not per datagram."""
-        if len(self.packed) >= SOCKADDR_CACHE:
-            self.packed.clear()
-        packed = self.packed[host] = socket.inet_pton(
-            socket.AF_INET6 if flow.v6 else socket.AF_INET, host)
-        return packed
 
     def _deliver(self, target: tuple[udp.UdpFlow, bytes, int], data: memoryview, segment: int,
                  count: int) -> None:
@@ -320,3 +299,15 @@ class UdpHandler:
 
     def active_flows(self) -> int:
         return sum(1 for f in self.flows.by_handle.values() if not f.forwarded)
+
+
+# A peer's address converted between the socket API's text and our bytes
+# once, not per datagram.
+@functools.lru_cache(maxsize=SOCKADDR_CACHE)
+def _address_text(host: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(host) == 4 else socket.AF_INET6, host)
+
+
+@functools.lru_cache(maxsize=SOCKADDR_CACHE)
+def _address_bytes(family: int, host: str) -> bytes:
+    return socket.inet_pton(family, host)
