@@ -22,6 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
+import procstat  # noqa: E402
 import qemu_passt  # noqa: E402
 
 from topology import REMOTE_ADDR4, REMOTE_ADDR6, Topology  # noqa: E402
@@ -69,10 +70,7 @@ class Served:
             return int(handle.read())
 
     def rss_mib(self) -> float:
-        with open(f"/proc/{self.pid()}/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+        return procstat.rss_kib(self.pid()) / 1024
         return float("nan")
 
     def _start(self, argv: list[str]) -> None:
