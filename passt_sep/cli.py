@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
-    from .broker.main import run  # after parsing: --help stays fast
-    return run(config)
+    from .broker.netlink import NetlinkHelper  # after parsing: --help stays fast
+    netlink = NetlinkHelper.start(config)       # imports pyroute2 while we go on
+    from .broker.main import run
+    return run(config, netlink)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ closes; ``Prepared.load`` arms it later, after the handoff.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util  # in the broker, pyroute2 has loaded it already
+import ctypes.util  # pyseccomp imports it anyway: see below
 import os
 import socket
 import sys

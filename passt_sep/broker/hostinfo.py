@@ -1,19 +1,17 @@
 """What the host's network looks like, and what the guest is given from it.
 
 The guest gets the host's own address, prefix, gateway and resolvers (no
-NAT); options override each part.  Read over netlink (pyroute2) and from
-/etc/resolv.conf by the broker, in the host's namespaces, before anything
-else happens.
+NAT); options override each part.  The netlink helper reads the host over
+rtnetlink (``netconf.read_host``) and from /etc/resolv.conf, in the host's
+namespaces, and sends it to the broker as a map (``to_map``/``from_map``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-import socket
 from dataclasses import dataclass, field
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import Any
 
 from ..config import Config
 from ..netparams import DEFAULT_OUR_MAC, IPv4Params, IPv6Params, Network
@@ -24,7 +22,6 @@ PASTA_MTU = 65520
 # No usable IPv4 on the host (offline, VPN down, boot): the guest still gets
 # an address, and its gateway stands for the host's loopback, as passt does
 LOCAL_ADDR4, LOCAL_PREFIX4, LOCAL_GATEWAY4 = "169.254.2.1", 16, "169.254.2.2"
-IFA_F_TEMPORARY = 0x01
 
 
 class HostConfigError(Exception):
@@ -65,73 +62,22 @@ class HostInfo:
         family = self.v4 or self.v6
         return family.ifname if family else None
 
+    def to_map(self) -> dict[str, Any]:
+        """msgpack-able: the netlink helper sends it to the broker."""
+        return dataclasses.asdict(self)
 
-# -- reading the host ---------------------------------------------------------
-
-def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
-    resolvers, search = read_resolv_conf(resolv_conf)
-    warnings = []
-    with IPRoute() as ipr:
-        v4 = None if config.ipv6_only else _read_family(ipr, socket.AF_INET, config)
-        v6 = None if config.ipv4_only else _read_family(ipr, socket.AF_INET6, config)
-        family = v4 or v6
-        mtu = _link_mtu(ipr, family.ifindex) if family else None
-    missing = []
-    if v4 is None and not config.ipv6_only and not config.address4:
-        missing.append(f"IPv4 is local-only ({LOCAL_ADDR4}/{LOCAL_PREFIX4}, gateway "
-                       f"{LOCAL_GATEWAY4} = the host)")
-    if v6 is None and not config.ipv4_only and not config.address6:
-        missing.append("no IPv6")
-    if missing:
-        warnings.append("no usable default route on the host: " + "; ".join(missing))
-    return HostInfo(v4, v6, mtu, resolvers, search, tuple(warnings))
+    @classmethod
+    def from_map(cls, fields: dict[str, Any]) -> HostInfo:
+        return cls(_family_from_map(fields["v4"]), _family_from_map(fields["v6"]),
+                   fields["mtu"], tuple(fields["resolvers"]), tuple(fields["search"]),
+                   tuple(fields["warnings"]))
 
 
-def _read_family(ipr: IPRoute, family: int, config: Config) -> HostFamily | None:
-    try:
-        routes = list(ipr.get_routes(family=family, table=254))
-    except NetlinkError:          # a kernel built or booted without IPv6
+def _family_from_map(fields: dict[str, Any] | None) -> HostFamily | None:
+    if fields is None:
         return None
-    ifindex = _outbound_ifindex(ipr, routes, config.interface)
-    if ifindex is None:
-        return None
-    ifname = ipr.get_links(ifindex)[0].get("ifname")
-    addr = _global_address(ipr, family, ifindex)
-    if addr is None:
-        return None
-    gateway = next((r.get("gateway") for r in routes
-                    if r["dst_len"] == 0 and r.get("oif") == ifindex and r.get("gateway")), None)
-    copied = tuple(_route(r, family) for r in routes
-                   if r.get("oif") == ifindex and r.get("gateway"))
-    return HostFamily(ifname, ifindex, addr[0], addr[1], gateway, copied)
-
-
-def _outbound_ifindex(ipr: IPRoute, routes: list, interface: str | None) -> int | None:
-    if interface:
-        found = ipr.link_lookup(ifname=interface)
-        return found[0] if found else None
-    defaults = sorted((r for r in routes if r["dst_len"] == 0 and r.get("oif")),
-                      key=lambda r: r.get("priority") or 0)
-    return defaults[0].get("oif") if defaults else None
-
-
-def _global_address(ipr: IPRoute, family: int, ifindex: int) -> tuple[str, int] | None:
-    candidates = [a for a in ipr.get_addr(family=family, index=ifindex) if a["scope"] == 0]
-    candidates.sort(key=lambda a: bool((a.get("flags") or 0) & IFA_F_TEMPORARY))
-    if not candidates:
-        return None
-    return candidates[0].get("address"), candidates[0]["prefixlen"]
-
-
-def _route(message, family: int) -> Route:
-    default = "0.0.0.0" if family == socket.AF_INET else "::"
-    return Route(message.get("dst") or default, message["dst_len"], message.get("gateway"),
-                 message.get("priority"))
-
-
-def _link_mtu(ipr: IPRoute, ifindex: int) -> int | None:
-    links = ipr.get_links(ifindex)
-    return links[0].get("mtu") if links else None
+    routes = tuple(Route(**route) for route in fields["routes"])
+    return HostFamily(**{**fields, "routes": routes})
 
 
 def read_resolv_conf(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -1,10 +1,11 @@
 """The setup broker: everything that needs a privilege or a path, once.
 
-Stages: read the host's network; enter or create the namespaces; create and
-configure the tap inside (pasta) or bind the guest socket (passt); open
-every other fd; close the jail around itself; fork the worker and hand it
-the fds; then, in daemon mode, write the pid file and exit, or in pasta's
-command mode release the command and return its exit status.
+Stages: enter or create the namespaces; learn the host's network and have
+the tap created and configured inside (pasta), both from the netlink helper
+(``netlink.py``), or bind the guest socket (passt); open every other fd;
+close the jail around itself; fork the worker and hand it the fds; then, in
+daemon mode, write the pid file and exit, or in pasta's command mode release
+the command and return its exit status.
 """
 
 from __future__ import annotations
@@ -18,27 +19,26 @@ import socket
 import sys
 from typing import NoReturn
 
-from pyroute2 import IPRoute
-
 from .. import linux, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
-from . import hostinfo, jail, namespaces, netconf, sockets
+from . import hostinfo, jail, namespaces, sockets
 from .handoff import WorkerStartError, start_worker
-from .tap import TapError, open_tap
+from .netlink import NetlinkHelper
+from .tap import TapError
 
 NS_GET_USERNS = 0xB701
 BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.JailError,
                  hostinfo.HostConfigError, WorkerStartError, sandbox.AllowlistError)
 
 
-def run(config: Config) -> int:
+def run(config: Config, netlink: NetlinkHelper) -> int:
     """Set everything up and start the worker; the caller's exit status."""
     try:
-        return Broker(config).run()
+        return Broker(config, netlink).run()
     except BROKER_ERRORS as exc:
         _say(config, str(exc), error=True)
     except OSError as exc:  # anything not foreseen above: still one line
@@ -65,8 +65,9 @@ def _prog(config: Config) -> str:
 
 
 class Broker:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, netlink: NetlinkHelper) -> None:
         self.config = config
+        self.netlink = netlink
         self.entries: list[FdEntry] = []
         self.target: namespaces.Target | None = None
         # root of a user namespace someone else made (Podman's) is not "real
@@ -92,18 +93,22 @@ class Broker:
         worker_filter = sandbox.prepare("worker")
         waiter_filter = sandbox.prepare("waiter")
         self.source_filter = sandbox.prepare("nssource")
-        host = hostinfo.read_host(config)
+        if config.mode == "pasta":
+            self._pasta_namespace()
+        else:
+            self._own_user_namespace()
+        host = self.netlink.host()
         for warning in host.warnings:
             _say(config, f"warning: {warning}")
         net = hostinfo.guest_network(config, host)
-        if config.mode == "pasta":
-            net = self._pasta_namespace(net, host)
-        else:
-            self._own_user_namespace()
         self._forwarding()
         if config.mode != "pasta":
             self._passt_socket()
         self._files()
+        if config.mode == "pasta":
+            net = self._tap(net)
+        else:
+            self.netlink.close()
         pid_fd = sockets.pid_file(config.pid_file) if config.pid_file else None
         self.pid_file_created = pid_fd is not None
         identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
@@ -123,7 +128,8 @@ class Broker:
         return self._after_start(worker, waiter_filter)
 
     # -- pasta ------------------------------------------------------------------
-    def _pasta_namespace(self, net: Network, host: hostinfo.HostInfo) -> Network:
+    def _pasta_namespace(self) -> None:
+        """Enter or create the namespaces, and have the tap made inside."""
         config = self.config
         if config.netns or config.target_pid is not None:
             self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
@@ -133,11 +139,12 @@ class Broker:
             command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
             self.target = namespaces.spawn_command_namespace(command)
             self.entries.append(FdEntry("command_pidfd", os.pidfd_open(self.target.holder.pid)))
-        ifname = config.ns_ifname or host.ifname or "tap0"
-        result, fds = namespaces.run_inside(self.target,
-                                            lambda: _tap_inside(config, ifname, net, host))
-        self.entries.append(FdEntry("tap", fds[0], {"ifname": ifname}))
-        return dataclasses.replace(net, guest_mac=mac_to_bytes(result["mac"]))
+        self.netlink.request_tap(self.target)
+
+    def _tap(self, net: Network) -> Network:
+        ifname, mac, fd = self.netlink.tap()
+        self.entries.append(FdEntry("tap", fd, {"ifname": ifname}))
+        return dataclasses.replace(net, guest_mac=mac_to_bytes(mac))
 
     def _needs_low_ports(self) -> bool:
         """Keep CAP_NET_BIND_SERVICE for the worker only where it was
@@ -300,19 +307,7 @@ class Broker:
                 pass
         if self.target and self.target.holder:
             self.target.holder.abandon()
-
-
-def _tap_inside(config: Config, ifname: str, net: Network,
-                host: hostinfo.HostInfo) -> namespaces.HelperResult:
-    """Namespace-helper work: create the tap, bring links up, configure."""
-    fd = open_tap(ifname)
-    with IPRoute() as ipr:
-        index = netconf.bring_up(ipr, ifname, config.ns_mac_addr)
-        mac = netconf.link_mac(ipr, index)
-        if config.config_net:
-            netconf.configure(ipr, index, ifname, net, host.v4, host.v6,
-                              copy_routes=not config.no_copy_routes)
-    return {"mac": mac}, [fd]
+        self.netlink.close(kill=True)
 
 
 def _run_command(holder: namespaces.CommandHolder, worker: int,

@@ -85,7 +85,7 @@ class CommandHolder:
         if self.release_fd >= 0:
             os.close(self.release_fd)
             self.release_fd = -1
-        _reap(self.pid)
+        reap(self.pid)
 
 
 def spawn_command_namespace(command: list[str]) -> Target:
@@ -102,7 +102,7 @@ def spawn_command_namespace(command: list[str]) -> Target:
     status = os.read(ready_read, 256)
     os.close(ready_read)
     if status != b"ok":
-        _reap(pid)
+        reap(pid)
         reason = status.decode(errors="replace")
         raise NamespaceError(f"cannot create a network namespace: {reason}")
     netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -130,7 +130,7 @@ def _parked_child(command: list[str], go_read: int, ready_write: int) -> None:
     os._exit(127)
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:
@@ -192,7 +192,7 @@ def run_inside(target: Target, work: Callable[[], HelperResult]) -> HelperResult
         raise NamespaceError(f"namespace helper failed: {exc}") from None
     finally:
         parent_end.close()
-        _reap(pid)
+        reap(pid)
     if "error" in result:
         for fd in fds:
             fdpass.close_quietly(fd)
@@ -217,7 +217,7 @@ def spawn_inside(target: Target, serve: Callable[[socket.socket], None]) -> tupl
     if pid == 0:
         ours.close()
         try:
-            _enter(target)
+            enter(target)
             _detach_stdio()
             linux.close_all_except({theirs.fileno()})
             serve(theirs)
@@ -237,7 +237,7 @@ def _detach_stdio() -> None:
     os.close(null)
 
 
-def _enter(target: Target) -> None:
+def enter(target: Target) -> None:
     if target.userns_fd is not None and not same_namespace(target.userns_fd, "user"):
         linux.setns(target.userns_fd, linux.CLONE_NEWUSER)
     linux.setns(target.netns_fd, linux.CLONE_NEWNET)
@@ -246,19 +246,24 @@ def _enter(target: Target) -> None:
 def _helper(target: Target, work: Callable[[], HelperResult], sock: socket.socket) -> None:
     code = 0
     try:
-        _enter(target)
+        enter(target)
         result, fds = work()
         fdpass.send(sock, result, fds)
     except Exception as exc:  # report, whatever it is, to the broker
-        message = str(exc) or repr(exc)
-        if os.environ.get("PASST_SEP_DEBUG"):
-            message += "\n" + traceback.format_exc()
-        try:
-            fdpass.send(sock, {"error": message}, [])
-        except OSError:
-            pass
+        report_failure(sock, exc)
         code = 1
     os._exit(code)
+
+
+def report_failure(sock: socket.socket, exc: BaseException) -> None:
+    """A helper's last words: why it failed, as ``{"error": message}``."""
+    message = str(exc) or repr(exc)
+    if os.environ.get("PASST_SEP_DEBUG"):
+        message += "\n" + traceback.format_exc()
+    try:
+        fdpass.send(sock, {"error": message}, [])
+    except OSError:
+        pass
 
 
 def enter_user_namespace(fd: int) -> None:

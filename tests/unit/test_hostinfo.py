@@ -1,0 +1,75 @@
+"""The host's network as the netlink helper sends it (through msgpack, as
+fdpass does) and what the guest is given from it."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import msgpack
+
+from passt_sep.broker.hostinfo import (
+    LOCAL_ADDR4,
+    HostFamily,
+    HostInfo,
+    Route,
+    guest_network,
+    read_resolv_conf,
+)
+from passt_sep.config import parse_args
+
+HOST = HostInfo(
+    v4=HostFamily("eth0", 2, "192.0.2.2", 24, "192.0.2.1",
+                  (Route("0.0.0.0", 0, "192.0.2.1", 100), Route("198.51.100.0", 24, "192.0.2.254",
+                                                               None))),
+    v6=HostFamily("eth0", 2, "2001:db8::2", 64, "fe80::1", ()),
+    mtu=1500, resolvers=("127.0.0.53", "2001:db8::53"), search=("example.test",),
+    warnings=("a warning",))
+
+
+def through_msgpack(host: HostInfo) -> HostInfo:
+    wire = msgpack.packb({"host": host.to_map()}, use_bin_type=True)
+    return HostInfo.from_map(msgpack.unpackb(wire, raw=False)["host"])
+
+
+def packed(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def test_host_survives_the_trip_from_the_helper() -> None:
+    assert through_msgpack(HOST) == HOST
+
+
+def test_host_without_a_family_survives_the_trip() -> None:
+    bare = HostInfo(v4=None, v6=None, mtu=None)
+    assert through_msgpack(bare) == bare
+
+
+def test_guest_gets_the_hosts_address_and_gateway() -> None:
+    net = guest_network(parse_args(["--config-net"], "pasta-sep"), HOST)
+    assert net.ipv4 is not None and net.ipv6 is not None
+    assert (net.ipv4.addr, net.ipv4.prefix_len, net.ipv4.gateway) == \
+        (packed("192.0.2.2"), 24, packed("192.0.2.1"))
+    assert (net.ipv6.addr, net.ipv6.gateway) == (packed("2001:db8::2"), packed("fe80::1"))
+    assert net.search == ("example.test",)
+    assert net.mtu == 65520
+
+
+def test_loopback_resolver_is_reached_through_the_gateway() -> None:
+    net = guest_network(parse_args([], "pasta-sep"), HOST)
+    assert net.ipv4 is not None and net.ipv6 is not None
+    assert net.ipv4.dns == (packed("192.0.2.1"),)
+    assert net.ipv6.dns == (packed("2001:db8::53"),)
+
+
+def test_no_ipv4_on_the_host_gives_a_link_local_one() -> None:
+    net = guest_network(parse_args([], "pasta-sep"), HostInfo(v4=None, v6=None, mtu=None))
+    assert net.ipv4 is not None and net.ipv4.addr == packed(LOCAL_ADDR4)
+    assert net.ipv6 is None
+
+
+def test_resolv_conf_nameservers_and_search(tmp_path) -> None:
+    path = tmp_path / "resolv.conf"
+    path.write_text("# comment\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n"
+                    "nameserver bogus\nsearch a.test b.test\n")
+    assert read_resolv_conf(str(path)) == (("192.0.2.53", "fe80::1"), ("a.test", "b.test"))
+    assert read_resolv_conf(str(tmp_path / "missing")) == ((), ())
