@@ -1,12 +1,14 @@
 """The netlink helper: the one broker process that speaks rtnetlink.
 
-Importing pyroute2 takes about 100 ms, more than all the rest of start-up.
-So the broker forks this helper as soon as the options are parsed: the
-helper imports pyroute2 and reads the host's network while the broker, on
-the other CPU, imports the worker, compiles the seccomp filters and makes
-the namespaces.  In pasta mode the helper then enters the target namespace,
-creates the tap there and configures it, while the broker opens the other
-fds.  Nothing else imports pyroute2 (see ``netconf``).
+Importing pyroute2 takes 70-100 ms, more than all the rest of start-up.
+So this helper is forked first thing, before even the options are parsed:
+it imports pyroute2, parses the same command line and reads the host's
+network, while the broker, on the other CPU, parses, imports the worker,
+compiles the seccomp filters and makes the namespaces.  In pasta mode the
+helper then enters the target namespace, creates the tap there and
+configures it, while the broker opens the other fds.  Nothing else imports
+pyroute2 (see ``netconf``), and this module imports little at the top:
+it runs before anything else is loaded.
 
 One exchange each way over a socket pair, in ``fdpass`` framing:
 
@@ -21,14 +23,14 @@ Either reply may be ``{"error": message}`` instead.
 from __future__ import annotations
 
 import os
-import signal
 import socket
+from typing import TYPE_CHECKING, Any
 
 from .. import fdpass
-from ..config import Config
-from . import hostinfo, namespaces
-from .hostinfo import HostConfigError, HostInfo
-from .tap import open_tap
+
+if TYPE_CHECKING:
+    from .hostinfo import HostInfo
+    from .namespaces import Target
 
 
 class NetlinkHelper:
@@ -39,22 +41,24 @@ class NetlinkHelper:
         self.sock: socket.socket | None = sock
 
     @classmethod
-    def start(cls, config: Config) -> NetlinkHelper:
+    def start(cls, args: list[str], prog: str) -> NetlinkHelper:
+        """Fork the helper for this command line (``argv[1:]``, program name)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
             ours.close()
-            _helper(config, theirs)
+            _helper(args, prog, theirs)
         theirs.close()
         return cls(pid, ours)
 
     def host(self) -> HostInfo:
+        from .hostinfo import HostConfigError, HostInfo
         reply, _ = self._receive()
         if "error" in reply:
             raise HostConfigError(f"cannot read the host's network: {reply['error']}")
         return HostInfo.from_map(reply["host"])
 
-    def request_tap(self, target: namespaces.Target) -> None:
+    def request_tap(self, target: Target) -> None:
         """Start creating the tap inside ``target``, entered through the
         user namespace this process is in now (ours, or the owner's)."""
         assert self.sock is not None
@@ -69,7 +73,8 @@ class NetlinkHelper:
         reply, fds = self._receive()
         self.close()
         if "error" in reply:
-            raise namespaces.NamespaceError(reply["error"])
+            from .namespaces import NamespaceError
+            raise NamespaceError(reply["error"])
         return reply["ifname"], reply["mac"], fds[0]
 
     def close(self, kill: bool = False) -> None:
@@ -79,40 +84,53 @@ class NetlinkHelper:
         self.sock.close()
         self.sock = None
         if kill:
+            import signal  # error paths only: nothing to load before the fork
             os.kill(self.pid, signal.SIGKILL)
-        namespaces.reap(self.pid)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
-    def _receive(self) -> tuple[dict, list[int]]:
+    def _receive(self) -> tuple[dict[str, Any], list[int]]:
         assert self.sock is not None
         try:
             reply, fds = fdpass.receive(self.sock)
         except fdpass.FdPassError as exc:
-            raise namespaces.NamespaceError(f"netlink helper failed: {exc}") from None
+            from .namespaces import NamespaceError
+            raise NamespaceError(f"netlink helper failed: {exc}") from None
         if "error" in reply:
             for fd in fds:
                 fdpass.close_quietly(fd)
         return reply, fds
 
 
-def _helper(config: Config, sock: socket.socket) -> None:
+def _helper(args: list[str], prog: str, sock: socket.socket) -> None:
     code = 0
     try:
-        _serve(config, sock)
+        _serve(args, prog, sock)
     except fdpass.FdPassError:      # the broker closed its end: no tap wanted
         pass
     except BaseException as exc:    # reported to the broker, whatever it is
-        namespaces.report_failure(sock, exc)
+        from .namespaces import report_failure
+        report_failure(sock, exc)
         code = 1
     os._exit(code)
 
 
-def _serve(config: Config, sock: socket.socket) -> None:
-    from . import netconf  # pyroute2: here only, see the module's docstring
+def _serve(args: list[str], prog: str, sock: socket.socket) -> None:
+    """Read the host, then (pasta) make the tap: imports first, in the
+    order that loads pyroute2 soonest."""
+    from ..config import parse_args
+    from . import netconf
+    from .hostinfo import guest_network
+    from .namespaces import Target, enter
+    from .tap import open_tap
+    config = parse_args(args, prog)  # the broker parses the same line: an error is its to say
     host = netconf.read_host(config)
     fdpass.send(sock, {"host": host.to_map()}, [])
     _request, (netns_fd, userns_fd) = fdpass.receive(sock)
-    namespaces.enter(namespaces.Target(netns_fd, userns_fd))
+    enter(Target(netns_fd, userns_fd))
     ifname = config.ns_ifname or host.ifname or "tap0"
     fd = open_tap(ifname)
-    mac = netconf.set_up_tap(config, ifname, hostinfo.guest_network(config, host), host)
+    mac = netconf.set_up_tap(config, ifname, guest_network(config, host), host)
     fdpass.send(sock, {"ifname": ifname, "mac": mac}, [fd])

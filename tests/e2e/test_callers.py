@@ -99,6 +99,18 @@ def test_version(passt: str) -> None:
     assert result.returncode == 0 and result.stdout.startswith("passt-sep ")
 
 
+def test_help_into_a_reader_that_stops_early(pasta: str) -> None:
+    """``pasta --help | head -1``: the reader closes the pipe at once; no
+    traceback, and success."""
+    for _ in range(5):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        result = subprocess.run([pasta, "--help"], stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=30)
+        os.close(write_end)
+        assert (result.returncode, result.stderr) == (0, "")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--bogus"], "Unknown option: --bogus"),
     (["-t", "22-abc"], "Invalid port specifier: 22-abc (option -t)"),
