@@ -24,10 +24,6 @@ PASTA_MTU = 65520
 LOCAL_ADDR4, LOCAL_PREFIX4, LOCAL_GATEWAY4 = "169.254.2.1", 16, "169.254.2.2"
 
 
-class HostConfigError(Exception):
-    """The host offers nothing we can give the guest."""
-
-
 @dataclass(frozen=True)
 class Route:
     dst: str            # "198.51.100.0" / "::" ...

@@ -27,12 +27,12 @@ from ..packet import mac_to_bytes
 from ..ports import Forwarding
 from . import hostinfo, jail, namespaces, sockets
 from .handoff import WorkerStartError, start_worker
-from .netlink import NetlinkHelper
+from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
 
 NS_GET_USERNS = 0xB701
 BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.JailError,
-                 hostinfo.HostConfigError, WorkerStartError, sandbox.AllowlistError)
+                 NetlinkHelperError, WorkerStartError, sandbox.AllowlistError)
 
 
 def run(config: Config, netlink: NetlinkHelper) -> int:
@@ -97,23 +97,16 @@ class Broker:
             self._pasta_namespace()
         else:
             self._own_user_namespace()
-        host = self.netlink.host()
-        for warning in host.warnings:
-            _say(config, f"warning: {warning}")
-        net = hostinfo.guest_network(config, host)
         self._forwarding()
         if config.mode != "pasta":
             self._passt_socket()
         self._files()
-        if config.mode == "pasta":
-            net = self._tap(net)
-        else:
-            self.netlink.close()
         pid_fd = sockets.pid_file(config.pid_file) if config.pid_file else None
         self.pid_file_created = pid_fd is not None
         identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
+        net = self._network()
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
         worker = start_worker(config, net, self.entries, worker_filter)
@@ -139,9 +132,19 @@ class Broker:
             command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
             self.target = namespaces.spawn_command_namespace(command)
             self.entries.append(FdEntry("command_pidfd", os.pidfd_open(self.target.holder.pid)))
-        self.netlink.request_tap(self.target)
+        self.netlink.request_tap(self.target.netns_fd)
 
-    def _tap(self, net: Network) -> Network:
+    def _network(self) -> Network:
+        """The host's network and (pasta) the tap, from the netlink helper,
+        asked for last: it has been importing pyroute2 all along."""
+        config = self.config
+        host = hostinfo.HostInfo.from_map(self.netlink.host())
+        for warning in host.warnings:
+            _say(config, f"warning: {warning}")
+        net = hostinfo.guest_network(config, host)
+        if config.mode != "pasta":
+            self.netlink.close()
+            return net
         ifname, mac, fd = self.netlink.tap()
         self.entries.append(FdEntry("tap", fd, {"ifname": ifname}))
         return dataclasses.replace(net, guest_mac=mac_to_bytes(mac))

@@ -7,8 +7,8 @@ network, while the broker, on the other CPU, parses, imports the worker,
 compiles the seccomp filters and makes the namespaces.  In pasta mode the
 helper then enters the target namespace, creates the tap there and
 configures it, while the broker opens the other fds.  Nothing else imports
-pyroute2 (see ``netconf``), and this module imports little at the top:
-it runs before anything else is loaded.
+pyroute2 (see ``netconf``), and this module imports little at the top: it
+is loaded before anything else.
 
 One exchange each way over a socket pair, in ``fdpass`` framing:
 
@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any
 
 from .. import fdpass
 
-if TYPE_CHECKING:
-    from .hostinfo import HostInfo
-    from .namespaces import Target
+
+class NetlinkHelperError(Exception):
+    """The helper could not read the host or set up the tap: its reason."""
 
 
 class NetlinkHelper:
@@ -51,20 +50,21 @@ class NetlinkHelper:
         theirs.close()
         return cls(pid, ours)
 
-    def host(self) -> HostInfo:
-        from .hostinfo import HostConfigError, HostInfo
+    def host(self) -> dict:
+        """The host's network, as ``HostInfo.to_map`` gives it."""
         reply, _ = self._receive()
         if "error" in reply:
-            raise HostConfigError(f"cannot read the host's network: {reply['error']}")
-        return HostInfo.from_map(reply["host"])
+            raise NetlinkHelperError(f"cannot read the host's network: {reply['error']}")
+        return reply["host"]
 
-    def request_tap(self, target: Target) -> None:
-        """Start creating the tap inside ``target``, entered through the
-        user namespace this process is in now (ours, or the owner's)."""
+    def request_tap(self, netns_fd: int) -> None:
+        """Start creating the tap in network namespace ``netns_fd``, entered
+        through the user namespace this process is in now (ours, or the
+        namespace owner's)."""
         assert self.sock is not None
         userns_fd = os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fdpass.send(self.sock, {"tap": True}, [target.netns_fd, userns_fd])
+            fdpass.send(self.sock, {"tap": True}, [netns_fd, userns_fd])
         finally:
             os.close(userns_fd)
 
@@ -73,8 +73,7 @@ class NetlinkHelper:
         reply, fds = self._receive()
         self.close()
         if "error" in reply:
-            from .namespaces import NamespaceError
-            raise NamespaceError(reply["error"])
+            raise NetlinkHelperError(reply["error"])
         return reply["ifname"], reply["mac"], fds[0]
 
     def close(self, kill: bool = False) -> None:
@@ -91,13 +90,12 @@ class NetlinkHelper:
         except ChildProcessError:
             pass
 
-    def _receive(self) -> tuple[dict[str, Any], list[int]]:
+    def _receive(self) -> tuple[dict, list[int]]:
         assert self.sock is not None
         try:
             reply, fds = fdpass.receive(self.sock)
         except fdpass.FdPassError as exc:
-            from .namespaces import NamespaceError
-            raise NamespaceError(f"netlink helper failed: {exc}") from None
+            raise NetlinkHelperError(f"netlink helper failed: {exc}") from None
         if "error" in reply:
             for fd in fds:
                 fdpass.close_quietly(fd)
@@ -118,10 +116,10 @@ def _helper(args: list[str], prog: str, sock: socket.socket) -> None:
 
 
 def _serve(args: list[str], prog: str, sock: socket.socket) -> None:
-    """Read the host, then (pasta) make the tap: imports first, in the
-    order that loads pyroute2 soonest."""
+    """Read the host, then (pasta) make the tap."""
+    from . import netconf  # pyroute2 first: our modules load in a few ms after it, not 17
+    # isort: split
     from ..config import parse_args
-    from . import netconf
     from .hostinfo import guest_network
     from .namespaces import Target, enter
     from .tap import open_tap
