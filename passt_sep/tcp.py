@@ -139,6 +139,7 @@ CLAMP_STEP = 4                           # re-clamp on a change of a quarter or 
 
 _TCP = struct.Struct("!HHIIHHHH")
 _TCP_VARIABLE = struct.Struct("!IIHH")   # seq, ack, offset+flags, window (at offset 4)
+_TCP_VARIABLE_CSUM = struct.Struct("!IIHHH")   # the same and the checksum
 _U16 = struct.Struct("!H")
 _ETH = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -255,7 +256,7 @@ class FrameTemplate:
             self.ip_sum = _ones_sum(ip)
         self.l4 = len(eth) + len(ip)
         self.prefix = eth + ip + struct.pack("!HH", sport, dport) + bytes(TCP_HLEN - 4)
-        self.pseudo_sum = _ones_sum(src + dst) + IPPROTO_TCP
+        self.pseudo_sum = _fold(_ones_sum(src + dst) + IPPROTO_TCP)
 
     def build(self, seq: int, ack: int, flags: int, window: int,
               payload: bytes | memoryview = b"", options: bytes = b"",
@@ -263,11 +264,14 @@ class FrameTemplate:
         """A whole frame; ``window`` is the 16-bit field, ``options`` a
         multiple of 4 bytes long.  ``partial``: the TCP checksum field holds
         only the pseudo-header's sum, for a receiver that completes it (a
-        segmentation-offload frame: the kernel sums the payload)."""
+        segmentation-offload frame: the kernel sums the payload).
+        The sums are folded in line: both addends are below 0x10000, so one
+        step is enough (a frame per segment: this is the hot path)."""
         frame = bytearray(self.prefix)
         if options:
             frame += options
-        frame += payload
+        if payload:
+            frame += payload
         l4 = self.l4
         l4_len = len(frame) - l4
         if self.v6:
@@ -275,12 +279,15 @@ class FrameTemplate:
         else:
             total = l4_len + IPV4_HLEN
             _U16.pack_into(frame, ETH_HLEN + 2, total)
-            _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(self.ip_sum + total) & 0xFFFF)
-        _TCP_VARIABLE.pack_into(frame, l4 + 4, seq, ack,
-                                (TCP_HLEN + len(options)) << 10 | flags, window)
+            ip_sum = self.ip_sum + total
+            _U16.pack_into(frame, ETH_HLEN + 10, ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF)
+        offset_flags = (TCP_HLEN + len(options)) << 10 | flags
         if partial:
-            _U16.pack_into(frame, l4 + 16, _fold(self.pseudo_sum + l4_len))
+            pseudo = self.pseudo_sum + l4_len
+            _TCP_VARIABLE_CSUM.pack_into(frame, l4 + 4, seq, ack, offset_flags, window,
+                                         (pseudo & 0xFFFF) + (pseudo >> 16))
             return frame
+        _TCP_VARIABLE.pack_into(frame, l4 + 4, seq, ack, offset_flags, window)
         with memoryview(frame) as view:
             total = _ones_sum(view[l4:]) + self.pseudo_sum + l4_len
         _U16.pack_into(frame, l4 + 16, ~_fold(total) & 0xFFFF)
@@ -332,6 +339,8 @@ def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes) -> bytearray 
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__    # members are singletons; Enum's hash runs Python code
+
     CONNECTING = "connecting"     # outbound: guest SYN seen, socket connecting
     SYN_RCVD = "syn_rcvd"         # outbound: our SYN-ACK sent, waiting for the ACK
     SYN_SENT = "syn_sent"         # inbound: our SYN sent, waiting for the SYN-ACK
@@ -556,8 +565,10 @@ class TcpConn:
         if not self._process_ack(seg, actions, now):
             return
         self._process_data(seg, actions, now)
-        self._maybe_fin(actions.frames, now)
-        self._check_closed(actions, now)
+        if self.sock_eof:
+            self._maybe_fin(actions.frames, now)
+        if self.guest_fin:
+            self._check_closed(actions, now)
 
     def _seg_closed(self, seg: TcpSegment, actions: Actions, now: float) -> None:
         """Lingering: acknowledge a retransmitted FIN, reset stray data."""
@@ -709,23 +720,27 @@ class TcpConn:
         return max(budget, 0)
 
     def on_socket_data(self, data: memoryview, now: float) -> list[bytearray]:
-        """Segments for bytes just peeked (at most ``send_budget()``)."""
+        """Segments for bytes just peeked (at most ``send_budget()``, at
+        least one); PSH on the last."""
         idle = self.snd_max == self.snd_una
         step, size = self._frame_payload(), len(data)
-        window = self._window_field()
+        window, build, ack, seq = self._window_field(), self.tx.build, self.rcv_nxt, self.snd_nxt
         frames = []
-        for start in range(0, size, step):
-            end = min(start + step, size)
-            frames.append(self.tx.build(self.snd_nxt, self.rcv_nxt,
-                                        ACK | PSH if end == size else ACK, window,
-                                        data[start:end], partial=self.tso))
-            self.snd_nxt = (self.snd_nxt + end - start) & MASK
+        start = 0
+        while size - start > step:
+            frames.append(build(seq, ack, ACK, window, data[start:start + step], partial=self.tso))
+            seq = (seq + step) & MASK
+            start += step
+        frames.append(build(seq, ack, ACK | PSH, window, data[start:] if start else data,
+                            partial=self.tso))
+        self.snd_nxt = (seq + size - start) & MASK
         if seq_lt(self.snd_max, self.snd_nxt):
             self.snd_max = self.snd_nxt
-        if frames and (idle or self.rtx_deadline is None):
+        if idle or self.rtx_deadline is None:
             self.rtx_deadline = now + self.rto
         self.last_activity = now
-        self._maybe_fin(frames, now)
+        if self.sock_eof:
+            self._maybe_fin(frames, now)
         return frames
 
     def _frame_payload(self) -> int:

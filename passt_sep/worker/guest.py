@@ -81,11 +81,13 @@ class TapLink:
                 self.loop.counters.add("drop_tap_short")
                 continue
             frame = self.view[VNET_HDR_SIZE:size]
-            self.capture.frame(frame)
+            if self.capture.fd is not None:
+                self.capture.frame(frame)
             self.on_frame(frame, now)
 
     def send(self, frame: bytes) -> None:
-        self.capture.frame(frame)
+        if self.capture.fd is not None:
+            self.capture.frame(frame)
         self._write([vnet_header(frame, self.largest), frame])
 
     def send_datagrams(self, headers: bytes, payload: memoryview, segment: int) -> bool:

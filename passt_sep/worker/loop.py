@@ -166,10 +166,14 @@ class Loop:
         except InterruptedError:
             return
         now = time.monotonic()
+        callbacks = self.callbacks
         for fd, events in ready:
-            callback = self.callbacks.get(fd)
+            callback = callbacks.get(fd)
             if callback is not None:
-                self._guarded(callback, fd, events, now)
+                try:             # _guarded, inline: this runs for every event
+                    callback(fd, events, now)
+                except Exception as exc:
+                    self._failed(exc)
         while self.round_end:
             self._guarded(self.round_end.pop(), now)
 
@@ -178,8 +182,11 @@ class Loop:
         try:
             callback(*args)
         except Exception as exc:
-            self.counters.add("internal_error")
-            self.on_error(exc)
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.counters.add("internal_error")
+        self.on_error(exc)
 
     def stop(self) -> None:
         self.running = False

@@ -80,10 +80,11 @@ TcpListener = Listener   # the worker's name for it, beside UdpListener
 class Flow:
     """A TcpConn and its socket; ``sock`` is None once closed (lingering).
     ``drained``: the last peek found the socket's queue empty, so until a
-    new edge (or a rewind) there is nothing to peek however the window grows."""
+    new edge (or a rewind) there is nothing to peek however the window grows.
+    ``tracked``: in the flow table (a flag, not a lookup, on every event)."""
 
     __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out",
-                 "drained")
+                 "drained", "tracked")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -93,6 +94,7 @@ class Flow:
         self.recheck_delay = WINDOW_RECHECK
         self.want_out = False
         self.drained = False
+        self.tracked = False
 
 
 class TcpHandler:
@@ -189,14 +191,12 @@ class TcpHandler:
         conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now)
         conn.tso = self.tso
         flow = Flow(conn, sock, key)
-        self._track(flow)
+        flow.want_out = True
+        self._track(flow, SOCKET_EVENTS | EPOLLOUT)
         host_dst = socket.inet_ntop(family, self.addrmap.to_host(inb.dst, seg.dport))
         code = sock.connect_ex((host_dst, seg.dport))
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(flow, now)
-            return
-        flow.want_out = True
-        self.loop.add_fd(sock.fileno(), SOCKET_EVENTS | EPOLLOUT, self._socket_event)
 
     def _tune(self, sock: socket.socket, guest_mss: int | None) -> None:
         """No Nagle (the guest already segmented), the peek offset on, and
@@ -206,14 +206,18 @@ class TcpHandler:
         if guest_mss in MAXSEG_RANGE:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, guest_mss)
 
-    def _track(self, flow: Flow) -> None:
+    def _track(self, flow: Flow, events: int) -> None:
+        """Into the table, and its socket into the loop: the socket's events
+        come with the flow bound, no lookup by fd."""
         assert flow.sock is not None
         self.flows.add(flow.key, flow)
-        self.flows.bind_fd(flow.sock.fileno(), flow.key)
+        flow.tracked = True
+        self.loop.add_fd(flow.sock.fileno(), events, functools.partial(self._socket_event, flow))
 
     def _apply(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
         """Carry out a TcpConn's decision, in the order Actions documents."""
-        self._send(actions.frames)
+        if actions.frames:
+            self._send(actions.frames)
         if actions.drop is not None:
             self.loop.counters.add(actions.drop)
         if actions.reset:
@@ -224,12 +228,14 @@ class TcpHandler:
         if actions.forget:
             self._forget(flow)
             return
-        if flow.sock is not None and actions.send_more and not flow.drained:
+        if actions.send_more and flow.sock is not None and not flow.drained:
             self._pump(flow, now)
-        if self.flows.get(flow.key) is flow:
+        if flow.tracked:
             self._schedule(flow)
 
     def _socket_actions(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
+        """The socket's part of ``actions``; the answer to a write (the
+        guest's ACK, a FIN passed on) is carried out here too."""
         sock = flow.sock
         assert sock is not None
         if actions.window_clamp is not None:
@@ -241,8 +247,12 @@ class TcpHandler:
             flow.drained = False
             self.loop.counters.add("tcp_retransmit")
         if actions.to_socket is not None:
-            self._write(flow, actions.to_socket, now)
-            return              # the socket's answer was applied in full
+            answer = self._write(flow, actions.to_socket, now)
+            if answer is None:
+                return          # the socket failed: the flow is gone
+            self._send(answer.frames)
+            actions = answer    # what follows is the answer's (to_socket is never
+                                # set with shutdown_write or closed)
         if actions.shutdown_write:
             try:
                 sock.shutdown(socket.SHUT_WR)
@@ -259,7 +269,9 @@ class TcpHandler:
         except OSError:
             pass
 
-    def _write(self, flow: Flow, data: memoryview, now: float) -> None:
+    def _write(self, flow: Flow, data: memoryview, now: float) -> tcp.Actions | None:
+        """Guest data to the socket: the TcpConn's answer to what it took,
+        None if the socket failed (the flow is forgotten then)."""
         sock = flow.sock
         assert sock is not None
         try:
@@ -268,13 +280,13 @@ class TcpHandler:
             written = 0
         except OSError:
             self._socket_error(flow, now)
-            return
+            return None
         if written < len(data):
             self.loop.counters.add("tcp_socket_full")
         actions = flow.conn.on_socket_accepted(written, *self._room(sock), now)
         if flow.conn.socket_full:
             self._want_out(flow)
-        self._apply(flow, actions, now)
+        return actions
 
     @staticmethod
     def _room(sock: socket.socket) -> tuple[int, int]:
@@ -301,9 +313,8 @@ class TcpHandler:
             count -= got
 
     # -- socket events -------------------------------------------------------------------
-    def _socket_event(self, fd: int, events: int, now: float) -> None:
-        flow = self.flows.by_fd(fd)
-        if flow is None or flow.sock is None:
+    def _socket_event(self, flow: Flow, fd: int, events: int, now: float) -> None:
+        if flow.sock is None:
             return
         if flow.conn.state is State.CONNECTING:
             self._connect_done(flow, now)
@@ -315,7 +326,7 @@ class TcpHandler:
             self._window_update(flow, now)
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP):
             self._pump(flow, now, until_empty=bool(events & (EPOLLRDHUP | EPOLLHUP)))
-        if self.flows.get(flow.key) is flow:
+        if flow.tracked:
             self._schedule(flow)
 
     def _connect_done(self, flow: Flow, now: float) -> None:
@@ -364,7 +375,7 @@ class TcpHandler:
 
     def _recheck(self, flow: Flow, now: float) -> None:
         flow.recheck = None
-        if self.flows.get(flow.key) is flow:
+        if flow.tracked:
             self._window_update(flow, now)
 
     def _pump(self, flow: Flow, now: float, until_empty: bool = True) -> None:
@@ -412,7 +423,7 @@ class TcpHandler:
 
     def _on_timer(self, flow: Flow, now: float) -> None:
         flow.timer = None
-        if self.flows.get(flow.key) is not flow:
+        if not flow.tracked:
             return
         actions = flow.conn.on_timer(now)
         if actions.retransmit and flow.sock is not None:
@@ -424,9 +435,7 @@ class TcpHandler:
         if sock is None:
             return
         flow.sock = None
-        fd = sock.fileno()
-        self.flows.unbind_fd(fd)
-        self.loop.remove_fd(fd)
+        self.loop.remove_fd(sock.fileno())
         if flow.recheck is not None:
             flow.recheck.cancel()
             flow.recheck = None
@@ -437,7 +446,8 @@ class TcpHandler:
         if flow.timer is not None:
             flow.timer.cancel()
             flow.timer = None
-        if self.flows.get(flow.key) is flow:
+        if flow.tracked:
+            flow.tracked = False
             self.flows.remove(flow.key)
 
     # -- inbound: forwarded ports -----------------------------------------------------
@@ -494,8 +504,7 @@ class TcpHandler:
             free=free, sndbuf=sndbuf, now=now)
         conn.tso = self.tso
         flow = Flow(conn, sock, key)
-        self._track(flow)
-        self.loop.add_fd(fd, SOCKET_EVENTS, self._socket_event)
+        self._track(flow, SOCKET_EVENTS)
         self.send_frame(syn)
         self._schedule(flow)
 
