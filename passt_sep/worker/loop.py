@@ -72,6 +72,7 @@ class Loop:
         self.armed_deadline: float | None = None
         self.compact_at = COMPACT_MIN
         self.running = False
+        self.rounds = 0                       # poll rounds so far
         self.round_end: list[TimerCallback] = []
         self.counters = Counters()
         self.on_error: Callable[[Exception], None] = _reraise
@@ -166,6 +167,7 @@ class Loop:
         except InterruptedError:
             return
         now = time.monotonic()
+        self.rounds += 1
         callbacks = self.callbacks
         for fd, events in ready:
             callback = callbacks.get(fd)
