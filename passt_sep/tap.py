@@ -33,10 +33,11 @@ def vnet_header(frame: bytes | bytearray, largest: int) -> bytes:
     """The virtio-net header for one of our frames on the tap; ``largest``
     is the link's biggest frame (Ethernet header plus MTU).
 
-    TCP frames with payload come from ``TcpConn`` with ``tso``: their
-    checksum field holds the pseudo-header's sum for the kernel to complete
-    (no payload summed in Python), and one beyond the MTU is cut into
-    MTU-sized segments by it.  Everything else is whole and checksummed."""
+    TCP frames come from ``TcpConn`` (or ``rst_for_unknown``) with
+    ``tso``: their checksum field holds the pseudo-header's sum for the
+    kernel to complete (nothing summed in Python), and one beyond the MTU
+    is cut into MTU-sized segments by it.  Everything else is whole and
+    checksummed."""
     ethertype = frame[12] << 8 | frame[13]     # indexing: no slice to allocate
     if ethertype == ETH_P_IP and frame[ETH_HLEN + 9] == IPPROTO_TCP:
         l4 = ETH_HLEN + (frame[ETH_HLEN] & 0x0F) * 4
@@ -45,12 +46,9 @@ def vnet_header(frame: bytes | bytearray, largest: int) -> bytes:
         l4, gso = ETH_HLEN + IPV6_HLEN, VNET_GSO_TCPV6
     else:
         return VNET_DATA_VALID
-    header_end = l4 + (frame[l4 + 12] >> 4) * 4
-    size = len(frame)
-    if size <= header_end:
-        return VNET_DATA_VALID
-    if size <= largest:
+    if len(frame) <= largest:
         return _vnet_csum_header(l4)
+    header_end = l4 + (frame[l4 + 12] >> 4) * 4
     return _VNET_HDR.pack(VNET_NEEDS_CSUM, gso, header_end, largest - header_end, l4,
                           TCP_CHECKSUM_OFFSET)
 

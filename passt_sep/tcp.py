@@ -239,12 +239,16 @@ def _fold(total: int) -> int:
 class FrameTemplate:
     """The Ethernet, IP and TCP headers of frames from one address/port to
     another: the constant bytes and their checksum sums are computed once,
-    each frame fills in lengths, sequence numbers, flags and checksums."""
+    each frame fills in lengths, sequence numbers, flags and checksums.
+    ``partial``: for a link that completes TCP checksums (pasta's tap, with
+    segmentation offload), the checksum field holds only the
+    pseudo-header's sum, and no byte of the segment is summed here."""
 
-    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum")
+    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum", "partial")
 
     def __init__(self, dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes,
-                 sport: int, dport: int) -> None:
+                 sport: int, dport: int, partial: bool = False) -> None:
+        self.partial = partial
         self.v6 = len(src) == 16
         if self.v6:
             eth = _ETH.pack(dst_mac, src_mac, ETH_P_IPV6)
@@ -259,14 +263,11 @@ class FrameTemplate:
         self.pseudo_sum = _fold(_ones_sum(src + dst) + IPPROTO_TCP)
 
     def build(self, seq: int, ack: int, flags: int, window: int,
-              payload: bytes | memoryview = b"", options: bytes = b"",
-              partial: bool = False) -> bytearray:
+              payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
         """A whole frame; ``window`` is the 16-bit field, ``options`` a
-        multiple of 4 bytes long.  ``partial``: the TCP checksum field holds
-        only the pseudo-header's sum, for a receiver that completes it (a
-        segmentation-offload frame: the kernel sums the payload).
-        The sums are folded in line: both addends are below 0x10000, so one
-        step is enough (a frame per segment: this is the hot path)."""
+        multiple of 4 bytes long.  The sums are folded in line: both addends
+        are below 0x10000, so one step is enough (a frame per segment: this
+        is the hot path)."""
         frame = bytearray(self.prefix)
         if options:
             frame += options
@@ -282,7 +283,7 @@ class FrameTemplate:
             ip_sum = self.ip_sum + total
             _U16.pack_into(frame, ETH_HLEN + 10, ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF)
         offset_flags = (TCP_HLEN + len(options)) << 10 | flags
-        if partial:
+        if self.partial:
             pseudo = self.pseudo_sum + l4_len
             _TCP_VARIABLE_CSUM.pack_into(frame, l4 + 4, seq, ack, offset_flags, window,
                                          (pseudo & 0xFFFF) + (pseudo >> 16))
@@ -296,9 +297,11 @@ class FrameTemplate:
 
 def build_tcp_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,
                     dport: int, seq: int, ack: int, flags: int, window: int,
-                    payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
-    """One Ethernet/IPv4-or-IPv6/TCP frame with correct checksums."""
-    return FrameTemplate(dst_mac, src_mac, src, dst, sport, dport).build(
+                    payload: bytes | memoryview = b"", options: bytes = b"",
+                    partial: bool = False) -> bytearray:
+    """One Ethernet/IPv4-or-IPv6/TCP frame with correct checksums (the
+    pseudo-header's sum only, with ``partial``: see FrameTemplate)."""
+    return FrameTemplate(dst_mac, src_mac, src, dst, sport, dport, partial).build(
         seq, ack, flags, window, payload, options)
 
 
@@ -324,9 +327,10 @@ def isn_for(secret: bytes, local: bytes, lport: int, remote: bytes, rport: int,
     return (int(now * 250_000) + int.from_bytes(digest, "big")) & MASK
 
 
-def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes) -> bytearray | None:
+def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes,
+                    partial: bool = False) -> bytearray | None:
     """RFC 9293 3.10.7.1: the reset that answers a segment of no connection;
-    never one for a RST."""
+    never one for a RST.  ``partial``: as for FrameTemplate."""
     if seg.flags & RST:
         return None
     if seg.flags & ACK:
@@ -335,7 +339,7 @@ def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes) -> bytearray 
         length = len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)
         seq, ack, flags = 0, (seg.seq + length) & MASK, RST | ACK
     return build_tcp_frame(inb.eth.src, our_mac, inb.dst, inb.src, seg.dport, seg.sport,
-                           seq, ack, flags, 0)
+                           seq, ack, flags, 0, partial=partial)
 
 
 class State(enum.Enum):
@@ -382,15 +386,16 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "tso", "clamp",
+        "linger_until", "clamp",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
-                 peer_addr: bytes, peer_port: int, net: Network, isn: int, now: float) -> None:
+                 peer_addr: bytes, peer_port: int, net: Network, isn: int, now: float,
+                 tso: bool = False) -> None:
         v6 = len(guest_addr) == 16
         self.state = state
         self.tx = FrameTemplate(guest_mac, net.our_mac, peer_addr, guest_addr, peer_port,
-                                guest_port)
+                                guest_port, tso)
         self.guest_addr, self.guest_port = guest_addr, guest_port
         self.peer_addr, self.peer_port = peer_addr, peer_port
         self.mtu_mss = net.mtu - (IPV6_HLEN if v6 else IPV4_HLEN) - TCP_HLEN
@@ -405,9 +410,6 @@ class TcpConn:
         self.guest_window = 0                   # bytes
         self.rcv_window = 0xFFFF                # bytes the socket can take
         self.socket_full = False                # advertise no window
-        # the link completes checksums and splits big frames (pasta's tap):
-        # every frame with payload then carries a partial checksum
-        self.tso = False
         self.dup_acks = 0
         self.recover = isn                      # fast retransmit once per window
         self.retries = 0
@@ -423,14 +425,25 @@ class TcpConn:
         self.linger_until = 0.0
         self.clamp = 0                          # the socket's TCP_WINDOW_CLAMP, 0: unset
 
+    @property
+    def tso(self) -> bool:
+        """The link completes checksums and splits big frames (pasta's
+        tap): every frame carries a partial checksum (FrameTemplate), and
+        data frames hold as many segments as an IP packet does."""
+        return self.tx.partial
+
+    @tso.setter
+    def tso(self, value: bool) -> None:
+        self.tx.partial = value
+
     # -- opening -------------------------------------------------------------------
     @classmethod
     def from_guest_syn(cls, seg: TcpSegment, inb: Inbound, net: Network, isn: int,
-                       now: float) -> TcpConn:
+                       now: float, tso: bool = False) -> TcpConn:
         """The guest's SYN: a flow waiting for the host socket to connect."""
         conn = cls(State.CONNECTING, guest_mac=inb.eth.src, guest_addr=inb.src,
                    guest_port=seg.sport, peer_addr=inb.dst, peer_port=seg.dport, net=net,
-                   isn=isn, now=now)
+                   isn=isn, now=now, tso=tso)
         conn._take_syn_options(seg)
         conn.rcv_nxt = (seg.seq + 1) & MASK
         conn.guest_window = seg.window          # never scaled in a SYN
@@ -439,11 +452,11 @@ class TcpConn:
     @classmethod
     def for_accepted(cls, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
                      peer_addr: bytes, peer_port: int, net: Network, isn: int, free: int,
-                     sndbuf: int, now: float) -> tuple[TcpConn, bytearray]:
+                     sndbuf: int, now: float, tso: bool = False) -> tuple[TcpConn, bytearray]:
         """An accepted host connection: the flow and the SYN for the guest."""
         conn = cls(State.SYN_SENT, guest_mac=guest_mac, guest_addr=guest_addr,
                    guest_port=guest_port, peer_addr=peer_addr, peer_port=peer_port, net=net,
-                   isn=isn, now=now)
+                   isn=isn, now=now, tso=tso)
         conn._set_room(free, sndbuf)
         conn.rtx_deadline = now + conn.rto
         return conn, conn._syn_frame(SYN)
@@ -728,11 +741,10 @@ class TcpConn:
         frames = []
         start = 0
         while size - start > step:
-            frames.append(build(seq, ack, ACK, window, data[start:start + step], partial=self.tso))
+            frames.append(build(seq, ack, ACK, window, data[start:start + step]))
             seq = (seq + step) & MASK
             start += step
-        frames.append(build(seq, ack, ACK | PSH, window, data[start:] if start else data,
-                            partial=self.tso))
+        frames.append(build(seq, ack, ACK | PSH, window, data[start:] if start else data))
         self.snd_nxt = (seq + size - start) & MASK
         if seq_lt(self.snd_max, self.snd_nxt):
             self.snd_max = self.snd_nxt
@@ -748,7 +760,7 @@ class TcpConn:
         segments as one IP packet holds, when our segments are the MTU's
         (the link tells the kernel to cut them there: see
         ``worker.guest.TapLink``)."""
-        if not self.tso or self.snd_mss != self.mtu_mss:
+        if not self.tx.partial or self.snd_mss != self.mtu_mss:
             return self.snd_mss
         return TSO_MAX_PAYLOAD // self.snd_mss * self.snd_mss
 

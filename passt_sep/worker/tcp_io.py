@@ -160,7 +160,7 @@ class TcpHandler:
         self._apply(flow, flow.conn.on_guest_segment(seg, now), now)
 
     def _refuse(self, seg: tcp.TcpSegment, inb: Inbound) -> None:
-        reply = tcp.rst_for_unknown(seg, inb, self.net.our_mac)
+        reply = tcp.rst_for_unknown(seg, inb, self.net.our_mac, partial=self.tso)
         if reply is not None:
             self.send_frame(reply)
 
@@ -188,8 +188,7 @@ class TcpHandler:
             return
         self._tune(sock, seg.mss)
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
-        conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now)
-        conn.tso = self.tso
+        conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now, self.tso)
         flow = Flow(conn, sock, key)
         flow.want_out = True
         self._track(flow, SOCKET_EVENTS | EPOLLOUT)
@@ -501,8 +500,7 @@ class TcpHandler:
         conn, syn = tcp.TcpConn.for_accepted(
             guest_mac=self.guest_mac(), guest_addr=params.addr, guest_port=listener.target_port,
             peer_addr=seen, peer_port=address[1], net=self.net, isn=isn,
-            free=free, sndbuf=sndbuf, now=now)
-        conn.tso = self.tso
+            free=free, sndbuf=sndbuf, now=now, tso=self.tso)
         flow = Flow(conn, sock, key)
         self._track(flow, SOCKET_EVENTS)
         self.send_frame(syn)

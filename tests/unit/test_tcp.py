@@ -799,6 +799,19 @@ def test_tso_frames_hold_whole_segments_with_partial_checksums() -> None:
     assert reference_checksum(pseudo + bytes(l4)) == 0
 
 
+def test_tso_acks_and_resets_carry_partial_checksums() -> None:
+    """On a link that completes checksums every frame carries only the
+    pseudo-header's sum: a bare ACK, and the reset for an unknown flow."""
+    guest = Guest()
+    seg, inb = guest.seg(GUEST_ISN, 0, SYN, 64240, options=LINUX_SYN_OPTIONS)
+    conn = TcpConn.from_guest_syn(seg, inb, guest.net, OUR_ISN, T0, tso=True)
+    ack = bytes(conn.on_connected(FREE, SNDBUF, T0)[0])[34:]
+    rst = bytes(tcp.rst_for_unknown(*guest.seg(5, 7, ACK), NET.our_mac, partial=True))[34:]
+    for l4 in (ack, rst):
+        pseudo = PEER4 + GUEST4 + struct.pack("!BBH", 0, 6, len(l4))
+        assert struct.unpack_from("!H", l4, 16)[0] == reference_checksum(pseudo) ^ 0xFFFF
+
+
 def test_no_tso_when_the_guest_mss_is_below_the_mtu() -> None:
     guest = Guest(net=dataclasses.replace(NET, mtu=1500))
     conn = established(guest, options=struct.pack("!BBH", 2, 4, 1000) + b"\x01\x03\x03\x07",
