@@ -356,9 +356,11 @@ class State(enum.Enum):
 class Actions:
     """What the I/O layer does after an event, in this order: send
     ``frames``; on ``reset`` close the socket with RST and forget the flow;
-    discard ``acked`` bytes; on ``retransmit`` set the peek offset to 0; write
-    ``to_socket`` and report with ``on_socket_accepted``; ``shutdown_write``;
-    on ``closed`` close the socket; on ``send_more`` peek and send within
+    write ``to_socket`` and report with ``on_socket_accepted`` (its answer's
+    frames go out at once, its ``shutdown_write`` and ``closed`` take the
+    place of these); set ``window_clamp``; discard ``acked`` bytes; on
+    ``retransmit`` set the peek offset to 0; ``shutdown_write``; on
+    ``closed`` close the socket; on ``send_more`` peek and send within
     ``send_budget()``; on ``forget`` drop the flow.  ``drop`` names a counter;
     ``window_clamp``, when set, is the socket's new TCP_WINDOW_CLAMP."""
 

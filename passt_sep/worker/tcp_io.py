@@ -234,9 +234,19 @@ class TcpHandler:
 
     def _socket_actions(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
         """The socket's part of ``actions``; the answer to a write (the
-        guest's ACK, a FIN passed on) is carried out here too."""
+        guest's ACK, a FIN passed on) is carried out here too.  The guest's
+        data goes first: the peer may be waiting for it (a request), and
+        the rest is bookkeeping that can follow while it answers."""
         sock = flow.sock
         assert sock is not None
+        last = actions
+        if actions.to_socket is not None:
+            answer = self._write(flow, actions.to_socket, now)
+            if answer is None:
+                return          # the socket failed: the flow is gone
+            self._send(answer.frames)
+            last = answer       # shutdown_write and closed are the answer's (never
+                                # set beside to_socket)
         if actions.window_clamp is not None:
             self._clamp_window(sock, actions.window_clamp)
         if actions.acked:
@@ -245,19 +255,12 @@ class TcpHandler:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
             flow.drained = False
             self.loop.counters.add("tcp_retransmit")
-        if actions.to_socket is not None:
-            answer = self._write(flow, actions.to_socket, now)
-            if answer is None:
-                return          # the socket failed: the flow is gone
-            self._send(answer.frames)
-            actions = answer    # what follows is the answer's (to_socket is never
-                                # set with shutdown_write or closed)
-        if actions.shutdown_write:
+        if last.shutdown_write:
             try:
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-        if actions.closed:
+        if last.closed:
             self._close_socket(flow)
 
     @staticmethod
