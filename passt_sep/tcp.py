@@ -140,6 +140,8 @@ CLAMP_STEP = 4                           # re-clamp on a change of a quarter or 
 _TCP = struct.Struct("!HHIIHHHH")
 _TCP_VARIABLE = struct.Struct("!IIHH")   # seq, ack, offset+flags, window (at offset 4)
 _TCP_VARIABLE_CSUM = struct.Struct("!IIHHH")   # the same and the checksum
+_IPV4_VARIABLE = struct.Struct("!HHHBBH")  # total length to checksum (at offset 2)
+IP_DF, TTL = 0x4000, 64                  # our IPv4 frames: don't fragment, the usual TTL
 _U16 = struct.Struct("!H")
 _ETH = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -252,11 +254,11 @@ class FrameTemplate:
         self.v6 = len(src) == 16
         if self.v6:
             eth = _ETH.pack(dst_mac, src_mac, ETH_P_IPV6)
-            ip = _IPV6.pack(0x60000000, 0, IPPROTO_TCP, 64, src, dst)
+            ip = _IPV6.pack(0x60000000, 0, IPPROTO_TCP, TTL, src, dst)
             self.ip_sum = 0
         else:
             eth = _ETH.pack(dst_mac, src_mac, ETH_P_IP)
-            ip = _IPV4.pack(0x45, 0, 0, 0, 0x4000, 64, IPPROTO_TCP, 0, src, dst)
+            ip = _IPV4.pack(0x45, 0, 0, 0, IP_DF, TTL, IPPROTO_TCP, 0, src, dst)
             self.ip_sum = _ones_sum(ip)
         self.l4 = len(eth) + len(ip)
         self.prefix = eth + ip + struct.pack("!HH", sport, dport) + bytes(TCP_HLEN - 4)
@@ -279,9 +281,9 @@ class FrameTemplate:
             _U16.pack_into(frame, ETH_HLEN + 4, l4_len)
         else:
             total = l4_len + IPV4_HLEN
-            _U16.pack_into(frame, ETH_HLEN + 2, total)
             ip_sum = self.ip_sum + total
-            _U16.pack_into(frame, ETH_HLEN + 10, ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF)
+            _IPV4_VARIABLE.pack_into(frame, ETH_HLEN + 2, total, 0, IP_DF, TTL, IPPROTO_TCP,
+                                     ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF)
         offset_flags = (TCP_HLEN + len(options)) << 10 | flags
         if self.partial:
             pseudo = self.pseudo_sum + l4_len

@@ -112,7 +112,10 @@ class TapLink:
     def send(self, frame: bytes) -> None:
         if self.capture.fd is not None:
             self.capture.frame(frame)
-        self._write([vnet_header(frame, self.largest), frame])
+        try:                                  # _write, in line: a frame per segment
+            os.writev(self.fd, [vnet_header(frame, self.largest), frame])
+        except OSError as exc:
+            self._write_failed(exc)
 
     def send_datagrams(self, headers: bytes, payload: memoryview, segment: int) -> bool:
         """UDP payload behind ``udp.datagram_headers``: the kernel completes
@@ -124,14 +127,19 @@ class TapLink:
     def _write(self, parts: list, refused_ok: bool = False) -> bool:
         try:
             os.writev(self.fd, parts)
-        except BlockingIOError:
-            self.loop.counters.add("tap_full")
         except OSError as exc:
             if refused_ok and exc.errno == errno.EINVAL:
                 return False
-            self.loop.counters.add("tap_write_error")
-            self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
+            self._write_failed(exc)
         return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Counted, never fatal: a full queue drops the frame (TCP resends)."""
+        if isinstance(exc, BlockingIOError):
+            self.loop.counters.add("tap_full")
+            return
+        self.loop.counters.add("tap_write_error")
+        self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
 
 
 class StreamLink:

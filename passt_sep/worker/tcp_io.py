@@ -31,7 +31,7 @@ from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
 from ..packet import IPPROTO_TCP, Inbound
-from ..tcp import State
+from ..tcp import ACK, SYN, State
 from .loop import (
     EPOLLERR,
     EPOLLHUP,
@@ -51,7 +51,10 @@ _MEMINFO = struct.Struct("=9I")           # SK_MEMINFO_* (linux/sock_diag.h)
 MEMINFO_SNDBUF, MEMINFO_WMEM_QUEUED = 3, 5
 EPOLLET = 1 << 31
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
+HANGUP = EPOLLRDHUP | EPOLLHUP
+READABLE = EPOLLIN | HANGUP
 PEEK_BUFFER = 1 << 19
+SYN_ACK = SYN | ACK
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
 WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
@@ -146,7 +149,7 @@ class TcpHandler:
         seg = tcp.parse_tcp(inb, self.verify)
         key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
         flow = self.flows.get(key)
-        syn = seg.flags & (tcp.SYN | tcp.ACK) == tcp.SYN
+        syn = seg.flags & SYN_ACK == SYN
         if flow is not None and syn and flow.conn.state is State.CLOSED:
             self._forget(flow)            # a new connection on a lingering flow's ports
             flow = None
@@ -326,8 +329,8 @@ class TcpHandler:
             return
         if events & EPOLLOUT and flow.want_out:
             self._window_update(flow, now)
-        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP):
-            self._pump(flow, now, until_empty=bool(events & (EPOLLRDHUP | EPOLLHUP)))
+        if events & READABLE:
+            self._pump(flow, now, bool(events & HANGUP))
         if flow.tracked:
             self._schedule(flow)
 
