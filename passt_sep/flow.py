@@ -24,8 +24,8 @@ anything by itself.
 
 The table is capped (``--max-flows``): when it is full ``add`` refuses and
 the caller refuses the flow (TCP: RST to the guest or to the accepted
-peer) and counts it.  A secondary index by socket fd lets the I/O layer go
-from an epoll event to the flow.
+peer) and counts it.  A socket's events reach its flow without the table:
+the I/O layer registers each socket with its flow bound to the callback.
 """
 
 from __future__ import annotations
@@ -48,12 +48,11 @@ class FlowKey(NamedTuple):
 
 
 class FlowTable(Generic[V]):
-    """At most ``max_flows`` flows by key; sockets' fds bound to flow keys."""
+    """At most ``max_flows`` flows by key."""
 
     def __init__(self, max_flows: int) -> None:
         self.max_flows = max_flows
         self._flows: dict[FlowKey, V] = {}
-        self._fds: dict[int, FlowKey] = {}
 
     def get(self, key: FlowKey) -> V | None:
         return self._flows.get(key)
@@ -71,18 +70,8 @@ class FlowTable(Generic[V]):
         return len(self._flows) >= self.max_flows
 
     def remove(self, key: FlowKey) -> V | None:
-        """Forget a flow (unbind its fd first); the value, if it was there."""
+        """Forget a flow; the value, if it was there."""
         return self._flows.pop(key, None)
-
-    def bind_fd(self, fd: int, key: FlowKey) -> None:
-        self._fds[fd] = key
-
-    def unbind_fd(self, fd: int) -> None:
-        self._fds.pop(fd, None)
-
-    def by_fd(self, fd: int) -> V | None:
-        key = self._fds.get(fd)
-        return None if key is None else self._flows.get(key)
 
     def __len__(self) -> int:
         return len(self._flows)

@@ -11,9 +11,10 @@ dropped instead of making us buffer without bound.
 
 from __future__ import annotations
 
+import functools
 import struct
 
-from .packet import ETH_HLEN, IPPROTO_TCP, UDP_HLEN
+from .packet import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV6_HLEN, UDP_HLEN
 
 MIN_FRAME = 14            # an Ethernet header
 MAX_FRAME = 65535 + 14    # the largest IP packet we accept, plus Ethernet
@@ -32,24 +33,30 @@ def vnet_header(frame: bytes | bytearray, largest: int) -> bytes:
     """The virtio-net header for one of our frames on the tap; ``largest``
     is the link's biggest frame (Ethernet header plus MTU).
 
-    TCP frames with payload come from ``TcpConn`` with ``tso``: their
-    checksum field holds the pseudo-header's sum for the kernel to complete
-    (no payload summed in Python), and one beyond the MTU is cut into
-    MTU-sized segments by it.  Everything else is whole and checksummed."""
-    ethertype = frame[12:14]
-    if ethertype == b"\x08\x00" and frame[ETH_HLEN + 9] == IPPROTO_TCP:
-        v6, l4 = False, ETH_HLEN + (frame[ETH_HLEN] & 0x0F) * 4
-    elif ethertype == b"\x86\xdd" and frame[ETH_HLEN + 6] == IPPROTO_TCP:
-        v6, l4 = True, ETH_HLEN + 40
+    TCP frames come from ``TcpConn`` (or ``rst_for_unknown``) with
+    ``tso``: their checksum field holds the pseudo-header's sum for the
+    kernel to complete (nothing summed in Python), and one beyond the MTU
+    is cut into MTU-sized segments by it.  Everything else is whole and
+    checksummed."""
+    ethertype = frame[12] << 8 | frame[13]     # indexing: no slice to allocate
+    if ethertype == ETH_P_IP and frame[ETH_HLEN + 9] == IPPROTO_TCP:
+        l4 = ETH_HLEN + (frame[ETH_HLEN] & 0x0F) * 4
+        gso = VNET_GSO_TCPV4
+    elif ethertype == ETH_P_IPV6 and frame[ETH_HLEN + 6] == IPPROTO_TCP:
+        l4, gso = ETH_HLEN + IPV6_HLEN, VNET_GSO_TCPV6
     else:
         return VNET_DATA_VALID
-    header_end = l4 + (frame[l4 + 12] >> 4) * 4
-    if len(frame) <= header_end:
-        return VNET_DATA_VALID
     if len(frame) <= largest:
-        return _VNET_HDR.pack(VNET_NEEDS_CSUM, 0, 0, 0, l4, TCP_CHECKSUM_OFFSET)
-    return _VNET_HDR.pack(VNET_NEEDS_CSUM, VNET_GSO_TCPV6 if v6 else VNET_GSO_TCPV4,
-                          header_end, largest - header_end, l4, TCP_CHECKSUM_OFFSET)
+        return _vnet_csum_header(l4)
+    header_end = l4 + (frame[l4 + 12] >> 4) * 4
+    return _VNET_HDR.pack(VNET_NEEDS_CSUM, gso, header_end, largest - header_end, l4,
+                          TCP_CHECKSUM_OFFSET)
+
+
+@functools.lru_cache(maxsize=4)
+def _vnet_csum_header(l4: int) -> bytes:
+    """NEEDS_CSUM from ``l4`` on: the same few bytes for every frame."""
+    return _VNET_HDR.pack(VNET_NEEDS_CSUM, 0, 0, 0, l4, TCP_CHECKSUM_OFFSET)
 
 
 def vnet_udp_header(headers_len: int, segment: int) -> bytes:

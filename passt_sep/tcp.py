@@ -139,6 +139,9 @@ CLAMP_STEP = 4                           # re-clamp on a change of a quarter or 
 
 _TCP = struct.Struct("!HHIIHHHH")
 _TCP_VARIABLE = struct.Struct("!IIHH")   # seq, ack, offset+flags, window (at offset 4)
+_TCP_VARIABLE_CSUM = struct.Struct("!IIHHH")   # the same and the checksum
+_IPV4_VARIABLE = struct.Struct("!HHHBBH")  # total length to checksum (at offset 2)
+IP_DF, TTL = 0x4000, 64                  # our IPv4 frames: don't fragment, the usual TTL
 _U16 = struct.Struct("!H")
 _ETH = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -238,49 +241,56 @@ def _fold(total: int) -> int:
 class FrameTemplate:
     """The Ethernet, IP and TCP headers of frames from one address/port to
     another: the constant bytes and their checksum sums are computed once,
-    each frame fills in lengths, sequence numbers, flags and checksums."""
+    each frame fills in lengths, sequence numbers, flags and checksums.
+    ``partial``: for a link that completes TCP checksums (pasta's tap, with
+    segmentation offload), the checksum field holds only the
+    pseudo-header's sum, and no byte of the segment is summed here."""
 
-    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum")
+    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum", "partial")
 
     def __init__(self, dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes,
-                 sport: int, dport: int) -> None:
+                 sport: int, dport: int, partial: bool = False) -> None:
+        self.partial = partial
         self.v6 = len(src) == 16
         if self.v6:
             eth = _ETH.pack(dst_mac, src_mac, ETH_P_IPV6)
-            ip = _IPV6.pack(0x60000000, 0, IPPROTO_TCP, 64, src, dst)
+            ip = _IPV6.pack(0x60000000, 0, IPPROTO_TCP, TTL, src, dst)
             self.ip_sum = 0
         else:
             eth = _ETH.pack(dst_mac, src_mac, ETH_P_IP)
-            ip = _IPV4.pack(0x45, 0, 0, 0, 0x4000, 64, IPPROTO_TCP, 0, src, dst)
+            ip = _IPV4.pack(0x45, 0, 0, 0, IP_DF, TTL, IPPROTO_TCP, 0, src, dst)
             self.ip_sum = _ones_sum(ip)
         self.l4 = len(eth) + len(ip)
         self.prefix = eth + ip + struct.pack("!HH", sport, dport) + bytes(TCP_HLEN - 4)
-        self.pseudo_sum = _ones_sum(src + dst) + IPPROTO_TCP
+        self.pseudo_sum = _fold(_ones_sum(src + dst) + IPPROTO_TCP)
 
     def build(self, seq: int, ack: int, flags: int, window: int,
-              payload: bytes | memoryview = b"", options: bytes = b"",
-              partial: bool = False) -> bytearray:
+              payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
         """A whole frame; ``window`` is the 16-bit field, ``options`` a
-        multiple of 4 bytes long.  ``partial``: the TCP checksum field holds
-        only the pseudo-header's sum, for a receiver that completes it (a
-        segmentation-offload frame: the kernel sums the payload)."""
+        multiple of 4 bytes long.  The sums are folded in line: both addends
+        are below 0x10000, so one step is enough (a frame per segment: this
+        is the hot path)."""
         frame = bytearray(self.prefix)
         if options:
             frame += options
-        frame += payload
+        if payload:
+            frame += payload
         l4 = self.l4
         l4_len = len(frame) - l4
         if self.v6:
             _U16.pack_into(frame, ETH_HLEN + 4, l4_len)
         else:
             total = l4_len + IPV4_HLEN
-            _U16.pack_into(frame, ETH_HLEN + 2, total)
-            _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(self.ip_sum + total) & 0xFFFF)
-        _TCP_VARIABLE.pack_into(frame, l4 + 4, seq, ack,
-                                (TCP_HLEN + len(options)) << 10 | flags, window)
-        if partial:
-            _U16.pack_into(frame, l4 + 16, _fold(self.pseudo_sum + l4_len))
+            ip_sum = self.ip_sum + total
+            _IPV4_VARIABLE.pack_into(frame, ETH_HLEN + 2, total, 0, IP_DF, TTL, IPPROTO_TCP,
+                                     ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF)
+        offset_flags = (TCP_HLEN + len(options)) << 10 | flags
+        if self.partial:
+            pseudo = self.pseudo_sum + l4_len
+            _TCP_VARIABLE_CSUM.pack_into(frame, l4 + 4, seq, ack, offset_flags, window,
+                                         (pseudo & 0xFFFF) + (pseudo >> 16))
             return frame
+        _TCP_VARIABLE.pack_into(frame, l4 + 4, seq, ack, offset_flags, window)
         with memoryview(frame) as view:
             total = _ones_sum(view[l4:]) + self.pseudo_sum + l4_len
         _U16.pack_into(frame, l4 + 16, ~_fold(total) & 0xFFFF)
@@ -289,9 +299,11 @@ class FrameTemplate:
 
 def build_tcp_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,
                     dport: int, seq: int, ack: int, flags: int, window: int,
-                    payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
-    """One Ethernet/IPv4-or-IPv6/TCP frame with correct checksums."""
-    return FrameTemplate(dst_mac, src_mac, src, dst, sport, dport).build(
+                    payload: bytes | memoryview = b"", options: bytes = b"",
+                    partial: bool = False) -> bytearray:
+    """One Ethernet/IPv4-or-IPv6/TCP frame with correct checksums (the
+    pseudo-header's sum only, with ``partial``: see FrameTemplate)."""
+    return FrameTemplate(dst_mac, src_mac, src, dst, sport, dport, partial).build(
         seq, ack, flags, window, payload, options)
 
 
@@ -317,9 +329,10 @@ def isn_for(secret: bytes, local: bytes, lport: int, remote: bytes, rport: int,
     return (int(now * 250_000) + int.from_bytes(digest, "big")) & MASK
 
 
-def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes) -> bytearray | None:
+def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes,
+                    partial: bool = False) -> bytearray | None:
     """RFC 9293 3.10.7.1: the reset that answers a segment of no connection;
-    never one for a RST."""
+    never one for a RST.  ``partial``: as for FrameTemplate."""
     if seg.flags & RST:
         return None
     if seg.flags & ACK:
@@ -328,10 +341,12 @@ def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes) -> bytearray 
         length = len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)
         seq, ack, flags = 0, (seg.seq + length) & MASK, RST | ACK
     return build_tcp_frame(inb.eth.src, our_mac, inb.dst, inb.src, seg.dport, seg.sport,
-                           seq, ack, flags, 0)
+                           seq, ack, flags, 0, partial=partial)
 
 
 class State(enum.Enum):
+    __hash__ = object.__hash__    # members are singletons; Enum's hash runs Python code
+
     CONNECTING = "connecting"     # outbound: guest SYN seen, socket connecting
     SYN_RCVD = "syn_rcvd"         # outbound: our SYN-ACK sent, waiting for the ACK
     SYN_SENT = "syn_sent"         # inbound: our SYN sent, waiting for the SYN-ACK
@@ -343,9 +358,11 @@ class State(enum.Enum):
 class Actions:
     """What the I/O layer does after an event, in this order: send
     ``frames``; on ``reset`` close the socket with RST and forget the flow;
-    discard ``acked`` bytes; on ``retransmit`` set the peek offset to 0; write
-    ``to_socket`` and report with ``on_socket_accepted``; ``shutdown_write``;
-    on ``closed`` close the socket; on ``send_more`` peek and send within
+    write ``to_socket`` and report with ``on_socket_accepted`` (its answer's
+    frames go out at once, its ``shutdown_write`` and ``closed`` take the
+    place of these); set ``window_clamp``; discard ``acked`` bytes; on
+    ``retransmit`` set the peek offset to 0; ``shutdown_write``; on
+    ``closed`` close the socket; on ``send_more`` peek and send within
     ``send_budget()``; on ``forget`` drop the flow.  ``drop`` names a counter;
     ``window_clamp``, when set, is the socket's new TCP_WINDOW_CLAMP."""
 
@@ -373,15 +390,16 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "tso", "clamp",
+        "linger_until", "clamp",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
-                 peer_addr: bytes, peer_port: int, net: Network, isn: int, now: float) -> None:
+                 peer_addr: bytes, peer_port: int, net: Network, isn: int, now: float,
+                 tso: bool = False) -> None:
         v6 = len(guest_addr) == 16
         self.state = state
         self.tx = FrameTemplate(guest_mac, net.our_mac, peer_addr, guest_addr, peer_port,
-                                guest_port)
+                                guest_port, tso)
         self.guest_addr, self.guest_port = guest_addr, guest_port
         self.peer_addr, self.peer_port = peer_addr, peer_port
         self.mtu_mss = net.mtu - (IPV6_HLEN if v6 else IPV4_HLEN) - TCP_HLEN
@@ -396,9 +414,6 @@ class TcpConn:
         self.guest_window = 0                   # bytes
         self.rcv_window = 0xFFFF                # bytes the socket can take
         self.socket_full = False                # advertise no window
-        # the link completes checksums and splits big frames (pasta's tap):
-        # every frame with payload then carries a partial checksum
-        self.tso = False
         self.dup_acks = 0
         self.recover = isn                      # fast retransmit once per window
         self.retries = 0
@@ -414,14 +429,25 @@ class TcpConn:
         self.linger_until = 0.0
         self.clamp = 0                          # the socket's TCP_WINDOW_CLAMP, 0: unset
 
+    @property
+    def tso(self) -> bool:
+        """The link completes checksums and splits big frames (pasta's
+        tap): every frame carries a partial checksum (FrameTemplate), and
+        data frames hold as many segments as an IP packet does."""
+        return self.tx.partial
+
+    @tso.setter
+    def tso(self, value: bool) -> None:
+        self.tx.partial = value
+
     # -- opening -------------------------------------------------------------------
     @classmethod
     def from_guest_syn(cls, seg: TcpSegment, inb: Inbound, net: Network, isn: int,
-                       now: float) -> TcpConn:
+                       now: float, tso: bool = False) -> TcpConn:
         """The guest's SYN: a flow waiting for the host socket to connect."""
         conn = cls(State.CONNECTING, guest_mac=inb.eth.src, guest_addr=inb.src,
                    guest_port=seg.sport, peer_addr=inb.dst, peer_port=seg.dport, net=net,
-                   isn=isn, now=now)
+                   isn=isn, now=now, tso=tso)
         conn._take_syn_options(seg)
         conn.rcv_nxt = (seg.seq + 1) & MASK
         conn.guest_window = seg.window          # never scaled in a SYN
@@ -430,11 +456,11 @@ class TcpConn:
     @classmethod
     def for_accepted(cls, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
                      peer_addr: bytes, peer_port: int, net: Network, isn: int, free: int,
-                     sndbuf: int, now: float) -> tuple[TcpConn, bytearray]:
+                     sndbuf: int, now: float, tso: bool = False) -> tuple[TcpConn, bytearray]:
         """An accepted host connection: the flow and the SYN for the guest."""
         conn = cls(State.SYN_SENT, guest_mac=guest_mac, guest_addr=guest_addr,
                    guest_port=guest_port, peer_addr=peer_addr, peer_port=peer_port, net=net,
-                   isn=isn, now=now)
+                   isn=isn, now=now, tso=tso)
         conn._set_room(free, sndbuf)
         conn.rtx_deadline = now + conn.rto
         return conn, conn._syn_frame(SYN)
@@ -484,8 +510,31 @@ class TcpConn:
     def on_guest_segment(self, seg: TcpSegment, now: float) -> Actions:
         actions = Actions()
         self.last_activity = now
-        _GUEST_HANDLERS[self.state](self, seg, actions, now)
+        if not (self.state is State.ESTABLISHED and self._predicted(seg, actions, now)):
+            _GUEST_HANDLERS[self.state](self, seg, actions, now)
         return actions
+
+    def _predicted(self, seg: TcpSegment, actions: Actions, now: float) -> bool:
+        """Header prediction (Van Jacobson's, as in BSD and Linux): the
+        common segment of an established flow, in order, with ACK (and PSH)
+        only, the same non-zero window, and new data or a new ACK, no FIN
+        either way.  It needs none of the general path's checks, which it
+        would pass through unchanged; False, with nothing changed, sends
+        every other segment there."""
+        if (seg.flags & ~PSH != ACK or seg.seq != self.rcv_nxt or self.guest_fin
+                or self.sock_eof or not self.guest_window
+                or seg.window << self.guest_wscale != self.guest_window):
+            return False
+        advance = (seg.ack - self.snd_una) & MASK
+        size = len(seg.payload)
+        if advance > (self.snd_max - self.snd_una) & MASK or not (advance or size):
+            return False
+        if advance:
+            self._acknowledged(seg.ack, advance, actions, now)
+        if size:
+            actions.to_socket = seg.payload
+            self.pending = (size, False)
+        return True
 
     def _seg_connecting(self, seg: TcpSegment, actions: Actions, now: float) -> None:
         """Nothing to answer before the socket connects; a retransmitted SYN
@@ -556,8 +605,10 @@ class TcpConn:
         if not self._process_ack(seg, actions, now):
             return
         self._process_data(seg, actions, now)
-        self._maybe_fin(actions.frames, now)
-        self._check_closed(actions, now)
+        if self.sock_eof:
+            self._maybe_fin(actions.frames, now)
+        if self.guest_fin:
+            self._check_closed(actions, now)
 
     def _seg_closed(self, seg: TcpSegment, actions: Actions, now: float) -> None:
         """Lingering: acknowledge a retransmitted FIN, reset stray data."""
@@ -709,23 +760,26 @@ class TcpConn:
         return max(budget, 0)
 
     def on_socket_data(self, data: memoryview, now: float) -> list[bytearray]:
-        """Segments for bytes just peeked (at most ``send_budget()``)."""
+        """Segments for bytes just peeked (at most ``send_budget()``, at
+        least one); PSH on the last."""
         idle = self.snd_max == self.snd_una
         step, size = self._frame_payload(), len(data)
-        window = self._window_field()
+        window, build, ack, seq = self._window_field(), self.tx.build, self.rcv_nxt, self.snd_nxt
         frames = []
-        for start in range(0, size, step):
-            end = min(start + step, size)
-            frames.append(self.tx.build(self.snd_nxt, self.rcv_nxt,
-                                        ACK | PSH if end == size else ACK, window,
-                                        data[start:end], partial=self.tso))
-            self.snd_nxt = (self.snd_nxt + end - start) & MASK
+        start = 0
+        while size - start > step:
+            frames.append(build(seq, ack, ACK, window, data[start:start + step]))
+            seq = (seq + step) & MASK
+            start += step
+        frames.append(build(seq, ack, ACK | PSH, window, data[start:] if start else data))
+        self.snd_nxt = (seq + size - start) & MASK
         if seq_lt(self.snd_max, self.snd_nxt):
             self.snd_max = self.snd_nxt
-        if frames and (idle or self.rtx_deadline is None):
+        if idle or self.rtx_deadline is None:
             self.rtx_deadline = now + self.rto
         self.last_activity = now
-        self._maybe_fin(frames, now)
+        if self.sock_eof:
+            self._maybe_fin(frames, now)
         return frames
 
     def _frame_payload(self) -> int:
@@ -733,7 +787,7 @@ class TcpConn:
         segments as one IP packet holds, when our segments are the MTU's
         (the link tells the kernel to cut them there: see
         ``worker.guest.TapLink``)."""
-        if not self.tso or self.snd_mss != self.mtu_mss:
+        if not self.tx.partial or self.snd_mss != self.mtu_mss:
             return self.snd_mss
         return TSO_MAX_PAYLOAD // self.snd_mss * self.snd_mss
 

@@ -52,7 +52,15 @@ class Capture:
 class TapLink:
     """pasta: one frame per read() on the tap fd, behind a virtio-net header
     (``broker.tap``): incoming TCP may arrive as segments of up to 64 KiB
-    (TSO), and our frames go out marked as checksummed (DATA_VALID)."""
+    (TSO), and our frames go out marked as checksummed (DATA_VALID).
+
+    Frames are read until the queue is empty, up to FRAMES_PER_WAKEUP, so
+    that a burst is handled in one loop round (UDP leaves in batches per
+    round).  A guest that sends one frame per wakeup (request/response)
+    would make every second read fail with EAGAIN, an exception here: while
+    wakeups find a single frame, read just that one and let the
+    level-triggered tap wake the loop again.  Woken again in the very next
+    round, frames were left waiting: read them all again."""
 
     def __init__(self, loop: Loop, fd: int, capture: Capture, log: Logger, mtu: int) -> None:
         self.loop, self.fd, self.capture, self.log = loop, fd, capture, log
@@ -60,6 +68,8 @@ class TapLink:
         self.buffer = bytearray(VNET_HDR_SIZE + READ_SIZE)
         self.view = memoryview(self.buffer)
         self.on_frame: FrameHandler = lambda frame, now: None
+        self.single = False           # read one frame per wakeup...
+        self.single_round = -1        # ...the last time in this loop round
         os.set_blocking(fd, False)
         loop.add_fd(fd, EPOLLIN, self._readable)
 
@@ -68,25 +78,44 @@ class TapLink:
         return True
 
     def _readable(self, fd: int, events: int, now: float) -> None:
-        for _ in range(FRAMES_PER_WAKEUP):
-            try:
-                size = os.readv(fd, [self.buffer])
-            except BlockingIOError:
+        rounds = self.loop.rounds
+        if self.single and rounds != self.single_round + 1:
+            self.single_round = rounds
+            self._read(fd, now)
+            return
+        self.single = False
+        for count in range(FRAMES_PER_WAKEUP):
+            if not self._read(fd, now):
+                self.single = count == 1
+                self.single_round = rounds
                 return
-            except OSError as exc:
-                self.log.error(f"tap read failed: {exc.strerror}")
-                self.loop.stop()
-                return
-            if size <= VNET_HDR_SIZE:
-                self.loop.counters.add("drop_tap_short")
-                continue
-            frame = self.view[VNET_HDR_SIZE:size]
+
+    def _read(self, fd: int, now: float) -> bool:
+        """One frame to ``on_frame``; False if there was none to read."""
+        try:
+            size = os.readv(fd, [self.buffer])
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self.log.error(f"tap read failed: {exc.strerror}")
+            self.loop.stop()
+            return False
+        if size <= VNET_HDR_SIZE:
+            self.loop.counters.add("drop_tap_short")
+            return True
+        frame = self.view[VNET_HDR_SIZE:size]
+        if self.capture.fd is not None:
             self.capture.frame(frame)
-            self.on_frame(frame, now)
+        self.on_frame(frame, now)
+        return True
 
     def send(self, frame: bytes) -> None:
-        self.capture.frame(frame)
-        self._write([vnet_header(frame, self.largest), frame])
+        if self.capture.fd is not None:
+            self.capture.frame(frame)
+        try:                                  # _write, in line: a frame per segment
+            os.writev(self.fd, [vnet_header(frame, self.largest), frame])
+        except OSError as exc:
+            self._write_failed(exc)
 
     def send_datagrams(self, headers: bytes, payload: memoryview, segment: int) -> bool:
         """UDP payload behind ``udp.datagram_headers``: the kernel completes
@@ -98,14 +127,19 @@ class TapLink:
     def _write(self, parts: list, refused_ok: bool = False) -> bool:
         try:
             os.writev(self.fd, parts)
-        except BlockingIOError:
-            self.loop.counters.add("tap_full")
         except OSError as exc:
             if refused_ok and exc.errno == errno.EINVAL:
                 return False
-            self.loop.counters.add("tap_write_error")
-            self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
+            self._write_failed(exc)
         return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Counted, never fatal: a full queue drops the frame (TCP resends)."""
+        if isinstance(exc, BlockingIOError):
+            self.loop.counters.add("tap_full")
+            return
+        self.loop.counters.add("tap_write_error")
+        self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
 
 
 class StreamLink:

@@ -72,6 +72,7 @@ class Loop:
         self.armed_deadline: float | None = None
         self.compact_at = COMPACT_MIN
         self.running = False
+        self.rounds = 0                       # poll rounds so far
         self.round_end: list[TimerCallback] = []
         self.counters = Counters()
         self.on_error: Callable[[Exception], None] = _reraise
@@ -166,10 +167,15 @@ class Loop:
         except InterruptedError:
             return
         now = time.monotonic()
+        self.rounds += 1
+        callbacks = self.callbacks
         for fd, events in ready:
-            callback = self.callbacks.get(fd)
+            callback = callbacks.get(fd)
             if callback is not None:
-                self._guarded(callback, fd, events, now)
+                try:             # _guarded, inline: this runs for every event
+                    callback(fd, events, now)
+                except Exception as exc:
+                    self._failed(exc)
         while self.round_end:
             self._guarded(self.round_end.pop(), now)
 
@@ -178,8 +184,11 @@ class Loop:
         try:
             callback(*args)
         except Exception as exc:
-            self.counters.add("internal_error")
-            self.on_error(exc)
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.counters.add("internal_error")
+        self.on_error(exc)
 
     def stop(self) -> None:
         self.running = False

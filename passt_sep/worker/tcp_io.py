@@ -31,7 +31,7 @@ from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
 from ..packet import IPPROTO_TCP, Inbound
-from ..tcp import State
+from ..tcp import ACK, SYN, State
 from .loop import (
     EPOLLERR,
     EPOLLHUP,
@@ -51,7 +51,10 @@ _MEMINFO = struct.Struct("=9I")           # SK_MEMINFO_* (linux/sock_diag.h)
 MEMINFO_SNDBUF, MEMINFO_WMEM_QUEUED = 3, 5
 EPOLLET = 1 << 31
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
+HANGUP = EPOLLRDHUP | EPOLLHUP
+READABLE = EPOLLIN | HANGUP
 PEEK_BUFFER = 1 << 19
+SYN_ACK = SYN | ACK
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
 WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
@@ -80,10 +83,11 @@ TcpListener = Listener   # the worker's name for it, beside UdpListener
 class Flow:
     """A TcpConn and its socket; ``sock`` is None once closed (lingering).
     ``drained``: the last peek found the socket's queue empty, so until a
-    new edge (or a rewind) there is nothing to peek however the window grows."""
+    new edge (or a rewind) there is nothing to peek however the window grows.
+    ``tracked``: in the flow table (a flag, not a lookup, on every event)."""
 
     __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out",
-                 "drained")
+                 "drained", "tracked")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -93,6 +97,7 @@ class Flow:
         self.recheck_delay = WINDOW_RECHECK
         self.want_out = False
         self.drained = False
+        self.tracked = False
 
 
 class TcpHandler:
@@ -144,7 +149,7 @@ class TcpHandler:
         seg = tcp.parse_tcp(inb, self.verify)
         key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
         flow = self.flows.get(key)
-        syn = seg.flags & (tcp.SYN | tcp.ACK) == tcp.SYN
+        syn = seg.flags & SYN_ACK == SYN
         if flow is not None and syn and flow.conn.state is State.CLOSED:
             self._forget(flow)            # a new connection on a lingering flow's ports
             flow = None
@@ -158,7 +163,7 @@ class TcpHandler:
         self._apply(flow, flow.conn.on_guest_segment(seg, now), now)
 
     def _refuse(self, seg: tcp.TcpSegment, inb: Inbound) -> None:
-        reply = tcp.rst_for_unknown(seg, inb, self.net.our_mac)
+        reply = tcp.rst_for_unknown(seg, inb, self.net.our_mac, partial=self.tso)
         if reply is not None:
             self.send_frame(reply)
 
@@ -186,17 +191,14 @@ class TcpHandler:
             return
         self._tune(sock, seg.mss)
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
-        conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now)
-        conn.tso = self.tso
+        conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now, self.tso)
         flow = Flow(conn, sock, key)
-        self._track(flow)
+        flow.want_out = True
+        self._track(flow, SOCKET_EVENTS | EPOLLOUT)
         host_dst = socket.inet_ntop(family, self.addrmap.to_host(inb.dst, seg.dport))
         code = sock.connect_ex((host_dst, seg.dport))
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(flow, now)
-            return
-        flow.want_out = True
-        self.loop.add_fd(sock.fileno(), SOCKET_EVENTS | EPOLLOUT, self._socket_event)
 
     def _tune(self, sock: socket.socket, guest_mss: int | None) -> None:
         """No Nagle (the guest already segmented), the peek offset on, and
@@ -206,14 +208,18 @@ class TcpHandler:
         if guest_mss in MAXSEG_RANGE:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, guest_mss)
 
-    def _track(self, flow: Flow) -> None:
+    def _track(self, flow: Flow, events: int) -> None:
+        """Into the table, and its socket into the loop: the socket's events
+        come with the flow bound, no lookup by fd."""
         assert flow.sock is not None
         self.flows.add(flow.key, flow)
-        self.flows.bind_fd(flow.sock.fileno(), flow.key)
+        flow.tracked = True
+        self.loop.add_fd(flow.sock.fileno(), events, functools.partial(self._socket_event, flow))
 
     def _apply(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
         """Carry out a TcpConn's decision, in the order Actions documents."""
-        self._send(actions.frames)
+        if actions.frames:
+            self._send(actions.frames)
         if actions.drop is not None:
             self.loop.counters.add(actions.drop)
         if actions.reset:
@@ -224,14 +230,26 @@ class TcpHandler:
         if actions.forget:
             self._forget(flow)
             return
-        if flow.sock is not None and actions.send_more and not flow.drained:
+        if actions.send_more and flow.sock is not None and not flow.drained:
             self._pump(flow, now)
-        if self.flows.get(flow.key) is flow:
+        if flow.tracked:
             self._schedule(flow)
 
     def _socket_actions(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
+        """The socket's part of ``actions``; the answer to a write (the
+        guest's ACK, a FIN passed on) is carried out here too.  The guest's
+        data goes first: the peer may be waiting for it (a request), and
+        the rest is bookkeeping that can follow while it answers."""
         sock = flow.sock
         assert sock is not None
+        last = actions
+        if actions.to_socket is not None:
+            answer = self._write(flow, actions.to_socket, now)
+            if answer is None:
+                return          # the socket failed: the flow is gone
+            self._send(answer.frames)
+            last = answer       # shutdown_write and closed are the answer's (never
+                                # set beside to_socket)
         if actions.window_clamp is not None:
             self._clamp_window(sock, actions.window_clamp)
         if actions.acked:
@@ -240,15 +258,12 @@ class TcpHandler:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
             flow.drained = False
             self.loop.counters.add("tcp_retransmit")
-        if actions.to_socket is not None:
-            self._write(flow, actions.to_socket, now)
-            return              # the socket's answer was applied in full
-        if actions.shutdown_write:
+        if last.shutdown_write:
             try:
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-        if actions.closed:
+        if last.closed:
             self._close_socket(flow)
 
     @staticmethod
@@ -259,7 +274,9 @@ class TcpHandler:
         except OSError:
             pass
 
-    def _write(self, flow: Flow, data: memoryview, now: float) -> None:
+    def _write(self, flow: Flow, data: memoryview, now: float) -> tcp.Actions | None:
+        """Guest data to the socket: the TcpConn's answer to what it took,
+        None if the socket failed (the flow is forgotten then)."""
         sock = flow.sock
         assert sock is not None
         try:
@@ -268,13 +285,13 @@ class TcpHandler:
             written = 0
         except OSError:
             self._socket_error(flow, now)
-            return
+            return None
         if written < len(data):
             self.loop.counters.add("tcp_socket_full")
         actions = flow.conn.on_socket_accepted(written, *self._room(sock), now)
         if flow.conn.socket_full:
             self._want_out(flow)
-        self._apply(flow, actions, now)
+        return actions
 
     @staticmethod
     def _room(sock: socket.socket) -> tuple[int, int]:
@@ -301,9 +318,8 @@ class TcpHandler:
             count -= got
 
     # -- socket events -------------------------------------------------------------------
-    def _socket_event(self, fd: int, events: int, now: float) -> None:
-        flow = self.flows.by_fd(fd)
-        if flow is None or flow.sock is None:
+    def _socket_event(self, flow: Flow, fd: int, events: int, now: float) -> None:
+        if flow.sock is None:
             return
         if flow.conn.state is State.CONNECTING:
             self._connect_done(flow, now)
@@ -313,9 +329,9 @@ class TcpHandler:
             return
         if events & EPOLLOUT and flow.want_out:
             self._window_update(flow, now)
-        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP):
-            self._pump(flow, now, until_empty=bool(events & (EPOLLRDHUP | EPOLLHUP)))
-        if self.flows.get(flow.key) is flow:
+        if events & READABLE:
+            self._pump(flow, now, bool(events & HANGUP))
+        if flow.tracked:
             self._schedule(flow)
 
     def _connect_done(self, flow: Flow, now: float) -> None:
@@ -364,7 +380,7 @@ class TcpHandler:
 
     def _recheck(self, flow: Flow, now: float) -> None:
         flow.recheck = None
-        if self.flows.get(flow.key) is flow:
+        if flow.tracked:
             self._window_update(flow, now)
 
     def _pump(self, flow: Flow, now: float, until_empty: bool = True) -> None:
@@ -412,7 +428,7 @@ class TcpHandler:
 
     def _on_timer(self, flow: Flow, now: float) -> None:
         flow.timer = None
-        if self.flows.get(flow.key) is not flow:
+        if not flow.tracked:
             return
         actions = flow.conn.on_timer(now)
         if actions.retransmit and flow.sock is not None:
@@ -424,9 +440,7 @@ class TcpHandler:
         if sock is None:
             return
         flow.sock = None
-        fd = sock.fileno()
-        self.flows.unbind_fd(fd)
-        self.loop.remove_fd(fd)
+        self.loop.remove_fd(sock.fileno())
         if flow.recheck is not None:
             flow.recheck.cancel()
             flow.recheck = None
@@ -437,7 +451,8 @@ class TcpHandler:
         if flow.timer is not None:
             flow.timer.cancel()
             flow.timer = None
-        if self.flows.get(flow.key) is flow:
+        if flow.tracked:
+            flow.tracked = False
             self.flows.remove(flow.key)
 
     # -- inbound: forwarded ports -----------------------------------------------------
@@ -491,11 +506,9 @@ class TcpHandler:
         conn, syn = tcp.TcpConn.for_accepted(
             guest_mac=self.guest_mac(), guest_addr=params.addr, guest_port=listener.target_port,
             peer_addr=seen, peer_port=address[1], net=self.net, isn=isn,
-            free=free, sndbuf=sndbuf, now=now)
-        conn.tso = self.tso
+            free=free, sndbuf=sndbuf, now=now, tso=self.tso)
         flow = Flow(conn, sock, key)
-        self._track(flow)
-        self.loop.add_fd(fd, SOCKET_EVENTS, self._socket_event)
+        self._track(flow, SOCKET_EVENTS)
         self.send_frame(syn)
         self._schedule(flow)
 

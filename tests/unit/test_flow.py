@@ -51,19 +51,6 @@ def test_taken_key_is_refused() -> None:
     assert table.get(key(1)) == 1
 
 
-def test_fd_index() -> None:
-    table: FlowTable[str] = FlowTable(4)
-    table.add(key(1), "a")
-    table.bind_fd(7, key(1))
-    assert table.by_fd(7) == "a"
-    assert table.by_fd(8) is None
-    table.unbind_fd(7)
-    assert table.by_fd(7) is None
-    table.bind_fd(7, key(1))
-    table.remove(key(1))
-    assert table.by_fd(7) is None       # a stale binding finds nothing
-
-
 def test_iteration_is_a_snapshot() -> None:
     table: FlowTable[int] = FlowTable(8)
     for port in range(5):

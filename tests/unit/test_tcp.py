@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import struct
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from passt_sep import packet, tcp
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 from passt_sep.packet import Drop
-from passt_sep.tcp import ACK, FIN, PSH, RST, SYN, State, TcpConn, TcpSegment
+from passt_sep.tcp import ACK, FIN, PSH, RST, SYN, URG, State, TcpConn, TcpSegment
 
 GUEST_MAC = bytes.fromhex("020000000001")
 NET = Network(ipv4=IPv4Params(bytes([198, 51, 100, 2]), 24, bytes([198, 51, 100, 1])),
@@ -799,6 +800,19 @@ def test_tso_frames_hold_whole_segments_with_partial_checksums() -> None:
     assert reference_checksum(pseudo + bytes(l4)) == 0
 
 
+def test_tso_acks_and_resets_carry_partial_checksums() -> None:
+    """On a link that completes checksums every frame carries only the
+    pseudo-header's sum: a bare ACK, and the reset for an unknown flow."""
+    guest = Guest()
+    seg, inb = guest.seg(GUEST_ISN, 0, SYN, 64240, options=LINUX_SYN_OPTIONS)
+    conn = TcpConn.from_guest_syn(seg, inb, guest.net, OUR_ISN, T0, tso=True)
+    ack = bytes(conn.on_connected(FREE, SNDBUF, T0)[0])[34:]
+    rst = bytes(tcp.rst_for_unknown(*guest.seg(5, 7, ACK), NET.our_mac, partial=True))[34:]
+    for l4 in (ack, rst):
+        pseudo = PEER4 + GUEST4 + struct.pack("!BBH", 0, 6, len(l4))
+        assert struct.unpack_from("!H", l4, 16)[0] == reference_checksum(pseudo) ^ 0xFFFF
+
+
 def test_no_tso_when_the_guest_mss_is_below_the_mtu() -> None:
     guest = Guest(net=dataclasses.replace(NET, mtu=1500))
     conn = established(guest, options=struct.pack("!BBH", 2, 4, 1000) + b"\x01\x03\x03\x07",
@@ -806,3 +820,27 @@ def test_no_tso_when_the_guest_mss_is_below_the_mtu() -> None:
     conn.tso = True
     frames = conn.on_socket_data(memoryview(bytes(5000)), T0)
     assert [len(f) - 54 for f in frames] == [1000] * 5
+
+
+@given(seq_offset=st.sampled_from([0, 0, 0, 1, -1, 5]), advance=st.integers(0, 12),
+       flags=st.sampled_from([ACK, ACK | PSH, ACK | PSH, ACK | FIN, ACK | URG, RST | ACK]),
+       window_field=st.sampled_from([1000, 1000, 999, 0]), size=st.sampled_from([0, 1, 3]),
+       eof=st.booleans())
+def test_header_prediction_decides_as_the_general_path(seq_offset: int, advance: int,
+                                                       flags: int, window_field: int,
+                                                       size: int, eof: bool) -> None:
+    """The predicted path (or its refusal) leaves the flow and the actions
+    exactly as the general path for an established flow would."""
+    guest = Guest()
+    conn = established(guest)
+    conn.on_socket_data(memoryview(b"0123456789"), T0)
+    if eof:
+        conn.on_socket_eof(T0)
+    seg, _ = guest.seg(conn.rcv_nxt + seq_offset, OUR_ISN + 1 + advance, flags, window_field,
+                       b"x" * size)
+    general = copy.copy(conn)
+    expected = tcp.Actions()
+    general.last_activity = T0 + 1
+    general._seg_established(seg, expected, T0 + 1)
+    assert conn.on_guest_segment(seg, T0 + 1) == expected
+    assert all(getattr(conn, name) == getattr(general, name) for name in TcpConn.__slots__)

@@ -1,0 +1,64 @@
+"""TapLink's reads: bursts are read whole in one loop round, a lone frame per
+wakeup costs one read and no failing one.  A datagram socketpair stands in
+for the tap (one frame per read, like the tap); a real epoll loop."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from passt_sep.log import Logger
+from passt_sep.tap import VNET_HDR_SIZE
+from passt_sep.worker import guest
+from passt_sep.worker.guest import Capture, TapLink
+from passt_sep.worker.loop import Loop
+
+FRAME = bytes(VNET_HDR_SIZE) + bytes(range(60))
+
+
+@pytest.fixture
+def link(monkeypatch: pytest.MonkeyPatch):
+    """(send one frame, run one loop round, frames delivered, reads made)."""
+    tap, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    loop = Loop()
+    tap_link = TapLink(loop, tap.fileno(), Capture(None), Logger("test"), 1500)
+    delivered: list[bytes] = []
+    tap_link.on_frame = lambda frame, now: delivered.append(bytes(frame))
+    reads = []
+    real_readv = os.readv
+
+    def counting_readv(fd: int, buffers: list) -> int:
+        reads.append(fd)
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(guest.os, "readv", counting_readv)
+    yield guest_end.send, lambda: loop.poll_once(0), delivered, reads
+    tap.close()
+    guest_end.close()
+
+
+def test_a_lone_frame_per_wakeup_is_read_without_a_failing_read(link) -> None:
+    send, poll, delivered, reads = link
+    send(FRAME)
+    poll()
+    assert len(delivered) == 1 and len(reads) == 2     # the frame, then EAGAIN
+    for count in range(2, 5):
+        poll()                                          # another fd's round
+        send(FRAME)
+        poll()
+        assert len(delivered) == count and len(reads) == count + 1
+
+
+def test_frames_left_waiting_are_read_whole_in_the_next_round(link) -> None:
+    send, poll, delivered, reads = link
+    send(FRAME)
+    poll()
+    poll()                                              # one frame per wakeup now
+    for _ in range(3):
+        send(FRAME)
+    poll()
+    assert len(delivered) == 2                          # one, the tap still readable
+    poll()
+    assert len(delivered) == 4 and len(reads) == 2 + 1 + 3   # the rest, then EAGAIN
