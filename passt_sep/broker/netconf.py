@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..config import Config

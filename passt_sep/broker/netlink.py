@@ -1,6 +1,8 @@
 """The netlink helper: the one broker process that speaks rtnetlink.
 
-Importing pyroute2 takes 70-100 ms, more than all the rest of start-up.
+Importing pyroute2's IPRoute takes 60-70 ms (100 with the package's
+``__init__``, which we skip: see ``_without_package_init``), more than
+all the rest of start-up.
 So this helper is forked first thing, before even the options are parsed:
 it imports pyroute2, parses the same command line and reads the host's
 network, while the broker, on the other CPU, parses, imports the worker,
@@ -117,6 +119,7 @@ def _helper(args: list[str], prog: str, sock: socket.socket) -> None:
 
 def _serve(args: list[str], prog: str, sock: socket.socket) -> None:
     """Read the host, then (pasta) make the tap."""
+    _without_package_init("pyroute2")
     from . import netconf  # pyroute2 first: our modules load in a few ms after it, not 17
     # isort: split
     from ..config import parse_args
@@ -132,3 +135,19 @@ def _serve(args: list[str], prog: str, sock: socket.socket) -> None:
     fd = open_tap(ifname)
     mac = netconf.set_up_tap(config, ifname, guest_network(config, host), host)
     fdpass.send(sock, {"ifname": ifname, "mac": mac}, [fd])
+
+
+def _without_package_init(name: str) -> None:
+    """Register package ``name`` without running its ``__init__``.
+
+    pyroute2's ``__init__`` imports every netlink family it knows (conntrack,
+    IPDB, NDB, nl80211, WireGuard, 9P...): 35-45 ms of the helper's 100,
+    on the path to a ready namespace.  We use IPRoute alone, whose modules
+    import what they need themselves.  Only this process is affected.
+    """
+    import importlib.util
+    import sys
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        if spec is not None:
+            sys.modules[name] = importlib.util.module_from_spec(spec)
