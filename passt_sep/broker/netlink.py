@@ -1,12 +1,11 @@
 """The netlink helper: the one broker process that speaks rtnetlink.
 
 Importing pyroute2's IPRoute takes 60-70 ms (100 with the package's
-``__init__``, which we skip: see ``_without_package_init``), more than
-all the rest of start-up.
-So this helper is forked first thing, before even the options are parsed:
-it imports pyroute2, parses the same command line and reads the host's
-network, while the broker, on the other CPU, parses, imports the worker,
-compiles the seccomp filters and makes the namespaces.  In pasta mode the
+``__init__``, which we skip: see ``_without_package_init``), more than all
+the rest of start-up.  So this helper is forked first thing, before even
+the options are parsed: it imports pyroute2, parses the same command line
+and reads the host's network, while the broker, on the other CPU, parses,
+imports the worker, compiles the seccomp filters and makes the namespaces.  In pasta mode the
 helper then enters the target namespace, creates the tap there and
 configures it, while the broker opens the other fds.  Nothing else imports
 pyroute2 (see ``netconf``), and this module imports little at the top: it
