@@ -71,7 +71,6 @@ class Served:
 
     def rss_mib(self) -> float:
         return procstat.rss_kib(self.pid()) / 1024
-        return float("nan")
 
     def _start(self, argv: list[str]) -> None:
         result = self.topo.run_host(*argv)
