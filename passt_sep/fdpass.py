@@ -5,7 +5,8 @@ Framing: a 4-byte big-endian length and the msgpack body; the body's
 carries the body and up to ``FDS_PER_MSG`` fds as SCM_RIGHTS; more fds
 follow in one-byte ``sendmsg`` calls of up to ``FDS_PER_MSG`` each, because
 the kernel caps one message at SCM_MAX_FD (253).  Used for the broker ->
-worker handoff, the namespace helpers and the ns socket source.
+worker handoff, the namespace helpers and the ns socket source, each a
+process forked with one end of a socket pair (``fork_peer``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import array
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -25,6 +27,22 @@ _LENGTH = struct.Struct("!I")
 
 class FdPassError(Exception):
     """The peer closed early or sent something that is not our framing."""
+
+
+def fork_peer(child: Callable[[socket.socket], object]) -> tuple[int, socket.socket]:
+    """Fork a process running ``child`` on one end of a new socket pair;
+    its pid and the other end.  The child process never returns from here
+    (``child`` normally ends it with ``os._exit`` itself)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        try:
+            child(theirs)
+        finally:
+            os._exit(1)
+    theirs.close()
+    return pid, ours
 
 
 def send(sock: socket.socket, obj: dict[str, Any], fds: list[int]) -> None:

@@ -97,7 +97,6 @@ class Broker:
             self._pasta_namespace()
         else:
             self._own_user_namespace()
-        self._forwarding()
         if config.mode != "pasta":
             self._passt_socket()
         self._files()
@@ -107,6 +106,7 @@ class Broker:
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
+        self._forwarding()      # after the tap: the helper brings up the namespace's lo
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
         worker = start_worker(config, net, self.entries, worker_filter)

@@ -180,12 +180,7 @@ def run_inside(target: Target, work: Callable[[], HelperResult]) -> HelperResult
     here.  An exception in the helper comes back as ``NamespaceError`` with
     its message.
     """
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:
-        parent_end.close()
-        _helper(target, work, child_end)
-    child_end.close()
+    pid, parent_end = fdpass.fork_peer(lambda child_end: _helper(target, work, child_end))
     try:
         result, fds = fdpass.receive(parent_end)
     except fdpass.FdPassError as exc:
@@ -212,10 +207,7 @@ def in_initial_user_namespace() -> bool:
 def spawn_inside(target: Target, serve: Callable[[socket.socket], None]) -> tuple[int, int]:
     """Leave a long-lived process in the target namespace running ``serve``
     on one end of a socket pair; the pid and the other end's fd."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    pid = os.fork()
-    if pid == 0:
-        ours.close()
+    def child(theirs: socket.socket) -> None:
         try:
             enter(target)
             _detach_stdio()
@@ -223,8 +215,8 @@ def spawn_inside(target: Target, serve: Callable[[socket.socket], None]) -> tupl
             serve(theirs)
         except BaseException as exc:  # stderr is still the caller's: say why
             os.write(2, f"ns socket source: {exc}\n".encode(errors="replace"))
-        os._exit(1)
-    theirs.close()
+
+    pid, ours = fdpass.fork_peer(child)
     return pid, ours.detach()
 
 

@@ -43,13 +43,7 @@ class NetlinkHelper:
     @classmethod
     def start(cls, args: list[str], prog: str) -> NetlinkHelper:
         """Fork the helper for this command line (``argv[1:]``, program name)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            _helper(args, prog, theirs)
-        theirs.close()
-        return cls(pid, ours)
+        return cls(*fdpass.fork_peer(lambda theirs: _helper(args, prog, theirs)))
 
     def host(self) -> dict:
         """The host's network, as ``HostInfo.to_map`` gives it."""
