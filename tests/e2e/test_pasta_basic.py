@@ -174,7 +174,11 @@ def test_dhcpv6_gives_the_host_address(topo: Topology, pasta: str, tmp_path) -> 
     script = _script('case "$reason" in BOUND6|REBOOT6) env | grep "^new_"; kill $PPID ;; esac\n'
                      'exit 0\n')
     os.chmod(tmp_path, 0o777)
-    command = (f"sleep 2; dhclient -6 -1 -d -sf {script} -lf {tmp_path}/leases6 "
+    # dhclient binds the link-local address: wait for it, and for DAD (up to 2 s)
+    settled = (f"ip -6 addr show dev {HOST_IFNAME} scope link | grep -q inet6 && "
+               f"! ip -6 addr show dev {HOST_IFNAME} | grep -q tentative")
+    command = (f"until {settled}; do sleep 0.1; done; "
+               f"dhclient -6 -1 -d -sf {script} -lf {tmp_path}/leases6 "
                f"-pf {tmp_path}/pid6 {HOST_IFNAME}")
     try:
         result = run_pasta(topo, pasta, "--", "sh", "-c", command, timeout=90)
