@@ -33,23 +33,9 @@ Guest to host
     per-packet overhead: a write the socket refuses costs the guest a
     retransmission timeout, so the estimate errs low.  Too little room is
     advertised as none (receiver-side silly-window avoidance) and a window
-    update follows when the socket drains (``on_socket_writable``).
-    Segments beyond ``rcv_nxt`` are dropped (we keep no reassembly queue)
-    and answered with a duplicate ACK so that the guest retransmits the gap
-    at once.
-
-Delayed ACK
-    Like passt (its ACK_INTERVAL), we do not acknowledge every segment at
-    once.  When the socket took all of a small segment, still has room and
-    no FIN came, and less than ``ACK_SEGMENTS`` segments are unacknowledged,
-    the ACK is owed (``ack_pending``) rather than sent: any later frame
-    carrying ``rcv_nxt`` pays it (a request's reply usually comes within a
-    fraction of a millisecond), else ``on_timer`` sends it ``ACK_DELAY``
-    after the first byte it covers.  Bulk uploads (their pace is our ACKs),
-    a partial write, a full socket and a FIN are acknowledged at once, and
-    so is data out of order (a duplicate ACK).  The delay is short on
-    purpose: a guest using Nagle (no TCP_NODELAY) holds its next small write
-    until our ACK, so there each such write may wait up to ``ACK_DELAY``.
+    update follows when the socket drains (``on_socket_writable``).  Segments beyond ``rcv_nxt`` are
+    dropped (we keep no reassembly queue) and answered with a duplicate ACK
+    so that the guest retransmits the gap at once.
 
 Host to guest
     Data stays in the socket's receive queue until the guest acknowledges
@@ -93,11 +79,11 @@ Ending
     a RST to the guest (``on_socket_error``).
 
 Time
-    ``next_deadline()`` says when ``on_timer`` wants to run: an owed ACK,
-    SYN and SYN-ACK retries, retransmission with exponential back-off (RST
-    after ``MAX_RETRIES``; the FIN's timeout is its retransmission
-    schedule), zero-window probes, the inactivity limit (2 h, like passt)
-    and the end of the closed state's linger.
+    ``next_deadline()`` says when ``on_timer`` wants to run: SYN and SYN-ACK
+    retries, retransmission with exponential back-off (RST after
+    ``MAX_RETRIES``; the FIN's timeout is its retransmission schedule),
+    zero-window probes, the inactivity limit (2 h, like passt) and the end
+    of the closed state's linger.
 
 States: CONNECTING, SYN_RCVD (outbound handshake), SYN_SENT (inbound
 handshake), ESTABLISHED (with the half-close flags ``guest_fin``,
@@ -144,8 +130,6 @@ TSO_MAX_PAYLOAD = 0xFFFF - IPV4_HLEN - TCP_HLEN   # an IPv4 packet's limit (IPv6
 SYN_TIMEOUT = 1.0                        # first SYN / SYN-ACK retry, doubling
 SYN_RETRIES = 3
 ACK_TIMEOUT = 1.0                        # first data retransmission, doubling
-ACK_DELAY = 0.001                        # an owed ACK goes out at the latest this late
-ACK_SEGMENTS = 2                         # unacknowledged segments that are ACKed at once
 MAX_RTO = 60.0
 MAX_RETRIES = 8
 INACTIVITY = 7200.0
@@ -406,7 +390,7 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "clamp", "ack_pending", "ack_due",
+        "linger_until", "clamp",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
@@ -444,8 +428,6 @@ class TcpConn:
         self.pending = (0, False)               # to_socket length, FIN behind it
         self.linger_until = 0.0
         self.clamp = 0                          # the socket's TCP_WINDOW_CLAMP, 0: unset
-        self.ack_pending = 0                    # bytes taken but not yet acknowledged...
-        self.ack_due = 0.0                      # ...at the latest by then
 
     @property
     def tso(self) -> bool:
@@ -519,7 +501,6 @@ class TcpConn:
         return min(self.rcv_window >> self.our_wscale, 0xFFFF)
 
     def _ack(self) -> bytearray:
-        self.ack_pending = 0
         return self.tx.build(self.snd_nxt, self.rcv_nxt, ACK, self._window_field())
 
     def _rst(self) -> bytearray:
@@ -726,8 +707,7 @@ class TcpConn:
     def on_socket_accepted(self, accepted: int, free: int, sndbuf: int, now: float) -> Actions:
         """The socket took ``accepted`` bytes of ``to_socket`` and has
         ``free`` bytes of ``sndbuf`` left: acknowledge what it took (and the
-        FIN behind it, if all of it went), advertise the room.  The ACK of a
-        small write may be owed instead (see the module's docstring)."""
+        FIN behind it, if all of it went), advertise the room."""
         actions = Actions()
         length, fin = self.pending
         self.pending = (0, False)
@@ -737,20 +717,9 @@ class TcpConn:
             self.socket_full = True
         if fin and accepted == length:
             self._guest_fin(actions, now)
-        elif accepted < length or self.socket_full or not self._owe_ack(accepted, now):
+        else:
             actions.frames.append(self._ack())
         return actions
-
-    def _owe_ack(self, accepted: int, now: float) -> bool:
-        """Owe the ACK for ``accepted`` more bytes, unless that makes
-        ``ACK_SEGMENTS`` unacknowledged (a bulk upload: its pace is our ACKs)."""
-        owed = self.ack_pending + accepted
-        if owed >= min(self.guest_mss, self.mtu_mss) * ACK_SEGMENTS:
-            return False
-        if not self.ack_pending:
-            self.ack_due = now + ACK_DELAY
-        self.ack_pending = owed
-        return True
 
     def on_socket_writable(self, free: int, sndbuf: int) -> list[bytearray]:
         """The socket drained: a window update once the room is worth it."""
@@ -796,7 +765,6 @@ class TcpConn:
         idle = self.snd_max == self.snd_una
         step, size = self._frame_payload(), len(data)
         window, build, ack, seq = self._window_field(), self.tx.build, self.rcv_nxt, self.snd_nxt
-        self.ack_pending = 0                     # paid by these frames
         frames = []
         start = 0
         while size - start > step:
@@ -840,7 +808,6 @@ class TcpConn:
                 and self.snd_nxt == self.fin_seq and self.guest_window > in_flight):
             frames.append(self.tx.build(self.fin_seq, self.rcv_nxt, FIN | ACK,
                                         self._window_field()))
-            self.ack_pending = 0
             self.fin_sent = True
             self.snd_nxt = (self.fin_seq + 1) & MASK
             if seq_lt(self.snd_max, self.snd_nxt):
@@ -861,12 +828,8 @@ class TcpConn:
     def next_deadline(self) -> float | None:
         if self.state is State.CLOSED:
             return self.linger_until
-        deadline = self.last_activity + INACTIVITY
-        if self.rtx_deadline is not None and self.rtx_deadline < deadline:
-            deadline = self.rtx_deadline
-        if self.ack_pending and self.ack_due < deadline:
-            deadline = self.ack_due
-        return deadline
+        idle = self.last_activity + INACTIVITY
+        return idle if self.rtx_deadline is None else min(self.rtx_deadline, idle)
 
     def on_timer(self, now: float) -> Actions:
         actions = Actions()
@@ -876,8 +839,6 @@ class TcpConn:
         if now >= self.last_activity + INACTIVITY:
             self._give_up(actions, "tcp_inactive")
             return actions
-        if self.ack_pending and now >= self.ack_due:
-            actions.frames.append(self._ack())
         if self.rtx_deadline is None or now < self.rtx_deadline:
             return actions
         self.rtx_deadline = None

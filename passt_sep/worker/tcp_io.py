@@ -415,9 +415,7 @@ class TcpHandler:
     # -- timers and the end of flows --------------------------------------------------
     def _schedule(self, flow: Flow) -> None:
         """One loop timer per flow, moved only when the deadline comes
-        earlier; a timer that fires early just schedules the next one.  So
-        an owed ACK (``tcp.ACK_DELAY``) moves it at most once per delay, not
-        once per request of a request/response exchange."""
+        earlier; a timer that fires early just schedules the next one."""
         deadline = flow.conn.next_deadline()
         timer = flow.timer
         if timer is not None and timer.callback is not None:
