@@ -12,6 +12,7 @@ the configuration boundary only.
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -99,6 +100,11 @@ def mac_to_bytes(text: str) -> bytes:
 
 def mac_to_str(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+def address_text(addr: bytes) -> str:
+    """An IPv4 or IPv6 address, packed, as the socket API writes it."""
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
 
 
 @dataclass(slots=True)

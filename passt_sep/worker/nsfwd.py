@@ -14,6 +14,7 @@ from ..handoff import Handoff
 from ..log import Logger
 from ..netparams import Network
 from ..nssource import NsSource
+from ..packet import address_text
 from .fwd_io import AutoForwarding, Close, Direction, Open, host_socket
 from .loop import Loop
 from .splice_io import LocalSplicer, NamespaceListeners
@@ -45,8 +46,7 @@ class NamespaceForwarding:
         # the host's own address is the namespace's too: a peer there could
         # not be answered over the tap, so it is spliced like loopback
         own = {p.addr for p in (net.ipv4, net.ipv6) if p is not None}
-        self.own_text = {socket.inet_ntop(socket.AF_INET6 if len(a) == 16 else socket.AF_INET, a)
-                         for a in own}
+        self.own_text = {address_text(a) for a in own}
         if self.tcp is not None:
             self.tcp.divert = LocalSplicer(self.loop, self.source, own, self.log)
         if self.udp is not None:

@@ -14,7 +14,7 @@ from .. import udp
 from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
-from ..packet import UDP, Drop, Inbound
+from ..packet import UDP, Drop, Inbound, address_text
 from .loop import EPOLLERR, EPOLLIN, Loop
 from .outbound import DEFAULT_OUTBOUND, Outbound
 
@@ -303,9 +303,7 @@ class UdpHandler:
 
 # A peer's address converted between the socket API's text and our bytes
 # once, not per datagram.
-@functools.lru_cache(maxsize=SOCKADDR_CACHE)
-def _address_text(host: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(host) == 4 else socket.AF_INET6, host)
+_address_text = functools.lru_cache(maxsize=SOCKADDR_CACHE)(address_text)
 
 
 @functools.lru_cache(maxsize=SOCKADDR_CACHE)
