@@ -109,9 +109,8 @@ def set_up_tap(config: Config, ifname: str, net: Network, host: HostInfo) -> str
         mac = _link_mac(ipr, index)
         if config.config_net:
             _configure(ipr, index, ifname, net, host.v4, host.v6,
-                      copy_routes=not config.no_copy_routes)
+                       copy_routes=not config.no_copy_routes)
     return mac
-
 
 
 def _bring_up(ipr: IPRoute, ifname: str, mac: str | None) -> int:
@@ -130,7 +129,7 @@ def _link_mac(ipr: IPRoute, index: int) -> str:
 
 
 def _configure(ipr: IPRoute, index: int, ifname: str, net: Network,
-              host4: HostFamily | None, host6: HostFamily | None, copy_routes: bool) -> None:
+               host4: HostFamily | None, host6: HostFamily | None, copy_routes: bool) -> None:
     """Addresses, routes and MTU as the guest would get them."""
     ipr.link("set", index=index, mtu=net.mtu)
     if net.ipv4:

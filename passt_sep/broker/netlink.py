@@ -5,11 +5,11 @@ Importing pyroute2's IPRoute takes 60-70 ms (100 with the package's
 the rest of start-up.  So this helper is forked first thing, before even
 the options are parsed: it imports pyroute2, parses the same command line
 and reads the host's network, while the broker, on the other CPU, parses,
-imports the worker, compiles the seccomp filters and makes the namespaces.  In pasta mode the
-helper then enters the target namespace, creates the tap there and
-configures it, while the broker opens the other fds.  Nothing else imports
-pyroute2 (see ``netconf``), and this module imports little at the top: it
-is loaded before anything else.
+imports the worker, compiles the seccomp filters and makes the namespaces.
+In pasta mode the helper then enters the target namespace, creates the tap
+there and configures it, while the broker opens the other fds.  Nothing
+else imports pyroute2 (see ``netconf``), and this module imports little at
+the top: it is loaded before anything else.
 
 One exchange each way over a socket pair, in ``fdpass`` framing:
 
@@ -77,13 +77,11 @@ class NetlinkHelper:
             return
         self.sock.close()
         self.sock = None
+        from .namespaces import reap  # not at the top: nothing to load before the fork
         if kill:
-            import signal  # error paths only: nothing to load before the fork
+            import signal  # error paths only
             os.kill(self.pid, signal.SIGKILL)
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+        reap(self.pid)
 
     def _receive(self) -> tuple[dict, list[int]]:
         assert self.sock is not None
