@@ -1,6 +1,6 @@
 """`make demo`: passt-sep gives a new namespace the host's network.
 
-Builds the private test topology (DESIGN.md §7; nothing leaves this
+Builds the private test topology (docs/design.md §9; nothing leaves this
 machine), then, rootless inside the "host" namespace, runs
 ``pasta-sep --config-net -- COMMAND`` where COMMAND shows the namespace's
 addresses and routes, pings the "remote" namespace and fetches a page from

@@ -61,7 +61,7 @@ def ones_sum(data: bytes | memoryview) -> int:
     """Ones' complement sum of ``data`` (big-endian 16-bit words).
 
     ``int.from_bytes(...) % 0xffff`` sums all 16-bit words modulo 2**16-1 in
-    C, which is far faster than a Python loop (DESIGN.md §3).
+    C, which is far faster than a Python loop (docs/design.md §3).
     """
     if len(data) % 2:
         data = bytes(data) + b"\0"

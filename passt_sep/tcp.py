@@ -226,8 +226,9 @@ def _parse_options(data: memoryview) -> tuple[int | None, int | None, bool,
 
 
 def _ones_sum(data: bytes | bytearray | memoryview) -> int:
-    """Ones' complement sum of 16-bit words, as a number below 0xFFFF (DESIGN
-    §3); an odd length is padded with a zero byte arithmetically, no copy."""
+    """Ones' complement sum of 16-bit words, as a number below 0xFFFF
+    (docs/design.md §3); an odd length is padded with a zero byte
+    arithmetically, no copy."""
     value = int.from_bytes(data, "big")
     return (value << 8) % 0xFFFF if len(data) & 1 else value % 0xFFFF
 

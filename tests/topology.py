@@ -1,4 +1,4 @@
-"""The test topology of DESIGN.md §7, built with ``ip netns`` and a veth pair.
+"""The test topology of docs/design.md §9, built with ``ip netns`` and a veth pair.
 
 ::
 

@@ -307,7 +307,7 @@ class TcpHandler:
 
     def _discard(self, sock: socket.socket, count: int) -> None:
         """Drop acknowledged bytes from the receive queue without copying them
-        (MSG_TRUNC); the peek offset moves back by as much (DESIGN §8)."""
+        (MSG_TRUNC); the peek offset moves back by as much (docs/design.md §6)."""
         while count > 0:
             try:
                 got = sock.recv_into(self.view, min(count, PEEK_BUFFER), DISCARD_FLAGS)
