@@ -40,6 +40,9 @@ listening sockets, the capture and log files and the pid file, then closes
 a jail around itself: new mount, IPC, UTS and PID namespaces, an empty
 read\-only tmpfs as root, every capability dropped, no_new_privs, not
 dumpable; as real root it switches to \fBnobody\fR (or \fB\-\-runas\fR).
+Its netlink helper, a child forked at start so that it loads pyroute2
+on the second CPU meanwhile, reads the host's routes and addresses over netlink, then creates and
+configures the tap inside the namespace, and exits before the jail closes.
 It forks the translation worker and hands it every file descriptor in one
 message (SCM_RIGHTS, configuration as msgpack).
 The worker closes anything not in that message and arms a seccomp filter
@@ -98,6 +101,23 @@ pasta \-\-config\-net \-\-dns\-forward 169.254.1.1 \-t none \-u none \-T none \-
 """,
 }
 
+LIFETIME = r"""
+.SH LIFETIME
+In the background (the default) the process the caller started exits once
+the worker serves, with the worker's pid in the \fB\-\-pid\fR file.
+With \fB\-f\fR it stays, stands for the worker and ends with it: SIGTERM,
+SIGINT and SIGHUP sent to it reach the worker, and if it is killed outright
+(SIGKILL) the worker gets SIGTERM from the kernel.
+"""
+
+PASTA_LIFETIME = r"""
+In pasta's command mode the same holds for the process that waits for the
+command.  The worker also exits when what it serves is gone: the
+command (after at most 10 s for open TCP connections to drain), the
+\fB\-\-netns\fR file (removed, as Podman does), or the target process in PID
+mode (\fIPID\fR or \fB\-\-netns\fR /proc/\fIPID\fR/ns/net).
+"""
+
 FILES = r"""
 .SH FILES
 .TP
@@ -149,7 +169,8 @@ def page(mode: str) -> str:
             f".SH SYNOPSIS\n{synopsis}"
             f".SH DESCRIPTION\n{description}\n"
             f".SH OPTIONS\n{options}"
-            + SECURITY + EXAMPLES[mode] + FILES.replace("SEE ALSO\n",
+            + SECURITY + LIFETIME + (PASTA_LIFETIME if mode == "pasta" else "")
+            + EXAMPLES[mode] + FILES.replace("SEE ALSO\n",
                                                        f"SEE ALSO\n\\fB{esc(other)}\\fR(1), "))
 
 

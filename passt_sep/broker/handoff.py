@@ -9,7 +9,10 @@ receives the manifest and the fds through SCM_RIGHTS (``passt_sep.handoff``).
 from __future__ import annotations
 
 import os
+import signal
 import socket
+
+import prctl
 
 from .. import handoff
 from ..config import Config
@@ -24,12 +27,21 @@ class WorkerStartError(Exception):
 
 
 def start_worker(config: Config, network: Network, entries: list[FdEntry],
-                 sandbox: Prepared) -> int:
-    """Fork the worker, hand everything over, wait until it serves; its pid."""
+                 sandbox: Prepared, tied: bool = False) -> int:
+    """Fork the worker, hand everything over, wait until it serves; its pid.
+
+    ``tied``: this process stays for the worker's lifetime (foreground,
+    pasta's command mode), and whatever ends it, SIGKILL included, ends
+    the worker too (SIGTERM as the parent-death signal).  If this process
+    died before the child asked for that, the handoff never arrives and
+    the child exits on its end of file.
+    """
     broker_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:
         broker_end.close()
+        if tied:
+            prctl.set_pdeathsig(signal.SIGTERM)
         worker_main.run(worker_end, sandbox)  # never returns
     worker_end.close()
     try:

@@ -109,7 +109,8 @@ class Broker:
         self._forwarding()      # after the tap: the helper brings up the namespace's lo
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
-        worker = start_worker(config, net, self.entries, worker_filter)
+        tied = config.foreground or (self.target is not None and self.target.holder is not None)
+        worker = start_worker(config, net, self.entries, worker_filter, tied)
         self.entries = []
         self.pid_file_created = False                   # the worker's now
         if self.socket_path and not config.quiet:
@@ -126,6 +127,8 @@ class Broker:
         config = self.config
         if config.netns or config.target_pid is not None:
             self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
+            if self.target.pidfd is not None:
+                self.entries.append(FdEntry("target_pidfd", self.target.pidfd))
             self._enter_owner_userns()
         else:
             self._own_user_namespace()
@@ -284,6 +287,7 @@ class Broker:
         if holder is not None:
             return _run_command(holder, worker, waiter_filter)
         if self.config.foreground:
+            _forward_signals(worker)
             return _wait(worker)
         return 0
 
@@ -327,6 +331,19 @@ def _run_command(holder: namespaces.CommandHolder, worker: int,
     status = _wait(holder.pid)
     _wait(worker)
     os._exit(status)  # no interpreter shutdown under the waiter's filter
+
+
+def _forward_signals(worker: int) -> None:
+    """Foreground: the process the caller started stands for the worker, so
+    what a supervisor sends it reaches the worker (SIGKILL, which cannot be
+    forwarded, reaches it as the parent-death signal)."""
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(worker, signum)
+        except ProcessLookupError:
+            pass
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
 
 
 def _wait(pid: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import socket
 import traceback
@@ -63,6 +64,7 @@ class Target:
     userns_fd: int | None = None
     holder: CommandHolder | None = None
     path: str | None = None      # --netns file, watched for removal
+    pidfd: int | None = None     # PID mode: the process whose namespace it is
 
 
 # -- a new namespace with a command inside ---------------------------------------
@@ -140,16 +142,41 @@ def reap(pid: int) -> None:
 # -- an existing namespace ------------------------------------------------------------
 
 def open_existing(netns: str | None, pid: int | None, userns: str | None) -> Target:
-    """Open ``--netns PATH|NAME`` or the namespaces of process ``pid``."""
-    if pid is not None:
-        netns_path = f"/proc/{pid}/ns/net"
-        userns = userns or f"/proc/{pid}/ns/user"
-    else:
+    """Open ``--netns PATH|NAME`` or the namespaces of process ``pid``.
+
+    A namespace named through a process (``PID``, or a path under
+    ``/proc/PID/``) lives as long as that process, which inotify cannot
+    watch: a pidfd of the process stands in for the file watch.  It is
+    opened before the namespace, so a recycled pid cannot swap the process
+    under us unnoticed.
+    """
+    if pid is None:
         assert netns is not None
         netns_path = netns if "/" in netns else os.path.join(NETNS_RUN_DIR, netns)
+        pid = process_of(netns_path)
+    else:
+        netns_path = f"/proc/{pid}/ns/net"
+        userns = userns or f"/proc/{pid}/ns/user"
+    pidfd = _pidfd(pid) if pid is not None else None
     netns_fd = _open_ns(netns_path, "network")
     userns_fd = _open_ns(userns, "user") if userns else None
-    return Target(netns_fd, userns_fd, path=netns_path if pid is None else None)
+    return Target(netns_fd, userns_fd, path=netns_path if pid is None else None, pidfd=pidfd)
+
+
+_PROC_NS = re.compile(r"/proc/(\d+)(/task/\d+)?/ns/net")
+
+
+def process_of(netns_path: str) -> int | None:
+    """The pid in a ``/proc/PID/ns/net`` path, or None for any other path."""
+    match = _PROC_NS.fullmatch(os.path.normpath(netns_path))
+    return int(match.group(1)) if match else None
+
+
+def _pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except OSError as exc:
+        raise NamespaceError(f"cannot watch process {pid}: {exc.strerror}") from None
 
 
 NS_GET_NSTYPE = 0xB703

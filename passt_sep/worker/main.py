@@ -190,6 +190,9 @@ class Worker:
         watch = self.handoff.one("netns_watch")
         if watch is not None:
             self.loop.add_fd(watch.fd, EPOLLIN, self._netns_event)
+        target = self._fd("target_pidfd")
+        if target is not None:
+            self.loop.add_fd(target, EPOLLIN, self._target_exited)
 
     def _netns_event(self, fd: int, events: int, now: float) -> None:
         watch = self.handoff.one("netns_watch")
@@ -201,6 +204,12 @@ class Worker:
         if watch.meta["name"] in names:
             self.log.info("the network namespace is gone: exiting")
             self.loop.stop()
+
+    def _target_exited(self, fd: int, events: int, now: float) -> None:
+        """PID mode: the process whose namespace we serve is gone."""
+        self.loop.remove_fd(fd)
+        self.log.info("the target process is gone: exiting")
+        self.loop.stop()
 
     def _command_exited(self, fd: int, events: int, now: float) -> None:
         """The command is gone: let open TCP flows drain (bounded), then exit,

@@ -1,0 +1,134 @@
+"""How long passt-sep lives: as long as whatever it serves, and never longer
+than the process a supervisor started and stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from topology import Topology
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            return "\nState:\tZ" not in handle.read()
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return [int(child) for child in handle.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _worker_of(broker: int) -> int | None:
+    """The broker's child that is PID 1 of a PID namespace of its own: the
+    worker (the netlink helper, a child for a while too, is not)."""
+    for child in _children(broker):
+        try:
+            with open(f"/proc/{child}/status", encoding="ascii") as handle:
+                nspid = [line for line in handle if line.startswith("NSpid:")][0].split()
+        except (FileNotFoundError, IndexError):
+            continue
+        if len(nspid) > 2 and nspid[-1] == "1":
+            return child
+    return None
+
+
+def _processes_naming(marker: str) -> list[int]:
+    """Live processes whose command line names ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                named = marker.encode() in handle.read()
+        except OSError:
+            continue
+        if named and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("rootless", [False, True], ids=["root", "rootless"])
+def test_foreground_signal_to_the_started_pid_ends_the_worker(
+        topo: Topology, passt: str, shared_tmp, signum: int, rootless: bool) -> None:
+    """``-f`` under a supervisor that stops it by the pid it started
+    (systemd Type=simple, ``timeout``, KubeVirt): the worker goes with it,
+    SIGKILL included, and with it the guest socket's listener."""
+    sock = shared_tmp / "fg.socket"
+    proc = topo.spawn_host(passt, "-f", "-q", "-s", str(sock), rootless=rootless,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert _wait_for(sock.is_socket), "the socket never appeared"
+    assert _wait_for(lambda: _worker_of(proc.pid) is not None)
+    worker = _worker_of(proc.pid)
+    assert worker is not None and _alive(worker)
+    os.kill(proc.pid, signum)
+    proc.wait(timeout=10)
+    assert _wait_for(lambda: not _alive(worker)), "the worker outlived the process started"
+    assert _processes_naming(str(sock)) == []
+
+
+@pytest.mark.parametrize("how", ["path", "pid"])
+def test_pid_mode_exits_when_the_target_process_dies(topo: Topology, pasta: str, shared_tmp,
+                                                    how: str) -> None:
+    """``--netns /proc/PID/ns/net`` or ``PID``: the namespace lives as long
+    as that process, and so does the worker serving it."""
+    target = topo.spawn_host("unshare", "--net", "sleep", "600")
+    netns = f"/proc/{target.pid}/ns/net"
+    assert _wait_for(lambda: os.readlink(netns) != os.readlink("/proc/self/ns/net"))
+    pidfile = shared_tmp / "target.pid"
+    where = ["--netns", netns] if how == "path" else [str(target.pid)]
+    result = topo.run_host(pasta, "-q", "--config-net", "-P", str(pidfile), *where)
+    assert result.returncode == 0, result.stderr
+    worker = int(pidfile.read_text())
+    assert _alive(worker)
+    target.kill()
+    target.wait(timeout=10)
+    assert _wait_for(lambda: not _alive(worker), timeout=5), \
+        "the worker still serves a namespace whose process is gone"
+    assert _processes_naming(str(pidfile)) == []
+
+
+def test_nothing_outlives_the_command(topo: Topology, pasta: str, shared_tmp) -> None:
+    """``pasta-sep -- COMMAND`` returns the command's status, and none of
+    its processes (broker, worker, ns socket source, helpers) is left."""
+    marker = str(shared_tmp / "cmd.pid")
+    result = topo.run_host(pasta, "-q", "--config-net", "-P", marker, "-t", "20080", "--",
+                           "sh", "-c", "exit 7")
+    assert result.returncode == 7, result.stderr
+    assert _processes_naming(marker) == []
+
+
+def test_command_mode_waiter_killed_takes_the_worker(topo: Topology, pasta: str,
+                                                    shared_tmp) -> None:
+    """The process that waits for the command is the one a caller can kill;
+    the worker does not outlive it."""
+    marker = str(shared_tmp / "killed.pid")
+    proc = topo.spawn_host(pasta, "-q", "--config-net", "-P", marker, "--", "sleep", "600",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pidfile = shared_tmp / "killed.pid"
+    assert _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+    worker = int(pidfile.read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert _wait_for(lambda: not _alive(worker)), "the worker outlived its waiter"
