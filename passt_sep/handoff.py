@@ -55,7 +55,6 @@ ROLES: dict[str, tuple[str, str]] = {
     "netns_watch": ("0-1", "inotify fd watching the --netns file's directory (name)"),
     "command_pidfd": ("0-1", "pasta: pidfd of the command; its exit ends the worker"),
     "ns_source": ("0-1", "pasta: socket to the ns socket source"),
-    "pidfile_dir": ("0-1", "directory of the pid file, to remove it on exit (name)"),
     "devnull": ("0-1", "/dev/null for stdin, stdout and (daemon) stderr"),
 }
 
