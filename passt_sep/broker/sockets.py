@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 from collections.abc import Iterator
 
 from .. import linux
@@ -116,26 +117,53 @@ def _default_socket_path() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     for index in range(1, 100):
         path = os.path.join(runtime, f"passt-sep_{index}.socket")
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             return path
     raise SetupError(f"no free socket path in {runtime}: use -s PATH")
 
 
 def _remove_stale_socket(path: str) -> None:
-    """A socket file nobody listens on any more is left over: remove it."""
-    if not os.path.exists(path):
+    """A socket file nobody listens on any more is left over: remove it.
+    Only a socket: anything else at ``path`` is the caller's mistake, and
+    removing it could destroy a file (or, through a link, another one)."""
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
         return
+    except OSError as exc:
+        raise SetupError(f"cannot listen on UNIX socket {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(before.st_mode):
+        raise SetupError(f"--socket {path}: {_kind(before.st_mode)} is there, not a socket: "
+                         "refusing to replace it (remove it or pick another path)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)
+        _unlink_if_same(path, before)
         return
     except OSError:
         return
     finally:
         probe.close()
     raise SetupError(f"UNIX socket {path} is in use by another process")
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _unlink_if_same(path: str, before: os.stat_result) -> None:
+    """Remove ``path`` only if it is still the socket ``before`` describes."""
+    try:
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class OutputFile:
