@@ -170,8 +170,9 @@ class OutputFile:
     """A file the broker opened for the worker (or itself) to write, and
     how to take it back if start-up fails: its directory's fd, which still
     works once the jail has closed, and the file's identity, so that only
-    this file is removed.  The broker holds the directory fd until the
-    worker serves and then closes it: the worker never gets one."""
+    this file is removed (a copy of its fd stays open meanwhile: its inode
+    number cannot pass to another file).  The broker holds both until the
+    worker serves and then closes them: the worker never gets a directory."""
 
     def __init__(self, fd: int, path: str, directory: int, name: str, created: bool) -> None:
         self.fd = fd
@@ -179,6 +180,7 @@ class OutputFile:
         self.created = created
         self._directory = directory
         self._name = name
+        self._held = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
         info = os.fstat(fd)
         self._identity = (info.st_dev, info.st_ino)
 
@@ -194,10 +196,11 @@ class OutputFile:
             self.release()
 
     def release(self) -> None:
-        """Keep the file; close the directory fd."""
+        """Keep the file; close the directory fd and the copy."""
         if self._directory >= 0:
             os.close(self._directory)
-            self._directory = -1
+            os.close(self._held)
+            self._directory = self._held = -1
 
 
 def pcap_file(path: str) -> tuple[FdEntry, OutputFile]:
