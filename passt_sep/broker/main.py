@@ -112,11 +112,10 @@ class Broker:
         self.jailed = True
         worker = start_worker(config, net, self.entries, worker_filter)
         self.entries = []
-        self._keep_outputs()
+        self._keep_outputs(worker)
         if self.socket_path and not config.quiet:
             print(_qemu_hint(self.socket_path), file=sys.stderr, flush=True)
         self.socket_path = None
-        self._write_pid(worker)
         return self._after_start(worker, waiter_filter)
 
     # -- pasta ------------------------------------------------------------------
@@ -288,21 +287,18 @@ class Broker:
             return _wait(worker)
         return 0
 
-    def _keep_outputs(self) -> None:
-        """The worker serves: the files are its now, and the directories'
-        fds are no longer needed (the pid file is left at exit, as passt
-        does: systemd and libvirt remove it)."""
-        for output in self.outputs:
-            output.release()
-        self.outputs = []
-        if self.pid_output is not None:
-            self.pid_output.release()
-
-    def _write_pid(self, worker: int) -> None:
+    def _keep_outputs(self, worker: int) -> None:
+        """The worker serves: name it in the pid file; the files are kept,
+        and their directories' fds closed (the pid file is left at exit,
+        as passt does: systemd and libvirt remove it)."""
         if self.pid_output is not None:
             os.write(self.pid_output.fd, f"{worker}\n".encode())
             os.close(self.pid_output.fd)
+            self.outputs.append(self.pid_output)
             self.pid_output = None
+        for output in self.outputs:
+            output.release()
+        self.outputs = []
 
     def _abandon(self) -> None:
         """Setup failed: leave nothing behind (files go through their

@@ -186,6 +186,8 @@ class OutputFile:
 
     def remove(self) -> None:
         """Unlink the file if it is still the one opened, then release."""
+        if self._directory < 0:
+            return
         try:
             info = os.stat(self._name, dir_fd=self._directory, follow_symlinks=False)
             if (info.st_dev, info.st_ino) == self._identity:
