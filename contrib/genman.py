@@ -48,7 +48,11 @@ message (SCM_RIGHTS, configuration as msgpack).
 The worker closes anything not in that message and arms a seccomp filter
 built from the allowlist in \fIseccomp/worker.x86_64\fR: any other system
 call kills it.
-The worker never opens a path.
+The worker never opens a path and holds no directory.
+The capture, log and pid files are created with mode 0600 and never opened
+through a symbolic link.
+The pid file stays when the worker exits, as with \fBpasst\fR: systemd
+removes a Type=forking unit's PIDFile=, libvirt its own pid file.
 In pasta's command mode the process the caller started stays to return the
 command's exit status, holding no file descriptor and no capability, under
 its own twelve\-call filter.

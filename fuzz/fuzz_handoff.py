@@ -60,8 +60,7 @@ def seeds() -> list[tuple[str, bytes]]:
              FdEntry("ns_source", 6),
              FdEntry("tcp_listener", 7, {"port": 10000, "target": 20000, "family": 10}),
              FdEntry("proc_net", 8, {"side": "ns", "table": "tcp"})]
-    passt = [FdEntry("unix_listener", 3), FdEntry("devnull", 4),
-             FdEntry("pidfile_dir", 5, {"name": "vm1.pid"}), FdEntry("pcap", 6)]
+    passt = [FdEntry("unix_listener", 3), FdEntry("devnull", 4), FdEntry("pcap", 5)]
     podman = ["--config-net", "--dns-forward", "169.254.1.1", "-t", "none", "-u", "none",
               "-T", "none", "-U", "none", "--no-map-gw", "--quiet", "--netns",
               "/run/user/1000/netns/netns-1234"]

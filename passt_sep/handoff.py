@@ -57,7 +57,6 @@ ROLES: dict[str, tuple[str, str]] = {
     "target_pidfd": ("0-1", "pasta, PID mode: pidfd of the process whose namespace we"
                      " serve; its exit ends the worker"),
     "ns_source": ("0-1", "pasta: socket to the ns socket source"),
-    "pidfile_dir": ("0-1", "directory of the pid file, to remove it on exit (name)"),
     "devnull": ("0-1", "/dev/null for stdin, stdout and (daemon) stderr"),
 }
 

@@ -73,7 +73,10 @@ class Broker:
         # root of a user namespace someone else made (Podman's) is not "real
         # root": it has nobody to switch to, and nothing on the host to protect
         self.real_root = os.geteuid() == 0 and namespaces.in_initial_user_namespace()
-        self.pid_file_created = False
+        # files we opened for writing, until the worker serves: removed
+        # if start-up fails (the pid file always, the others if made here)
+        self.outputs: list[sockets.OutputFile] = []
+        self.pid_output: sockets.OutputFile | None = None
         self.socket_path: str | None = None             # a UNIX socket we created
         self.jailed = False
         self.own_userns = False
@@ -100,8 +103,6 @@ class Broker:
         if config.mode != "pasta":
             self._passt_socket()
         self._files()
-        pid_fd = sockets.pid_file(config.pid_file) if config.pid_file else None
-        self.pid_file_created = pid_fd is not None
         identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
@@ -112,13 +113,10 @@ class Broker:
         tied = config.foreground or (self.target is not None and self.target.holder is not None)
         worker = start_worker(config, net, self.entries, worker_filter, tied)
         self.entries = []
-        self.pid_file_created = False                   # the worker's now
+        self._keep_outputs(worker)
         if self.socket_path and not config.quiet:
             print(_qemu_hint(self.socket_path), file=sys.stderr, flush=True)
         self.socket_path = None
-        if pid_fd is not None:
-            os.write(pid_fd, f"{worker}\n".encode())
-            os.close(pid_fd)
         return self._after_start(worker, waiter_filter)
 
     # -- pasta ------------------------------------------------------------------
@@ -272,12 +270,14 @@ class Broker:
 
     def _files(self) -> None:
         config = self.config
-        if config.pcap:
-            self.entries.append(sockets.pcap_file(config.pcap))
-        if config.log_file:
-            self.entries.append(sockets.log_file(config.log_file))
+        for path, opener in ((config.pcap, sockets.pcap_file),
+                             (config.log_file, sockets.log_file)):
+            if path:
+                entry, output = opener(path)
+                self.entries.append(entry)
+                self.outputs.append(output)
         if config.pid_file:
-            self.entries.append(sockets.pidfile_dir(config.pid_file))
+            self.pid_output = sockets.pid_file(config.pid_file)
         if self.target and self.target.path and not config.no_netns_quit:
             self.entries.append(sockets.netns_watch(self.target.path))
         self.entries.append(FdEntry("devnull", os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
@@ -291,17 +291,23 @@ class Broker:
             return _wait(worker)
         return 0
 
+    def _keep_outputs(self, worker: int) -> None:
+        """The worker serves: name it in the pid file; the files are kept,
+        and their directories' fds closed (the pid file is left at exit,
+        as passt does: systemd and libvirt remove it)."""
+        if self.pid_output is not None:
+            os.write(self.pid_output.fd, f"{worker}\n".encode())
+            os.close(self.pid_output.fd)
+            self.outputs.append(self.pid_output)
+            self.pid_output = None
+        for output in self.outputs:
+            output.release()
+        self.outputs = []
+
     def _abandon(self) -> None:
-        """Setup failed: leave nothing behind (the pid file goes through its
-        directory's fd, which works after the jail closed too)."""
-        if self.pid_file_created:
-            for entry in self.entries:
-                if entry.role == "pidfile_dir":
-                    try:
-                        os.unlink(entry.meta["name"], dir_fd=entry.fd)
-                    except OSError as exc:
-                        _say(self.config, f"cannot remove the pid file: {exc.strerror}",
-                             error=True)
+        """Setup failed: leave nothing behind (files go through their
+        directories' fds, which work after the jail closed too)."""
+        self._remove_outputs()
         if self.socket_path and not self.jailed:
             try:
                 os.unlink(self.socket_path)
@@ -315,6 +321,23 @@ class Broker:
         if self.target and self.target.holder:
             self.target.holder.abandon()
         self.netlink.close(kill=True)
+
+    def _remove_outputs(self) -> None:
+        """The pid file (it names no worker yet), and the capture and log
+        files that did not exist before; keep the ones that did."""
+        doomed = [output for output in self.outputs if output.created]
+        if self.pid_output is not None:
+            os.close(self.pid_output.fd)
+            doomed.append(self.pid_output)
+        for output in self.outputs:
+            if not output.created:
+                output.release()
+        for output in doomed:
+            try:
+                output.remove()
+            except OSError as exc:
+                _say(self.config, f"cannot remove {output.path}: {exc.strerror}", error=True)
+        self.outputs, self.pid_output = [], None
 
 
 def _run_command(holder: namespaces.CommandHolder, worker: int,

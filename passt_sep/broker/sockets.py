@@ -7,8 +7,10 @@ Each opener returns ``FdEntry`` records for the handoff manifest, or raises
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
+import stat
 from collections.abc import Iterator
 
 from .. import linux
@@ -17,6 +19,8 @@ from ..nssource import LOOPBACK
 from ..pcap import file_header
 from ..ports import Forwarding
 from ..portsock import bound_socket
+
+OUTPUT_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class SetupError(Exception):
@@ -113,20 +117,29 @@ def _default_socket_path() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     for index in range(1, 100):
         path = os.path.join(runtime, f"passt-sep_{index}.socket")
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             return path
     raise SetupError(f"no free socket path in {runtime}: use -s PATH")
 
 
 def _remove_stale_socket(path: str) -> None:
-    """A socket file nobody listens on any more is left over: remove it."""
-    if not os.path.exists(path):
+    """A socket file nobody listens on any more is left over: remove it.
+    Only a socket: anything else at ``path`` is the caller's mistake, and
+    removing it could destroy a file (or, through a link, another one)."""
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
         return
+    except OSError as exc:
+        raise SetupError(f"cannot listen on UNIX socket {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(before.st_mode):
+        raise SetupError(f"--socket {path}: {_kind(before.st_mode)} is there, not a socket: "
+                         "refusing to replace it (remove it or pick another path)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)
+        _unlink_if_same(path, before)
         return
     except OSError:
         return
@@ -135,29 +148,88 @@ def _remove_stale_socket(path: str) -> None:
     raise SetupError(f"UNIX socket {path} is in use by another process")
 
 
-def pcap_file(path: str) -> FdEntry:
-    fd = _open_write(path, "capture file", os.O_TRUNC)
-    os.write(fd, file_header())
-    return FdEntry("pcap", fd, {"path": path})
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
-def log_file(path: str) -> FdEntry:
-    return FdEntry("log", _open_write(path, "log file", os.O_APPEND), {"path": path})
-
-
-def pid_file(path: str) -> int:
-    return _open_write(path, "pid file", os.O_TRUNC)
-
-
-def pidfile_dir(path: str) -> FdEntry:
-    """The pid file's directory, so the jailed worker can remove the file."""
-    directory, name = os.path.split(os.path.abspath(path))
+def _unlink_if_same(path: str, before: os.stat_result) -> None:
+    """Remove ``path`` only if it is still the socket ``before`` describes."""
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class OutputFile:
+    """A file the broker opened for the worker (or itself) to write, and
+    how to take it back if start-up fails: its directory's fd, which still
+    works once the jail has closed, and the file's identity, so that only
+    this file is removed (a copy of its fd stays open meanwhile: its inode
+    number cannot pass to another file).  The broker holds both until the
+    worker serves and then closes them: the worker never gets a directory."""
+
+    def __init__(self, fd: int, path: str, directory: int, name: str, created: bool) -> None:
+        self.fd = fd
+        self.path = path
+        self.created = created
+        self._directory = directory
+        self._name = name
+        self._held = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        info = os.fstat(fd)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def remove(self) -> None:
+        """Unlink the file if it is still the one opened, then release."""
+        if self._directory < 0:
+            return
+        try:
+            info = os.stat(self._name, dir_fd=self._directory, follow_symlinks=False)
+            if (info.st_dev, info.st_ino) == self._identity:
+                os.unlink(self._name, dir_fd=self._directory)
+        except FileNotFoundError:
+            pass
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Keep the file; close the directory fd and the copy."""
+        if self._directory >= 0:
+            os.close(self._directory)
+            os.close(self._held)
+            self._directory = self._held = -1
+
+
+def pcap_file(path: str) -> tuple[FdEntry, OutputFile]:
+    output = open_output(path, "--pcap", "capture file", os.O_TRUNC)
+    try:
+        os.write(output.fd, file_header())
     except OSError as exc:
-        raise SetupError(f"cannot open the pid file's directory {directory}: "
-                         f"{exc.strerror}") from None
-    return FdEntry("pidfile_dir", fd, {"name": name})
+        _discard(output)
+        raise SetupError(f"cannot write capture file {path}: {exc.strerror}") from None
+    return FdEntry("pcap", output.fd, {"path": path}), output
+
+
+def log_file(path: str) -> tuple[FdEntry, OutputFile]:
+    output = open_output(path, "--log-file", "log file", os.O_APPEND)
+    return FdEntry("log", output.fd, {"path": path}), output
+
+
+def pid_file(path: str) -> OutputFile:
+    return open_output(path, "--pid-file", "pid file", os.O_TRUNC)
+
+
+def _discard(output: OutputFile) -> None:
+    os.close(output.fd)
+    if output.created:
+        output.remove()
+    else:
+        output.release()
 
 
 def netns_watch(path: str) -> FdEntry:
@@ -171,8 +243,49 @@ def netns_watch(path: str) -> FdEntry:
     return FdEntry("netns_watch", fd, {"name": name})
 
 
-def _open_write(path: str, what: str, mode: int) -> int:
+def open_output(path: str, option: str, what: str, flags: int) -> OutputFile:
+    """Open ``path`` for writing, never through a symbolic link; a file
+    made here is private to its owner (0600) and marked as created.
+
+    Creating with ``O_EXCL`` first tells a new file from an existing one
+    (and an existing link, which ``O_NOFOLLOW`` then refuses)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    if not name:                    # "/"
+        raise SetupError(f"cannot open {what} {path}: {os.strerror(errno.EISDIR)}")
     try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | mode, 0o644)
+        dir_fd = _above_stdio(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     except OSError as exc:
         raise SetupError(f"cannot open {what} {path}: {exc.strerror}") from None
+    try:
+        fd, created = _open_in(dir_fd, name, flags)
+    except OSError as exc:
+        os.close(dir_fd)
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise SetupError(f"{option} {path}: is a symbolic link, "
+                             "refusing to follow it") from None
+        raise SetupError(f"cannot open {what} {path}: {exc.strerror}") from None
+    return OutputFile(fd, path, dir_fd, name, created)
+
+
+def _open_in(dir_fd: int, name: str, flags: int) -> tuple[int, bool]:
+    for _ in range(3):              # a file that comes and goes meanwhile: look again
+        try:
+            return os.open(name, OUTPUT_FLAGS | os.O_CREAT | os.O_EXCL | flags, 0o600,
+                           dir_fd=dir_fd), True
+        except FileExistsError:
+            pass
+        try:
+            return os.open(name, OUTPUT_FLAGS | flags, dir_fd=dir_fd), False
+        except FileNotFoundError:
+            continue
+    raise OSError(errno.EAGAIN, "the file keeps appearing and disappearing")
+
+
+def _above_stdio(fd: int) -> int:
+    """Move ``fd`` above 0-2: the worker keeps whatever is there as stdio."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)

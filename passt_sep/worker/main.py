@@ -236,14 +236,4 @@ class Worker:
     def serve(self) -> int:
         self.services.announce()
         self.loop.run()
-        self._remove_pid_file()
         return self.exit_code
-
-    def _remove_pid_file(self) -> None:
-        entry = self.handoff.one("pidfile_dir")
-        if entry is None:
-            return
-        try:
-            os.unlink(entry.meta["name"], dir_fd=entry.fd)
-        except OSError:
-            pass

@@ -152,14 +152,14 @@ def _fd_kind(target: str) -> str:
 
 def test_worker_fds_are_the_manifest_and_the_loop(daemon) -> None:
     """Manifest: tap, /dev/null (stdio; stderr stays the caller's in command
-    mode, here /dev/null too), the pid file's directory, and the command's
-    pidfd or the netns watch, the ns socket source's socket, both sides'
+    mode, here /dev/null too), and the command's pidfd or the netns watch,
+    the ns socket source's socket, both sides'
     /proc/net/{tcp,tcp6,udp,udp6} (auto forwarding, the default); the loop's
     own: epoll, timerfd and the signal wake-up socket pair.  Nothing else."""
     worker, rootless, _ = daemon
     targets = [os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")]
     kinds = Counter(_fd_kind(t) for t in targets)
-    expected = Counter(tap=1, epoll=1, timerfd=1, socket=3, path=1, devnull=3, proc_net=8)
+    expected = Counter(tap=1, epoll=1, timerfd=1, socket=3, devnull=3, proc_net=8)
     if rootless:
         expected.update(pidfd=1)
     else:
