@@ -93,10 +93,16 @@ class Served:
 @contextmanager
 def _serve(topo: Topology, pasta: str, owned: Owned, pidfile: str,
            *options: str) -> Iterator[Served]:
-    result = topo.run_host(pasta, "--config-net", "--netns", owned.netns, "-P", pidfile,
-                           "-q", *options)
+    """pasta-sep serving ``owned``'s namespace: ``--netns`` its /proc path,
+    unless the options name it by "PID"; "USERNS" stands for its user
+    namespace's path."""
+    target = ("--netns", owned.netns) if "PID" not in options else ()
+    options = tuple(str(owned.pid) if o == "PID" else owned.userns if o == "USERNS" else o
+                    for o in options)
+    result = topo.run_host(pasta, "--config-net", *target, "-P", pidfile, "-q", *options)
     assert result.returncode == 0, result.stderr
-    worker = int(open(pidfile, encoding="ascii").read())
+    with open(pidfile, encoding="ascii") as handle:
+        worker = int(handle.read())
     others = [pid for pid in _ours(pidfile) if pid != worker]
     try:
         assert len(others) == 1, others                # the ns socket source, nothing else
@@ -114,6 +120,7 @@ CASES = {
     "netns-userns": (False, ("--userns", "USERNS"), (OWNER, OWNER)),
     "runas-owner": (False, ("--runas", f"{OWNER}:{OTHER_GROUP}"), (OWNER, OTHER_GROUP)),
     "nested": (True, (), (OWNER, OWNER)),
+    "pid": (False, ("PID",), (OWNER, OWNER)),
 }
 
 
@@ -123,7 +130,6 @@ def served(request, topo: Topology, pasta: str, shared_tmp):
     it with the uid and gid it should run as."""
     nested, options, expected = CASES[request.param]
     owned = _owned(topo, OWNER, nested)
-    options = tuple(owned.userns if o == "USERNS" else o for o in options)
     # a fixed forward below 1024: bound as root, before the identity switch
     with _serve(topo, pasta, owned, str(shared_tmp / "pid"), "-t", "80:10080",
                 *options) as daemon:
