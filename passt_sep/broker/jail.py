@@ -4,7 +4,9 @@ Stages, named as passt's isolation.c names them:
 
 * initial: nothing to do in Python beyond what the kernel gives us;
 * user namespace: done by ``namespaces.create_user_namespace`` (rootless) or
-  by joining the target's (``enter_user_namespace``);
+  by joining the target's (``enter_user_namespace``); real root joining a
+  user namespace switches to an unprivileged uid first (``become``), as a
+  uid keeps its host value inside any user namespace;
 * pre-fork (``close``): new mount, IPC and UTS namespaces, and a new PID
   namespace for the children to come (the worker is its PID 1); root
   ``pivot_root``ed into an empty read-only tmpfs with the old root detached;
@@ -49,11 +51,33 @@ class Identity:
 
 
 def resolve_runas(runas: str | None, real_root: bool) -> Identity | None:
-    """The uid/gid to switch to: ``--runas``, else ``nobody`` for real root."""
+    """The uid/gid to switch to: ``--runas``, else ``nobody`` for real root.
+
+    Real root may not name root's uid or gid: whatever it asks for, the
+    worker and the ns socket source never run as host uid or gid 0.
+    """
     if runas is None:
         if not real_root:
             return None
         runas = NOBODY
+    identity = _lookup(runas)
+    if real_root and 0 in (identity.uid, identity.gid):
+        raise JailError(f"--runas {runas}: the worker never runs as root's uid or gid (0): "
+                        "name an unprivileged user")
+    return identity
+
+
+def owner_identity(uid: int) -> Identity:
+    """Who to be to join a user namespace that ``uid`` owns: ``uid``, with
+    its login group (or a group of the same number), never root's group."""
+    try:
+        gid = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        gid = uid
+    return Identity(uid, gid or _lookup(NOBODY).gid)
+
+
+def _lookup(runas: str) -> Identity:
     user, _, group = runas.partition(":")
     try:
         entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
@@ -92,6 +116,15 @@ def _empty_root() -> None:
     os.chdir("/")
 
 
+def become(identity: Identity) -> None:
+    """Switch every uid and gid to ``identity``, with no supplementary
+    groups.  From root, this also empties the permitted capabilities
+    (unless ``keep_caps`` is set)."""
+    os.setgroups([])
+    os.setresgid(identity.gid, identity.gid, identity.gid)
+    os.setresuid(identity.uid, identity.uid, identity.uid)
+
+
 def _drop_privileges(identity: Identity | None, keep_net_bind: bool) -> None:
     kept = (prctl.CAP_NET_BIND_SERVICE,) if keep_net_bind else ()
     prctl.capbset.limit(*kept)
@@ -101,9 +134,7 @@ def _drop_privileges(identity: Identity | None, keep_net_bind: bool) -> None:
     if identity is not None:
         if kept:
             prctl.securebits.keep_caps = True
-        os.setgroups([])
-        os.setresgid(identity.gid, identity.gid, identity.gid)
-        os.setresuid(identity.uid, identity.uid, identity.uid)
+        become(identity)
     prctl.cap_inheritable.limit()
     prctl.cap_effective.limit(*kept)  # effective must stay within permitted
     prctl.cap_permitted.limit(*kept)

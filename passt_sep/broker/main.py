@@ -1,8 +1,11 @@
 """The setup broker: everything that needs a privilege or a path, once.
 
-Stages: enter or create the namespaces; learn the host's network and have
-the tap created and configured inside (pasta), both from the netlink helper
-(``netlink.py``), or bind the guest socket (passt); open every other fd;
+Stages: open or create the namespaces (pasta), or bind the guest socket
+(passt); open the files and the host's listeners, as whoever started us;
+when real root serves a namespace owned by another user namespace, become
+an unprivileged user and join that user namespace; learn the host's
+network and have the tap created and configured inside (pasta), both from
+the netlink helper (``netlink.py``); make what lives in the namespace;
 close the jail around itself; fork the worker and hand it the fds; then, in
 daemon mode, write the pid file and exit, or in pasta's command mode release
 the command and return its exit status.
@@ -80,6 +83,8 @@ class Broker:
         self.socket_path: str | None = None             # a UNIX socket we created
         self.jailed = False
         self.own_userns = False
+        # real root joining another user namespace: who it becomes first
+        self.join_as: jail.Identity | None = None
 
     def run(self) -> int:
         try:
@@ -89,10 +94,15 @@ class Broker:
             raise
 
     def _run(self) -> int:
+        """The stages, in an order that privileges dictate: the files and the
+        host's listeners (ports below 1024) are opened as whoever started us,
+        before real root gives up its uid to join a user namespace
+        (``_join_owner_userns``); what is made inside the namespace comes
+        after the join, which gives the capabilities there."""
         config = self.config
         _raise_fd_limit()
-        if config.runas:
-            jail.resolve_runas(config.runas, False)     # an unknown user fails before anything
+        if config.runas:   # an unknown user, or root, fails before anything
+            jail.resolve_runas(config.runas, self.real_root)
         worker_filter = sandbox.prepare("worker")
         waiter_filter = sandbox.prepare("waiter")
         self.source_filter = sandbox.prepare("nssource")
@@ -100,14 +110,18 @@ class Broker:
             self._pasta_namespace()
         else:
             self._own_user_namespace()
-        if config.mode != "pasta":
             self._passt_socket()
         self._files()
-        identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
+        self._host_forwarding()
+        if config.mode == "pasta":
+            self._join_owner_userns()
+            self.netlink.request_tap(self.target.netns_fd)
+        identity = self._jail_identity()
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
-        self._forwarding()      # after the tap: the helper brings up the namespace's lo
+        if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
+            self._namespace_forwarding()
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
         tied = config.foreground or (self.target is not None and self.target.holder is not None)
@@ -121,19 +135,18 @@ class Broker:
 
     # -- pasta ------------------------------------------------------------------
     def _pasta_namespace(self) -> None:
-        """Enter or create the namespaces, and have the tap made inside."""
+        """Open or create the namespaces (joined later: ``_join_owner_userns``)."""
         config = self.config
         if config.netns or config.target_pid is not None:
             self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
             if self.target.pidfd is not None:
                 self.entries.append(FdEntry("target_pidfd", self.target.pidfd))
-            self._enter_owner_userns()
+            self._owner_userns()
         else:
             self._own_user_namespace()
             command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
             self.target = namespaces.spawn_command_namespace(command)
             self.entries.append(FdEntry("command_pidfd", os.pidfd_open(self.target.holder.pid)))
-        self.netlink.request_tap(self.target.netns_fd)
 
     def _network(self) -> Network:
         """The host's network and (pasta) the tap, from the netlink helper,
@@ -161,6 +174,14 @@ class Broker:
             (not config.no_udp and config.udp_ports.mode == "auto")
         return self.real_root and not self.own_userns and config.mode == "pasta" and auto
 
+    def _jail_identity(self) -> jail.Identity | None:
+        """Who the jail makes us: ``--runas`` or nobody for real root in the
+        host's user namespace; nobody new once the switch came before a
+        join (``_join_owner_userns``)."""
+        if self.join_as is not None:
+            return None
+        return jail.resolve_runas(self.config.runas, self.real_root and not self.own_userns)
+
     def _ns_source(self, identity: jail.Identity | None) -> None:
         """The process that makes sockets inside the namespace for the
         worker (loopback fast path), jailed and filtered like it."""
@@ -182,26 +203,80 @@ class Broker:
             namespaces.create_user_namespace()
             self.own_userns = True
 
-    def _enter_owner_userns(self) -> None:
-        """Join the user namespace that owns the target network namespace,
-        so that this process holds capabilities over it (as pasta does)."""
-        assert self.target is not None
-        userns_fd = self.target.userns_fd
-        if userns_fd is None:
+    def _owner_userns(self) -> None:
+        """Find the user namespace to join: ``--userns``, else the one that
+        owns the target network namespace (joining it gives this process
+        capabilities over the namespace, as pasta does); none if we are in
+        it already.  Real root also decides now whom to become before it
+        joins, and fails now, before opening anything, if that user could
+        not join: a uid keeps its host value in any user namespace, and the
+        worker must never run as host root."""
+        target = self.target
+        assert target is not None
+        if target.userns_fd is None:
             try:
-                userns_fd = fcntl.ioctl(self.target.netns_fd, NS_GET_USERNS)
+                owner = fcntl.ioctl(target.netns_fd, NS_GET_USERNS)
             except OSError:
                 return
-        if not namespaces.same_namespace(userns_fd, "user"):
-            try:
-                namespaces.enter_user_namespace(userns_fd)
-            except OSError as exc:
-                raise namespaces.NamespaceError(
-                    f"cannot join the namespace's user namespace: {exc.strerror} "
-                    "(pass --userns, or run as its owner)") from None
-            self.own_userns = True
-        if userns_fd != self.target.userns_fd:
-            os.close(userns_fd)
+            if namespaces.same_namespace(owner, "user"):
+                os.close(owner)
+                return
+            target.userns_fd = owner
+        if self.real_root and not namespaces.same_namespace(target.userns_fd, "user"):
+            self.join_as = self._joining_identity(target.userns_fd)
+
+    def _joining_identity(self, userns_fd: int) -> jail.Identity:
+        """``--runas``, else the namespace's owner (a rootless container's
+        user), else, for a namespace root made, nobody; refused unless it
+        is the uid that may join (``namespaces.owner_uid``)."""
+        try:
+            owner = namespaces.owner_uid(userns_fd)
+        except OSError as exc:
+            raise namespaces.NamespaceError(
+                f"cannot find who owns the user namespace of {self._netns_name()}: "
+                f"{exc.strerror}") from None
+        runas = self.config.runas
+        identity = jail.owner_identity(owner) if owner and not runas else \
+            jail.resolve_runas(runas, True)
+        assert identity is not None
+        if identity.uid == owner:
+            return identity
+        if owner == 0:
+            self._join_refused(identity, "only root may, and the worker never runs as root")
+        self._join_refused(identity, f"only its owner, uid {owner}, may; "
+                                     "pass --runas the namespace's owner")
+
+    def _join_owner_userns(self) -> None:
+        """Join the user namespace found by ``_owner_userns``; real root
+        becomes the identity chosen there first, dropping its supplementary
+        groups and every capability (joining gives capabilities inside)."""
+        target = self.target
+        assert target is not None
+        if target.userns_fd is None or namespaces.same_namespace(target.userns_fd, "user"):
+            return
+        try:
+            if self.join_as is not None:
+                jail.become(self.join_as)
+            namespaces.enter_user_namespace(target.userns_fd)
+        except OSError as exc:
+            if self.join_as is not None:
+                self._join_refused(self.join_as, f"{exc.strerror}; "
+                                                 "pass --runas the namespace's owner")
+            raise namespaces.NamespaceError(
+                f"cannot join the namespace's user namespace: {exc.strerror} "
+                "(pass --userns, or run as its owner)") from None
+        self.own_userns = True
+
+    def _join_refused(self, identity: jail.Identity, reason: str) -> NoReturn:
+        raise namespaces.NamespaceError(
+            f"cannot join the user namespace owning {self._netns_name()} as uid {identity.uid}: "
+            f"{reason}")
+
+    def _netns_name(self) -> str:
+        config = self.config
+        if config.target_pid is not None:
+            return f"/proc/{config.target_pid}/ns/net"
+        return (self.target.path if self.target else None) or str(config.netns)
 
     # -- passt ------------------------------------------------------------------
     def _passt_socket(self) -> None:
@@ -214,7 +289,10 @@ class Broker:
         self.entries.append(entry)
 
     # -- common -------------------------------------------------------------------
-    def _forwarding(self) -> None:
+    def _host_forwarding(self) -> None:
+        """``-t`` and ``-u``: the host's listeners, bound as whoever started
+        us, before any identity switch (real root may forward ports below
+        1024)."""
         config = self.config
         v4, v6 = not config.ipv6_only, not config.ipv4_only
         if not config.no_tcp and config.tcp_ports.mode in ("spec", "all"):
@@ -223,13 +301,12 @@ class Broker:
         if not config.no_udp and config.udp_ports.mode in ("spec", "all"):
             self.entries += sockets.forward_listeners(
                 config.udp_ports, socket.SOCK_DGRAM, v4, v6, config.udp_ports.mode == "all")
-        if config.mode == "pasta":
-            self._namespace_forwarding(v4, v6)
 
-    def _namespace_forwarding(self, v4: bool, v6: bool) -> None:
+    def _namespace_forwarding(self) -> None:
         """pasta's ``-T`` and ``-U``: sockets on the namespace's loopback, made
         there; ``auto`` in either direction: both sides' tables."""
         assert self.target is not None
+        v4, v6 = not self.config.ipv6_only, not self.config.ipv4_only
         static = self._ns_static_forwards()
         auto = self._auto_protocols()
         if not static and not auto:

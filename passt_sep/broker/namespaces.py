@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -288,6 +289,34 @@ def report_failure(sock: socket.socket, exc: BaseException) -> None:
 def enter_user_namespace(fd: int) -> None:
     """Join a user namespace for good (this process must be single-threaded)."""
     linux.setns(fd, linux.CLONE_NEWUSER)
+
+
+NS_GET_PARENT = 0xB702
+NS_GET_OWNER_UID = 0xB704
+
+
+def owner_uid(userns_fd: int) -> int:
+    """The uid that may join user namespace ``userns_fd`` without any
+    capability: the owner of its ancestor that is a child of ours.
+
+    ``setns`` asks for CAP_SYS_ADMIN in the namespace joined, and the uid
+    that created a user namespace holds every capability in it and in all
+    its descendants, from its parent namespace, whatever its own
+    capabilities.  For a namespace made right under ours (a rootless
+    container's) that is the namespace's own owner.
+    """
+    fd = os.dup(userns_fd)
+    try:
+        while True:
+            parent = fcntl.ioctl(fd, NS_GET_PARENT)
+            if same_namespace(parent, "user"):
+                os.close(parent)
+                break
+            os.close(fd)
+            fd = parent
+        return struct.unpack("I", fcntl.ioctl(fd, NS_GET_OWNER_UID, bytes(4)))[0]
+    finally:
+        os.close(fd)
 
 
 def same_namespace(fd: int, kind: str) -> bool:
