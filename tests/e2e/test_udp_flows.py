@@ -97,10 +97,11 @@ def _endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def _guest_talks_to(topo: Topology, pasta: str, peers: list[str]) -> list[str]:
+def _guest_talks_to(topo: Topology, pasta: str, peers: list[str], peer_port: int = PEER_PORT,
+                    options: tuple[str, ...] = ()) -> list[str]:
     """Run GUEST in pasta-sep; its lines up to "done" (the flow stays alive)."""
-    proc = topo.spawn_host(pasta, "--config-net", "-u", "none", "--", PY, "-c", GUEST,
-                           str(GUEST_PORT), str(PEER_PORT), *peers,
+    proc = topo.spawn_host(pasta, "--config-net", "-u", "none", *options, "--", PY, "-c", GUEST,
+                           str(GUEST_PORT), str(peer_port), *peers,
                            stdout=subprocess.PIPE, text=True)
     lines = []
     assert proc.stdout is not None
@@ -111,9 +112,10 @@ def _guest_talks_to(topo: Topology, pasta: str, peers: list[str]) -> list[str]:
     raise AssertionError(f"the guest ended early: {lines}")
 
 
-def _host_udp_sockets(topo: Topology, port: int) -> set[tuple[str, str]]:
-    """(local, peer) of the host namespace's UDP sockets on ``port``."""
-    out = topo.in_host("ss", "-Huan", f"sport = :{port}").stdout
+def _host_udp_sockets(topo: Topology) -> set[tuple[str, str]]:
+    """(local, peer) of every UDP socket in the host namespace (where
+    pasta-sep's worker is the only one to have any)."""
+    out = topo.in_host("ss", "-Huan").stdout
     return {(fields[3], fields[4]) for fields in (line.split() for line in out.splitlines())}
 
 
@@ -129,7 +131,7 @@ def test_only_the_peer_reaches_a_guest_flow(topo: Topology, pasta: str, stranger
     topo.wait_listening(PEER_PORT, "udp")
     lines = _guest_talks_to(topo, pasta, [remote])
     assert lines == [f"{remote} {PEER_PORT} reply {host} {GUEST_PORT} refused refused"]
-    assert _host_udp_sockets(topo, GUEST_PORT) == {
+    assert _host_udp_sockets(topo) == {
         (_endpoint(host, GUEST_PORT), _endpoint(remote, PEER_PORT))}
 
 
@@ -145,6 +147,19 @@ def test_one_guest_port_to_two_peers_is_two_connected_flows(
     lines = _guest_talks_to(topo, pasta, [remote, stranger])
     assert sorted(lines) == sorted(f"{address} {PEER_PORT} reply {host} {GUEST_PORT}"
                                    for address in (remote, stranger))
-    assert _host_udp_sockets(topo, GUEST_PORT) == {
+    assert _host_udp_sockets(topo) == {
         (_endpoint(host, GUEST_PORT), _endpoint(address, PEER_PORT))
         for address in (remote, stranger)}
+
+
+@pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
+def test_loopback_relay_socket_is_connected(topo: Topology, pasta: str, loopback: str) -> None:
+    """-U: the namespace's loopback datagrams leave the host's side from a
+    socket connected to the host's loopback port, and the answer returns."""
+    topo.spawn_host(PY, "-c", REMOTE_PEER, loopback, "21002", "-")
+    topo.wait_listening(21002, "udp", remote=False)
+    lines = _guest_talks_to(topo, pasta, [loopback], 11002, ("-U", "11002:21002"))
+    assert len(lines) == 1 and lines[0].startswith(f"{loopback} 11002 reply {loopback} ")
+    relay_port = int(lines[0].split()[-1])
+    sockets = {s for s in _host_udp_sockets(topo) if s[0] != _endpoint(loopback, 21002)}
+    assert sockets == {(_endpoint(loopback, relay_port), _endpoint(loopback, 21002))}
