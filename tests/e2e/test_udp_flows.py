@@ -85,6 +85,13 @@ print('done', flush=True)
 time.sleep(60)
 """
 
+BIND = """
+import socket, sys
+family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+socket.socket(family, socket.SOCK_DGRAM).bind((sys.argv[1], int(sys.argv[2])))
+print('bound')
+"""
+
 
 @pytest.fixture
 def strangers(topo: Topology) -> None:
@@ -126,13 +133,19 @@ def test_only_the_peer_reaches_a_guest_flow(topo: Topology, pasta: str, stranger
     """The peer's reply arrives; a third address and another port of the
     peer's own address, sending to the flow's host port, are refused by
     the host's kernel and nothing of theirs reaches the guest.  The peer
-    sees the guest's own port, and the host socket is connected to it."""
+    sees the guest's own port, and the host socket is connected to it,
+    holding the port on its own address only."""
     topo.spawn_remote(PY, "-c", REMOTE_PEER, remote, str(PEER_PORT), stranger)
     topo.wait_listening(PEER_PORT, "udp")
     lines = _guest_talks_to(topo, pasta, [remote])
     assert lines == [f"{remote} {PEER_PORT} reply {host} {GUEST_PORT} refused refused"]
     assert _host_udp_sockets(topo) == {
         (_endpoint(host, GUEST_PORT), _endpoint(remote, PEER_PORT))}
+    # the port is held on the flow's own address alone: the host's
+    # loopback still has it free for a host application
+    loopback = "::1" if ":" in host else "127.0.0.1"
+    bound = topo.run_host(PY, "-c", BIND, loopback, str(GUEST_PORT))
+    assert bound.stdout.strip() == "bound", bound.stderr
 
 
 @pytest.mark.parametrize("remote, stranger, host", [
