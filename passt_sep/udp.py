@@ -2,18 +2,26 @@
 
 Theory of operation
 -------------------
-UDP has no connections, so a "flow" here is a guest's source port in one
-address family.  The first datagram the guest sends from port P opens a host
-socket bound to P where the host allows it (so the peer sees the guest's own
-port, no NAT; else an ephemeral port) and every later datagram from P goes
-out through it with ``sendto``.  Whatever arrives on that socket goes back
-to the guest's port P, from the peer's address as the guest knows it
-(``fwd.AddressMap``; for mapped destinations, the address the guest used).
+UDP has no connections, so a "flow" here is what the guest's datagrams name:
+its address and source port, the peer's address and port (as the guest sees
+the peer), in one address family.  The first datagram of a flow opens a host
+socket ``connect()``-ed to the peer (``fwd.AddressMap``'s mapping of the
+destination; for mapped ones, the guest keeps seeing the address it used), so
+that only that peer's datagrams reach the guest: anyone else sending to the
+socket's port gets the kernel's port unreachable.  The socket is bound to
+the guest's source port where the host allows it (so the peer sees the
+guest's own port, no NAT), else to an ephemeral one
+(``UdpFlows.bind_plan``).  Flows from one guest port to several peers share
+that host port: the first binds it exclusively (never sharing with a host
+application's socket), each later one shares it with them
+(``SO_REUSEADDR``, set on our flows' sockets only); the kernel hands each
+connected socket its own peer's datagrams.
 
 Forwarded ports (``-u``) work the other way round: a datagram arriving on a
 listening socket for host port H goes to the guest's port T (H's target);
 the guest's answers from T leave through that same socket, so the peer sees
-them come from H.
+them come from H.  A forwarded port is open to every host by the user's
+choice; it keeps its peers' addresses both ways (``UdpForward``).
 
 Datagrams the guest sends in a burst (one loop round) to the same peer
 through the same flow are gathered in a ``SendBatch`` and leave in one
@@ -148,17 +156,55 @@ def unreachable_frame(net: Network, guest_mac: bytes, guest: bytes, gport: int,
     return ip_frame(guest_mac, net.our_mac, peer, guest, IPPROTO_ICMPV6, message)
 
 
+FlowKey = tuple[bool, int, bytes, int]   # v6, guest port, peer (as the guest sees it), port
+
+
 @dataclass
 class UdpFlow:
-    """One guest source port in one family, and its host socket."""
+    """One guest 5-tuple and its host socket, connected to the peer."""
 
     v6: bool
     guest_addr: bytes
     guest_port: int
     handle: int                  # the host socket's fd, owned by the I/O layer
     last_used: float
-    forwarded: bool = False      # a -u listener: never expires
-    host_port: int = 0           # where the host socket is bound (the guest's port if free)
+    peer: bytes                  # the peer's address as the guest uses it
+    peer_port: int
+    host_peer: bytes             # ... and where the socket is connected on the host
+    host_port: int = 0           # where the socket is bound (the guest's port if free)
+    forwarded = False
+
+    @property
+    def key(self) -> FlowKey:
+        return (self.v6, self.guest_port, self.peer, self.peer_port)
+
+    @property
+    def on_guest_port(self) -> bool:
+        """Bound to the guest's own source port: flows from that port to
+        other peers may share it."""
+        return self.host_port == self.guest_port
+
+
+def open_flow(datagram: GuestDatagram, addrmap: AddressMap, handle: int,
+              now: float) -> UdpFlow:
+    """The flow a guest datagram with no flow yet opens: its socket is to be
+    connected to ``host_peer``:``peer_port`` (``host_port`` filled in once
+    bound)."""
+    return UdpFlow(datagram.v6, datagram.src, datagram.sport, handle, now, datagram.dst,
+                   datagram.dport, addrmap.to_host(datagram.dst, datagram.dport))
+
+
+@dataclass
+class UdpForward:
+    """A ``-u`` listening socket, whose datagrams go to the guest's port
+    ``guest_port``; the guest's answers from that port leave through it."""
+
+    v6: bool
+    guest_addr: bytes
+    guest_port: int
+    handle: int
+    last_used: float = 0.0
+    forwarded = True
     # host peer <-> the address the guest knows it by, both ways: replies
     # keep the address the guest used, and the guest's answers to a peer go
     # back to that peer even where the address alone would be mapped (a
@@ -188,40 +234,85 @@ class UdpFlow:
         return self.guest_view.get(host_peer)
 
 
+AnyFlow = UdpFlow | UdpForward      # what a host socket of ours serves
+
+
 class UdpFlows:
-    """Flows by (v6, guest port) and by socket handle; capped; expiring."""
+    """Connected flows by 5-tuple, forwarded ports by (v6, target port),
+    both by socket handle.  Connected flows are capped and expire."""
 
     def __init__(self, max_flows: int, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.max_flows = max_flows
         self.timeout = timeout
-        self.by_port: dict[tuple[bool, int], UdpFlow] = {}
-        self.by_handle: dict[int, UdpFlow] = {}
+        self.by_key: dict[FlowKey, UdpFlow] = {}
+        self.forwards: dict[tuple[bool, int], UdpForward] = {}
+        self.by_handle: dict[int, AnyFlow] = {}
+        # (v6, port) -> host peers of our flows bound to their guest's port
+        self.held: dict[tuple[bool, int], set[tuple[bytes, int]]] = {}
 
     def __len__(self) -> int:
-        return len(self.by_port)
+        return len(self.by_key)
 
-    def get(self, v6: bool, guest_port: int, now: float) -> UdpFlow | None:
-        flow = self.by_port.get((v6, guest_port))
+    def lookup(self, v6: bool, guest_port: int, peer: bytes, peer_port: int,
+               now: float) -> AnyFlow | None:
+        """Where a guest datagram goes: its own connected flow, else the
+        forwarded port it answers from; None: a new flow."""
+        flow: AnyFlow | None = self.by_key.get((v6, guest_port, peer, peer_port))
+        if flow is None:
+            flow = self.forwards.get((v6, guest_port))
         if flow is not None:
             flow.last_used = now
         return flow
 
+    def full(self) -> bool:
+        return len(self.by_key) >= self.max_flows
+
+    def bind_plan(self, flow: UdpFlow) -> tuple[tuple[int, bool], ...]:
+        """``(port, share)`` binds to try, in order, for a new flow's socket.
+        The guest's port: alone, so that no host application's socket is
+        joined, unless our own flows from that port hold it: then shared
+        with them (``SO_REUSEADDR``), but never by two sockets connected to
+        one host peer (whose datagrams would reach either).  Else, and
+        when the guest's port is taken, an ephemeral port."""
+        peers = self.held.get((flow.v6, flow.guest_port))
+        if peers is None:
+            return ((flow.guest_port, False), (0, False))
+        if (flow.host_peer, flow.peer_port) in peers:
+            return ((0, False),)
+        return ((flow.guest_port, True), (0, False))
+
     def add(self, flow: UdpFlow) -> bool:
-        if len(self.by_port) >= self.max_flows and not flow.forwarded:
+        if self.full():
             return False
-        self.by_port[(flow.v6, flow.guest_port)] = flow
+        self.by_key[flow.key] = flow
         self.by_handle[flow.handle] = flow
+        if flow.on_guest_port:
+            self.held.setdefault((flow.v6, flow.host_port), set()).add(
+                (flow.host_peer, flow.peer_port))
         return True
 
-    def remove(self, flow: UdpFlow) -> None:
-        if self.by_port.get((flow.v6, flow.guest_port)) is flow:
-            del self.by_port[(flow.v6, flow.guest_port)]
-        self.by_handle.pop(flow.handle, None)
+    def add_forward(self, forward: UdpForward) -> None:
+        self.forwards[(forward.v6, forward.guest_port)] = forward
+        self.by_handle[forward.handle] = forward
+
+    def remove(self, flow: AnyFlow) -> None:
+        if self.by_handle.get(flow.handle) is not flow:
+            return
+        del self.by_handle[flow.handle]
+        if isinstance(flow, UdpForward):
+            if self.forwards.get((flow.v6, flow.guest_port)) is flow:
+                del self.forwards[(flow.v6, flow.guest_port)]
+            return
+        del self.by_key[flow.key]
+        peers = self.held.get((flow.v6, flow.host_port))
+        if flow.on_guest_port and peers is not None:
+            peers.discard((flow.host_peer, flow.peer_port))
+            if not peers:
+                del self.held[(flow.v6, flow.host_port)]
 
     def expired(self, now: float) -> list[UdpFlow]:
-        """Remove and return flows idle for longer than the timeout."""
-        stale = [f for f in self.by_handle.values()
-                 if not f.forwarded and now - f.last_used > self.timeout]
+        """Remove and return connected flows idle for longer than the timeout."""
+        stale = [f for f in self.by_key.values() if now - f.last_used > self.timeout]
         for flow in stale:
             self.remove(flow)
         return stale

@@ -99,22 +99,29 @@ class UdpHandler:
     # -- guest -> host --------------------------------------------------------------
     def on_guest_segment(self, inb: Inbound, now: float, header: UDP | None = None) -> None:
         datagram = udp.parse_guest_datagram(inb, self.verify, header)
-        flow = self.flows.get(datagram.v6, datagram.sport, now)
+        dport = datagram.dport
+        flow = self.flows.lookup(datagram.v6, datagram.sport, datagram.dst, dport, now)
         if flow is None:
             flow = self._open_flow(datagram, now)
-        dport = datagram.dport
-        host_dst = flow.host_peer(datagram.dst, dport, self.addrmap)
-        address = (_address_text(host_dst), dport)
-        self.sends.queue((self.sockets[flow.handle], address), datagram.payload)
+        if isinstance(flow, udp.UdpForward):
+            host_dst = flow.host_peer(datagram.dst, dport, self.addrmap)
+            target = (self.sockets[flow.handle], (_address_text(host_dst), dport))
+        else:                                   # connected: to its peer, no address
+            target = (self.sockets[flow.handle], None)
+        self.sends.queue(target, datagram.payload)
 
-    def _send_batch(self, target: tuple[socket.socket, tuple[str, int]], data: memoryview,
-                    segment: int, count: int) -> None:
+    def _send_batch(self, target: tuple[socket.socket, tuple[str, int] | None],
+                    data: memoryview, segment: int, count: int) -> None:
         sock, address = target
         if count == 1:
             self._send(sock, data, address)
             return
+        gso = [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(segment))]
         try:
-            sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(segment))], 0, address)
+            if address is None:
+                sock.sendmsg([data], gso)
+            else:
+                sock.sendmsg([data], gso, 0, address)
         except BlockingIOError:
             self.loop.counters.add("udp_send_full", count)
         except OSError:
@@ -124,9 +131,13 @@ class UdpHandler:
             for part in udp.segments(data, segment):
                 self._send(sock, part, address)
 
-    def _send(self, sock: socket.socket, payload: memoryview, address: tuple[str, int]) -> None:
+    def _send(self, sock: socket.socket, payload: memoryview,
+              address: tuple[str, int] | None) -> None:
         try:
-            sock.sendto(payload, address)
+            if address is None:
+                sock.send(payload)
+            else:
+                sock.sendto(payload, address)
         except BlockingIOError:
             self.loop.counters.add("udp_send_full")
         except OSError as exc:
@@ -134,11 +145,15 @@ class UdpHandler:
             self.log.ratelimited("udp_send", 7, f"UDP send failed: {exc.strerror}")
 
     def _open_flow(self, datagram: udp.GuestDatagram, now: float) -> udp.UdpFlow:
+        """A socket connected to the datagram's peer: the guest hears from
+        that peer alone on it."""
+        if self.flows.full():
+            raise Drop("udp_flows_full")
         family = socket.AF_INET6 if datagram.v6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        flow = udp.open_flow(datagram, self.addrmap, sock.fileno(), now)
         try:
-            self._bind_like_guest(sock, family, datagram.sport)
-            host_port = sock.getsockname()[1]
+            self._bind_like_guest(sock, flow)
             if datagram.v6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             else:
@@ -146,28 +161,38 @@ class UdpHandler:
         except OSError:
             sock.close()
             raise Drop("udp_socket") from None
-        flow = udp.UdpFlow(datagram.v6, datagram.src, datagram.sport, sock.fileno(), now,
-                           host_port=host_port)
-        if not self.flows.add(flow):
+        try:
+            sock.connect((_address_text(flow.host_peer), flow.peer_port))
+        except OSError:
             sock.close()
-            raise Drop("udp_flows_full")
+            raise Drop("udp_connect") from None
+        _discard_queued(sock)
+        self.flows.add(flow)
         self._register(sock)
         return flow
 
-    def _bind_like_guest(self, sock: socket.socket, family: int, port: int) -> None:
+    def _bind_like_guest(self, sock: socket.socket, flow: udp.UdpFlow) -> None:
         """The guest's own source port, so the peer sees it (no NAT); an
-        ephemeral one when the host has that port taken."""
+        ephemeral one when the host has that port taken (``bind_plan``).
+        Bound to the guest's port, the socket lets our later flows from
+        that port to other peers share it."""
+        family = sock.family
         self.outbound.prepare(sock, port=None)
         wildcard = self.outbound.address(family) or ("::" if family == socket.AF_INET6
                                                      else "0.0.0.0")
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind((wildcard, port))
-        except OSError as exc:
-            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                raise
-            sock.bind((wildcard, 0))
+        for port, share in self.flows.bind_plan(flow):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(share))
+            try:
+                sock.bind((wildcard, port))
+                break
+            except OSError as exc:
+                if port == 0 or exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise
+        flow.host_port = sock.getsockname()[1]
+        if flow.on_guest_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
     def _register(self, sock: socket.socket) -> None:
         self.sockets[sock.fileno()] = sock
@@ -185,7 +210,7 @@ class UdpHandler:
     def bound_ports(self) -> set[int]:
         """Host ports our flows' own sockets hold: they show in the host's
         /proc/net/udp like any bound socket, and are not to be forwarded."""
-        return {f.host_port for f in self.flows.by_handle.values() if not f.forwarded}
+        return {f.host_port for f in self.flows.by_key.values()}
 
     def add_listener(self, listener: UdpListener) -> None:
         sock = socket.socket(fileno=listener.fd)
@@ -196,8 +221,7 @@ class UdpHandler:
         if guest is None:
             sock.close()
             return
-        flow = udp.UdpFlow(v6, guest, listener.target, sock.fileno(), 0.0, forwarded=True)
-        self.flows.add(flow)
+        self.flows.add_forward(udp.UdpForward(v6, guest, listener.target, sock.fileno()))
         self.sockets[sock.fileno()] = sock
         self.loop.add_fd(sock.fileno(), EPOLLIN, self._readable)
 
@@ -223,17 +247,21 @@ class UdpHandler:
                 continue                        # loopback peer: spliced, no frame
             self._to_guest(flow, address, self.view[:size])
 
-    def _to_guest(self, flow: udp.UdpFlow, address: tuple, payload: memoryview) -> None:
-        port = address[1]
-        host_src = _address_bytes(socket.AF_INET6 if flow.v6 else socket.AF_INET, address[0])
-        src = flow.seen_as((host_src, port)) or self.addrmap.to_guest(host_src, port)
-        flow.remember((host_src, port), src)
+    def _to_guest(self, flow: udp.AnyFlow, address: tuple, payload: memoryview) -> None:
+        if isinstance(flow, udp.UdpFlow):       # connected: from its peer alone
+            src, port = flow.peer, flow.peer_port
+        else:
+            port = address[1]
+            host_src = _address_bytes(socket.AF_INET6 if flow.v6 else socket.AF_INET,
+                                      address[0])
+            src = flow.seen_as((host_src, port)) or self.addrmap.to_guest(host_src, port)
+            flow.remember((host_src, port), src)
         if self.send_datagrams is not None:
             self.deliveries.queue((flow, src, port), payload)
         else:
             self._frame(flow, src, port, payload)
 
-    def _deliver(self, target: tuple[udp.UdpFlow, bytes, int], data: memoryview, segment: int,
+    def _deliver(self, target: tuple[udp.AnyFlow, bytes, int], data: memoryview, segment: int,
                  count: int) -> None:
         """A batch of datagrams from one peer to the guest: one frame with
         the checksum and the cutting left to the kernel (tap)."""
@@ -252,7 +280,7 @@ class UdpHandler:
         for part in udp.segments(data, segment):
             self._frame(flow, src, port, part)
 
-    def _frame(self, flow: udp.UdpFlow, src: bytes, port: int, payload: memoryview) -> None:
+    def _frame(self, flow: udp.AnyFlow, src: bytes, port: int, payload: memoryview) -> None:
         try:
             frame = udp.datagram_frame(self.net, self.guest_mac(), src, port, flow.guest_addr,
                                        flow.guest_port, payload)
@@ -261,7 +289,7 @@ class UdpHandler:
             return
         self.send_frame(frame)
 
-    def _errors(self, flow: udp.UdpFlow, sock: socket.socket) -> None:
+    def _errors(self, flow: udp.AnyFlow, sock: socket.socket) -> None:
         """Reflect queued ICMP errors (IP_RECVERR) to the guest."""
         for _ in range(DATAGRAMS_PER_WAKEUP):
             try:
@@ -273,7 +301,7 @@ class UdpHandler:
             for _level, _kind, cmsg in ancillary:
                 self._reflect_error(flow, sock, cmsg, address, data)
 
-    def _reflect_error(self, flow: udp.UdpFlow, sock: socket.socket, cmsg: bytes,
+    def _reflect_error(self, flow: udp.AnyFlow, sock: socket.socket, cmsg: bytes,
                        address: tuple, data: bytes) -> None:
         parsed = udp.parse_extended_error(cmsg)
         if parsed is None or address is None:
@@ -281,11 +309,14 @@ class UdpHandler:
         _err, origin, icmp_type, icmp_code = parsed
         if origin not in (udp.SO_EE_ORIGIN_ICMP, udp.SO_EE_ORIGIN_ICMP6):
             return
-        host_dst = socket.inet_pton(sock.family, address[0])
-        peer = flow.seen_as((host_dst, address[1])) or self.addrmap.to_guest(host_dst, address[1])
+        if isinstance(flow, udp.UdpFlow):
+            peer, port = flow.peer, flow.peer_port
+        else:
+            host_dst, port = socket.inet_pton(sock.family, address[0]), address[1]
+            peer = flow.seen_as((host_dst, port)) or self.addrmap.to_guest(host_dst, port)
         self.loop.counters.add("udp_icmp_error")
         self.send_frame(udp.unreachable_frame(self.net, self.guest_mac(), flow.guest_addr,
-                                              flow.guest_port, peer, address[1], data,
+                                              flow.guest_port, peer, port, data,
                                               icmp_type, icmp_code))
 
     # -- housekeeping -----------------------------------------------------------------
@@ -298,7 +329,17 @@ class UdpHandler:
             self.sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def active_flows(self) -> int:
-        return sum(1 for f in self.flows.by_handle.values() if not f.forwarded)
+        return len(self.flows)
+
+
+def _discard_queued(sock: socket.socket) -> None:
+    """Datagrams that reached a flow's socket between its bind() and its
+    connect() came from anyone: none of them goes to the guest."""
+    while True:
+        try:
+            sock.recv(1)
+        except OSError:           # BlockingIOError: the queue is empty
+            return
 
 
 # A peer's address converted between the socket API's text and our bytes

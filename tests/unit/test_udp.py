@@ -90,32 +90,112 @@ def test_extended_error_parsing() -> None:
     assert udp.parse_extended_error(b"short") is None
 
 
-def test_flows_cap_expiry_and_forwarded_listeners() -> None:
+def flow(v6: bool, guest_port: int, peer: bytes, peer_port: int, handle: int,
+         host_peer: bytes | None = None, host_port: int | None = None) -> udp.UdpFlow:
+    guest = GUEST6 if v6 else GUEST4
+    made = udp.UdpFlow(v6, guest, guest_port, handle, 0, peer, peer_port, host_peer or peer)
+    made.host_port = guest_port if host_port is None else host_port
+    return made
+
+
+def test_a_flow_is_the_five_tuple() -> None:
+    """One guest port talking to two peers (or two ports of one peer) is
+    several flows, each its own socket; the other family is another."""
+    flows = udp.UdpFlows(max_flows=10)
+    a = flow(False, 1000, PEER4, 53, handle=10)
+    b = flow(False, 1000, PEER4, 54, handle=11)
+    c = flow(False, 1000, bytes([203, 0, 113, 7]), 53, handle=12)
+    d = flow(True, 1000, PEER6, 53, handle=13)
+    assert all(flows.add(f) for f in (a, b, c, d)) and len(flows) == 4
+    assert flows.lookup(False, 1000, PEER4, 53, now=1) is a
+    assert flows.lookup(False, 1000, PEER4, 54, now=1) is b
+    assert flows.lookup(False, 1000, bytes([203, 0, 113, 7]), 53, now=1) is c
+    assert flows.lookup(True, 1000, PEER6, 53, now=1) is d
+    assert flows.lookup(False, 1000, bytes([203, 0, 113, 8]), 53, now=1) is None
+    assert flows.lookup(False, 1001, PEER4, 53, now=1) is None
+    assert flows.by_handle[12] is c
+
+
+def test_new_flow_connects_to_the_mapped_peer_and_replies_keep_the_guests_view() -> None:
+    gateway = bytes([198, 51, 100, 1])
+    addrmap = AddressMap.build(gateway4=gateway, gateway6=None, no_map_gw=False,
+                               map_host_loopback=None, map_guest_addr=None,
+                               host_addr4=None, host_addr6=None)
+    datagram = udp.parse_guest_datagram(inbound(GUEST4, gateway, 5353, 53, b"q"))
+    made = udp.open_flow(datagram, addrmap, handle=7, now=3.0)
+    assert made.host_peer == addrmap.to_host(gateway, 53) != gateway
+    assert (made.peer, made.peer_port, made.guest_port) == (gateway, 53, 5353)
+    assert made.key == (False, 5353, gateway, 53) and made.last_used == 3.0
+
+
+def test_flows_cap_and_expiry_leave_forwarded_ports_alone() -> None:
     flows = udp.UdpFlows(max_flows=2, timeout=10)
-    a = udp.UdpFlow(False, GUEST4, 1000, handle=10, last_used=0)
-    b = udp.UdpFlow(True, GUEST6, 1000, handle=11, last_used=0)
-    c = udp.UdpFlow(False, GUEST4, 1001, handle=12, last_used=0)
-    listener = udp.UdpFlow(False, GUEST4, 53, handle=13, last_used=0, forwarded=True)
+    a = flow(False, 1000, PEER4, 7, handle=10)
+    b = flow(True, 1000, PEER6, 7, handle=11)
+    c = flow(False, 1001, PEER4, 7, handle=12)
+    forward = udp.UdpForward(False, GUEST4, 53, handle=13)
     assert flows.add(a) and flows.add(b)
-    assert not flows.add(c)
-    assert flows.add(listener)  # forwarded ports are not counted against the cap
-    assert flows.get(False, 1000, now=8) is a
+    assert flows.full() and not flows.add(c)
+    flows.add_forward(forward)          # forwarded ports are not counted against the cap
+    assert len(flows) == 2
+    assert flows.lookup(False, 1000, PEER4, 7, now=8) is a
     assert flows.expired(now=12) == [b]
     assert flows.expired(now=100) == [a]
-    assert flows.get(False, 53, now=100) is listener
+    assert not flows.full() and flows.add(c)
+    assert flows.lookup(False, 53, PEER4, 9999, now=100) is forward
+    assert 11 not in flows.by_handle and flows.by_handle[13] is forward
+
+
+def test_the_guests_answers_from_a_forwarded_port_use_its_socket() -> None:
+    """A guest port that is a ``-u`` target answers through the listening
+    socket, to any peer; its own connected flow, if one exists, first."""
+    flows = udp.UdpFlows(max_flows=4)
+    forward = udp.UdpForward(False, GUEST4, 7200, handle=3)
+    flows.add_forward(forward)
+    assert flows.lookup(False, 7200, PEER4, 40000, now=1) is forward
+    assert flows.lookup(True, 7200, PEER6, 40000, now=1) is None
+    own = flow(False, 7200, PEER4, 9, handle=4)
+    flows.add(own)
+    assert flows.lookup(False, 7200, PEER4, 9, now=1) is own
+    flows.remove(forward)
+    assert flows.lookup(False, 7200, PEER4, 40000, now=1) is None
+
+
+def test_bind_plan_keeps_the_guest_port_and_shares_it_among_our_flows_only() -> None:
+    flows = udp.UdpFlows(max_flows=8)
+    first = flow(False, 1000, PEER4, 53, handle=1, host_port=0)
+    # nobody of ours holds it: alone (a host socket holding it is never joined)
+    assert flows.bind_plan(first) == ((1000, False), (0, False))
+    first.host_port = 1000
+    flows.add(first)
+    other_peer = flow(False, 1000, bytes([203, 0, 113, 7]), 53, handle=2, host_port=0)
+    assert flows.bind_plan(other_peer) == ((1000, True), (0, False))
+    # two guest views of one host peer: never two sockets with one 4-tuple
+    same_host_peer = flow(False, 1000, bytes([169, 254, 1, 1]), 53, handle=3,
+                          host_peer=PEER4, host_port=0)
+    assert flows.bind_plan(same_host_peer) == ((0, False),)
+    assert flows.bind_plan(flow(True, 1000, PEER6, 53, handle=4)) == ((1000, False), (0, False))
+    # a flow on an ephemeral port holds nothing to share
+    ephemeral = flow(False, 2000, PEER4, 53, handle=5, host_port=40000)
+    flows.add(ephemeral)
+    assert flows.bind_plan(flow(False, 40000, PEER4, 53, handle=6)) == ((40000, False),
+                                                                       (0, False))
+    flows.remove(first)
+    assert flows.bind_plan(other_peer) == ((1000, False), (0, False))
+    assert flows.held == {}
 
 
 def test_remembered_guest_view_is_bounded() -> None:
-    flow = udp.UdpFlow(False, GUEST4, 1000, handle=1, last_used=0)
-    flow.remember((PEER4, 53), bytes([169, 254, 1, 1]))
-    assert flow.seen_as((PEER4, 53)) == bytes([169, 254, 1, 1])
-    assert flow.host_peer(bytes([169, 254, 1, 1]), 53, NO_MAPPING) == PEER4
-    flow.remember((PEER4, 80), PEER4)
-    assert flow.seen_as((PEER4, 80)) == PEER4
-    assert flow.host_peer(PEER4, 80, NO_MAPPING) == PEER4
+    forward = udp.UdpForward(False, GUEST4, 1000, handle=1)
+    forward.remember((PEER4, 53), bytes([169, 254, 1, 1]))
+    assert forward.seen_as((PEER4, 53)) == bytes([169, 254, 1, 1])
+    assert forward.host_peer(bytes([169, 254, 1, 1]), 53, NO_MAPPING) == PEER4
+    forward.remember((PEER4, 80), PEER4)
+    assert forward.seen_as((PEER4, 80)) == PEER4
+    assert forward.host_peer(PEER4, 80, NO_MAPPING) == PEER4
     for port in range(1, 200):
-        flow.remember((PEER4, 1000 + port), bytes([10, 0, 0, 1]))
-    assert len(flow.guest_view) == len(flow.host_view) == udp.UdpFlow.MAX_VIEWS
+        forward.remember((PEER4, 1000 + port), bytes([10, 0, 0, 1]))
+    assert len(forward.guest_view) == len(forward.host_view) == udp.UdpForward.MAX_VIEWS
 
 
 def test_host_peer_maps_once_then_remembers_for_replies() -> None:
@@ -123,10 +203,10 @@ def test_host_peer_maps_once_then_remembers_for_replies() -> None:
     addrmap = AddressMap.build(gateway4=gateway, gateway6=None, no_map_gw=False,
                                map_host_loopback=None, map_guest_addr=None,
                                host_addr4=None, host_addr6=None)
-    flow = udp.UdpFlow(False, GUEST4, 1000, handle=1, last_used=0)
-    host = flow.host_peer(gateway, 53, addrmap)
+    forward = udp.UdpForward(False, GUEST4, 1000, handle=1)
+    host = forward.host_peer(gateway, 53, addrmap)
     assert host == addrmap.to_host(gateway, 53) != gateway
-    assert flow.seen_as((host, 53)) == gateway       # replies come from the gateway
+    assert forward.seen_as((host, 53)) == gateway       # replies come from the gateway
 
 
 def test_send_batch_gathers_one_target_and_size() -> None:
