@@ -22,57 +22,168 @@ Request protocol, over a UNIX stream socket pair (the worker's end is the
 * answer ``{"ok": true}`` with that one fd, or ``{"error": "..."}`` and
   none.
 
-The source answers requests in order and exits when the worker closes its
-end.
+The worker may be the attacker's, so every request is checked before any
+socket is made (:func:`decide`, no I/O): exactly those keys (and
+``fdpass``'s ``"nfds": 0``), of those types, and a port the forwarding
+options let that operation use (``nspolicy``).  A malformed frame, request
+or refused port gets an error answer and the source goes on: it answers
+requests in order and ends only when the worker closes its end.
 """
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 import socket
+import struct
+from dataclasses import dataclass
 from typing import NoReturn
 
+import msgpack
+
 from . import fdpass
+from .nspolicy import Policy
+from .ports import MAX_PORT
 from .portsock import LISTEN_BACKLOG
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+FIELDS = frozenset({"op", "family", "port", "nfds"})
+MAX_REQUEST = 256           # a request's body is some 40 bytes
+DISCARD_CHUNK = 65536
+_LENGTH = struct.Struct("!I")
 
 
 class NsSourceError(Exception):
     """The namespace side could not make the socket."""
 
 
-def serve(sock: socket.socket) -> NoReturn:
+class RequestError(Exception):
+    """A request the source refuses; the message says why, in words."""
+
+
+class SourceClosed(Exception):
+    """The worker closed its end (or the socket broke): the source ends."""
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    family: int
+    port: int
+
+
+def serve(sock: socket.socket, policy: Policy) -> NoReturn:
     """The source's loop (in the target namespace, jailed, filtered)."""
     while True:
         try:
-            request, fds = fdpass.receive(sock)
-        except (fdpass.FdPassError, OSError):
+            answer, out = _next_answer(sock, policy)
+        except SourceClosed:
             os._exit(0)
-        for fd in fds:
-            os.close(fd)
-        answer, out = _answer(request)
+        except Exception as exc:  # a bug, not the worker's: the splice path must not die of it
+            answer, out = {"error": f"internal error ({type(exc).__name__})"}, []
         try:
             fdpass.send(sock, answer, out)
         except OSError:
             os._exit(0)
-        for fd in out:
-            os.close(fd)
+        finally:
+            for fd in out:
+                os.close(fd)
 
 
-def _answer(request: dict) -> tuple[dict, list[int]]:
-    op, family, port = request.get("op"), request.get("family"), request.get("port")
-    if op not in OPS or family not in LOOPBACK or not isinstance(port, int) \
-            or not 0 < port < 65536:
-        return {"error": "bad request"}, []
-    kind, action = OPS[op]
+def _next_answer(sock: socket.socket, policy: Policy) -> tuple[dict, list[int]]:
     try:
-        made = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        request = decide(read_request(sock), policy)
+    except RequestError as exc:
+        return {"error": str(exc)}, []
+    return make(request)
+
+
+# -- the frame ------------------------------------------------------------------------
+
+def read_request(sock: socket.socket) -> bytes:
+    """The body of the next ``fdpass`` frame.
+
+    The source takes no fds: any that come along are closed at once.  A
+    body longer than ``MAX_REQUEST`` is read to its end and dropped
+    (``RequestError``), so the next frame is still read in step.
+    ``SourceClosed`` at the end of the stream or on a socket error."""
+    (length,) = _LENGTH.unpack(_receive(sock, _LENGTH.size))
+    if length > MAX_REQUEST:
+        left = length
+        while left:
+            left -= len(_receive(sock, min(left, DISCARD_CHUNK)))
+        raise RequestError(f"request of {length} bytes, more than {MAX_REQUEST}")
+    return _receive(sock, length)
+
+
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    space = socket.CMSG_SPACE(fdpass.FDS_PER_MSG * 4)
+    while len(data) < size:
+        try:
+            chunk, ancillary, _flags, _addr = sock.recvmsg(size - len(data), space)
+        except OSError as exc:
+            raise SourceClosed(str(exc)) from None
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                for fd in fds:
+                    fdpass.close_quietly(fd)
+        if not chunk:
+            raise SourceClosed("the worker closed its end")
+        data += chunk
+    return bytes(data)
+
+
+# -- the decision (no I/O) -------------------------------------------------------------
+
+def decide(body: bytes, policy: Policy) -> Request:
+    """The request in a frame's ``body``, if well formed and allowed by
+    ``policy``; else ``RequestError`` saying why."""
+    request = _validate(_decode(body))
+    if request.port not in policy.ports(request.op):
+        raise RequestError(f"{request.op} on port {request.port}: not a forwarded port")
+    return request
+
+
+def _decode(body: bytes) -> object:
+    try:
+        return msgpack.unpackb(body, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise RequestError("request is not msgpack") from None
+
+
+def _validate(message: object) -> Request:
+    if not isinstance(message, dict):
+        raise RequestError("request is not a map")
+    if set(message) != FIELDS:
+        raise RequestError("request must have exactly the keys op, family, port and nfds")
+    op, family, port, nfds = (message[key] for key in ("op", "family", "port", "nfds"))
+    if type(op) is not str or op not in OPS:
+        raise RequestError(f"op must be one of {', '.join(OPS)}")
+    if type(family) is not int or family not in LOOPBACK:
+        raise RequestError(f"family must be {int(socket.AF_INET)} or {int(socket.AF_INET6)}")
+    if type(port) is not int or not 0 < port <= MAX_PORT:
+        raise RequestError(f"port must be an integer from 1 to {MAX_PORT}")
+    if type(nfds) is not int or nfds != 0:
+        raise RequestError("the source takes no fds: nfds must be 0")
+    return Request(op, family, port)
+
+
+# -- the socket -------------------------------------------------------------------------
+
+def make(request: Request) -> tuple[dict, list[int]]:
+    """The answer to an allowed request, and the socket's fd to send."""
+    kind, action = OPS[request.op]
+    try:
+        made = socket.socket(request.family,
+                             kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     except OSError as exc:
         return {"error": exc.strerror or str(exc)}, []
     try:
-        action(made, family, port)
+        action(made, request.family, request.port)
     except OSError as exc:
         made.close()
         return {"error": exc.strerror or str(exc)}, []

@@ -22,7 +22,7 @@ import socket
 import sys
 from typing import NoReturn
 
-from .. import linux, nssource, sandbox
+from .. import linux, nspolicy, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
 from ..netparams import Network
@@ -184,14 +184,16 @@ class Broker:
 
     def _ns_source(self, identity: jail.Identity | None) -> None:
         """The process that makes sockets inside the namespace for the
-        worker (loopback fast path), jailed and filtered like it."""
+        worker (loopback fast path), jailed and filtered like it, serving
+        only the ports the forwarding options call for."""
         assert self.target is not None
         source_filter = self.source_filter
+        policy = nspolicy.for_config(self.config)
 
         def serve(sock: socket.socket) -> None:
             jail.close(identity)
             source_filter.load()
-            nssource.serve(sock)
+            nssource.serve(sock, policy)
 
         _pid, fd = namespaces.spawn_inside(self.target, serve)
         self.entries.append(FdEntry("ns_source", fd))

@@ -1,0 +1,81 @@
+"""Fuzz target ``nssource``: a request to the ns socket source as it
+receives it from the worker (which may be the attacker's): the frame's
+msgpack body, decoded, checked and judged against the forwarding options
+(``nssource.decide``), before any socket is made.
+
+Input: the msgpack body, then one control byte (from the end): which
+configuration's policy judges it.
+Documented exception: ``nssource.RequestError`` (the source answers it).
+Invariants: an accepted request is one of the source's operations, on a
+loopback family, on a port the policy gives that operation, and the same
+request encoded again is accepted as the same.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_nssource.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import msgpack  # noqa: E402
+
+from fuzz import common  # noqa: E402
+from passt_sep import nspolicy, nssource  # noqa: E402
+from passt_sep.config import parse_args  # noqa: E402
+from passt_sep.ports import MAX_PORT  # noqa: E402
+
+NAME = "nssource"
+ALLOWED = (nssource.RequestError,)
+DICTIONARY = [b"\xa2op", b"\xa6family", b"\xa4port", b"\xa4nfds", b"\xa7connect",
+              b"\xa6listen", b"\xabudp_connect", b"\xa8udp_bind", b"\x02", b"\x0a",
+              b"\xcd\x4e\x20", b"\xcd\xff\xff", b"\xce\x00\x01\x00\x00", b"\x00", b"\xc0",
+              b"\xc2", b"\xc3", b"\x90", b"\x91", b"\x80", b"\x84", b"\x85", b"\xd6\xff",
+              b"\xcb\x40\x00\x00\x00\x00\x00\x00\x00", b"\xc4\x02op", b"\xd3" + b"\xff" * 8]
+
+# the policies a control byte picks from: what the broker computes for them
+CONFIGS = (
+    ["--config-net", "-t", "10080:20080,30000-30010:40000-40010", "-u", "5353", "-T", "none",
+     "-U", "none"],
+    ["--config-net"],                                           # auto both ways
+    ["--config-net", "-t", "none", "-u", "none", "-T", "auto", "-U", "auto"],
+    ["--config-net", "-t", "~22,~1000-2000", "-u", "53:5353", "--no-udp", "-T", "8080"],
+    ["--config-net", "--no-tcp", "--no-udp"],
+)
+POLICIES = tuple(nspolicy.for_config(parse_args(argv, "pasta-sep")) for argv in CONFIGS)
+
+
+def check(data: bytes) -> None:
+    fdp = common.provider(data)
+    policy = POLICIES[fdp.ConsumeIntInRange(0, 255) % len(POLICIES)]
+    request = common.guarded(ALLOWED, nssource.decide, common.rest(fdp), policy)
+    if request is None:
+        return
+    assert request.op in nssource.OPS, request
+    assert request.family in nssource.LOOPBACK, request
+    assert 1 <= request.port <= MAX_PORT, request
+    assert request.port in policy.ports(request.op), request
+    assert nssource.decide(_body(request.op, request.family, request.port), policy) == request
+
+
+def _body(op: str, family: int, port: int) -> bytes:
+    """What the worker sends (``NsSource.ask`` through ``fdpass.send``)."""
+    return msgpack.packb({"op": op, "family": family, "port": port, "nfds": 0},
+                         use_bin_type=True)
+
+
+def seeds() -> list[tuple[str, bytes]]:
+    # control: the policy (0 fixed ports, 1 auto, 2 -T/-U auto only, 3 exclusions, 4 none)
+    return [("connect-translated", _body("connect", 2, 20080) + common.control(0)),
+            ("connect-range", _body("connect", 10, 40005) + common.control(0)),
+            ("udp-connect", _body("udp_connect", 2, 5353) + common.control(0)),
+            ("connect-auto", _body("connect", 10, 8080) + common.control(1)),
+            ("listen-auto", _body("listen", 2, 631) + common.control(2)),
+            ("udp-bind-auto", _body("udp_bind", 10, 53) + common.control(2)),
+            ("connect-excluded", _body("connect", 2, 1500) + common.control(3)),
+            ("nothing-allowed", _body("udp_bind", 2, 53) + common.control(4))]
+
+
+if __name__ == "__main__":
+    common.fuzz_main(NAME, check, DICTIONARY)
