@@ -17,6 +17,7 @@ from ..handoff import FdEntry
 from ..netparams import Network
 from ..sandbox import Prepared
 from ..worker import main as worker_main
+from . import mac
 
 
 class WorkerStartError(Exception):
@@ -24,13 +25,15 @@ class WorkerStartError(Exception):
 
 
 def start_worker(config: Config, network: Network, entries: list[FdEntry],
-                 sandbox: Prepared) -> int:
+                 sandbox: Prepared, confinement: mac.Confinement | None = None) -> int:
     """Fork the worker, hand everything over, wait until it serves; its pid."""
     broker_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:
         broker_end.close()
+        mac.enter(confinement)                # its own profile or domain, first
         worker_main.run(worker_end, sandbox)  # never returns
+    mac.release(confinement)
     worker_end.close()
     try:
         handoff.send(broker_end, config, network, entries)

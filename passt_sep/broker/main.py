@@ -25,7 +25,7 @@ from ..handoff import FdEntry
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
-from . import hostinfo, jail, namespaces, sockets
+from . import hostinfo, jail, mac, namespaces, sockets
 from .handoff import WorkerStartError, start_worker
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
@@ -107,9 +107,10 @@ class Broker:
             self._ns_source(identity)
         net = self._network()
         self._forwarding()      # after the tap: the helper brings up the namespace's lo
+        confinement = mac.prepare()                     # needs /proc: before the jail
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
-        worker = start_worker(config, net, self.entries, worker_filter)
+        worker = start_worker(config, net, self.entries, worker_filter, confinement)
         self.entries = []
         self.pid_file_created = False                   # the worker's now
         if self.socket_path and not config.quiet:
@@ -167,7 +168,9 @@ class Broker:
         source_filter = self.source_filter
 
         def serve(sock: socket.socket) -> None:
+            confinement = mac.prepare()
             jail.close(identity)
+            mac.enter(confinement)                      # the worker's profile or domain
             source_filter.load()
             nssource.serve(sock)
 
