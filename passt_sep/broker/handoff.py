@@ -20,6 +20,7 @@ from ..handoff import FdEntry
 from ..netparams import Network
 from ..sandbox import Prepared
 from ..worker import main as worker_main
+from . import mac
 
 
 class WorkerStartError(Exception):
@@ -27,22 +28,26 @@ class WorkerStartError(Exception):
 
 
 def start_worker(config: Config, network: Network, entries: list[FdEntry],
-                 sandbox: Prepared, tied: bool = False) -> int:
+                 sandbox: Prepared, tied: bool = False,
+                 confinement: mac.Confinement | None = None) -> int:
     """Fork the worker, hand everything over, wait until it serves; its pid.
 
     ``tied``: this process stays for the worker's lifetime (foreground,
     pasta's command mode), and whatever ends it, SIGKILL included, ends
     the worker too (SIGTERM as the parent-death signal).  If this process
     died before the child asked for that, the handoff never arrives and
-    the child exits on its end of file.
+    the child exits on its end of file.  ``confinement``: the worker's own
+    AppArmor profile or SELinux domain, entered first thing in the child.
     """
     broker_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:
         broker_end.close()
+        mac.enter(confinement)                # its own profile or domain, first
         if tied:
             prctl.set_pdeathsig(signal.SIGTERM)
         worker_main.run(worker_end, sandbox)  # never returns
+    mac.release(confinement)
     worker_end.close()
     try:
         handoff.send(broker_end, config, network, entries)

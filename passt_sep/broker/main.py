@@ -28,7 +28,7 @@ from ..handoff import FdEntry
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
-from . import hostinfo, jail, namespaces, sockets
+from . import hostinfo, jail, mac, namespaces, sockets
 from .handoff import WorkerStartError, start_worker
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
@@ -122,10 +122,12 @@ class Broker:
         net = self._network()
         if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
+        confinement = mac.prepare()                     # needs /proc: before the jail
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
         tied = config.foreground or (self.target is not None and self.target.holder is not None)
-        worker = start_worker(config, net, self.entries, worker_filter, tied)
+        worker = start_worker(config, net, self.entries, worker_filter, tied=tied,
+                              confinement=confinement)
         self.entries = []
         self._keep_outputs(worker)
         if self.socket_path and not config.quiet:
@@ -191,7 +193,9 @@ class Broker:
         policy = nspolicy.for_config(self.config)
 
         def serve(sock: socket.socket) -> None:
+            confinement = mac.prepare()
             jail.close(identity)
+            mac.enter(confinement)                      # the worker's profile or domain
             source_filter.load()
             nssource.serve(sock, policy)
 
