@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from passt_sep import __version__
 from passt_sep.config import (
+    CAPABILITIES,
     OPTIONS,
     Config,
     ConfigError,
@@ -57,7 +58,7 @@ def test_passt_defaults() -> None:
 def test_pasta_defaults() -> None:
     config = parse(mode="pasta")
     assert config == Config(mode="pasta", tcp_ports=AUTO, udp_ports=AUTO, tcp_ns=AUTO,
-                            udp_ns=AUTO)
+                            udp_ns=AUTO, no_dhcp_dns=True, no_dhcp_search=True)
 
 
 @pytest.mark.parametrize("prog, mode", [
@@ -112,6 +113,10 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
                  {"search": ("example.test", "lab.example.test")}, (), "passt"),
     "--no-dhcp-dns": (None, {"no_dhcp_dns": True}, (), "passt"),
     "--no-dhcp-search": (None, {"no_dhcp_search": True}, (), "passt"),
+    "--dhcp-dns": (None, {"no_dhcp_dns": False}, (), "pasta"),
+    "--dhcp-search": (None, {"no_dhcp_search": False}, (), "pasta"),
+    "--dns-host": ("192.0.2.53", {"dns_host": ("192.0.2.53",)}, (), "passt"),
+    "--host-lo-to-ns-lo": (None, {"host_lo_to_ns_lo": True}, (), "pasta"),
     "--no-tcp": (None, {"no_tcp": True}, (), "passt"),
     "--no-udp": (None, {"no_udp": True}, (), "passt"),
     "--no-icmp": (None, {"no_icmp": True}, (), "passt"),
@@ -132,7 +137,7 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
                     (), "passt"),
     "--max-flows": ("100", {"max_flows": 100}, (), "passt"),
     "--socket": ("/tmp/s.socket", {"socket_path": "/tmp/s.socket"}, (), "passt"),
-    "--fd": ("3", {"fd": 3}, (), "passt"),
+    "--fd": ("3", {"fd": 3, "one_off": True}, (), "passt"),
     "--one-off": (None, {"one_off": True}, (), "passt"),
     "--ns-ifname": ("eth0", {"ns_ifname": "eth0"}, (), "pasta"),
     "--tcp-ns": ("8080", {"tcp_ns": Forwarding("spec", (ForwardRule(8080, 8080, 8080),))},
@@ -149,7 +154,7 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
     "--no-copy-routes": (None, {"no_copy_routes": True}, (), "pasta"),
     "--no-copy-addrs": (None, {"no_copy_addrs": True}, (), "pasta"),
 }
-SPECIAL = {"--help", "--version", "--mode"}
+SPECIAL = {"--help", "--version", "--mode", "--print-capabilities", "--vhost-user"}
 
 
 def test_every_option_has_a_case() -> None:
@@ -182,13 +187,23 @@ def test_option_in_every_form(name: str) -> None:
             parse(mode=other), **changes)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CASES if BY_LONG[n].modes != "both"))
+@pytest.mark.parametrize("name", sorted(n for n in CASES if BY_LONG[n].modes != "both"
+                                         and n != "--fd"))
 def test_mode_specific_option_refused_in_the_other_mode(name: str) -> None:
     value, _, extra, mode = CASES[name]
     other = "pasta" if mode == "passt" else "passt"
     for argv in forms(name, value):
         given_as = argv[0].split("=")[0] if argv[0].startswith("--") else argv[0][:2]
         assert error(*argv, *extra, mode=other) == f"{given_as} is only valid in {mode} mode"
+
+
+@pytest.mark.parametrize("argv", [["-F", "5"], ["--fd=5"], ["--fd", "5", "--netns", "n"]])
+def test_pasta_refuses_a_pre_opened_tap(argv: list[str]) -> None:
+    """pasta takes -F as a tap device's fd; pasta-sep creates its own tap."""
+    given_as = argv[0].split("=")[0]
+    assert error(*argv, mode="pasta") == (
+        f"{given_as}: a pre-opened tap device is not supported by pasta-sep, which creates "
+        "the tap itself")
 
 
 def test_both_families_of_per_family_options() -> None:
@@ -243,7 +258,7 @@ def test_short_option_bundles(argv: list[str], changes: dict) -> None:
     assert parse(*argv) == replace(parse(), **changes)
 
 
-@pytest.mark.parametrize("value, size", [("0", 0), ("1024", 1024), ("64k", 65536),
+@pytest.mark.parametrize("value, size", [("40960", 40960), ("0x10000", 65536), ("64k", 65536),
                                          ("64K", 65536), ("1m", 1 << 20), ("3M", 3 << 20),
                                          ("2g", 2 << 30)])
 def test_log_sizes(value: str, size: int) -> None:
@@ -286,23 +301,29 @@ def test_pasta_positionals(argv: list[str], changes: dict) -> None:
 
 # -- errors -------------------------------------------------------------------------
 
+MTU_RANGE = "(must be 68 to 65535, or 0 to advertise none)"
+
+
 @pytest.mark.parametrize("argv, mode, message", [
     (["--bogus"], "passt", "Unknown option: --bogus"),
+    (["--nosuch-option=3"], "passt", "Unknown option: --nosuch-option"),
     (["-x"], "passt", "Unknown option: -x"),
     (["-dZ"], "passt", "Unknown option: -Z"),
     (["--debug=yes"], "passt", "Option --debug takes no argument"),
     (["--mtu"], "passt", "Option --mtu requires an argument"),
     (["-m"], "passt", "Option -m requires an argument"),
     (["-dm"], "passt", "Option -m requires an argument"),
-    (["--mtu", "67"], "passt", "Invalid value for --mtu: 67 (must be 68 to 65520)"),
-    (["-m", "65521"], "passt", "Invalid value for --mtu: 65521 (must be 68 to 65520)"),
-    (["--mtu=1500b"], "passt", "Invalid value for --mtu: 1500b (must be 68 to 65520)"),
-    (["--mtu="], "passt", "Invalid value for --mtu:  (must be 68 to 65520)"),
-    (["--mtu", "-1"], "passt", "Invalid value for --mtu: -1 (must be 68 to 65520)"),
+    (["--mtu", "67"], "passt", f"Invalid value for --mtu: 67 {MTU_RANGE}"),
+    (["-m", "65536"], "passt", f"Invalid value for --mtu: 65536 {MTU_RANGE}"),
+    (["--mtu=1500b"], "passt", f"Invalid value for --mtu: 1500b {MTU_RANGE}"),
+    (["--mtu="], "passt", f"Invalid value for --mtu:  {MTU_RANGE}"),
+    (["--mtu", "-1"], "passt", f"Invalid value for --mtu: -1 {MTU_RANGE}"),
+    (["--mtu", "0x"], "passt", f"Invalid value for --mtu: 0x {MTU_RANGE}"),
+    (["--mtu", "09"], "passt", f"Invalid value for --mtu: 09 {MTU_RANGE}"),
     (["--max-flows", "0"], "passt", "Invalid value for --max-flows: 0 (must be 1 to 1048576)"),
     (["--max-flows", "1048577"], "passt",
      "Invalid value for --max-flows: 1048577 (must be 1 to 1048576)"),
-    (["-F", "x"], "passt", "Invalid value for --fd: x (must be 0 to 1073741824)"),
+    (["-F", "x"], "passt", "Invalid value for --fd: x (must be a file descriptor number)"),
     (["-a", "192.0.2"], "passt", "Invalid address for --address: 192.0.2"),
     (["-g", "2001:db8::g"], "passt", "Invalid address for --gateway: 2001:db8::g"),
     (["-o", "eth0"], "passt", "Invalid address for --outbound: eth0"),
@@ -340,13 +361,6 @@ def test_pasta_positionals(argv: list[str], changes: dict) -> None:
     (["-S", "x" * 64 + ".test"], "passt", f"Invalid search domain: {'x' * 64}.test"),
     (["-S", ("a" * 60 + ".") * 4 + "bcdefghijklmn"], "passt",
      f"Invalid search domain: {('a' * 60 + '.') * 4}bcdefghijklmn"),
-    (["-a", "10.0.0.1", "-a", "10.0.0.2"], "passt", "Multiple --address options given"),
-    (["-m", "1500", "--mtu", "9000"], "passt", "Multiple --mtu options given"),
-    (["-P", "a", "--pid-file", "b"], "passt", "Multiple --pid-file options given"),
-    (["--pid", "a", "--pid", "b"], "passt", "Multiple --pid options given"),
-    (["-i", "a", "-i", "b"], "passt", "Multiple --interface options given"),
-    (["-4", "-6"], "passt", "Options -4 and -6 are mutually exclusive"),
-    (["-46"], "pasta", "Options -4 and -6 are mutually exclusive"),
     (["-F", "3", "-s", "/tmp/s"], "passt", "Options --fd and --socket are mutually exclusive"),
     (["--netns", "n1", "4242"], "pasta", "--netns cannot be combined with a PID or a command"),
     (["--netns", "n1", "sh"], "pasta", "--netns cannot be combined with a PID or a command"),
@@ -356,7 +370,7 @@ def test_pasta_positionals(argv: list[str], changes: dict) -> None:
     (["foo"], "passt", "Unexpected argument: foo"),
     (["-d", "--", "-d"], "passt", "Unexpected argument: -d"),
     (["-t", "none", "-t", "22"], "passt",
-     "'none' cannot be combined with other port specifiers (option -t)"),
+     "Specific ports (22) cannot be specified together with all/none/auto (option -t)"),
     (["-I", "eth0"], "passt", "-I is only valid in pasta mode"),
     (["--netns", "n1"], "passt", "--netns is only valid in pasta mode"),
     (["-s", "/tmp/s"], "pasta", "-s is only valid in passt mode"),
@@ -389,7 +403,7 @@ def test_help_lists_the_options_of_the_mode(mode: str) -> None:
     assert text.startswith(f"Usage: {prog} [OPTION]...")
     for opt in OPTIONS:
         shown = f" {opt.long}" in text
-        assert shown == (opt.modes in ("both", mode)), opt.long
+        assert shown == (opt.modes in ("both", mode) and not opt.refused), opt.long
         if shown and opt.default:
             assert f"(default: {opt.default})" in text
         if shown and opt.short:
@@ -461,7 +475,7 @@ def test_any_command_line_is_a_config_help_or_one_line_error(argv: list[str],
     try:
         config = parse(*argv, mode=mode)
     except ShowText as shown:
-        assert shown.text in (usage("passt"), usage("pasta"), version_text())
+        assert shown.text in (usage("passt"), usage("pasta"), version_text(), CAPABILITIES)
         return
     except ConfigError as exc:
         assert type(exc) is ConfigError
