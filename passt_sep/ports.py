@@ -37,6 +37,9 @@ class ForwardRule:
 class Forwarding:
     mode: str = "none"                       # "none" | "spec" | "all" | "auto"
     rules: tuple[ForwardRule, ...] = field(default_factory=tuple)
+    skip_unavailable: bool = False
+    """``all`` and exclusion-only specs: ports that are taken or need a
+    privilege are skipped, as passt does; only none at all is an error."""
 
     def lookup(self, port: int) -> int | None:
         """The target of a listening port, or None when it is not forwarded."""
@@ -52,12 +55,13 @@ class Forwarding:
                 yield port, rule.target_of(port), rule
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "rules": [
+        return {"mode": self.mode, "skip_unavailable": self.skip_unavailable, "rules": [
             [r.first, r.last, r.target, r.address, r.interface] for r in self.rules]}
 
     @classmethod
     def from_dict(cls, data: dict) -> Forwarding:
-        return cls(data["mode"], tuple(ForwardRule(*r) for r in data["rules"]))
+        return cls(data["mode"], tuple(ForwardRule(*r) for r in data["rules"]),
+                   bool(data.get("skip_unavailable")))
 
 
 def parse_forward(specs: Sequence[str], mode: str, option: str) -> Forwarding:
@@ -65,7 +69,9 @@ def parse_forward(specs: Sequence[str], mode: str, option: str) -> Forwarding:
     add up; ``none``, ``auto`` and ``all`` stand alone."""
     rules: list[ForwardRule] = []
     kind = None
+    skip = False
     for spec in specs:
+        skip = skip or _exclusions_only(spec)
         spec_kind, spec_rules = _parse_one(spec, mode, option)
         if kind is not None and spec_kind != "spec":
             raise ConfigError(f"Port forwarding mode '{spec_kind}' conflicts with previous "
@@ -75,7 +81,14 @@ def parse_forward(specs: Sequence[str], mode: str, option: str) -> Forwarding:
                               f"all/none/auto (option {option})")
         kind = spec_kind
         rules += spec_rules
-    return Forwarding(kind or "spec", tuple(rules))
+    return Forwarding(kind or "spec", tuple(rules), skip and bool(rules))
+
+
+def _exclusions_only(spec: str) -> bool:
+    """``~22``, ``all`` or ``all,~22``: every port but some."""
+    ports = spec.rsplit("/", 1)[-1]
+    items = [item for item in ports.split(",") if item != "all"]
+    return ports.startswith("all") or all(item.startswith("~") for item in items)
 
 
 def _parse_one(spec: str, mode: str, option: str) -> tuple[str, list[ForwardRule]]:

@@ -184,6 +184,8 @@ class Broker:
     def _enter_owner_userns(self) -> None:
         """Join the user namespace that owns the target network namespace,
         so that this process holds capabilities over it (as pasta does)."""
+        if self.config.netns_only:
+            return
         assert self.target is not None
         userns_fd = self.target.userns_fd
         if userns_fd is None:
@@ -218,10 +220,12 @@ class Broker:
         v4, v6 = not config.ipv6_only, not config.ipv4_only
         if not config.no_tcp and config.tcp_ports.mode in ("spec", "all"):
             self.entries += sockets.forward_listeners(
-                config.tcp_ports, socket.SOCK_STREAM, v4, v6, config.tcp_ports.mode == "all")
+                config.tcp_ports, socket.SOCK_STREAM, v4, v6, config.tcp_ports.mode == "all",
+                freebind=config.freebind)
         if not config.no_udp and config.udp_ports.mode in ("spec", "all"):
             self.entries += sockets.forward_listeners(
-                config.udp_ports, socket.SOCK_DGRAM, v4, v6, config.udp_ports.mode == "all")
+                config.udp_ports, socket.SOCK_DGRAM, v4, v6, config.udp_ports.mode == "all",
+                freebind=config.freebind)
         if config.mode == "pasta":
             self._namespace_forwarding(v4, v6)
 

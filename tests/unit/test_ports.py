@@ -76,7 +76,8 @@ def test_bind_applies_to_every_range_of_the_spec() -> None:
 ])
 def test_exclusions(spec: str, rules: list[ForwardRule]) -> None:
     fwd = parse(spec)
-    assert fwd == Forwarding("spec", tuple(rules))
+    only_exclusions = spec.startswith("~") and "," not in spec.replace(",~", "")
+    assert fwd == Forwarding("spec", tuple(rules), only_exclusions)
 
 
 def test_exclusion_only_spec_keeps_the_bind() -> None:
@@ -84,10 +85,10 @@ def test_exclusion_only_spec_keeps_the_bind() -> None:
 
 
 def test_all_is_every_port_passt_only() -> None:
-    assert parse("all") == Forwarding("all", (R(1, 65535, 1),))
+    assert parse("all") == Forwarding("all", (R(1, 65535, 1),), True)
     assert parse("all,~22,~80-90") == Forwarding(
-        "all", (R(1, 21, 1), R(23, 79, 23), R(91, 65535, 91)))
-    assert parse("127.0.0.1/all") == Forwarding("all", (R(1, 65535, 1, "127.0.0.1"),))
+        "all", (R(1, 21, 1), R(23, 79, 23), R(91, 65535, 91)), True)
+    assert parse("127.0.0.1/all") == Forwarding("all", (R(1, 65535, 1, "127.0.0.1"),), True)
     with pytest.raises(ConfigError) as info:
         parse("all", mode="pasta", option="-u")
     assert str(info.value) == "'all' port forwarding is only allowed for passt (option -u)"
