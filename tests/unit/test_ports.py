@@ -175,8 +175,9 @@ def test_mismatched_ranges(spec: str) -> None:
         parse(spec, mode="pasta", option="-U")
 
 
-@pytest.mark.parametrize("spec", ["192.0.2.300/22", "[::1/22", "[192.0.2.1]x/22", "localhost/22", "::1::2/22",
-                                  "10.0.0.1/24/22", "fe80::1%/22", "22/"])
+@pytest.mark.parametrize("spec", ["192.0.2.300/22", "[::1/22", "[192.0.2.1]x/22",
+                                  "localhost/22", "::1::2/22", "10.0.0.1/24/22", "fe80::1%/22",
+                                  "22/"])
 def test_invalid_address(spec: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(spec)
