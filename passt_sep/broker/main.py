@@ -22,6 +22,7 @@ from typing import NoReturn
 from .. import linux, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
+from ..log import DEBUG, Logger, config_summary
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
@@ -55,6 +56,30 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _check_interfaces(config: Config) -> None:
+    """``-i`` and ``--outbound-if4/6`` name host interfaces: a wrong name
+    is an error at start, not a silent fall-back to local mode."""
+    for option, name in (("-i", config.interface), ("--outbound-if4", config.outbound_if4),
+                         ("--outbound-if6", config.outbound_if6)):
+        if name is None:
+            continue
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise sockets.SetupError(f"{option} {name}: no such interface on the host") from None
+    if config.mode == "pasta" and config.interface == "lo" and not config.ns_ifname:
+        raise sockets.SetupError("-i lo: the namespace's interface would be called lo too, "
+                                 "which is its loopback: name it with -I")
+
+
+def _debug_summary(config: Config, net: Network) -> None:
+    """``-d``: the configuration in force, on stderr before the jail."""
+    logger = Logger(_prog(config), DEBUG)
+    logger.to_fd(2)
+    for line in config_summary(config, net):
+        logger.debug(line)
+
+
 def _say(config: Config, message: str, error: bool = False) -> None:
     if error or not config.quiet:
         print(f"{_prog(config)}: {message}", file=sys.stderr, flush=True)
@@ -77,6 +102,7 @@ class Broker:
         self.socket_path: str | None = None             # a UNIX socket we created
         self.jailed = False
         self.own_userns = False
+        self.caller = jail.Identity(os.getuid(), os.getgid())   # before any user namespace
 
     def run(self) -> int:
         try:
@@ -88,6 +114,7 @@ class Broker:
     def _run(self) -> int:
         config = self.config
         _raise_fd_limit()
+        _check_interfaces(config)
         if config.runas:
             jail.resolve_runas(config.runas, False)     # an unknown user fails before anything
         worker_filter = sandbox.prepare("worker")
@@ -103,9 +130,13 @@ class Broker:
         pid_fd = sockets.pid_file(config.pid_file) if config.pid_file else None
         self.pid_file_created = pid_fd is not None
         identity = jail.resolve_runas(config.runas, self.real_root and not self.own_userns)
+        if identity == self.caller and not self.real_root:
+            identity = None         # --runas naming oneself: nothing to switch
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
+        if config.debug:
+            _debug_summary(config, net)
         self._forwarding()      # after the tap: the helper brings up the namespace's lo
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
