@@ -175,8 +175,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(None, "--version", None, BOTH, "Show version and exit"),
     Option(None, "--mode", "passt|pasta", BOTH, "Operation mode, overriding the program name"),
     Option("-p", "--pcap", "FILE", BOTH, "Log tap-facing traffic to pcap file"),
-    Option("-P", "--pid", "FILE", BOTH, "Write own PID to the given file"),
-    Option(None, "--pid-file", "FILE", BOTH, "Same as --pid"),
+    Option("-P", "--pid", "FILE", BOTH, "Write own PID to the given file",
+           aliases=("--pid-file",)),
     Option("-m", "--mtu", "MTU", BOTH, "Assign MTU via DHCP/NDP (pasta: set it on the tap)",
            "65520"),
     Option("-a", "--address", "ADDR", BOTH, "Assign IPv4 or IPv6 address ADDR",
@@ -253,6 +253,31 @@ OPTIONS: tuple[Option, ...] = (
     Option(None, "--no-copy-routes", None, PASTA, "Don't copy all routes to namespace"),
     Option(None, "--no-copy-addrs", None, PASTA, "Don't copy all addresses to namespace"),
 )
+
+# How each option differs from the current passt's, where it does (the man
+# pages' COMPATIBILITY section is made from this and ``Option.refused``).
+DIFFERENCES: dict[str, str] = {
+    "--debug": "prints a summary of the configuration at start, not passt's full dump",
+    "--trace": "as --debug, with passt-sep's trace messages",
+    "--stderr": "logs to standard error too (deprecated without effect in passt)",
+    "--log-size": "also takes k, m, g and t suffixes; a full log file is emptied and "
+                  "starts over",
+    "--mtu": "pasta mode: below 1280 needs -4 (passt fails later, setting IPv6 addresses)",
+    "--address": "loopback, unspecified, multicast and broadcast addresses are refused",
+    "--gateway": "loopback, unspecified, multicast and broadcast addresses are refused",
+    "--interface": "pasta mode: -i lo needs -I (passt fails creating the tap)",
+    "--outbound-if4": "the interface must exist at start",
+    "--outbound-if6": "the interface must exist at start",
+    "--map-host-loopback": "one address in all, not one per address family",
+    "--map-guest-addr": "one address in all, not one per address family",
+    "--tcp-ports": "port 0 is refused; IPv6-bound ports are not also forwarded for IPv4",
+    "--udp-ports": "port 0 is refused; not implied by -t; IPv6-bound ports are not also "
+                   "forwarded for IPv4",
+    "--socket": "the default path is passt-sep_N.socket in $XDG_RUNTIME_DIR or /tmp",
+    "--fd": "passt mode only: pasta's pre-opened tap device is refused",
+    "--host-lo-to-ns-lo": "accepted; forwarded loopback connections keep passt-sep's default",
+    "--no-copy-addrs": "accepted; passt-sep sets up a single address in any case",
+}
 
 _BY_NAME = {name: opt for opt in OPTIONS
             for name in (opt.short, opt.long, *opt.aliases) if name}
@@ -556,7 +581,7 @@ def _netmask(value: str, name: str) -> int:
 SINGLE: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "--log-file": ("log_file", _text), "--log-size": ("log_size", _size),
     "--runas": ("runas", _runas), "--pcap": ("pcap", _text), "--pid": ("pid_file", _text),
-    "--pid-file": ("pid_file", _text), "--mtu": ("mtu", _mtu),
+    "--mtu": ("mtu", _mtu),
     "--netmask": ("prefix4", _netmask), "--mac-addr": ("mac_addr", _mac),
     "--interface": ("interface", _ifname),
     "--outbound-if4": ("outbound_if4", _ifname), "--outbound-if6": ("outbound_if6", _ifname),
@@ -616,6 +641,11 @@ def _apply(opt: Option, value: str, values: dict[str, Any]) -> None:
         return
     if name == "--search":
         _search(value, values)
+        return
+    if name in ("--map-host-loopback", "--map-guest-addr") and value == "none":
+        values[SINGLE[name][0]] = None           # map nothing
+        if name == "--map-host-loopback":
+            values["no_map_gw"] = True
         return
     key, convert = SINGLE[name]
     values[key] = convert(value, name)

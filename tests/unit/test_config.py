@@ -97,7 +97,6 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
     "--runas": ("1000:1000", {"runas": "1000:1000"}, (), "passt"),
     "--pcap": ("/tmp/dump.pcap", {"pcap": "/tmp/dump.pcap"}, (), "passt"),
     "--pid": ("/run/p.pid", {"pid_file": "/run/p.pid"}, (), "passt"),
-    "--pid-file": ("/run/p.pid", {"pid_file": "/run/p.pid"}, (), "passt"),
     "--mtu": ("1500", {"mtu": 1500}, (), "passt"),
     "--address": ("192.0.2.5", {"address4": "192.0.2.5"}, (), "passt"),
     "--netmask": ("255.255.255.0", {"prefix4": 24}, (), "passt"),
@@ -484,3 +483,154 @@ def test_any_command_line_is_a_config_help_or_one_line_error(argv: list[str],
         return
     assert config.mode in ("passt", "pasta")
     assert Config.from_dict(config.to_dict()) == config
+
+
+# -- the current passt's command lines (callers issue, items 3, 10, 12, 13, 15) --------
+
+def test_fd_implies_one_off_and_refuses_standard_streams() -> None:
+    assert parse("-F", "3").one_off and parse("--fd=0x10").fd == 16
+    for fd in ("0", "1", "2"):
+        assert error("-F", fd) == (f"Invalid value for --fd: {fd} (0, 1 and 2 are standard "
+                                   "input, output and error: pass the socket as 3 or above)")
+
+
+@pytest.mark.parametrize("given, full", [
+    ("--config", "--config-net"), ("--conf", "--config-net"), ("--no-spl", "--no-splice"),
+    ("--quie", "--quiet"), ("--ns-mac", "--ns-mac-addr"), ("--sock", "--socket"),
+    ("--socket-p", "--socket"), ("--pi", "--pid"), ("--print", "--print-capabilities"),
+])
+def test_long_options_may_be_abbreviated(given: str, full: str) -> None:
+    opt = BY_LONG[full]
+    value, changes, extra, mode = CASES.get(full, (None, {}, (), "pasta"))
+    argv = [given] + ([value] if opt.arg else [])
+    if full == "--print-capabilities":
+        with pytest.raises(ShowText):
+            parse(*argv)
+        return
+    assert parse(*argv, *extra, mode=mode) == parse(full, *argv[1:], *extra, mode=mode)
+
+
+@pytest.mark.parametrize("given", ["--no", "--no-d", "--dns-", "--m", "--map"])
+def test_ambiguous_prefixes_are_errors(given: str) -> None:
+    message = error(given, mode="pasta")
+    assert message.startswith(f"Option {given} is ambiguous; possibilities: --")
+    assert all(name.startswith(given) for name in message.split(": ", 1)[1].split())
+
+
+def test_synonyms() -> None:
+    assert parse("--socket-path", "/tmp/a.sock") == parse("-s", "/tmp/a.sock")
+    assert parse("--pid-file", "/tmp/p") == parse("-P", "/tmp/p") == parse("--pid=/tmp/p")
+
+
+def test_print_capabilities_prints_what_passt_prints() -> None:
+    for mode in ("passt", "pasta"):
+        with pytest.raises(ShowText) as info:
+            parse("--print-capabilities", mode=mode)
+        assert info.value.text == '{\n  "type": "net"\n}'
+
+
+def test_vhost_user_is_refused_by_name() -> None:
+    assert error("--vhost-user") == ("--vhost-user: vhost-user is not supported by passt-sep: "
+                                     "use the stream socket (-s)")
+
+
+def test_dhcp_dns_and_search_defaults_follow_the_mode() -> None:
+    pasta = parse(mode="pasta")
+    assert pasta.no_dhcp_dns and pasta.no_dhcp_search
+    assert not parse("--dhcp-dns", "--dhcp-search", mode="pasta").no_dhcp_dns
+    assert not parse("--dhcp-search", mode="pasta").no_dhcp_search
+    assert not parse().no_dhcp_dns and not parse().no_dhcp_search
+    assert error("--dhcp-dns") == "--dhcp-dns is only valid in pasta mode"
+    assert error("--no-dhcp-search", mode="pasta") == "--no-dhcp-search is only valid in " \
+        "passt mode"
+
+
+def test_dns_host_keeps_the_last_per_family() -> None:
+    config = parse("--dns-host", "192.0.2.1", "--dns-host", "2001:db8::1",
+                   "--dns-host", "192.0.2.2")
+    assert config.dns_host == ("2001:db8::1", "192.0.2.2")
+
+
+def test_accepted_flags_reach_config() -> None:
+    config = parse("--freebind", "--host-lo-to-ns-lo", "--no-copy-addrs", "--netns-only",
+                   "--netns", "n1", "-d", mode="pasta")
+    assert (config.freebind, config.host_lo_to_ns_lo, config.no_copy_addrs,
+            config.netns_only, config.debug) == (True, True, True, True, True)
+    assert parse("--trace").debug
+
+
+@pytest.mark.parametrize("value, mtu", [("0", 0), ("65535", 65535), ("0x500", 1280),
+                                        ("02400", 1280), ("68", 68), ("+1500", 1500)])
+def test_mtu_values_as_passt_reads_them(value: str, mtu: int) -> None:
+    assert parse("-m", value).mtu == mtu
+
+
+def test_small_mtu_needs_ipv4_only_in_pasta_mode() -> None:
+    assert error("-m", "100", mode="pasta") == (
+        "Invalid value for --mtu: 100 (IPv6 needs an MTU of at least 1280, and the "
+        "namespace's interface would lose its IPv6 addresses: use -4 to disable IPv6, or a "
+        "larger MTU)")
+    assert parse("-m", "100", "-4", mode="pasta").mtu == 100
+    assert parse("-m", "0", mode="pasta").mtu == 0
+    assert parse("-m", "100").mtu == 100          # passt only advertises it
+
+
+@pytest.mark.parametrize("argv, changes", [
+    (["-4", "-6"], {"ipv6_only": True}),
+    (["-6", "-4"], {"ipv4_only": True}),
+    (["-46"], {"ipv6_only": True}),
+    (["-a", "192.0.2.5", "-a", "192.0.2.6"], {"address4": "192.0.2.6"}),
+    (["-g", "192.0.2.1", "-g", "192.0.2.9"], {"gateway4": "192.0.2.9"}),
+    (["-o", "192.0.2.2", "-o", "192.0.2.3"], {"outbound4": "192.0.2.3"}),
+    (["-m", "1500", "--mtu", "9000"], {"mtu": 9000}),
+    (["-P", "a", "--pid-file", "b"], {"pid_file": "b"}),
+    (["-i", "a", "-i", "b"], {"interface": "b"}),
+    (["--runas", "1000", "--runas", "1001"], {"runas": "1001"}),
+])
+def test_the_last_option_wins(argv: list[str], changes: dict) -> None:
+    assert parse(*argv) == replace(parse(), **changes)
+
+
+def test_ns_mac_addr_last_wins() -> None:
+    assert parse("--ns-mac-addr", "02:00:00:00:00:01", "--ns-mac-addr", "02:00:00:00:00:02",
+                 mode="pasta").ns_mac_addr == "02:00:00:00:00:02"
+
+
+@pytest.mark.parametrize("option, role", [("-a", "assigned to the guest"),
+                                          ("-g", "the guest's gateway")])
+@pytest.mark.parametrize("value, why", [
+    ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"),
+    ("0.0.0.0", "the unspecified address"), ("::", "the unspecified address"),
+    ("224.0.0.1", "a multicast address"), ("ff02::1", "a multicast address"),
+    ("255.255.255.255", "the broadcast address"),
+])
+def test_unusable_addresses_are_named(option: str, role: str, value: str, why: str) -> None:
+    name = BY_LONG["--address" if option == "-a" else "--gateway"].long
+    assert error(option, value) == f"Invalid address for {name}: {value} ({why} cannot be {role})"
+
+
+@pytest.mark.parametrize("value", ["1", "4096", "40959", "0x1000", "39k"])
+def test_too_small_log_size(value: str) -> None:
+    assert error("--log-size", value) == (f"Invalid size for --log-size: {value} (at least "
+                                          "40960 bytes, to leave room for dropping old entries)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-t", "8080", "-t", "auto"], "Port forwarding mode 'auto' conflicts with previous mode "
+     "(option -t)"),
+    (["-t", "18146:"], "Invalid port specifier: 18146:: no target port after ':' (option -t)"),
+    (["-T", "127.0.0.1/8080"], "Invalid port specifier: 127.0.0.1/8080: no address can be "
+     "given, these ports are bound on the namespace's loopback (option -T)"),
+    (["-t", "0"], "Invalid port specifier: 0 (option -t)"),
+])
+def test_mistakes_pasta_refuses(argv: list[str], message: str) -> None:
+    assert error(*argv, mode="pasta") == message
+
+
+def test_bracketed_ipv6_port_spec() -> None:
+    assert parse("-t", "[::1]/8080", mode="pasta").tcp_ports == Forwarding(
+        "spec", (ForwardRule(8080, 8080, 8080, "::1"),))
+
+
+def test_netmask_in_any_base() -> None:
+    assert parse("-n", "0x18").prefix4 == parse("-n", "24").prefix4 == 24
