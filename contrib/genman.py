@@ -189,7 +189,8 @@ def page(mode: str) -> str:
            f"\\fB{esc(name)}\\fR creates (running \\fICOMMAND\\fR, by default the user's "
            "shell) or joins. Any program name containing \\fIpasta\\fR selects this mode, "
            "so a link called \\fIpasta\\fR works for Podman."))
-    options = "".join(option_entry(o) for o in OPTIONS if o.modes in (BOTH, mode))
+    options = "".join(option_entry(o) for o in OPTIONS
+                      if o.modes in (BOTH, mode) and not o.refused)
     title = esc(name.upper())
     return (f'.TH {title} 1 "{DATE}" "passt\\-sep {__version__}" "User Commands"\n'
             f".SH NAME\n{esc(name)} \\- {what}\n"
