@@ -14,7 +14,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from passt_sep import __version__  # noqa: E402
-from passt_sep.config import BOTH, OPTIONS, Option  # noqa: E402
+from passt_sep.config import _BY_NAME, BOTH, DIFFERENCES, OPTIONS, Option  # noqa: E402
+
+REFERENCE = os.path.join(os.path.dirname(HERE), "tests", "data", "passt-2025-01-options.txt")
 
 DATE = "2026-11-23"
 
@@ -24,7 +26,7 @@ def esc(text: str) -> str:
 
 
 def option_entry(opt: Option) -> str:
-    names = [f"\\fB{esc(n)}\\fR" for n in (opt.short, opt.long) if n]
+    names = [f"\\fB{esc(n)}\\fR" for n in (opt.short, opt.long, *opt.aliases) if n]
     head = ", ".join(names) + (f" \\fI{esc(opt.arg)}\\fR" if opt.arg else "")
     body = esc(opt.help) + "."
     if opt.default:
@@ -143,6 +145,51 @@ saying what is wrong.
 """
 
 
+def reference_options() -> list[tuple[str, list[str]]]:
+    """(section, names) of every option of the current passt's man page."""
+    with open(REFERENCE, encoding="utf-8") as handle:
+        return [(words[0], words[1:]) for words in map(str.split, handle) if words]
+
+
+def status(names: list[str]) -> tuple[str, str]:
+    """How passt-sep takes a reference option: (status, details)."""
+    opt = _BY_NAME.get(names[-1]) or _BY_NAME.get(names[0])
+    if opt is None:
+        return "refused", "unknown option"
+    if opt.refused:
+        return "refused", opt.refused
+    if opt.long in DIFFERENCES:
+        return "differs", DIFFERENCES[opt.long]
+    return "supported", ""
+
+
+def counts() -> dict[str, int]:
+    found = {"supported": 0, "differs": 0, "refused": 0}
+    for _, names in reference_options():
+        found[status(names)[0]] += 1
+    return found
+
+
+def compatibility() -> str:
+    """One entry per option of the current passt: supported, supported with
+    differences (named), or refused (with the reason it gives)."""
+    total = counts()
+    out = [".SH COMPATIBILITY",
+           "Every option of passt and pasta 2025\\-01, as passt\\-sep takes it: "
+           f"{total['supported']} supported as they are, {total['differs']} supported with "
+           f"the differences named, {total['refused']} refused with a message naming them. "
+           "Long options may be abbreviated to any unambiguous prefix; when an option is "
+           "given more than once, the last one takes effect."]
+    for section, names in reference_options():
+        state, details = status(names)
+        where = "" if section == "both" else f" ({section})"
+        text = {"supported": "supported", "differs": "supported; differs: ",
+                "refused": "refused: "}[state] + esc(details)
+        out.append(".TP\n" + ", ".join(f"\\fB{esc(n)}\\fR" for n in names) + where
+                   + "\n" + text[0].upper() + text[1:] + ".")
+    return "\n".join(out) + "\n"
+
+
 def page(mode: str) -> str:
     name = f"{mode}-sep"
     other = "pasta-sep" if mode == "passt" else "passt-sep"
@@ -166,14 +213,15 @@ def page(mode: str) -> str:
            f"\\fB{esc(name)}\\fR creates (running \\fICOMMAND\\fR, by default the user's "
            "shell) or joins. Any program name containing \\fIpasta\\fR selects this mode, "
            "so a link called \\fIpasta\\fR works for Podman."))
-    options = "".join(option_entry(o) for o in OPTIONS if o.modes in (BOTH, mode))
+    options = "".join(option_entry(o) for o in OPTIONS
+                      if o.modes in (BOTH, mode) and not o.refused)
     title = esc(name.upper())
     return (f'.TH {title} 1 "{DATE}" "passt\\-sep {__version__}" "User Commands"\n'
             f".SH NAME\n{esc(name)} \\- {what}\n"
             f".SH SYNOPSIS\n{synopsis}"
             f".SH DESCRIPTION\n{description}\n"
             f".SH OPTIONS\n{options}"
-            + SECURITY + LIFETIME + (PASTA_LIFETIME if mode == "pasta" else "")
+            + compatibility() + SECURITY + LIFETIME + (PASTA_LIFETIME if mode == "pasta" else "")
             + EXAMPLES[mode] + FILES.replace("SEE ALSO\n",
                                                        f"SEE ALSO\n\\fB{esc(other)}\\fR(1), "))
 

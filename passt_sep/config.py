@@ -22,7 +22,11 @@ __all__ = ["Config", "ConfigError", "ShowText", "OPTIONS", "parse_args", "usage"
 
 BOTH, PASST, PASTA = "both", "passt", "pasta"
 IFNAMSIZ = 16
-MIN_MTU, MAX_MTU = 68, 65520
+MIN_MTU, MAX_MTU = 68, 65535
+IPV6_MIN_MTU = 1280
+MIN_LOG_SIZE = 40960                # room to drop old entries, as passt
+INT_MAX = (1 << 31) - 1
+CAPABILITIES = '{\n  "type": "net"\n}'   # --print-capabilities, as passt prints it
 SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 MAX_SIZE = 1 << 40
 PID_MAX_LIMIT = 1 << 22             # the kernel's largest pid_max
@@ -65,6 +69,7 @@ class Config:
     dns: tuple[str, ...] = ()
     dns_none: bool = False
     dns_forward: tuple[str, ...] = ()
+    dns_host: tuple[str, ...] = ()
     search: tuple[str, ...] = ()
     search_none: bool = False
     no_dhcp_dns: bool = False
@@ -99,6 +104,9 @@ class Config:
     no_splice: bool = False
     no_copy_routes: bool = False
     no_copy_addrs: bool = False
+    host_lo_to_ns_lo: bool = False
+    """pasta: connections forwarded from the host's loopback keep a loopback
+    source in the namespace, instead of the namespace's public address."""
     command: tuple[str, ...] = ()
     target_pid: int | None = None
     max_flows: int = 8192
@@ -129,7 +137,7 @@ class Config:
         for name in cls._FORWARDINGS:
             if name in values:
                 values[name] = Forwarding.from_dict(values[name])
-        for name in ("dns", "dns_forward", "search"):
+        for name in ("dns", "dns_forward", "dns_host", "search"):
             if name in values:
                 values[name] = tuple(values[name])
         if "command" in values:
@@ -147,6 +155,8 @@ class Option:
     modes: str             # BOTH, PASST or PASTA
     help: str
     default: str = ""
+    aliases: tuple[str, ...] = ()
+    refused: str = ""      # recognised, but refused with this reason
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -165,8 +175,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(None, "--version", None, BOTH, "Show version and exit"),
     Option(None, "--mode", "passt|pasta", BOTH, "Operation mode, overriding the program name"),
     Option("-p", "--pcap", "FILE", BOTH, "Log tap-facing traffic to pcap file"),
-    Option("-P", "--pid", "FILE", BOTH, "Write own PID to the given file"),
-    Option(None, "--pid-file", "FILE", BOTH, "Same as --pid"),
+    Option("-P", "--pid", "FILE", BOTH, "Write own PID to the given file",
+           aliases=("--pid-file",)),
     Option("-m", "--mtu", "MTU", BOTH, "Assign MTU via DHCP/NDP (pasta: set it on the tap)",
            "65520"),
     Option("-a", "--address", "ADDR", BOTH, "Assign IPv4 or IPv6 address ADDR",
@@ -188,8 +198,13 @@ OPTIONS: tuple[Option, ...] = (
            "Forward DNS queries sent to ADDR to the host's first resolver"),
     Option("-S", "--search", "LIST", BOTH, "Space-separated list, search domains (or 'none')",
            "the host's search list"),
-    Option(None, "--no-dhcp-dns", None, BOTH, "No DNS list in DHCP/DHCPv6/NDP"),
-    Option(None, "--no-dhcp-search", None, BOTH, "No search list in DHCP/DHCPv6/NDP"),
+    Option(None, "--dns-host", "ADDR", BOTH,
+           "Host resolver that queries to the --dns-forward address go to",
+           "the host's first resolver"),
+    Option(None, "--no-dhcp-dns", None, PASST, "No DNS list in DHCP/DHCPv6/NDP"),
+    Option(None, "--no-dhcp-search", None, PASST, "No search list in DHCP/DHCPv6/NDP"),
+    Option(None, "--dhcp-dns", None, PASTA, "Pass the DNS list via DHCP/DHCPv6/NDP"),
+    Option(None, "--dhcp-search", None, PASTA, "Pass the search list via DHCP/DHCPv6/NDP"),
     Option(None, "--no-tcp", None, BOTH, "Disable TCP protocol handler"),
     Option(None, "--no-udp", None, BOTH, "Disable UDP protocol handler"),
     Option(None, "--no-icmp", None, BOTH, "Disable ICMP/ICMPv6 echo handler"),
@@ -212,13 +227,21 @@ OPTIONS: tuple[Option, ...] = (
            "none for passt, auto for pasta"),
     Option(None, "--max-flows", "N", BOTH, "Maximum number of concurrent flows", "8192"),
     Option("-s", "--socket", "PATH", PASST, "UNIX domain socket path",
-           "probe free path starting from /tmp/passt-sep_1.socket"),
-    Option("-F", "--fd", "FD", PASST, "Use FD as pre-opened connected socket"),
+           "probe free path starting from /tmp/passt-sep_1.socket",
+           aliases=("--socket-path",)),
+    Option(None, "--vhost-user", None, PASST, "vhost-user back-end",
+           refused="vhost-user is not supported by passt-sep: use the stream socket (-s)"),
+    Option(None, "--print-capabilities", None, BOTH,
+           "Print back-end capabilities in JSON format and exit"),
+    Option("-F", "--fd", "FD", PASST,
+           "Use FD as pre-opened connected socket; implies --one-off"),
     Option("-1", "--one-off", None, PASST, "Quit after handling one single client"),
     Option("-I", "--ns-ifname", "NAME", PASTA, "Namespace interface name",
            "the name of the host's upstream interface"),
     Option("-T", "--tcp-ns", "SPEC", PASTA, "TCP port forwarding to init namespace", "auto"),
     Option("-U", "--udp-ns", "SPEC", PASTA, "UDP port forwarding to init namespace", "auto"),
+    Option(None, "--host-lo-to-ns-lo", None, PASTA,
+           "Forwards from the host's loopback arrive from the namespace's loopback"),
     Option(None, "--userns", "NSPATH", PASTA, "Target user namespace to join"),
     Option(None, "--netns", "PATH|NAME", PASTA, "Target network namespace to join"),
     Option(None, "--netns-only", None, PASTA, "Don't join existing user namespace"),
@@ -231,7 +254,33 @@ OPTIONS: tuple[Option, ...] = (
     Option(None, "--no-copy-addrs", None, PASTA, "Don't copy all addresses to namespace"),
 )
 
-_BY_NAME = {name: opt for opt in OPTIONS for name in (opt.short, opt.long) if name}
+# How each option differs from the current passt's, where it does (the man
+# pages' COMPATIBILITY section is made from this and ``Option.refused``).
+DIFFERENCES: dict[str, str] = {
+    "--debug": "prints a summary of the configuration at start, not passt's full dump",
+    "--trace": "as --debug, with passt-sep's trace messages",
+    "--stderr": "logs to standard error too (deprecated without effect in passt)",
+    "--log-size": "also takes k, m, g and t suffixes; a full log file is emptied and "
+                  "starts over",
+    "--mtu": "pasta mode: below 1280 needs -4 (passt fails later, setting IPv6 addresses)",
+    "--address": "loopback, unspecified, multicast and broadcast addresses are refused",
+    "--gateway": "loopback, unspecified, multicast and broadcast addresses are refused",
+    "--interface": "pasta mode: -i lo needs -I (passt fails creating the tap)",
+    "--outbound-if4": "the interface must exist at start",
+    "--outbound-if6": "the interface must exist at start",
+    "--map-host-loopback": "one address in all, not one per address family",
+    "--map-guest-addr": "one address in all, not one per address family",
+    "--tcp-ports": "port 0 is refused; IPv6-bound ports are not also forwarded for IPv4",
+    "--udp-ports": "port 0 is refused; not implied by -t; IPv6-bound ports are not also "
+                   "forwarded for IPv4",
+    "--socket": "the default path is passt-sep_N.socket in $XDG_RUNTIME_DIR or /tmp",
+    "--fd": "passt mode only: pasta's pre-opened tap device is refused",
+    "--host-lo-to-ns-lo": "accepted; forwarded loopback connections keep passt-sep's default",
+    "--no-copy-addrs": "accepted; passt-sep sets up a single address in any case",
+}
+
+_BY_NAME = {name: opt for opt in OPTIONS
+            for name in (opt.short, opt.long, *opt.aliases) if name}
 
 
 def usage(mode: str) -> str:
@@ -242,7 +291,7 @@ def usage(mode: str) -> str:
                 else f"Usage: {prog} [OPTION]...\n")
     lines = [synopsis]
     for opt in OPTIONS:
-        if opt.modes not in (BOTH, mode):
+        if opt.modes not in (BOTH, mode) or opt.refused:
             continue
         names = f"{opt.short}, {opt.long}" if opt.short else f"    {opt.long}"
         if opt.arg:
@@ -265,26 +314,36 @@ def mode_for(prog: str) -> str:
 
 
 def parse_args(argv: Sequence[str], prog: str) -> Config:
-    """``argv`` without the program name; ``prog`` picks the mode."""
+    """``argv`` without the program name; ``prog`` picks the mode.
+
+    As with passt, when an option is given more than once the last one
+    takes effect (``-a``, ``-g``, ``-o``, ``--dns-host``: the last one per
+    address family); ``-D``, ``-S``, ``--dns-forward`` and the port options
+    accumulate."""
     tokens = _tokens(argv)
     mode = _mode(tokens, prog)
-    values: dict[str, Any] = {"mode": mode}
+    values: dict[str, Any] = {"mode": mode, "no_dhcp_dns": mode == PASTA,
+                              "no_dhcp_search": mode == PASTA}
     multi: dict[str, list[str]] = {"-t": [], "-u": [], "-T": [], "-U": []}
     positional: list[str] = []
-    seen: set[str] = set()
     for name, value, is_option in tokens:
         if not is_option:
             positional.append(value)
             continue
         _check_encoding(name, value)
         opt = _BY_NAME[name]
+        if opt.long == "--fd" and mode == PASTA:
+            raise ConfigError(f"{name}: a pre-opened tap device is not supported by pasta-sep, "
+                              "which creates the tap itself")
         if opt.modes not in (BOTH, mode):
             raise ConfigError(f"{name} is only valid in {opt.modes} mode")
+        if opt.refused:
+            raise ConfigError(f"{name}: {opt.refused}")
         key = opt.short if opt.short in multi else opt.long
         if key in multi:
             multi[key].append(value)
             continue
-        _apply(opt, value, values, seen)
+        _apply(opt, value, values)
     _forwardings(values, multi, mode)
     _positionals(values, positional, mode)
     _check_combinations(values)
@@ -292,7 +351,8 @@ def parse_args(argv: Sequence[str], prog: str) -> Config:
 
 
 def _tokens(argv: Sequence[str]) -> list[tuple[str, str, bool]]:
-    """(option name, value, True) or ("", positional, False), in order."""
+    """(option name, value, True) or ("", positional, False), in order; an
+    abbreviated long option comes out under its full name."""
     out: list[tuple[str, str, bool]] = []
     index = 0
     while index < len(argv):
@@ -302,16 +362,17 @@ def _tokens(argv: Sequence[str]) -> list[tuple[str, str, bool]]:
             out += [("", rest, False) for rest in argv[index:]]
             break
         if arg.startswith("--"):
-            name, eq, inline = arg.partition("=")
-            opt = _lookup(name)
+            given, eq, inline = arg.partition("=")
+            name = _long_name(given)
+            opt = _BY_NAME[name]
             if opt.arg is None:
                 if eq:
-                    raise ConfigError(f"Option {name} takes no argument")
+                    raise ConfigError(f"Option {given} takes no argument")
                 out.append((name, "", True))
                 continue
             if not eq:
                 if index >= len(argv):
-                    raise ConfigError(f"Option {name} requires an argument")
+                    raise ConfigError(f"Option {given} requires an argument")
                 inline, index = argv[index], index + 1
             out.append((name, inline, True))
         elif arg.startswith("-") and len(arg) > 1:
@@ -351,6 +412,20 @@ def _lookup(name: str) -> Option:
     return opt
 
 
+def _long_name(given: str) -> str:
+    """The long option ``given`` names, exactly or as an unambiguous prefix
+    (as getopt_long: prefixes of one option's synonyms are not ambiguous)."""
+    if given in _BY_NAME:
+        return given
+    matches = [name for name in _BY_NAME if name.startswith("--") and name.startswith(given)
+               and given != "--"]
+    if not matches:
+        raise ConfigError(f"Unknown option: {given}")
+    if len({id(_BY_NAME[name]) for name in matches}) > 1:
+        raise ConfigError(f"Option {given} is ambiguous; possibilities: " + " ".join(matches))
+    return matches[0]
+
+
 def _mode(tokens: list[tuple[str, str, bool]], prog: str) -> str:
     mode = mode_for(prog)
     for name, value, is_option in tokens:
@@ -363,6 +438,8 @@ def _mode(tokens: list[tuple[str, str, bool]], prog: str) -> str:
             raise ShowText(usage(mode))
         if is_option and name == "--version":
             raise ShowText(version_text())
+        if is_option and name == "--print-capabilities":
+            raise ShowText(CAPABILITIES)
     return mode
 
 
@@ -379,6 +456,43 @@ def _addr(version: int | None = None) -> Callable[[str, str], str]:
     return convert
 
 
+def _unusable(address: str) -> str | None:
+    """Why ``address`` cannot be the guest's address or gateway, if it cannot."""
+    parsed = ipaddress.ip_address(address)
+    if parsed.is_unspecified:
+        return "the unspecified address"
+    if parsed.is_loopback:
+        return "a loopback address"
+    if parsed.is_multicast:
+        return "a multicast address"
+    if parsed == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    return None
+
+
+ROLES = {"--address": "assigned to the guest", "--gateway": "the guest's gateway"}
+
+
+def _c_integer(value: str) -> int | None:
+    """An integer as C's strtol reads it with base 0 (decimal, 0x hex,
+    leading-0 octal), the whole text; None if it is not one."""
+    text = value[1:] if value[:1] in "+-" else value
+    if not text.isascii() or not text:
+        return None
+    try:
+        if text[:2].lower() == "0x":
+            number = int(text[2:], 16) if text[2:] and text[2:].isalnum() else None
+        elif text.startswith("0"):
+            number = int(text, 8)
+        else:
+            number = int(text, 10) if text.isdigit() else None
+    except ValueError:
+        return None
+    if number is None:
+        return None
+    return -number if value.startswith("-") else number
+
+
 def _int_range(low: int, high: int) -> Callable[[str, str], int]:
     def convert(value: str, name: str) -> int:
         if not is_decimal(value) or not low <= int(value) <= high:
@@ -387,13 +501,37 @@ def _int_range(low: int, high: int) -> Callable[[str, str], int]:
     return convert
 
 
+def _mtu(value: str, name: str) -> int:
+    number = _c_integer(value)
+    if number is None or not (number == 0 or MIN_MTU <= number <= MAX_MTU):
+        raise ConfigError(f"Invalid value for {name}: {value} (must be {MIN_MTU} to "
+                          f"{MAX_MTU}, or 0 to advertise none)")
+    return number
+
+
+def _fd(value: str, name: str) -> int:
+    number = _c_integer(value)
+    if number is None or not 0 <= number <= INT_MAX:
+        raise ConfigError(f"Invalid value for {name}: {value} (must be a file descriptor "
+                          "number)")
+    if number <= 2:
+        raise ConfigError(f"Invalid value for {name}: {value} (0, 1 and 2 are standard "
+                          "input, output and error: pass the socket as 3 or above)")
+    return number
+
+
 def _size(value: str, name: str) -> int:
-    number, suffix = (value[:-1], value[-1].lower()) if value[-1:].isalpha() else (value, "")
-    if not is_decimal(number) or (suffix and suffix not in SIZE_SUFFIXES):
+    number, suffix = (value[:-1], value[-1].lower()) if value[-1:] in "kKmMgGtT" and \
+        value[-1:] else (value, "")
+    base = _c_integer(number) if number else None
+    if base is None or base < 0 or (suffix and suffix not in SIZE_SUFFIXES):
         raise ConfigError(f"Invalid size for {name}: {value}")
-    size = int(number) * SIZE_SUFFIXES.get(suffix, 1)
+    size = base * SIZE_SUFFIXES.get(suffix, 1)
     if size > MAX_SIZE:
         raise ConfigError(f"Invalid size for {name}: {value} (at most 1t)")
+    if size < MIN_LOG_SIZE:
+        raise ConfigError(f"Invalid size for {name}: {value} (at least {MIN_LOG_SIZE} "
+                          "bytes, to leave room for dropping old entries)")
     return size
 
 
@@ -427,8 +565,9 @@ def _text(value: str, name: str) -> str:
 def _netmask(value: str, name: str) -> int:
     """A prefix length or a dotted netmask (leading ones only, not a host
     mask such as 0.0.0.255)."""
-    if is_decimal(value) and int(value) <= 32:
-        return int(value)
+    bits = _c_integer(value) if "." not in value else None
+    if bits is not None and 0 <= bits <= 32:
+        return bits
     try:
         mask = int(ipaddress.IPv4Address(value))
     except ValueError:
@@ -442,46 +581,52 @@ def _netmask(value: str, name: str) -> int:
 SINGLE: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "--log-file": ("log_file", _text), "--log-size": ("log_size", _size),
     "--runas": ("runas", _runas), "--pcap": ("pcap", _text), "--pid": ("pid_file", _text),
-    "--pid-file": ("pid_file", _text), "--mtu": ("mtu", _int_range(MIN_MTU, MAX_MTU)),
+    "--mtu": ("mtu", _mtu),
     "--netmask": ("prefix4", _netmask), "--mac-addr": ("mac_addr", _mac),
     "--interface": ("interface", _ifname),
     "--outbound-if4": ("outbound_if4", _ifname), "--outbound-if6": ("outbound_if6", _ifname),
     "--map-host-loopback": ("map_host_loopback", _addr()),
     "--map-guest-addr": ("map_guest_addr", _addr()),
-    "--socket": ("socket_path", _text), "--fd": ("fd", _int_range(0, 1 << 30)),
+    "--socket": ("socket_path", _text), "--fd": ("fd", _fd),
     "--ns-ifname": ("ns_ifname", _ifname), "--userns": ("userns", _text),
     "--netns": ("netns", _text), "--ns-mac-addr": ("ns_mac_addr", _mac),
     "--max-flows": ("max_flows", _int_range(1, 1 << 20)),
 }
-FLAGS = {"--debug": "debug", "--trace": "trace", "--quiet": "quiet",
-         "--foreground": "foreground", "--stderr": "stderr", "--no-dhcp-dns": "no_dhcp_dns",
-         "--no-dhcp-search": "no_dhcp_search", "--no-tcp": "no_tcp", "--no-udp": "no_udp",
-         "--no-icmp": "no_icmp", "--no-dhcp": "no_dhcp", "--no-ndp": "no_ndp",
-         "--no-dhcpv6": "no_dhcpv6", "--no-ra": "no_ra", "--freebind": "freebind",
-         "--no-map-gw": "no_map_gw", "--ipv4-only": "ipv4_only", "--ipv6-only": "ipv6_only",
-         "--one-off": "one_off", "--netns-only": "netns_only",
-         "--no-netns-quit": "no_netns_quit", "--config-net": "config_net",
-         "--no-splice": "no_splice", "--no-copy-routes": "no_copy_routes",
-         "--no-copy-addrs": "no_copy_addrs"}
+# flag -> (config key, value); -4 and -6 each clear the other: the last one wins
+FLAGS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "--debug": (("debug", True),), "--trace": (("trace", True), ("debug", True)),
+    "--quiet": (("quiet", True),), "--foreground": (("foreground", True),),
+    "--stderr": (("stderr", True),),
+    "--no-dhcp-dns": (("no_dhcp_dns", True),), "--dhcp-dns": (("no_dhcp_dns", False),),
+    "--no-dhcp-search": (("no_dhcp_search", True),),
+    "--dhcp-search": (("no_dhcp_search", False),),
+    "--no-tcp": (("no_tcp", True),), "--no-udp": (("no_udp", True),),
+    "--no-icmp": (("no_icmp", True),), "--no-dhcp": (("no_dhcp", True),),
+    "--no-ndp": (("no_ndp", True),), "--no-dhcpv6": (("no_dhcpv6", True),),
+    "--no-ra": (("no_ra", True),), "--freebind": (("freebind", True),),
+    "--no-map-gw": (("no_map_gw", True),),
+    "--ipv4-only": (("ipv4_only", True), ("ipv6_only", False)),
+    "--ipv6-only": (("ipv6_only", True), ("ipv4_only", False)),
+    "--one-off": (("one_off", True),), "--netns-only": (("netns_only", True),),
+    "--no-netns-quit": (("no_netns_quit", True),), "--config-net": (("config_net", True),),
+    "--no-splice": (("no_splice", True),), "--no-copy-routes": (("no_copy_routes", True),),
+    "--no-copy-addrs": (("no_copy_addrs", True),),
+    "--host-lo-to-ns-lo": (("host_lo_to_ns_lo", True),),
+}
 PER_FAMILY = {"--address": ("address4", "address6"), "--gateway": ("gateway4", "gateway6"),
               "--outbound": ("outbound4", "outbound6")}
 IGNORED = {"--mode", "--map-gw"}
 
 
-def _apply(opt: Option, value: str, values: dict[str, Any], seen: set[str]) -> None:
+def _apply(opt: Option, value: str, values: dict[str, Any]) -> None:
     name = opt.long
     if name in IGNORED:
         return
     if name in FLAGS:
-        values[FLAGS[name]] = True
-        if name == "--trace":
-            values["debug"] = True
+        values.update(FLAGS[name])
         return
     if name in PER_FAMILY:
-        address = _addr()(value, name)
-        key = PER_FAMILY[name][1 if ":" in address else 0]
-        _once(key, name, seen)
-        values[key] = address
+        _per_family(name, value, values)
         return
     if name == "--dns":
         _dns(value, values)
@@ -489,18 +634,33 @@ def _apply(opt: Option, value: str, values: dict[str, Any], seen: set[str]) -> N
     if name == "--dns-forward":
         values["dns_forward"] = values.get("dns_forward", ()) + (_addr()(value, name),)
         return
+    if name == "--dns-host":
+        address = _addr()(value, name)
+        others = tuple(a for a in values.get("dns_host", ()) if (":" in a) != (":" in address))
+        values["dns_host"] = others + (address,)
+        return
     if name == "--search":
         _search(value, values)
         return
+    if name in ("--map-host-loopback", "--map-guest-addr") and value == "none":
+        values[SINGLE[name][0]] = None           # map nothing
+        if name == "--map-host-loopback":
+            values["no_map_gw"] = True
+        return
     key, convert = SINGLE[name]
-    _once(key, name, seen)
     values[key] = convert(value, name)
+    if name == "--fd":
+        values["one_off"] = True
 
 
-def _once(key: str, name: str, seen: set[str]) -> None:
-    if key in seen:
-        raise ConfigError(f"Multiple {name} options given")
-    seen.add(key)
+def _per_family(name: str, value: str, values: dict[str, Any]) -> None:
+    address = _addr()(value, name)
+    if name in ROLES:
+        why = _unusable(address)
+        if why:
+            raise ConfigError(f"Invalid address for {name}: {value} ({why} cannot be "
+                              f"{ROLES[name]})")
+    values[PER_FAMILY[name][1 if ":" in address else 0]] = address
 
 
 def _dns(value: str, values: dict[str, Any]) -> None:
@@ -556,8 +716,6 @@ def _positionals(values: dict[str, Any], positional: list[str], mode: str) -> No
 
 
 def _check_combinations(values: dict[str, Any]) -> None:
-    if values.get("ipv4_only") and values.get("ipv6_only"):
-        raise ConfigError("Options -4 and -6 are mutually exclusive")
     has_target = values.get("netns") or values.get("target_pid") is not None
     if values.get("netns") and (values.get("target_pid") is not None or values.get("command")):
         raise ConfigError("--netns cannot be combined with a PID or a command")
@@ -567,3 +725,8 @@ def _check_combinations(values: dict[str, Any]) -> None:
         raise ConfigError("--userns requires --netns or a PID")
     if values.get("fd") is not None and values.get("socket_path"):
         raise ConfigError("Options --fd and --socket are mutually exclusive")
+    mtu = values.get("mtu")
+    if values["mode"] == PASTA and mtu and mtu < IPV6_MIN_MTU and not values.get("ipv4_only"):
+        raise ConfigError(f"Invalid value for --mtu: {mtu} (IPv6 needs an MTU of at least "
+                          f"{IPV6_MIN_MTU}, and the namespace's interface would lose its IPv6 "
+                          "addresses: use -4 to disable IPv6, or a larger MTU)")

@@ -130,7 +130,7 @@ def build_dhcp(message: DhcpMessage) -> bytes:
 
 
 def handle_dhcp(net: Network, inb: Inbound, udp: UDP, *, send_dns: bool = True,
-                send_search: bool = True) -> bytes | None:
+                send_search: bool = True, send_mtu: bool = True) -> bytes | None:
     """The reply frame to a guest's message to port 67, or None.
 
     ``inb`` is not needed (the reply goes to ``chaddr``, broadcast) but
@@ -149,7 +149,8 @@ def handle_dhcp(net: Network, inb: Inbound, udp: UDP, *, send_dns: bool = True,
         return None
     if kind not in _REPLY_TYPE:
         raise Drop("dhcp_type")
-    reply = _reply(net, v4, request, _reply_type(v4, request, kind), send_dns, send_search)
+    reply = _reply(net, v4, request, _reply_type(v4, request, kind), send_dns, send_search,
+                   send_mtu)
     return udp_frame(request.chaddr, net.our_mac, v4.gateway, BROADCAST4,
                      SERVER_PORT, CLIENT_PORT, build_dhcp(reply))
 
@@ -173,14 +174,14 @@ def _reply_type(v4: IPv4Params, request: DhcpMessage, kind: int) -> int:
 
 
 def _reply(net: Network, v4: IPv4Params, request: DhcpMessage, kind: int, send_dns: bool,
-           send_search: bool) -> DhcpMessage:
+           send_search: bool, send_mtu: bool = True) -> DhcpMessage:
     """The reply's fields as RFC 2131 table 3 sets them."""
     options = {OPT_MESSAGE_TYPE: bytes([kind]), OPT_SERVER_ID: v4.gateway}
     inform = request.message_type == INFORM
     if kind != NAK:
         if not inform:
             options[OPT_LEASE_TIME] = struct.pack("!I", INFINITE_LEASE)
-        options |= _configuration(net, v4, send_dns, send_search)
+        options |= _configuration(net, v4, send_dns, send_search, send_mtu)
     if OPT_CLIENT_ID in request.options:
         options[OPT_CLIENT_ID] = request.options[OPT_CLIENT_ID]  # RFC 6842
     return DhcpMessage(
@@ -191,7 +192,7 @@ def _reply(net: Network, v4: IPv4Params, request: DhcpMessage, kind: int, send_d
 
 
 def _configuration(net: Network, v4: IPv4Params, send_dns: bool,
-                   send_search: bool) -> dict[int, bytes]:
+                   send_search: bool, send_mtu: bool = True) -> dict[int, bytes]:
     """Everything we hand out, whatever the parameter request list says (as
     passt does): clients ignore what they did not ask for."""
     mask = subnet_mask(v4.prefix_len)
@@ -203,7 +204,7 @@ def _configuration(net: Network, v4: IPv4Params, send_dns: bool,
         options[OPT_DNS] = b"".join(v4.dns)
     if send_search and net.search:
         options[OPT_DOMAIN_SEARCH] = encode_names(net.search)
-    if MIN_MTU <= net.mtu <= MAX_MTU:
+    if send_mtu and MIN_MTU <= net.mtu <= MAX_MTU:
         options[OPT_MTU] = struct.pack("!H", net.mtu)
     return options
 

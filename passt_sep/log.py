@@ -8,9 +8,16 @@ through ``ratelimited`` so a flood cannot fill the disk or stall the loop.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .netparams import Network
+    from .ports import Forwarding
 
 ERROR, WARNING, INFO, DEBUG, TRACE = 3, 4, 6, 7, 8
 _NAMES = {ERROR: "ERROR", WARNING: "WARNING", INFO: "INFO", DEBUG: "DEBUG", TRACE: "TRACE"}
@@ -110,3 +117,41 @@ def describe_exception(exc: BaseException) -> str:
         parts.append(f"  at {code.co_filename}:{tb.tb_lineno} in {code.co_name}")
         tb = tb.tb_next
     return "\n".join(parts)
+
+
+def config_summary(config: Config, net: Network) -> list[str]:
+    """The configuration in force, line by line, for ``-d``: interfaces,
+    addresses, gateways, resolvers, search list and forwards."""
+    lines = [f"Template interface: {config.interface or 'from the default route'}",
+             f"MAC: ours {net.our_mac.hex(':')}"
+             + (f", guest {net.guest_mac.hex(':')}" if net.guest_mac else ""),
+             f"MTU: {net.mtu}" + (" (not advertised)" if config.mtu == 0 else "")]
+    for name, params in (("IPv4", net.ipv4), ("IPv6", net.ipv6)):
+        if params is None:
+            lines.append(f"{name}: off")
+            continue
+        lines.append(f"{name}: address {_ip(params.addr)}/{params.prefix_len}, "
+                     f"gateway {_ip(params.gateway)}, "
+                     f"DNS {' '.join(_ip(a) for a in params.dns) or 'none'}")
+    lines.append(f"DNS search: {' '.join(net.search) or 'none'}")
+    if config.dns_forward:
+        lines.append(f"DNS forward: {' '.join(config.dns_forward)} -> "
+                     f"{' '.join(net.host_resolvers) or 'no resolver'}")
+    for label, forwarding in (("TCP in", config.tcp_ports), ("UDP in", config.udp_ports),
+                              ("TCP out", config.tcp_ns), ("UDP out", config.udp_ns)):
+        lines.append(f"{label}: {_forwards(forwarding)}")
+    return lines
+
+
+def _ip(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+def _forwards(forwarding: Forwarding) -> str:
+    if forwarding.mode in ("none", "auto") and not forwarding.rules:
+        return forwarding.mode
+    rules = [(f"{r.address or '*'}{'%' + r.interface if r.interface else ''}/"
+              f"{r.first}" + (f"-{r.last}" if r.last != r.first else "")
+              + (f":{r.target}" if r.target != r.first else "")) for r in forwarding.rules]
+    shown = ", ".join(rules[:8]) + (f" and {len(rules) - 8} more" if len(rules) > 8 else "")
+    return f"{forwarding.mode}: {shown}" if forwarding.mode != "spec" else shown

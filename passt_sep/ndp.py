@@ -96,7 +96,7 @@ def _list_options(kind: int, items: list[bytes], room: int) -> list[bytes]:
 
 
 def handle_ndp(net: Network, inb: Inbound, send_ra: bool, managed: bool = True,
-               other: bool = True) -> bytes | None:
+               other: bool = True, send_mtu: bool = True) -> bytes | None:
     """Answer a neighbour or router solicitation from the guest."""
     message = inb.l4
     if len(message) < 4:
@@ -117,7 +117,7 @@ def handle_ndp(net: Network, inb: Inbound, send_ra: bool, managed: bool = True,
     parse_options(message[8:])
     return router_advertisement(net, dst_mac=inb.eth.src,
                                 dst_ip=inb.src if inb.src != UNSPECIFIED else None,
-                                managed=managed, other=other)
+                                managed=managed, other=other, send_mtu=send_mtu)
 
 
 def _neighbour_advert(net: Network, inb: Inbound) -> bytes | None:
@@ -137,15 +137,17 @@ def _neighbour_advert(net: Network, inb: Inbound) -> bytes | None:
 
 def router_advertisement(net: Network, dst_mac: bytes | None = None,
                          dst_ip: bytes | None = None, managed: bool = True,
-                         other: bool = True) -> bytes:
-    """The advertisement of the host's prefix, MTU, resolvers and domains."""
+                         other: bool = True, send_mtu: bool = True) -> bytes:
+    """The advertisement of the host's prefix, MTU (unless ``-m 0``),
+    resolvers and domains."""
     assert net.ipv6 is not None
     flags = (RA_MANAGED if managed else 0) | (RA_OTHER if other else 0)
     body = struct.pack("!BBHII", 64, flags, ROUTER_LIFETIME, 0, 0)
     body += build_option(OPT_PREFIX, struct.pack(
         "!BBIII16s", net.ipv6.prefix_len, PREFIX_ON_LINK | PREFIX_AUTONOMOUS,
         INFINITE, INFINITE, 0, net.ipv6.prefix))
-    body += build_option(OPT_MTU, struct.pack("!HI", 0, min(max(net.mtu, MIN_MTU), MAX_MTU)))
+    if send_mtu:
+        body += build_option(OPT_MTU, struct.pack("!HI", 0, min(max(net.mtu, MIN_MTU), MAX_MTU)))
     body += build_option(OPT_SOURCE_LL, net.our_mac)
     room = min(net.mtu, MAX_RA_MTU) - IPV6_HLEN - 4 - len(body)
     for kind, items in ((OPT_RDNSS, list(net.ipv6.dns)),

@@ -37,6 +37,9 @@ class ForwardRule:
 class Forwarding:
     mode: str = "none"                       # "none" | "spec" | "all" | "auto"
     rules: tuple[ForwardRule, ...] = field(default_factory=tuple)
+    skip_unavailable: bool = False
+    """``all`` and exclusion-only specs: ports that are taken or need a
+    privilege are skipped, as passt does; only none at all is an error."""
 
     def lookup(self, port: int) -> int | None:
         """The target of a listening port, or None when it is not forwarded."""
@@ -52,28 +55,40 @@ class Forwarding:
                 yield port, rule.target_of(port), rule
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "rules": [
+        return {"mode": self.mode, "skip_unavailable": self.skip_unavailable, "rules": [
             [r.first, r.last, r.target, r.address, r.interface] for r in self.rules]}
 
     @classmethod
     def from_dict(cls, data: dict) -> Forwarding:
-        return cls(data["mode"], tuple(ForwardRule(*r) for r in data["rules"]))
+        return cls(data["mode"], tuple(ForwardRule(*r) for r in data["rules"]),
+                   bool(data.get("skip_unavailable")))
 
 
 def parse_forward(specs: Sequence[str], mode: str, option: str) -> Forwarding:
-    """All values given for one option (it may be repeated)."""
+    """All values given for one option (it may be repeated): port lists
+    add up; ``none``, ``auto`` and ``all`` stand alone."""
     rules: list[ForwardRule] = []
-    kinds = set()
+    kind = None
+    skip = False
     for spec in specs:
-        kind, spec_rules = _parse_one(spec, mode, option)
-        kinds.add(kind)
+        skip = skip or _exclusions_only(spec)
+        spec_kind, spec_rules = _parse_one(spec, mode, option)
+        if kind is not None and spec_kind != "spec":
+            raise ConfigError(f"Port forwarding mode '{spec_kind}' conflicts with previous "
+                              f"mode (option {option})")
+        if kind not in (None, "spec"):
+            raise ConfigError(f"Specific ports ({spec}) cannot be specified together with "
+                              f"all/none/auto (option {option})")
+        kind = spec_kind
         rules += spec_rules
-    if "none" in kinds and len(specs) > 1:
-        raise ConfigError(f"'none' cannot be combined with other port specifiers (option {option})")
-    for kind in ("auto", "all", "none"):
-        if kind in kinds:
-            return Forwarding(kind, tuple(rules))
-    return Forwarding("spec", tuple(rules))
+    return Forwarding(kind or "spec", tuple(rules), skip and bool(rules))
+
+
+def _exclusions_only(spec: str) -> bool:
+    """``~22``, ``all`` or ``all,~22``: every port but some."""
+    ports = spec.rsplit("/", 1)[-1]
+    items = [item for item in ports.split(",") if item != "all"]
+    return ports.startswith("all") or all(item.startswith("~") for item in items)
 
 
 def _parse_one(spec: str, mode: str, option: str) -> tuple[str, list[ForwardRule]]:
@@ -84,6 +99,9 @@ def _parse_one(spec: str, mode: str, option: str) -> tuple[str, list[ForwardRule
             raise ConfigError(f"'auto' port forwarding is only allowed for pasta (option {option})")
         return "auto", []
     address, interface, ports = _split_bind(spec, option)
+    if address and option in ("-T", "-U"):
+        raise ConfigError(f"Invalid port specifier: {spec}: no address can be given, these "
+                          f"ports are bound on the namespace's loopback (option {option})")
     kind = "spec"
     if ports == "all" or ports.startswith("all,"):
         if mode != "passt":
@@ -106,6 +124,8 @@ def _split_bind(spec: str, option: str) -> tuple[str | None, str | None, str]:
     if "%" in bind and (not 0 < len(interface) < IFNAMSIZ or "/" in interface
                         or any(c.isspace() for c in interface)):
         raise ConfigError(f"Invalid interface in port specifier: {spec} (option {option})")
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]        # [::1]/22, as pasta takes it
     if address:
         try:
             address = str(ipaddress.ip_address(address))
@@ -124,9 +144,12 @@ def _rules(ports: str, address: str | None, interface: str | None, spec: str, op
             first, last = _range(item[1:], spec, option, allow_zero=item == "~0")
             excluded.update(range(first, last + 1))
             continue
-        source, _, dest = item.partition(":")
+        source, colon, dest = item.partition(":")
         first, last = _range(source, spec, option)
         target = first
+        if colon and not dest:
+            raise ConfigError(f"Invalid port specifier: {spec}: no target port after ':' "
+                              f"(option {option})")
         if dest:
             target, target_last = _range(dest, spec, option)
             if target_last - target != last - first:

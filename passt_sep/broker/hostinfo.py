@@ -105,8 +105,10 @@ def guest_network(config: Config, host: HostInfo, default_mtu: int = PASTA_MTU) 
     ipv6 = None if config.ipv4_only else _guest_ipv6(config, host)
     our_mac = mac_to_bytes(config.mac_addr) if config.mac_addr else DEFAULT_OUR_MAC
     guest_mac = mac_to_bytes(config.ns_mac_addr) if config.ns_mac_addr else None
-    search = () if config.search_none else (config.search or host.search)
-    upstream = config.dns if config.dns and config.dns_forward else host.resolvers
+    search = () if config.search_none or config.no_dhcp_search else (
+        config.search or host.search)
+    upstream = config.dns_host + (config.dns if config.dns and config.dns_forward
+                                  else host.resolvers)
     return Network(our_mac=our_mac, guest_mac=guest_mac, mtu=config.mtu or default_mtu,
                    ipv4=ipv4, ipv6=ipv6, search=tuple(search), host_resolvers=tuple(upstream))
 

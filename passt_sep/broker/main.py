@@ -25,6 +25,7 @@ from typing import NoReturn
 from .. import linux, nspolicy, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
+from ..log import DEBUG, Logger, config_summary
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
@@ -58,6 +59,30 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _check_interfaces(config: Config) -> None:
+    """``-i`` and ``--outbound-if4/6`` name host interfaces: a wrong name
+    is an error at start, not a silent fall-back to local mode."""
+    for option, name in (("-i", config.interface), ("--outbound-if4", config.outbound_if4),
+                         ("--outbound-if6", config.outbound_if6)):
+        if name is None:
+            continue
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise sockets.SetupError(f"{option} {name}: no such interface on the host") from None
+    if config.mode == "pasta" and config.interface == "lo" and not config.ns_ifname:
+        raise sockets.SetupError("-i lo: the namespace's interface would be called lo too, "
+                                 "which is its loopback: name it with -I")
+
+
+def _debug_summary(config: Config, net: Network) -> None:
+    """``-d``: the configuration in force, on stderr before the jail."""
+    logger = Logger(_prog(config), DEBUG)
+    logger.to_fd(2)
+    for line in config_summary(config, net):
+        logger.debug(line)
+
+
 def _say(config: Config, message: str, error: bool = False) -> None:
     if error or not config.quiet:
         print(f"{_prog(config)}: {message}", file=sys.stderr, flush=True)
@@ -85,6 +110,7 @@ class Broker:
         self.own_userns = False
         # real root joining another user namespace: who it becomes first
         self.join_as: jail.Identity | None = None
+        self.caller = jail.Identity(os.getuid(), os.getgid())   # before any user namespace
 
     def run(self) -> int:
         try:
@@ -101,6 +127,7 @@ class Broker:
         after the join, which gives the capabilities there."""
         config = self.config
         _raise_fd_limit()
+        _check_interfaces(config)
         if config.runas:   # an unknown user, or root, fails before anything
             jail.resolve_runas(config.runas, self.real_root)
         worker_filter = sandbox.prepare("worker")
@@ -117,9 +144,13 @@ class Broker:
             self._join_owner_userns()
             self.netlink.request_tap(self.target.netns_fd)
         identity = self._jail_identity()
+        if identity == self.caller and not self.real_root:
+            identity = None         # --runas naming oneself: nothing to switch
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
+        if config.debug:
+            _debug_summary(config, net)
         if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
         confinement = mac.prepare()                     # needs /proc: before the jail
@@ -217,6 +248,8 @@ class Broker:
         joins, and fails now, before opening anything, if that user could
         not join: a uid keeps its host value in any user namespace, and the
         worker must never run as host root."""
+        if self.config.netns_only:
+            return
         target = self.target
         assert target is not None
         if target.userns_fd is None:
@@ -303,10 +336,12 @@ class Broker:
         v4, v6 = not config.ipv6_only, not config.ipv4_only
         if not config.no_tcp and config.tcp_ports.mode in ("spec", "all"):
             self.entries += sockets.forward_listeners(
-                config.tcp_ports, socket.SOCK_STREAM, v4, v6, config.tcp_ports.mode == "all")
+                config.tcp_ports, socket.SOCK_STREAM, v4, v6, config.tcp_ports.mode == "all",
+                freebind=config.freebind)
         if not config.no_udp and config.udp_ports.mode in ("spec", "all"):
             self.entries += sockets.forward_listeners(
-                config.udp_ports, socket.SOCK_DGRAM, v4, v6, config.udp_ports.mode == "all")
+                config.udp_ports, socket.SOCK_DGRAM, v4, v6, config.udp_ports.mode == "all",
+                freebind=config.freebind)
 
     def _namespace_forwarding(self) -> None:
         """pasta's ``-T`` and ``-U``: sockets on the namespace's loopback, made

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -92,7 +93,11 @@ class CommandHolder:
 
 
 def spawn_command_namespace(command: list[str]) -> Target:
-    """Fork a child into a new network namespace that will exec ``command``."""
+    """Fork a child into a new network namespace that will exec ``command``.
+
+    A command that cannot be run is an error here, before anything starts,
+    as with pasta (not the shell's silent 127 once the worker serves)."""
+    _check_command(command[0])
     go_read, go_write = os.pipe()
     ready_read, ready_write = os.pipe()
     pid = os.fork()
@@ -112,6 +117,14 @@ def spawn_command_namespace(command: list[str]) -> Target:
     return Target(netns_fd, holder=CommandHolder(pid, go_write))
 
 
+def _check_command(name: str) -> None:
+    path = name if "/" in name else shutil.which(name, mode=os.F_OK)
+    if path is None or not os.path.exists(path):
+        raise NamespaceError(f"Failed to start command {name}: No such file or directory")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise NamespaceError(f"Failed to start command {name}: Permission denied")
+
+
 def _parked_child(command: list[str], go_read: int, ready_write: int) -> None:
     try:
         linux.unshare(linux.CLONE_NEWNET)
@@ -125,12 +138,13 @@ def _parked_child(command: list[str], go_read: int, ready_write: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.execvp(command[0], command)
     except OSError as exc:
+        message = f"Failed to start command {command[0]}: {exc.strerror}"
         try:
-            os.write(ready_write, f"{command[0]}: {exc.strerror}".encode())
-        except OSError:
-            pass
-        os._exit(127)
-    os._exit(127)
+            os.write(ready_write, message.encode())
+        except OSError:          # released already: the caller's stderr is still ours
+            os.write(2, f"pasta-sep: {message}\n".encode(errors="replace"))
+        os._exit(1)
+    os._exit(1)
 
 
 def reap(pid: int) -> None:

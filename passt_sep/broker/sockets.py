@@ -33,21 +33,25 @@ def families(ipv4: bool, ipv6: bool) -> list[int]:
 
 def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
                       quiet_conflicts: bool = False, role: str | None = None,
-                      loopback: bool = False) -> list[FdEntry]:
+                      loopback: bool = False, freebind: bool = False) -> list[FdEntry]:
     """Listening (TCP) or bound (UDP) sockets for every forwarded port, on
     the wildcard address or, with ``loopback`` (pasta's ``-T``, made in the
     namespace), on 127.0.0.1 and ::1 unless the rule names an address.
 
     A port that is already taken is an error naming it, except with
-    ``quiet_conflicts`` (``all``), where such ports are skipped as passt does.
+    ``quiet_conflicts`` (``all``) or an exclusion-only spec, where such ports
+    (and those below ip_unprivileged_port_start, without the privilege) are
+    skipped as passt does, unless none is left.
     """
+    quiet_conflicts = quiet_conflicts or forwarding.skip_unavailable
     role = role or ("tcp_listener" if kind == socket.SOCK_STREAM else "udp_listener")
     entries: list[FdEntry] = []
     try:
         for port, target, rule in forwarding.ports():
             for family in _rule_families(rule.address, ipv4, ipv6):
                 address = rule.address or (LOOPBACK[family] if loopback else None)
-                sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts)
+                sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts,
+                              freebind)
                 if sock is not None:
                     entries.append(FdEntry(role, sock.detach(), {
                         "family": int(family), "port": port, "target": target}))
@@ -55,6 +59,9 @@ def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
         for entry in entries:
             os.close(entry.fd)
         raise
+    if quiet_conflicts and forwarding.rules and not entries:
+        proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+        raise SetupError(f"no {proto} port of the forwarding spec could be bound")
     return entries
 
 
@@ -66,9 +73,9 @@ def _rule_families(address: str | None, ipv4: bool, ipv6: bool) -> Iterator[int]
 
 
 def _bound(family: int, kind: int, address: str | None, interface: str | None,
-           port: int, quiet_conflicts: bool) -> socket.socket | None:
+           port: int, quiet_conflicts: bool, freebind: bool = False) -> socket.socket | None:
     try:
-        return bound_socket(family, kind, port, address, interface)
+        return bound_socket(family, kind, port, address, interface, freebind)
     except OSError as exc:
         if quiet_conflicts and exc.errno in (errno.EADDRINUSE, errno.EACCES):
             return None

@@ -96,7 +96,8 @@ class GuestServices:
         if not inb.is_ipv6 and udp.dport == DHCP_SERVER_PORT and not self.config.no_dhcp:
             if self.net.ipv4 is None:
                 raise Drop("dhcp_no_ipv4")
-            self._answer(dhcp.handle_dhcp(self.net, inb, udp, **self._dns_flags()))
+            self._answer(dhcp.handle_dhcp(self.net, inb, udp, send_mtu=self.config.mtu != 0,
+                                          **self._dns_flags()))
             return
         if inb.is_ipv6 and udp.dport == DHCPV6_SERVER_PORT and not self.config.no_dhcpv6:
             if self.net.ipv6 is None:
@@ -116,7 +117,8 @@ class GuestServices:
             if self.config.no_ndp or self.net.ipv6 is None:
                 raise Drop("ndp_disabled")
             self._answer(ndp.handle_ndp(self.net, inb, send_ra=self.ra_enabled,
-                                        managed=self.dhcpv6_enabled, other=self.dhcpv6_enabled))
+                                        managed=self.dhcpv6_enabled, other=self.dhcpv6_enabled,
+                                        send_mtu=self.config.mtu != 0))
             return
         self._echo(inb, now)
 
@@ -131,4 +133,5 @@ class GuestServices:
         router solicitations before we were listening."""
         if self.ra_enabled:
             self.send_frame(ndp.router_advertisement(self.net, managed=self.dhcpv6_enabled,
-                                                     other=self.dhcpv6_enabled))
+                                                     other=self.dhcpv6_enabled,
+                                                     send_mtu=self.config.mtu != 0))

@@ -238,6 +238,7 @@ def test_qemu_netdev_passt_fd_command_line(topo: Topology, passt: str, shared_tm
         result = topo.run_host(passt, "--quiet", "--pid", str(pidfile), "--fd", "3",
                                pass_fds=(3,), preexec_fn=lambda: os.dup2(conn.fileno(), 3))
         assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+        worker = int(pidfile.read_text())
         conn.close()
         guest.dhcp()
         topo.spawn_remote(PY, PEERS, "source", "9001")
@@ -249,7 +250,9 @@ def test_qemu_netdev_passt_fd_command_line(topo: Topology, passt: str, shared_tm
     finally:
         guest.close()
         listener.close()
-    os.kill(int(pidfile.read_text()), 15)
+    # -F implies --one-off, as passt: the guest gone, the worker exits by itself
+    assert _wait_exit(worker)
+    assert not pidfile.exists()
 
 
 def test_kubevirt_command_line(topo: Topology, passt: str, shared_tmp) -> None:

@@ -120,8 +120,9 @@ def test_busybox_udhcpc_gets_the_host_lease(topo: Topology, pasta: str) -> None:
                      'env | grep -E "^(ip|subnet|router|dns|mtu|search|domain|serverid)="\n'
                      'exit 0\n')
     try:
-        result = run_pasta(topo, pasta, "--", "busybox", "udhcpc", "-i", HOST_IFNAME, "-f", "-q",
-                           "-n", "-t", "5", "-T", "1", "-s", script, "-O", "search", "-O", "mtu")
+        result = run_pasta(topo, pasta, "--dhcp-dns", "--dhcp-search", "--", "busybox", "udhcpc",
+                           "-i", HOST_IFNAME, "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script,
+                           "-O", "search", "-O", "mtu")
     finally:
         os.unlink(script)
     assert result.returncode == 0, result.stderr
@@ -140,7 +141,7 @@ def test_isc_dhclient_gets_the_host_lease(topo: Topology, pasta: str, tmp_path) 
                      'exit 0\n')
     os.chmod(tmp_path, 0o777)
     try:
-        result = run_pasta(topo, pasta, "--", "dhclient", "-1", "-d", "-sf", script,
+        result = run_pasta(topo, pasta, "--dhcp-dns", "--", "dhclient", "-1", "-d", "-sf", script,
                            "-lf", str(tmp_path / "leases"), "-pf", str(tmp_path / "pid"),
                            HOST_IFNAME, timeout=90)
     finally:
@@ -181,7 +182,8 @@ def test_dhcpv6_gives_the_host_address(topo: Topology, pasta: str, tmp_path) -> 
                f"dhclient -6 -1 -d -sf {script} -lf {tmp_path}/leases6 "
                f"-pf {tmp_path}/pid6 {HOST_IFNAME}")
     try:
-        result = run_pasta(topo, pasta, "--", "sh", "-c", command, timeout=90)
+        result = run_pasta(topo, pasta, "--dhcp-dns", "--dhcp-search", "--", "sh", "-c", command,
+                           timeout=90)
     finally:
         os.unlink(script)
     lease = _env_lines(result.stdout)

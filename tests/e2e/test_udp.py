@@ -203,7 +203,8 @@ def test_dhcp_hands_out_dns_and_search_options(topo: Topology, pasta: str) -> No
     os.chmod(path, 0o755)
     try:
         lines = run_in_pasta(topo, pasta, script.replace("/bin/sh --", path),
-                             "-D", "203.0.113.7", "-D", "203.0.113.8", "-S", "a.test b.test")
+                             "-D", "203.0.113.7", "-D", "203.0.113.8", "-S", "a.test b.test",
+                             "--dhcp-dns", "--dhcp-search")
     finally:
         os.unlink(path)
     assert "dns=203.0.113.7 203.0.113.8" in lines

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from passt_sep import __version__
 from passt_sep.config import (
+    CAPABILITIES,
     OPTIONS,
     Config,
     ConfigError,
@@ -57,7 +58,7 @@ def test_passt_defaults() -> None:
 def test_pasta_defaults() -> None:
     config = parse(mode="pasta")
     assert config == Config(mode="pasta", tcp_ports=AUTO, udp_ports=AUTO, tcp_ns=AUTO,
-                            udp_ns=AUTO)
+                            udp_ns=AUTO, no_dhcp_dns=True, no_dhcp_search=True)
 
 
 @pytest.mark.parametrize("prog, mode", [
@@ -96,7 +97,6 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
     "--runas": ("1000:1000", {"runas": "1000:1000"}, (), "passt"),
     "--pcap": ("/tmp/dump.pcap", {"pcap": "/tmp/dump.pcap"}, (), "passt"),
     "--pid": ("/run/p.pid", {"pid_file": "/run/p.pid"}, (), "passt"),
-    "--pid-file": ("/run/p.pid", {"pid_file": "/run/p.pid"}, (), "passt"),
     "--mtu": ("1500", {"mtu": 1500}, (), "passt"),
     "--address": ("192.0.2.5", {"address4": "192.0.2.5"}, (), "passt"),
     "--netmask": ("255.255.255.0", {"prefix4": 24}, (), "passt"),
@@ -112,6 +112,10 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
                  {"search": ("example.test", "lab.example.test")}, (), "passt"),
     "--no-dhcp-dns": (None, {"no_dhcp_dns": True}, (), "passt"),
     "--no-dhcp-search": (None, {"no_dhcp_search": True}, (), "passt"),
+    "--dhcp-dns": (None, {"no_dhcp_dns": False}, (), "pasta"),
+    "--dhcp-search": (None, {"no_dhcp_search": False}, (), "pasta"),
+    "--dns-host": ("192.0.2.53", {"dns_host": ("192.0.2.53",)}, (), "passt"),
+    "--host-lo-to-ns-lo": (None, {"host_lo_to_ns_lo": True}, (), "pasta"),
     "--no-tcp": (None, {"no_tcp": True}, (), "passt"),
     "--no-udp": (None, {"no_udp": True}, (), "passt"),
     "--no-icmp": (None, {"no_icmp": True}, (), "passt"),
@@ -132,7 +136,7 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
                     (), "passt"),
     "--max-flows": ("100", {"max_flows": 100}, (), "passt"),
     "--socket": ("/tmp/s.socket", {"socket_path": "/tmp/s.socket"}, (), "passt"),
-    "--fd": ("3", {"fd": 3}, (), "passt"),
+    "--fd": ("3", {"fd": 3, "one_off": True}, (), "passt"),
     "--one-off": (None, {"one_off": True}, (), "passt"),
     "--ns-ifname": ("eth0", {"ns_ifname": "eth0"}, (), "pasta"),
     "--tcp-ns": ("8080", {"tcp_ns": Forwarding("spec", (ForwardRule(8080, 8080, 8080),))},
@@ -149,7 +153,7 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
     "--no-copy-routes": (None, {"no_copy_routes": True}, (), "pasta"),
     "--no-copy-addrs": (None, {"no_copy_addrs": True}, (), "pasta"),
 }
-SPECIAL = {"--help", "--version", "--mode"}
+SPECIAL = {"--help", "--version", "--mode", "--print-capabilities", "--vhost-user"}
 
 
 def test_every_option_has_a_case() -> None:
@@ -182,13 +186,23 @@ def test_option_in_every_form(name: str) -> None:
             parse(mode=other), **changes)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in CASES if BY_LONG[n].modes != "both"))
+@pytest.mark.parametrize("name", sorted(n for n in CASES if BY_LONG[n].modes != "both"
+                                         and n != "--fd"))
 def test_mode_specific_option_refused_in_the_other_mode(name: str) -> None:
     value, _, extra, mode = CASES[name]
     other = "pasta" if mode == "passt" else "passt"
     for argv in forms(name, value):
         given_as = argv[0].split("=")[0] if argv[0].startswith("--") else argv[0][:2]
         assert error(*argv, *extra, mode=other) == f"{given_as} is only valid in {mode} mode"
+
+
+@pytest.mark.parametrize("argv", [["-F", "5"], ["--fd=5"], ["--fd", "5", "--netns", "n"]])
+def test_pasta_refuses_a_pre_opened_tap(argv: list[str]) -> None:
+    """pasta takes -F as a tap device's fd; pasta-sep creates its own tap."""
+    given_as = argv[0].split("=")[0]
+    assert error(*argv, mode="pasta") == (
+        f"{given_as}: a pre-opened tap device is not supported by pasta-sep, which creates "
+        "the tap itself")
 
 
 def test_both_families_of_per_family_options() -> None:
@@ -243,7 +257,7 @@ def test_short_option_bundles(argv: list[str], changes: dict) -> None:
     assert parse(*argv) == replace(parse(), **changes)
 
 
-@pytest.mark.parametrize("value, size", [("0", 0), ("1024", 1024), ("64k", 65536),
+@pytest.mark.parametrize("value, size", [("40960", 40960), ("0x10000", 65536), ("64k", 65536),
                                          ("64K", 65536), ("1m", 1 << 20), ("3M", 3 << 20),
                                          ("2g", 2 << 30)])
 def test_log_sizes(value: str, size: int) -> None:
@@ -286,23 +300,29 @@ def test_pasta_positionals(argv: list[str], changes: dict) -> None:
 
 # -- errors -------------------------------------------------------------------------
 
+MTU_RANGE = "(must be 68 to 65535, or 0 to advertise none)"
+
+
 @pytest.mark.parametrize("argv, mode, message", [
     (["--bogus"], "passt", "Unknown option: --bogus"),
+    (["--nosuch-option=3"], "passt", "Unknown option: --nosuch-option"),
     (["-x"], "passt", "Unknown option: -x"),
     (["-dZ"], "passt", "Unknown option: -Z"),
     (["--debug=yes"], "passt", "Option --debug takes no argument"),
     (["--mtu"], "passt", "Option --mtu requires an argument"),
     (["-m"], "passt", "Option -m requires an argument"),
     (["-dm"], "passt", "Option -m requires an argument"),
-    (["--mtu", "67"], "passt", "Invalid value for --mtu: 67 (must be 68 to 65520)"),
-    (["-m", "65521"], "passt", "Invalid value for --mtu: 65521 (must be 68 to 65520)"),
-    (["--mtu=1500b"], "passt", "Invalid value for --mtu: 1500b (must be 68 to 65520)"),
-    (["--mtu="], "passt", "Invalid value for --mtu:  (must be 68 to 65520)"),
-    (["--mtu", "-1"], "passt", "Invalid value for --mtu: -1 (must be 68 to 65520)"),
+    (["--mtu", "67"], "passt", f"Invalid value for --mtu: 67 {MTU_RANGE}"),
+    (["-m", "65536"], "passt", f"Invalid value for --mtu: 65536 {MTU_RANGE}"),
+    (["--mtu=1500b"], "passt", f"Invalid value for --mtu: 1500b {MTU_RANGE}"),
+    (["--mtu="], "passt", f"Invalid value for --mtu:  {MTU_RANGE}"),
+    (["--mtu", "-1"], "passt", f"Invalid value for --mtu: -1 {MTU_RANGE}"),
+    (["--mtu", "0x"], "passt", f"Invalid value for --mtu: 0x {MTU_RANGE}"),
+    (["--mtu", "09"], "passt", f"Invalid value for --mtu: 09 {MTU_RANGE}"),
     (["--max-flows", "0"], "passt", "Invalid value for --max-flows: 0 (must be 1 to 1048576)"),
     (["--max-flows", "1048577"], "passt",
      "Invalid value for --max-flows: 1048577 (must be 1 to 1048576)"),
-    (["-F", "x"], "passt", "Invalid value for --fd: x (must be 0 to 1073741824)"),
+    (["-F", "x"], "passt", "Invalid value for --fd: x (must be a file descriptor number)"),
     (["-a", "192.0.2"], "passt", "Invalid address for --address: 192.0.2"),
     (["-g", "2001:db8::g"], "passt", "Invalid address for --gateway: 2001:db8::g"),
     (["-o", "eth0"], "passt", "Invalid address for --outbound: eth0"),
@@ -340,13 +360,6 @@ def test_pasta_positionals(argv: list[str], changes: dict) -> None:
     (["-S", "x" * 64 + ".test"], "passt", f"Invalid search domain: {'x' * 64}.test"),
     (["-S", ("a" * 60 + ".") * 4 + "bcdefghijklmn"], "passt",
      f"Invalid search domain: {('a' * 60 + '.') * 4}bcdefghijklmn"),
-    (["-a", "10.0.0.1", "-a", "10.0.0.2"], "passt", "Multiple --address options given"),
-    (["-m", "1500", "--mtu", "9000"], "passt", "Multiple --mtu options given"),
-    (["-P", "a", "--pid-file", "b"], "passt", "Multiple --pid-file options given"),
-    (["--pid", "a", "--pid", "b"], "passt", "Multiple --pid options given"),
-    (["-i", "a", "-i", "b"], "passt", "Multiple --interface options given"),
-    (["-4", "-6"], "passt", "Options -4 and -6 are mutually exclusive"),
-    (["-46"], "pasta", "Options -4 and -6 are mutually exclusive"),
     (["-F", "3", "-s", "/tmp/s"], "passt", "Options --fd and --socket are mutually exclusive"),
     (["--netns", "n1", "4242"], "pasta", "--netns cannot be combined with a PID or a command"),
     (["--netns", "n1", "sh"], "pasta", "--netns cannot be combined with a PID or a command"),
@@ -356,7 +369,7 @@ def test_pasta_positionals(argv: list[str], changes: dict) -> None:
     (["foo"], "passt", "Unexpected argument: foo"),
     (["-d", "--", "-d"], "passt", "Unexpected argument: -d"),
     (["-t", "none", "-t", "22"], "passt",
-     "'none' cannot be combined with other port specifiers (option -t)"),
+     "Specific ports (22) cannot be specified together with all/none/auto (option -t)"),
     (["-I", "eth0"], "passt", "-I is only valid in pasta mode"),
     (["--netns", "n1"], "passt", "--netns is only valid in pasta mode"),
     (["-s", "/tmp/s"], "pasta", "-s is only valid in passt mode"),
@@ -389,7 +402,7 @@ def test_help_lists_the_options_of_the_mode(mode: str) -> None:
     assert text.startswith(f"Usage: {prog} [OPTION]...")
     for opt in OPTIONS:
         shown = f" {opt.long}" in text
-        assert shown == (opt.modes in ("both", mode)), opt.long
+        assert shown == (opt.modes in ("both", mode) and not opt.refused), opt.long
         if shown and opt.default:
             assert f"(default: {opt.default})" in text
         if shown and opt.short:
@@ -461,7 +474,7 @@ def test_any_command_line_is_a_config_help_or_one_line_error(argv: list[str],
     try:
         config = parse(*argv, mode=mode)
     except ShowText as shown:
-        assert shown.text in (usage("passt"), usage("pasta"), version_text())
+        assert shown.text in (usage("passt"), usage("pasta"), version_text(), CAPABILITIES)
         return
     except ConfigError as exc:
         assert type(exc) is ConfigError
@@ -470,3 +483,154 @@ def test_any_command_line_is_a_config_help_or_one_line_error(argv: list[str],
         return
     assert config.mode in ("passt", "pasta")
     assert Config.from_dict(config.to_dict()) == config
+
+
+# -- the current passt's command lines (callers issue, items 3, 10, 12, 13, 15) --------
+
+def test_fd_implies_one_off_and_refuses_standard_streams() -> None:
+    assert parse("-F", "3").one_off and parse("--fd=0x10").fd == 16
+    for fd in ("0", "1", "2"):
+        assert error("-F", fd) == (f"Invalid value for --fd: {fd} (0, 1 and 2 are standard "
+                                   "input, output and error: pass the socket as 3 or above)")
+
+
+@pytest.mark.parametrize("given, full", [
+    ("--config", "--config-net"), ("--conf", "--config-net"), ("--no-spl", "--no-splice"),
+    ("--quie", "--quiet"), ("--ns-mac", "--ns-mac-addr"), ("--sock", "--socket"),
+    ("--socket-p", "--socket"), ("--pi", "--pid"), ("--print", "--print-capabilities"),
+])
+def test_long_options_may_be_abbreviated(given: str, full: str) -> None:
+    opt = BY_LONG[full]
+    value, changes, extra, mode = CASES.get(full, (None, {}, (), "pasta"))
+    argv = [given] + ([value] if opt.arg else [])
+    if full == "--print-capabilities":
+        with pytest.raises(ShowText):
+            parse(*argv)
+        return
+    assert parse(*argv, *extra, mode=mode) == parse(full, *argv[1:], *extra, mode=mode)
+
+
+@pytest.mark.parametrize("given", ["--no", "--no-d", "--dns-", "--m", "--map"])
+def test_ambiguous_prefixes_are_errors(given: str) -> None:
+    message = error(given, mode="pasta")
+    assert message.startswith(f"Option {given} is ambiguous; possibilities: --")
+    assert all(name.startswith(given) for name in message.split(": ", 1)[1].split())
+
+
+def test_synonyms() -> None:
+    assert parse("--socket-path", "/tmp/a.sock") == parse("-s", "/tmp/a.sock")
+    assert parse("--pid-file", "/tmp/p") == parse("-P", "/tmp/p") == parse("--pid=/tmp/p")
+
+
+def test_print_capabilities_prints_what_passt_prints() -> None:
+    for mode in ("passt", "pasta"):
+        with pytest.raises(ShowText) as info:
+            parse("--print-capabilities", mode=mode)
+        assert info.value.text == '{\n  "type": "net"\n}'
+
+
+def test_vhost_user_is_refused_by_name() -> None:
+    assert error("--vhost-user") == ("--vhost-user: vhost-user is not supported by passt-sep: "
+                                     "use the stream socket (-s)")
+
+
+def test_dhcp_dns_and_search_defaults_follow_the_mode() -> None:
+    pasta = parse(mode="pasta")
+    assert pasta.no_dhcp_dns and pasta.no_dhcp_search
+    assert not parse("--dhcp-dns", "--dhcp-search", mode="pasta").no_dhcp_dns
+    assert not parse("--dhcp-search", mode="pasta").no_dhcp_search
+    assert not parse().no_dhcp_dns and not parse().no_dhcp_search
+    assert error("--dhcp-dns") == "--dhcp-dns is only valid in pasta mode"
+    assert error("--no-dhcp-search", mode="pasta") == "--no-dhcp-search is only valid in " \
+        "passt mode"
+
+
+def test_dns_host_keeps_the_last_per_family() -> None:
+    config = parse("--dns-host", "192.0.2.1", "--dns-host", "2001:db8::1",
+                   "--dns-host", "192.0.2.2")
+    assert config.dns_host == ("2001:db8::1", "192.0.2.2")
+
+
+def test_accepted_flags_reach_config() -> None:
+    config = parse("--freebind", "--host-lo-to-ns-lo", "--no-copy-addrs", "--netns-only",
+                   "--netns", "n1", "-d", mode="pasta")
+    assert (config.freebind, config.host_lo_to_ns_lo, config.no_copy_addrs,
+            config.netns_only, config.debug) == (True, True, True, True, True)
+    assert parse("--trace").debug
+
+
+@pytest.mark.parametrize("value, mtu", [("0", 0), ("65535", 65535), ("0x500", 1280),
+                                        ("02400", 1280), ("68", 68), ("+1500", 1500)])
+def test_mtu_values_as_passt_reads_them(value: str, mtu: int) -> None:
+    assert parse("-m", value).mtu == mtu
+
+
+def test_small_mtu_needs_ipv4_only_in_pasta_mode() -> None:
+    assert error("-m", "100", mode="pasta") == (
+        "Invalid value for --mtu: 100 (IPv6 needs an MTU of at least 1280, and the "
+        "namespace's interface would lose its IPv6 addresses: use -4 to disable IPv6, or a "
+        "larger MTU)")
+    assert parse("-m", "100", "-4", mode="pasta").mtu == 100
+    assert parse("-m", "0", mode="pasta").mtu == 0
+    assert parse("-m", "100").mtu == 100          # passt only advertises it
+
+
+@pytest.mark.parametrize("argv, changes", [
+    (["-4", "-6"], {"ipv6_only": True}),
+    (["-6", "-4"], {"ipv4_only": True}),
+    (["-46"], {"ipv6_only": True}),
+    (["-a", "192.0.2.5", "-a", "192.0.2.6"], {"address4": "192.0.2.6"}),
+    (["-g", "192.0.2.1", "-g", "192.0.2.9"], {"gateway4": "192.0.2.9"}),
+    (["-o", "192.0.2.2", "-o", "192.0.2.3"], {"outbound4": "192.0.2.3"}),
+    (["-m", "1500", "--mtu", "9000"], {"mtu": 9000}),
+    (["-P", "a", "--pid-file", "b"], {"pid_file": "b"}),
+    (["-i", "a", "-i", "b"], {"interface": "b"}),
+    (["--runas", "1000", "--runas", "1001"], {"runas": "1001"}),
+])
+def test_the_last_option_wins(argv: list[str], changes: dict) -> None:
+    assert parse(*argv) == replace(parse(), **changes)
+
+
+def test_ns_mac_addr_last_wins() -> None:
+    assert parse("--ns-mac-addr", "02:00:00:00:00:01", "--ns-mac-addr", "02:00:00:00:00:02",
+                 mode="pasta").ns_mac_addr == "02:00:00:00:00:02"
+
+
+@pytest.mark.parametrize("option, role", [("-a", "assigned to the guest"),
+                                          ("-g", "the guest's gateway")])
+@pytest.mark.parametrize("value, why", [
+    ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"),
+    ("0.0.0.0", "the unspecified address"), ("::", "the unspecified address"),
+    ("224.0.0.1", "a multicast address"), ("ff02::1", "a multicast address"),
+    ("255.255.255.255", "the broadcast address"),
+])
+def test_unusable_addresses_are_named(option: str, role: str, value: str, why: str) -> None:
+    name = BY_LONG["--address" if option == "-a" else "--gateway"].long
+    assert error(option, value) == f"Invalid address for {name}: {value} ({why} cannot be {role})"
+
+
+@pytest.mark.parametrize("value", ["1", "4096", "40959", "0x1000", "39k"])
+def test_too_small_log_size(value: str) -> None:
+    assert error("--log-size", value) == (f"Invalid size for --log-size: {value} (at least "
+                                          "40960 bytes, to leave room for dropping old entries)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-t", "8080", "-t", "auto"], "Port forwarding mode 'auto' conflicts with previous mode "
+     "(option -t)"),
+    (["-t", "18146:"], "Invalid port specifier: 18146:: no target port after ':' (option -t)"),
+    (["-T", "127.0.0.1/8080"], "Invalid port specifier: 127.0.0.1/8080: no address can be "
+     "given, these ports are bound on the namespace's loopback (option -T)"),
+    (["-t", "0"], "Invalid port specifier: 0 (option -t)"),
+])
+def test_mistakes_pasta_refuses(argv: list[str], message: str) -> None:
+    assert error(*argv, mode="pasta") == message
+
+
+def test_bracketed_ipv6_port_spec() -> None:
+    assert parse("-t", "[::1]/8080", mode="pasta").tcp_ports == Forwarding(
+        "spec", (ForwardRule(8080, 8080, 8080, "::1"),))
+
+
+def test_netmask_in_any_base() -> None:
+    assert parse("-n", "0x18").prefix4 == parse("-n", "24").prefix4 == 24

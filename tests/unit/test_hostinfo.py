@@ -45,7 +45,7 @@ def test_host_without_a_family_survives_the_trip() -> None:
 
 
 def test_guest_gets_the_hosts_address_and_gateway() -> None:
-    net = guest_network(parse_args(["--config-net"], "pasta-sep"), HOST)
+    net = guest_network(parse_args(["--config-net", "--dhcp-search"], "pasta-sep"), HOST)
     assert net.ipv4 is not None and net.ipv6 is not None
     assert (net.ipv4.addr, net.ipv4.prefix_len, net.ipv4.gateway) == \
         (packed("192.0.2.2"), 24, packed("192.0.2.1"))
@@ -55,10 +55,33 @@ def test_guest_gets_the_hosts_address_and_gateway() -> None:
 
 
 def test_loopback_resolver_is_reached_through_the_gateway() -> None:
-    net = guest_network(parse_args([], "pasta-sep"), HOST)
+    net = guest_network(parse_args([], "passt-sep"), HOST)
     assert net.ipv4 is not None and net.ipv6 is not None
     assert net.ipv4.dns == (packed("192.0.2.1"),)
     assert net.ipv6.dns == (packed("2001:db8::53"),)
+
+
+def test_pasta_hands_out_resolvers_and_search_list_only_when_asked() -> None:
+    """As pasta: no DNS servers and no search list (DHCP, DHCPv6, NDP's RDNSS
+    and DNSSL) unless --dhcp-dns and --dhcp-search; passt hands both out
+    unless --no-dhcp-dns and --no-dhcp-search."""
+    for argv, prog, dns, search in (
+            ([], "pasta-sep", False, False), (["--dhcp-dns"], "pasta-sep", True, False),
+            (["--dhcp-search"], "pasta-sep", False, True), ([], "passt-sep", True, True),
+            (["--no-dhcp-dns"], "passt-sep", False, True),
+            (["--no-dhcp-search"], "passt-sep", True, False)):
+        net = guest_network(parse_args(argv, prog), HOST)
+        assert net.ipv4 is not None and net.ipv6 is not None
+        assert bool(net.ipv4.dns) == bool(net.ipv6.dns) == dns, argv
+        assert (net.search == ("example.test",)) == search, argv
+
+
+def test_dns_host_is_where_forwarded_queries_go() -> None:
+    argv = ["--dns-forward", "169.254.1.1", "--dns-host", "192.0.2.53", "--dns-host",
+            "2001:db8::99", "--dns-host", "192.0.2.54"]
+    net = guest_network(parse_args(argv, "pasta-sep"), HOST)
+    assert net.host_resolvers[:2] == ("2001:db8::99", "192.0.2.54")
+    assert guest_network(parse_args([], "pasta-sep"), HOST).host_resolvers == HOST.resolvers
 
 
 def test_no_ipv4_on_the_host_gives_a_link_local_one() -> None:

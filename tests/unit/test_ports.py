@@ -76,7 +76,8 @@ def test_bind_applies_to_every_range_of_the_spec() -> None:
 ])
 def test_exclusions(spec: str, rules: list[ForwardRule]) -> None:
     fwd = parse(spec)
-    assert fwd == Forwarding("spec", tuple(rules))
+    only_exclusions = spec.startswith("~") and "," not in spec.replace(",~", "")
+    assert fwd == Forwarding("spec", tuple(rules), only_exclusions)
 
 
 def test_exclusion_only_spec_keeps_the_bind() -> None:
@@ -84,10 +85,10 @@ def test_exclusion_only_spec_keeps_the_bind() -> None:
 
 
 def test_all_is_every_port_passt_only() -> None:
-    assert parse("all") == Forwarding("all", (R(1, 65535, 1),))
+    assert parse("all") == Forwarding("all", (R(1, 65535, 1),), True)
     assert parse("all,~22,~80-90") == Forwarding(
-        "all", (R(1, 21, 1), R(23, 79, 23), R(91, 65535, 91)))
-    assert parse("127.0.0.1/all") == Forwarding("all", (R(1, 65535, 1, "127.0.0.1"),))
+        "all", (R(1, 21, 1), R(23, 79, 23), R(91, 65535, 91)), True)
+    assert parse("127.0.0.1/all") == Forwarding("all", (R(1, 65535, 1, "127.0.0.1"),), True)
     with pytest.raises(ConfigError) as info:
         parse("all", mode="pasta", option="-u")
     assert str(info.value) == "'all' port forwarding is only allowed for passt (option -u)"
@@ -95,7 +96,6 @@ def test_all_is_every_port_passt_only() -> None:
 
 def test_auto_is_pasta_only() -> None:
     assert parse("auto", mode="pasta", option="-T") == Forwarding("auto", ())
-    assert parse("auto", "8080", mode="pasta") == Forwarding("auto", (R(8080, 8080, 8080),))
     with pytest.raises(ConfigError) as info:
         parse("auto")
     assert str(info.value) == "'auto' port forwarding is only allowed for pasta (option -t)"
@@ -105,12 +105,55 @@ def test_none_and_repeated_options() -> None:
     assert parse("none") == Forwarding("none", ()) == Forwarding()
     assert parse("none", mode="pasta") == Forwarding("none", ())
     assert parse("22", "80:8080") == Forwarding("spec", (R(22, 22, 22), R(80, 80, 8080)))
-    assert parse("all", "22:23") == Forwarding("all", (R(1, 65535, 1), R(22, 22, 23)))
-    for specs in (("none", "22"), ("22", "none"), ("none", "none")):
-        with pytest.raises(ConfigError) as info:
-            parse(*specs, option="-u")
-        assert str(info.value) == ("'none' cannot be combined with other port specifiers "
-                                   "(option -u)")
+
+
+
+@pytest.mark.parametrize("specs, mode, message", [
+    (("none", "22"), "passt", "Specific ports (22) cannot be specified together with "
+     "all/none/auto (option -u)"),
+    (("auto", "8080"), "pasta", "Specific ports (8080) cannot be specified together with "
+     "all/none/auto (option -u)"),
+    (("all", "22:23"), "passt", "Specific ports (22:23) cannot be specified together with "
+     "all/none/auto (option -u)"),
+    (("22", "none"), "passt", "Port forwarding mode 'none' conflicts with previous mode "
+     "(option -u)"),
+    (("8080", "auto"), "pasta", "Port forwarding mode 'auto' conflicts with previous mode "
+     "(option -u)"),
+    (("80", "all"), "passt", "Port forwarding mode 'all' conflicts with previous mode "
+     "(option -u)"),
+    (("none", "none"), "passt", "Port forwarding mode 'none' conflicts with previous mode "
+     "(option -u)"),
+])
+def test_modes_stand_alone(specs: tuple[str, ...], mode: str, message: str) -> None:
+    """As pasta: a port list never mixes with none, auto or all, whichever comes first."""
+    with pytest.raises(ConfigError) as info:
+        parse(*specs, mode=mode, option="-u")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("spec", ["18146:", "22,80:", "1-2:"])
+def test_empty_target_is_an_error(spec: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(spec)
+    assert str(info.value) == f"Invalid port specifier: {spec}: no target port after ':' " \
+        "(option -t)"
+
+
+@pytest.mark.parametrize("option", ["-T", "-U"])
+@pytest.mark.parametrize("spec", ["127.0.0.1/8080", "[::1]/8080", "192.0.2.1%lo/1-2"])
+def test_namespace_specs_take_no_address(option: str, spec: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(spec, mode="pasta", option=option)
+    assert str(info.value) == (f"Invalid port specifier: {spec}: no address can be given, "
+                               "these ports are bound on the namespace's loopback "
+                               f"(option {option})")
+
+
+def test_bracketed_ipv6_bind_address() -> None:
+    assert parse("[::1]/8080") == parse("::1/8080") == Forwarding(
+        "spec", (R(8080, 8080, 8080, "::1"),))
+    assert parse("[2001:db8::1]%eth0/22:2222") == Forwarding(
+        "spec", (R(22, 22, 2222, "2001:db8::1", "eth0"),))
 
 
 @pytest.mark.parametrize("spec", [
@@ -132,8 +175,9 @@ def test_mismatched_ranges(spec: str) -> None:
         parse(spec, mode="pasta", option="-U")
 
 
-@pytest.mark.parametrize("spec", ["192.0.2.300/22", "[::1]/22", "localhost/22", "::1::2/22",
-                                  "10.0.0.1/24/22", "fe80::1%/22", "22/"])
+@pytest.mark.parametrize("spec", ["192.0.2.300/22", "[::1/22", "[192.0.2.1]x/22",
+                                  "localhost/22", "::1::2/22", "10.0.0.1/24/22", "fe80::1%/22",
+                                  "22/"])
 def test_invalid_address(spec: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(spec)
