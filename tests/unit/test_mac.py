@@ -176,7 +176,7 @@ def test_the_worker_enters_its_confinement_before_its_own_code() -> None:
 def test_the_broker_prepares_while_proc_is_reachable() -> None:
     run = inspect.getsource(broker_main.Broker._run)
     assert _before(run, "mac.prepare()", "jail.close(")
-    assert "start_worker(config, net, self.entries, worker_filter, confinement)" in run
+    assert "confinement=confinement" in run
     source = inspect.getsource(broker_main.Broker._ns_source)
     assert _before(source, "mac.prepare()", "jail.close(identity)")
     assert _before(source, "mac.enter(confinement)", "source_filter.load()")
