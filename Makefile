@@ -14,8 +14,12 @@ APT_PACKAGES := python3-venv python3-dev libcap-dev libseccomp2 gcc iproute2 soc
 	busybox-static libc6-dev iputils-ping isc-dhcp-client ndisc6 nftables dnsutils tshark groff \
 	man-db apparmor checkpolicy semodule-utils util-linux procps curl qemu-system-x86 \
 	linux-image-cloud-amd64
-# the stamp names the package list: adding a package installs again
-DEPS_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) | md5sum | cut -c1-8)
+# From bookworm-backports (same Debian registry): QEMU 10 (7.2 crashes on
+# vhost-user under TCG) and libvirt 11.3 (Debian 12's 9.0 has passt disabled).
+BACKPORTS_LIST := /etc/apt/sources.list.d/passt-sep-bookworm-backports.sources
+BACKPORTS_PACKAGES := qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+# the stamp names the package lists: adding a package installs again
+DEPS_STAMP := $(VENV)/.apt-$(shell echo $(APT_PACKAGES) $(BACKPORTS_PACKAGES) | md5sum | cut -c1-8)
 PYTEST_ARGS ?=
 
 export PASST_SEP_VENV := $(VENV)
@@ -25,8 +29,18 @@ export PASST_SEP_VENV := $(VENV)
 all: test
 
 $(DEPS_STAMP):
+	if . /etc/os-release && [ "$$VERSION_CODENAME" = bookworm ] && \
+		! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d; then \
+		printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+		'Suites: bookworm-backports' 'Components: main' \
+		'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' > $(BACKPORTS_LIST); fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	if grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		-t bookworm-backports $(BACKPORTS_PACKAGES); \
+	else DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		$(BACKPORTS_PACKAGES); fi
 	mkdir -p $(VENV) && touch $@
 
 deps: $(DEPS_STAMP)
