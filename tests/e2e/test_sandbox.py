@@ -212,20 +212,24 @@ def test_allowlist_filter_and_readme_agree(tmp_path) -> None:
 
 
 def _ns_source(worker: int) -> int:
-    """The ns socket source: the other pasta-sep process, the one whose
-    network namespace is the target's rather than the host's (the
-    worker's, and the waiter's in command mode)."""
+    """The ns socket source: the other process of this very run (a fork
+    of the same broker, so the same command line as the worker), the one
+    whose network namespace is the target's rather than the host's (the
+    worker's, and the waiter's in command mode).  Other runs of pasta-sep
+    on the machine have other command lines (their own pid files)."""
     host_net = os.stat(f"/proc/{worker}/ns/net").st_ino
+    with open(f"/proc/{worker}/cmdline", "rb") as handle:
+        worker_argv = handle.read()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == worker:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
+                argv = handle.read()
             net = os.stat(f"/proc/{entry}/ns/net").st_ino
         except OSError:
             continue
-        if any(arg.endswith(b"pasta-sep") for arg in argv[:2]) and net != host_net:
+        if argv == worker_argv and net != host_net:
             return int(entry)
     raise AssertionError("no ns socket source running")
 
