@@ -176,6 +176,9 @@ def test_a_long_frame_is_dropped_in_step(topo: Topology, source: Source) -> None
 
 
 def test_the_source_under_test_is_jailed_and_filtered(source: Source) -> None:
+    """Checked once it has answered: it serves only after jail and filter."""
+    answer, fds = source.raw(request(port=0))
+    assert "error" in answer and fds == []
     with open(f"/proc/{source.pid}/status", encoding="ascii") as handle:
         status = dict(line.split(":", 1) for line in handle)
     assert status["Seccomp"].strip() == "2" and int(status["CapEff"], 16) == 0
