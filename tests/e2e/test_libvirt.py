@@ -13,10 +13,10 @@ passt")::
 
     passt --one-off --socket $XDG_RUNTIME_DIR/libvirt/qemu/run/passt/<id>-<name>-net0.socket
           --pid $XDG_RUNTIME_DIR/libvirt/qemu/run/passt/<id>-<name>-net0-passt.pid
-          --log-file <logFile> --tcp-ports 10080:8080
+          --log-file <logFile> --tcp-ports 127.0.0.1/10080:8080
 
-(also ``--mtu``, ``--interface``, ``--address``/``--netmask``,
-``--hostname``, ``--fqdn`` and ``--udp-ports`` from other elements), waits
+(also ``--mtu``, ``--interface``, ``--address``/``--netmask`` and
+``--udp-ports`` from other elements; no ``--mac-addr``), waits
 for it to exit 0 (passt-sep then serves in the background), then gives QEMU
 ``-netdev stream,server=off,reconnect-ms=5000`` on the socket.  On destroy or
 shutdown it kills the pid in the pid file and unlinks the pid file and the
@@ -70,7 +70,7 @@ DOMAIN_XML = """<domain type='qemu'>
       <backend type='passt' logFile='{log_file}'/>
       <mac address='{mac}'/>
       <model type='virtio'/>
-      <portForward proto='tcp'>
+      <portForward proto='tcp' address='127.0.0.1'>
         <range start='{fwd_host}' to='{fwd_guest}'/>
       </portForward>
     </interface>
@@ -275,6 +275,9 @@ def assert_traffic(run: qemu_guest.GuestRun, fetch: subprocess.Popen | None) -> 
     """DHCP, ping, TCP both ways and the forwarded port, byte for byte."""
     results, where = run.results, run.describe()
     assert run.booted, "the guest never ran its init script" + where
+    missing = {"dhcp", "router", "ping", "tcp-down", "tcp-up-sent", "tcp-up-got",
+               "fwd-served"} - results.keys()
+    assert not missing, f"no result for {sorted(missing)}" + where
     assert results["dhcp"] == f"{HOST_ADDR4}/{PREFIX4}", where
     assert results["router"] == GW_ADDR4, where
     assert results["ping"] == "ok", where
@@ -299,7 +302,7 @@ def assert_passt_argv(lv: Session) -> None:
     assert option(argv, "--socket").startswith(f"{lv.passt_dir}/"), argv
     assert option(argv, "--pid").startswith(f"{lv.passt_dir}/"), argv
     assert option(argv, "--log-file") == str(lv.root / "passt.log"), argv
-    assert option(argv, "--tcp-ports") == f"{FWD_HOST_PORT}:{FWD_GUEST_PORT}", argv
+    assert option(argv, "--tcp-ports") == f"127.0.0.1/{FWD_HOST_PORT}:{FWD_GUEST_PORT}", argv
 
 
 @pytest.mark.slow
