@@ -354,7 +354,7 @@ class Broker:
         entry.meta["start"] = self.log.start
         self.entries.append(entry)
         self.log.to_file(fcntl.fcntl(entry.fd, fcntl.F_DUPFD_CLOEXEC, 3), self.config.log_size)
-        self.log.header(sys.argv[0])
+        self.log.header(os.path.realpath(sys.argv[0]))
 
     def _announce(self, net: Network) -> None:
         """The start-up block, where passt prints its own: standard error
