@@ -178,3 +178,29 @@ def test_refused_ping_is_one_warning(topo: Topology, pasta: str, shared_tmp,
         assert result.stderr == ""
     else:
         assert warnings[0].startswith("pasta-sep: WARNING: ")
+
+
+PODMAN_ARGV = {
+    "podman4": ["--config-net", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+                "--no-map-gw", "--netns"],
+    "podman5": ["--config-net", "--dns-forward", "169.254.1.1", "-t", "none", "-u", "none",
+                "-T", "none", "-U", "none", "--no-map-gw", "--quiet", "--netns"],
+}
+
+
+@pytest.mark.parametrize("release", ["podman4", "podman5"])
+def test_podman_command_lines(topo: Topology, pasta: str, netns: str, release: str) -> None:
+    """Podman 4.x passes no --quiet: the block goes to standard error (which
+    Podman drops unless pasta fails); 5.x's --quiet leaves it empty, with
+    its --map-guest-addr after --netns."""
+    tail = ["--map-guest-addr", "169.254.1.2"] if release == "podman5" else []
+    result = topo.run_host(pasta, *PODMAN_ARGV[release], f"/run/netns/{netns}", *tail)
+    assert result.returncode == 0, result.stderr
+    if release == "podman4":
+        lines = result.stderr.splitlines()
+        assert lines[0] == "Template interface: eth0 (IPv4), eth0 (IPv6)", result.stderr
+        assert f"    assign: {HOST_ADDR4}" in lines and "Forwarding:" not in lines
+    else:
+        assert result.stderr == ""
+    addresses = topo.run_host("ip", "netns", "exec", netns, "ip", "-br", "-4", "addr").stdout
+    assert f"{HOST_ADDR4}/24" in addresses
