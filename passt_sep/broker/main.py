@@ -87,16 +87,24 @@ def _say(config: Config, log: Logger, level: int, message: str) -> None:
     other target)."""
     if level <= WARNING or not config.quiet:
         label = "warning: " if level == WARNING else ""
-        print(f"{_prog(config)}: {label}{message}", file=sys.stderr, flush=True)
+        _to_stderr(f"{_prog(config)}: {label}{message}")
     log.log(level, message)
 
 
 def _print_block(log: Logger, lines: list[str]) -> None:
     """Lines for the user, unprefixed on standard error (as passt prints
     its start-up block), stamped in the ``-l`` file."""
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    _to_stderr("\n".join(lines))
     for line in lines:
         log.info(line)
+
+
+def _to_stderr(text: str) -> None:
+    """A caller that closed its end of standard error does not stop the start."""
+    try:
+        os.write(2, f"{text}\n".encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def _prog(config: Config) -> str:
