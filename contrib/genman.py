@@ -74,8 +74,16 @@ Install passt\-sep as \fIpasst\fR in libvirt's search path and use
 .nf
 <interface type='user'><backend type='passt'/></interface>
 .fi
-libvirt then runs \fBpasst \-\-one\-off \-\-socket\fR \fIPATH\fR
-\fB\-\-pid\fR \fIFILE\fR with its options.
+libvirt 11.x then runs \fBpasst \-\-one\-off \-\-socket\fR \fIPATH\fR
+\fB\-\-pid\fR \fIFILE\fR with the options its domain XML asks for
+(\fB\-\-vhost\-user\fR, \fB\-\-mtu\fR, \fB\-\-interface\fR, \fB\-\-log\-file\fR,
+\fB\-\-address\fR, \fB\-\-netmask\fR, \fB\-\-tcp\-ports\fR, \fB\-\-udp\-ports\fR);
+libvirt 9.x runs \fBpasst \-\-one\-off \-\-socket\fR \fIPATH\fR
+\fB\-\-mac\-addr\fR \fIMAC\fR with the same options but no \fB\-\-pid\fR and
+no \fB\-\-vhost\-user\fR.
+Both let it go to the background.
+The \fB\-\-log\-file\fR gets the start\-up block, warnings and, if start\-up
+fails, the reason, which libvirt reports.
 .SS systemd
 .nf
 systemctl \-\-user start passt\-sep@vm1
@@ -99,11 +107,22 @@ pasta\-sep \-\-config\-net \-\-netns /run/netns/mine \-\-pid\-file /run/user/100
 Point Podman at passt\-sep by making it find a binary called \fIpasta\fR:
 a symbolic link \fIpasta\fR \-> \fIpasta\-sep\fR in a directory listed as
 \fBhelper_binaries_dir\fR in \fIcontainers.conf\fR.
-Podman runs it as, for example:
+Podman 5.x runs it as, for example:
 .nf
 pasta \-\-config\-net \-\-dns\-forward 169.254.1.1 \-t none \-u none \-T none \-U none \e
-  \-\-no\-map\-gw \-\-quiet \-\-netns /run/user/1000/netns/netns\-XXXX
+  \-\-no\-map\-gw \-\-quiet \-\-netns /run/user/1000/netns/netns\-XXXX \e
+  \-\-map\-guest\-addr 169.254.1.2
 .fi
+(earlier 5.x releases: \fB\-\-dns\-forward 169.254.0.1\fR and no
+\fB\-\-map\-guest\-addr\fR), and Podman 4.x as:
+.nf
+pasta \-\-config\-net \-t none \-u none \-T none \-U none \-\-no\-map\-gw \e
+  \-\-netns /run/user/1000/netns/netns\-XXXX
+.fi
+without \fB\-\-quiet\fR, so the start\-up block goes to standard error, which
+Podman 4.x shows only if pasta fails.
+Published ports (\fB\-p 127.0.0.1:8080:80\fR) come as
+\fB\-t 127.0.0.1/8080\-8080:80\-80\fR in place of \fB\-t none\fR.
 """,
 }
 

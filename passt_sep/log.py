@@ -1,9 +1,11 @@
-"""Logging to an fd that was opened before the jail: never touches a path.
+"""Logging to fds that were opened before the jail: never touches a path.
 
-Targets: a log file (``-l``; at ``--log-size`` it is truncated and starts
-over, since without a path there is nothing to rename it to), stderr
-(foreground or ``-e``), or the syslog socket.  Per-packet messages go
-through ``ratelimited`` so a flood cannot fill the disk or stall the loop.
+Targets: standard error (plain ``prog: message`` lines), the log file of
+``-l`` (each line stamped with the seconds since start-up and its level,
+as passt writes it; at ``--log-size`` it is emptied and starts over, since
+without a path there is nothing to rename it to), or the syslog socket.
+Per-packet messages go through ``ratelimited`` or ``once`` so a flood
+cannot fill the disk, the terminal, or stall the loop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from . import __version__
+
 if TYPE_CHECKING:
     from .config import Config
     from .netparams import Network
@@ -21,47 +25,39 @@ if TYPE_CHECKING:
 
 ERROR, WARNING, INFO, DEBUG, TRACE = 3, 4, 6, 7, 8
 _NAMES = {ERROR: "ERROR", WARNING: "WARNING", INFO: "INFO", DEBUG: "DEBUG", TRACE: "TRACE"}
+# in the log file, the level in a column of its own: debug and trace lines
+# leave it blank, as passt's do
+_FILE_LABELS = {ERROR: "ERROR:", WARNING: "WARNING:", INFO: "info:", DEBUG: "", TRACE: ""}
+_LABEL_WIDTH = 9
 RATE_INTERVAL = 1.0
 RATE_BURST = 5
 
 
-class Logger:
-    def __init__(self, prog: str, level: int = INFO) -> None:
-        self.prog = prog
-        self.level = level
-        self.fd: int | None = None
-        self.syslog: socket.socket | None = None
-        self.log_size: int | None = None
-        self.written = 0
-        self.rate: dict[str, tuple[float, int]] = {}
-        self.suppressed: dict[str, int] = {}
+def level_for(config: Config) -> int:
+    """The most verbose level ``-q``, ``-d`` and ``--trace`` let through."""
+    if config.trace:
+        return TRACE
+    if config.debug:
+        return DEBUG
+    return WARNING if config.quiet else INFO
 
-    def to_fd(self, fd: int | None, log_size: int | None = None) -> None:
-        """Log to ``fd``; with ``log_size``, a file is emptied before it would
-        grow past it (a pipe or terminal cannot be, and is left unbounded)."""
-        self.fd, self.syslog, self.log_size, self.written = fd, None, log_size, 0
-        if fd is not None and log_size:
+
+class _Sink:
+    """One fd lines are written to; with ``size``, a file that is emptied
+    before it would grow past it (a pipe or terminal cannot be, and is
+    left unbounded)."""
+
+    def __init__(self, fd: int, size: int | None = None) -> None:
+        self.fd, self.size, self.written = fd, size, 0
+        if size:
             try:
                 self.written = os.lseek(fd, 0, os.SEEK_END)
             except OSError:
-                self.log_size = None
+                self.size = None
 
-    def to_syslog(self, sock: socket.socket | None) -> None:
-        self.fd, self.syslog = None, sock
-
-    def log(self, level: int, message: str) -> None:
-        if level > self.level:
-            return
-        if self.syslog is not None:
-            self._send_syslog(level, message)
-        elif self.fd is not None:
-            self._write(f"{self.prog}: {_NAMES[level]}: {message}\n".encode(errors="replace")
-                        if level != INFO else f"{self.prog}: {message}\n".encode(errors="replace"))
-
-    def _write(self, data: bytes) -> None:
-        assert self.fd is not None
+    def write(self, data: bytes) -> None:
         try:
-            if self.log_size and self.written + len(data) > self.log_size:
+            if self.size and self.written + len(data) > self.size:
                 os.ftruncate(self.fd, 0)
                 os.lseek(self.fd, 0, os.SEEK_SET)
                 self.written = 0
@@ -69,6 +65,48 @@ class Logger:
             self.written += len(data)
         except OSError:
             pass             # nowhere left to say it: the log must never stop the loop
+
+
+class Logger:
+    def __init__(self, prog: str, level: int = INFO, start: float | None = None) -> None:
+        self.prog = prog
+        self.level = level
+        self.clock = time.monotonic
+        self.start = self.clock() if start is None else start     # the file counts from it
+        self.stream: _Sink | None = None
+        self.file: _Sink | None = None
+        self.syslog: socket.socket | None = None
+        self.rate: dict[str, tuple[float, int]] = {}
+        self.suppressed: dict[str, int] = {}
+        self.said: set[str] = set()
+
+    def to_fd(self, fd: int | None) -> None:
+        """Plain lines to ``fd`` (standard error), or none with None."""
+        self.stream = None if fd is None else _Sink(fd)
+        self.syslog = None
+
+    def to_file(self, fd: int | None, log_size: int | None = None) -> None:
+        """Stamped lines to ``fd`` (the ``-l`` file) too, or no more with None."""
+        self.file = None if fd is None else _Sink(fd, log_size)
+
+    def to_syslog(self, sock: socket.socket | None) -> None:
+        self.stream, self.syslog = None, sock
+
+    def header(self, executable: str) -> None:
+        """The file's first line for this run: who writes what follows."""
+        if self.file is not None:
+            self.file.write(f"{self.prog} {__version__}: {executable} ({os.getpid()})\n"
+                            .encode(errors="replace"))
+
+    def log(self, level: int, message: str) -> None:
+        if level > self.level:
+            return
+        if self.syslog is not None:
+            self._send_syslog(level, message)
+        elif self.stream is not None:
+            self.stream.write(stream_line(self.prog, level, message))
+        if self.file is not None:
+            self.file.write(file_lines(level, message, self.clock() - self.start))
 
     def _send_syslog(self, level: int, message: str) -> None:
         assert self.syslog is not None
@@ -106,6 +144,25 @@ class Logger:
             self.suppressed[key] = self.suppressed.get(key, 0) + 1
         self.rate[key] = (start, count + 1)
 
+    def once(self, key: str, level: int, message: str) -> None:
+        """Only the first time for ``key``: a condition that lasts (a sysctl
+        refusing us) said again on every packet is noise on the user's
+        terminal; the caller counts the rest."""
+        if key not in self.said:
+            self.said.add(key)
+            self.log(level, message)
+
+
+def stream_line(prog: str, level: int, message: str) -> bytes:
+    label = "" if level == INFO else f"{_NAMES[level]}: "
+    return f"{prog}: {label}{message}\n".encode(errors="replace")
+
+
+def file_lines(level: int, message: str, elapsed: float) -> bytes:
+    """``SECONDS.FRACTION: LEVEL:  text``, one line per line of ``message``."""
+    prefix = f"{max(elapsed, 0.0):.4f}: {_FILE_LABELS[level]:<{_LABEL_WIDTH}}"
+    return "".join(f"{prefix}{line}\n" for line in message.split("\n")).encode(errors="replace")
+
 
 def describe_exception(exc: BaseException) -> str:
     """Type, message and frames, without reading source files (the jailed
@@ -119,28 +176,85 @@ def describe_exception(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
-def config_summary(config: Config, net: Network) -> list[str]:
-    """The configuration in force, line by line, for ``-d``: interfaces,
-    addresses, gateways, resolvers, search list and forwards."""
-    lines = [f"Template interface: {config.interface or 'from the default route'}",
-             f"MAC: ours {net.our_mac.hex(':')}"
-             + (f", guest {net.guest_mac.hex(':')}" if net.guest_mac else ""),
-             f"MTU: {net.mtu}" + (" (not advertised)" if config.mtu == 0 else "")]
-    for name, params in (("IPv4", net.ipv4), ("IPv6", net.ipv6)):
-        if params is None:
-            lines.append(f"{name}: off")
-            continue
-        lines.append(f"{name}: address {_ip(params.addr)}/{params.prefix_len}, "
-                     f"gateway {_ip(params.gateway)}, "
-                     f"DNS {' '.join(_ip(a) for a in params.dns) or 'none'}")
-    lines.append(f"DNS search: {' '.join(net.search) or 'none'}")
+def startup_block(config: Config, net: Network, templates: tuple[str | None, str | None],
+                  ns_ifname: str | None = None) -> list[str]:
+    """What the guest is given, in the sections passt prints at start-up:
+    the host interfaces it was taken from (``templates``: IPv4's, IPv6's),
+    addresses, what DHCP, NDP and DHCPv6 hand out, resolvers, and the
+    forwarded ports."""
+    lines = [f"Template interface: {_templates(*templates)}"]
+    if ns_ifname:
+        lines.append(f"Namespace interface: {ns_ifname}")
+    lines += ["MAC:", f"    host: {net.our_mac.hex(':')}"]
+    if net.guest_mac:
+        lines.append(f"    guest: {net.guest_mac.hex(':')}")
+    lines.append(f"MTU: {net.mtu}" + (" (not advertised)" if config.mtu == 0 else ""))
+    loopback4, loopback6 = _loopback_aliases(config, net)
+    if net.ipv4 is not None:
+        lines += _ipv4_section(config, net, loopback4)
+    if net.ipv6 is not None:
+        lines += _ipv6_section(config, net, loopback6)
+    if net.search:
+        lines += ["DNS search list:"] + [f"    {name}" for name in net.search]
     if config.dns_forward:
-        lines.append(f"DNS forward: {' '.join(config.dns_forward)} -> "
-                     f"{' '.join(net.host_resolvers) or 'no resolver'}")
-    for label, forwarding in (("TCP in", config.tcp_ports), ("UDP in", config.udp_ports),
-                              ("TCP out", config.tcp_ns), ("UDP out", config.udp_ns)):
-        lines.append(f"{label}: {_forwards(forwarding)}")
+        lines += ["DNS forward:", f"    {' '.join(config.dns_forward)} -> "
+                                  f"{' '.join(net.host_resolvers) or 'no resolver'}"]
+    return lines + _forwarding_section(config)
+
+
+def _templates(v4: str | None, v6: str | None) -> str:
+    named = [f"{name} ({family})" for name, family in ((v4, "IPv4"), (v6, "IPv6")) if name]
+    return ", ".join(named) or "none, local mode"
+
+
+def _loopback_aliases(config: Config, net: Network) -> tuple[bytes | None, bytes | None]:
+    """The guest's addresses for the host's loopback (as ``fwd.AddressMap``)."""
+    if config.map_host_loopback:
+        mapped = ipaddress.ip_address(config.map_host_loopback).packed
+        return (mapped, None) if len(mapped) == 4 else (None, mapped)
+    if config.no_map_gw:
+        return None, None
+    return (net.ipv4.gateway if net.ipv4 else None, net.ipv6.gateway if net.ipv6 else None)
+
+
+def _ipv4_section(config: Config, net: Network, loopback: bytes | None) -> list[str]:
+    params = net.ipv4
+    assert params is not None
+    mask = ipaddress.IPv4Network(f"0.0.0.0/{params.prefix_len}").netmask
+    lines = ["IPv4:" if config.no_dhcp else "DHCP:", f"    assign: {_ip(params.addr)}",
+             f"    mask: {mask}", f"    router: {_ip(params.gateway)}"]
+    if loopback:
+        lines.append(f"    NAT to host 127.0.0.1: {_ip(loopback)}")
+    if params.dns:
+        lines += ["DNS:"] + [f"    {_ip(a)}" for a in params.dns]
     return lines
+
+
+def _ipv6_section(config: Config, net: Network, loopback: bytes | None) -> list[str]:
+    params = net.ipv6
+    assert params is not None
+    served = not (config.no_ndp and config.no_dhcpv6)
+    lines = ["NDP/DHCPv6:" if served else "IPv6:", f"    assign: {_ip(params.addr)}",
+             f"    router: {_ip(params.gateway)}",
+             f"    our link-local: {_ip(net.our_link_local)}"]
+    if loopback:
+        lines.append(f"    NAT to host ::1: {_ip(loopback)}")
+    if params.dns:
+        lines += ["DNS:"] + [f"    {_ip(a)}" for a in params.dns]
+    return lines
+
+
+def _forwarding_section(config: Config) -> list[str]:
+    """The forwarded ports, by protocol and direction ("none" left out)."""
+    lines = []
+    for label, forwarding, off in (
+            ("TCP from the host", config.tcp_ports, config.no_tcp),
+            ("UDP from the host", config.udp_ports, config.no_udp),
+            ("TCP from the namespace", config.tcp_ns, config.no_tcp),
+            ("UDP from the namespace", config.udp_ns, config.no_udp)):
+        if not off and (forwarding.mode != "none" or forwarding.rules):
+            lines.append(f"    {label}: {_forwards(forwarding)}")
+    return ["Forwarding:"] + lines if lines else []
 
 
 def _ip(packed: bytes) -> str:

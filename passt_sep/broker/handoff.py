@@ -46,7 +46,8 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
         mac.enter(confinement)                # its own profile or domain, first
         if tied:
             prctl.set_pdeathsig(signal.SIGTERM)
-        worker_main.run(worker_end, sandbox)  # never returns
+        prog = "pasta-sep" if config.mode == "pasta" else "passt-sep"
+        worker_main.run(worker_end, sandbox, prog)  # never returns
     mac.release(confinement)
     worker_end.close()
     try:

@@ -25,7 +25,7 @@ from typing import NoReturn
 from .. import linux, nspolicy, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
-from ..log import DEBUG, Logger, config_summary
+from ..log import ERROR, WARNING, Logger, level_for, startup_block
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
@@ -40,14 +40,20 @@ BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.J
 
 
 def run(config: Config, netlink: NetlinkHelper) -> int:
-    """Set everything up and start the worker; the caller's exit status."""
+    """Set everything up and start the worker; the caller's exit status.
+    A failure is said on standard error and in the ``-l`` file, if it was
+    opened by then (the broker opens it first)."""
+    log = Logger(_prog(config), level_for(config))
     try:
-        return Broker(config, netlink).run()
+        return Broker(config, netlink, log).run()
     except BROKER_ERRORS as exc:
-        _say(config, str(exc), error=True)
+        _say(config, log, ERROR, str(exc))
     except OSError as exc:  # anything not foreseen above: still one line
         where = f" ({exc.filename})" if exc.filename else ""
-        _say(config, f"{exc.strerror or exc}{where}", error=True)
+        _say(config, log, ERROR, f"{exc.strerror or exc}{where}")
+    finally:
+        if log.file is not None:
+            os.close(log.file.fd)
     return 1
 
 
@@ -75,17 +81,30 @@ def _check_interfaces(config: Config) -> None:
                                  "which is its loopback: name it with -I")
 
 
-def _debug_summary(config: Config, net: Network) -> None:
-    """``-d``: the configuration in force, on stderr before the jail."""
-    logger = Logger(_prog(config), DEBUG)
-    logger.to_fd(2)
-    for line in config_summary(config, net):
-        logger.debug(line)
+def _say(config: Config, log: Logger, level: int, message: str) -> None:
+    """One line on standard error (errors and warnings whatever ``-q``
+    says, as passt's) and in the ``-l`` file once open (``log`` has no
+    other target)."""
+    if level <= WARNING or not config.quiet:
+        label = "warning: " if level == WARNING else ""
+        _to_stderr(f"{_prog(config)}: {label}{message}")
+    log.log(level, message)
 
 
-def _say(config: Config, message: str, error: bool = False) -> None:
-    if error or not config.quiet:
-        print(f"{_prog(config)}: {message}", file=sys.stderr, flush=True)
+def _print_block(log: Logger, lines: list[str]) -> None:
+    """Lines for the user, unprefixed on standard error (as passt prints
+    its start-up block), stamped in the ``-l`` file."""
+    _to_stderr("\n".join(lines))
+    for line in lines:
+        log.info(line)
+
+
+def _to_stderr(text: str) -> None:
+    """A caller that closed its end of standard error does not stop the start."""
+    try:
+        os.write(2, f"{text}\n".encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def _prog(config: Config) -> str:
@@ -93,9 +112,11 @@ def _prog(config: Config) -> str:
 
 
 class Broker:
-    def __init__(self, config: Config, netlink: NetlinkHelper) -> None:
+    def __init__(self, config: Config, netlink: NetlinkHelper, log: Logger | None = None) -> None:
         self.config = config
         self.netlink = netlink
+        self.log = log or Logger(_prog(config), level_for(config))
+        self.host: hostinfo.HostInfo | None = None      # as the netlink helper saw it
         self.entries: list[FdEntry] = []
         self.target: namespaces.Target | None = None
         # root of a user namespace someone else made (Podman's) is not "real
@@ -126,6 +147,7 @@ class Broker:
         (``_join_owner_userns``); what is made inside the namespace comes
         after the join, which gives the capabilities there."""
         config = self.config
+        self._open_log()
         _raise_fd_limit()
         _check_interfaces(config)
         if config.runas:   # an unknown user, or root, fails before anything
@@ -149,8 +171,7 @@ class Broker:
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
-        if config.debug:
-            _debug_summary(config, net)
+        self._announce(net)
         if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
         confinement = mac.prepare()                     # needs /proc: before the jail
@@ -162,7 +183,7 @@ class Broker:
         self.entries = []
         self._keep_outputs(worker)
         if self.socket_path and not config.quiet:
-            print(_qemu_hint(self.socket_path), file=sys.stderr, flush=True)
+            _print_block(self.log, _qemu_hint(self.socket_path).split("\n"))
         self.socket_path = None
         return self._after_start(worker, waiter_filter)
 
@@ -185,9 +206,9 @@ class Broker:
         """The host's network and (pasta) the tap, from the netlink helper,
         asked for last: it has been importing pyroute2 all along."""
         config = self.config
-        host = hostinfo.HostInfo.from_map(self.netlink.host())
+        self.host = host = hostinfo.HostInfo.from_map(self.netlink.host())
         for warning in host.warnings:
-            _say(config, f"warning: {warning}")
+            _say(config, self.log, WARNING, warning)
         net = hostinfo.guest_network(config, host)
         if config.mode != "pasta":
             self.netlink.close()
@@ -328,6 +349,35 @@ class Broker:
         self.entries.append(entry)
 
     # -- common -------------------------------------------------------------------
+    def _open_log(self) -> None:
+        """``-l`` before anything else, as passt opens its own: whatever
+        fails after it is said there too.  The file is kept when start-up
+        fails, holding the reason (the pid and capture files go).  The
+        worker gets it with the start time its lines count from."""
+        path = self.config.log_file
+        if not path:
+            return
+        entry, output = sockets.log_file(path)
+        output.release()
+        entry.meta["start"] = self.log.start
+        self.entries.append(entry)
+        self.log.to_file(fcntl.fcntl(entry.fd, fcntl.F_DUPFD_CLOEXEC, 3), self.config.log_size)
+        self.log.header(os.path.realpath(sys.argv[0]))
+
+    def _announce(self, net: Network) -> None:
+        """The start-up block, where passt prints its own: standard error
+        unless ``-q``, and the ``-l`` file; pasta's command mode leaves the
+        terminal to the command unless ``-d`` asks for it."""
+        config = self.config
+        command_mode = self.target is not None and self.target.holder is not None
+        if (config.quiet or command_mode) and not config.debug:
+            return
+        host = self.host
+        templates = (host.v4.ifname if host and host.v4 else None,
+                     host.v6.ifname if host and host.v6 else None)
+        taps = [e.meta["ifname"] for e in self.entries if e.role == "tap"]
+        _print_block(self.log, startup_block(config, net, templates, taps[0] if taps else None))
+
     def _host_forwarding(self) -> None:
         """``-t`` and ``-u``: the host's listeners, bound as whoever started
         us, before any identity switch (real root may forward ports below
@@ -388,12 +438,10 @@ class Broker:
 
     def _files(self) -> None:
         config = self.config
-        for path, opener in ((config.pcap, sockets.pcap_file),
-                             (config.log_file, sockets.log_file)):
-            if path:
-                entry, output = opener(path)
-                self.entries.append(entry)
-                self.outputs.append(output)
+        if config.pcap:
+            entry, output = sockets.pcap_file(config.pcap)
+            self.entries.append(entry)
+            self.outputs.append(output)
         if config.pid_file:
             self.pid_output = sockets.pid_file(config.pid_file)
         if self.target and self.target.path and not config.no_netns_quit:
@@ -454,7 +502,7 @@ class Broker:
             try:
                 output.remove()
             except OSError as exc:
-                _say(self.config, f"cannot remove {output.path}: {exc.strerror}", error=True)
+                _say(self.config, self.log, ERROR, f"cannot remove {output.path}: {exc.strerror}")
         self.outputs, self.pid_output = [], None
 
 

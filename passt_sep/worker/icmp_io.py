@@ -7,12 +7,13 @@ own identifier by ``icmp.EchoFlows``.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Callable
 
 from .. import icmp
 from ..fwd import AddressMap
-from ..log import Logger
+from ..log import WARNING, Logger
 from ..netparams import Network
 from ..packet import Inbound
 from .loop import EPOLLIN, Loop
@@ -62,8 +63,7 @@ class EchoHandler:
                                  | socket.SOCK_CLOEXEC, proto)
         except OSError as exc:
             self.loop.counters.add("icmp_socket_error")
-            self.log.ratelimited("icmp_socket", 4, f"cannot open ping socket: {exc.strerror} "
-                                 "(is the group in net.ipv4.ping_group_range?)")
+            self.log.once("icmp_socket", WARNING, _socket_failure(exc))
             return None
         try:
             self.outbound.prepare(sock)
@@ -112,3 +112,14 @@ class EchoHandler:
             sock.close()
         if self.sockets:
             self._schedule_sweep(now)
+
+
+def _socket_failure(exc: OSError) -> str:
+    """Said once: what failed, what to change when it is the sysctl, and
+    that the rest are only counted (a guest pings once a second)."""
+    hint = ""
+    if exc.errno == errno.EACCES:
+        hint = ("; net.ipv4.ping_group_range must include our group "
+                "(sysctl -w net.ipv4.ping_group_range=\"0 2147483647\")")
+    return (f"cannot open a ping socket: {exc.strerror}{hint}; echo requests go unanswered, "
+            "further failures are only counted")

@@ -15,10 +15,9 @@ import socket
 from typing import NoReturn
 
 from .. import handoff, linux
-from ..config import Config
 from ..fwd import AddressMap
 from ..handoff import Handoff, HandoffError
-from ..log import DEBUG, ERROR, INFO, TRACE, WARNING, Logger, describe_exception
+from ..log import ERROR, INFO, Logger, describe_exception, level_for
 from ..sandbox import Prepared
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
@@ -35,10 +34,11 @@ DRAIN_SECONDS = 10.0
 DRAIN_POLL = 0.05
 
 
-def run(sock: socket.socket, sandbox: Prepared) -> NoReturn:
-    """Worker entry point; never returns."""
+def run(sock: socket.socket, sandbox: Prepared, prog: str = "passt-sep") -> NoReturn:
+    """Worker entry point; never returns.  ``prog`` names the program the
+    user started (pasta-sep or passt-sep) in every line."""
     code = EXIT_FAILURE
-    log = Logger("passt-sep")
+    log = Logger(prog)
     log.to_fd(2)
     try:
         os.setsid()  # no terminal signals, no controlling tty
@@ -54,14 +54,6 @@ def run(sock: socket.socket, sandbox: Prepared) -> NoReturn:
     except BaseException as exc:  # anything else is a bug: say where, exit
         log.error(describe_exception(exc))
     os._exit(code)  # no interpreter shutdown: it could touch a path
-
-
-def _log_level(config: Config) -> int:
-    if config.trace:
-        return TRACE
-    if config.debug:
-        return DEBUG
-    return WARNING if config.quiet else INFO
 
 
 class Worker:
@@ -107,20 +99,25 @@ class Worker:
         return entry.fd if entry else None
 
     def _setup_stdio_and_log(self) -> None:
-        self.log.level = _log_level(self.config)
+        """Standard error in the foreground, with ``-e`` and in pasta's
+        command mode, unless a log file takes its place there (as passt's
+        do, the foreground writes to both)."""
+        config = self.config
+        self.log.level = level_for(config)
         devnull = self._fd("devnull")
-        log_fd = self._fd("log")
+        log = self.handoff.one("log")
         command_mode = self.handoff.one("command_pidfd") is not None
-        keep_stderr = self.config.foreground or self.config.stderr or command_mode
+        keep_stderr = config.foreground or config.stderr or command_mode
         if devnull is not None:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
             if not keep_stderr:
                 os.dup2(devnull, 2)
             os.close(devnull)
-        if log_fd is not None:
-            self.log.to_fd(log_fd, self.config.log_size)
-        elif not keep_stderr:
+        if log is not None:
+            self.log.start = log.meta.get("start", self.log.start)
+            self.log.to_file(log.fd, config.log_size)
+        if not keep_stderr or (log is not None and not (config.foreground or config.stderr)):
             self.log.to_fd(None)
 
     def _guest_link(self, capture: Capture) -> TapLink | StreamLink:

@@ -103,7 +103,8 @@ def test_output_path_that_is_a_symbolic_link_is_refused(topo: Topology, passt: s
                                                         long: str) -> None:
     """A link planted where a file is to be written, pointing at a file only
     root may touch: refused in words, nothing written through it, and the
-    files this run had made already are gone again."""
+    files this run had made already are gone again, but for the log file,
+    which holds the reason."""
     target = _secret(tmp_path)
     before = os.stat(target)
     link = shared_tmp / "planted"
@@ -118,7 +119,9 @@ def test_output_path_that_is_a_symbolic_link_is_refused(topo: Topology, passt: s
                                  "refusing to follow it")
     assert _unchanged(target, before)
     assert os.readlink(link) == str(target)
-    assert os.listdir(shared_tmp) == ["planted"]
+    # the log file is opened first and kept, with the reason in it
+    kept = ["made.log", "planted"] if option != "-l" else ["planted"]
+    assert sorted(os.listdir(shared_tmp)) == kept
 
 
 def test_pasta_refuses_a_symbolic_link_too(topo: Topology, pasta: str, shared_tmp,
@@ -137,8 +140,9 @@ def test_pasta_refuses_a_symbolic_link_too(topo: Topology, pasta: str, shared_tm
 
 def test_failed_start_keeps_files_it_did_not_make(topo: Topology, passt: str,
                                                   shared_tmp) -> None:
-    """A log file that was there (libvirt makes its own) keeps its content
-    when start-up fails; the capture file this run made is removed."""
+    """A log file that was there (libvirt makes its own) keeps its content,
+    and gets the reason, when start-up fails; the capture file this run
+    made is removed."""
     log = shared_tmp / "kept.log"
     log.write_text("earlier\n")
     result = topo.run_host(passt, "-f", "-s", str(shared_tmp / "guest.socket"),
@@ -147,7 +151,10 @@ def test_failed_start_keeps_files_it_did_not_make(topo: Topology, passt: str,
     assert result.returncode == 1
     assert _one_line(result) == ("passt-sep: cannot open pid file /nonexistent/x.pid: "
                                  "No such file or directory")
-    assert log.read_text() == "earlier\n"
+    earlier, header, error = log.read_text().splitlines()
+    assert earlier == "earlier" and header.startswith("passt-sep ")
+    assert error.endswith(": ERROR:   cannot open pid file /nonexistent/x.pid: "
+                          "No such file or directory")
     assert sorted(os.listdir(shared_tmp)) == ["kept.log"]
 
 

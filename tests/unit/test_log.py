@@ -1,8 +1,12 @@
-"""Logging to a pre-opened fd: line format, levels, --log-size truncation,
-syslog datagrams, rate limiting and exception descriptions."""
+"""Logging to pre-opened fds: line formats (standard error, the stamped -l
+file), levels, --log-size truncation, syslog datagrams, rate limiting,
+once-only warnings, the start-up block and exception descriptions."""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import ipaddress
 import os
 import socket
 from collections.abc import Iterator
@@ -11,8 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import passt_sep
 from passt_sep import log
+from passt_sep.config import parse_args
 from passt_sep.log import DEBUG, ERROR, INFO, TRACE, WARNING, Logger, describe_exception
+from passt_sep.netparams import IPv4Params, IPv6Params, Network
+from passt_sep.worker.icmp_io import _socket_failure
 
 
 @pytest.fixture
@@ -90,26 +98,123 @@ def test_no_target_and_broken_target_are_silent(pipe: tuple[int, int]) -> None:
     logger.to_fd(pipe[1])
     os.close(pipe[0])
     logger.error("reader gone")             # EPIPE is swallowed
-    assert logger.written == 0
+    assert logger.stream is not None and logger.stream.written == 0
+
+
+# -- the -l file ------------------------------------------------------------------
+
+def stamped(logger: Logger, at: float) -> Logger:
+    """``logger``'s file lines say ``at`` seconds since its start."""
+    logger.clock = lambda: logger.start + at
+    return logger
+
+
+def test_file_lines_are_stamped_as_passt_stamps_them(tmp_path) -> None:
+    path = tmp_path / "passt.log"
+    fd = open_log(path)
+    try:
+        logger = stamped(Logger("pasta-sep", level=TRACE), 1.23456)
+        logger.to_file(fd)
+        logger.error("cannot bind")
+        logger.warning("port in use")
+        logger.info("listening")
+        logger.debug("frame")
+        logger.log(TRACE, "segment")
+        assert path.read_text() == ("1.2346: ERROR:   cannot bind\n"
+                                    "1.2346: WARNING: port in use\n"
+                                    "1.2346: info:    listening\n"
+                                    "1.2346:          frame\n"
+                                    "1.2346:          segment\n")
+    finally:
+        os.close(fd)
+
+
+def test_file_and_stream_both_get_the_line(tmp_path, pipe: tuple[int, int]) -> None:
+    """The foreground with -l: standard error and the file, as passt's."""
+    path = tmp_path / "passt.log"
+    fd = open_log(path)
+    try:
+        logger = stamped(Logger("passt-sep"), 0.0)
+        logger.to_fd(pipe[1])
+        logger.to_file(fd)
+        logger.info("guest connected")
+        assert drain(pipe[0]) == b"passt-sep: guest connected\n"
+        assert path.read_text() == "0.0000: info:    guest connected\n"
+        logger.to_file(None)
+        logger.info("stream only")
+        assert path.read_text() == "0.0000: info:    guest connected\n"
+    finally:
+        os.close(fd)
+
+
+def test_multi_line_message_is_stamped_line_by_line() -> None:
+    assert log.file_lines(INFO, "You can now start qemu:\n    qemu ...", 2.5) == (
+        b"2.5000: info:    You can now start qemu:\n2.5000: info:        qemu ...\n")
+
+
+def test_file_levels_follow_the_logger_level(tmp_path) -> None:
+    """-q: the file gets warnings and errors only, as passt's."""
+    path = tmp_path / "passt.log"
+    fd = open_log(path)
+    try:
+        logger = stamped(Logger("p", level=WARNING), 0.5)
+        logger.to_file(fd)
+        logger.info("Template interface: eth0 (IPv4)")
+        logger.warning("no IPv6")
+        assert path.read_text() == "0.5000: WARNING: no IPv6\n"
+    finally:
+        os.close(fd)
+
+
+def test_header_names_program_version_and_pid(tmp_path) -> None:
+    path = tmp_path / "passt.log"
+    fd = open_log(path)
+    try:
+        logger = Logger("pasta-sep")
+        logger.header("/usr/bin/pasta-sep")
+        assert path.read_text() == ""      # no file yet: nothing
+        logger.to_file(fd)
+        logger.header("/usr/bin/pasta-sep")
+        assert path.read_text() == \
+            f"pasta-sep {passt_sep.__version__}: /usr/bin/pasta-sep ({os.getpid()})\n"
+    finally:
+        os.close(fd)
+
+
+def test_start_is_shared_with_the_broker(tmp_path) -> None:
+    """The worker counts from the broker's start: its lines go on from there."""
+    path = tmp_path / "passt.log"
+    fd = open_log(path)
+    try:
+        logger = Logger("p", start=100.0)
+        logger.clock = lambda: 103.25
+        logger.to_file(fd)
+        logger.info("late")
+        assert path.read_text() == "3.2500: info:    late\n"
+    finally:
+        os.close(fd)
 
 
 # -- --log-size -------------------------------------------------------------------
+
+LINE = len(log.file_lines(INFO, "", 0.0))   # "0.0000: info:    \n": the stamp and level
+
 
 def test_file_is_truncated_when_the_next_line_would_pass_the_limit(tmp_path) -> None:
     path = tmp_path / "passt.log"
     path.write_bytes(b"x" * 60)             # an earlier run's lines count
     fd = open_log(path)
     try:
-        logger = Logger("p")
-        logger.to_fd(fd, log_size=100)
-        assert logger.written == 60
-        logger.info("a" * 26)               # 30 bytes with "p: " and newline: 90
-        assert path.read_bytes() == b"x" * 60 + b"p: " + b"a" * 26 + b"\n"
-        logger.info("b" * 6)                # 10 more: exactly 100, still fits
-        assert len(path.read_bytes()) == 100
-        logger.info("c")                    # 101 would pass it: start over
-        assert path.read_bytes() == b"p: c\n"
-        assert logger.written == 5
+        logger = stamped(Logger("p"), 0.0)
+        logger.to_file(fd, log_size=60 + 2 * LINE + 10)
+        assert logger.file is not None and logger.file.written == 60
+        logger.info("a" * 4)
+        assert path.read_bytes() == b"x" * 60 + log.file_lines(INFO, "aaaa", 0.0)
+        logger.info("b" * 6)                # exactly at the limit: still fits
+        assert len(path.read_bytes()) == 60 + 2 * LINE + 10
+        logger.info("c")                    # one more would pass it: start over
+        assert path.read_bytes() == log.file_lines(INFO, "c", 0.0)
+        assert logger.file.written == LINE + 1
     finally:
         os.close(fd)
 
@@ -119,10 +224,10 @@ def test_oversized_old_file_is_truncated_on_the_first_line(tmp_path) -> None:
     path.write_bytes(b"old\n" * 1000)
     fd = open_log(path)
     try:
-        logger = Logger("p")
-        logger.to_fd(fd, log_size=1024)
+        logger = stamped(Logger("p"), 0.0)
+        logger.to_file(fd, log_size=1024)
         logger.error("new")
-        assert path.read_bytes() == b"p: ERROR: new\n"
+        assert path.read_bytes() == b"0.0000: ERROR:   new\n"
     finally:
         os.close(fd)
 
@@ -131,11 +236,11 @@ def test_line_longer_than_the_limit_is_written_alone(tmp_path) -> None:
     path = tmp_path / "passt.log"
     fd = open_log(path)
     try:
-        logger = Logger("p")
-        logger.to_fd(fd, log_size=16)
+        logger = stamped(Logger("p"), 0.0)
+        logger.to_file(fd, log_size=16)
         logger.info("short")
         logger.info("z" * 40)
-        assert path.read_bytes() == b"p: " + b"z" * 40 + b"\n"
+        assert path.read_bytes() == log.file_lines(INFO, "z" * 40, 0.0)
     finally:
         os.close(fd)
 
@@ -144,21 +249,21 @@ def test_without_a_size_the_file_only_grows(tmp_path) -> None:
     path = tmp_path / "passt.log"
     fd = open_log(path)
     try:
-        logger = Logger("p")
+        logger = stamped(Logger("p"), 0.0)
         for size in (None, 0):
-            logger.to_fd(fd, log_size=size)
+            logger.to_file(fd, log_size=size)
             for _ in range(50):
                 logger.info("0123456789")
-        assert path.read_bytes() == b"p: 0123456789\n" * 100
+        assert path.read_bytes() == log.file_lines(INFO, "0123456789", 0.0) * 100
     finally:
         os.close(fd)
 
 
 def test_log_size_on_a_pipe_still_logs(pipe: tuple[int, int]) -> None:
-    logger = Logger("p")
-    logger.to_fd(pipe[1], log_size=1 << 20)
+    logger = stamped(Logger("p"), 0.0)
+    logger.to_file(pipe[1], log_size=1 << 20)
     logger.info("hello")
-    assert drain(pipe[0]) == b"p: hello\n"
+    assert drain(pipe[0]) == b"0.0000: info:    hello\n"
 
 
 @given(st.lists(st.integers(0, 60), max_size=40), st.integers(20, 200))
@@ -167,17 +272,18 @@ def test_file_never_passes_the_limit(tmp_path_factory, lengths: list[int], limit
     path.write_bytes(b"")
     fd = open_log(path)
     try:
-        logger = Logger("p")
-        logger.to_fd(fd, log_size=limit)
+        logger = stamped(Logger("p"), 0.0)
+        logger.to_file(fd, log_size=limit)
         expected = b""
         for i, length in enumerate(lengths):
-            line = b"p: " + bytes([97 + i % 26]) * length + b"\n"
-            logger.info(line[3:-1].decode())
+            text = chr(97 + i % 26) * length
+            line = log.file_lines(INFO, text, 0.0)
+            logger.info(text)
             expected = expected + line if len(expected) + len(line) <= limit else line
             content = path.read_bytes()
             assert content == expected
             assert len(content) <= max(limit, len(line))
-            assert logger.written == len(content)
+            assert logger.file is not None and logger.file.written == len(content)
     finally:
         os.close(fd)
 
@@ -217,7 +323,7 @@ def test_switching_targets(pipe: tuple[int, int]) -> None:
         logger.to_fd(pipe[1])
         logger.to_syslog(ours)
         logger.info("to syslog")
-        assert drain(pipe[0]) == b"" and logger.fd is None
+        assert drain(pipe[0]) == b"" and logger.stream is None
         assert daemon.recv(100) == b"<30>p: to syslog"
         logger.to_fd(pipe[1])
         logger.info("to the fd")
@@ -291,6 +397,104 @@ def test_rate_limit_properties(calls: list[tuple[str, float]]) -> None:
                          if m.endswith(f"'{key}' messages suppressed"))
         assert logged + summarised + logger.suppressed.get(key, 0) == sent[key]
         assert logged >= min(sent[key], log.RATE_BURST)
+
+
+def test_once_says_it_the_first_time_only() -> None:
+    logger = Recorder()
+    for _ in range(20):
+        logger.once("icmp_socket", WARNING, "cannot open a ping socket")
+    logger.once("other", WARNING, "something else")
+    assert logger.lines == [(WARNING, "cannot open a ping socket"), (WARNING, "something else")]
+
+
+def test_ping_socket_warning_names_the_sysctl_only_when_it_is_the_cause() -> None:
+    denied = _socket_failure(OSError(errno.EACCES, os.strerror(errno.EACCES)))
+    assert denied.startswith("cannot open a ping socket: Permission denied; ")
+    assert 'net.ipv4.ping_group_range="0 2147483647"' in denied
+    assert denied.endswith("further failures are only counted")
+    full = _socket_failure(OSError(errno.EMFILE, os.strerror(errno.EMFILE)))
+    assert "ping_group_range" not in full and "Too many open files" in full
+
+
+# -- the start-up block -------------------------------------------------------------
+
+NET = Network(ipv4=IPv4Params(ipaddress.ip_address("198.51.100.2").packed, 24,
+                              ipaddress.ip_address("198.51.100.1").packed,
+                              (ipaddress.ip_address("203.0.113.1").packed,)),
+              ipv6=IPv6Params(ipaddress.ip_address("2001:db8:1::2").packed, 64,
+                              ipaddress.ip_address("2001:db8:1::1").packed,
+                              (ipaddress.ip_address("2001:db8:2::1").packed,)),
+              search=("example.test",))
+
+
+def block(*argv: str, mode: str = "passt", net: Network = NET,
+          templates: tuple[str | None, str | None] = ("eth0", "eth0"),
+          ns_ifname: str | None = None) -> list[str]:
+    config = parse_args(list(argv), f"{mode}-sep")
+    return log.startup_block(config, net, templates, ns_ifname)
+
+
+def section(lines: list[str], heading: str) -> list[str]:
+    """The indented lines under ``heading``."""
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith(" ")),
+               len(lines))
+    return [line.strip() for line in lines[start:end]]
+
+
+def test_block_has_passts_sections() -> None:
+    lines = block("-t", "8080", "-u", "5353:53")
+    assert lines[0] == "Template interface: eth0 (IPv4), eth0 (IPv6)"
+    assert section(lines, "MAC:") == ["host: 9a:55:9a:55:9a:55"]
+    assert section(lines, "DHCP:") == ["assign: 198.51.100.2", "mask: 255.255.255.0",
+                                       "router: 198.51.100.1",
+                                       "NAT to host 127.0.0.1: 198.51.100.1"]
+    assert section(lines, "NDP/DHCPv6:") == ["assign: 2001:db8:1::2", "router: 2001:db8:1::1",
+                                             "our link-local: fe80::9855:9aff:fe55:9a55",
+                                             "NAT to host ::1: 2001:db8:1::1"]
+    assert [line for line in lines if line.startswith("    2")] == [
+        "    203.0.113.1", "    2001:db8:2::1"]         # each family's DNS after its section
+    assert section(lines, "DNS search list:") == ["example.test"]
+    assert section(lines, "Forwarding:") == ["TCP from the host: */8080",
+                                             "UDP from the host: */5353:53"]
+    assert "Namespace interface" not in "\n".join(lines)
+
+
+def test_block_in_pasta_names_the_namespace_side() -> None:
+    net = dataclasses.replace(NET, guest_mac=bytes.fromhex("0a0000000001"))
+    lines = block("-t", "none", mode="pasta", net=net, ns_ifname="eth0")
+    assert lines[1] == "Namespace interface: eth0"
+    assert section(lines, "MAC:") == ["host: 9a:55:9a:55:9a:55", "guest: 0a:00:00:00:00:01"]
+    assert section(lines, "Forwarding:") == ["UDP from the host: auto",
+                                             "TCP from the namespace: auto",
+                                             "UDP from the namespace: auto"]
+
+
+def test_block_follows_the_options() -> None:
+    lines = block("--no-dhcp", "--no-ndp", "--no-dhcpv6", "--no-map-gw", "-m", "0",
+                  "--dns-forward", "198.51.100.53", "--no-tcp", "-u", "none")
+    text = "\n".join(lines)
+    assert "IPv4:" in lines and "IPv6:" in lines and "DHCP:" not in lines
+    assert "NAT to host" not in text and "Forwarding:" not in lines
+    assert "MTU: 65520 (not advertised)" in lines
+    assert section(lines, "DNS forward:") == ["198.51.100.53 -> no resolver"]
+    mapped = block("--map-host-loopback", "198.51.100.9")
+    assert "    NAT to host 127.0.0.1: 198.51.100.9" in mapped
+    assert not any("NAT to host ::1" in line for line in mapped)
+
+
+def test_block_without_host_addresses() -> None:
+    lines = block(net=Network(), templates=(None, None))
+    assert lines[0] == "Template interface: none, local mode"
+    assert not any(h in lines for h in ("DHCP:", "NDP/DHCPv6:", "IPv4:", "IPv6:"))
+    v4_only = block(net=dataclasses.replace(NET, ipv6=None), templates=("eth1", None))
+    assert v4_only[0] == "Template interface: eth1 (IPv4)"
+
+
+def test_block_shortens_long_port_lists() -> None:
+    ports = ",".join(str(p) for p in range(1000, 1040, 2))
+    [line] = section(block("-t", ports), "Forwarding:")
+    assert line.startswith("TCP from the host: */1000, */1002") and line.endswith("and 12 more")
 
 
 # -- exceptions ---------------------------------------------------------------------
