@@ -10,6 +10,7 @@ from .broker.netlink import NetlinkHelper
 
 
 def main(argv: list[str] | None = None) -> int:
+    _open_standard_fds()
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) if argv else "passt-sep"
     netlink = NetlinkHelper.start(argv[1:], prog)   # before any other import: see its docstring
@@ -26,6 +27,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from .broker.main import run
     return run(config, netlink)
+
+
+def _open_standard_fds() -> None:
+    """A caller may start us with stdin, stdout or stderr closed (``2>&-``):
+    put /dev/null there first, or the first socket or file we open would
+    land on that number, where the worker later puts /dev/null."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
 
 
 def _show(text: str) -> None:

@@ -176,3 +176,22 @@ def test_passt_setup_error_removes_its_socket(topo: Topology, passt: str, shared
     assert result.stderr.strip().splitlines() == [
         "passt-sep: cannot open capture file /nonexistent/x.pcap: No such file or directory"]
     assert not socket_path.exists()
+
+
+@pytest.mark.parametrize("mode", ["passt", "pasta"])
+def test_closed_standard_streams(topo: Topology, passt: str, pasta: str, shared_tmp,
+                                 mode: str) -> None:
+    """Started with stdin, stdout and stderr closed (``2>&-``, some
+    supervisors): no socket or file of ours lands on those numbers, and
+    the worker serves."""
+    pidfile = shared_tmp / "closed.pid"
+    args = ([passt, "-s", str(shared_tmp / "closed.socket")] if mode == "passt" else
+            [pasta, "--config-net", "-P", str(pidfile), "--", "true"])
+    result = topo.run_host("sh", "-c", 'exec "$0" "$@" 0<&- 1>&- 2>&-', *args,
+                           *(["-P", str(pidfile)] if mode == "passt" else []))
+    assert result.returncode == 0, result.stderr
+    worker = int(pidfile.read_text())
+    if mode == "passt":
+        assert _alive(worker)
+        os.kill(worker, signal.SIGTERM)
+        assert _wait_gone(worker)
