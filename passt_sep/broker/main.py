@@ -22,7 +22,7 @@ import socket
 import sys
 from typing import NoReturn
 
-from .. import linux, nspolicy, nssource, sandbox
+from .. import clat, linux, nspolicy, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
 from ..log import DEBUG, Logger, config_summary
@@ -149,6 +149,7 @@ class Broker:
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
+        config = self.config                # with the NAT64 prefix found
         if config.debug:
             _debug_summary(config, net)
         if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
@@ -188,6 +189,8 @@ class Broker:
         host = hostinfo.HostInfo.from_map(self.netlink.host())
         for warning in host.warnings:
             _say(config, f"warning: {warning}")
+        if config.clat and not config.nat64_prefix:
+            self.config = config = self._discovered_nat64(config)
         net = hostinfo.guest_network(config, host)
         if config.mode != "pasta":
             self.netlink.close()
@@ -195,6 +198,18 @@ class Broker:
         ifname, mac, fd = self.netlink.tap()
         self.entries.append(FdEntry("tap", fd, {"ifname": ifname}))
         return dataclasses.replace(net, guest_mac=mac_to_bytes(mac))
+
+    def _discovered_nat64(self, config: Config) -> Config:
+        """``--clat`` without a prefix: the one the helper discovered (RFC
+        7050), else the well-known one, with a warning."""
+        found = self.netlink.nat64
+        if found is None:
+            found = clat.WELL_KNOWN_PREFIX
+            _say(config, "warning: no NAT64 prefix found (no answer for "
+                         f"{clat.DISCOVERY_NAME} from the host's resolvers): using {found}")
+        elif config.debug:
+            _say(config, f"NAT64 prefix {found}, discovered")
+        return dataclasses.replace(config, nat64_prefix=found)
 
     def _needs_low_ports(self) -> bool:
         """Keep CAP_NET_BIND_SERVICE for the worker only where it was
