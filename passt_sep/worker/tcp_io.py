@@ -173,7 +173,8 @@ class TcpHandler:
             self.loop.counters.add("tcp_flows_full")
             self._refuse(seg, inb)
             return
-        family = socket.AF_INET6 if inb.is_ipv6 else socket.AF_INET
+        host = self.addrmap.to_host(inb.dst, seg.dport)   # --clat: IPv4 may leave as IPv6
+        family = socket.AF_INET6 if len(host) == 16 else socket.AF_INET
         try:
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                                  | socket.SOCK_CLOEXEC)
@@ -195,8 +196,7 @@ class TcpHandler:
         flow = Flow(conn, sock, key)
         flow.want_out = True
         self._track(flow, SOCKET_EVENTS | EPOLLOUT)
-        host_dst = socket.inet_ntop(family, self.addrmap.to_host(inb.dst, seg.dport))
-        code = sock.connect_ex((host_dst, seg.dport))
+        code = sock.connect_ex((socket.inet_ntop(family, host), seg.dport))
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(flow, now)
 
