@@ -16,7 +16,8 @@ import time
 
 from ..clat import DnsError, Nat64Prefix, discovery_query, prefixes_from_answer
 
-TIMEOUT = 1.0               # per resolver; an answering resolver takes milliseconds
+TIMEOUT = 1.5               # per resolver; an answering resolver takes milliseconds
+RESEND = 0.3                # the query again, until the timeout
 MAX_RESOLVERS = 3           # as many as a resolv.conf uses
 DNS_PORT = 53
 
@@ -38,11 +39,15 @@ def _ask(resolver: str, timeout: float) -> list[Nat64Prefix]:
     ident = int.from_bytes(os.urandom(2), "big")
     with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         sock.connect((resolver, DNS_PORT))      # answers from anyone else are not read
-        sock.send(discovery_query(ident))
+        query = discovery_query(ident)
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([sock], [], [], left)[0]:
-                break
+        resend = 0.0
+        while (now := time.monotonic()) < deadline:
+            if now >= resend:                   # lost on the way (a fresh link's first)
+                sock.send(query)
+                resend = now + RESEND
+            if not select.select([sock], [], [], min(resend, deadline) - now)[0]:
+                continue
             answer = sock.recv(4096)
             try:
                 return prefixes_from_answer(answer, ident)
