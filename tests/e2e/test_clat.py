@@ -33,6 +33,7 @@ from topology import Topology, _run
 HOST6, REMOTE6, RESOLVER6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:2::1"
 SERVER4, SERVER_GW4 = "203.0.113.10", "203.0.113.1"
 TAYGA4, TAYGA6, POOL4 = "198.51.100.1", "2001:db8:3::1", "198.51.100.0/24"
+HOST_AS4 = "198.51.100.2"                   # the host, to the IPv4 side (tayga's static map)
 SERVER_NAME = "server.example.test"
 SINK, SOURCE, ECHO = 10100, 10101, 10102
 CLAT_GUEST4, CLAT_GATEWAY4 = "192.0.0.2", "192.0.0.1"
@@ -94,7 +95,8 @@ class Nat64Topology(Topology):
         config = os.path.join(self.tayga_dir, "tayga.conf")
         with open(config, "w", encoding="ascii") as handle:
             handle.write(f"tun-device nat64\nipv4-addr {TAYGA4}\nipv6-addr {TAYGA6}\n"
-                         f"prefix {self.prefix}\ndynamic-pool {POOL4}\n")
+                         f"prefix {self.prefix}\ndynamic-pool {POOL4}\n"
+                         f"map {HOST_AS4} {HOST6}\n")
         r("tayga", "--mktun", "-c", config)
         r("ip", "link", "set", "nat64", "up")
         r("ip", "route", "add", POOL4, "dev", "nat64")
@@ -188,3 +190,50 @@ def test_rootless(nat64: Nat64Topology, pasta: str) -> None:
                             f"ping -4 -c 1 -W 5 {SERVER4} >/dev/null && echo ok",
                             rootless=True, timeout=60)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+# An IPv4-only service in the namespace: for each of N connections, the peer's
+# address, then what a sink answers.
+SERVICE = """
+import hashlib, socket, sys
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", int(sys.argv[1])))
+listener.listen(4)
+open(sys.argv[2], "w").close()
+for _ in range(int(sys.argv[3])):
+    conn, peer = listener.accept()
+    digest, total = hashlib.sha256(), 0
+    while data := conn.recv(65536):
+        digest.update(data)
+        total += len(data)
+    conn.sendall(f"{digest.hexdigest()} {total}\\n".encode())
+    conn.close()
+    print(peer[0], flush=True)
+"""
+INBOUND = 10200
+
+
+def test_inbound_ipv6_reaches_an_ipv4_only_service(nat64: Nat64Topology, pasta: str,
+                                                   shared_tmp) -> None:
+    """-t: a connection from IPv6 outside the prefix arrives from the
+    gateway; one from the IPv4 side, through the NAT64, from the IPv4
+    address the peer's IPv6 one embeds."""
+    ready = shared_tmp / "ready"
+    service = nat64.spawn_host(pasta, "--config-net", "--nat64-prefix", nat64.prefix, "-t",
+                               str(INBOUND), "--", sys.executable, "-c", SERVICE, str(INBOUND),
+                               str(ready), "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline and service.poll() is None, service.stderr.read()
+        time.sleep(0.05)
+    from_ipv6 = nat64.run_remote(sys.executable, PEERS, "send", HOST6, str(INBOUND), str(SIZE),
+                                 "5")
+    assert from_ipv6.stdout.strip() == digest(SIZE, 5), from_ipv6.stderr
+    from_ipv4 = subprocess.run(["ip", "netns", "exec", nat64.server, sys.executable, PEERS,
+                                "send", HOST_AS4, str(INBOUND), str(SIZE), "6"],
+                               capture_output=True, text=True, timeout=60)
+    assert from_ipv4.stdout.strip() == digest(SIZE, 6), from_ipv4.stderr
+    out, err = service.communicate(timeout=30)
+    assert out.split() == [CLAT_GATEWAY4, SERVER4], err
