@@ -22,11 +22,12 @@ MAX_RESOLVERS = 3           # as many as a resolv.conf uses
 DNS_PORT = 53
 
 
-def discover(resolvers: tuple[str, ...], timeout: float = TIMEOUT) -> Nat64Prefix | None:
+def discover(resolvers: tuple[str, ...], timeout: float = TIMEOUT,
+             port: int = DNS_PORT) -> Nat64Prefix | None:
     """The first prefix a resolver's answer reveals, None if none does."""
     for resolver in resolvers[:MAX_RESOLVERS]:
         try:
-            prefixes = _ask(resolver, timeout)
+            prefixes = _ask(resolver, timeout, port)
         except OSError:
             continue
         if prefixes:
@@ -34,11 +35,11 @@ def discover(resolvers: tuple[str, ...], timeout: float = TIMEOUT) -> Nat64Prefi
     return None
 
 
-def _ask(resolver: str, timeout: float) -> list[Nat64Prefix]:
+def _ask(resolver: str, timeout: float, port: int) -> list[Nat64Prefix]:
     family = socket.AF_INET6 if ipaddress.ip_address(resolver).version == 6 else socket.AF_INET
     ident = int.from_bytes(os.urandom(2), "big")
     with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect((resolver, DNS_PORT))      # answers from anyone else are not read
+        sock.connect((resolver, port))      # answers from anyone else are not read
         query = discovery_query(ident)
         deadline = time.monotonic() + timeout
         resend = 0.0
