@@ -13,7 +13,7 @@ VENV ?= $(shell if setpriv --reuid=65534 --regid=65534 --clear-groups test -x "$
 APT_PACKAGES := python3-venv python3-dev libcap-dev libseccomp2 gcc iproute2 socat iperf3 \
 	busybox-static libc6-dev iputils-ping isc-dhcp-client ndisc6 nftables dnsutils tshark groff \
 	man-db apparmor checkpolicy semodule-utils util-linux procps curl qemu-system-x86 \
-	linux-image-cloud-amd64
+	linux-image-cloud-amd64 tayga
 # From bookworm-backports (same Debian registry): QEMU 10 (7.2 crashes on
 # vhost-user under TCG) and libvirt 11.3 (Debian 12's 9.0 has passt disabled).
 BACKPORTS_LIST := /etc/apt/sources.list.d/passt-sep-bookworm-backports.sources

@@ -34,12 +34,17 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
 SPLICE_PORT = 5202
 SPLICE_OUT_PORT = 5203
 UDP_PORT = 5301
+# --clat: the guest's IPv4 to the remote leaves as IPv6 to the remote's
+# address in this prefix, which the remote holds itself (no NAT64: the
+# figure is passt-sep's translation path alone, beside the plain IPv6 one)
+CLAT_PREFIX = "2001:db8:64::/96"
+CLAT_REMOTE6 = f"2001:db8:64::{REMOTE_ADDR4}"
 
 
 class Served:
     """One implementation serving namespace ``ns`` from the host namespace."""
 
-    def __init__(self, topo: Topology, name: str, mtu: int) -> None:
+    def __init__(self, topo: Topology, name: str, mtu: int, extra: tuple[str, ...] = ()) -> None:
         self.topo, self.name, self.mtu = topo, name, mtu
         self.ns = f"{topo.host}-b"
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
@@ -47,7 +52,7 @@ class Served:
         self.pidfile = f"/tmp/{self.ns}.pid"
         if name == "passt-sep":
             self._start([PASTA_SEP, "--config-net", "-q", "-m", str(mtu), "-t", str(SPLICE_PORT),
-                         "-P", self.pidfile, "--netns", path])
+                         "-P", self.pidfile, *extra, "--netns", path])
         elif name == "pasta":
             # as root, distro pasta drops to nobody and cannot join: keep root
             self._start(["pasta", "--config-net", "-q", "--runas", "0:0", "-m", str(mtu),
@@ -251,6 +256,7 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
         topo.spawn_remote(sys.executable, "-c", ECHO_SERVER)
         topo.wait_listening(5201)
         topo.wait_listening(7001)
+        topo.in_remote("ip", "-6", "addr", "add", f"{CLAT_REMOTE6}/128", "dev", "lo")
         for _ in range(ROUNDS):
             for name in names:
                 for mtu in (65520, 1500):
@@ -276,8 +282,21 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                             add(name, "udp_out_gbps", udp_out, served)
                     finally:
                         served.close()
+                if name == "passt-sep" and wanted("tcp_clat"):
+                    clat(topo, add)
                 add(name, "startup_s", startup, topo, name)
     return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in results.items()}
+
+
+def clat(topo: Topology, add) -> None:
+    """TCP through --clat (IPv4 in the guest, IPv6 on the host), to compare
+    with tcp6_*: the same host sockets, only the guest's family differs."""
+    served = Served(topo, "passt-sep", 65520, ("--nat64-prefix", CLAT_PREFIX))
+    try:
+        add("passt-sep", "tcp_clat_out_gbps_mtu65520", iperf, served, False)
+        add("passt-sep", "tcp_clat_in_gbps_mtu65520", iperf, served, True)
+    finally:
+        served.close()
 
 
 SERVED_KEYS = {

@@ -34,6 +34,50 @@ def option_entry(opt: Option) -> str:
     return f".TP\n{head}\n{body}\n"
 
 
+CLAT = r"""
+.SH IPV6\-ONLY HOSTS
+On a host with IPv6 only, in a network with a NAT64 and DNS64 (RFC 6146,
+RFC 6147), \fB\-\-clat\fR gives the guest IPv4 anyway: passt\-sep is the
+customer\-side translator of 464XLAT (RFC 6877), without translating
+packets, since every guest flow ends in a host socket.
+The guest's IPv4 TCP, UDP and ICMP echo to an address \fIA\fR leave as IPv6
+to \fIA\fR embedded in the NAT64 prefix (RFC 6052); replies reach the guest
+as IPv4, and ICMPv6 errors for its UDP as the ICMPv4 ones RFC 7915 gives
+(port, host or protocol unreachable, administratively prohibited, time
+exceeded).
+.PP
+The prefix is \fB\-\-nat64\-prefix\fR, else discovered before the worker
+starts: the resolvers of \fI/etc/resolv.conf\fR are asked for the AAAA
+records of \fIipv4only.arpa\fR (RFC 7050), which embed 192.0.0.170 and
+192.0.0.171 where the prefix ends.
+If none answers within 1.5 seconds, 64:ff9b::/96 is used, with a warning.
+.PP
+On a host without IPv4, the guest gets 192.0.0.2/29 with the gateway
+192.0.0.1 (RFC 7335), unless \fB\-a\fR, \fB\-n\fR or \fB\-g\fR say
+otherwise, by DHCP or \fB\-\-config\-net\fR.
+Its IPv4 resolver is the gateway (or the IPv4 \fB\-\-dns\-forward\fR
+address): DNS sent there goes to the host's first IPv6 resolver.
+The gateway still stands for the host's loopback, as without \fB\-\-clat\fR,
+and connections to the namespace's own loopback (pasta) are spliced as ever.
+.PP
+With \fB\-\-clat\fR every IPv4 destination is translated, even on a host
+that has IPv4 (the option forces it), except loopback, 0.0.0.0/8, multicast
+and broadcast addresses and the special addresses above (the gateway unless
+\fB\-\-no\-map\-gw\fR,
+\fB\-\-map\-guest\-addr\fR, the DNS forwarding address).
+Without it nothing is translated, and a host's IPv4 is used as it is.
+Destinations the guest reaches over IPv6 are never touched.
+.PP
+A connection to a forwarded TCP port (\fB\-t\fR) from an IPv6 peer goes to
+the guest over IPv6 if it has IPv6; if the guest refuses it there (a service
+listening on IPv4 only), it is offered again over IPv4, and a guest without
+IPv6 gets it over IPv4 at once.
+Over IPv4 the guest sees the peer as the IPv4 address the peer's IPv6
+address embeds if it is inside the NAT64 prefix (an IPv4 client behind the
+NAT64), else as the gateway.
+Forwarded UDP ports (\fB\-u\fR) reach the guest in the peer's own family.
+"""
+
 SECURITY = r"""
 .SH SECURITY MODEL
 A short\-lived broker does everything that needs a privilege or a path:
@@ -123,6 +167,12 @@ without \fB\-\-quiet\fR, so the start\-up block goes to standard error, which
 Podman 4.x shows only if pasta fails.
 Published ports (\fB\-p 127.0.0.1:8080:80\fR) come as
 \fB\-t 127.0.0.1/8080\-8080:80\-80\fR in place of \fB\-t none\fR.
+On an IPv6\-only host with a NAT64, give containers IPv4 too (see
+\fBIPV6\-ONLY HOSTS\fR):
+.nf
+podman run \-\-network pasta:\-\-clat ...
+podman run \-\-network pasta:\-\-nat64\-prefix,2001:db8:64::/96 ...
+.fi
 """,
 }
 
@@ -150,7 +200,8 @@ FILES = r"""
 System call allowlists (installed in \fIshare/passt\-sep/seccomp\fR).
 .TP
 \fI/etc/resolv.conf\fR
-Read once by the broker: resolvers and search list handed to the guest.
+Read once by the broker: resolvers and search list handed to the guest;
+with \fB\-\-clat\fR, the resolvers asked for the NAT64 prefix.
 .TP
 \fI/dev/net/tun\fR
 The tap device (pasta mode).
@@ -240,7 +291,8 @@ def page(mode: str) -> str:
             f".SH SYNOPSIS\n{synopsis}"
             f".SH DESCRIPTION\n{description}\n"
             f".SH OPTIONS\n{options}"
-            + compatibility() + SECURITY + LIFETIME + (PASTA_LIFETIME if mode == "pasta" else "")
+            + CLAT + compatibility() + SECURITY + LIFETIME
+            + (PASTA_LIFETIME if mode == "pasta" else "")
             + EXAMPLES[mode] + FILES.replace("SEE ALSO\n",
                                                        f"SEE ALSO\n\\fB{esc(other)}\\fR(1), "))
 

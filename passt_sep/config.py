@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .clat import Nat64Error, Nat64Prefix
 from .ports import ConfigError, Forwarding, is_decimal, parse_forward
 
 __all__ = ["Config", "ConfigError", "ShowText", "OPTIONS", "parse_args", "usage"]
@@ -110,6 +111,10 @@ class Config:
     command: tuple[str, ...] = ()
     target_pid: int | None = None
     max_flows: int = 8192
+    clat: bool = False
+    """464XLAT: the guest's IPv4 leaves as IPv6 to the NAT64 prefix."""
+    nat64_prefix: str | None = None
+    """PREFIX/LEN for --clat; None: discovered by the broker (RFC 7050)."""
 
     _FORWARDINGS = ("tcp_ports", "udp_ports", "tcp_ns", "udp_ns")
 
@@ -226,6 +231,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("-u", "--udp-ports", "SPEC", BOTH, "UDP port forwarding to guest or namespace",
            "none for passt, auto for pasta"),
     Option(None, "--max-flows", "N", BOTH, "Maximum number of concurrent flows", "8192"),
+    Option(None, "--clat", None, BOTH,
+           "IPv4 for the guest through the network's NAT64: every IPv4 flow leaves the host "
+           "as IPv6 to the NAT64 prefix (464XLAT's CLAT, RFC 6877)"),
+    Option(None, "--nat64-prefix", "PREFIX/LEN", BOTH,
+           "NAT64 prefix for --clat, of 32, 40, 48, 56, 64 or 96 bits (RFC 6052); "
+           "implies --clat",
+           "discovered by asking the host's resolver for ipv4only.arpa (RFC 7050), "
+           "else 64:ff9b::/96"),
     Option("-s", "--socket", "PATH", PASST, "UNIX domain socket path",
            "probe free path starting from /tmp/passt-sep_1.socket",
            aliases=("--socket-path",)),
@@ -578,6 +591,13 @@ def _netmask(value: str, name: str) -> int:
     return prefix
 
 
+def _nat64_prefix(value: str, name: str) -> str:
+    try:
+        return str(Nat64Prefix.parse(value))
+    except Nat64Error as exc:
+        raise ConfigError(f"Invalid prefix for {name}: {exc}") from None
+
+
 SINGLE: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "--log-file": ("log_file", _text), "--log-size": ("log_size", _size),
     "--runas": ("runas", _runas), "--pcap": ("pcap", _text), "--pid": ("pid_file", _text),
@@ -591,6 +611,7 @@ SINGLE: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "--ns-ifname": ("ns_ifname", _ifname), "--userns": ("userns", _text),
     "--netns": ("netns", _text), "--ns-mac-addr": ("ns_mac_addr", _mac),
     "--max-flows": ("max_flows", _int_range(1, 1 << 20)),
+    "--nat64-prefix": ("nat64_prefix", _nat64_prefix),
 }
 # flag -> (config key, value); -4 and -6 each clear the other: the last one wins
 FLAGS: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -612,6 +633,7 @@ FLAGS: dict[str, tuple[tuple[str, bool], ...]] = {
     "--no-splice": (("no_splice", True),), "--no-copy-routes": (("no_copy_routes", True),),
     "--no-copy-addrs": (("no_copy_addrs", True),),
     "--host-lo-to-ns-lo": (("host_lo_to_ns_lo", True),),
+    "--clat": (("clat", True),),
 }
 PER_FAMILY = {"--address": ("address4", "address6"), "--gateway": ("gateway4", "gateway6"),
               "--outbound": ("outbound4", "outbound6")}
@@ -651,6 +673,8 @@ def _apply(opt: Option, value: str, values: dict[str, Any]) -> None:
     values[key] = convert(value, name)
     if name == "--fd":
         values["one_off"] = True
+    if name == "--nat64-prefix":
+        values["clat"] = True
 
 
 def _per_family(name: str, value: str, values: dict[str, Any]) -> None:
@@ -725,6 +749,8 @@ def _check_combinations(values: dict[str, Any]) -> None:
         raise ConfigError("--userns requires --netns or a PID")
     if values.get("fd") is not None and values.get("socket_path"):
         raise ConfigError("Options --fd and --socket are mutually exclusive")
+    if values.get("clat") and values.get("ipv6_only"):
+        raise ConfigError("--clat gives the guest IPv4: it cannot be combined with -6")
     mtu = values.get("mtu")
     if values["mode"] == PASTA and mtu and mtu < IPV6_MIN_MTU and not values.get("ipv4_only"):
         raise ConfigError(f"Invalid value for --mtu: {mtu} (IPv6 needs an MTU of at least "

@@ -11,13 +11,21 @@ by TCP, UDP and ICMP:
   without it, peers at that address appear to the guest as the gateway,
   as with pasta, whatever ``--no-map-gw`` says (the guest could not answer
   its own address);
-* ``--dns-forward ADDR``: DNS to ADDR goes to the host's first resolver.
+* ``--dns-forward ADDR``: DNS to ADDR goes to the host's first resolver;
+* ``--clat``: every other IPv4 destination D (but loopback, multicast and
+  broadcast ones) goes to the IPv6 address that stands for D in the NAT64
+  prefix (``clat``); an IPv6 peer appears to an IPv4 guest as the IPv4
+  address it embeds, if it is in the prefix, else as the gateway.  Without
+  an IPv4 resolver on the host, DNS to the guest's IPv4 gateway (or the
+  IPv4 ``--dns-forward`` address) goes to the host's IPv6 resolver.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
+from .clat import Nat64Prefix
 
 LOOPBACK4 = bytes([127, 0, 0, 1])
 LOOPBACK6 = bytes(15) + b"\x01"
@@ -53,13 +61,14 @@ class AddressMap:
     dns_forward6: bytes | None = None
     dns_server4: bytes | None = None      # where forwarded DNS goes
     dns_server6: bytes | None = None
+    nat64: Nat64Prefix | None = None      # --clat: IPv4 leaves as IPv6 in this prefix
 
     @classmethod
     def build(cls, *, gateway4: bytes | None, gateway6: bytes | None, no_map_gw: bool,
               map_host_loopback: str | None, map_guest_addr: str | None,
               host_addr4: bytes | None, host_addr6: bytes | None,
-              dns_forward: tuple[str, ...] = (), dns_servers: tuple[str, ...] = ()
-              ) -> AddressMap:
+              dns_forward: tuple[str, ...] = (), dns_servers: tuple[str, ...] = (),
+              nat64: Nat64Prefix | None = None) -> AddressMap:
         loop4 = loop6 = None
         if map_host_loopback:
             mapped = _packed(map_host_loopback)
@@ -67,23 +76,31 @@ class AddressMap:
         elif not no_map_gw:
             loop4, loop6 = gateway4, gateway6
         guest = _packed(map_guest_addr)
+        dns_forward4 = _first_of_family(dns_forward, 4)
+        dns_server4 = _first_of_family(dns_servers, 4)
+        dns_server6 = _first_of_family(dns_servers, 16)
+        if nat64 is not None and dns_server4 is None and dns_server6 is not None:
+            # the CLAT's IPv4 resolver (hostinfo hands out the gateway) is the host's IPv6 one
+            dns_forward4, dns_server4 = dns_forward4 or gateway4, dns_server6
         return cls(
             host_loopback4=loop4, host_loopback6=loop6,
             guest_addr4=guest if guest and len(guest) == 4 else None,
             guest_addr6=guest if guest and len(guest) == 16 else None,
             host_addr4=host_addr4, host_addr6=host_addr6,
             gateway4=gateway4, gateway6=gateway6,
-            dns_forward4=_first_of_family(dns_forward, 4),
-            dns_forward6=_first_of_family(dns_forward, 16),
-            dns_server4=_first_of_family(dns_servers, 4),
-            dns_server6=_first_of_family(dns_servers, 16),
+            dns_forward4=dns_forward4, dns_forward6=_first_of_family(dns_forward, 16),
+            dns_server4=dns_server4, dns_server6=dns_server6, nat64=nat64,
         )
 
     def to_host(self, dst: bytes, port: int) -> bytes:
-        """Where a guest's packet for ``dst:port`` goes on the host."""
+        """Where a guest's packet for ``dst:port`` goes on the host: with
+        ``--clat``, an IPv4 destination may become an IPv6 one."""
         if len(dst) == 4:
-            return self._to_host(dst, port, self.host_loopback4, LOOPBACK4, self.guest_addr4,
+            host = self._to_host(dst, port, self.host_loopback4, LOOPBACK4, self.guest_addr4,
                                  self.host_addr4, self.dns_forward4, self.dns_server4)
+            if self.nat64 is not None and host == dst and translatable(dst):
+                return self.nat64.synthesize(dst)
+            return host
         return self._to_host(dst, port, self.host_loopback6, LOOPBACK6, self.guest_addr6,
                              self.host_addr6, self.dns_forward6, self.dns_server6)
 
@@ -119,6 +136,25 @@ class AddressMap:
             if alias is not None:
                 return alias
         return src
+
+    def to_ipv4_guest(self, src: bytes) -> bytes | None:
+        """``--clat``: the IPv4 address an IPv6 host peer ``src`` appears
+        from to an IPv4 guest: the one it embeds if it is in the NAT64
+        prefix, else the gateway (host loopback: its alias, as for IPv4)."""
+        if self.nat64 is None:
+            return None
+        if is_loopback(src) and self.host_loopback4 is not None:
+            return self.host_loopback4
+        embedded = self.nat64.extract(src)
+        if embedded is not None and translatable(embedded) and embedded != self.host_addr4:
+            return embedded
+        return self.gateway4
+
+
+def translatable(addr4: bytes) -> bool:
+    """An IPv4 address a NAT64 can stand for: not "this network",
+    loopback, multicast or broadcast."""
+    return addr4[0] not in (0, 127) and addr4[0] < 224
 
 
 def _first_of_family(addresses: tuple[str, ...], length: int) -> bytes | None:

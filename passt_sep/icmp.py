@@ -52,9 +52,11 @@ def parse_echo_request(inb: Inbound) -> EchoRequest | None:
     return EchoRequest(inb.dst, ident, seq, bytes(message[_ECHO.size:]), inb.is_ipv6)
 
 
-def echo_request_payload(request: EchoRequest) -> bytes:
-    """What to send on the ping socket (the kernel sets id and checksum)."""
-    kind = ICMPV6_ECHO_REQUEST if request.v6 else ICMP_ECHO_REQUEST
+def echo_request_payload(request: EchoRequest, v6: bool | None = None) -> bytes:
+    """What to send on the ping socket (the kernel sets id and checksum),
+    of the socket's family ``v6`` (by default the request's: ``--clat``
+    sends an IPv4 guest's request as ICMPv6)."""
+    kind = ICMPV6_ECHO_REQUEST if (request.v6 if v6 is None else v6) else ICMP_ECHO_REQUEST
     return _ECHO.pack(kind, 0, 0, request.ident, request.seq) + request.data
 
 

@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clat import CLAT_ADDR4, CLAT_GATEWAY4, CLAT_PREFIX4
 from ..config import Config
 from ..netparams import DEFAULT_OUR_MAC, IPv4Params, IPv6Params, Network
 from ..packet import mac_to_bytes
@@ -117,14 +118,26 @@ def _guest_ipv4(config: Config, host: HostInfo) -> IPv4Params | None:
     addr = config.address4 or (host.v4.addr if host.v4 else None)
     gateway = config.gateway4 or (host.v4.gateway if host.v4 else None)
     local = host.v4 is None and addr is None
+    fallback = _no_host_ipv4(config)
     if local:
-        addr, gateway = LOCAL_ADDR4, gateway or LOCAL_GATEWAY4
+        addr, gateway = fallback[0], gateway or fallback[2]
+    elif host.v4 is None and config.clat:
+        gateway = gateway or CLAT_GATEWAY4
     if addr is None or gateway is None:
         return None
     prefix = config.prefix4 or (host.v4.prefix_len if host.v4 and not config.address4
-                                else LOCAL_PREFIX4 if local else _classful_prefix(addr))
+                                else fallback[1] if local else _classful_prefix(addr))
     dns = _guest_dns(config, host, 4, gateway)
     return IPv4Params(_packed(addr), prefix, _packed(gateway), dns)
+
+
+def _no_host_ipv4(config: Config) -> tuple[str, int, str]:
+    """The guest's address, prefix length and gateway when the host has no
+    IPv4: with --clat, from the IPv4 service continuity prefix (RFC 7335),
+    as a CLAT's own; else link-local, reaching the host's loopback alone."""
+    if config.clat:
+        return CLAT_ADDR4, CLAT_PREFIX4, CLAT_GATEWAY4
+    return LOCAL_ADDR4, LOCAL_PREFIX4, LOCAL_GATEWAY4
 
 
 def _guest_ipv6(config: Config, host: HostInfo) -> IPv6Params | None:
@@ -155,6 +168,9 @@ def _guest_dns(config: Config, host: HostInfo, version: int, gateway: str) -> tu
                     chosen.append(alias)
             else:
                 chosen.append(resolver)
+    if not chosen and version == 4 and config.clat and host.resolvers and not any(
+            ipaddress.ip_address(r).version == 4 for r in host.resolvers):
+        chosen.append(gateway)      # forwarded to the host's IPv6 resolver: fwd.AddressMap
     unique = dict.fromkeys(_packed(a) for a in chosen)
     return tuple(unique)
 

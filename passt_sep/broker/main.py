@@ -22,10 +22,10 @@ import socket
 import sys
 from typing import NoReturn
 
-from .. import linux, nspolicy, nssource, sandbox
+from .. import clat, linux, nspolicy, nssource, sandbox
 from ..config import Config
 from ..handoff import FdEntry
-from ..log import ERROR, WARNING, Logger, level_for, startup_block
+from ..log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
@@ -171,6 +171,7 @@ class Broker:
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
+        config = self.config                # with the NAT64 prefix found
         self._announce(net)
         if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
@@ -209,6 +210,8 @@ class Broker:
         self.host = host = hostinfo.HostInfo.from_map(self.netlink.host())
         for warning in host.warnings:
             _say(config, self.log, WARNING, warning)
+        if config.clat and not config.nat64_prefix:
+            self.config = config = self._discovered_nat64(config)
         net = hostinfo.guest_network(config, host)
         if config.mode != "pasta":
             self.netlink.close()
@@ -216,6 +219,18 @@ class Broker:
         ifname, mac, fd = self.netlink.tap()
         self.entries.append(FdEntry("tap", fd, {"ifname": ifname}))
         return dataclasses.replace(net, guest_mac=mac_to_bytes(mac))
+
+    def _discovered_nat64(self, config: Config) -> Config:
+        """``--clat`` without a prefix: the one the helper discovered (RFC
+        7050), else the well-known one, with a warning."""
+        found = self.netlink.nat64
+        if found is None:
+            found = clat.WELL_KNOWN_PREFIX
+            _say(config, self.log, WARNING, "no NAT64 prefix found (no answer for "
+                 f"{clat.DISCOVERY_NAME} from the host's resolvers): using {found}")
+        elif config.debug:
+            _say(config, self.log, INFO, f"NAT64 prefix {found}, discovered")
+        return dataclasses.replace(config, nat64_prefix=found)
 
     def _needs_low_ports(self) -> bool:
         """Keep CAP_NET_BIND_SERVICE for the worker only where it was

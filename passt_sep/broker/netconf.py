@@ -43,7 +43,7 @@ def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
         family = v4 or v6
         mtu = _link_mtu(ipr, family.ifindex) if family else None
     missing = []
-    if v4 is None and not config.ipv6_only and not config.address4:
+    if v4 is None and not config.ipv6_only and not config.address4 and not config.clat:
         missing.append(f"IPv4 is local-only ({LOCAL_ADDR4}/{LOCAL_PREFIX4}, gateway "
                        f"{LOCAL_GATEWAY4} = the host)")
     if v6 is None and not config.ipv4_only and not config.address6:

@@ -13,7 +13,8 @@ the top: it is loaded before anything else.
 
 One exchange each way over a socket pair, in ``fdpass`` framing:
 
-* helper -> broker: ``{"host": HostInfo.to_map()}``;
+* helper -> broker: ``{"host": HostInfo.to_map(), "nat64": prefix}``, the
+  NAT64 prefix ``--clat`` discovered (``nat64.py``), or None;
 * broker -> helper (pasta mode; otherwise the broker just closes its end):
   ``{"tap": true}`` with the target's network and user namespace fds;
 * helper -> broker: ``{"ifname": ..., "mac": ...}`` with the tap's fd.
@@ -39,6 +40,7 @@ class NetlinkHelper:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock: socket.socket | None = sock
+        self.nat64: str | None = None       # the discovered NAT64 prefix, with host()
 
     @classmethod
     def start(cls, args: list[str], prog: str) -> NetlinkHelper:
@@ -50,6 +52,7 @@ class NetlinkHelper:
         reply, _ = self._receive()
         if "error" in reply:
             raise NetlinkHelperError(f"cannot read the host's network: {reply['error']}")
+        self.nat64 = reply.get("nat64")
         return reply["host"]
 
     def request_tap(self, netns_fd: int) -> None:
@@ -119,7 +122,12 @@ def _serve(args: list[str], prog: str, sock: socket.socket) -> None:
     from .tap import open_tap
     config = parse_args(args, prog)  # the broker parses the same line: an error is its to say
     host = netconf.read_host(config)
-    fdpass.send(sock, {"host": host.to_map()}, [])
+    nat64 = None
+    if config.clat and not config.nat64_prefix:
+        from .nat64 import discover
+        found = discover(host.resolvers)
+        nat64 = str(found) if found else None
+    fdpass.send(sock, {"host": host.to_map(), "nat64": nat64}, [])
     _request, (netns_fd, userns_fd) = fdpass.receive(sock)
     enter(Target(netns_fd, userns_fd))
     ifname = config.ns_ifname or host.ifname or "tap0"

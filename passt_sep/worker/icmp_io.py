@@ -2,7 +2,9 @@
 
 One ping socket per (family, guest identifier, destination): the kernel
 picks the identifier the peer sees; replies are mapped back to the guest's
-own identifier by ``icmp.EchoFlows``.
+own identifier by ``icmp.EchoFlows``.  With ``--clat`` the guest's ICMP
+echo to an IPv4 destination leaves as ICMPv6 echo on an IPv6 ping socket,
+and its replies come back to the guest as ICMP echo replies.
 """
 
 from __future__ import annotations
@@ -41,22 +43,27 @@ class EchoHandler:
         if request is None:
             return False
         key = (request.v6, request.ident, request.dst)
+        host = self.addrmap.to_host(request.dst, 0)
         fd = self.flows.get(key, now)
         if fd is None:
-            fd = self._open(key, inb.src, now)
+            fd = self._open(key, len(host) == 16, inb.src, now)
             if fd is None:
                 return True
         sock = self.sockets[fd][0]
-        target = socket.inet_ntop(sock.family, self.addrmap.to_host(request.dst, 0))
+        target = socket.inet_ntop(sock.family, host)
+        v6 = sock.family == socket.AF_INET6
         try:
-            sock.sendto(icmp.echo_request_payload(request), (target, 0))
+            sock.sendto(icmp.echo_request_payload(request, v6), (target, 0))
         except OSError as exc:
             self.loop.counters.add("icmp_send_error")
             self.log.ratelimited("icmp_send", 7, f"ping to {target} failed: {exc.strerror}")
         return True
 
-    def _open(self, key: tuple[bool, int, bytes], guest_src: bytes, now: float) -> int | None:
-        family, proto = ((socket.AF_INET6, socket.IPPROTO_ICMPV6) if key[0]
+    def _open(self, key: tuple[bool, int, bytes], v6: bool, guest_src: bytes,
+              now: float) -> int | None:
+        """A ping socket for flow ``key``, of IPv6 if ``v6`` (the host's
+        family, which ``--clat`` makes IPv6 for an IPv4 guest)."""
+        family, proto = ((socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6
                          else (socket.AF_INET, socket.IPPROTO_ICMP))
         try:
             sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
@@ -93,7 +100,7 @@ class EchoHandler:
             except OSError:
                 self.loop.counters.add("icmp_recv_error")
                 return
-            reply = icmp.parse_echo_reply(message, key[0])
+            reply = icmp.parse_echo_reply(message, sock.family == socket.AF_INET6)
             if reply is None:
                 continue
             seq, data = reply

@@ -15,6 +15,8 @@ import socket
 from typing import NoReturn
 
 from .. import handoff, linux
+from ..clat import WELL_KNOWN_PREFIX, Nat64Prefix
+from ..config import Config
 from ..fwd import AddressMap
 from ..handoff import Handoff, HandoffError
 from ..log import ERROR, INFO, Logger, describe_exception, level_for
@@ -154,7 +156,9 @@ class Worker:
             map_guest_addr=config.map_guest_addr,
             host_addr4=net.ipv4.addr if net.ipv4 else None,
             host_addr6=net.ipv6.addr if net.ipv6 else None,
-            dns_forward=config.dns_forward, dns_servers=net.host_resolvers)
+            dns_forward=config.dns_forward, dns_servers=net.host_resolvers,
+            nat64=Nat64Prefix.parse(config.nat64_prefix or WELL_KNOWN_PREFIX)
+            if config.clat else None)
 
     def _signals(self) -> None:
         wake_read, wake_write = socket.socketpair()

@@ -31,7 +31,7 @@ from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
 from ..packet import IPPROTO_TCP, Inbound
-from ..tcp import ACK, SYN, State
+from ..tcp import ACK, RST, SYN, State
 from .loop import (
     EPOLLERR,
     EPOLLHUP,
@@ -84,10 +84,13 @@ class Flow:
     """A TcpConn and its socket; ``sock`` is None once closed (lingering).
     ``drained``: the last peek found the socket's queue empty, so until a
     new edge (or a rewind) there is nothing to peek however the window grows.
-    ``tracked``: in the flow table (a flag, not a lookup, on every event)."""
+    ``tracked``: in the flow table (a flag, not a lookup, on every event).
+    ``fallback``: ``--clat``, an inbound IPv6 connection offered to the guest
+    over IPv6: the IPv4 address it is offered from instead if the guest
+    refuses it (a service listening on IPv4 only)."""
 
     __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out",
-                 "drained", "tracked")
+                 "drained", "tracked", "fallback")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -98,6 +101,7 @@ class Flow:
         self.want_out = False
         self.drained = False
         self.tracked = False
+        self.fallback: bytes | None = None
 
 
 class TcpHandler:
@@ -160,6 +164,9 @@ class TcpHandler:
                 self.loop.counters.add("tcp_no_flow")
                 self._refuse(seg, inb)
             return
+        if flow.fallback is not None and seg.flags & RST and self._refused_syn(flow, seg):
+            self._fall_back_to_ipv4(flow, now)
+            return
         self._apply(flow, flow.conn.on_guest_segment(seg, now), now)
 
     def _refuse(self, seg: tcp.TcpSegment, inb: Inbound) -> None:
@@ -173,7 +180,8 @@ class TcpHandler:
             self.loop.counters.add("tcp_flows_full")
             self._refuse(seg, inb)
             return
-        family = socket.AF_INET6 if inb.is_ipv6 else socket.AF_INET
+        host = self.addrmap.to_host(inb.dst, seg.dport)   # --clat: IPv4 may leave as IPv6
+        family = socket.AF_INET6 if len(host) == 16 else socket.AF_INET
         try:
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                                  | socket.SOCK_CLOEXEC)
@@ -195,8 +203,7 @@ class TcpHandler:
         flow = Flow(conn, sock, key)
         flow.want_out = True
         self._track(flow, SOCKET_EVENTS | EPOLLOUT)
-        host_dst = socket.inet_ntop(family, self.addrmap.to_host(inb.dst, seg.dport))
-        code = sock.connect_ex((host_dst, seg.dport))
+        code = sock.connect_ex((socket.inet_ntop(family, host), seg.dport))
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(flow, now)
 
@@ -483,11 +490,25 @@ class TcpHandler:
                                                    listener.target_port, peer):
             return                                  # taken by the loopback splice path
         params = self.net.ipv6 if len(peer) == 16 else self.net.ipv4
-        if params is None:
+        # --clat: an IPv6 peer may reach the guest's IPv4 services too
+        as_ipv4 = self.addrmap.to_ipv4_guest(peer) if len(peer) == 16 and self.net.ipv4 else None
+        if params is None and as_ipv4 is not None:
+            params, seen, as_ipv4 = self.net.ipv4, as_ipv4, None
+        elif params is None:
             self._reject(sock, "tcp_no_family")
             return
-        seen = self.addrmap.to_guest(peer, address[1])
-        key = FlowKey(IPPROTO_TCP, params.addr, listener.target_port, seen, address[1])
+        else:
+            seen = self.addrmap.to_guest(peer, address[1])
+        fd = sock.fileno()
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self._tune(sock, None)
+        self._offer(sock, params.addr, listener.target_port, seen, address[1], now, as_ipv4)
+
+    def _offer(self, sock: socket.socket, guest: bytes, guest_port: int, seen: bytes,
+               peer_port: int, now: float, fallback: bytes | None = None) -> None:
+        """A SYN to the guest for an accepted connection from ``seen``."""
+        key = FlowKey(IPPROTO_TCP, guest, guest_port, seen, peer_port)
         old = self.flows.get(key)
         if old is not None and old.conn.state is State.CLOSED:
             self._forget(old)
@@ -497,20 +518,35 @@ class TcpHandler:
         if self.flows.full:
             self._reject(sock, "tcp_flows_full")
             return
-        fd = sock.fileno()
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        self._tune(sock, None)
-        isn = tcp.isn_for(self.secret, seen, address[1], params.addr, listener.target_port, now)
+        isn = tcp.isn_for(self.secret, seen, peer_port, guest, guest_port, now)
         free, sndbuf = self._room(sock)
         conn, syn = tcp.TcpConn.for_accepted(
-            guest_mac=self.guest_mac(), guest_addr=params.addr, guest_port=listener.target_port,
-            peer_addr=seen, peer_port=address[1], net=self.net, isn=isn,
+            guest_mac=self.guest_mac(), guest_addr=guest, guest_port=guest_port,
+            peer_addr=seen, peer_port=peer_port, net=self.net, isn=isn,
             free=free, sndbuf=sndbuf, now=now, tso=self.tso)
         flow = Flow(conn, sock, key)
+        flow.fallback = fallback
         self._track(flow, SOCKET_EVENTS)
         self.send_frame(syn)
         self._schedule(flow)
+
+    @staticmethod
+    def _refused_syn(flow: Flow, seg: tcp.TcpSegment) -> bool:
+        """The guest's RST answers our SYN (RFC 9293 3.10.7.3)."""
+        conn = flow.conn
+        return conn.state is State.SYN_SENT and bool(seg.flags & ACK) and seg.ack == conn.snd_nxt
+
+    def _fall_back_to_ipv4(self, flow: Flow, now: float) -> None:
+        """``--clat``: the guest refused the connection over IPv6: offer it
+        again over IPv4, from the peer's IPv4 view, on the same socket."""
+        sock, seen = flow.sock, flow.fallback
+        assert sock is not None and seen is not None and self.net.ipv4 is not None
+        self.loop.remove_fd(sock.fileno())
+        flow.sock = None
+        self._forget(flow)
+        self.loop.counters.add("tcp_clat_ipv4_retry")
+        self._offer(sock, self.net.ipv4.addr, flow.conn.guest_port, seen, flow.conn.peer_port,
+                    now)
 
     def _reject(self, sock: socket.socket, reason: str) -> None:
         """Refuse an accepted connection: its peer sees a reset."""

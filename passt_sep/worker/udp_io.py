@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import udp
+from .. import clat, udp
 from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
@@ -149,12 +149,13 @@ class UdpHandler:
         that peer alone on it."""
         if self.flows.full():
             raise Drop("udp_flows_full")
-        family = socket.AF_INET6 if datagram.v6 else socket.AF_INET
+        host_peer = self.addrmap.to_host(datagram.dst, datagram.dport)  # --clat: may be IPv6
+        family = socket.AF_INET6 if len(host_peer) == 16 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         flow = udp.open_flow(datagram, self.addrmap, sock.fileno(), now)
         try:
             self._bind_like_guest(sock, flow)
-            if datagram.v6:
+            if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
@@ -309,6 +310,12 @@ class UdpHandler:
         _err, origin, icmp_type, icmp_code = parsed
         if origin not in (udp.SO_EE_ORIGIN_ICMP, udp.SO_EE_ORIGIN_ICMP6):
             return
+        if origin == udp.SO_EE_ORIGIN_ICMP6 and not flow.v6:     # --clat: RFC 7915's codes
+            translated = clat.icmp4_error(icmp_type, icmp_code)
+            if translated is None:
+                self.loop.counters.add("udp_icmp_untranslated")
+                return
+            icmp_type, icmp_code = translated
         if isinstance(flow, udp.UdpFlow):
             peer, port = flow.peer, flow.peer_port
         else:

@@ -152,6 +152,9 @@ CASES: dict[str, tuple[str | None, dict, tuple[str, ...], str]] = {
     "--no-splice": (None, {"no_splice": True}, (), "pasta"),
     "--no-copy-routes": (None, {"no_copy_routes": True}, (), "pasta"),
     "--no-copy-addrs": (None, {"no_copy_addrs": True}, (), "pasta"),
+    "--clat": (None, {"clat": True}, (), "pasta"),
+    "--nat64-prefix": ("2001:DB8:122::/48", {"clat": True, "nat64_prefix": "2001:db8:122::/48"},
+                       (), "passt"),
 }
 SPECIAL = {"--help", "--version", "--mode", "--print-capabilities", "--vhost-user"}
 
@@ -374,6 +377,13 @@ MTU_RANGE = "(must be 68 to 65535, or 0 to advertise none)"
     (["--netns", "n1"], "passt", "--netns is only valid in pasta mode"),
     (["-s", "/tmp/s"], "pasta", "-s is only valid in passt mode"),
     (["--one-off"], "pasta", "--one-off is only valid in passt mode"),
+    (["--nat64-prefix", "64:ff9b::/80"], "pasta", "Invalid prefix for --nat64-prefix: "
+     "64:ff9b::/80: the length must be one of 32, 40, 48, 56, 64, 96 (RFC 6052)"),
+    (["--nat64-prefix", "64:ff9b::"], "passt", "Invalid prefix for --nat64-prefix: "
+     "64:ff9b::: expected PREFIX/LEN, such as 64:ff9b::/96"),
+    (["--nat64-prefix", "64:ff9b::1/96"], "passt", "Invalid prefix for --nat64-prefix: "
+     "64:ff9b::1/96: bits set past the prefix length"),
+    (["--clat", "-6"], "pasta", "--clat gives the guest IPv4: it cannot be combined with -6"),
 ])
 def test_errors(argv: list[str], mode: str, message: str) -> None:
     assert error(*argv, mode=mode) == message

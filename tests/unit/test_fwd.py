@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from passt_sep.clat import Nat64Prefix
 from passt_sep.fwd import LOOPBACK4, LOOPBACK6, AddressMap, is_loopback_text
 
 
@@ -76,3 +77,46 @@ def test_loopback_from_socket_api_text() -> None:
     assert is_loopback_text("::1") and is_loopback_text("::1%lo")
     assert not is_loopback_text("198.51.100.1") and not is_loopback_text("::12")
     assert not is_loopback_text("1.127.0.0")
+
+
+# -- --clat ---------------------------------------------------------------------------
+
+CLAT_GW4, CLAT_GUEST4 = ip("192.0.0.1"), ip("192.0.0.2")
+WKP = Nat64Prefix.parse("64:ff9b::/96")
+
+
+def clat_map(**options) -> AddressMap:
+    return amap(gateway4=CLAT_GW4, host_addr4=CLAT_GUEST4, nat64=WKP, **options)
+
+
+def test_clat_sends_ipv4_destinations_to_the_nat64_prefix() -> None:
+    m = clat_map()
+    assert m.to_host(ip("203.0.113.1"), 80) == ip("64:ff9b::203.0.113.1")
+    assert m.to_host(ip("2001:db8::5"), 80) == ip("2001:db8::5")      # IPv6: untouched
+    assert m.to_guest(ip("64:ff9b::203.0.113.1"), 80, ip("203.0.113.1")) == ip("203.0.113.1")
+
+
+def test_clat_leaves_special_and_local_ipv4_destinations_alone() -> None:
+    m = clat_map()
+    assert m.to_host(CLAT_GW4, 80) == LOOPBACK4            # the host, over its loopback
+    for text in ("127.0.0.1", "0.0.0.0", "224.0.0.251", "255.255.255.255"):
+        assert m.to_host(ip(text), 80) == ip(text)
+
+
+def test_clat_dns_to_the_gateway_goes_to_the_hosts_ipv6_resolver() -> None:
+    m = clat_map(dns_servers=("2001:db8::53",))
+    assert m.to_host(CLAT_GW4, 53) == ip("2001:db8::53")
+    assert m.to_host(CLAT_GW4, 80) == LOOPBACK4
+    forwarded = clat_map(dns_servers=("2001:db8::53",), dns_forward=("169.254.1.1",))
+    assert forwarded.to_host(ip("169.254.1.1"), 53) == ip("2001:db8::53")
+    ipv4_resolver = clat_map(dns_servers=("127.0.0.53", "2001:db8::53"))
+    assert ipv4_resolver.to_host(CLAT_GW4, 53) == LOOPBACK4    # the host's loopback, as without
+
+
+def test_ipv6_peers_as_an_ipv4_guest_sees_them() -> None:
+    m = clat_map()
+    assert m.to_ipv4_guest(ip("64:ff9b::198.51.100.7")) == ip("198.51.100.7")
+    assert m.to_ipv4_guest(ip("2001:db8:9::7")) == CLAT_GW4              # outside the prefix
+    assert m.to_ipv4_guest(ip("64:ff9b::127.0.0.1")) == CLAT_GW4          # not a peer's
+    assert m.to_ipv4_guest(LOOPBACK6) == CLAT_GW4
+    assert amap().to_ipv4_guest(ip("64:ff9b::198.51.100.7")) is None      # no --clat

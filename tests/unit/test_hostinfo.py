@@ -96,3 +96,33 @@ def test_resolv_conf_nameservers_and_search(tmp_path) -> None:
                     "nameserver bogus\nsearch a.test b.test\n")
     assert read_resolv_conf(str(path)) == (("192.0.2.53", "fe80::1"), ("a.test", "b.test"))
     assert read_resolv_conf(str(tmp_path / "missing")) == ((), ())
+
+
+IPV6_ONLY = HostInfo(v4=None, v6=HostFamily("eth0", 2, "2001:db8::2", 64, "fe80::1", ()),
+                     mtu=1500, resolvers=("2001:db8::53",))
+
+
+def test_clat_on_an_ipv6_only_host_gives_the_rfc7335_address_and_a_resolver() -> None:
+    """--clat: the guest's IPv4 from 192.0.0.0/29, its resolver the gateway
+    (forwarded to the host's IPv6 resolver), IPv6 as without it."""
+    net = guest_network(parse_args(["--clat"], "passt-sep"), IPV6_ONLY)
+    assert net.ipv4 is not None and net.ipv6 is not None
+    assert (net.ipv4.addr, net.ipv4.prefix_len, net.ipv4.gateway, net.ipv4.dns) == \
+        (packed("192.0.0.2"), 29, packed("192.0.0.1"), (packed("192.0.0.1"),))
+    assert net.ipv6.dns == (packed("2001:db8::53"),)
+
+
+def test_clat_address_and_gateway_follow_the_options() -> None:
+    argv = ["--clat", "-a", "192.0.2.10", "-n", "24", "-g", "192.0.2.1"]
+    net = guest_network(parse_args(argv, "passt-sep"), IPV6_ONLY)
+    assert net.ipv4 is not None
+    assert (net.ipv4.addr, net.ipv4.prefix_len, net.ipv4.gateway) == \
+        (packed("192.0.2.10"), 24, packed("192.0.2.1"))
+    only_address = guest_network(parse_args(["--clat", "-a", "192.0.2.10"], "passt-sep"),
+                                 IPV6_ONLY)
+    assert only_address.ipv4 is not None and only_address.ipv4.gateway == packed("192.0.0.1")
+
+
+def test_clat_keeps_the_hosts_ipv4_where_there_is_one() -> None:
+    assert guest_network(parse_args(["--clat"], "passt-sep"), HOST).ipv4 == \
+        guest_network(parse_args([], "passt-sep"), HOST).ipv4

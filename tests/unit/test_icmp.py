@@ -119,6 +119,9 @@ def test_request_payload_for_the_ping_socket() -> None:
     assert icmp.echo_request_payload(request) == bytes.fromhex("08000000beef0201") + b"hello"
     request6 = icmp.EchoRequest(PEER6, 1, 2, b"", True)
     assert icmp.echo_request_payload(request6) == bytes.fromhex("8000000000010002")
+    # --clat: an IPv4 guest's request leaves on an IPv6 ping socket
+    assert icmp.echo_request_payload(request, True) == bytes.fromhex("80000000beef0201") + \
+        b"hello"
 
 
 @pytest.mark.parametrize("message, v6, expected", [
