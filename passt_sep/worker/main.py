@@ -16,7 +16,6 @@ from typing import NoReturn
 
 from .. import handoff, linux
 from ..clat import WELL_KNOWN_PREFIX, Nat64Prefix
-from ..config import Config
 from ..fwd import AddressMap
 from ..handoff import Handoff, HandoffError
 from ..log import ERROR, INFO, Logger, describe_exception, level_for
