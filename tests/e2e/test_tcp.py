@@ -235,7 +235,10 @@ PEER_ECHO = ("import socket, threading\n"
              "    while True:\n"
              "        c, peer = s.accept(); c.sendall(peer[0].encode()); c.close()\n"
              "threading.Thread(target=tcp, daemon=True).start()\n"
-             "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 9102))\n"
+             # bound to the address asked, so that replies come from it: a
+             # flow's socket is connected to that address and takes no other
+             "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             f"u.bind(('{REMOTE_ADDR4}', 9102))\n"
              "while True:\n"
              "    _, peer = u.recvfrom(100); u.sendto(peer[0].encode(), peer)\n")
 
