@@ -53,9 +53,11 @@ print(conn.makefile().readline().strip())
 """
 
 
-def pasta_json(topo: Topology, pasta: str, *options: str, command: str) -> list:
+def pasta_json(topo: Topology, pasta: str, *options: str, command: str,
+               rootless: bool = False) -> list:
     """Each line the command prints inside the namespace, as JSON."""
-    result = topo.run_host(pasta, "-q", *options, "--", "sh", "-ec", command)
+    result = topo.run_host(pasta, "-q", *options, "--", "sh", "-ec", command,
+                           rootless=rootless)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -84,10 +86,10 @@ def peers_dir() -> str:
     ("192.0.2.7", REMOTE_ADDR4, HOST_ADDR4), ("2001:db8:ff::7", REMOTE_ADDR6, HOST_ADDR6)])
 def test_address_outside_the_host_subnet_reaches_the_remote(
         topo: Topology, pasta: str, address: str, remote: str, seen_as: str) -> None:
-    """Podman's --net=pasta:-a,ADDR: the namespace's default route goes via
-    the host's gateway, reachable through the copied prefix route; the
-    remote, which has no route back to ADDR, answers the host's address and
-    pasta-sep translates."""
+    """Podman's --net=pasta:-a,ADDR, rootless: the namespace's default route
+    goes via the host's gateway, reachable through the copied prefix route;
+    the remote, which has no route back to ADDR, answers the host's address
+    and pasta-sep translates."""
     family = "-6" if ":" in address else "-4"
     back = topo.run_remote("ip", family, "route", "get", address)
     assert back.returncode != 0, back.stdout   # only the translation brings replies back
@@ -97,7 +99,7 @@ def test_address_outside_the_host_subnet_reaches_the_remote(
               f"ping -c 2 -W 3 {remote} >/dev/null && echo '\"ping ok\"'\n"
               f"{PY} -c '{SEND}' {remote} 9400 {peers_dir()} {SIZE} | sed 's/.*/\"&\"/'")
     addrs, ping, answer = pasta_json(topo, pasta, "--config-net", "-a", address,
-                                     command=script)
+                                     command=script, rootless=True)
     assert global_addresses(addrs) == [(address, 64 if ":" in address else 24)]
     assert ping == "ping ok"
     assert answer == f"{seen_as} {digest(SIZE, 7)}"
