@@ -234,9 +234,10 @@ def _with_onlink(route: Route, on_link: list[tuple[str, int]]) -> Route:
     if route.gateway is None or route.onlink:
         return route
     gateway = ipaddress.ip_address(route.gateway)
-    covered = gateway.is_link_local and gateway.version == 6 or any(
-        gateway in ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
-        for dst, dst_len in on_link)
+    if gateway.version == 6 and gateway.is_link_local:   # fe80::/64 is always on-link
+        return route
+    covered = any(gateway in ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
+                  for dst, dst_len in on_link)
     return route if covered else dataclasses.replace(route, onlink=True)
 
 

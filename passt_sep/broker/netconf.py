@@ -1,10 +1,11 @@
 """Everything the broker says over rtnetlink (pyroute2): reading the host's
 routes, addresses and MTU, and setting up the target namespace's tap.
 
-With ``--config-net`` the namespace gets what the guest would learn by
-DHCP, SLAAC and DHCPv6, set directly: the host's addresses, routes and the
-MTU.  Only the netlink helper (``netlink.py``) imports this module, so only
-that process pays for importing pyroute2.
+With ``--config-net`` the namespace gets, as with pasta, every address
+and route of the host's template interface (``hostinfo.ns_family`` decides
+which, in what order) and the MTU; without it the tap stays down.  Only the
+netlink helper (``netlink.py``) imports this module, so only that process
+pays for importing pyroute2.
 """
 
 from __future__ import annotations
