@@ -94,8 +94,11 @@ def network_to_dict(net: Network) -> dict[str, Any]:
             return None
         return {"addr": params.addr, "prefix_len": params.prefix_len,
                 "gateway": params.gateway, "dns": list(params.dns)}
+    ipv6 = family(net.ipv6)
+    if net.ipv6 is not None and ipv6 is not None:
+        ipv6["host_link_local"] = net.ipv6.host_link_local
     return {"our_mac": net.our_mac, "guest_mac": net.guest_mac, "mtu": net.mtu,
-            "ipv4": family(net.ipv4), "ipv6": family(net.ipv6), "search": list(net.search),
+            "ipv4": family(net.ipv4), "ipv6": ipv6, "search": list(net.search),
             "host_resolvers": list(net.host_resolvers)}
 
 
@@ -103,8 +106,9 @@ def network_from_dict(d: dict[str, Any]) -> Network:
     def family(cls: type, data: dict[str, Any] | None) -> Any:
         if data is None:
             return None
+        extra = {"host_link_local": data["host_link_local"]} if cls is IPv6Params else {}
         return cls(addr=data["addr"], prefix_len=data["prefix_len"],
-                   gateway=data["gateway"], dns=tuple(data["dns"]))
+                   gateway=data["gateway"], dns=tuple(data["dns"]), **extra)
     return Network(our_mac=d["our_mac"], guest_mac=d["guest_mac"], mtu=d["mtu"],
                    ipv4=family(IPv4Params, d["ipv4"]), ipv6=family(IPv6Params, d["ipv6"]),
                    search=tuple(d["search"]), host_resolvers=tuple(d["host_resolvers"]))

@@ -32,6 +32,7 @@ class IPv6Params:
     prefix_len: int             # 64 for SLAAC
     gateway: bytes              # the host's router (may be global or link-local)
     dns: tuple[bytes, ...] = ()  # RDNSS / DHCPv6 DNS servers
+    host_link_local: bytes | None = None  # the host's own fe80:: address, if it has one
 
     @property
     def prefix(self) -> bytes:
@@ -53,7 +54,12 @@ class Network:
 
     @property
     def our_link_local(self) -> bytes:
-        """Source address of our router advertisements and NDP answers."""
+        """Source address of our router advertisements, NDP and DHCPv6
+        answers, so the guest's router: as passt, the gateway if it is
+        link-local, else the host's own link-local address on the template
+        interface, else one made from our MAC."""
         if self.ipv6 and self.ipv6.gateway[:2] == b"\xfe\x80":
             return self.ipv6.gateway
+        if self.ipv6 and self.ipv6.host_link_local:
+            return self.ipv6.host_link_local
         return link_local_from_mac(self.our_mac)

@@ -25,12 +25,21 @@ PASTA_MTU = 65520
 LOCAL_ADDR4, LOCAL_PREFIX4, LOCAL_GATEWAY4 = "169.254.2.1", 16, "169.254.2.2"
 
 
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RTPROT_BOOT = 3         # what ``ip route add`` sets: routes we make up
+
+
 @dataclass(frozen=True)
 class Route:
+    """A route of the host's template interface, or one for the namespace."""
+
     dst: str            # "198.51.100.0" / "::" ...
     dst_len: int
     gateway: str | None
     metric: int | None
+    scope: int = RT_SCOPE_UNIVERSE   # RT_SCOPE_LINK for a prefix route
+    proto: int = RTPROT_BOOT
+    onlink: bool = False             # the gateway needs no on-link prefix
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,10 @@ class HostFamily:
     addr: str
     prefix_len: int
     gateway: str | None
-    routes: tuple[Route, ...] = ()
+    routes: tuple[Route, ...] = ()   # main table, on this interface, in the kernel's order
+    # every address but link-local ones, in the kernel's order (``addr`` among them)
+    addresses: tuple[tuple[str, int], ...] = ()
+    link_local: str | None = None     # IPv6: the host's own fe80:: address here
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,8 @@ def _family_from_map(fields: dict[str, Any] | None) -> HostFamily | None:
     if fields is None:
         return None
     routes = tuple(Route(**route) for route in fields["routes"])
-    return HostFamily(**{**fields, "routes": routes})
+    addresses = tuple((addr, prefix_len) for addr, prefix_len in fields["addresses"])
+    return HostFamily(**{**fields, "routes": routes, "addresses": addresses})
 
 
 def read_resolv_conf(path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -146,7 +159,9 @@ def _guest_ipv6(config: Config, host: HostInfo) -> IPv6Params | None:
     if addr is None or gateway is None:
         return None
     dns = _guest_dns(config, host, 6, gateway)
-    return IPv6Params(_packed(addr), 64, _packed(gateway), dns)
+    link_local = host.v6.link_local if host.v6 else None
+    return IPv6Params(_packed(addr), 64, _packed(gateway), dns,
+                      _packed(link_local) if link_local else None)
 
 
 def _guest_dns(config: Config, host: HostInfo, version: int, gateway: str) -> tuple[bytes, ...]:
@@ -190,3 +205,57 @@ def _classful_prefix(addr: str) -> int:
 
 def _packed(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
+
+
+# -- what --config-net sets in the namespace --------------------------------------
+
+@dataclass(frozen=True)
+class NsFamily:
+    """One IP version of the namespace's interface, in the order to set it."""
+
+    addresses: tuple[tuple[str, int], ...]
+    routes: tuple[Route, ...]
+
+
+def ns_family(config: Config, params: IPv4Params | IPv6Params,
+              host: HostFamily | None) -> NsFamily:
+    """As pasta: the template interface's addresses (unless ``-a`` or
+    ``--no-copy-addrs``) and routes (unless ``-g`` or ``--no-copy-routes``),
+    with the output interface translated to the tap.
+
+    Routes go in an order the kernel accepts: prefix routes first, so that
+    the gateways behind them are reachable, default routes last.  A gateway
+    that no prefix covers (``-a`` and ``-g`` both outside the host's
+    subnets, say) is declared on-link rather than refused.
+    """
+    version = 4 if isinstance(params, IPv4Params) else 6
+    explicit_addr = config.address4 if version == 4 else config.address6
+    explicit_gateway = config.gateway4 if version == 4 else config.gateway6
+    own = (_text(params.addr), params.prefix_len)
+    if explicit_addr or config.no_copy_addrs or host is None:
+        addresses: tuple[tuple[str, int], ...] = (own,)
+    else:
+        addresses = tuple(own if addr == own[0] else (addr, prefix_len)
+                          for addr, prefix_len in host.addresses) or (own,)
+    copied = () if explicit_gateway or config.no_copy_routes or host is None else host.routes
+    if not any(route.dst_len == 0 for route in copied):
+        copied = (*copied, Route("0.0.0.0" if version == 4 else "::", 0,
+                                 _text(params.gateway), None))
+    on_link = [*addresses, *((r.dst, r.dst_len) for r in copied if r.gateway is None)]
+    ordered = sorted(copied, key=lambda r: (r.dst_len == 0, r.gateway is not None))
+    return NsFamily(addresses, tuple(_with_onlink(route, on_link) for route in ordered))
+
+
+def _with_onlink(route: Route, on_link: list[tuple[str, int]]) -> Route:
+    if route.gateway is None or route.onlink:
+        return route
+    gateway = ipaddress.ip_address(route.gateway)
+    if gateway.version == 6 and gateway.is_link_local:   # fe80::/64 is always on-link
+        return route
+    covered = any(gateway in ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
+                  for dst, dst_len in on_link)
+    return route if covered else dataclasses.replace(route, onlink=True)
+
+
+def _text(addr: bytes) -> str:
+    return str(ipaddress.ip_address(addr))

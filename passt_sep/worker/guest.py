@@ -134,9 +134,14 @@ class TapLink:
         return True
 
     def _write_failed(self, exc: OSError) -> None:
-        """Counted, never fatal: a full queue drops the frame (TCP resends)."""
+        """Counted, never fatal: a full queue drops the frame (TCP resends).
+        A tap that is down (as pasta leaves it without --config-net, until
+        the namespace brings it up) refuses frames with EIO: nothing to say."""
         if isinstance(exc, BlockingIOError):
             self.loop.counters.add("tap_full")
+            return
+        if exc.errno == errno.EIO:
+            self.loop.counters.add("tap_down")
             return
         self.loop.counters.add("tap_write_error")
         self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")

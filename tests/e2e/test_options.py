@@ -67,7 +67,10 @@ def _udhcpc_script() -> str:
 def _lease(topo: Topology, pasta: str, *options: str) -> dict[str, str]:
     script = _udhcpc_script()
     try:
-        result = topo.run_host(pasta, *QUIET, *options, "--", "busybox", "udhcpc", "-i",
+        # as with pasta, the tap is down without --config-net
+        result = topo.run_host(pasta, *QUIET, *options, "--", "sh", "-c",
+                               f'ip link set dev {HOST_IFNAME} up && exec "$@"', "sh",
+                               "busybox", "udhcpc", "-i",
                                HOST_IFNAME, "-f", "-q", "-n", "-t", "5", "-T", "1", "-s",
                                script, "-O", "search", "-O", "mtu")
     finally:

@@ -30,6 +30,11 @@ def run_pasta(topo: Topology, pasta: str, *args: str, rootless: bool = False,
     return result
 
 
+# Without --config-net the tap is down, as pasta leaves it: DHCP and SLAAC
+# clients run after bringing it up, as on any host.
+UP = ("sh", "-c", f'ip link set dev {HOST_IFNAME} up && exec "$@"', "sh")
+
+
 def ns_json(topo: Topology, pasta: str, *command: str, options: tuple[str, ...] = ("--config-net",),
             rootless: bool = False):
     result = run_pasta(topo, pasta, *options, "--", *command, rootless=rootless)
@@ -120,9 +125,9 @@ def test_busybox_udhcpc_gets_the_host_lease(topo: Topology, pasta: str) -> None:
                      'env | grep -E "^(ip|subnet|router|dns|mtu|search|domain|serverid)="\n'
                      'exit 0\n')
     try:
-        result = run_pasta(topo, pasta, "--dhcp-dns", "--dhcp-search", "--", "busybox", "udhcpc",
-                           "-i", HOST_IFNAME, "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script,
-                           "-O", "search", "-O", "mtu")
+        result = run_pasta(topo, pasta, "--dhcp-dns", "--dhcp-search", "--", *UP, "busybox",
+                           "udhcpc", "-i", HOST_IFNAME, "-f", "-q", "-n", "-t", "5", "-T", "1",
+                           "-s", script, "-O", "search", "-O", "mtu")
     finally:
         os.unlink(script)
     assert result.returncode == 0, result.stderr
@@ -141,8 +146,8 @@ def test_isc_dhclient_gets_the_host_lease(topo: Topology, pasta: str, tmp_path) 
                      'exit 0\n')
     os.chmod(tmp_path, 0o777)
     try:
-        result = run_pasta(topo, pasta, "--dhcp-dns", "--", "dhclient", "-1", "-d", "-sf", script,
-                           "-lf", str(tmp_path / "leases"), "-pf", str(tmp_path / "pid"),
+        result = run_pasta(topo, pasta, "--dhcp-dns", "--", *UP, "dhclient", "-1", "-d", "-sf",
+                           script, "-lf", str(tmp_path / "leases"), "-pf", str(tmp_path / "pid"),
                            HOST_IFNAME, timeout=90)
     finally:
         os.unlink(script)
@@ -154,7 +159,7 @@ def test_isc_dhclient_gets_the_host_lease(topo: Topology, pasta: str, tmp_path) 
 
 
 def test_slaac_gives_the_host_prefix(topo: Topology, pasta: str) -> None:
-    probe = ("for i in $(seq 50); do "
+    probe = (f"ip link set dev {HOST_IFNAME} up; for i in $(seq 50); do "
              f"ip -6 -j addr show dev {HOST_IFNAME} scope global | grep -q 2001:db8:1: && break; "
              "sleep 0.2; done; ip -6 -j addr show scope global; ip -6 -j route")
     result = run_pasta(topo, pasta, "--", "sh", "-c", probe)
@@ -178,7 +183,7 @@ def test_dhcpv6_gives_the_host_address(topo: Topology, pasta: str, tmp_path) -> 
     # dhclient binds the link-local address: wait for it, and for DAD (up to 2 s)
     settled = (f"ip -6 addr show dev {HOST_IFNAME} scope link | grep -q inet6 && "
                f"! ip -6 addr show dev {HOST_IFNAME} | grep -q tentative")
-    command = (f"until {settled}; do sleep 0.1; done; "
+    command = (f"ip link set dev {HOST_IFNAME} up; until {settled}; do sleep 0.1; done; "
                f"dhclient -6 -1 -d -sf {script} -lf {tmp_path}/leases6 "
                f"-pf {tmp_path}/pid6 {HOST_IFNAME}")
     try:

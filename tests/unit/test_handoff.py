@@ -34,7 +34,9 @@ NETWORK = Network(our_mac=bytes.fromhex("9a559a559a55"), guest_mac=bytes.fromhex
                   mtu=9000,
                   ipv4=IPv4Params(ip("192.0.2.9"), 24, ip("192.0.2.1"),
                                   dns=(ip("192.0.2.53"), ip("198.51.100.53"))),
-                  ipv6=IPv6Params(ip("2001:db8::9"), 64, ip("fe80::1"), dns=(ip("2001:db8::53"),)),
+                  ipv6=IPv6Params(ip("2001:db8::9"), 64, ip("2001:db8::1"),
+                                  dns=(ip("2001:db8::53"),),
+                                  host_link_local=ip("fe80::40ad:72ff:fed5:da74")),
                   search=("example.test", "lab.example.test"),
                   host_resolvers=("192.0.2.53", "2001:db8::53"))
 
@@ -160,7 +162,8 @@ networks = st.builds(
     ipv6=st.none() | st.builds(IPv6Params, st.binary(min_size=16, max_size=16),
                                st.integers(0, 128), st.binary(min_size=16, max_size=16),
                                st.lists(st.binary(min_size=16, max_size=16),
-                                        max_size=3).map(tuple)),
+                                        max_size=3).map(tuple),
+                               st.none() | st.binary(min_size=16, max_size=16)),
     search=st.lists(st.text(max_size=20), max_size=3).map(tuple),
     host_resolvers=st.lists(st.text(max_size=20), max_size=3).map(tuple))
 

@@ -215,8 +215,15 @@ def test_advertisement_known_bytes() -> None:
     assert reply == GUEST_MAC + DEFAULT_OUR_MAC + b"\x86\xdd" + header + message
 
 
-def test_source_is_eui64_link_local_when_the_gateway_is_global() -> None:
-    net = replace(NET, ipv6=replace(NET.ipv6, gateway=ip6("2001:db8:1::1")))
+def test_source_is_the_hosts_link_local_when_the_gateway_is_global() -> None:
+    """As passt: the host's own link-local address on the template
+    interface; one made from our MAC only if the host has none."""
+    host_ll = ip6("fe80::40ad:72ff:fed5:da74")
+    net = replace(NET, ipv6=replace(NET.ipv6, gateway=ip6("2001:db8:1::1"),
+                                    host_link_local=host_ll))
+    _, options = open_ra(handle(router_solicit(), net=net), src=host_ll)
+    assert options == full_ra_options()
+    net = replace(net, ipv6=replace(net.ipv6, host_link_local=None))
     assert net.our_link_local == OUR_EUI64_LL
     _, options = open_ra(handle(router_solicit(), net=net), src=OUR_EUI64_LL)
     assert options == full_ra_options()
