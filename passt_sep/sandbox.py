@@ -1,14 +1,21 @@
 """seccomp filters built from the allowlists in ``seccomp/``.
 
-Each list is a reviewable text file, one syscall per line::
+Each list is a reviewable text file, one rule per line::
 
     # syscall  [condition ...]            # why it is needed
     socket     arg0==AF_INET|AF_INET6     # TCP, UDP and ping sockets
     mmap       arg2&PROT_EXEC==0          # memory, never executable
+    sendto     arg3&~(MSG_DONTWAIT+MSG_NOSIGNAL)==0   # no other flag
 
 A condition compares one argument (``argN``) with a value or, after ``&``,
-the argument masked; ``|`` separates alternatives (one rule each).  Names
-are resolved from ``CONSTANTS``.  Anything not listed kills the process.
+the argument masked; ``|`` separates alternatives (one rule each).  ``+``
+combines flags into one value (``O_NONBLOCK+O_CLOEXEC``), and a mask
+after ``~`` is complemented in 32 bits (the flags arguments are C ints):
+``argN&~(A+B)==0`` allows no flag but A and B.  Conditions on one line must
+all hold.  A syscall may take several lines, each an alternative with its
+own reason: ``setsockopt`` takes one line per level, so that a level and
+an option name of another level never pair up.  Names are resolved from
+``CONSTANTS``.  Anything not listed kills the process.
 
 The filter is built (and the file read) by ``prepare`` before the jail
 closes; ``Prepared.load`` arms it later, after the handoff.
@@ -53,11 +60,32 @@ finally:
     ctypes.util.find_library = _ldconfig_lookup
 
 CONSTANTS = {
+    # socket(): families, types (SOCK_TYPE_MASK strips SOCK_NONBLOCK and
+    # SOCK_CLOEXEC), protocols; setsockopt/getsockopt levels and names
     "AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6,
-    "SOCK_STREAM": socket.SOCK_STREAM, "SOCK_DGRAM": socket.SOCK_DGRAM,
-    "PROT_EXEC": 4, "F_GETFL": 3, "F_SETFL": 4, "F_GETFD": 1, "F_SETFD": 2,
-    "FIONBIO": 0x5421,
+    "SOCK_STREAM": socket.SOCK_STREAM, "SOCK_DGRAM": socket.SOCK_DGRAM, "SOCK_TYPE_MASK": 0xF,
+    "IPPROTO_IP": 0, "IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_ICMP": 1,
+    "IPPROTO_IPV6": 41, "IPPROTO_ICMPV6": 58, "SOL_SOCKET": 1,
+    "SO_REUSEADDR": 2, "SO_TYPE": 3, "SO_ERROR": 4, "SO_LINGER": 13, "SO_BINDTODEVICE": 25,
+    "SO_PROTOCOL": 38, "SO_DOMAIN": 39, "SO_PEEK_OFF": 42, "SO_MEMINFO": 55,
+    "TCP_NODELAY": 1, "TCP_MAXSEG": 2, "TCP_WINDOW_CLAMP": 10,
+    "IP_RECVERR": 11, "IPV6_V6ONLY": 26, "IPV6_RECVERR": 25, "SHUT_WR": 1,
+    "MSG_PEEK": 0x2, "MSG_TRUNC": 0x20, "MSG_DONTWAIT": 0x40,
+    "MSG_NOSIGNAL": 0x4000, "MSG_ERRQUEUE": 0x2000,
+    # files, pipes, splice
+    "F_GETFL": 3, "F_SETFL": 4, "F_GETFD": 1, "F_SETFD": 2, "FIONBIO": 0x5421,
+    "O_NONBLOCK": os.O_NONBLOCK, "O_CLOEXEC": os.O_CLOEXEC, "SEEK_SET": 0, "SEEK_END": 2,
+    "SPLICE_F_MOVE": 1, "SPLICE_F_NONBLOCK": 2,
+    # memory
+    "PROT_EXEC": 4, "MAP_PRIVATE": 0x2, "MAP_TYPE": 0xF, "MAP_ANONYMOUS": 0x20,
+    "MREMAP_MAYMOVE": 1, "MADV_DONTNEED": 4, "MADV_FREE": 8, "MADV_HUGEPAGE": 14,
+    # futex commands (FUTEX_CMD_MASK strips FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME)
+    "FUTEX_WAIT": 0, "FUTEX_WAKE": 1, "FUTEX_WAIT_BITSET": 9, "FUTEX_WAKE_BITSET": 10,
+    "FUTEX_CMD_MASK": 0xFFFFFFFF ^ (128 | 256),
+    # clocks
+    "CLOCK_REALTIME": 0, "CLOCK_MONOTONIC": 1,
 }
+_INT_BITS = 0xFFFFFFFF
 _ARCH_NAMES = {"x86_64": "x86_64", "aarch64": "aarch64"}
 
 
@@ -105,6 +133,8 @@ def parse_allowlist(text: str) -> list[Entry]:
             continue
         try:
             conditions = tuple(_condition(word) for word in words[1:])
+            if len({c.arg for c in conditions}) != len(conditions):
+                raise ValueError("one condition per argument (libseccomp allows no more)")
         except (ValueError, KeyError) as exc:
             raise AllowlistError(f"line {number}: {raw.strip()!r}: {exc}") from None
         entries.append(Entry(words[0], conditions, reason.strip()))
@@ -119,12 +149,23 @@ def _condition(word: str) -> Condition:
     arg = int(arg_text[3:])
     if not 0 <= arg <= 5:
         raise ValueError("argument index out of range")
-    mask = _value(mask_text) if mask_text else None
+    mask = _mask(mask_text) if mask_text else None
     return Condition(arg, mask, tuple(_value(v) for v in right.split("|")))
 
 
+def _mask(text: str) -> int:
+    """``A+B``, or ``~(A+B)``: its complement in 32 bits."""
+    if text.startswith("~"):
+        return _INT_BITS ^ _value(text[1:].removeprefix("(").removesuffix(")"))
+    return _value(text)
+
+
 def _value(text: str) -> int:
-    return CONSTANTS[text] if text in CONSTANTS else int(text, 0)
+    """A number or a name, or several joined by ``+`` (OR-ed)."""
+    value = 0
+    for word in text.split("+"):
+        value |= CONSTANTS[word] if word in CONSTANTS else int(word, 0)
+    return value
 
 
 def syscall_names(entries: list[Entry]) -> list[str]:
@@ -137,9 +178,11 @@ class Prepared:
     def __init__(self, entries: list[Entry]) -> None:
         self.entries = entries
         self.filter = seccomp.SyscallFilter(seccomp.KILL_PROCESS)
+        self.rules = 0
         for entry in entries:
             for args in _expand(entry.conditions):
                 self.filter.add_rule(seccomp.ALLOW, entry.syscall, *args)
+                self.rules += 1
 
     def load(self) -> None:
         self.filter.load()

@@ -12,21 +12,43 @@ import mmap
 import os
 import socket
 import sys
+import time
 
 from passt_sep import sandbox
 from passt_sep.broker import jail
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+SOCK_PACKET = 10
+IPPROTO_SCTP = 132
+
+
+def _raw(name: str, *args: int) -> int:
+    """The system call itself, as libc makes it without the vDSO."""
+    number = sandbox.seccomp.resolve_syscall(sandbox.seccomp.Arch.NATIVE, name)
+    return _libc.syscall(number, *[ctypes.c_long(a) for a in args])
+
+
+_TIMESPEC = ctypes.create_string_buffer(16)
 
 PROBES = {
     "open": lambda: os.open("/etc/hostname", os.O_RDONLY),
     "execve": lambda: os.execv("/bin/true", ["true"]),
     "unix_socket": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM),
     "netlink_socket": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0),
+    "raw_socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+    "packet_type_socket": lambda: socket.socket(socket.AF_INET, SOCK_PACKET, 0),
+    "sctp_socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM, IPPROTO_SCTP),
     "exec_mmap": lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC),
+    "shared_mmap": lambda: mmap.mmap(-1, 4096),     # Python's default: MAP_SHARED
     "setns": lambda: ctypes.CDLL(None).setns(0, 0),
     "ptrace": lambda: ctypes.CDLL(None).ptrace(0, 0, 0, 0),
     "inet_socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close(),
     "inet6_socket": lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close(),
-    "anon_mmap": lambda: mmap.mmap(-1, 4096).close(),
+    "anon_mmap": lambda: mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS).close(),
+    "clock_gettime_syscall": lambda: _raw("clock_gettime", time.CLOCK_MONOTONIC,
+                                          ctypes.addressof(_TIMESPEC)),
+    "gettimeofday_syscall": lambda: _raw("gettimeofday", ctypes.addressof(_TIMESPEC), 0),
 }
 
 
