@@ -15,8 +15,6 @@ import time
 
 import pytest
 
-from passt_sep import sandbox
-
 from topology import REMOTE_ADDR4, Topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,11 +24,6 @@ ESCAPE_NAMES = ("escape-dir", "escape-node", "escape-renamed", "escape-link", "e
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64",
                                 reason="the attempts are x86_64 system call numbers")
-
-
-def _unlinkat_listed() -> bool:
-    with open(sandbox.allowlist_path("worker"), encoding="utf-8") as handle:
-        return "unlinkat" in sandbox.syscall_names(sandbox.parse_allowlist(handle.read()))
 
 
 class Attacked:
@@ -116,31 +109,14 @@ def attacked(request, topo: Topology, shared_tmp):
             subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
-def _until_the_pid_file_directory_goes(request, run: Attacked) -> None:
-    """The pid file's directory fd and ``unlinkat`` leave the worker on
-    another branch; until then a worker with a pid file fails here."""
-    if run.variant == "pasta-pidfile" and _unlinkat_listed():
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="the worker holds the pid file's directory: unlinkat through it"))
-
-
-def _expected(name: str, fd_kind: str | None) -> set[str]:
-    """Killed by the filter; ``unlinkat`` while the list still holds it
-    (the pid file's removal) may only fail with an errno."""
-    if name.startswith("unlinkat") and _unlinkat_listed():
-        return {"sigsys"} | ({"errno:ENOTDIR", "errno:EBADF"} if fd_kind != "dir" else set())
-    return {"sigsys"}
-
-
-def test_path_calls_through_every_fd_are_killed(attacked, request) -> None:
+def test_path_calls_through_every_fd_are_killed(attacked) -> None:
     """openat(fd, ".."), unlinkat, mkdirat, renameat, linkat, symlinkat,
     fchdir, execveat, setns, pidfd_getfd, ioctl, fcntl(F_NOTIFY), mmap of
     the fd...: through each fd the worker holds, the filter kills."""
     run, _, directory = attacked
-    _until_the_pid_file_directory_goes(request, run)
     per_fd = [a for a in run.attempts if a["fd"] is not None]
     assert {a["fd"] for a in per_fd} == set(run.fds)
-    wrong = [a for a in per_fd if a["outcome"] not in _expected(a["name"], run.fds[a["fd"]])]
+    wrong = [a for a in per_fd if a["outcome"] != "sigsys"]
     assert not wrong, wrong
     assert (directory / "victim").read_text() == "keep me"
     assert not [name for name in ESCAPE_NAMES if (directory / name).exists()]
@@ -164,12 +140,11 @@ def test_controls_are_allowed(attacked) -> None:
     assert controls and set(controls.values()) == {"ok"}, controls
 
 
-def test_no_fd_is_a_directory_and_the_worker_still_serves(attacked, request) -> None:
+def test_no_fd_is_a_directory_and_the_worker_still_serves(attacked) -> None:
     """Inside (fstat before the filter) and outside (/proc/PID/fd of the
     serving worker): no directory among the fds; after the attempts the
     worker serves (pasta: a ping from the namespace)."""
     run, netns, _ = attacked
-    _until_the_pid_file_directory_goes(request, run)
     assert "dir" not in run.fds.values(), run.fds
     outside = {int(fd): os.stat(f"/proc/{run.worker}/fd/{fd}").st_mode
                for fd in os.listdir(f"/proc/{run.worker}/fd")}
