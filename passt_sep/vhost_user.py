@@ -272,7 +272,7 @@ class Backend:
         for index, fd in enumerate(msg.fds):
             gpa, size, uva, offset = _REGION.unpack_from(msg.payload,
                                                          _MEM_HEAD.size + index * _REGION.size)
-            if size == 0 or gpa + size > 1 << 64 or uva + size > 1 << 64:
+            if size == 0 or max(gpa, uva, offset) + size > 1 << 64:
                 raise ValueError(f"region {index} has a bad size")
             regions.append(RegionSpec(gpa, size, uva, offset, fd))
         effects.memory = regions

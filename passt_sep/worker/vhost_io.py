@@ -157,16 +157,18 @@ class VhostUserLink:
             self.disconnect(f"vhost-user: {exc}: dropping the front-end")
             return
         if message is not None:
+            self.log.debug(f"vhost-user request {message.request}, flags {message.flags:#x}, "
+                           f"{len(message.payload)} bytes, {len(message.fds)} fds")
             self._apply(message.request, self.backend.handle(message))
 
     def _apply(self, request: int, effects: Effects) -> None:
-        _close_all(effects.close)
         if effects.error:
             self.loop.counters.add("vhost_request_error")
             self.log.ratelimited("vhost_error", 4, f"vhost-user: {effects.error}")
         if effects.memory is not None:
             effects.ok = self._map(effects.memory)
-        self._sync()
+        self._sync()                            # no longer watched: then closed
+        _close_all(effects.close)
         answer = effects.reply
         if answer is None and effects.need_ack:
             answer = vhost_user.ack(request, effects.ok)
