@@ -1,6 +1,9 @@
 """passt mode with a QEMU guest: guest <-> remote TCP throughput through
-passt-sep and through distro passt (/usr/bin/passt), same guest, same
-topology.
+passt-sep and through distro passt (/usr/bin/passt) on the stream socket,
+and through passt-sep and the reference current passt
+(/opt/passt-ref/passt) in vhost-user mode, same guest, same topology; and
+the CPU time the back-end spent per gigabyte moved (passt-sep: broker and
+worker together, the broker only waits).
 
 The guest is the QEMU test's (tests/qemu_guest.py): Debian's kernel and a
 busybox initramfs, no iperf3, so the guest times its own transfers of
@@ -30,16 +33,43 @@ VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
 PASST_SEP = os.path.join(VENV, "bin", "passt-sep")
 MIB = int(os.environ.get("BENCH_QEMU_MIB", "64"))
 GUEST_TIMEOUT = 600
+REFERENCE = "/opt/passt-ref/passt"     # a symlink to the reference build
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 # remote -> guest, then guest -> remote (the guest makes the file first)
 CHECKS = "benchdown,benchup"
 
 
-def backends() -> dict[str, str]:
-    """name -> binary of what is installed (passt: `make bench` installs it)."""
-    found = {"passt-sep": PASST_SEP}
+def backends() -> dict[str, tuple[str, bool]]:
+    """name -> (binary, vhost-user) of what is installed (passt: `make bench`
+    installs it)."""
+    found = {"passt-sep": (PASST_SEP, False), "sep-vhost": (PASST_SEP, True)}
     if shutil.which("passt"):
-        found["passt"] = shutil.which("passt") or "passt"
+        found["passt"] = (shutil.which("passt") or "passt", False)
+    if os.access(REFERENCE, os.X_OK):
+        found["ref-vhost"] = (REFERENCE, True)
     return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system time of ``pid`` and its descendants so far."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo += [child for child, parent in parents.items() if parent == current]
+    return total
 
 
 def available() -> str | None:
@@ -49,23 +79,32 @@ def available() -> str | None:
     return None
 
 
-def one_run(topo: Topology, image: qemu_guest.GuestImage, binary: str,
+def one_run(topo: Topology, image: qemu_guest.GuestImage, binary: str, vhost: bool,
             workdir: str) -> dict[str, float]:
     """Mbit/s both ways for one guest booted on ``binary`` (one-off, as
-    libvirt runs it); 0 for a transfer that came out wrong."""
+    libvirt runs it; ``vhost``: in vhost-user mode), 0 for a transfer that
+    came out wrong, and the back-end's CPU seconds per GB moved."""
     size = MIB << 20
     params = qemu_guest.check_params(CHECKS, size)
+    cpu = {"start": 0.0, "end": 0.0}
 
     def attempt(accel: str) -> qemu_guest.GuestRun:
         socket_path = os.path.join(workdir, "passt.socket")
         if os.path.exists(socket_path):  # the last run's: not to be waited for
             os.unlink(socket_path)
-        daemon = topo.spawn_host(binary, "-f", "-q", "-1", "-s", socket_path,
+        mode = ["--vhost-user"] if vhost else []
+        daemon = topo.spawn_host(binary, "-f", "-q", "-1", *mode, "-s", socket_path,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         qemu_guest.wait_for_socket(socket_path, daemon)
-        command = qemu_guest.qemu_command(image, accel, socket_path, params)
+        build = qemu_guest.qemu_vhost_user_command if vhost else qemu_guest.qemu_command
+        command = build(image, accel, socket_path, params)
+        # from the guest's lease (start-up and DHCP left out) to its last
+        # check (a one-off back-end is gone once the guest powers off)
+        samples = {"mtu": lambda _: cpu.update(start=tree_cpu_seconds(daemon.pid)),
+                   "done": lambda _: cpu.update(end=tree_cpu_seconds(daemon.pid))}
         run = qemu_guest.run_guest(topo.spawn_host, command, os.path.join(workdir, "console"),
-                                   qemu_guest.BOOT_TIMEOUT[accel], GUEST_TIMEOUT)
+                                   qemu_guest.BOOT_TIMEOUT[accel], GUEST_TIMEOUT,
+                                   on_result=samples)
         daemon.kill()
         daemon.wait()
         return run
@@ -79,7 +118,8 @@ def one_run(topo: Topology, image: qemu_guest.GuestImage, binary: str,
     digest, got, start, end = (results.get("bench-up", "").split() + ["", "", "0", "0"])[:4]
     up_ok = f"{digest} {got}" == results.get("tcp-up-sent") and got == str(size)
     return {"qemu_tcp_in_mbps": down,
-            "qemu_tcp_out_mbps": mbit / (float(end) - float(start)) if up_ok else 0.0}
+            "qemu_tcp_out_mbps": mbit / (float(end) - float(start)) if up_ok else 0.0,
+            "cpu_s_per_gb": (cpu["end"] - cpu["start"]) / (2 * size / 1e9)}
 
 
 def measure(rounds: int) -> dict[str, dict[str, float]]:
@@ -91,8 +131,8 @@ def measure(rounds: int) -> dict[str, dict[str, float]]:
         image = qemu_guest.prepare_image(workdir)
         qemu_guest.start_remote_peers(topo)
         for _ in range(rounds):
-            for name, binary in backends().items():
-                for key, value in one_run(topo, image, binary, workdir).items():
+            for name, (binary, vhost) in backends().items():
+                for key, value in one_run(topo, image, binary, vhost, workdir).items():
                     samples.setdefault(name, {}).setdefault(key, []).append(value)
     return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in samples.items()}
 

@@ -95,6 +95,7 @@ class Config:
     socket_path: str | None = None
     fd: int | None = None
     one_off: bool = False
+    vhost_user: bool = False
     ns_ifname: str | None = None
     userns: str | None = None
     netns: str | None = None
@@ -242,8 +243,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("-s", "--socket", "PATH", PASST, "UNIX domain socket path",
            "probe free path starting from /tmp/passt-sep_1.socket",
            aliases=("--socket-path",)),
-    Option(None, "--vhost-user", None, PASST, "vhost-user back-end",
-           refused="vhost-user is not supported by passt-sep: use the stream socket (-s)"),
+    Option(None, "--vhost-user", None, PASST,
+           "vhost-user back-end: QEMU shares the guest's memory on the socket"),
     Option(None, "--print-capabilities", None, BOTH,
            "Print back-end capabilities in JSON format and exit"),
     Option("-F", "--fd", "FD", PASST,
@@ -288,6 +289,8 @@ DIFFERENCES: dict[str, str] = {
                    "forwarded for IPv4",
     "--socket": "the default path is passt-sep_N.socket in $XDG_RUNTIME_DIR or /tmp",
     "--fd": "passt mode only: pasta's pre-opened tap device is refused",
+    "--vhost-user": "one queue pair and no live migration (no dirty-page log); "
+                    "--fd is refused with it",
     "--host-lo-to-ns-lo": "accepted; forwarded loopback connections keep passt-sep's default",
     "--no-copy-addrs": "accepted; passt-sep sets up a single address in any case",
 }
@@ -629,6 +632,7 @@ FLAGS: dict[str, tuple[tuple[str, bool], ...]] = {
     "--ipv4-only": (("ipv4_only", True), ("ipv6_only", False)),
     "--ipv6-only": (("ipv6_only", True), ("ipv4_only", False)),
     "--one-off": (("one_off", True),), "--netns-only": (("netns_only", True),),
+    "--vhost-user": (("vhost_user", True),),
     "--no-netns-quit": (("no_netns_quit", True),), "--config-net": (("config_net", True),),
     "--no-splice": (("no_splice", True),), "--no-copy-routes": (("no_copy_routes", True),),
     "--no-copy-addrs": (("no_copy_addrs", True),),
@@ -751,6 +755,8 @@ def _check_combinations(values: dict[str, Any]) -> None:
         raise ConfigError("Options --fd and --socket are mutually exclusive")
     if values.get("clat") and values.get("ipv6_only"):
         raise ConfigError("--clat gives the guest IPv4: it cannot be combined with -6")
+    if values.get("fd") is not None and values.get("vhost_user"):
+        raise ConfigError("--vhost-user needs the listening socket (-s): --fd is refused with it")
     mtu = values.get("mtu")
     if values["mode"] == PASTA and mtu and mtu < IPV6_MIN_MTU and not values.get("ipv4_only"):
         raise ConfigError(f"Invalid value for --mtu: {mtu} (IPv6 needs an MTU of at least "

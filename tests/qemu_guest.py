@@ -141,6 +141,12 @@ check_ipv6() {
   echo "RESULT tcp6-down $(fetch "$pt_remote6" "$pt_size6" "$pt_seed6" | sha256sum)"
   echo "RESULT udp6-echo $(echo_udp "$pt_remote6")"
 }
+# send a line, half-close (nc's stdin ends), then wait for the sink's answer
+# and its FIN: nc ends by itself only if both reach the guest after its FIN
+check_halfclose() {
+  r=$(echo half-close | timeout 30 nc "$pt_remote4" "$pt_sink"); rc=$?
+  echo "RESULT halfclose $rc $r"
+}
 # serve the upload file once on port pt_fwd (reached through passt's -t)
 check_fwd() {
   upload_file
@@ -518,3 +524,20 @@ def parse_results(console: str) -> dict[str, str]:
         if match:
             results[match.group(1)] = match.group(2).strip()
     return results
+
+
+def qemu_vhost_user_command(image: GuestImage, accel: str, socket_path: str,
+                            params: Mapping[str, object],
+                            mac: str = "52:54:00:12:34:56") -> list[str]:
+    """qemu_command's guest on a vhost-user back-end at ``socket_path``: its
+    RAM in a shared memfd (the back-end maps it), virtio-net through
+    -netdev vhost-user instead of the stream socket."""
+    command = qemu_command(image, accel, socket_path, params, mac)
+    size = command[command.index("-m") + 1]
+    netdev = command.index("-netdev")
+    return [*command[:netdev],
+            "-object", f"memory-backend-memfd,id=mem,size={size}M,share=on",
+            "-numa", "node,memdev=mem",
+            "-chardev", f"socket,id=c0,path={socket_path}",
+            "-netdev", "vhost-user,id=n0,chardev=c0",
+            *command[netdev + 2:]]

@@ -184,7 +184,7 @@ class Broker:
         self.entries = []
         self._keep_outputs(worker)
         if self.socket_path and not config.quiet:
-            _print_block(self.log, _qemu_hint(self.socket_path).split("\n"))
+            _print_block(self.log, _qemu_hint(self.socket_path, config.vhost_user).split("\n"))
         self.socket_path = None
         return self._after_start(worker, waiter_filter)
 
@@ -562,7 +562,14 @@ def _wait(pid: int) -> int:
         return code if code >= 0 else 128 - code
 
 
-def _qemu_hint(path: str) -> str:
+def _qemu_hint(path: str, vhost_user: bool = False) -> str:
+    if vhost_user:
+        return (f"UNIX domain socket bound at {path}\n\n"
+                "You can start qemu with (the guest's memory must be shared):\n"
+                "    qemu-system-x86_64 ... -m 1G -object memory-backend-memfd,id=mem,"
+                "size=1G,share=on -numa node,memdev=mem "
+                f"-chardev socket,id=c,path={path} -netdev vhost-user,id=v,chardev=c "
+                "-device virtio-net-pci,netdev=v")
     return (f"UNIX domain socket bound at {path}\n\n"
             "You can now start qemu (>= 7.2), with:\n"
             "    qemu-system-x86_64 ... -device virtio-net-pci,netdev=s "

@@ -28,6 +28,7 @@ from .outbound import Outbound
 from .services import GuestServices
 from .tcp_io import TcpHandler, TcpListener, new_secret
 from .udp_io import UdpHandler, UdpListener
+from .vhost_io import VhostUserLink
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -121,15 +122,28 @@ class Worker:
         if not keep_stderr or (log is not None and not (config.foreground or config.stderr)):
             self.log.to_fd(None)
 
-    def _guest_link(self, capture: Capture) -> TapLink | StreamLink:
+    def _guest_link(self, capture: Capture) -> TapLink | StreamLink | VhostUserLink:
         tap = self._fd("tap")
         if tap is not None:
             return TapLink(self.loop, tap, capture, self.log, self.net.mtu)
+        listener = self._fd("unix_listener")
+        if self.config.vhost_user and listener is not None:
+            vhost = VhostUserLink(self.loop, capture, self.log, listener, self.net.mtu)
+            vhost.on_connect = lambda: self.services.announce()
+            vhost.on_disconnect = self._guest_gone
+            vhost.on_offload = self._offload
+            return vhost
         link = StreamLink(self.loop, capture, self.log, listener=self._fd("unix_listener"),
                           connected=self._fd("guest_stream"))
         link.on_connect = lambda: self.services.announce()
         link.on_disconnect = self._guest_gone
         return link
+
+    def _offload(self, on: bool) -> None:
+        """vhost-user: the guest takes partial checksums and TSO, or not;
+        flows made from now on follow."""
+        if self.tcp is not None:
+            self.tcp.tso = on
 
     def _send_datagrams(self, capture: Capture):
         """The tap takes batches of datagrams behind one header (USO); not

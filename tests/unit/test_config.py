@@ -539,9 +539,10 @@ def test_print_capabilities_prints_what_passt_prints() -> None:
         assert info.value.text == '{\n  "type": "net"\n}'
 
 
-def test_vhost_user_is_refused_by_name() -> None:
-    assert error("--vhost-user") == ("--vhost-user: vhost-user is not supported by passt-sep: "
-                                     "use the stream socket (-s)")
+def test_vhost_user_is_accepted_but_not_with_fd() -> None:
+    assert parse("--vhost-user", "-s", "/tmp/v.sock").vhost_user
+    assert not parse().vhost_user
+    assert "--fd is refused" in error("--vhost-user", "--fd", "5")
 
 
 def test_dhcp_dns_and_search_defaults_follow_the_mode() -> None:
