@@ -14,8 +14,10 @@ after ``~`` is complemented in 32 bits (the flags arguments are C ints):
 ``argN&~(A+B)==0`` allows no flag but A and B.  Conditions on one line must
 all hold.  A syscall may take several lines, each an alternative with its
 own reason: ``setsockopt`` takes one line per level, so that a level and
-an option name of another level never pair up.  Names are resolved from
-``CONSTANTS``.  Anything not listed kills the process.
+an option name of another level never pair up.  A line that starts with
+``?feature`` belongs to that feature's filter alone (``?vhost-user``: the
+shared mapping of guest RAM).  Names are resolved from ``CONSTANTS``.
+Anything not listed kills the process.
 
 The filter is built (and the file read) by ``prepare`` before the jail
 closes; ``Prepared.load`` arms it later, after the handoff.
@@ -105,6 +107,7 @@ class Entry:
     syscall: str
     conditions: tuple[Condition, ...]
     reason: str
+    feature: str | None = None      # only with this feature (``?feature`` lines)
 
 
 def allowlist_dirs() -> list[str]:
@@ -131,13 +134,16 @@ def parse_allowlist(text: str) -> list[Entry]:
         words = body.split()
         if not words:
             continue
+        feature = words.pop(0)[1:] if words[0].startswith("?") else None
+        if not words:
+            raise AllowlistError(f"line {number}: {raw.strip()!r}: no system call")
         try:
             conditions = tuple(_condition(word) for word in words[1:])
             if len({c.arg for c in conditions}) != len(conditions):
                 raise ValueError("one condition per argument (libseccomp allows no more)")
         except (ValueError, KeyError) as exc:
             raise AllowlistError(f"line {number}: {raw.strip()!r}: {exc}") from None
-        entries.append(Entry(words[0], conditions, reason.strip()))
+        entries.append(Entry(words[0], conditions, reason.strip(), feature))
     return entries
 
 
@@ -202,8 +208,11 @@ def _arg(cond: Condition, value: int) -> object:
     return seccomp.Arg(cond.arg, seccomp.MASKED_EQ, cond.mask, value)
 
 
-def prepare(name: str) -> Prepared:
-    """Read ``seccomp/<name>.<arch>`` and build its filter (before the jail)."""
+def prepare(name: str, features: frozenset[str] = frozenset()) -> Prepared:
+    """Read ``seccomp/<name>.<arch>`` and build its filter (before the jail):
+    the lines for everyone, and those marked ``?feature`` for ``features``
+    alone (a rule a mode needs stays out of every other mode's filter)."""
     path = allowlist_path(name)
     with open(path, encoding="utf-8") as handle:
-        return Prepared(parse_allowlist(handle.read()))
+        entries = parse_allowlist(handle.read())
+    return Prepared([e for e in entries if e.feature is None or e.feature in features])

@@ -250,8 +250,8 @@ def main() -> int:
     mode, args = sys.argv[1], sys.argv[2:]
     real_prepare = sandbox.prepare
 
-    def prepare(name: str) -> object:
-        prepared = real_prepare(name)
+    def prepare(name: str, features: frozenset[str] = frozenset()) -> object:
+        prepared = real_prepare(name, features)
         return Attacker(prepared) if name == "worker" else prepared
 
     sandbox.prepare = prepare

@@ -152,7 +152,8 @@ class Broker:
         _check_interfaces(config)
         if config.runas:   # an unknown user, or root, fails before anything
             jail.resolve_runas(config.runas, self.real_root)
-        worker_filter = sandbox.prepare("worker")
+        worker_filter = sandbox.prepare(
+            "worker", frozenset({"vhost-user"}) if config.vhost_user else frozenset())
         waiter_filter = sandbox.prepare("waiter")
         self.source_filter = sandbox.prepare("nssource")
         if config.mode == "pasta":

@@ -58,3 +58,21 @@ def test_library_lookup_without_ldconfig_and_else_the_real_one() -> None:
     assert sandbox._find_library("seccomp") == "libseccomp.so.2"
     assert sandbox._find_library("m") == ctypes.util.find_library("m")      # not a known name
     assert ctypes.util.find_library is sandbox._ldconfig_lookup              # put back
+
+
+def test_feature_lines_join_only_their_features_filter() -> None:
+    """``?vhost-user`` rules stay out of every other worker's filter."""
+    text = "read  # all\n?vhost-user mmap arg3&MAP_TYPE==MAP_SHARED  # guest RAM\n"
+    entries = sandbox.parse_allowlist(text)
+    assert [(e.syscall, e.feature) for e in entries] == [("read", None), ("mmap", "vhost-user")]
+    with pytest.raises(sandbox.AllowlistError, match="no system call"):
+        sandbox.parse_allowlist("?vhost-user  # nothing\n")
+
+
+def test_the_worker_maps_shared_memory_only_for_vhost_user() -> None:
+    def shared_mmap(features: frozenset[str]) -> list[sandbox.Entry]:
+        prepared = sandbox.prepare("worker", features)
+        return [e for e in prepared.entries if e.syscall == "mmap" and any(
+            c.arg == 3 and sandbox.CONSTANTS["MAP_SHARED"] in c.values for c in e.conditions)]
+    assert shared_mmap(frozenset()) == []
+    assert len(shared_mmap(frozenset({"vhost-user"}))) == 1
