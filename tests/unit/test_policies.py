@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from passt_sep import sandbox
 from passt_sep.broker import mac
 from passt_sep.broker.jail import JAIL_MOUNT_POINT
 from passt_sep.broker.namespaces import NETNS_RUN_DIR
@@ -164,6 +165,52 @@ def test_apparmor_worker_profile_allows_only_its_fds(profile: str, extra: set[st
     assert header == f"profile {profile}-worker flags=(attach_disconnected) {{"
 
 
+# Calls that take a path: with none of them, a profile's grant that only a
+# path can exercise (w's unlink, below) cannot be used
+PATH_SYSCALLS = {"open", "openat", "openat2", "creat", "unlink", "unlinkat", "rmdir", "rename",
+                 "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat", "mkdir",
+                 "mkdirat", "mknod", "mknodat", "truncate", "chmod", "fchmodat", "chown",
+                 "fchownat", "lchown", "utimensat", "execve", "execveat", "chdir", "fchdir",
+                 "name_to_handle_at", "open_by_handle_at"}
+
+
+@pytest.mark.parametrize("profile", ["passt-sep", "pasta-sep"])
+def test_apparmor_worker_profile_removes_nothing(profile: str) -> None:
+    """No directory and no delete for the worker beyond what AppArmor ties to
+    writing: the held files are written (w: AppArmor checks each write(2) on
+    a handed-over fd as a plain write, O_APPEND or not, and ftruncate as
+    write, so append would not do), never read, linked or locked; w's unlink
+    has no path to act on, as the worker's seccomp filter allows no call
+    that takes one, and it holds no directory."""
+    text = (APPARMOR / f"usr.bin.{profile}").read_text()
+    block = _profile_block(text, f"{profile}-worker")
+    rules = [rule for rule in set(_rules(WORKER_ABSTRACTION.read_text())) | set(block)
+             if rule.startswith(("/", "@", "owner ", "deny ", "audit "))]
+    assert rules
+    for rule in rules:
+        path, mode = rule.rstrip(",").split()[-2:]
+        assert not path.endswith("/") and "_dirs" not in path, rule
+        assert set(mode) <= set("rw"), rule
+        assert "r" not in mode or path in {"/dev/null", TUN_DEVICE}, rule
+    assert "@{passt_sep_output} w," in rules
+    with open(sandbox.allowlist_path("worker"), encoding="utf-8") as handle:
+        worker_calls = set(sandbox.syscall_names(sandbox.parse_allowlist(handle.read())))
+    assert worker_calls and not worker_calls & PATH_SYSCALLS
+
+
+def test_apparmor_broker_keeps_its_failure_cleanup() -> None:
+    """The broker opens each output file's directory and keeps the fd, to
+    remove what it created if start-up fails (w covers the unlink), also
+    after the jail closed: a disconnected path (attach_disconnected)."""
+    shared = _rules(ABSTRACTION.read_text())
+    assert "owner @{passt_sep_output} rw," in shared
+    assert "@{passt_sep_output_dirs} r," in shared
+    for profile in ("passt-sep", "pasta-sep"):
+        header = next(line for line in _rules((APPARMOR / f"usr.bin.{profile}").read_text())
+                      if line.startswith(f"profile {profile} "))
+        assert "attach_disconnected" in header
+
+
 @pytest.mark.parametrize("profile", ["passt-sep", "pasta-sep"])
 def test_apparmor_broker_may_stack_the_worker_profile(profile: str) -> None:
     """The broker's child stacks the worker's profile (mac.py): that takes a
@@ -308,15 +355,17 @@ def test_selinux_broker_switches_to_the_worker_domain() -> None:
 
 
 FILE_CLASSES = {"file", "dir", "lnk_file", "chr_file", "blk_file", "sock_file", "fifo_file"}
+REMOVALS = {"unlink", "remove_name", "rmdir", "rename", "reparent"}
 WORKER_FORBIDDEN = {"open", "create", "execute", "execute_no_trans", "entrypoint", "map",
                     "transition", "dyntransition", "setcurrent", "mounton", "mount", "add_name",
-                    "link", "rename", "ioctl", "relabelfrom", "relabelto", "setattr", "read"}
+                    "link", "rename", "ioctl", "relabelfrom", "relabelto", "setattr", "read",
+                    *REMOVALS}
 
 
 def test_selinux_worker_domain_holds_only_its_fds() -> None:
-    """No open, create, read, exec, transition or mount for the worker:
-    files only written through held fds (the tap also read); the pid file's
-    removal only where runtime files are."""
+    """No open, create, read, remove, exec, transition or mount for the
+    worker: files only written through held fds (the tap also read), no
+    directory at all."""
     rules = _rules((SELINUX / "passt-sep.te").read_text())
     worker = [(targets, classes, perms) for sources, targets, classes, perms in _allows(rules)
               if "passt_sep_worker_t" in sources]
@@ -331,9 +380,28 @@ def test_selinux_worker_domain_holds_only_its_fds() -> None:
             assert not perms & {"transition", "dyntransition", "setcurrent", "execmem"}
         if classes & {"capability", "cap_userns"}:
             assert perms == {"net_bind_service"}
-    unlinks = [targets for targets, classes, perms in worker if "unlink" in perms]
-    assert unlinks and all(targets <= {"user_tmp_t", "user_runtime_t"} for targets in unlinks)
+    assert not any(perms & REMOVALS for _targets, _classes, perms in worker)
+    assert not any("dir" in classes for _targets, classes, _perms in worker)
     assert not any(line.startswith("type_transition passt_sep_worker_t") for line in rules)
+
+
+def test_selinux_only_the_broker_removes_and_only_runtime_files() -> None:
+    """The broker removes the files it created when start-up fails (and
+    passt's stale socket): unlink and remove_name for passt_sep_t alone, on
+    the runtime files' types; the worker's capture and log are written."""
+    rules = _rules((SELINUX / "passt-sep.te").read_text())
+    allows = _allows(rules)
+    removals = [(sources, targets, perms & REMOVALS) for sources, targets, _classes, perms
+                in allows if perms & REMOVALS]
+    assert removals
+    for sources, targets, perms in removals:
+        assert sources == {"passt_sep_t"}, (sources, targets, perms)
+        assert perms <= {"unlink", "remove_name"}
+        assert targets <= {"tmp_t", "user_tmp_t", "user_runtime_t"}, targets
+    assert any("unlink" in perms and "user_tmp_t" in targets for _, targets, perms in removals)
+    worker_files = {frozenset(perms) for sources, targets, classes, perms in allows
+                    if sources == {"passt_sep_worker_t"} and classes == {"file"}}
+    assert worker_files == {frozenset({"write", "append", "getattr"})}
 
 
 def test_selinux_removes_nothing_in_home_directories() -> None:
