@@ -52,7 +52,6 @@ ADDRMAP = AddressMap.build(gateway4=GATEWAY4, gateway6=GATEWAY6, no_map_gw=False
 LINUX_SYN_OPTIONS = bytes.fromhex("020405b4" "0402" "080a0000000700000000" "01030307")
 GUEST_WSCALE = 7
 WAIT = 2.0            # seconds a wait for the kernel may take before the test fails
-SIOCOUTQ = termios.TIOCOUTQ
 
 
 def loopback(v6: bool) -> str:
@@ -80,13 +79,6 @@ def queued(sock: socket.socket) -> int:
     """Bytes in a socket's receive queue (SIOCINQ, which is FIONREAD)."""
     count = array.array("i", [0])
     fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
-    return count[0]
-
-
-def unsent(sock: socket.socket) -> int:
-    """Bytes in a TCP socket's send queue not yet acknowledged (SIOCOUTQ)."""
-    count = array.array("i", [0])
-    fcntl.ioctl(sock.fileno(), SIOCOUTQ, count)
     return count[0]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -276,6 +277,11 @@ def test_guest_fin_is_eof_to_the_server_and_the_servers_close_a_fin_after_all_da
     assert flow is not None and flow.sock is not None
     guest.send(ACK)                                    # our FIN acknowledged: both done
     assert flow.sock is None and handler.active_flows() == 0
+    guest.send(FIN | ACK, seq=guest.seq - 1)           # its FIN again: lingering, answered
+    [again] = guest.take()
+    assert again.flags == ACK and again.ack == guest.seq
+    rig.loop.run_due_timers(time.monotonic() + tcp.LINGER + 0.1)
+    assert len(handler.flows) == 0                     # forgotten after the linger
 
 
 def test_server_close_first_then_guest_fin(rig: Rig, server: Server, v6: bool) -> None:
@@ -303,6 +309,17 @@ def test_guest_reset_resets_the_server(rig: Rig, server: Server, v6: bool) -> No
     assert guest.take() == [] and len(handler.flows) == 0
     with pytest.raises(ConnectionResetError):
         peer.recv(10)
+
+
+def test_the_guest_gone_every_server_sees_a_reset(rig: Rig, server: Server, v6: bool) -> None:
+    handler = rig.tcp()
+    _, first = connect(rig, handler, server, v6, port=40000)
+    _, second = connect(rig, handler, server, v6, port=40001)
+    handler.reset_all()
+    assert len(handler.flows) == 0
+    for peer in (first, second):
+        with pytest.raises(ConnectionResetError):
+            peer.recv(10)
 
 
 def test_server_reset_resets_the_guest(rig: Rig, server: Server, v6: bool) -> None:
