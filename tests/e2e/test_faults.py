@@ -288,9 +288,10 @@ def test_half_open_inbound_flood_stays_within_the_cap(topo: Topology, pasta: str
     assert counters.get("tcp_flows_full", 0) > 0, counters        # the cap was reached...
     assert counters.get("tcp_handshake_timeout", 0) > 0, counters  # ...and freed by time-outs
     assert "internal_error" not in counters, log
-    # never more flows (one socket each) than the cap, the held one included
+    # never more flows (one socket each) than the cap, the held one included;
+    # a sample may also catch the one connection being accepted to be reset
     flows_peak = sampler.peak("sockets") - baseline + 1
-    assert FLOW_CAP * 0.9 <= flows_peak <= FLOW_CAP, flows_peak
+    assert FLOW_CAP * 0.9 <= flows_peak <= FLOW_CAP + 1, flows_peak
     assert settled <= baseline, "flows left behind after the flood"
     assert not sampler.gone and guest.returncode == 0, log
     assert 0 < sampler.peak("rss_kib") < RSS_BOUND_KIB, sampler.peak("rss_kib")
