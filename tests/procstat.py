@@ -12,6 +12,46 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            return "\nState:\tZ" not in handle.read()
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    return wait_for(lambda: not alive(pid), timeout)
+
+
+def processes_naming(marker: str) -> list[int]:
+    """Live processes whose command line names ``marker`` (a path unique to
+    one test: whatever passt-sep left behind of that run)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                named = marker.encode() in handle.read()
+        except OSError:
+            continue
+        if named and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory (VmRSS) of ``pid`` in KiB."""
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:

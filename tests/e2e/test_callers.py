@@ -8,9 +8,9 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
+from procstat import alive, processes_naming, wait_gone
 
 from passt_sep.config import BOTH, OPTIONS
 
@@ -19,21 +19,8 @@ from topology import Topology
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            return "\nState:\tZ" not in handle.read()
-    except FileNotFoundError:
-        return False
 
 
-def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -49,10 +36,10 @@ def test_forking_daemon_pid_file_and_clean_signal_exit(topo: Topology, passt: st
     assert result.returncode == 0, result.stderr
     assert (result.stdout, result.stderr) == ("", "")
     worker = int(pidfile.read_text())
-    assert _alive(worker)
+    assert alive(worker)
     assert sock.is_socket()
     os.kill(worker, signum)
-    assert _wait_gone(worker)
+    assert wait_gone(worker)
     assert pidfile.read_text() == f"{worker}\n"
 
 
@@ -126,19 +113,6 @@ def test_errors_are_one_clear_line(topo: Topology, pasta: str, argv: list[str],
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-def _left_behind(marker: str) -> list[str]:
-    """Processes whose command line still names ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if marker.encode() in handle.read() and _alive(int(entry)):
-                    found.append(entry)
-        except OSError:
-            continue
-    return found
 
 
 @pytest.mark.parametrize("wrapper, options, message", [
@@ -163,7 +137,7 @@ def test_setup_errors_leave_nothing_behind(topo: Topology, pasta: str, shared_tm
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not pidfile.exists()
     assert set(os.listdir("/run/netns")) == netns_before
-    assert _left_behind(str(pidfile)) == []
+    assert processes_naming(str(pidfile)) == []
     assert os.listdir(shared_tmp) == []
 
 
@@ -192,6 +166,6 @@ def test_closed_standard_streams(topo: Topology, passt: str, pasta: str, shared_
     assert result.returncode == 0, result.stderr
     worker = int(pidfile.read_text())
     if mode == "passt":
-        assert _alive(worker)
+        assert alive(worker)
         os.kill(worker, signal.SIGTERM)
-        assert _wait_gone(worker)
+        assert wait_gone(worker)

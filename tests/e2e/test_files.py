@@ -11,30 +11,17 @@ import signal
 import socket
 import stat
 import subprocess
-import time
 
 import pytest
+from procstat import wait_gone
 
 from topology import Topology
 
 SECRET = "root only\n"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            return "\nState:\tZ" not in handle.read()
-    except FileNotFoundError:
-        return False
 
 
-def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _secret(tmp_path) -> os.PathLike:
@@ -92,7 +79,7 @@ def test_no_worker_fd_is_a_directory(topo: Topology, passt: str, pasta: str, sha
         assert directories == []
     finally:
         os.kill(worker, signal.SIGTERM)
-    assert _wait_gone(worker)
+    assert wait_gone(worker)
     assert pidfile.read_text() == f"{worker}\n"
 
 
@@ -174,7 +161,7 @@ def test_created_files_are_private(topo: Topology, passt: str, shared_tmp) -> No
         assert paths["x.pcap"].read_bytes()[:4] == bytes.fromhex("d4c3b2a1")
     finally:
         os.kill(worker, signal.SIGTERM)
-    assert _wait_gone(worker)
+    assert wait_gone(worker)
 
 
 @pytest.mark.parametrize("kind", ["regular file", "directory", "symbolic link"])
@@ -223,4 +210,4 @@ def test_a_stale_socket_is_still_replaced(topo: Topology, passt: str, shared_tmp
         probe.close()
     finally:
         os.kill(worker, signal.SIGTERM)
-    assert _wait_gone(worker)
+    assert wait_gone(worker)

@@ -6,28 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
+from procstat import alive, processes_naming, wait_for
 
 from topology import Topology
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-            return "\nState:\tZ" not in handle.read()
-    except FileNotFoundError:
-        return False
-
-
-def _wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _children(pid: int) -> list[int]:
@@ -52,20 +35,6 @@ def _worker_of(broker: int) -> int | None:
     return None
 
 
-def _processes_naming(marker: str) -> list[int]:
-    """Live processes whose command line names ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                named = marker.encode() in handle.read()
-        except OSError:
-            continue
-        if named and _alive(int(entry)):
-            found.append(int(entry))
-    return found
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
@@ -78,14 +47,14 @@ def test_foreground_signal_to_the_started_pid_ends_the_worker(
     sock = shared_tmp / "fg.socket"
     proc = topo.spawn_host(passt, "-f", "-q", "-s", str(sock), rootless=rootless,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert _wait_for(sock.is_socket), "the socket never appeared"
-    assert _wait_for(lambda: _worker_of(proc.pid) is not None)
+    assert wait_for(sock.is_socket), "the socket never appeared"
+    assert wait_for(lambda: _worker_of(proc.pid) is not None)
     worker = _worker_of(proc.pid)
-    assert worker is not None and _alive(worker)
+    assert worker is not None and alive(worker)
     os.kill(proc.pid, signum)
     proc.wait(timeout=10)
-    assert _wait_for(lambda: not _alive(worker)), "the worker outlived the process started"
-    assert _processes_naming(str(sock)) == []
+    assert wait_for(lambda: not alive(worker)), "the worker outlived the process started"
+    assert processes_naming(str(sock)) == []
 
 
 @pytest.mark.parametrize("how", ["path", "pid"])
@@ -95,18 +64,18 @@ def test_pid_mode_exits_when_the_target_process_dies(topo: Topology, pasta: str,
     as that process, and so does the worker serving it."""
     target = topo.spawn_host("unshare", "--net", "sleep", "600")
     netns = f"/proc/{target.pid}/ns/net"
-    assert _wait_for(lambda: os.readlink(netns) != os.readlink("/proc/self/ns/net"))
+    assert wait_for(lambda: os.readlink(netns) != os.readlink("/proc/self/ns/net"))
     pidfile = shared_tmp / "target.pid"
     where = ["--netns", netns] if how == "path" else [str(target.pid)]
     result = topo.run_host(pasta, "-q", "--config-net", "-P", str(pidfile), *where)
     assert result.returncode == 0, result.stderr
     worker = int(pidfile.read_text())
-    assert _alive(worker)
+    assert alive(worker)
     target.kill()
     target.wait(timeout=10)
-    assert _wait_for(lambda: not _alive(worker), timeout=5), \
+    assert wait_for(lambda: not alive(worker), timeout=5), \
         "the worker still serves a namespace whose process is gone"
-    assert _processes_naming(str(pidfile)) == []
+    assert processes_naming(str(pidfile)) == []
 
 
 def test_nothing_outlives_the_command(topo: Topology, pasta: str, shared_tmp) -> None:
@@ -116,7 +85,7 @@ def test_nothing_outlives_the_command(topo: Topology, pasta: str, shared_tmp) ->
     result = topo.run_host(pasta, "-q", "--config-net", "-P", marker, "-t", "20080", "--",
                            "sh", "-c", "exit 7")
     assert result.returncode == 7, result.stderr
-    assert _processes_naming(marker) == []
+    assert processes_naming(marker) == []
 
 
 def test_command_mode_waiter_killed_takes_the_worker(topo: Topology, pasta: str,
@@ -127,8 +96,8 @@ def test_command_mode_waiter_killed_takes_the_worker(topo: Topology, pasta: str,
     proc = topo.spawn_host(pasta, "-q", "--config-net", "-P", marker, "--", "sleep", "600",
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pidfile = shared_tmp / "killed.pid"
-    assert _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+    assert wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
     worker = int(pidfile.read_text())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    assert _wait_for(lambda: not _alive(worker)), "the worker outlived its waiter"
+    assert wait_for(lambda: not alive(worker)), "the worker outlived its waiter"
