@@ -146,9 +146,9 @@ class Broker:
         identity = self._jail_identity()
         if identity == self.caller and not self.real_root:
             identity = None         # --runas naming oneself: nothing to switch
-        if config.mode == "pasta" and not config.no_splice:
-            self._ns_source(identity)
         net = self._network()
+        if config.mode == "pasta" and not config.no_splice:
+            self._ns_source(identity, net)
         if config.debug:
             _debug_summary(config, net)
         if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
@@ -215,13 +215,14 @@ class Broker:
             return None
         return jail.resolve_runas(self.config.runas, self.real_root and not self.own_userns)
 
-    def _ns_source(self, identity: jail.Identity | None) -> None:
+    def _ns_source(self, identity: jail.Identity | None, net: Network) -> None:
         """The process that makes sockets inside the namespace for the
         worker (loopback fast path), jailed and filtered like it, serving
-        only the ports the forwarding options call for."""
+        only the ports the forwarding options call for, at the namespace's
+        own addresses (``net``) and its loopback where they call for it."""
         assert self.target is not None
         source_filter = self.source_filter
-        policy = nspolicy.for_config(self.config)
+        policy = nspolicy.for_config(self.config, net)
 
         def serve(sock: socket.socket) -> None:
             confinement = mac.prepare()
