@@ -241,7 +241,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("-T", "--tcp-ns", "SPEC", PASTA, "TCP port forwarding to init namespace", "auto"),
     Option("-U", "--udp-ns", "SPEC", PASTA, "UDP port forwarding to init namespace", "auto"),
     Option(None, "--host-lo-to-ns-lo", None, PASTA,
-           "Forwards from the host's loopback arrive from the namespace's loopback"),
+           "Forwards (-t, -u) from the host's loopback arrive on the namespace's loopback, "
+           "from it. Without this they arrive on the namespace's own address, from that "
+           "address, and services bound to the namespace's loopback are out of the host's "
+           "reach"),
     Option(None, "--userns", "NSPATH", PASTA, "Target user namespace to join"),
     Option(None, "--netns", "PATH|NAME", PASTA, "Target network namespace to join"),
     Option(None, "--netns-only", None, PASTA, "Don't join existing user namespace"),
@@ -275,7 +278,6 @@ DIFFERENCES: dict[str, str] = {
                    "forwarded for IPv4",
     "--socket": "the default path is passt-sep_N.socket in $XDG_RUNTIME_DIR or /tmp",
     "--fd": "passt mode only: pasta's pre-opened tap device is refused",
-    "--host-lo-to-ns-lo": "accepted; forwarded loopback connections keep passt-sep's default",
     "--no-copy-addrs": "accepted; passt-sep sets up a single address in any case",
 }
 
