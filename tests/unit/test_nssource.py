@@ -23,6 +23,7 @@ from passt_sep.netparams import IPv4Params, IPv6Params, Network
 from passt_sep.nspolicy import EVERY_PORT, LOOPBACKS, NO_PORT, Policy, PortSet
 from passt_sep.nssource import Request, RequestError, SourceClosed
 from passt_sep.ports import parse_forward
+from passt_sep.worker.splice_io import Landing
 
 AF4, AF6 = int(socket.AF_INET), int(socket.AF_INET6)
 OWN = {AF4: socket.inet_pton(socket.AF_INET, "192.0.2.2"),
@@ -123,6 +124,21 @@ def test_targets_are_exactly_the_forwarded_targets(specs: list[str]) -> None:
     assert {p for first, last in allowed.ranges for p in range(first, last + 1)} == expected
     assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(allowed.ranges))
     assert {p for p in range(1, 1000) if p in allowed} == {p for p in expected if p < 1000}
+
+
+def test_the_worker_lands_the_host_on_the_namespace_address() -> None:
+    """What the worker asks for (``Landing``): the namespace's own address,
+    whatever the host side came from; the loopback only for the host's
+    loopback under --host-lo-to-ns-lo; nothing for a family the namespace
+    has no address of (never its loopback instead)."""
+    default, old = Landing(dict(OWN)), Landing(dict(OWN), host_lo_to_ns_lo=True)
+    for family in (AF4, AF6):
+        assert default.address(family, True) == default.address(family, False) == OWN[family]
+        assert old.address(family, True) == LO[family] and old.address(family, False) == OWN[family]
+        assert FIXED.addresses("connect") >= {default.address(family, True)}
+        assert policy("--host-lo-to-ns-lo").addresses("connect") >= {old.address(family, True)}
+    only4 = Landing({AF4: OWN[AF4]}, host_lo_to_ns_lo=False)
+    assert only4.address(AF6, True) is None and only4.address(AF6, False) is None
 
 
 # -- the request --------------------------------------------------------------------------
