@@ -255,7 +255,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("-T", "--tcp-ns", "SPEC", PASTA, "TCP port forwarding to init namespace", "auto"),
     Option("-U", "--udp-ns", "SPEC", PASTA, "UDP port forwarding to init namespace", "auto"),
     Option(None, "--host-lo-to-ns-lo", None, PASTA,
-           "Forwards from the host's loopback arrive from the namespace's loopback"),
+           "Forwards (-t, -u) from the host's loopback arrive on the namespace's loopback, "
+           "from it. Without this they arrive on the namespace's own address, from that "
+           "address, and services bound to the namespace's loopback are out of the host's "
+           "reach"),
     Option(None, "--userns", "NSPATH", PASTA, "Target user namespace to join"),
     Option(None, "--netns", "PATH|NAME", PASTA, "Target network namespace to join"),
     Option(None, "--netns-only", None, PASTA, "Don't join existing user namespace"),
@@ -291,8 +294,6 @@ DIFFERENCES: dict[str, str] = {
     "--fd": "passt mode only: pasta's pre-opened tap device is refused",
     "--vhost-user": "one queue pair and no live migration (no dirty-page log); "
                     "--fd is refused with it",
-    "--host-lo-to-ns-lo": "accepted; forwarded loopback connections keep passt-sep's default",
-    "--no-copy-addrs": "accepted; passt-sep sets up a single address in any case",
 }
 
 _BY_NAME = {name: opt for opt in OPTIONS

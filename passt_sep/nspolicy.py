@@ -1,11 +1,11 @@
 """What the worker may ask the ns socket source for, from the options.
 
-The source makes sockets on the namespace's loopback, where services that
-trust their own host may listen.  So it serves only what the forwarding
-options ask of it:
+The source makes sockets inside the namespace, whose loopback is where
+services that trust their own host listen.  So it serves only what the
+forwarding options ask of it:
 
 * ``connect`` (``udp_connect``): the namespace's side of a connection
-  (datagram) spliced from the host's loopback: the TARGET ports of ``-t``
+  (datagram) spliced from the host itself: the TARGET ports of ``-t``
   (``-u``), after translation (``-t 10080:20080`` allows 20080, not 10080);
   with ``auto`` every port, as the host forwards whatever the namespace
   listens on, to the same port;
@@ -13,12 +13,19 @@ options ask of it:
   the namespace then gets whatever the host listens on.  Fixed ``-T``/``-U``
   ports are bound by the broker before the jail and never asked for.
 
-``--no-tcp``/``--no-udp`` allow nothing of that protocol.  No I/O here.
+``--no-tcp``/``--no-udp`` allow nothing of that protocol.
+
+And only at the addresses the options call for: ``connect`` reaches the
+namespace's own configured addresses, and its loopback only with
+``--host-lo-to-ns-lo`` (as pasta: by default a service bound to the
+namespace's loopback is not reachable from the host); ``listen`` binds
+the loopback only.  No I/O here.
 """
 
 from __future__ import annotations
 
 import bisect
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,6 +34,12 @@ from .ports import MAX_PORT, Forwarding
 
 if TYPE_CHECKING:
     from .config import Config
+    from .netparams import Network
+
+# the namespace's loopback address of each family, as raw bytes
+LOOPBACK = {socket.AF_INET: bytes((127, 0, 0, 1)), socket.AF_INET6: bytes(15) + b"\x01"}
+LOOPBACKS = frozenset(LOOPBACK.values())
+CONNECTING = frozenset({"connect", "udp_connect"})
 
 
 @dataclass(frozen=True)
@@ -73,23 +86,37 @@ def auto_listening(forwarding: Forwarding) -> PortSet:
 
 @dataclass(frozen=True)
 class Policy:
-    """The allowed ports of each of the source's operations."""
+    """The allowed ports of each of the source's operations, and the
+    addresses ``connect``/``udp_connect`` may reach (raw bytes)."""
 
     connect: PortSet = NO_PORT
     listen: PortSet = NO_PORT
     udp_connect: PortSet = NO_PORT
     udp_bind: PortSet = NO_PORT
+    reach: frozenset[bytes] = frozenset()
 
     def ports(self, op: str) -> PortSet:
         """The ports ``op`` (one of the source's operations) may use."""
         return {"connect": self.connect, "listen": self.listen,
                 "udp_connect": self.udp_connect, "udp_bind": self.udp_bind}[op]
 
+    def addresses(self, op: str) -> frozenset[bytes]:
+        """The addresses ``op`` may connect to, or (listening) bind."""
+        return self.reach if op in CONNECTING else LOOPBACKS
 
-def for_config(config: Config) -> Policy:
+
+def reachable(network: Network, host_lo_to_ns_lo: bool) -> frozenset[bytes]:
+    """Where the namespace's side of a connection from the host itself may
+    lead: the namespace's own addresses; its loopback only if asked."""
+    own = {params.addr for params in (network.ipv4, network.ipv6) if params is not None}
+    return frozenset(own | (LOOPBACKS if host_lo_to_ns_lo else set()))
+
+
+def for_config(config: Config, network: Network) -> Policy:
     tcp = not config.no_tcp
     udp = not config.no_udp
     return Policy(connect=targets(config.tcp_ports) if tcp else NO_PORT,
                   listen=auto_listening(config.tcp_ns) if tcp else NO_PORT,
                   udp_connect=targets(config.udp_ports) if udp else NO_PORT,
-                  udp_bind=auto_listening(config.udp_ns) if udp else NO_PORT)
+                  udp_bind=auto_listening(config.udp_ns) if udp else NO_PORT,
+                  reach=reachable(network, config.host_lo_to_ns_lo))

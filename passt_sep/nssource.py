@@ -10,23 +10,26 @@ and pass them back.
 Request protocol, over a UNIX stream socket pair (the worker's end is the
 ``ns_source`` fd of the handoff), each message framed by ``fdpass``:
 
-* request ``{"op": "connect", "family": 2|10, "port": N}``: a non-blocking
-  TCP socket, ``connect()`` to the namespace's loopback (127.0.0.1 or ::1)
-  port N started (``-t`` reached from the host's loopback);
-* request ``{"op": "listen", "family": 2|10, "port": N}``: a non-blocking
-  TCP socket listening on the namespace's loopback port N (``-T auto``:
-  the host started listening on N);
+* request ``{"op": "connect", "family": 2|10, "address": A, "port": N}``:
+  a non-blocking TCP socket, ``connect()`` to address A (raw bytes, 4 or
+  16 of them) port N started (``-t`` reached from the host itself).  The
+  kernel picks the source: A's own, as A is the namespace's;
+* request ``{"op": "listen", "family": 2|10, "address": A, "port": N}``: a
+  non-blocking TCP socket listening on A port N (``-T auto``: the host
+  started listening on N);
 * ``{"op": "udp_connect", ...}`` and ``{"op": "udp_bind", ...}``: the
-  same for UDP, a socket connected to (``-u`` from the host's loopback) or
-  bound on (``-U auto``) the namespace's loopback port N;
+  same for UDP, a socket connected to (``-u`` from the host itself) or
+  bound on (``-U auto``) address A port N;
 * answer ``{"ok": true}`` with that one fd, or ``{"error": "..."}`` and
   none.
 
 The worker may be the attacker's, so every request is checked before any
 socket is made (:func:`decide`, no I/O): exactly those keys (and
-``fdpass``'s ``"nfds": 0``), of those types, and a port the forwarding
-options let that operation use (``nspolicy``).  A malformed frame, request
-or refused port gets an error answer and the source goes on: it answers
+``fdpass``'s ``"nfds": 0``), of those types, a port the forwarding
+options let that operation use and an address they let it reach
+(``nspolicy``: the namespace's own addresses, its loopback only where
+asked for; never any other).  A malformed frame, request or refused port
+or address gets an error answer and the source goes on: it answers
 requests in order and ends only when the worker closes its end.
 """
 
@@ -43,12 +46,14 @@ from typing import NoReturn
 import msgpack
 
 from . import fdpass
+from .nspolicy import LOOPBACK as LOOPBACK_ADDRESS
 from .nspolicy import Policy
 from .ports import MAX_PORT
 from .portsock import LISTEN_BACKLOG
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
-FIELDS = frozenset({"op", "family", "port", "nfds"})
+FIELDS = frozenset({"op", "family", "address", "port", "nfds"})
+ADDRESS_SIZE = {socket.AF_INET: 4, socket.AF_INET6: 16}
 MAX_REQUEST = 256           # a request's body is some 40 bytes
 DISCARD_CHUNK = 65536
 _LENGTH = struct.Struct("!I")
@@ -70,6 +75,7 @@ class SourceClosed(Exception):
 class Request:
     op: str
     family: int
+    address: bytes
     port: int
 
 
@@ -145,6 +151,9 @@ def decide(body: bytes, policy: Policy) -> Request:
     request = _validate(_decode(body))
     if request.port not in policy.ports(request.op):
         raise RequestError(f"{request.op} on port {request.port}: not a forwarded port")
+    if request.address not in policy.addresses(request.op):
+        shown = socket.inet_ntop(request.family, request.address)
+        raise RequestError(f"{request.op} at {shown}: not an address the options allow")
     return request
 
 
@@ -159,17 +168,21 @@ def _validate(message: object) -> Request:
     if not isinstance(message, dict):
         raise RequestError("request is not a map")
     if set(message) != FIELDS:
-        raise RequestError("request must have exactly the keys op, family, port and nfds")
-    op, family, port, nfds = (message[key] for key in ("op", "family", "port", "nfds"))
+        raise RequestError("request must have exactly the keys op, family, address, port "
+                           "and nfds")
+    op, family, address, port, nfds = (message[key] for key in
+                                       ("op", "family", "address", "port", "nfds"))
     if type(op) is not str or op not in OPS:
         raise RequestError(f"op must be one of {', '.join(OPS)}")
-    if type(family) is not int or family not in LOOPBACK:
+    if type(family) is not int or family not in ADDRESS_SIZE:
         raise RequestError(f"family must be {int(socket.AF_INET)} or {int(socket.AF_INET6)}")
+    if type(address) is not bytes or len(address) != ADDRESS_SIZE[family]:
+        raise RequestError("address must be 4 (family 2) or 16 (family 10) raw bytes")
     if type(port) is not int or not 0 < port <= MAX_PORT:
         raise RequestError(f"port must be an integer from 1 to {MAX_PORT}")
     if type(nfds) is not int or nfds != 0:
         raise RequestError("the source takes no fds: nfds must be 0")
-    return Request(op, family, port)
+    return Request(op, family, address, port)
 
 
 # -- the socket -------------------------------------------------------------------------
@@ -183,26 +196,26 @@ def make(request: Request) -> tuple[dict, list[int]]:
     except OSError as exc:
         return {"error": exc.strerror or str(exc)}, []
     try:
-        action(made, request.family, request.port)
+        action(made, (socket.inet_ntop(request.family, request.address), request.port))
     except OSError as exc:
         made.close()
         return {"error": exc.strerror or str(exc)}, []
     return {"ok": True}, [made.detach()]
 
 
-def _connect(made: socket.socket, family: int, port: int) -> None:
-    code = made.connect_ex((LOOPBACK[family], port))
+def _connect(made: socket.socket, where: tuple[str, int]) -> None:
+    code = made.connect_ex(where)
     if code not in (0, errno.EINPROGRESS):
         raise OSError(code, os.strerror(code))
 
 
-def _bind(made: socket.socket, family: int, port: int) -> None:
+def _bind(made: socket.socket, where: tuple[str, int]) -> None:
     made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    made.bind((LOOPBACK[family], port))
+    made.bind(where)
 
 
-def _listen(made: socket.socket, family: int, port: int) -> None:
-    _bind(made, family, port)
+def _listen(made: socket.socket, where: tuple[str, int]) -> None:
+    _bind(made, where)
     made.listen(LISTEN_BACKLOG)
 
 
@@ -217,17 +230,18 @@ class NsSource:
         self.sock = socket.socket(fileno=fd)
         self.sock.setblocking(True)
 
-    def connect(self, family: int, port: int) -> int:
-        """A socket connecting to the namespace's loopback ``port``."""
-        return self.ask("connect", family, port)
+    def connect(self, family: int, address: bytes, port: int) -> int:
+        """A socket connecting to ``address`` (raw) ``port`` in the namespace."""
+        return self.ask("connect", family, address, port)
 
     def listen(self, family: int, port: int) -> int:
         """A socket listening on the namespace's loopback ``port``."""
-        return self.ask("listen", family, port)
+        return self.ask("listen", family, LOOPBACK_ADDRESS[family], port)
 
-    def ask(self, op: str, family: int, port: int) -> int:
+    def ask(self, op: str, family: int, address: bytes, port: int) -> int:
         """Any of ``OPS``: the socket's fd, or ``NsSourceError``."""
-        fdpass.send(self.sock, {"op": op, "family": int(family), "port": port}, [])
+        fdpass.send(self.sock, {"op": op, "family": int(family), "address": address,
+                                "port": port}, [])
         answer, fds = fdpass.receive(self.sock)
         if "error" in answer or len(fds) != 1:
             for fd in fds:

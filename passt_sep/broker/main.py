@@ -169,10 +169,10 @@ class Broker:
         identity = self._jail_identity()
         if identity == self.caller and not self.real_root:
             identity = None         # --runas naming oneself: nothing to switch
-        if config.mode == "pasta" and not config.no_splice:
-            self._ns_source(identity)
         net = self._network()
         config = self.config                # with the NAT64 prefix found
+        if config.mode == "pasta" and not config.no_splice:
+            self._ns_source(identity, net)
         self._announce(net)
         if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
@@ -252,13 +252,14 @@ class Broker:
             return None
         return jail.resolve_runas(self.config.runas, self.real_root and not self.own_userns)
 
-    def _ns_source(self, identity: jail.Identity | None) -> None:
+    def _ns_source(self, identity: jail.Identity | None, net: Network) -> None:
         """The process that makes sockets inside the namespace for the
         worker (loopback fast path), jailed and filtered like it, serving
-        only the ports the forwarding options call for."""
+        only the ports the forwarding options call for, at the namespace's
+        own addresses (``net``) and its loopback where they call for it."""
         assert self.target is not None
         source_filter = self.source_filter
-        policy = nspolicy.for_config(self.config)
+        policy = nspolicy.for_config(self.config, net)
 
         def serve(sock: socket.socket) -> None:
             confinement = mac.prepare()

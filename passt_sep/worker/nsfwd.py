@@ -13,11 +13,12 @@ from ..fwd import is_loopback_text
 from ..handoff import Handoff
 from ..log import Logger
 from ..netparams import Network
+from ..nspolicy import LOOPBACK as LOOPBACK_ADDRESS
 from ..nssource import NsSource
 from ..packet import address_text
 from .fwd_io import AutoForwarding, Close, Direction, Open, host_socket
 from .loop import Loop
-from .splice_io import LocalSplicer, NamespaceListeners
+from .splice_io import Landing, LocalSplicer, NamespaceListeners
 from .tcp_io import Listener, TcpHandler
 from .udp_io import UdpHandler, UdpListener
 from .udp_splice_io import UdpRelay, connect_host_loopback
@@ -45,10 +46,12 @@ class NamespaceForwarding:
             return
         # the host's own address is the namespace's too: a peer there could
         # not be answered over the tap, so it is spliced like loopback
-        own = {p.addr for p in (net.ipv4, net.ipv6) if p is not None}
-        self.own_text = {address_text(a) for a in own}
+        own = {family: p.addr for family, p in ((socket.AF_INET, net.ipv4),
+                                                (socket.AF_INET6, net.ipv6)) if p is not None}
+        self.landing = Landing(own, self.config.host_lo_to_ns_lo)
+        self.own_text = {address_text(a) for a in own.values()}
         if self.tcp is not None:
-            self.tcp.divert = LocalSplicer(self.loop, self.source, own, self.log)
+            self.tcp.divert = LocalSplicer(self.loop, self.source, self.landing, self.log)
         if self.udp is not None:
             self.udp.divert = self._udp_from_host_itself
 
@@ -57,11 +60,17 @@ class NamespaceForwarding:
         if self.relay is None or self.source is None:
             return False
         host = peer[0]
-        if not (is_loopback_text(host) or host in self.own_text):
+        from_loopback = is_loopback_text(host)
+        if not (from_loopback or host in self.own_text):
             return False
+        address = self.landing.address(bound.family, from_loopback)
+        if address is None:
+            self.loop.counters.add("udp_splice_no_address")
+            return True
         source = self.source
-        self.relay.forward(bound, peer, payload, target,
-                           lambda family, port: source.ask("udp_connect", family, port), now)
+        self.relay.forward(
+            bound, peer, payload, target,
+            lambda family, port: source.ask("udp_connect", family, address, port), now)
         return True
 
     # -- -T, -U -------------------------------------------------------------------------
@@ -125,7 +134,7 @@ class NamespaceForwarding:
 
         def open_outward(family: int, port: int) -> int:
             assert source is not None
-            fd = source.ask("udp_bind", family, port)
+            fd = source.ask("udp_bind", family, LOOPBACK_ADDRESS[family], port)
             relay.add(fd, port, connect_host_loopback)
             return fd
 

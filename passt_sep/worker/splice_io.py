@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from dataclasses import dataclass
 
 from ..fwd import is_loopback
 from ..log import Logger
+from ..nspolicy import LOOPBACK as LOOPBACK_ADDRESS
 from ..nssource import LOOPBACK, NsSource, NsSourceError
 from ..tcp_splice import SplicePair
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop, accept_ready, close_socket
@@ -111,23 +113,51 @@ class Spliced:
         self.on_close(self)
 
 
+@dataclass(frozen=True)
+class Landing:
+    """Where a connection (or datagram) from the host itself lands in the
+    namespace: on the namespace's own address, so that it stays inside the
+    namespace (and can be spliced) but never reaches a service bound to the
+    namespace's loopback, which trusts only the namespace; that service
+    sees the namespace's address as the peer.  With ``--host-lo-to-ns-lo``,
+    what comes from the host's loopback lands on the namespace's loopback,
+    from it."""
+
+    own: dict[int, bytes]           # the namespace's address, per family
+    host_lo_to_ns_lo: bool = False
+
+    def address(self, family: int, from_loopback: bool) -> bytes | None:
+        """The namespace's address to connect to; None if it has none of
+        that family (the connection is refused, never sent to loopback)."""
+        if from_loopback and self.host_lo_to_ns_lo:
+            return LOOPBACK_ADDRESS[family]
+        return self.own.get(family)
+
+
 class LocalSplicer:
     """pasta's fast path for forwarded ports: a connection whose peer is the
     host itself (loopback, or the host's own address, which the namespace
-    also holds) is joined to the namespace's loopback instead of becoming
-    frames, with a socket made there by the ns socket source."""
+    also holds) is joined to a socket made inside the namespace by the ns
+    socket source, connecting where ``Landing`` says, instead of becoming
+    frames."""
 
-    def __init__(self, loop: Loop, source: NsSource, own_addresses: set[bytes],
-                 log: Logger) -> None:
+    def __init__(self, loop: Loop, source: NsSource, landing: Landing, log: Logger) -> None:
         self.loop, self.source, self.log = loop, source, log
-        self.own_addresses = own_addresses
+        self.landing = landing
+        self.own_addresses = set(landing.own.values())
         self.active: set[Spliced] = set()
 
     def __call__(self, sock: socket.socket, family: int, port: int, peer: bytes) -> bool:
-        if not (is_loopback(peer) or peer in self.own_addresses):
+        from_loopback = is_loopback(peer)
+        if not (from_loopback or peer in self.own_addresses):
             return False
+        address = self.landing.address(family, from_loopback)
+        if address is None:
+            self.loop.counters.add("splice_no_address")
+            close_socket(sock, reset=True)
+            return True
         try:
-            inner = socket.socket(fileno=self.source.connect(family, port))
+            inner = socket.socket(fileno=self.source.connect(family, address, port))
         except (NsSourceError, OSError) as exc:
             self.loop.counters.add("splice_source_error")
             self.log.ratelimited("splice", 4, f"no socket in the namespace: {exc}")

@@ -1,8 +1,10 @@
 """pasta's loopback fast path: a forwarded port reached from the host's own
-loopback is joined to the namespace's loopback socket-to-socket (splice),
-never becoming frames.  The kernel's TCP on both ends; the namespace side
-sees the connection come from its own loopback, which is how these tests
-tell the splice path from the tap path."""
+loopback is joined socket-to-socket (splice) to a connection inside the
+namespace, never becoming frames.  The kernel's TCP on both ends; the
+namespace side sees the connection come from its own address (never from
+the gateway, as over the tap), which is how these tests tell the splice
+path from the tap path.  That it lands on the namespace's address, not its
+loopback, unless --host-lo-to-ns-lo, is test_host_loopback.py's."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 from peers import PATH as PEERS
 from peers import expected as digest
 
-from topology import GW_ADDR4, Topology
+from topology import GW_ADDR4, HOST_ADDR4, HOST_ADDR6, Topology
 
 PY = sys.executable
 MiB = 1 << 20
@@ -52,9 +54,9 @@ def _peer_seen(topo: Topology, host: str, port: int) -> str:
     return result.stdout.strip().removeprefix("::ffff:")
 
 
-@pytest.mark.parametrize("host, seen", [("127.0.0.1", "127.0.0.1"), ("::1", "::1")])
-def test_loopback_peer_is_spliced_to_namespace_loopback(topo: Topology, pasta: str,
-                                                        host: str, seen: str) -> None:
+@pytest.mark.parametrize("host, seen", [("127.0.0.1", HOST_ADDR4), ("::1", HOST_ADDR6)])
+def test_loopback_peer_is_spliced_to_namespace_address(topo: Topology, pasta: str,
+                                                       host: str, seen: str) -> None:
     _in_namespace(topo, pasta, "10020:20020", PY, "-c", PEER_REPORTER, "20020")
     assert _peer_seen(topo, host, 10020) == seen
 
@@ -88,7 +90,7 @@ def test_bulk_transfer_from_namespace_ends_with_eof(topo: Topology, pasta: str) 
 def test_reset_in_namespace_reaches_host(topo: Topology, pasta: str) -> None:
     _in_namespace(topo, pasta, "10024:20024", PY, "-c", (
         "import socket, struct\n"
-        "s = socket.create_server(('127.0.0.1', 20024))\n"
+        "s = socket.create_server(('0.0.0.0', 20024))\n"
         "while True:\n"
         "    c, _ = s.accept(); c.recv(10)\n"
         "    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
@@ -106,7 +108,7 @@ def test_nothing_listening_inside_closes_host_connection(topo: Topology, pasta: 
     """The namespace refuses: the host's accepted connection is reset, and
     pasta-sep keeps serving (its command still runs and answers)."""
     _in_namespace(topo, pasta, "10025-10026:20025-20026", PY, "-c", PEER_REPORTER, "20026")
-    assert _peer_seen(topo, "127.0.0.1", 10026) == "127.0.0.1"
+    assert _peer_seen(topo, "127.0.0.1", 10026) == HOST_ADDR4
     # the reset may come before connect() returns: the listener completed
     # the handshake, so it is the same answer
     result = topo.run_host(PY, "-c", (
@@ -116,7 +118,7 @@ def test_nothing_listening_inside_closes_host_connection(topo: Topology, pasta: 
         "    print('eof' if not c.recv(10) else 'data')\n"
         "except ConnectionResetError:\n    print('reset')"))
     assert result.stdout.strip() == "reset", result.stderr
-    assert _peer_seen(topo, "127.0.0.1", 10026) == "127.0.0.1"
+    assert _peer_seen(topo, "127.0.0.1", 10026) == HOST_ADDR4
 
 
 def _host_server(topo: Topology, port: int) -> None:
@@ -160,6 +162,6 @@ def test_auto_follows_what_each_side_listens_on(topo: Topology, pasta: str) -> N
                              PEER_REPORTER.replace("while True:", "for _ in range(1):"),
                              CLIENT_WITH_RETRIES,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _peer_seen(topo, "127.0.0.1", 20032) == "127.0.0.1"
+    assert _peer_seen(topo, "127.0.0.1", 20032) == HOST_ADDR4
     out, err = inside.communicate(timeout=30)
     assert [line.removeprefix("::ffff:") for line in out.splitlines()] == ["127.0.0.1"], err

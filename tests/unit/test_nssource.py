@@ -1,7 +1,8 @@
 """The ns socket source's checks, before any socket is made: the ports the
-forwarding options allow each operation (``nspolicy``), the request
-schema (``nssource.decide``, on bytes), and the frame reader on a real
-socket pair (malformed frames leave it in step)."""
+forwarding options allow each operation and the addresses it may reach
+(``nspolicy``), the request schema (``nssource.decide``, on bytes), and
+the frame reader on a real socket pair (malformed frames leave it in
+step)."""
 
 from __future__ import annotations
 
@@ -18,23 +19,41 @@ from hypothesis import strategies as st
 
 from passt_sep import fdpass, nspolicy, nssource
 from passt_sep.config import parse_args
-from passt_sep.nspolicy import EVERY_PORT, NO_PORT, Policy, PortSet
+from passt_sep.netparams import IPv4Params, IPv6Params, Network
+from passt_sep.nspolicy import EVERY_PORT, LOOPBACKS, NO_PORT, Policy, PortSet
 from passt_sep.nssource import Request, RequestError, SourceClosed
 from passt_sep.ports import parse_forward
+from passt_sep.worker.splice_io import Landing
 
 AF4, AF6 = int(socket.AF_INET), int(socket.AF_INET6)
+OWN = {AF4: socket.inet_pton(socket.AF_INET, "192.0.2.2"),
+       AF6: socket.inet_pton(socket.AF_INET6, "2001:db8::2")}
+LO = {AF4: socket.inet_pton(socket.AF_INET, "127.0.0.1"),
+      AF6: socket.inet_pton(socket.AF_INET6, "::1")}
+NET = Network(ipv4=IPv4Params(OWN[AF4], 24, socket.inet_pton(socket.AF_INET, "192.0.2.1")),
+              ipv6=IPv6Params(OWN[AF6], 64, socket.inet_pton(socket.AF_INET6, "2001:db8::1")))
 
 
-def policy(*argv: str) -> Policy:
-    return nspolicy.for_config(parse_args(["--config-net", *argv], "pasta-sep"))
+def policy(*argv: str, net: Network = NET) -> Policy:
+    return nspolicy.for_config(parse_args(["--config-net", *argv], "pasta-sep"), net)
 
 
 def body(**fields: object) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 
 
-def request(op: str = "connect", family: int = AF4, port: int = 20080, **extra) -> bytes:
-    return body(op=op, family=family, port=port, nfds=0, **extra)
+def default_address(op: str, family: object) -> bytes:
+    """Where the worker asks each operation for: connecting, the
+    namespace's own address; listening, its loopback."""
+    table = OWN if op in ("connect", "udp_connect") else LO
+    return table[family if family in (AF4, AF6) else AF4]  # type: ignore[index]
+
+
+def request(op: object = "connect", family: object = AF4, port: object = 20080,
+            **extra: object) -> bytes:
+    """What the worker sends, with ``extra`` fields added or replaced."""
+    return body(**{"op": op, "family": family, "address": default_address(op, family),
+                   "port": port, "nfds": 0, **extra})
 
 
 FIXED = policy("-t", "10080:20080,30000-30010:40000-40010", "-u", "53:5353", "-T", "8080",
@@ -60,7 +79,8 @@ def test_fixed_namespace_forwards_are_never_asked_of_the_source() -> None:
 
 def test_default_is_auto_everywhere() -> None:
     everything = policy()
-    assert everything == Policy(EVERY_PORT, EVERY_PORT, EVERY_PORT, EVERY_PORT)
+    assert everything == Policy(EVERY_PORT, EVERY_PORT, EVERY_PORT, EVERY_PORT,
+                                frozenset(OWN.values()))
     assert 1 in everything.listen and 65535 in everything.udp_connect
 
 
@@ -106,6 +126,21 @@ def test_targets_are_exactly_the_forwarded_targets(specs: list[str]) -> None:
     assert {p for p in range(1, 1000) if p in allowed} == {p for p in expected if p < 1000}
 
 
+def test_the_worker_lands_the_host_on_the_namespace_address() -> None:
+    """What the worker asks for (``Landing``): the namespace's own address,
+    whatever the host side came from; the loopback only for the host's
+    loopback under --host-lo-to-ns-lo; nothing for a family the namespace
+    has no address of (never its loopback instead)."""
+    default, old = Landing(dict(OWN)), Landing(dict(OWN), host_lo_to_ns_lo=True)
+    for family in (AF4, AF6):
+        assert default.address(family, True) == default.address(family, False) == OWN[family]
+        assert old.address(family, True) == LO[family] and old.address(family, False) == OWN[family]
+        assert FIXED.addresses("connect") >= {default.address(family, True)}
+        assert policy("--host-lo-to-ns-lo").addresses("connect") >= {old.address(family, True)}
+    only4 = Landing({AF4: OWN[AF4]}, host_lo_to_ns_lo=False)
+    assert only4.address(AF6, True) is None and only4.address(AF6, False) is None
+
+
 # -- the request --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("op, port, allowed", [
@@ -113,7 +148,53 @@ def test_targets_are_exactly_the_forwarded_targets(specs: list[str]) -> None:
     ("listen", 631, policy("-T", "auto")), ("udp_bind", 53, policy("-U", "auto"))])
 @pytest.mark.parametrize("family", [AF4, AF6])
 def test_allowed_requests(op: str, port: int, allowed: Policy, family: int) -> None:
-    assert nssource.decide(request(op, family, port), allowed) == Request(op, family, port)
+    assert nssource.decide(request(op, family, port), allowed) == Request(
+        op, family, default_address(op, family), port)
+
+
+# -- the allowed addresses ---------------------------------------------------------------
+
+def test_connecting_reaches_the_namespace_address_not_its_loopback() -> None:
+    """The default, as pasta: a service bound to the namespace's loopback
+    is out of the host's reach; --host-lo-to-ns-lo adds the loopback."""
+    assert FIXED.addresses("connect") == FIXED.addresses("udp_connect") == set(OWN.values())
+    assert policy("--host-lo-to-ns-lo").addresses("connect") == set(OWN.values()) | LOOPBACKS
+
+
+def test_listening_is_on_the_loopback_only() -> None:
+    for allowed in (policy(), policy("--host-lo-to-ns-lo")):
+        assert allowed.addresses("listen") == allowed.addresses("udp_bind") == LOOPBACKS
+
+
+def test_a_family_without_an_address_reaches_nothing_of_it() -> None:
+    only4 = Network(ipv4=NET.ipv4)
+    assert policy("-4", net=only4).addresses("connect") == {OWN[AF4]}
+    with pytest.raises(RequestError, match="connect at 2001:db8::2: not an address"):
+        nssource.decide(request("connect", AF6), policy("-4", net=only4))
+
+
+@pytest.mark.parametrize("op, family, address", [
+    ("connect", AF4, "127.0.0.1"), ("connect", AF6, "::1"), ("udp_connect", AF4, "127.0.0.1"),
+    ("udp_connect", AF6, "::1"), ("connect", AF4, "127.0.0.2"), ("connect", AF4, "0.0.0.0"),
+    ("connect", AF6, "::"), ("connect", AF4, "192.0.2.1"), ("connect", AF4, "203.0.113.1"),
+    ("connect", AF4, "255.255.255.255"), ("udp_connect", AF4, "224.0.0.1"),
+    ("connect", AF6, "::ffff:127.0.0.1"), ("connect", AF6, "::ffff:192.0.2.2"),
+    ("connect", AF6, "fe80::1"), ("connect", AF6, "2001:db8::1"),
+    ("listen", AF4, "192.0.2.2"), ("listen", AF6, "2001:db8::2"), ("listen", AF4, "0.0.0.0"),
+    ("udp_bind", AF6, "::"), ("udp_bind", AF4, "127.0.0.2")])
+def test_addresses_outside_the_namespace_are_refused(op: str, family: int,
+                                                     address: str) -> None:
+    allowed = policy("-T", "auto", "-U", "auto")
+    with pytest.raises(RequestError, match=f"{op} at {address}: not an address"):
+        nssource.decide(request(op, family, address=socket.inet_pton(family, address)),
+                        allowed)
+
+
+@pytest.mark.parametrize("op, family", [("connect", AF4), ("udp_connect", AF6)])
+def test_host_lo_to_ns_lo_lets_connecting_reach_the_loopback(op: str, family: int) -> None:
+    allowed = policy("--host-lo-to-ns-lo")
+    assert nssource.decide(request(op, family, address=LO[family]), allowed) == Request(
+        op, family, LO[family], 20080)
 
 
 @pytest.mark.parametrize("op, port", [
@@ -133,21 +214,28 @@ def test_ports_outside_the_forwards_are_refused(op: str, port: int) -> None:
     (b"\x91" * 2000 + b"\xc0", "not msgpack"),                    # deeper than it unpacks
     (msgpack.packb([1, 2]), "not a map"), (msgpack.packb(None), "not a map"),
     (msgpack.packb("connect"), "not a map"), (b"\xd6\xff\x00\x00\x00\x00", "not a map"),
-    (body(op="connect", family=AF4, port=20080), "exactly the keys"),
+    (body(op="connect", family=AF4, address=OWN[AF4], port=20080), "exactly the keys"),
+    (body(op="connect", family=AF4, port=20080, nfds=0), "exactly the keys"),
     (request(extra=1), "exactly the keys"),
-    (msgpack.packb({b"op": "connect", b"family": AF4, b"port": 20080, b"nfds": 0}),
-     "exactly the keys"),
+    (msgpack.packb({b"op": "connect", b"family": AF4, b"address": OWN[AF4], b"port": 20080,
+                    b"nfds": 0}), "exactly the keys"),
     (request(op=["connect"]), "op must be"), (request(op={"a": 1}), "op must be"),
     (request(op=b"connect"), "op must be"), (request(op="bind"), "op must be"),
     (request(op=None), "op must be"),
     (request(family="2"), "family must be"), (request(family=[2]), "family must be"),
     (request(family=1), "family must be"), (request(family=2.0), "family must be"),
+    (request(address="192.0.2.2"), "address must be"),
+    (request(address=OWN[AF4].decode("latin-1")), "address must be"),
+    (request(address=list(OWN[AF4])), "address must be"),
+    (request(address=None), "address must be"), (request(address=b""), "address must be"),
+    (request(address=OWN[AF6]), "address must be"),
+    (request(family=AF6, address=OWN[AF4]), "address must be"),
+    (request(address=OWN[AF4] + b"\x00"), "address must be"),
     (request(port=0), "port must be"), (request(port=65536), "port must be"),
     (request(port=-1), "port must be"), (request(port=True), "port must be"),
     (request(port="20080"), "port must be"), (request(port=20080.0), "port must be"),
     (request(port=[20080]), "port must be"), (request(port=2 ** 64 - 1), "port must be"),
-    (body(op="connect", family=AF4, port=20080, nfds=1), "takes no fds"),
-    (body(op="connect", family=AF4, port=20080, nfds=False), "takes no fds"),
+    (request(nfds=1), "takes no fds"), (request(nfds=False), "takes no fds"),
 ])
 def test_malformed_requests_are_refused_in_words(data: bytes, words: str) -> None:
     with pytest.raises(RequestError, match=words):
@@ -200,7 +288,8 @@ def test_fds_sent_along_are_closed(pair) -> None:
     before = open_fds()
     null = os.open(os.devnull, os.O_RDONLY)
     try:
-        fdpass.send(worker, {"op": "connect", "family": AF4, "port": 20080}, [null] * 200)
+        fdpass.send(worker, {"op": "connect", "family": AF4, "address": OWN[AF4],
+                             "port": 20080}, [null] * 200)
     finally:
         os.close(null)
     received = nssource.read_request(source)
@@ -221,6 +310,7 @@ def test_the_end_of_the_stream_ends_the_source(pair, sent: bytes) -> None:
 def test_what_the_worker_sends_is_accepted(pair) -> None:
     """``NsSource.ask``'s frame through ``fdpass.send`` passes the schema."""
     worker, source = pair
-    fdpass.send(worker, {"op": "udp_connect", "family": AF6, "port": 5353}, [])
+    fdpass.send(worker, {"op": "udp_connect", "family": AF6, "address": OWN[AF6],
+                         "port": 5353}, [])
     assert nssource.decide(nssource.read_request(source), FIXED) == Request(
-        "udp_connect", AF6, 5353)
+        "udp_connect", AF6, OWN[AF6], 5353)
