@@ -140,25 +140,11 @@ def discovery_query(ident: int) -> bytes:
             + struct.pack("!HH", TYPE_AAAA, CLASS_IN))
 
 
-def _skip_name(data: bytes, offset: int) -> int:
-    """The offset after the (possibly compressed) name at ``offset``."""
-    while True:
-        if offset >= len(data):
-            raise DnsError("truncated name")
-        size = data[offset]
-        if size & 0xC0 == 0xC0:
-            if offset + 2 > len(data):
-                raise DnsError("truncated pointer")
-            return offset + 2
-        if size & 0xC0:
-            raise DnsError("bad label type")
-        offset += 1 + size
-        if size == 0:
-            return offset
-
-
-def _read_name(data: bytes, offset: int) -> str:
+def _read_name(data: bytes, offset: int) -> tuple[str, int]:
+    """The (possibly compressed) name at ``offset``, lower-cased, and the
+    offset just after it where it stands (a pointer ends it there)."""
     labels: list[str] = []
+    end = None
     for _ in range(MAX_POINTERS):
         while True:
             if offset >= len(data):
@@ -167,12 +153,13 @@ def _read_name(data: bytes, offset: int) -> str:
             if size & 0xC0 == 0xC0:
                 if offset + 2 > len(data):
                     raise DnsError("truncated pointer")
+                end = offset + 2 if end is None else end
                 offset = ((size & 0x3F) << 8) | data[offset + 1]
                 break
             if size & 0xC0:
                 raise DnsError("bad label type")
             if size == 0:
-                return ".".join(labels).lower()
+                return ".".join(labels).lower(), offset + 1 if end is None else end
             if offset + 1 + size > len(data):
                 raise DnsError("truncated label")
             labels.append(data[offset + 1:offset + 1 + size].decode("ascii", "replace"))
@@ -192,11 +179,10 @@ def aaaa_records(answer: bytes, ident: int, name: str = DISCOVERY_NAME) -> list[
         raise DnsError(f"error code {flags & 0x000F}")
     offset = _HEADER.size
     for _ in range(qdcount):
-        offset = _skip_name(answer, offset) + 4
+        offset = _read_name(answer, offset)[1] + 4
     addresses = []
     for _ in range(ancount):
-        owner = _read_name(answer, offset)
-        offset = _skip_name(answer, offset)
+        owner, offset = _read_name(answer, offset)
         if offset + _RR.size > len(answer):
             raise DnsError("truncated record")
         rtype, rclass, _ttl, rdlength = _RR.unpack_from(answer, offset)
