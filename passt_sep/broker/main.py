@@ -30,9 +30,9 @@ from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
 from . import hostinfo, jail, mac, namespaces, sockets
-from .handoff import WorkerStartError, start_worker
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
+from .worker_start import WorkerStartError, start_worker
 
 NS_GET_USERNS = 0xB701
 BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.JailError,
