@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_services.py
 
 from fuzz import common  # noqa: E402
 from passt_sep import icmp, packet, tcp, udp  # noqa: E402
-from passt_sep.config import parse_args  # noqa: E402
+from passt_sep.config import Mode, parse_args  # noqa: E402
 from passt_sep.log import Logger  # noqa: E402
 from passt_sep.worker.loop import Counters  # noqa: E402
 from passt_sep.worker.services import GuestServices  # noqa: E402
@@ -75,7 +75,7 @@ def check(data: bytes) -> None:
     config = CONFIGS[fdp.ConsumeIntInRange(0, 255) % len(CONFIGS)]
     frame = common.rest(fdp)
     sent: list[bytes] = []
-    verify = config.mode == "passt"
+    verify = config.mode == Mode.PASST
     services = GuestServices(_Loop(), net, config, Logger("fuzz"), sent.append,
                              None if config.no_icmp else _Echo(), _Tcp(verify, sent),
                              _Udp(verify))

@@ -17,11 +17,12 @@ from typing import Any
 
 from . import __version__
 from .clat import Nat64Error, Nat64Prefix
-from .ports import ConfigError, Forwarding, is_decimal, parse_forward
+from .ports import ConfigError, Forwarding, Mode, is_decimal, parse_forward
 
-__all__ = ["Config", "ConfigError", "ShowText", "OPTIONS", "parse_args", "usage"]
+__all__ = ["Config", "ConfigError", "Mode", "ShowText", "OPTIONS", "parse_args", "usage"]
 
-BOTH, PASST, PASTA = "both", "passt", "pasta"
+BOTH = "both"                       # Option.modes: either Mode
+PASST, PASTA = Mode.PASST, Mode.PASTA
 IFNAMSIZ = 16
 MIN_MTU, MAX_MTU = 68, 65535
 IPV6_MIN_MTU = 1280
@@ -44,7 +45,7 @@ class ShowText(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    mode: str
+    mode: Mode
     debug: bool = False
     trace: bool = False
     quiet: bool = False
@@ -140,6 +141,8 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
         values = dict(data)
+        if "mode" in values:
+            values["mode"] = Mode(values["mode"])
         for name in cls._FORWARDINGS:
             if name in values:
                 values[name] = Forwarding.from_dict(values[name])
@@ -325,7 +328,7 @@ def version_text() -> str:
 
 # -- parsing --------------------------------------------------------------------------
 
-def mode_for(prog: str) -> str:
+def mode_for(prog: str) -> Mode:
     return PASTA if "pasta" in os.path.basename(prog) else PASST
 
 
@@ -442,13 +445,13 @@ def _long_name(given: str) -> str:
     return matches[0]
 
 
-def _mode(tokens: list[tuple[str, str, bool]], prog: str) -> str:
+def _mode(tokens: list[tuple[str, str, bool]], prog: str) -> Mode:
     mode = mode_for(prog)
     for name, value, is_option in tokens:
         if is_option and name == "--mode":
             if value not in (PASST, PASTA):
                 raise ConfigError(f"Invalid mode: {value} (use passt or pasta)")
-            mode = value
+            mode = Mode(value)
     for name, _, is_option in tokens:
         if is_option and name in ("-h", "--help"):
             raise ShowText(usage(mode))
@@ -710,7 +713,7 @@ def _search(value: str, values: dict[str, Any]) -> None:
     values["search"] = values.get("search", ()) + domains
 
 
-def _forwardings(values: dict[str, Any], multi: dict[str, list[str]], mode: str) -> None:
+def _forwardings(values: dict[str, Any], multi: dict[str, list[str]], mode: Mode) -> None:
     default = ["auto"] if mode == PASTA else ["none"]
     values["tcp_ports"] = parse_forward(multi["-t"] or default, mode, "-t")
     values["udp_ports"] = parse_forward(multi["-u"] or default, mode, "-u")
@@ -730,7 +733,7 @@ def _check_encoding(name: str, value: str | None) -> None:
         raise ConfigError(f"Invalid value for {name}: not UTF-8") from None
 
 
-def _positionals(values: dict[str, Any], positional: list[str], mode: str) -> None:
+def _positionals(values: dict[str, Any], positional: list[str], mode: Mode) -> None:
     if not positional:
         return
     if mode == PASST:

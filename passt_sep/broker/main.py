@@ -23,7 +23,7 @@ import sys
 from typing import NoReturn
 
 from .. import clat, linux, nspolicy, nssource, sandbox
-from ..config import Config
+from ..config import Config, Mode
 from ..handoff import FdEntry
 from ..log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from ..netparams import Network
@@ -76,7 +76,7 @@ def _check_interfaces(config: Config) -> None:
             socket.if_nametoindex(name)
         except OSError:
             raise sockets.SetupError(f"{option} {name}: no such interface on the host") from None
-    if config.mode == "pasta" and config.interface == "lo" and not config.ns_ifname:
+    if config.mode == Mode.PASTA and config.interface == "lo" and not config.ns_ifname:
         raise sockets.SetupError("-i lo: the namespace's interface would be called lo too, "
                                  "which is its loopback: name it with -I")
 
@@ -108,7 +108,7 @@ def _to_stderr(text: str) -> None:
 
 
 def _prog(config: Config) -> str:
-    return "pasta-sep" if config.mode == "pasta" else "passt-sep"
+    return "pasta-sep" if config.mode == Mode.PASTA else "passt-sep"
 
 
 class Broker:
@@ -156,25 +156,25 @@ class Broker:
             "worker", frozenset({"vhost-user"}) if config.vhost_user else frozenset())
         waiter_filter = sandbox.prepare("waiter")
         self.source_filter = sandbox.prepare("nssource")
-        if config.mode == "pasta":
+        if config.mode == Mode.PASTA:
             self._pasta_namespace()
         else:
             self._own_user_namespace()
             self._passt_socket()
         self._files()
         self._host_forwarding()
-        if config.mode == "pasta":
+        if config.mode == Mode.PASTA:
             self._join_owner_userns()
             self.netlink.request_tap(self.target.netns_fd)
         identity = self._jail_identity()
         if identity == self.caller and not self.real_root:
             identity = None         # --runas naming oneself: nothing to switch
-        if config.mode == "pasta" and not config.no_splice:
+        if config.mode == Mode.PASTA and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
         config = self.config                # with the NAT64 prefix found
         self._announce(net)
-        if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
+        if config.mode == Mode.PASTA:  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
         confinement = mac.prepare()                     # needs /proc: before the jail
         jail.close(identity, keep_net_bind=self._needs_low_ports())
@@ -214,7 +214,7 @@ class Broker:
         if config.clat and not config.nat64_prefix:
             self.config = config = self._discovered_nat64(config)
         net = hostinfo.guest_network(config, host)
-        if config.mode != "pasta":
+        if config.mode != Mode.PASTA:
             self.netlink.close()
             return net
         ifname, mac, fd = self.netlink.tap()
@@ -242,7 +242,7 @@ class Broker:
         config = self.config
         auto = (not config.no_tcp and config.tcp_ports.mode == "auto") or \
             (not config.no_udp and config.udp_ports.mode == "auto")
-        return self.real_root and not self.own_userns and config.mode == "pasta" and auto
+        return self.real_root and not self.own_userns and config.mode == Mode.PASTA and auto
 
     def _jail_identity(self) -> jail.Identity | None:
         """Who the jail makes us: ``--runas`` or nobody for real root in the

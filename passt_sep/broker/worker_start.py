@@ -15,7 +15,7 @@ import socket
 import prctl
 
 from .. import handoff
-from ..config import Config
+from ..config import Config, Mode
 from ..handoff import FdEntry
 from ..netparams import Network
 from ..sandbox import Prepared
@@ -46,7 +46,7 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
         mac.enter(confinement)                # its own profile or domain, first
         if tied:
             prctl.set_pdeathsig(signal.SIGTERM)
-        prog = "pasta-sep" if config.mode == "pasta" else "passt-sep"
+        prog = "pasta-sep" if config.mode == Mode.PASTA else "passt-sep"
         worker_main.run(worker_end, sandbox, prog)  # never returns
     mac.release(confinement)
     worker_end.close()

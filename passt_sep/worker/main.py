@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from .. import handoff, linux
 from ..clat import WELL_KNOWN_PREFIX, Nat64Prefix
+from ..config import Mode
 from ..fwd import AddressMap
 from ..handoff import Handoff, HandoffError
 from ..log import ERROR, INFO, Logger, describe_exception, level_for
@@ -79,14 +80,14 @@ class Worker:
             config.max_flows, outbound)
         udp_handler = None if config.no_udp else UdpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, self._udp_listeners(), verify_checksums=config.mode == "passt",
+            config.max_flows, self._udp_listeners(), verify_checksums=config.mode == Mode.PASST,
             outbound=outbound, send_datagrams=self._send_datagrams(capture))
         self.tcp = None if config.no_tcp else TcpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._tcp_listeners(), new_secret(),
-            verify_checksums=config.mode == "passt", outbound=outbound,
+            verify_checksums=config.mode == Mode.PASST, outbound=outbound,
             tso=isinstance(self.link, TapLink))
-        if config.mode == "pasta":
+        if config.mode == Mode.PASTA:
             self.nsfwd = NamespaceForwarding(self.loop, log, config, received, self.net,
                                              self.tcp, udp_handler)
         self.services = GuestServices(self.loop, self.net, config, log, self.link.send, echo,

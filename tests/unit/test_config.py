@@ -15,6 +15,7 @@ from passt_sep.config import (
     OPTIONS,
     Config,
     ConfigError,
+    Mode,
     ShowText,
     mode_for,
     parse_args,
@@ -67,14 +68,14 @@ def test_pasta_defaults() -> None:
     ("pasta", "pasta"), ("pasta-sep", "pasta"), ("/usr/local/bin/pasta.avx2", "pasta"),
 ])
 def test_mode_follows_program_name(prog: str, mode: str) -> None:
-    assert mode_for(prog) == mode
-    assert parse_args([], prog).mode == mode
+    assert mode_for(prog) is Mode(mode)
+    assert parse_args([], prog).mode is Mode(mode)
 
 
 def test_mode_option_overrides_program_name() -> None:
     assert parse("--mode", "pasta") == parse(mode="pasta")
     assert parse("--mode=passt", mode="pasta") == parse()
-    assert parse("--mode", "pasta", "--mode", "passt").mode == "passt"     # last one wins
+    assert parse("--mode", "pasta", "--mode", "passt").mode is Mode.PASST  # last one wins
     assert error("--mode", "vde") == "Invalid mode: vde (use passt or pasta)"
 
 
