@@ -15,10 +15,10 @@ from ..log import Logger
 from ..netparams import Network
 from ..nssource import NsSource
 from ..packet import address_text
-from .fwd_io import AutoForwarding, Close, Direction, Open, host_socket
+from .fwd_io import AutoDirection, AutoForwarding, Close, Open, host_socket
 from .loop import Loop
 from .splice_io import LocalSplicer, NamespaceListeners
-from .tcp_io import Listener, TcpHandler
+from .tcp_io import TcpHandler, TcpListener
 from .udp_io import UdpHandler, UdpListener
 from .udp_splice_io import UdpRelay, connect_host_loopback
 
@@ -98,7 +98,7 @@ class NamespaceForwarding:
 
         def open_inward(family: int, port: int) -> int:
             fd = host_socket(family, socket.SOCK_STREAM, port)
-            tcp.add_listener(Listener(fd, family, port, port))
+            tcp.add_listener(TcpListener(fd, family, port, port))
             return fd
 
         def open_outward(family: int, port: int) -> int:
@@ -144,18 +144,18 @@ class NamespaceForwarding:
         tables = self._tables(protocol)
         if not tables or (inward is None and outward is None):
             return None
-        directions: list[Direction] = []
+        directions: list[AutoDirection] = []
         inward_dir = outward_dir = None
         if inward is not None:
-            inward_dir = Direction("ns", *inward, lambda: static_ns | _ports(outward_dir),
+            inward_dir = AutoDirection("ns", *inward, lambda: static_ns | _ports(outward_dir),
                                    fresh=self.handoff.one("command_pidfd") is not None)
             directions.append(inward_dir)
         if outward is not None:
-            outward_dir = Direction("host", *outward, lambda: host_ours() | _ports(inward_dir))
+            outward_dir = AutoDirection("host", *outward, lambda: host_ours() | _ports(inward_dir))
             directions.append(outward_dir)
         return AutoForwarding(self.loop, self.log, tables, protocol == "udp", self.families,
                               directions)
 
 
-def _ports(direction: Direction | None) -> set[int]:
+def _ports(direction: AutoDirection | None) -> set[int]:
     return set(direction.forwarded) if direction is not None else set()

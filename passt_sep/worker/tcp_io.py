@@ -66,7 +66,7 @@ DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
 
 
 @dataclass(frozen=True)
-class Listener:
+class TcpListener:
     """A ``-t`` forwarded port: a bound, listening, non-blocking socket from
     the broker; a connection from peer P becomes a SYN to the guest's
     ``target_port`` from P as the guest sees it."""
@@ -75,9 +75,6 @@ class Listener:
     family: int
     port: int
     target_port: int
-
-
-TcpListener = Listener   # the worker's name for it, beside UdpListener
 
 
 class Flow:
@@ -110,7 +107,7 @@ class TcpHandler:
 
     def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
                  send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
-                 log: Logger, max_flows: int, listeners: list[Listener], secret: bytes,
+                 log: Logger, max_flows: int, listeners: list[TcpListener], secret: bytes,
                  verify_checksums: bool = False, outbound: Outbound = DEFAULT_OUTBOUND,
                  tso: bool = False) -> None:
         self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
@@ -122,7 +119,7 @@ class TcpHandler:
         self.flows: FlowTable[Flow] = FlowTable(max_flows)
         self.buffer = bytearray(PEEK_BUFFER)
         self.view = memoryview(self.buffer)
-        self.listeners: dict[int, tuple[socket.socket, Listener]] = {}
+        self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}
         # pasta: connections from the host itself may be spliced instead
         self.divert: Callable[[socket.socket, int, int, bytes], bool] | None = None
         for listener in listeners:
@@ -470,7 +467,7 @@ class TcpHandler:
             self.loop.remove_fd(fd)
             entry[0].close()
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: TcpListener) -> None:
         sock = socket.socket(fileno=listener.fd)
         sock.setblocking(False)            # before the sandbox: ioctl(FIONBIO)
         self.listeners[listener.fd] = (sock, listener)
@@ -481,7 +478,7 @@ class TcpHandler:
         accept_ready(self.loop, self.log, fd, sock, "tcp",
                      lambda accepted, address: self._inbound(accepted, listener, address, now))
 
-    def _inbound(self, sock: socket.socket, listener: Listener, address: tuple,
+    def _inbound(self, sock: socket.socket, listener: TcpListener, address: tuple,
                  now: float) -> None:
         peer = socket.inet_pton(listener.family, address[0].split("%")[0])
         if peer[:12] == bytes(10) + b"\xff\xff":
