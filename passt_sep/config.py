@@ -8,7 +8,6 @@ raise ``ShowText``.  No I/O here.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
@@ -117,41 +116,6 @@ class Config:
     """464XLAT: the guest's IPv4 leaves as IPv6 to the NAT64 prefix."""
     nat64_prefix: str | None = None
     """PREFIX/LEN for --clat; None: discovered by the broker (RFC 7050)."""
-
-    _FORWARDINGS = ("tcp_ports", "udp_ports", "tcp_ns", "udp_ns")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain, msgpack-able dict (the handoff carries it)."""
-        out: dict[str, Any] = {}
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, Forwarding):
-                value = value.to_dict()
-            elif item.name == "command":
-                value = [os.fsencode(arg) for arg in value]    # any bytes, as exec takes them
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[item.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Config:
-        names = {item.name for item in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
-        values = dict(data)
-        if "mode" in values:
-            values["mode"] = Mode(values["mode"])
-        for name in cls._FORWARDINGS:
-            if name in values:
-                values[name] = Forwarding.from_dict(values[name])
-        for name in ("dns", "dns_forward", "dns_host", "search"):
-            if name in values:
-                values[name] = tuple(values[name])
-        if "command" in values:
-            values["command"] = tuple(os.fsdecode(arg) for arg in values["command"])
-        return cls(**values)
 
 
 # -- the option table -------------------------------------------------------------
@@ -349,8 +313,8 @@ def parse_args(argv: Sequence[str], prog: str) -> Config:
         if not is_option:
             positional.append(value)
             continue
-        _check_encoding(name, value)
         opt = _BY_NAME[name]
+        _check_encoding(opt, name, value)
         if opt.long == "--fd" and mode == PASTA:
             raise ConfigError(f"{name}: a pre-opened tap device is not supported by pasta-sep, "
                               "which creates the tap itself")
@@ -722,10 +686,15 @@ def _forwardings(values: dict[str, Any], multi: dict[str, list[str]], mode: Mode
         values["udp_ns"] = parse_forward(multi["-U"] or default, mode, "-U")
 
 
-def _check_encoding(name: str, value: str | None) -> None:
-    """Option values travel to the worker as msgpack strings: UTF-8 only
-    (the command, which only the broker uses, may be any bytes)."""
-    if value is None:
+# Paths and names of files: any bytes the command line holds (as str with
+# surrogate escapes, as Python decodes argv); they stay in the broker.
+PATH_OPTIONS = frozenset({"--log-file", "--pcap", "--pid", "--socket", "--netns", "--userns"})
+
+
+def _check_encoding(opt: Option, name: str, value: str) -> None:
+    """Other values are text, addresses and names: UTF-8 only (a search
+    domain or interface name the worker is given goes as a msgpack string)."""
+    if opt.long in PATH_OPTIONS:
         return
     try:
         value.encode("utf-8")

@@ -63,15 +63,6 @@ class Forwarding:
             for port in range(rule.first, rule.last + 1):
                 yield port, rule.target_of(port), rule
 
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "skip_unavailable": self.skip_unavailable, "rules": [
-            [r.first, r.last, r.target, r.address, r.interface] for r in self.rules]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Forwarding:
-        return cls(data["mode"], tuple(ForwardRule(*r) for r in data["rules"]),
-                   bool(data.get("skip_unavailable")))
-
 
 def parse_forward(specs: Sequence[str], mode: str, option: str) -> Forwarding:
     """All values given for one option (it may be repeated): port lists

@@ -22,9 +22,9 @@ import socket
 import sys
 from typing import NoReturn
 
-from .. import clat, linux, nspolicy, nssource, sandbox
+from .. import clat, handoff, linux, nspolicy, nssource, sandbox
 from ..config import Config, Mode
-from ..handoff import FdEntry
+from ..handoff import FdEntry, Role
 from ..log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from ..netparams import Network
 from ..packet import mac_to_bytes
@@ -118,6 +118,7 @@ class Broker:
         self.log = log or Logger(_prog(config), level_for(config))
         self.host: hostinfo.HostInfo | None = None      # as the netlink helper saw it
         self.entries: list[FdEntry] = []
+        self.tap_ifname: str | None = None              # pasta: the tap's name, once made
         self.target: namespaces.Target | None = None
         # root of a user namespace someone else made (Podman's) is not "real
         # root": it has nobody to switch to, and nothing on the host to protect
@@ -196,13 +197,14 @@ class Broker:
         if config.netns or config.target_pid is not None:
             self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
             if self.target.pidfd is not None:
-                self.entries.append(FdEntry("target_pidfd", self.target.pidfd))
+                self.entries.append(FdEntry(Role.TARGET_PIDFD, self.target.pidfd))
             self._owner_userns()
         else:
             self._own_user_namespace()
             command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
             self.target = namespaces.spawn_command_namespace(command)
-            self.entries.append(FdEntry("command_pidfd", os.pidfd_open(self.target.holder.pid)))
+            self.entries.append(FdEntry(Role.COMMAND_PIDFD,
+                                        os.pidfd_open(self.target.holder.pid)))
 
     def _network(self) -> Network:
         """The host's network and (pasta) the tap, from the netlink helper,
@@ -218,7 +220,8 @@ class Broker:
             self.netlink.close()
             return net
         ifname, mac, fd = self.netlink.tap()
-        self.entries.append(FdEntry("tap", fd, {"ifname": ifname}))
+        self.tap_ifname = ifname
+        self.entries.append(FdEntry(Role.TAP, fd))
         return dataclasses.replace(net, guest_mac=mac_to_bytes(mac))
 
     def _discovered_nat64(self, config: Config) -> Config:
@@ -268,7 +271,7 @@ class Broker:
             nssource.serve(sock, policy)
 
         _pid, fd = namespaces.spawn_inside(self.target, serve)
-        self.entries.append(FdEntry("ns_source", fd))
+        self.entries.append(FdEntry(Role.NS_SOURCE, fd))
 
     def _own_user_namespace(self) -> None:
         """Unprivileged: a user namespace of our own gives the capabilities
@@ -359,7 +362,7 @@ class Broker:
         config = self.config
         if config.fd is not None:
             os.set_inheritable(config.fd, False)
-            self.entries.append(FdEntry("guest_stream", os.dup(config.fd)))
+            self.entries.append(FdEntry(Role.GUEST_STREAM, os.dup(config.fd)))
             return
         entry, self.socket_path = sockets.unix_listener(config.socket_path)
         self.entries.append(entry)
@@ -373,9 +376,8 @@ class Broker:
         path = self.config.log_file
         if not path:
             return
-        entry, output = sockets.log_file(path)
+        entry, output = sockets.log_file(path, self.log.start)
         output.release()
-        entry.meta["start"] = self.log.start
         self.entries.append(entry)
         self.log.to_file(fcntl.fcntl(entry.fd, fcntl.F_DUPFD_CLOEXEC, 3), self.config.log_size)
         self.log.header(os.path.realpath(sys.argv[0]))
@@ -391,8 +393,7 @@ class Broker:
         host = self.host
         templates = (host.v4.ifname if host and host.v4 else None,
                      host.v6.ifname if host and host.v6 else None)
-        taps = [e.meta["ifname"] for e in self.entries if e.role == "tap"]
-        _print_block(self.log, startup_block(config, net, templates, taps[0] if taps else None))
+        _print_block(self.log, startup_block(config, net, templates, self.tap_ifname))
 
     def _host_forwarding(self) -> None:
         """``-t`` and ``-u``: the host's listeners, bound as whoever started
@@ -426,21 +427,22 @@ class Broker:
                                                      loopback=True)
             if auto:
                 entries += sockets.proc_net_tables("ns", auto)
-            return ({"entries": [[e.role, e.meta] for e in entries]}, [e.fd for e in entries])
+            return ({"entries": [handoff.entry_to_dict(e) for e in entries]},
+                    [e.fd for e in entries])
 
         result, fds = namespaces.run_inside(self.target, inside)
-        self.entries += [FdEntry(role, fd, meta)
-                         for (role, meta), fd in zip(result["entries"], fds, strict=True)]
+        self.entries += [handoff.entry_from_dict(item, fd)
+                         for item, fd in zip(result["entries"], fds, strict=True)]
         if auto:
             self.entries += sockets.proc_net_tables("host", auto)
 
-    def _ns_static_forwards(self) -> list[tuple[Forwarding, int, str]]:
+    def _ns_static_forwards(self) -> list[tuple[Forwarding, int, Role]]:
         config = self.config
         static = []
         if not config.no_tcp and config.tcp_ns.mode == "spec":
-            static.append((config.tcp_ns, socket.SOCK_STREAM, "tcp_ns_listener"))
+            static.append((config.tcp_ns, socket.SOCK_STREAM, Role.TCP_NS_LISTENER))
         if not config.no_udp and config.udp_ns.mode == "spec":
-            static.append((config.udp_ns, socket.SOCK_DGRAM, "udp_ns_listener"))
+            static.append((config.udp_ns, socket.SOCK_DGRAM, Role.UDP_NS_LISTENER))
         return static
 
     def _auto_protocols(self) -> list[str]:
@@ -462,7 +464,7 @@ class Broker:
             self.pid_output = sockets.pid_file(config.pid_file)
         if self.target and self.target.path and not config.no_netns_quit:
             self.entries.append(sockets.netns_watch(self.target.path))
-        self.entries.append(FdEntry("devnull", os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
+        self.entries.append(FdEntry(Role.DEVNULL, os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
 
     def _after_start(self, worker: int, waiter_filter: sandbox.Prepared) -> int:
         holder = self.target.holder if self.target else None

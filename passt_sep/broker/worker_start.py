@@ -16,7 +16,7 @@ import prctl
 
 from .. import handoff
 from ..config import Config, Mode
-from ..handoff import FdEntry
+from ..handoff import FdEntry, WorkerConfig
 from ..netparams import Network
 from ..sandbox import Prepared
 from ..worker import main as worker_main
@@ -51,7 +51,7 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
     mac.release(confinement)
     worker_end.close()
     try:
-        handoff.send(broker_end, config, network, entries)
+        handoff.send(broker_end, WorkerConfig.from_config(config), network, entries)
         for entry in entries:
             os.close(entry.fd)
         answer = broker_end.recv(1)

@@ -15,11 +15,10 @@ import socket
 from typing import NoReturn
 
 from .. import handoff, linux
-from ..clat import WELL_KNOWN_PREFIX, Nat64Prefix
 from ..config import Mode
 from ..fwd import AddressMap
-from ..handoff import Handoff, HandoffError
-from ..log import ERROR, INFO, Logger, describe_exception, level_for
+from ..handoff import Handoff, HandoffError, ListenerMeta, LogMeta, NetnsWatchMeta, Role
+from ..log import ERROR, INFO, Logger, describe_exception
 from ..sandbox import Prepared
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
@@ -71,7 +70,7 @@ class Worker:
         self.loop = Loop()
         self.loop.on_error = self._internal_error
         self.exit_code = EXIT_OK
-        capture = Capture(self._fd("pcap"))
+        capture = Capture(self._fd(Role.PCAP))
         self.link = self._guest_link(capture)
         addrmap = self._address_map()
         outbound = Outbound.from_config(config)
@@ -80,12 +79,12 @@ class Worker:
             config.max_flows, outbound)
         udp_handler = None if config.no_udp else UdpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, self._udp_listeners(), verify_checksums=config.mode == Mode.PASST,
+            config.max_flows, self._udp_listeners(), verify_checksums=config.verify_checksums,
             outbound=outbound, send_datagrams=self._send_datagrams(capture))
         self.tcp = None if config.no_tcp else TcpHandler(
             self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
             config.max_flows, self._tcp_listeners(), new_secret(),
-            verify_checksums=config.mode == Mode.PASST, outbound=outbound,
+            verify_checksums=config.verify_checksums, outbound=outbound,
             tso=isinstance(self.link, TapLink))
         if config.mode == Mode.PASTA:
             self.nsfwd = NamespaceForwarding(self.loop, log, config, received, self.net,
@@ -97,20 +96,19 @@ class Worker:
         self._watch_command()
 
     # -- setup ------------------------------------------------------------------
-    def _fd(self, role: str) -> int | None:
-        entry = self.handoff.one(role)
-        return entry.fd if entry else None
+    def _fd(self, role: Role) -> int | None:
+        return self.handoff.fd(role)
 
     def _setup_stdio_and_log(self) -> None:
         """Standard error in the foreground, with ``-e`` and in pasta's
         command mode, unless a log file takes its place there (as passt's
         do, the foreground writes to both)."""
         config = self.config
-        self.log.level = level_for(config)
-        devnull = self._fd("devnull")
-        log = self.handoff.one("log")
-        command_mode = self.handoff.one("command_pidfd") is not None
-        keep_stderr = config.foreground or config.stderr or command_mode
+        self.log.level = config.log_level
+        devnull = self._fd(Role.DEVNULL)
+        log = self.handoff.one(Role.LOG)
+        command_mode = self.handoff.one(Role.COMMAND_PIDFD) is not None
+        keep_stderr = config.stderr or command_mode
         if devnull is not None:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
@@ -118,24 +116,25 @@ class Worker:
                 os.dup2(devnull, 2)
             os.close(devnull)
         if log is not None:
-            self.log.start = log.meta.get("start", self.log.start)
+            assert isinstance(log.meta, LogMeta)
+            self.log.start = log.meta.start
             self.log.to_file(log.fd, config.log_size)
-        if not keep_stderr or (log is not None and not (config.foreground or config.stderr)):
+        if not keep_stderr or (log is not None and not config.stderr):
             self.log.to_fd(None)
 
     def _guest_link(self, capture: Capture) -> TapLink | StreamLink | VhostUserLink:
-        tap = self._fd("tap")
+        tap = self._fd(Role.TAP)
         if tap is not None:
             return TapLink(self.loop, tap, capture, self.log, self.net.mtu)
-        listener = self._fd("unix_listener")
+        listener = self._fd(Role.UNIX_LISTENER)
         if self.config.vhost_user and listener is not None:
             vhost = VhostUserLink(self.loop, capture, self.log, listener, self.net.mtu)
             vhost.on_connect = lambda: self.services.announce()
             vhost.on_disconnect = self._guest_gone
             vhost.on_offload = self._offload
             return vhost
-        link = StreamLink(self.loop, capture, self.log, listener=self._fd("unix_listener"),
-                          connected=self._fd("guest_stream"))
+        link = StreamLink(self.loop, capture, self.log, listener=listener,
+                          connected=self._fd(Role.GUEST_STREAM))
         link.on_connect = lambda: self.services.announce()
         link.on_disconnect = self._guest_gone
         return link
@@ -154,12 +153,14 @@ class Worker:
         return None
 
     def _tcp_listeners(self) -> list[TcpListener]:
-        return [TcpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])
-                for e in self.handoff.by_role("tcp_listener")]
+        return [TcpListener(e.fd, e.meta.family, e.meta.port, e.meta.target)
+                for e in self.handoff.by_role(Role.TCP_LISTENER)
+                if isinstance(e.meta, ListenerMeta)]
 
     def _udp_listeners(self) -> list[UdpListener]:
-        return [UdpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])
-                for e in self.handoff.by_role("udp_listener")]
+        return [UdpListener(e.fd, e.meta.family, e.meta.port, e.meta.target)
+                for e in self.handoff.by_role(Role.UDP_LISTENER)
+                if isinstance(e.meta, ListenerMeta)]
 
     def _address_map(self) -> AddressMap:
         config, net = self.config, self.net
@@ -171,8 +172,7 @@ class Worker:
             host_addr4=net.ipv4.addr if net.ipv4 else None,
             host_addr6=net.ipv6.addr if net.ipv6 else None,
             dns_forward=config.dns_forward, dns_servers=net.host_resolvers,
-            nat64=Nat64Prefix.parse(config.nat64_prefix or WELL_KNOWN_PREFIX)
-            if config.clat else None)
+            nat64=config.nat64)
 
     def _signals(self) -> None:
         wake_read, wake_write = socket.socketpair()
@@ -199,24 +199,24 @@ class Worker:
                 self.loop.stop()
 
     def _watch_command(self) -> None:
-        pidfd = self._fd("command_pidfd")
+        pidfd = self._fd(Role.COMMAND_PIDFD)
         if pidfd is not None:
             self.loop.add_fd(pidfd, EPOLLIN, self._command_exited)
-        watch = self.handoff.one("netns_watch")
+        watch = self.handoff.one(Role.NETNS_WATCH)
         if watch is not None:
             self.loop.add_fd(watch.fd, EPOLLIN, self._netns_event)
-        target = self._fd("target_pidfd")
+        target = self._fd(Role.TARGET_PIDFD)
         if target is not None:
             self.loop.add_fd(target, EPOLLIN, self._target_exited)
 
     def _netns_event(self, fd: int, events: int, now: float) -> None:
-        watch = self.handoff.one("netns_watch")
-        assert watch is not None
+        watch = self.handoff.one(Role.NETNS_WATCH)
+        assert watch is not None and isinstance(watch.meta, NetnsWatchMeta)
         try:
             names = linux.inotify_names(os.read(fd, 4096))
         except BlockingIOError:
             return
-        if watch.meta["name"] in names:
+        if watch.meta.name in names:
             self.log.info("the network namespace is gone: exiting")
             self.loop.stop()
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from ..config import Config
 from ..fwd import is_loopback_text
-from ..handoff import Handoff
+from ..handoff import Handoff, ListenerMeta, ProcNetMeta, Role, WorkerConfig
 from ..log import Logger
 from ..netparams import Network
 from ..nssource import NsSource
@@ -24,19 +23,20 @@ from .udp_splice_io import UdpRelay, connect_host_loopback
 
 
 class NamespaceForwarding:
-    def __init__(self, loop: Loop, log: Logger, config: Config, handoff: Handoff, net: Network,
+    def __init__(self, loop: Loop, log: Logger, config: WorkerConfig, handoff: Handoff,
+                 net: Network,
                  tcp: TcpHandler | None, udp: UdpHandler | None) -> None:
         self.loop, self.log, self.config, self.handoff = loop, log, config, handoff
         self.tcp, self.udp = tcp, udp
-        entry = handoff.one("ns_source")
+        entry = handoff.one(Role.NS_SOURCE)
         self.source = NsSource(entry.fd) if entry else None
         self.families = [f for f, params in ((socket.AF_INET, net.ipv4),
                                              (socket.AF_INET6, net.ipv6)) if params is not None]
         self.outward = NamespaceListeners(loop, log) if tcp else None
         self.relay = UdpRelay(loop, log, config.max_flows) if udp else None
         self._splice(net)
-        self.static_ns_tcp = self._static("tcp_ns_listener", self._add_tcp_ns)
-        self.static_ns_udp = self._static("udp_ns_listener", self._add_udp_ns)
+        self.static_ns_tcp = self._static(Role.TCP_NS_LISTENER, self._add_tcp_ns)
+        self.static_ns_udp = self._static(Role.UDP_NS_LISTENER, self._add_udp_ns)
         self.autos = [a for a in (self._auto_tcp(), self._auto_udp()) if a is not None]
 
     # -- the loopback fast paths --------------------------------------------------------
@@ -65,11 +65,13 @@ class NamespaceForwarding:
         return True
 
     # -- -T, -U -------------------------------------------------------------------------
-    def _static(self, role: str, add) -> set[int]:
+    def _static(self, role: Role, add) -> set[int]:
         ports = set()
         for entry in self.handoff.by_role(role):
-            add(entry.fd, entry.meta["target"])
-            ports.add(entry.meta["port"])
+            meta = entry.meta
+            assert isinstance(meta, ListenerMeta)
+            add(entry.fd, meta.target)
+            ports.add(meta.port)
         return ports
 
     def _add_tcp_ns(self, fd: int, target: int) -> None:
@@ -83,13 +85,16 @@ class NamespaceForwarding:
     # -- auto ---------------------------------------------------------------------------
     def _tables(self, protocol: str) -> dict[str, list[int]]:
         tables: dict[str, list[int]] = {}
-        for entry in self.handoff.by_role("proc_net"):
-            if entry.meta["table"].startswith(protocol):
-                tables.setdefault(entry.meta["side"], []).append(entry.fd)
+        for entry in self.handoff.by_role(Role.PROC_NET):
+            meta = entry.meta
+            assert isinstance(meta, ProcNetMeta)
+            if meta.table.startswith(protocol):
+                tables.setdefault(meta.side, []).append(entry.fd)
         return tables
 
-    def _static_host(self, role: str) -> set[int]:
-        return {e.meta["port"] for e in self.handoff.by_role(role)}
+    def _static_host(self, role: Role) -> set[int]:
+        return {e.meta.port for e in self.handoff.by_role(role)
+                if isinstance(e.meta, ListenerMeta)}
 
     def _auto_tcp(self) -> AutoForwarding | None:
         tcp, outward, source, config = self.tcp, self.outward, self.source, self.config
@@ -107,10 +112,10 @@ class NamespaceForwarding:
             outward.add(fd, port)
             return fd
 
-        static_host = self._static_host("tcp_listener")
+        static_host = self._static_host(Role.TCP_LISTENER)
         return self._auto(
-            "tcp", (open_inward, tcp.remove_listener) if config.tcp_ports.mode == "auto" else None,
-            (open_outward, outward.remove) if config.tcp_ns.mode == "auto" and source else None,
+            "tcp", (open_inward, tcp.remove_listener) if config.tcp_auto else None,
+            (open_outward, outward.remove) if config.tcp_ns_auto and source else None,
             self.static_ns_tcp, lambda: static_host)
 
     def _auto_udp(self) -> AutoForwarding | None:
@@ -129,10 +134,10 @@ class NamespaceForwarding:
             relay.add(fd, port, connect_host_loopback)
             return fd
 
-        static_host = self._static_host("udp_listener")
+        static_host = self._static_host(Role.UDP_LISTENER)
         return self._auto(
-            "udp", (open_inward, udp.remove_listener) if config.udp_ports.mode == "auto" else None,
-            (open_outward, relay.remove) if config.udp_ns.mode == "auto" and source else None,
+            "udp", (open_inward, udp.remove_listener) if config.udp_auto else None,
+            (open_outward, relay.remove) if config.udp_ns_auto and source else None,
             self.static_ns_udp, lambda: static_host | udp.bound_ports())
 
     def _auto(self, protocol: str, inward: tuple[Open, Close] | None,
@@ -148,7 +153,7 @@ class NamespaceForwarding:
         inward_dir = outward_dir = None
         if inward is not None:
             inward_dir = AutoDirection("ns", *inward, lambda: static_ns | _ports(outward_dir),
-                                   fresh=self.handoff.one("command_pidfd") is not None)
+                                   fresh=self.handoff.one(Role.COMMAND_PIDFD) is not None)
             directions.append(inward_dir)
         if outward is not None:
             outward_dir = AutoDirection("host", *outward, lambda: host_ours() | _ports(inward_dir))

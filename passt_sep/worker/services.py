@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .. import arp, dhcp, dhcpv6, ndp
-from ..config import Config
+from ..handoff import WorkerConfig
 from ..log import Logger
 from ..netparams import Network
 from ..packet import (
@@ -44,7 +44,7 @@ class DatagramHandler(Protocol):
 
 
 class GuestServices:
-    def __init__(self, loop: Loop, net: Network, config: Config, log: Logger,
+    def __init__(self, loop: Loop, net: Network, config: WorkerConfig, log: Logger,
                  send_frame, echo: EchoHandler | None,
                  tcp: TransportHandler | None = None, udp: DatagramHandler | None = None) -> None:
         self.loop, self.net, self.config, self.log = loop, net, config, log
@@ -96,7 +96,7 @@ class GuestServices:
         if not inb.is_ipv6 and udp.dport == DHCP_SERVER_PORT and not self.config.no_dhcp:
             if self.net.ipv4 is None:
                 raise Drop("dhcp_no_ipv4")
-            self._answer(dhcp.handle_dhcp(self.net, inb, udp, send_mtu=self.config.mtu != 0,
+            self._answer(dhcp.handle_dhcp(self.net, inb, udp, send_mtu=self.config.advertise_mtu,
                                           **self._dns_flags()))
             return
         if inb.is_ipv6 and udp.dport == DHCPV6_SERVER_PORT and not self.config.no_dhcpv6:
@@ -118,7 +118,7 @@ class GuestServices:
                 raise Drop("ndp_disabled")
             self._answer(ndp.handle_ndp(self.net, inb, send_ra=self.ra_enabled,
                                         managed=self.dhcpv6_enabled, other=self.dhcpv6_enabled,
-                                        send_mtu=self.config.mtu != 0))
+                                        send_mtu=self.config.advertise_mtu))
             return
         self._echo(inb, now)
 
@@ -134,4 +134,4 @@ class GuestServices:
         if self.ra_enabled:
             self.send_frame(ndp.router_advertisement(self.net, managed=self.dhcpv6_enabled,
                                                      other=self.dhcpv6_enabled,
-                                                     send_mtu=self.config.mtu != 0))
+                                                     send_mtu=self.config.advertise_mtu))
