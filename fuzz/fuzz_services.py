@@ -26,6 +26,7 @@ from passt_sep import icmp, packet, tcp, udp  # noqa: E402
 from passt_sep.config import parse_args  # noqa: E402
 from passt_sep.handoff import WorkerConfig  # noqa: E402
 from passt_sep.log import Logger  # noqa: E402
+from passt_sep.worker.context import WorkerContext  # noqa: E402
 from passt_sep.worker.loop import Counters  # noqa: E402
 from passt_sep.worker.services import GuestServices  # noqa: E402
 
@@ -44,6 +45,11 @@ CONFIGS = tuple(WorkerConfig.from_config(parse_args(argv, prog)) for argv, prog 
 class _Loop:
     def __init__(self) -> None:
         self.counters = Counters()
+
+
+class _Link:
+    def __init__(self, sent: list) -> None:
+        self.send = sent.append
 
 
 class _Tcp:
@@ -77,8 +83,8 @@ def check(data: bytes) -> None:
     frame = common.rest(fdp)
     sent: list[bytes] = []
     verify = config.verify_checksums
-    services = GuestServices(_Loop(), net, config, Logger("fuzz"), sent.append,
-                             None if config.no_icmp else _Echo(), _Tcp(verify, sent),
+    ctx = WorkerContext.build(_Loop(), Logger("fuzz"), config, net, _Link(sent))
+    services = GuestServices(ctx, None if config.no_icmp else _Echo(), _Tcp(verify, sent),
                              _Udp(verify))
     services.on_frame(memoryview(frame), 100.0)
     for reply in sent:

@@ -12,28 +12,28 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from .. import handoff, linux
 from ..config import Mode
-from ..fwd import AddressMap
 from ..handoff import Handoff, HandoffError, ListenerMeta, LogMeta, NetnsWatchMeta, Role
 from ..log import ERROR, INFO, Logger, describe_exception
 from ..sandbox import Prepared
+from .context import WorkerContext
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
 from .loop import EPOLLIN, Loop
-from .nsfwd import NamespaceForwarding
-from .outbound import Outbound
+from .nsfwd import HostDiverts, NamespaceForwarding
 from .services import GuestServices
 from .tcp_io import TcpHandler, TcpListener, new_secret
-from .udp_io import UdpHandler, UdpListener
+from .udp_io import SendDatagrams, UdpHandler, UdpListener
 from .vhost_io import VhostUserLink
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 DRAIN_SECONDS = 10.0
 DRAIN_POLL = 0.05
+L = TypeVar("L", TcpListener, UdpListener)
 
 
 def run(sock: socket.socket, sandbox: Prepared, prog: str = "passt-sep") -> NoReturn:
@@ -59,55 +59,49 @@ def run(sock: socket.socket, sandbox: Prepared, prog: str = "passt-sep") -> NoRe
 
 
 class Worker:
-    """Owns the loop and wires the handlers from the handoff manifest."""
+    """Owns the loop and wires the handlers from the handoff manifest, in
+    dependency order: the context (loop, log, configuration, network, the
+    guest link, what derives from them), pasta's diverts, the handlers, the
+    namespace's forwarding, the dispatch of the guest's frames; last, the
+    link starts delivering to that dispatch."""
 
     def __init__(self, received: Handoff, log: Logger) -> None:
-        self.config = config = received.config
-        self.net = received.network
         self.handoff = received
+        self.config = config = received.config
         self.log = log
         self._setup_stdio_and_log()
         self.loop = Loop()
         self.loop.on_error = self._internal_error
         self.exit_code = EXIT_OK
-        capture = Capture(self._fd(Role.PCAP))
-        self.link = self._guest_link(capture)
-        addrmap = self._address_map()
-        outbound = Outbound.from_config(config)
-        echo = None if config.no_icmp else EchoHandler(
-            self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, outbound)
-        udp_handler = None if config.no_udp else UdpHandler(
-            self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, self._udp_listeners(), verify_checksums=config.verify_checksums,
-            outbound=outbound, send_datagrams=self._send_datagrams(capture))
+        capture = Capture(received.fd(Role.PCAP))
+        link = self._guest_link(capture, received.network.mtu)
+        ctx = WorkerContext.build(self.loop, log, config, received.network, link)
+        diverts = HostDiverts(ctx, received) if config.mode is Mode.PASTA else None
+        echo = None if config.no_icmp else EchoHandler(ctx)
+        udp = None if config.no_udp else UdpHandler(
+            ctx, self._listeners(Role.UDP_LISTENER, UdpListener),
+            divert=diverts.udp if diverts else None,
+            send_datagrams=self._send_datagrams(link, capture))
         self.tcp = None if config.no_tcp else TcpHandler(
-            self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, self._tcp_listeners(), new_secret(),
-            verify_checksums=config.verify_checksums, outbound=outbound,
-            tso=isinstance(self.link, TapLink))
-        if config.mode == Mode.PASTA:
-            self.nsfwd = NamespaceForwarding(self.loop, log, config, received, self.net,
-                                             self.tcp, udp_handler)
-        self.services = GuestServices(self.loop, self.net, config, log, self.link.send, echo,
-                                      tcp=self.tcp, udp=udp_handler)
-        self.link.on_frame = self.services.on_frame
+            ctx, self._listeners(Role.TCP_LISTENER, TcpListener), new_secret(),
+            divert=diverts.tcp if diverts else None, tso=isinstance(link, TapLink))
+        if diverts is not None:
+            self.nsfwd = NamespaceForwarding(ctx, received, diverts, self.tcp, udp)
+        self.services = GuestServices(ctx, echo, tcp=self.tcp, udp=udp)
+        self.link = link
         self._signals()
         self._watch_command()
 
     # -- setup ------------------------------------------------------------------
-    def _fd(self, role: Role) -> int | None:
-        return self.handoff.fd(role)
-
     def _setup_stdio_and_log(self) -> None:
         """Standard error in the foreground, with ``-e`` and in pasta's
         command mode, unless a log file takes its place there (as passt's
         do, the foreground writes to both)."""
-        config = self.config
+        config, received = self.config, self.handoff
         self.log.level = config.log_level
-        devnull = self._fd(Role.DEVNULL)
-        log = self.handoff.one(Role.LOG)
-        command_mode = self.handoff.one(Role.COMMAND_PIDFD) is not None
+        devnull = received.fd(Role.DEVNULL)
+        log = received.one(Role.LOG)
+        command_mode = received.one(Role.COMMAND_PIDFD) is not None
         keep_stderr = config.stderr or command_mode
         if devnull is not None:
             os.dup2(devnull, 0)
@@ -122,57 +116,29 @@ class Worker:
         if not keep_stderr or (log is not None and not config.stderr):
             self.log.to_fd(None)
 
-    def _guest_link(self, capture: Capture) -> TapLink | StreamLink | VhostUserLink:
-        tap = self._fd(Role.TAP)
+    def _guest_link(self, capture: Capture, mtu: int) -> TapLink | StreamLink | VhostUserLink:
+        received = self.handoff
+        tap = received.fd(Role.TAP)
         if tap is not None:
-            return TapLink(self.loop, tap, capture, self.log, self.net.mtu)
-        listener = self._fd(Role.UNIX_LISTENER)
+            return TapLink(self.loop, tap, capture, self.log, mtu)
+        listener = received.fd(Role.UNIX_LISTENER)
         if self.config.vhost_user and listener is not None:
-            vhost = VhostUserLink(self.loop, capture, self.log, listener, self.net.mtu)
-            vhost.on_connect = lambda: self.services.announce()
-            vhost.on_disconnect = self._guest_gone
-            vhost.on_offload = self._offload
-            return vhost
-        link = StreamLink(self.loop, capture, self.log, listener=listener,
-                          connected=self._fd(Role.GUEST_STREAM))
-        link.on_connect = lambda: self.services.announce()
-        link.on_disconnect = self._guest_gone
-        return link
+            return VhostUserLink(self.loop, capture, self.log, listener, mtu)
+        return StreamLink(self.loop, capture, self.log, listener=listener,
+                          connected=received.fd(Role.GUEST_STREAM))
 
-    def _offload(self, on: bool) -> None:
-        """vhost-user: the guest takes partial checksums and TSO, or not;
-        flows made from now on follow."""
-        if self.tcp is not None:
-            self.tcp.tso = on
-
-    def _send_datagrams(self, capture: Capture):
+    @staticmethod
+    def _send_datagrams(link: TapLink | StreamLink | VhostUserLink,
+                        capture: Capture) -> SendDatagrams | None:
         """The tap takes batches of datagrams behind one header (USO); not
         when capturing, where every frame must be one the guest sees."""
-        if isinstance(self.link, TapLink) and capture.fd is None:
-            return self.link.send_datagrams
+        if isinstance(link, TapLink) and capture.fd is None:
+            return link.send_datagrams
         return None
 
-    def _tcp_listeners(self) -> list[TcpListener]:
-        return [TcpListener(e.fd, e.meta.family, e.meta.port, e.meta.target)
-                for e in self.handoff.by_role(Role.TCP_LISTENER)
-                if isinstance(e.meta, ListenerMeta)]
-
-    def _udp_listeners(self) -> list[UdpListener]:
-        return [UdpListener(e.fd, e.meta.family, e.meta.port, e.meta.target)
-                for e in self.handoff.by_role(Role.UDP_LISTENER)
-                if isinstance(e.meta, ListenerMeta)]
-
-    def _address_map(self) -> AddressMap:
-        config, net = self.config, self.net
-        return AddressMap.build(
-            gateway4=net.ipv4.gateway if net.ipv4 else None,
-            gateway6=net.ipv6.gateway if net.ipv6 else None,
-            no_map_gw=config.no_map_gw, map_host_loopback=config.map_host_loopback,
-            map_guest_addr=config.map_guest_addr,
-            host_addr4=net.ipv4.addr if net.ipv4 else None,
-            host_addr6=net.ipv6.addr if net.ipv6 else None,
-            dns_forward=config.dns_forward, dns_servers=net.host_resolvers,
-            nat64=config.nat64)
+    def _listeners(self, role: Role, make: type[L]) -> list[L]:
+        return [make(e.fd, e.meta.family, e.meta.port, e.meta.target)
+                for e in self.handoff.by_role(role) if isinstance(e.meta, ListenerMeta)]
 
     def _signals(self) -> None:
         wake_read, wake_write = socket.socketpair()
@@ -199,13 +165,13 @@ class Worker:
                 self.loop.stop()
 
     def _watch_command(self) -> None:
-        pidfd = self._fd(Role.COMMAND_PIDFD)
+        pidfd = self.handoff.fd(Role.COMMAND_PIDFD)
         if pidfd is not None:
             self.loop.add_fd(pidfd, EPOLLIN, self._command_exited)
         watch = self.handoff.one(Role.NETNS_WATCH)
         if watch is not None:
             self.loop.add_fd(watch.fd, EPOLLIN, self._netns_event)
-        target = self._fd(Role.TARGET_PIDFD)
+        target = self.handoff.fd(Role.TARGET_PIDFD)
         if target is not None:
             self.loop.add_fd(target, EPOLLIN, self._target_exited)
 
@@ -241,14 +207,10 @@ class Worker:
     def _internal_error(self, exc: Exception) -> None:
         self.log.ratelimited("internal_error", ERROR, f"internal error: {describe_exception(exc)}")
 
-    def _guest_gone(self) -> None:
-        if self.config.one_off:
-            self.loop.stop()
-        elif self.tcp is not None:  # the next guest starts afresh
-            self.tcp.reset_all()
-
     # -- serving ----------------------------------------------------------------
     def serve(self) -> int:
-        self.services.announce()
+        """Start the guest link (a guest already there gets its router
+        advertisement), then run the loop."""
+        self.link.start(self.services)
         self.loop.run()
         return self.exit_code

@@ -1,7 +1,12 @@
 """pasta's forwarding between the host and the namespace, wired from the
 handoff: the loopback splice paths (TCP and UDP), ``-T``/``-U`` sockets
 the broker made on the namespace's loopback, and ``auto`` both ways for
-both protocols.  Nothing here runs in passt mode."""
+both protocols.  Nothing here runs in passt mode.
+
+Two parts, built around the TCP and UDP handlers: ``HostDiverts`` before
+them (they take its diverts: what comes from the host itself is spliced,
+not made into frames), ``NamespaceForwarding`` after (it adds listeners
+to them)."""
 
 from __future__ import annotations
 
@@ -9,48 +14,35 @@ import socket
 from collections.abc import Callable
 
 from ..fwd import is_loopback_text
-from ..handoff import Handoff, ListenerMeta, ProcNetMeta, Role, WorkerConfig
-from ..log import Logger
-from ..netparams import Network
+from ..handoff import Handoff, ListenerMeta, ProcNetMeta, Role
 from ..nssource import NsSource
 from ..packet import address_text
+from .context import WorkerContext
 from .fwd_io import AutoDirection, AutoForwarding, Close, Open, host_socket
-from .loop import Loop
 from .splice_io import LocalSplicer, NamespaceListeners
 from .tcp_io import TcpHandler, TcpListener
 from .udp_io import UdpHandler, UdpListener
 from .udp_splice_io import UdpRelay, connect_host_loopback
 
 
-class NamespaceForwarding:
-    def __init__(self, loop: Loop, log: Logger, config: WorkerConfig, handoff: Handoff,
-                 net: Network,
-                 tcp: TcpHandler | None, udp: UdpHandler | None) -> None:
-        self.loop, self.log, self.config, self.handoff = loop, log, config, handoff
-        self.tcp, self.udp = tcp, udp
+class HostDiverts:
+    """The loopback fast paths, for the handlers to take: ``tcp`` and
+    ``udp`` (None without the ns socket source, ``--no-splice``); ``relay``,
+    the UDP relay they share with ``-U`` and ``auto``."""
+
+    def __init__(self, ctx: WorkerContext, handoff: Handoff) -> None:
+        config, net = ctx.config, ctx.net
         entry = handoff.one(Role.NS_SOURCE)
         self.source = NsSource(entry.fd) if entry else None
-        self.families = [f for f, params in ((socket.AF_INET, net.ipv4),
-                                             (socket.AF_INET6, net.ipv6)) if params is not None]
-        self.outward = NamespaceListeners(loop, log) if tcp else None
-        self.relay = UdpRelay(loop, log, config.max_flows) if udp else None
-        self._splice(net)
-        self.static_ns_tcp = self._static(Role.TCP_NS_LISTENER, self._add_tcp_ns)
-        self.static_ns_udp = self._static(Role.UDP_NS_LISTENER, self._add_udp_ns)
-        self.autos = [a for a in (self._auto_tcp(), self._auto_udp()) if a is not None]
-
-    # -- the loopback fast paths --------------------------------------------------------
-    def _splice(self, net: Network) -> None:
-        if self.source is None:
-            return
+        self.relay = None if config.no_udp else UdpRelay(ctx.loop, ctx.log, config.max_flows)
         # the host's own address is the namespace's too: a peer there could
         # not be answered over the tap, so it is spliced like loopback
         own = {p.addr for p in (net.ipv4, net.ipv6) if p is not None}
         self.own_text = {address_text(a) for a in own}
-        if self.tcp is not None:
-            self.tcp.divert = LocalSplicer(self.loop, self.source, own, self.log)
-        if self.udp is not None:
-            self.udp.divert = self._udp_from_host_itself
+        source = self.source
+        self.tcp = LocalSplicer(ctx.loop, source, own, ctx.log) \
+            if source is not None and not config.no_tcp else None
+        self.udp = self._udp_from_host_itself if source is not None and self.relay else None
 
     def _udp_from_host_itself(self, bound: socket.socket, peer: tuple, payload: memoryview,
                               target: int, now: float) -> bool:
@@ -63,6 +55,23 @@ class NamespaceForwarding:
         self.relay.forward(bound, peer, payload, target,
                            lambda family, port: source.ask("udp_connect", family, port), now)
         return True
+
+
+class NamespaceForwarding:
+    """``-T``, ``-U`` and ``auto``, once the handlers exist."""
+
+    def __init__(self, ctx: WorkerContext, handoff: Handoff, diverts: HostDiverts,
+                 tcp: TcpHandler | None, udp: UdpHandler | None) -> None:
+        self.loop, self.log, self.config, self.handoff = ctx.loop, ctx.log, ctx.config, handoff
+        self.tcp, self.udp = tcp, udp
+        self.source, self.relay = diverts.source, diverts.relay
+        self.families = [f for f, params in ((socket.AF_INET, ctx.net.ipv4),
+                                             (socket.AF_INET6, ctx.net.ipv6))
+                         if params is not None]
+        self.outward = NamespaceListeners(ctx.loop, ctx.log) if tcp else None
+        self.static_ns_tcp = self._static(Role.TCP_NS_LISTENER, self._add_tcp_ns)
+        self.static_ns_udp = self._static(Role.UDP_NS_LISTENER, self._add_udp_ns)
+        self.autos = [a for a in (self._auto_tcp(), self._auto_udp()) if a is not None]
 
     # -- -T, -U -------------------------------------------------------------------------
     def _static(self, role: Role, add) -> set[int]:
