@@ -18,7 +18,7 @@ from ..fwd import AddressMap
 from ..handoff import WorkerConfig
 from ..log import Logger
 from ..netparams import Network
-from .loop import Counters, Loop
+from .loop import Loop
 from .outbound import DEFAULT_OUTBOUND, Outbound
 
 BROADCAST_MAC = b"\xff" * 6
@@ -32,8 +32,9 @@ class FrameSink(Protocol):
 
 class GuestMac:
     """The guest's MAC address, as frames to it carry it: pasta's tap's,
-    else broadcast, until the guest's own frames show it (``learn``).
-    Called for the current value, as the handlers do on every frame."""
+    else broadcast, until the guest's own frames show it.
+    Called for the current value, as the handlers do on every frame;
+    ``services.GuestServices`` sets ``value``."""
 
     __slots__ = ("value",)
 
@@ -42,10 +43,6 @@ class GuestMac:
 
     def __call__(self) -> bytes:
         return self.value
-
-    def learn(self, source: bytes) -> None:
-        if source[0] & 1 == 0:                  # a unicast source only
-            self.value = source
 
 
 @dataclass(frozen=True)
@@ -65,10 +62,6 @@ class WorkerContext:
         """The derived parts (address map, outbound, guest MAC) from the rest."""
         return cls(loop, log, config, net, link, address_map(config, net),
                    Outbound.from_config(config), GuestMac(net.guest_mac))
-
-    @property
-    def counters(self) -> Counters:
-        return self.loop.counters
 
 
 def address_map(config: WorkerConfig, net: Network) -> AddressMap:

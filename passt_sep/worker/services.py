@@ -61,7 +61,8 @@ class GuestServices:
         detour through a further call."""
         try:
             eth = parse_ethernet(frame)
-            self.guest_mac.learn(eth.src)
+            if eth.src[0] & 1 == 0:             # a unicast source: the guest's own
+                self.guest_mac.value = eth.src
             if eth.ethertype == ETH_P_ARP:
                 self._answer(arp.handle_arp(self.net, eth) if self.net.ipv4 else None)
                 return
