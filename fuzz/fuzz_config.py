@@ -6,10 +6,10 @@ Input: the arguments, one per line (decoded as ``sys.argv`` is: UTF-8 with
 surrogate escapes; at most 64 arguments), then one control byte (from the
 end): the program name.  Documented exceptions: ``ConfigError`` (a bad
 option or value) and ``ShowText`` (``-h``, ``--version``).
-Invariant: a command line ``parse_args`` accepts reaches the worker
-intact: ``fdpass.send`` of ``handoff.encode`` (as the broker does it),
-then ``fdpass``'s unpacking and ``handoff.decode`` (as the worker does)
-give back the same ``Config``.
+Invariant: what the worker reads of a command line ``parse_args``
+accepts (``handoff.WorkerConfig``) reaches it intact: ``fdpass.send`` of
+``handoff.encode`` (as the broker does it), then ``fdpass``'s unpacking
+and ``handoff.decode`` (as the worker does) give back the same record.
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ def check(data: bytes) -> None:
     config = common.guarded(ALLOWED, parse_args, argv, prog)
     if config is None:
         return
+    sent = handoff.WorkerConfig.from_config(config)
     wire = _Wire()
-    fdpass.send(wire, handoff.encode(config, common.NET, []), [])
+    fdpass.send(wire, handoff.encode(sent, common.NET, []), [])
     message = fdpass._unpack(bytes(wire.data[4:]))
     received = handoff.decode(message, [])
-    assert received.config == config, (received.config, config)
+    assert received.config == sent, (received.config, sent)
     assert received.network == common.NET
 
 

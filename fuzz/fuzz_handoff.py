@@ -6,7 +6,7 @@ Input: the msgpack body.  Documented exceptions: ``handoff.HandoffError``
 (and, for a body that is not a msgpack map, ``fdpass.FdPassError``, which
 ``handoff.receive`` turns into a ``HandoffError``).
 Invariant: a decoded handoff holds every fd once, in order, each with a
-known role.
+known role and the metadata record that role has.
 """
 
 from __future__ import annotations
@@ -22,12 +22,22 @@ import msgpack  # noqa: E402
 from fuzz import common  # noqa: E402
 from passt_sep import fdpass, handoff  # noqa: E402
 from passt_sep.config import parse_args  # noqa: E402
-from passt_sep.handoff import FdEntry, HandoffError  # noqa: E402
+from passt_sep.handoff import (  # noqa: E402
+    FdEntry,
+    HandoffError,
+    ListenerMeta,
+    LogMeta,
+    NetnsWatchMeta,
+    ProcNetMeta,
+    Role,
+    WorkerConfig,
+)
 
 NAME = "handoff"
 ALLOWED = (HandoffError,)
 DICTIONARY = [b"\xa1v", b"\xa6config", b"\xa7network", b"\xa3fds", b"\xa4nfds", b"\xa4role",
-              b"\xa5index", b"\xa3tap", b"\xacunix_listener", b"\xactcp_listener", b"\xc0",
+              b"\xa6target", b"\xa4port", b"\xa6family", b"\xa3tap", b"\xacunix_listener",
+              b"\xactcp_listener", b"\xc0",
               b"\xc3", b"\xc2", b"\x90", b"\x80", b"\x91", b"\x81", b"\xdc\xff\xff",
               b"\xde\xff\xff", b"\xcc\xff", b"\xd3" + b"\xff" * 8]
 MAX_FDS = 4096
@@ -46,25 +56,31 @@ def check(data: bytes) -> None:
     if result is None:
         return
     assert [entry.fd for entry in result.fds] == fds
-    assert all(entry.role in handoff.ROLES for entry in result.fds)
+    for entry in result.fds:
+        meta = handoff.ROLES[entry.role].meta
+        assert type(entry.meta) is meta if meta else entry.meta is None
+    assert isinstance(result.config, WorkerConfig)
 
 
 def _body(argv: list[str], prog: str, entries: list[FdEntry]) -> bytes:
     """What the broker sends (``fdpass.send``): the message and its fd count."""
-    message = handoff.encode(parse_args(argv, prog), common.NET, entries)
+    config = WorkerConfig.from_config(parse_args(argv, prog))
+    message = handoff.encode(config, common.NET, entries)
     return msgpack.packb({**message, "nfds": len(entries)}, use_bin_type=True)
 
 
 def seeds() -> list[tuple[str, bytes]]:
-    pasta = [FdEntry("tap", 3), FdEntry("devnull", 4), FdEntry("command_pidfd", 5),
-             FdEntry("ns_source", 6),
-             FdEntry("tcp_listener", 7, {"port": 10000, "target": 20000, "family": 10}),
-             FdEntry("proc_net", 8, {"side": "ns", "table": "tcp"})]
-    passt = [FdEntry("unix_listener", 3), FdEntry("devnull", 4), FdEntry("pcap", 5)]
+    pasta = [FdEntry(Role.TAP, 3), FdEntry(Role.DEVNULL, 4), FdEntry(Role.COMMAND_PIDFD, 5),
+             FdEntry(Role.NS_SOURCE, 6),
+             FdEntry(Role.TCP_LISTENER, 7, ListenerMeta(10, 10000, 20000)),
+             FdEntry(Role.PROC_NET, 8, ProcNetMeta("ns", "tcp"))]
+    passt = [FdEntry(Role.UNIX_LISTENER, 3), FdEntry(Role.DEVNULL, 4), FdEntry(Role.PCAP, 5),
+             FdEntry(Role.LOG, 6, LogMeta(12.5))]
     podman = ["--config-net", "--dns-forward", "169.254.1.1", "-t", "none", "-u", "none",
               "-T", "none", "-U", "none", "--no-map-gw", "--quiet", "--netns",
               "/run/user/1000/netns/netns-1234"]
-    podman_fds = [FdEntry("tap", 3), FdEntry("netns_watch", 4, {"name": "netns-1234"})]
+    podman_fds = [FdEntry(Role.TAP, 3),
+                  FdEntry(Role.NETNS_WATCH, 4, NetnsWatchMeta(b"netns-1234"))]
     return [("pasta-command", _body(["--config-net", "-t", "10000-10002:20000-20002", "--",
                                      "sh", "-c", "true"], "pasta-sep", pasta)),
             ("passt-socket", _body(["--socket", "/tmp/passt-sep.socket", "-t", "22,80:8080",

@@ -24,7 +24,9 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_services.py
 from fuzz import common  # noqa: E402
 from passt_sep import icmp, packet, tcp, udp  # noqa: E402
 from passt_sep.config import parse_args  # noqa: E402
+from passt_sep.handoff import WorkerConfig  # noqa: E402
 from passt_sep.log import Logger  # noqa: E402
+from passt_sep.worker.context import WorkerContext  # noqa: E402
 from passt_sep.worker.loop import Counters  # noqa: E402
 from passt_sep.worker.services import GuestServices  # noqa: E402
 
@@ -32,17 +34,22 @@ NAME = "services"
 ALLOWED: tuple[type[BaseException], ...] = ()
 DICTIONARY = [b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x06", b"\x11", b"\x01", b"\x3a",
               b"\x00\x43", b"\x02\x23", bytes([133]), bytes([135]), b"\x08\x00\x00\x00"]
-CONFIGS = (
-    parse_args(["--config-net"], "pasta-sep"),
-    parse_args([], "passt-sep"),
-    parse_args(["--no-dhcp", "--no-ndp", "--no-dhcpv6", "--no-icmp"], "pasta-sep"),
-    parse_args(["--no-ra", "--no-dhcp-dns", "--no-dhcp-search"], "passt-sep"),
-)
+CONFIGS = tuple(WorkerConfig.from_config(parse_args(argv, prog)) for argv, prog in (
+    (["--config-net"], "pasta-sep"),
+    ([], "passt-sep"),
+    (["--no-dhcp", "--no-ndp", "--no-dhcpv6", "--no-icmp"], "pasta-sep"),
+    (["--no-ra", "--no-dhcp-dns", "--no-dhcp-search"], "passt-sep"),
+))
 
 
 class _Loop:
     def __init__(self) -> None:
         self.counters = Counters()
+
+
+class _Link:
+    def __init__(self, sent: list) -> None:
+        self.send = sent.append
 
 
 class _Tcp:
@@ -75,9 +82,9 @@ def check(data: bytes) -> None:
     config = CONFIGS[fdp.ConsumeIntInRange(0, 255) % len(CONFIGS)]
     frame = common.rest(fdp)
     sent: list[bytes] = []
-    verify = config.mode == "passt"
-    services = GuestServices(_Loop(), net, config, Logger("fuzz"), sent.append,
-                             None if config.no_icmp else _Echo(), _Tcp(verify, sent),
+    verify = config.verify_checksums
+    ctx = WorkerContext.build(_Loop(), Logger("fuzz"), config, net, _Link(sent))
+    services = GuestServices(ctx, None if config.no_icmp else _Echo(), _Tcp(verify, sent),
                              _Udp(verify))
     services.on_frame(memoryview(frame), 100.0)
     for reply in sent:

@@ -8,7 +8,6 @@ raise ``ShowText``.  No I/O here.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
@@ -17,11 +16,12 @@ from typing import Any
 
 from . import __version__
 from .clat import Nat64Error, Nat64Prefix
-from .ports import ConfigError, Forwarding, is_decimal, parse_forward
+from .ports import ConfigError, Forwarding, Mode, is_decimal, parse_forward
 
-__all__ = ["Config", "ConfigError", "ShowText", "OPTIONS", "parse_args", "usage"]
+__all__ = ["Config", "ConfigError", "Mode", "ShowText", "OPTIONS", "parse_args", "usage"]
 
-BOTH, PASST, PASTA = "both", "passt", "pasta"
+BOTH = "both"                       # Option.modes: either Mode
+PASST, PASTA = Mode.PASST, Mode.PASTA
 IFNAMSIZ = 16
 MIN_MTU, MAX_MTU = 68, 65535
 IPV6_MIN_MTU = 1280
@@ -44,7 +44,7 @@ class ShowText(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    mode: str
+    mode: Mode
     debug: bool = False
     trace: bool = False
     quiet: bool = False
@@ -116,39 +116,6 @@ class Config:
     """464XLAT: the guest's IPv4 leaves as IPv6 to the NAT64 prefix."""
     nat64_prefix: str | None = None
     """PREFIX/LEN for --clat; None: discovered by the broker (RFC 7050)."""
-
-    _FORWARDINGS = ("tcp_ports", "udp_ports", "tcp_ns", "udp_ns")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain, msgpack-able dict (the handoff carries it)."""
-        out: dict[str, Any] = {}
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, Forwarding):
-                value = value.to_dict()
-            elif item.name == "command":
-                value = [os.fsencode(arg) for arg in value]    # any bytes, as exec takes them
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[item.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Config:
-        names = {item.name for item in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
-        values = dict(data)
-        for name in cls._FORWARDINGS:
-            if name in values:
-                values[name] = Forwarding.from_dict(values[name])
-        for name in ("dns", "dns_forward", "dns_host", "search"):
-            if name in values:
-                values[name] = tuple(values[name])
-        if "command" in values:
-            values["command"] = tuple(os.fsdecode(arg) for arg in values["command"])
-        return cls(**values)
 
 
 # -- the option table -------------------------------------------------------------
@@ -326,7 +293,7 @@ def version_text() -> str:
 
 # -- parsing --------------------------------------------------------------------------
 
-def mode_for(prog: str) -> str:
+def mode_for(prog: str) -> Mode:
     return PASTA if "pasta" in os.path.basename(prog) else PASST
 
 
@@ -347,8 +314,8 @@ def parse_args(argv: Sequence[str], prog: str) -> Config:
         if not is_option:
             positional.append(value)
             continue
-        _check_encoding(name, value)
         opt = _BY_NAME[name]
+        _check_encoding(opt, name, value)
         if opt.long == "--fd" and mode == PASTA:
             raise ConfigError(f"{name}: a pre-opened tap device is not supported by pasta-sep, "
                               "which creates the tap itself")
@@ -443,13 +410,13 @@ def _long_name(given: str) -> str:
     return matches[0]
 
 
-def _mode(tokens: list[tuple[str, str, bool]], prog: str) -> str:
+def _mode(tokens: list[tuple[str, str, bool]], prog: str) -> Mode:
     mode = mode_for(prog)
     for name, value, is_option in tokens:
         if is_option and name == "--mode":
             if value not in (PASST, PASTA):
                 raise ConfigError(f"Invalid mode: {value} (use passt or pasta)")
-            mode = value
+            mode = Mode(value)
     for name, _, is_option in tokens:
         if is_option and name in ("-h", "--help"):
             raise ShowText(usage(mode))
@@ -711,7 +678,7 @@ def _search(value: str, values: dict[str, Any]) -> None:
     values["search"] = values.get("search", ()) + domains
 
 
-def _forwardings(values: dict[str, Any], multi: dict[str, list[str]], mode: str) -> None:
+def _forwardings(values: dict[str, Any], multi: dict[str, list[str]], mode: Mode) -> None:
     default = ["auto"] if mode == PASTA else ["none"]
     values["tcp_ports"] = parse_forward(multi["-t"] or default, mode, "-t")
     values["udp_ports"] = parse_forward(multi["-u"] or default, mode, "-u")
@@ -720,10 +687,15 @@ def _forwardings(values: dict[str, Any], multi: dict[str, list[str]], mode: str)
         values["udp_ns"] = parse_forward(multi["-U"] or default, mode, "-U")
 
 
-def _check_encoding(name: str, value: str | None) -> None:
-    """Option values travel to the worker as msgpack strings: UTF-8 only
-    (the command, which only the broker uses, may be any bytes)."""
-    if value is None:
+# Paths and names of files: any bytes the command line holds (as str with
+# surrogate escapes, as Python decodes argv); they stay in the broker.
+PATH_OPTIONS = frozenset({"--log-file", "--pcap", "--pid", "--socket", "--netns", "--userns"})
+
+
+def _check_encoding(opt: Option, name: str, value: str) -> None:
+    """Other values are text, addresses and names: UTF-8 only (a search
+    domain or interface name the worker is given goes as a msgpack string)."""
+    if opt.long in PATH_OPTIONS:
         return
     try:
         value.encode("utf-8")
@@ -731,7 +703,7 @@ def _check_encoding(name: str, value: str | None) -> None:
         raise ConfigError(f"Invalid value for {name}: not UTF-8") from None
 
 
-def _positionals(values: dict[str, Any], positional: list[str], mode: str) -> None:
+def _positionals(values: dict[str, Any], positional: list[str], mode: Mode) -> None:
     if not positional:
         return
     if mode == PASST:

@@ -105,13 +105,13 @@ def inotify_watch(directory: str, mask: int) -> int:
     return fd
 
 
-def inotify_names(events: bytes) -> list[str]:
-    """The file names in a buffer of inotify events."""
+def inotify_names(events: bytes) -> list[bytes]:
+    """The file names in a buffer of inotify events, as the kernel has them."""
     names = []
     offset = 0
     while offset + _INOTIFY_EVENT_HEADER <= len(events):
         length = int.from_bytes(events[offset + 12:offset + 16], "little")
         raw = events[offset + 16:offset + 16 + length]
-        names.append(raw.split(b"\0", 1)[0].decode(errors="replace"))
+        names.append(raw.split(b"\0", 1)[0])
         offset += _INOTIFY_EVENT_HEADER + length
     return names

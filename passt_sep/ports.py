@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 MAX_PORT = 65535
 IFNAMSIZ = 16
@@ -19,6 +20,14 @@ IFNAMSIZ = 16
 
 class ConfigError(ValueError):
     """A command-line value is invalid; the message names it."""
+
+
+class Mode(StrEnum):
+    """passt (a VM on a UNIX socket) or pasta (a network namespace on a
+    tap).  Here, below ``config``, because port specs depend on it too."""
+
+    PASST = "passt"
+    PASTA = "pasta"
 
 
 @dataclass(frozen=True)
@@ -54,15 +63,6 @@ class Forwarding:
             for port in range(rule.first, rule.last + 1):
                 yield port, rule.target_of(port), rule
 
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "skip_unavailable": self.skip_unavailable, "rules": [
-            [r.first, r.last, r.target, r.address, r.interface] for r in self.rules]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Forwarding:
-        return cls(data["mode"], tuple(ForwardRule(*r) for r in data["rules"]),
-                   bool(data.get("skip_unavailable")))
-
 
 def parse_forward(specs: Sequence[str], mode: str, option: str) -> Forwarding:
     """All values given for one option (it may be repeated): port lists
@@ -95,7 +95,7 @@ def _parse_one(spec: str, mode: str, option: str) -> tuple[str, list[ForwardRule
     if spec == "none":
         return "none", []
     if spec == "auto":
-        if mode != "pasta":
+        if mode != Mode.PASTA:
             raise ConfigError(f"'auto' port forwarding is only allowed for pasta (option {option})")
         return "auto", []
     address, interface, ports = _split_bind(spec, option)
@@ -104,7 +104,7 @@ def _parse_one(spec: str, mode: str, option: str) -> tuple[str, list[ForwardRule
                           f"ports are bound on the namespace's loopback (option {option})")
     kind = "spec"
     if ports == "all" or ports.startswith("all,"):
-        if mode != "passt":
+        if mode != Mode.PASST:
             raise ConfigError(f"'all' port forwarding is only allowed for passt (option {option})")
         kind, ports = "all", ports[4:] or "~0"
     return kind, _rules(ports, address, interface, spec, option, everything=kind == "all")

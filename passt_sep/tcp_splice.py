@@ -17,7 +17,9 @@ PIPE_CAPACITY = 65536
 
 
 @dataclass
-class Direction:
+class SpliceWay:
+    """One way of a spliced connection, through its pipe."""
+
     pending: int = 0          # bytes in the pipe, not yet written out
     eof: bool = False         # the source returned end of file
     shut: bool = False        # the end of file was passed on
@@ -53,8 +55,8 @@ class SplicePair:
     """Both directions of one spliced connection: 0 is a -> b, 1 is b -> a."""
 
     connected: bool = False   # the namespace-side connect() finished
-    ways: tuple[Direction, Direction] = field(
-        default_factory=lambda: (Direction(), Direction()))
+    ways: tuple[SpliceWay, SpliceWay] = field(
+        default_factory=lambda: (SpliceWay(), SpliceWay()))
 
     @property
     def finished(self) -> bool:

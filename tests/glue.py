@@ -27,13 +27,16 @@ from collections.abc import Callable, Iterable
 from passt_sep import packet, tcp, udp
 from passt_sep.flow import FlowKey
 from passt_sep.fwd import AddressMap
+from passt_sep.handoff import WorkerConfig
 from passt_sep.log import Logger
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 from passt_sep.packet import IPPROTO_TCP, Inbound
+from passt_sep.ports import Mode
 from passt_sep.tcp import SYN, TcpSegment
+from passt_sep.worker.context import GuestMac, WorkerContext
 from passt_sep.worker.icmp_io import EchoHandler
 from passt_sep.worker.loop import Loop
-from passt_sep.worker.tcp_io import Listener, TcpHandler
+from passt_sep.worker.tcp_io import TcpHandler, TcpListener
 from passt_sep.worker.udp_io import UdpHandler, UdpListener
 
 
@@ -98,7 +101,7 @@ class Frames:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
 
-    def __call__(self, frame: bytes | bytearray) -> None:
+    def send(self, frame: bytes | bytearray) -> None:
         self.frames.append(bytes(frame))
 
     def __len__(self) -> int:
@@ -118,22 +121,27 @@ class Rig:
         self.log = Logger("test")
         self.closers: list[Callable[[], None]] = []
 
-    def tcp(self, max_flows: int = 16, listeners: Iterable[Listener] = ()) -> TcpHandler:
-        handler = TcpHandler(self.loop, NET, ADDRMAP, self.frames, lambda: GUEST_MAC, self.log,
-                             max_flows, list(listeners), bytes(16), verify_checksums=True)
+    def context(self, max_flows: int = 16, mac: bytes | None = GUEST_MAC,
+                **flags: bool) -> WorkerContext:
+        """passt's view (checksums verified), the frames to our sink; the
+        guest's MAC known (``mac``) or still to learn (None)."""
+        config = WorkerConfig(mode=Mode.PASST, max_flows=max_flows, **flags)
+        return WorkerContext(self.loop, self.log, config, NET, self.frames, ADDRMAP,
+                             guest_mac=GuestMac(mac))
+
+    def tcp(self, max_flows: int = 16, listeners: Iterable[TcpListener] = ()) -> TcpHandler:
+        handler = TcpHandler(self.context(max_flows), list(listeners), bytes(16))
         self.closers.append(lambda: _close_tcp(handler))
         return handler
 
     def udp(self, max_flows: int = 16, listeners: Iterable[UdpListener] = (),
             timeout: float = udp.DEFAULT_TIMEOUT) -> UdpHandler:
-        handler = UdpHandler(self.loop, NET, ADDRMAP, self.frames, lambda: GUEST_MAC, self.log,
-                             max_flows, list(listeners), timeout=timeout, verify_checksums=True)
+        handler = UdpHandler(self.context(max_flows), list(listeners), timeout=timeout)
         self.closers.append(lambda: _close_all(handler.sockets.values()))
         return handler
 
     def echo(self, max_flows: int = 16) -> EchoHandler:
-        handler = EchoHandler(self.loop, NET, ADDRMAP, self.frames, lambda: GUEST_MAC, self.log,
-                              max_flows)
+        handler = EchoHandler(self.context(max_flows))
         self.closers.append(lambda: _close_all(sock for sock, _ in handler.sockets.values()))
         return handler
 

@@ -22,17 +22,17 @@ import socket
 import sys
 from typing import NoReturn
 
-from .. import clat, linux, nspolicy, nssource, sandbox
-from ..config import Config
-from ..handoff import FdEntry
+from .. import clat, handoff, linux, nspolicy, nssource, sandbox
+from ..config import Config, Mode
+from ..handoff import FdEntry, Role
 from ..log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..ports import Forwarding
 from . import hostinfo, jail, mac, namespaces, sockets
-from .handoff import WorkerStartError, start_worker
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
+from .worker_start import WorkerStartError, start_worker
 
 NS_GET_USERNS = 0xB701
 BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.JailError,
@@ -76,7 +76,7 @@ def _check_interfaces(config: Config) -> None:
             socket.if_nametoindex(name)
         except OSError:
             raise sockets.SetupError(f"{option} {name}: no such interface on the host") from None
-    if config.mode == "pasta" and config.interface == "lo" and not config.ns_ifname:
+    if config.mode == Mode.PASTA and config.interface == "lo" and not config.ns_ifname:
         raise sockets.SetupError("-i lo: the namespace's interface would be called lo too, "
                                  "which is its loopback: name it with -I")
 
@@ -108,7 +108,7 @@ def _to_stderr(text: str) -> None:
 
 
 def _prog(config: Config) -> str:
-    return "pasta-sep" if config.mode == "pasta" else "passt-sep"
+    return "pasta-sep" if config.mode == Mode.PASTA else "passt-sep"
 
 
 class Broker:
@@ -118,6 +118,7 @@ class Broker:
         self.log = log or Logger(_prog(config), level_for(config))
         self.host: hostinfo.HostInfo | None = None      # as the netlink helper saw it
         self.entries: list[FdEntry] = []
+        self.tap_ifname: str | None = None              # pasta: the tap's name, once made
         self.target: namespaces.Target | None = None
         # root of a user namespace someone else made (Podman's) is not "real
         # root": it has nobody to switch to, and nothing on the host to protect
@@ -156,14 +157,14 @@ class Broker:
             "worker", frozenset({"vhost-user"}) if config.vhost_user else frozenset())
         waiter_filter = sandbox.prepare("waiter")
         self.source_filter = sandbox.prepare("nssource")
-        if config.mode == "pasta":
+        if config.mode == Mode.PASTA:
             self._pasta_namespace()
         else:
             self._own_user_namespace()
             self._passt_socket()
         self._files()
         self._host_forwarding()
-        if config.mode == "pasta":
+        if config.mode == Mode.PASTA:
             self._join_owner_userns()
             self.netlink.request_tap(self.target.netns_fd)
         identity = self._jail_identity()
@@ -171,10 +172,10 @@ class Broker:
             identity = None         # --runas naming oneself: nothing to switch
         net = self._network()
         config = self.config                # with the NAT64 prefix found
-        if config.mode == "pasta" and not config.no_splice:
+        if config.mode == Mode.PASTA and not config.no_splice:
             self._ns_source(identity, net)
         self._announce(net)
-        if config.mode == "pasta":  # after the tap: the helper brings up the namespace's lo
+        if config.mode == Mode.PASTA:  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
         confinement = mac.prepare()                     # needs /proc: before the jail
         jail.close(identity, keep_net_bind=self._needs_low_ports())
@@ -196,13 +197,14 @@ class Broker:
         if config.netns or config.target_pid is not None:
             self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
             if self.target.pidfd is not None:
-                self.entries.append(FdEntry("target_pidfd", self.target.pidfd))
+                self.entries.append(FdEntry(Role.TARGET_PIDFD, self.target.pidfd))
             self._owner_userns()
         else:
             self._own_user_namespace()
             command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
             self.target = namespaces.spawn_command_namespace(command)
-            self.entries.append(FdEntry("command_pidfd", os.pidfd_open(self.target.holder.pid)))
+            self.entries.append(FdEntry(Role.COMMAND_PIDFD,
+                                        os.pidfd_open(self.target.holder.pid)))
 
     def _network(self) -> Network:
         """The host's network and (pasta) the tap, from the netlink helper,
@@ -214,11 +216,12 @@ class Broker:
         if config.clat and not config.nat64_prefix:
             self.config = config = self._discovered_nat64(config)
         net = hostinfo.guest_network(config, host)
-        if config.mode != "pasta":
+        if config.mode != Mode.PASTA:
             self.netlink.close()
             return net
         ifname, mac, fd = self.netlink.tap()
-        self.entries.append(FdEntry("tap", fd, {"ifname": ifname}))
+        self.tap_ifname = ifname
+        self.entries.append(FdEntry(Role.TAP, fd))
         return dataclasses.replace(net, guest_mac=mac_to_bytes(mac))
 
     def _discovered_nat64(self, config: Config) -> Config:
@@ -242,7 +245,7 @@ class Broker:
         config = self.config
         auto = (not config.no_tcp and config.tcp_ports.mode == "auto") or \
             (not config.no_udp and config.udp_ports.mode == "auto")
-        return self.real_root and not self.own_userns and config.mode == "pasta" and auto
+        return self.real_root and not self.own_userns and config.mode == Mode.PASTA and auto
 
     def _jail_identity(self) -> jail.Identity | None:
         """Who the jail makes us: ``--runas`` or nobody for real root in the
@@ -269,7 +272,7 @@ class Broker:
             nssource.serve(sock, policy)
 
         _pid, fd = namespaces.spawn_inside(self.target, serve)
-        self.entries.append(FdEntry("ns_source", fd))
+        self.entries.append(FdEntry(Role.NS_SOURCE, fd))
 
     def _own_user_namespace(self) -> None:
         """Unprivileged: a user namespace of our own gives the capabilities
@@ -360,7 +363,7 @@ class Broker:
         config = self.config
         if config.fd is not None:
             os.set_inheritable(config.fd, False)
-            self.entries.append(FdEntry("guest_stream", os.dup(config.fd)))
+            self.entries.append(FdEntry(Role.GUEST_STREAM, os.dup(config.fd)))
             return
         entry, self.socket_path = sockets.unix_listener(config.socket_path)
         self.entries.append(entry)
@@ -374,9 +377,8 @@ class Broker:
         path = self.config.log_file
         if not path:
             return
-        entry, output = sockets.log_file(path)
+        entry, output = sockets.log_file(path, self.log.start)
         output.release()
-        entry.meta["start"] = self.log.start
         self.entries.append(entry)
         self.log.to_file(fcntl.fcntl(entry.fd, fcntl.F_DUPFD_CLOEXEC, 3), self.config.log_size)
         self.log.header(os.path.realpath(sys.argv[0]))
@@ -392,8 +394,7 @@ class Broker:
         host = self.host
         templates = (host.v4.ifname if host and host.v4 else None,
                      host.v6.ifname if host and host.v6 else None)
-        taps = [e.meta["ifname"] for e in self.entries if e.role == "tap"]
-        _print_block(self.log, startup_block(config, net, templates, taps[0] if taps else None))
+        _print_block(self.log, startup_block(config, net, templates, self.tap_ifname))
 
     def _host_forwarding(self) -> None:
         """``-t`` and ``-u``: the host's listeners, bound as whoever started
@@ -427,21 +428,22 @@ class Broker:
                                                      loopback=True)
             if auto:
                 entries += sockets.proc_net_tables("ns", auto)
-            return ({"entries": [[e.role, e.meta] for e in entries]}, [e.fd for e in entries])
+            return ({"entries": [handoff.entry_to_dict(e) for e in entries]},
+                    [e.fd for e in entries])
 
         result, fds = namespaces.run_inside(self.target, inside)
-        self.entries += [FdEntry(role, fd, meta)
-                         for (role, meta), fd in zip(result["entries"], fds, strict=True)]
+        self.entries += [handoff.entry_from_dict(item, fd)
+                         for item, fd in zip(result["entries"], fds, strict=True)]
         if auto:
             self.entries += sockets.proc_net_tables("host", auto)
 
-    def _ns_static_forwards(self) -> list[tuple[Forwarding, int, str]]:
+    def _ns_static_forwards(self) -> list[tuple[Forwarding, int, Role]]:
         config = self.config
         static = []
         if not config.no_tcp and config.tcp_ns.mode == "spec":
-            static.append((config.tcp_ns, socket.SOCK_STREAM, "tcp_ns_listener"))
+            static.append((config.tcp_ns, socket.SOCK_STREAM, Role.TCP_NS_LISTENER))
         if not config.no_udp and config.udp_ns.mode == "spec":
-            static.append((config.udp_ns, socket.SOCK_DGRAM, "udp_ns_listener"))
+            static.append((config.udp_ns, socket.SOCK_DGRAM, Role.UDP_NS_LISTENER))
         return static
 
     def _auto_protocols(self) -> list[str]:
@@ -463,7 +465,7 @@ class Broker:
             self.pid_output = sockets.pid_file(config.pid_file)
         if self.target and self.target.path and not config.no_netns_quit:
             self.entries.append(sockets.netns_watch(self.target.path))
-        self.entries.append(FdEntry("devnull", os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
+        self.entries.append(FdEntry(Role.DEVNULL, os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
 
     def _after_start(self, worker: int, waiter_filter: sandbox.Prepared) -> int:
         holder = self.target.holder if self.target else None

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 
 from .. import linux
-from ..handoff import FdEntry
+from ..handoff import FdEntry, ListenerMeta, LogMeta, NetnsWatchMeta, ProcNetMeta, Role
 from ..nssource import LOOPBACK
 from ..pcap import file_header
 from ..ports import Forwarding
@@ -32,7 +32,7 @@ def families(ipv4: bool, ipv6: bool) -> list[int]:
 
 
 def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
-                      quiet_conflicts: bool = False, role: str | None = None,
+                      quiet_conflicts: bool = False, role: Role | None = None,
                       loopback: bool = False, freebind: bool = False) -> list[FdEntry]:
     """Listening (TCP) or bound (UDP) sockets for every forwarded port, on
     the wildcard address or, with ``loopback`` (pasta's ``-T``, made in the
@@ -44,7 +44,7 @@ def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
     skipped as passt does, unless none is left.
     """
     quiet_conflicts = quiet_conflicts or forwarding.skip_unavailable
-    role = role or ("tcp_listener" if kind == socket.SOCK_STREAM else "udp_listener")
+    role = role or (Role.TCP_LISTENER if kind == socket.SOCK_STREAM else Role.UDP_LISTENER)
     entries: list[FdEntry] = []
     try:
         for port, target, rule in forwarding.ports():
@@ -53,8 +53,8 @@ def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
                 sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts,
                               freebind)
                 if sock is not None:
-                    entries.append(FdEntry(role, sock.detach(), {
-                        "family": int(family), "port": port, "target": target}))
+                    entries.append(FdEntry(role, sock.detach(),
+                                           ListenerMeta(int(family), port, target)))
     except BaseException:
         for entry in entries:
             os.close(entry.fd)
@@ -98,7 +98,7 @@ def proc_net_tables(side: str, protocols: list[str]) -> list[FdEntry]:
             if exc.errno == errno.ENOENT:       # no IPv6 in this kernel
                 continue
             raise SetupError(f"cannot read /proc/net/{table}: {exc.strerror}") from None
-        entries.append(FdEntry("proc_net", fd, {"side": side, "table": table}))
+        entries.append(FdEntry(Role.PROC_NET, fd, ProcNetMeta(side, table)))
     return entries
 
 
@@ -115,7 +115,7 @@ def unix_listener(path: str | None) -> tuple[FdEntry, str]:
         sock.close()
         raise SetupError(f"cannot listen on UNIX socket {path}: {exc.strerror}") from None
     sock.setblocking(False)
-    return FdEntry("unix_listener", sock.detach(), {"path": path}), path
+    return FdEntry(Role.UNIX_LISTENER, sock.detach()), path
 
 
 def _default_socket_path() -> str:
@@ -219,12 +219,13 @@ def pcap_file(path: str) -> tuple[FdEntry, OutputFile]:
     except OSError as exc:
         _discard(output)
         raise SetupError(f"cannot write capture file {path}: {exc.strerror}") from None
-    return FdEntry("pcap", output.fd, {"path": path}), output
+    return FdEntry(Role.PCAP, output.fd), output
 
 
-def log_file(path: str) -> tuple[FdEntry, OutputFile]:
+def log_file(path: str, start: float) -> tuple[FdEntry, OutputFile]:
+    """``start``: the time the worker's lines count from, as the broker's."""
     output = open_output(path, "--log-file", "log file", os.O_APPEND)
-    return FdEntry("log", output.fd, {"path": path}), output
+    return FdEntry(Role.LOG, output.fd, LogMeta(start)), output
 
 
 def pid_file(path: str) -> OutputFile:
@@ -247,7 +248,7 @@ def netns_watch(path: str) -> FdEntry:
         fd = linux.inotify_watch(directory, linux.IN_DELETE | linux.IN_MOVED_FROM)
     except OSError as exc:
         raise SetupError(f"cannot watch {directory}: {exc.strerror}") from None
-    return FdEntry("netns_watch", fd, {"name": name})
+    return FdEntry(Role.NETNS_WATCH, fd, NetnsWatchMeta(os.fsencode(name)))
 
 
 def open_output(path: str, option: str, what: str, flags: int) -> OutputFile:

@@ -32,7 +32,7 @@ Close = Callable[[int], None]
 
 
 @dataclass
-class Direction:
+class AutoDirection:
     """One direction of ``auto`` for one protocol.
 
     ``seen_on``: the side whose tables are followed; ``open``/``close``:
@@ -58,7 +58,7 @@ class Direction:
 
 class AutoForwarding:
     def __init__(self, loop: Loop, log: Logger, tables: dict[str, list[int]], udp: bool,
-                 families: list[int], directions: list[Direction]) -> None:
+                 families: list[int], directions: list[AutoDirection]) -> None:
         self.loop, self.log, self.tables, self.udp = loop, log, tables, udp
         self.families, self.directions = families, directions
         self.scan(0.0)
@@ -84,7 +84,7 @@ class AutoForwarding:
                 self.loop.counters.add("auto_table_error")
         return ports
 
-    def _open(self, direction: Direction, port: int) -> None:
+    def _open(self, direction: AutoDirection, port: int) -> None:
         fds = []
         for family in self.families:
             try:

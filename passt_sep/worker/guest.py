@@ -1,8 +1,12 @@
 """The guest side of the worker: frames in and out of the tap device (pasta)
 or the passt stream socket (QEMU, libvirt), with optional capture.
 
-Reads fill one preallocated buffer; every complete frame goes to
-``on_frame(frame, now)``.  Writes never block: a full tap queue drops the
+A link sends as soon as it is made (frames before a guest is there are
+dropped); ``start(receiver)``, once everything it delivers to exists,
+registers it with the loop: from then on every complete frame goes to the
+receiver's ``on_frame(frame, now)``, and a guest that becomes reachable to
+its ``on_connect`` (at once for pasta's tap and passt's ``--fd``).  Reads
+fill one preallocated buffer.  Writes never block: a full tap queue drops the
 frame (the guest's TCP retransmits), and on the stream socket whole frames
 wait in a bounded output buffer so the length framing is never broken.
 """
@@ -14,6 +18,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ..log import Logger
 from ..packet import ETH_HLEN
@@ -32,6 +37,18 @@ FrameHandler = Callable[[memoryview, float], None]
 READ_SIZE = 65536 + 64
 FRAMES_PER_WAKEUP = 128
 STREAM_OUT_MAX = 8 << 20
+
+
+class GuestReceiver(Protocol):
+    """What a guest link reports to (``services.GuestServices``)."""
+
+    def on_frame(self, frame: memoryview, now: float) -> None: ...
+
+    def on_connect(self) -> None: ...
+
+    def on_disconnect(self) -> None: ...
+
+    def on_offload(self, on: bool) -> None: ...
 
 
 class Capture:
@@ -71,7 +88,12 @@ class TapLink:
         self.single = False           # read one frame per wakeup...
         self.single_round = -1        # ...the last time in this loop round
         os.set_blocking(fd, False)
-        loop.add_fd(fd, EPOLLIN, self._readable)
+
+    def start(self, receiver: GuestReceiver) -> None:
+        """Read for ``receiver``; the namespace is there already."""
+        self.on_frame = receiver.on_frame
+        self.loop.add_fd(self.fd, EPOLLIN, self._readable)
+        receiver.on_connect()
 
     @property
     def connected(self) -> bool:
@@ -156,6 +178,10 @@ class StreamLink:
                  listener: int | None = None, connected: int | None = None) -> None:
         self.loop, self.capture, self.log = loop, capture, log
         self.listener = socket.socket(fileno=listener) if listener is not None else None
+        if self.listener is not None:
+            self.listener.setblocking(False)
+        # -F: attached on start; made a socket here, before the sandbox is armed
+        self.preconnected = socket.socket(fileno=connected) if connected is not None else None
         self.conn: socket.socket | None = None
         self.decoder = StreamDecoder()
         self.out = bytearray()
@@ -163,11 +189,16 @@ class StreamLink:
         self.on_frame: FrameHandler = lambda frame, now: None
         self.on_connect: Callable[[], None] = lambda: None
         self.on_disconnect: Callable[[], None] = lambda: None
+
+    def start(self, receiver: GuestReceiver) -> None:
+        """Accept guests (and serve the ``--fd`` one) for ``receiver``."""
+        self.on_frame = receiver.on_frame
+        self.on_connect, self.on_disconnect = receiver.on_connect, receiver.on_disconnect
         if self.listener is not None:
-            self.listener.setblocking(False)
-            loop.add_fd(self.listener.fileno(), EPOLLIN, self._accept)
-        if connected is not None:
-            self._attach(socket.socket(fileno=connected))
+            self.loop.add_fd(self.listener.fileno(), EPOLLIN, self._accept)
+        if self.preconnected is not None:
+            self._attach(self.preconnected)
+            self.preconnected = None
 
     @property
     def connected(self) -> bool:

@@ -11,29 +11,24 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Callable
 
 from .. import icmp
-from ..fwd import AddressMap
-from ..log import WARNING, Logger
-from ..netparams import Network
+from ..log import WARNING
 from ..packet import Inbound
-from .loop import EPOLLIN, Loop
-from .outbound import DEFAULT_OUTBOUND, Outbound
+from .context import WorkerContext
+from .loop import EPOLLIN
 
 ECHO_TIMEOUT = 60.0
 RECV_SIZE = 65536
 
 
 class EchoHandler:
-    def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
-                 send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
-                 log: Logger, max_flows: int, outbound: Outbound = DEFAULT_OUTBOUND) -> None:
-        self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
-        self.outbound = outbound
-        self.send_frame = send_frame
-        self.guest_mac = guest_mac
-        self.flows = icmp.EchoFlows(max_flows, ECHO_TIMEOUT)
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.loop, self.net, self.addrmap, self.log = ctx.loop, ctx.net, ctx.addrmap, ctx.log
+        self.outbound = ctx.outbound
+        self.send_frame = ctx.link.send
+        self.guest_mac = ctx.guest_mac
+        self.flows = icmp.EchoFlows(ctx.config.max_flows, ECHO_TIMEOUT)
         self.sockets: dict[int, tuple[socket.socket, bytes]] = {}  # fd -> (sock, guest src)
         self.sweep_timer = None
 

@@ -12,28 +12,28 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from .. import handoff, linux
-from ..clat import WELL_KNOWN_PREFIX, Nat64Prefix
-from ..fwd import AddressMap
-from ..handoff import Handoff, HandoffError
-from ..log import ERROR, INFO, Logger, describe_exception, level_for
+from ..config import Mode
+from ..handoff import Handoff, HandoffError, ListenerMeta, LogMeta, NetnsWatchMeta, Role
+from ..log import ERROR, INFO, Logger, describe_exception
 from ..sandbox import Prepared
+from .context import WorkerContext
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
 from .loop import EPOLLIN, Loop
-from .nsfwd import NamespaceForwarding
-from .outbound import Outbound
+from .nsfwd import HostDiverts, NamespaceForwarding
 from .services import GuestServices
 from .tcp_io import TcpHandler, TcpListener, new_secret
-from .udp_io import UdpHandler, UdpListener
+from .udp_io import SendDatagrams, UdpHandler, UdpListener
 from .vhost_io import VhostUserLink
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 DRAIN_SECONDS = 10.0
 DRAIN_POLL = 0.05
+L = TypeVar("L", TcpListener, UdpListener)
 
 
 def run(sock: socket.socket, sandbox: Prepared, prog: str = "passt-sep") -> NoReturn:
@@ -59,57 +59,50 @@ def run(sock: socket.socket, sandbox: Prepared, prog: str = "passt-sep") -> NoRe
 
 
 class Worker:
-    """Owns the loop and wires the handlers from the handoff manifest."""
+    """Owns the loop and wires the handlers from the handoff manifest, in
+    dependency order: the context (loop, log, configuration, network, the
+    guest link, what derives from them), pasta's diverts, the handlers, the
+    namespace's forwarding, the dispatch of the guest's frames; last, the
+    link starts delivering to that dispatch."""
 
     def __init__(self, received: Handoff, log: Logger) -> None:
-        self.config = config = received.config
-        self.net = received.network
         self.handoff = received
+        self.config = config = received.config
         self.log = log
         self._setup_stdio_and_log()
         self.loop = Loop()
         self.loop.on_error = self._internal_error
         self.exit_code = EXIT_OK
-        capture = Capture(self._fd("pcap"))
-        self.link = self._guest_link(capture)
-        addrmap = self._address_map()
-        outbound = Outbound.from_config(config)
-        echo = None if config.no_icmp else EchoHandler(
-            self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, outbound)
-        udp_handler = None if config.no_udp else UdpHandler(
-            self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, self._udp_listeners(), verify_checksums=config.mode == "passt",
-            outbound=outbound, send_datagrams=self._send_datagrams(capture))
+        capture = Capture(received.fd(Role.PCAP))
+        link = self._guest_link(capture, received.network.mtu)
+        ctx = WorkerContext.build(self.loop, log, config, received.network, link)
+        diverts = HostDiverts(ctx, received) if config.mode is Mode.PASTA else None
+        echo = None if config.no_icmp else EchoHandler(ctx)
+        udp = None if config.no_udp else UdpHandler(
+            ctx, self._listeners(Role.UDP_LISTENER, UdpListener),
+            divert=diverts.udp if diverts else None,
+            send_datagrams=self._send_datagrams(link, capture))
         self.tcp = None if config.no_tcp else TcpHandler(
-            self.loop, self.net, addrmap, self.link.send, lambda: self.services.mac(), log,
-            config.max_flows, self._tcp_listeners(), new_secret(),
-            verify_checksums=config.mode == "passt", outbound=outbound,
-            tso=isinstance(self.link, TapLink))
-        if config.mode == "pasta":
-            self.nsfwd = NamespaceForwarding(self.loop, log, config, received, self.net,
-                                             self.tcp, udp_handler)
-        self.services = GuestServices(self.loop, self.net, config, log, self.link.send, echo,
-                                      tcp=self.tcp, udp=udp_handler)
-        self.link.on_frame = self.services.on_frame
+            ctx, self._listeners(Role.TCP_LISTENER, TcpListener), new_secret(),
+            divert=diverts.tcp if diverts else None, tso=isinstance(link, TapLink))
+        if diverts is not None:
+            self.nsfwd = NamespaceForwarding(ctx, received, diverts, self.tcp, udp)
+        self.services = GuestServices(ctx, echo, tcp=self.tcp, udp=udp)
+        self.link = link
         self._signals()
         self._watch_command()
 
     # -- setup ------------------------------------------------------------------
-    def _fd(self, role: str) -> int | None:
-        entry = self.handoff.one(role)
-        return entry.fd if entry else None
-
     def _setup_stdio_and_log(self) -> None:
         """Standard error in the foreground, with ``-e`` and in pasta's
         command mode, unless a log file takes its place there (as passt's
         do, the foreground writes to both)."""
-        config = self.config
-        self.log.level = level_for(config)
-        devnull = self._fd("devnull")
-        log = self.handoff.one("log")
-        command_mode = self.handoff.one("command_pidfd") is not None
-        keep_stderr = config.foreground or config.stderr or command_mode
+        config, received = self.config, self.handoff
+        self.log.level = config.log_level
+        devnull = received.fd(Role.DEVNULL)
+        log = received.one(Role.LOG)
+        command_mode = received.one(Role.COMMAND_PIDFD) is not None
+        keep_stderr = config.stderr or command_mode
         if devnull is not None:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
@@ -117,61 +110,35 @@ class Worker:
                 os.dup2(devnull, 2)
             os.close(devnull)
         if log is not None:
-            self.log.start = log.meta.get("start", self.log.start)
+            assert isinstance(log.meta, LogMeta)
+            self.log.start = log.meta.start
             self.log.to_file(log.fd, config.log_size)
-        if not keep_stderr or (log is not None and not (config.foreground or config.stderr)):
+        if not keep_stderr or (log is not None and not config.stderr):
             self.log.to_fd(None)
 
-    def _guest_link(self, capture: Capture) -> TapLink | StreamLink | VhostUserLink:
-        tap = self._fd("tap")
+    def _guest_link(self, capture: Capture, mtu: int) -> TapLink | StreamLink | VhostUserLink:
+        received = self.handoff
+        tap = received.fd(Role.TAP)
         if tap is not None:
-            return TapLink(self.loop, tap, capture, self.log, self.net.mtu)
-        listener = self._fd("unix_listener")
+            return TapLink(self.loop, tap, capture, self.log, mtu)
+        listener = received.fd(Role.UNIX_LISTENER)
         if self.config.vhost_user and listener is not None:
-            vhost = VhostUserLink(self.loop, capture, self.log, listener, self.net.mtu)
-            vhost.on_connect = lambda: self.services.announce()
-            vhost.on_disconnect = self._guest_gone
-            vhost.on_offload = self._offload
-            return vhost
-        link = StreamLink(self.loop, capture, self.log, listener=self._fd("unix_listener"),
-                          connected=self._fd("guest_stream"))
-        link.on_connect = lambda: self.services.announce()
-        link.on_disconnect = self._guest_gone
-        return link
+            return VhostUserLink(self.loop, capture, self.log, listener, mtu)
+        return StreamLink(self.loop, capture, self.log, listener=listener,
+                          connected=received.fd(Role.GUEST_STREAM))
 
-    def _offload(self, on: bool) -> None:
-        """vhost-user: the guest takes partial checksums and TSO, or not;
-        flows made from now on follow."""
-        if self.tcp is not None:
-            self.tcp.tso = on
-
-    def _send_datagrams(self, capture: Capture):
+    @staticmethod
+    def _send_datagrams(link: TapLink | StreamLink | VhostUserLink,
+                        capture: Capture) -> SendDatagrams | None:
         """The tap takes batches of datagrams behind one header (USO); not
         when capturing, where every frame must be one the guest sees."""
-        if isinstance(self.link, TapLink) and capture.fd is None:
-            return self.link.send_datagrams
+        if isinstance(link, TapLink) and capture.fd is None:
+            return link.send_datagrams
         return None
 
-    def _tcp_listeners(self) -> list[TcpListener]:
-        return [TcpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])
-                for e in self.handoff.by_role("tcp_listener")]
-
-    def _udp_listeners(self) -> list[UdpListener]:
-        return [UdpListener(e.fd, e.meta["family"], e.meta["port"], e.meta["target"])
-                for e in self.handoff.by_role("udp_listener")]
-
-    def _address_map(self) -> AddressMap:
-        config, net = self.config, self.net
-        return AddressMap.build(
-            gateway4=net.ipv4.gateway if net.ipv4 else None,
-            gateway6=net.ipv6.gateway if net.ipv6 else None,
-            no_map_gw=config.no_map_gw, map_host_loopback=config.map_host_loopback,
-            map_guest_addr=config.map_guest_addr,
-            host_addr4=net.ipv4.addr if net.ipv4 else None,
-            host_addr6=net.ipv6.addr if net.ipv6 else None,
-            dns_forward=config.dns_forward, dns_servers=net.host_resolvers,
-            nat64=Nat64Prefix.parse(config.nat64_prefix or WELL_KNOWN_PREFIX)
-            if config.clat else None)
+    def _listeners(self, role: Role, make: type[L]) -> list[L]:
+        return [make(e.fd, e.meta.family, e.meta.port, e.meta.target)
+                for e in self.handoff.by_role(role) if isinstance(e.meta, ListenerMeta)]
 
     def _signals(self) -> None:
         wake_read, wake_write = socket.socketpair()
@@ -198,24 +165,24 @@ class Worker:
                 self.loop.stop()
 
     def _watch_command(self) -> None:
-        pidfd = self._fd("command_pidfd")
+        pidfd = self.handoff.fd(Role.COMMAND_PIDFD)
         if pidfd is not None:
             self.loop.add_fd(pidfd, EPOLLIN, self._command_exited)
-        watch = self.handoff.one("netns_watch")
+        watch = self.handoff.one(Role.NETNS_WATCH)
         if watch is not None:
             self.loop.add_fd(watch.fd, EPOLLIN, self._netns_event)
-        target = self._fd("target_pidfd")
+        target = self.handoff.fd(Role.TARGET_PIDFD)
         if target is not None:
             self.loop.add_fd(target, EPOLLIN, self._target_exited)
 
     def _netns_event(self, fd: int, events: int, now: float) -> None:
-        watch = self.handoff.one("netns_watch")
-        assert watch is not None
+        watch = self.handoff.one(Role.NETNS_WATCH)
+        assert watch is not None and isinstance(watch.meta, NetnsWatchMeta)
         try:
             names = linux.inotify_names(os.read(fd, 4096))
         except BlockingIOError:
             return
-        if watch.meta["name"] in names:
+        if watch.meta.name in names:
             self.log.info("the network namespace is gone: exiting")
             self.loop.stop()
 
@@ -240,14 +207,10 @@ class Worker:
     def _internal_error(self, exc: Exception) -> None:
         self.log.ratelimited("internal_error", ERROR, f"internal error: {describe_exception(exc)}")
 
-    def _guest_gone(self) -> None:
-        if self.config.one_off:
-            self.loop.stop()
-        elif self.tcp is not None:  # the next guest starts afresh
-            self.tcp.reset_all()
-
     # -- serving ----------------------------------------------------------------
     def serve(self) -> int:
-        self.services.announce()
+        """Start the guest link (a guest already there gets its router
+        advertisement), then run the loop."""
+        self.link.start(self.services)
         self.loop.run()
         return self.exit_code

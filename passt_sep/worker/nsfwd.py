@@ -1,59 +1,52 @@
 """pasta's forwarding between the host and the namespace, wired from the
 handoff: the loopback splice paths (TCP and UDP), ``-T``/``-U`` sockets
 the broker made on the namespace's loopback, and ``auto`` both ways for
-both protocols.  Nothing here runs in passt mode."""
+both protocols.  Nothing here runs in passt mode.
+
+Two parts, built around the TCP and UDP handlers: ``HostDiverts`` before
+them (they take its diverts: what comes from the host itself is spliced,
+not made into frames), ``NamespaceForwarding`` after (it adds listeners
+to them)."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
 
-from ..config import Config
 from ..fwd import is_loopback_text
-from ..handoff import Handoff
-from ..log import Logger
-from ..netparams import Network
+from ..handoff import Handoff, ListenerMeta, ProcNetMeta, Role
 from ..nspolicy import LOOPBACK as LOOPBACK_ADDRESS
 from ..nssource import NsSource
 from ..packet import address_text
-from .fwd_io import AutoForwarding, Close, Direction, Open, host_socket
-from .loop import Loop
+from .context import WorkerContext
+from .fwd_io import AutoDirection, AutoForwarding, Close, Open, host_socket
 from .splice_io import Landing, LocalSplicer, NamespaceListeners
-from .tcp_io import Listener, TcpHandler
+from .tcp_io import TcpHandler, TcpListener
 from .udp_io import UdpHandler, UdpListener
 from .udp_splice_io import UdpRelay, connect_host_loopback
 
 
-class NamespaceForwarding:
-    def __init__(self, loop: Loop, log: Logger, config: Config, handoff: Handoff, net: Network,
-                 tcp: TcpHandler | None, udp: UdpHandler | None) -> None:
-        self.loop, self.log, self.config, self.handoff = loop, log, config, handoff
-        self.tcp, self.udp = tcp, udp
-        entry = handoff.one("ns_source")
-        self.source = NsSource(entry.fd) if entry else None
-        self.families = [f for f, params in ((socket.AF_INET, net.ipv4),
-                                             (socket.AF_INET6, net.ipv6)) if params is not None]
-        self.outward = NamespaceListeners(loop, log) if tcp else None
-        self.relay = UdpRelay(loop, log, config.max_flows) if udp else None
-        self._splice(net)
-        self.static_ns_tcp = self._static("tcp_ns_listener", self._add_tcp_ns)
-        self.static_ns_udp = self._static("udp_ns_listener", self._add_udp_ns)
-        self.autos = [a for a in (self._auto_tcp(), self._auto_udp()) if a is not None]
+class HostDiverts:
+    """The loopback fast paths, for the handlers to take: ``tcp`` and
+    ``udp`` (None without the ns socket source, ``--no-splice``); ``relay``,
+    the UDP relay they share with ``-U`` and ``auto``."""
 
-    # -- the loopback fast paths --------------------------------------------------------
-    def _splice(self, net: Network) -> None:
-        if self.source is None:
-            return
+    def __init__(self, ctx: WorkerContext, handoff: Handoff) -> None:
+        config, net = ctx.config, ctx.net
+        entry = handoff.one(Role.NS_SOURCE)
+        self.source = NsSource(entry.fd) if entry else None
+        self.relay = None if config.no_udp else UdpRelay(ctx.loop, ctx.log, config.max_flows)
         # the host's own address is the namespace's too: a peer there could
         # not be answered over the tap, so it is spliced like loopback
         own = {family: p.addr for family, p in ((socket.AF_INET, net.ipv4),
                                                 (socket.AF_INET6, net.ipv6)) if p is not None}
-        self.landing = Landing(own, self.config.host_lo_to_ns_lo)
+        self.loop = ctx.loop
+        self.landing = Landing(own, config.host_lo_to_ns_lo)
         self.own_text = {address_text(a) for a in own.values()}
-        if self.tcp is not None:
-            self.tcp.divert = LocalSplicer(self.loop, self.source, self.landing, self.log)
-        if self.udp is not None:
-            self.udp.divert = self._udp_from_host_itself
+        source = self.source
+        self.tcp = LocalSplicer(ctx.loop, source, self.landing, ctx.log) \
+            if source is not None and not config.no_tcp else None
+        self.udp = self._udp_from_host_itself if source is not None and self.relay else None
 
     def _udp_from_host_itself(self, bound: socket.socket, peer: tuple, payload: memoryview,
                               target: int, now: float) -> bool:
@@ -73,12 +66,31 @@ class NamespaceForwarding:
             lambda family, port: source.ask("udp_connect", family, address, port), now)
         return True
 
+
+class NamespaceForwarding:
+    """``-T``, ``-U`` and ``auto``, once the handlers exist."""
+
+    def __init__(self, ctx: WorkerContext, handoff: Handoff, diverts: HostDiverts,
+                 tcp: TcpHandler | None, udp: UdpHandler | None) -> None:
+        self.loop, self.log, self.config, self.handoff = ctx.loop, ctx.log, ctx.config, handoff
+        self.tcp, self.udp = tcp, udp
+        self.source, self.relay = diverts.source, diverts.relay
+        self.families = [f for f, params in ((socket.AF_INET, ctx.net.ipv4),
+                                             (socket.AF_INET6, ctx.net.ipv6))
+                         if params is not None]
+        self.outward = NamespaceListeners(ctx.loop, ctx.log) if tcp else None
+        self.static_ns_tcp = self._static(Role.TCP_NS_LISTENER, self._add_tcp_ns)
+        self.static_ns_udp = self._static(Role.UDP_NS_LISTENER, self._add_udp_ns)
+        self.autos = [a for a in (self._auto_tcp(), self._auto_udp()) if a is not None]
+
     # -- -T, -U -------------------------------------------------------------------------
-    def _static(self, role: str, add) -> set[int]:
+    def _static(self, role: Role, add) -> set[int]:
         ports = set()
         for entry in self.handoff.by_role(role):
-            add(entry.fd, entry.meta["target"])
-            ports.add(entry.meta["port"])
+            meta = entry.meta
+            assert isinstance(meta, ListenerMeta)
+            add(entry.fd, meta.target)
+            ports.add(meta.port)
         return ports
 
     def _add_tcp_ns(self, fd: int, target: int) -> None:
@@ -92,13 +104,16 @@ class NamespaceForwarding:
     # -- auto ---------------------------------------------------------------------------
     def _tables(self, protocol: str) -> dict[str, list[int]]:
         tables: dict[str, list[int]] = {}
-        for entry in self.handoff.by_role("proc_net"):
-            if entry.meta["table"].startswith(protocol):
-                tables.setdefault(entry.meta["side"], []).append(entry.fd)
+        for entry in self.handoff.by_role(Role.PROC_NET):
+            meta = entry.meta
+            assert isinstance(meta, ProcNetMeta)
+            if meta.table.startswith(protocol):
+                tables.setdefault(meta.side, []).append(entry.fd)
         return tables
 
-    def _static_host(self, role: str) -> set[int]:
-        return {e.meta["port"] for e in self.handoff.by_role(role)}
+    def _static_host(self, role: Role) -> set[int]:
+        return {e.meta.port for e in self.handoff.by_role(role)
+                if isinstance(e.meta, ListenerMeta)}
 
     def _auto_tcp(self) -> AutoForwarding | None:
         tcp, outward, source, config = self.tcp, self.outward, self.source, self.config
@@ -107,7 +122,7 @@ class NamespaceForwarding:
 
         def open_inward(family: int, port: int) -> int:
             fd = host_socket(family, socket.SOCK_STREAM, port)
-            tcp.add_listener(Listener(fd, family, port, port))
+            tcp.add_listener(TcpListener(fd, family, port, port))
             return fd
 
         def open_outward(family: int, port: int) -> int:
@@ -116,10 +131,10 @@ class NamespaceForwarding:
             outward.add(fd, port)
             return fd
 
-        static_host = self._static_host("tcp_listener")
+        static_host = self._static_host(Role.TCP_LISTENER)
         return self._auto(
-            "tcp", (open_inward, tcp.remove_listener) if config.tcp_ports.mode == "auto" else None,
-            (open_outward, outward.remove) if config.tcp_ns.mode == "auto" and source else None,
+            "tcp", (open_inward, tcp.remove_listener) if config.tcp_auto else None,
+            (open_outward, outward.remove) if config.tcp_ns_auto and source else None,
             self.static_ns_tcp, lambda: static_host)
 
     def _auto_udp(self) -> AutoForwarding | None:
@@ -138,10 +153,10 @@ class NamespaceForwarding:
             relay.add(fd, port, connect_host_loopback)
             return fd
 
-        static_host = self._static_host("udp_listener")
+        static_host = self._static_host(Role.UDP_LISTENER)
         return self._auto(
-            "udp", (open_inward, udp.remove_listener) if config.udp_ports.mode == "auto" else None,
-            (open_outward, relay.remove) if config.udp_ns.mode == "auto" and source else None,
+            "udp", (open_inward, udp.remove_listener) if config.udp_auto else None,
+            (open_outward, relay.remove) if config.udp_ns_auto and source else None,
             self.static_ns_udp, lambda: static_host | udp.bound_ports())
 
     def _auto(self, protocol: str, inward: tuple[Open, Close] | None,
@@ -153,18 +168,18 @@ class NamespaceForwarding:
         tables = self._tables(protocol)
         if not tables or (inward is None and outward is None):
             return None
-        directions: list[Direction] = []
+        directions: list[AutoDirection] = []
         inward_dir = outward_dir = None
         if inward is not None:
-            inward_dir = Direction("ns", *inward, lambda: static_ns | _ports(outward_dir),
-                                   fresh=self.handoff.one("command_pidfd") is not None)
+            inward_dir = AutoDirection("ns", *inward, lambda: static_ns | _ports(outward_dir),
+                                   fresh=self.handoff.one(Role.COMMAND_PIDFD) is not None)
             directions.append(inward_dir)
         if outward is not None:
-            outward_dir = Direction("host", *outward, lambda: host_ours() | _ports(inward_dir))
+            outward_dir = AutoDirection("host", *outward, lambda: host_ours() | _ports(inward_dir))
             directions.append(outward_dir)
         return AutoForwarding(self.loop, self.log, tables, protocol == "udp", self.families,
                               directions)
 
 
-def _ports(direction: Direction | None) -> set[int]:
+def _ports(direction: AutoDirection | None) -> set[int]:
     return set(direction.forwarded) if direction is not None else set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from ..config import Config
+from ..handoff import WorkerConfig
 from ..portsock import SO_BINDTODEVICE
 
 
@@ -24,7 +24,7 @@ class Outbound:
     ifname6: str | None = None
 
     @classmethod
-    def from_config(cls, config: Config) -> Outbound:
+    def from_config(cls, config: WorkerConfig) -> Outbound:
         return cls(config.outbound4, config.outbound6, config.outbound_if4, config.outbound_if6)
 
     def address(self, family: int) -> str | None:

@@ -3,7 +3,9 @@
 Every frame is parsed once down to its transport header; ARP, DHCP, NDP and
 DHCPv6 are answered here from the sans-IO modules, echo requests go to the
 ICMP handler, TCP and UDP to theirs.  A malformed or unhandled frame is
-counted under its drop reason, never fatal.
+counted under its drop reason, never fatal.  ``GuestServices`` is also what
+the guest link reports to (``guest.GuestReceiver``): frames, a guest that
+comes (a router advertisement) or goes, offloads switched.
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from .. import arp, dhcp, dhcpv6, ndp
-from ..config import Config
-from ..log import Logger
-from ..netparams import Network
 from ..packet import (
     ETH_P_ARP,
     IPPROTO_ICMP,
@@ -27,8 +26,8 @@ from ..packet import (
     parse_ip_frame,
     parse_udp,
 )
+from .context import WorkerContext
 from .icmp_io import EchoHandler
-from .loop import Loop
 
 DHCP_SERVER_PORT = 67
 DHCPV6_SERVER_PORT = 547
@@ -36,7 +35,11 @@ NDP_TYPES = frozenset({133, 134, 135, 136, 137})
 
 
 class TransportHandler(Protocol):
+    tso: bool
+
     def on_guest_segment(self, inb: Inbound, now: float) -> None: ...
+
+    def reset_all(self) -> None: ...
 
 
 class DatagramHandler(Protocol):
@@ -44,26 +47,22 @@ class DatagramHandler(Protocol):
 
 
 class GuestServices:
-    def __init__(self, loop: Loop, net: Network, config: Config, log: Logger,
-                 send_frame, echo: EchoHandler | None,
+    def __init__(self, ctx: WorkerContext, echo: EchoHandler | None,
                  tcp: TransportHandler | None = None, udp: DatagramHandler | None = None) -> None:
-        self.loop, self.net, self.config, self.log = loop, net, config, log
-        self.send_frame = send_frame
+        self.loop, self.net, self.config, self.log = ctx.loop, ctx.net, ctx.config, ctx.log
+        self.send_frame = ctx.link.send
+        self.guest_mac = ctx.guest_mac
         self.echo, self.tcp, self.udp = echo, tcp, udp
-        self.guest_mac = net.guest_mac or b"\xff" * 6
-        self.ra_enabled = bool(net.ipv6) and not (config.no_ndp or config.no_ra)
-        self.dhcpv6_enabled = not config.no_dhcpv6
-
-    def mac(self) -> bytes:
-        return self.guest_mac
+        self.ra_enabled = bool(ctx.net.ipv6) and not (ctx.config.no_ndp or ctx.config.no_ra)
+        self.dhcpv6_enabled = not ctx.config.no_dhcpv6
 
     def on_frame(self, frame: memoryview, now: float) -> None:
         """One guest frame, TCP first: it is most of them, so it takes no
         detour through a further call."""
         try:
             eth = parse_ethernet(frame)
-            if eth.src[0] & 1 == 0:
-                self.guest_mac = eth.src
+            if eth.src[0] & 1 == 0:             # a unicast source: the guest's own
+                self.guest_mac.value = eth.src
             if eth.ethertype == ETH_P_ARP:
                 self._answer(arp.handle_arp(self.net, eth) if self.net.ipv4 else None)
                 return
@@ -96,7 +95,7 @@ class GuestServices:
         if not inb.is_ipv6 and udp.dport == DHCP_SERVER_PORT and not self.config.no_dhcp:
             if self.net.ipv4 is None:
                 raise Drop("dhcp_no_ipv4")
-            self._answer(dhcp.handle_dhcp(self.net, inb, udp, send_mtu=self.config.mtu != 0,
+            self._answer(dhcp.handle_dhcp(self.net, inb, udp, send_mtu=self.config.advertise_mtu,
                                           **self._dns_flags()))
             return
         if inb.is_ipv6 and udp.dport == DHCPV6_SERVER_PORT and not self.config.no_dhcpv6:
@@ -118,7 +117,7 @@ class GuestServices:
                 raise Drop("ndp_disabled")
             self._answer(ndp.handle_ndp(self.net, inb, send_ra=self.ra_enabled,
                                         managed=self.dhcpv6_enabled, other=self.dhcpv6_enabled,
-                                        send_mtu=self.config.mtu != 0))
+                                        send_mtu=self.config.advertise_mtu))
             return
         self._echo(inb, now)
 
@@ -128,10 +127,27 @@ class GuestServices:
         if not self.echo.on_guest_echo(inb, now):
             raise Drop("icmp_type")
 
+    def on_connect(self) -> None:
+        self.announce()
+
+    def on_disconnect(self) -> None:
+        """passt: with ``--one-off`` the worker is done; else the next guest
+        starts afresh, and nobody is left to answer for this one's flows."""
+        if self.config.one_off:
+            self.loop.stop()
+        elif self.tcp is not None:
+            self.tcp.reset_all()
+
+    def on_offload(self, on: bool) -> None:
+        """vhost-user: the guest takes partial checksums and TSO, or not;
+        flows made from now on follow."""
+        if self.tcp is not None:
+            self.tcp.tso = on
+
     def announce(self) -> None:
         """An unsolicited router advertisement: the guest may have sent its
         router solicitations before we were listening."""
         if self.ra_enabled:
             self.send_frame(ndp.router_advertisement(self.net, managed=self.dhcpv6_enabled,
                                                      other=self.dhcpv6_enabled,
-                                                     send_mtu=self.config.mtu != 0))
+                                                     send_mtu=self.config.advertise_mtu))

@@ -27,23 +27,19 @@ from dataclasses import dataclass
 
 from .. import tcp
 from ..flow import FlowKey, FlowTable
-from ..fwd import AddressMap
-from ..log import Logger
-from ..netparams import Network
 from ..packet import IPPROTO_TCP, Inbound
 from ..tcp import ACK, RST, SYN, State
+from .context import WorkerContext
 from .loop import (
     EPOLLERR,
     EPOLLHUP,
     EPOLLIN,
     EPOLLOUT,
     EPOLLRDHUP,
-    Loop,
     Timer,
     accept_ready,
     close_socket,
 )
-from .outbound import DEFAULT_OUTBOUND, Outbound
 
 SO_PEEK_OFF = 42
 SO_MEMINFO = 55
@@ -65,8 +61,12 @@ PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
 
 
+# pasta: (accepted socket, family, target port, peer address) -> taken (spliced instead)
+Divert = Callable[[socket.socket, int, int, bytes], bool]
+
+
 @dataclass(frozen=True)
-class Listener:
+class TcpListener:
     """A ``-t`` forwarded port: a bound, listening, non-blocking socket from
     the broker; a connection from peer P becomes a SYN to the guest's
     ``target_port`` from P as the guest sees it."""
@@ -75,9 +75,6 @@ class Listener:
     family: int
     port: int
     target_port: int
-
-
-TcpListener = Listener   # the worker's name for it, beside UdpListener
 
 
 class Flow:
@@ -108,23 +105,21 @@ class TcpHandler:
     """Every TCP flow of the worker.  The loop calls ``on_guest_segment`` for
     the guest's TCP frames; sockets and timers call back on their own."""
 
-    def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
-                 send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
-                 log: Logger, max_flows: int, listeners: list[Listener], secret: bytes,
-                 verify_checksums: bool = False, outbound: Outbound = DEFAULT_OUTBOUND,
-                 tso: bool = False) -> None:
-        self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
-        self.tso = tso            # the link takes frames beyond the MTU (pasta's tap)
-        self.outbound = outbound
-        self.send_frame, self.guest_mac = send_frame, guest_mac
+    def __init__(self, ctx: WorkerContext, listeners: list[TcpListener], secret: bytes,
+                 divert: Divert | None = None, tso: bool = False) -> None:
+        """``divert``: pasta's splice of connections from the host itself;
+        ``tso``: the link takes frames beyond the MTU (pasta's tap)."""
+        self.loop, self.net, self.addrmap, self.log = ctx.loop, ctx.net, ctx.addrmap, ctx.log
+        self.tso = tso
+        self.outbound = ctx.outbound
+        self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
         self.secret = secret
-        self.verify = verify_checksums
-        self.flows: FlowTable[Flow] = FlowTable(max_flows)
+        self.verify = ctx.config.verify_checksums
+        self.flows: FlowTable[Flow] = FlowTable(ctx.config.max_flows)
         self.buffer = bytearray(PEEK_BUFFER)
         self.view = memoryview(self.buffer)
-        self.listeners: dict[int, tuple[socket.socket, Listener]] = {}
-        # pasta: connections from the host itself may be spliced instead
-        self.divert: Callable[[socket.socket, int, int, bytes], bool] | None = None
+        self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}
+        self.divert = divert
         for listener in listeners:
             self.add_listener(listener)
 
@@ -470,7 +465,7 @@ class TcpHandler:
             self.loop.remove_fd(fd)
             entry[0].close()
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: TcpListener) -> None:
         sock = socket.socket(fileno=listener.fd)
         sock.setblocking(False)            # before the sandbox: ioctl(FIONBIO)
         self.listeners[listener.fd] = (sock, listener)
@@ -481,7 +476,7 @@ class TcpHandler:
         accept_ready(self.loop, self.log, fd, sock, "tcp",
                      lambda accepted, address: self._inbound(accepted, listener, address, now))
 
-    def _inbound(self, sock: socket.socket, listener: Listener, address: tuple,
+    def _inbound(self, sock: socket.socket, listener: TcpListener, address: tuple,
                  now: float) -> None:
         peer = socket.inet_pton(listener.family, address[0].split("%")[0])
         if peer[:12] == bytes(10) + b"\xff\xff":

@@ -11,12 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clat, udp
-from ..fwd import AddressMap
-from ..log import Logger
-from ..netparams import Network
 from ..packet import UDP, Drop, Inbound, address_text
+from .context import WorkerContext
 from .loop import EPOLLERR, EPOLLIN, Loop
-from .outbound import DEFAULT_OUTBOUND, Outbound
 
 RECV_SIZE = 65536
 DATAGRAMS_PER_WAKEUP = 64
@@ -39,6 +36,8 @@ class UdpListener:
 
 
 SendDatagrams = Callable[[bytes, memoryview, int], bool]   # TapLink.send_datagrams
+# (bound socket, peer, payload, target port, now) -> taken (spliced instead)
+Divert = Callable[[socket.socket, tuple, memoryview, int, float], bool]
 
 
 class Batcher:
@@ -72,17 +71,17 @@ class Batcher:
 
 
 class UdpHandler:
-    def __init__(self, loop: Loop, net: Network, addrmap: AddressMap,
-                 send_frame: Callable[[bytes], None], guest_mac: Callable[[], bytes],
-                 log: Logger, max_flows: int, listeners: list[UdpListener],
-                 timeout: float = udp.DEFAULT_TIMEOUT, verify_checksums: bool = False,
-                 outbound: Outbound = DEFAULT_OUTBOUND,
-                 send_datagrams: SendDatagrams | None = None) -> None:
-        self.loop, self.net, self.addrmap, self.log = loop, net, addrmap, log
-        self.outbound = outbound
-        self.send_frame, self.guest_mac = send_frame, guest_mac
-        self.verify = verify_checksums
-        self.flows = udp.UdpFlows(max_flows, timeout)
+    def __init__(self, ctx: WorkerContext, listeners: list[UdpListener],
+                 divert: Divert | None = None, send_datagrams: SendDatagrams | None = None,
+                 timeout: float = udp.DEFAULT_TIMEOUT) -> None:
+        """``divert``: pasta's relay of datagrams from the host itself;
+        ``send_datagrams``: the tap's batches behind one header (USO)."""
+        loop = ctx.loop
+        self.loop, self.net, self.addrmap, self.log = loop, ctx.net, ctx.addrmap, ctx.log
+        self.outbound = ctx.outbound
+        self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
+        self.verify = ctx.config.verify_checksums
+        self.flows = udp.UdpFlows(ctx.config.max_flows, timeout)
         self.sockets: dict[int, socket.socket] = {}
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
@@ -91,8 +90,7 @@ class UdpHandler:
         self.deliveries = Batcher(loop, udp.MAX_PAYLOAD, self._deliver)
         self.send_datagrams = send_datagrams
         self.sweep_timer = None
-        # pasta: datagrams from the host's loopback may be spliced instead
-        self.divert: Callable[[socket.socket, tuple, memoryview, int, float], bool] | None = None
+        self.divert = divert
         for listener in listeners:
             self.add_listener(listener)
 

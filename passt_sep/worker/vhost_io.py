@@ -33,7 +33,7 @@ from ..packet import ETH_HLEN
 from ..tap import VNET_HDR_SIZE, vnet_header
 from ..vhost_user import RX, TX, Backend, Effects, MessageDecoder, ProtocolError, RegionSpec
 from ..virtqueue import GuestMemory, Region, Virtqueue, chain_bytes, deliver
-from .guest import READ_SIZE, Capture, FrameHandler
+from .guest import READ_SIZE, Capture, FrameHandler, GuestReceiver
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, Loop
 
 PENDING_MAX = 8 << 20          # bytes of frames waiting for receive buffers
@@ -107,7 +107,14 @@ class VhostUserLink:
         self.on_connect: Callable[[], None] = lambda: None
         self.on_disconnect: Callable[[], None] = lambda: None
         self.on_offload: Callable[[bool], None] = lambda offload: None
-        loop.add_fd(self.listener.fileno(), EPOLLIN, self._accept)
+
+    def start(self, receiver: GuestReceiver) -> None:
+        """Accept front-ends for ``receiver``; a guest is reachable once its
+        rings are (``on_connect``)."""
+        self.on_frame = receiver.on_frame
+        self.on_connect, self.on_disconnect = receiver.on_connect, receiver.on_disconnect
+        self.on_offload = receiver.on_offload
+        self.loop.add_fd(self.listener.fileno(), EPOLLIN, self._accept)
 
     @property
     def connected(self) -> bool:

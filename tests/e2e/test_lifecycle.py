@@ -101,3 +101,46 @@ def test_command_mode_waiter_killed_takes_the_worker(topo: Topology, pasta: str,
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert wait_for(lambda: not alive(worker)), "the worker outlived its waiter"
+
+
+@pytest.mark.parametrize("rootless", [False, True], ids=["root", "rootless"])
+def test_pid_file_at_a_path_that_is_not_utf8(topo: Topology, passt: str, shared_tmp,
+                                             rootless: bool) -> None:
+    """Paths are any bytes: ``-P`` and ``-s`` in a directory whose name is
+    not UTF-8 work as any others (the paths stay in the broker)."""
+    directory = shared_tmp / os.fsdecode(b"d\xff\xfe")
+    directory.mkdir(mode=0o777)
+    directory.chmod(0o777)
+    pidfile, sock = directory / os.fsdecode(b"vm\xff.pid"), directory / "vm.socket"
+    result = topo.run_host(passt, "--quiet", "-P", str(pidfile), "-s", str(sock),
+                           rootless=rootless)
+    assert result.returncode == 0, result.stderr
+    assert os.fsencode(str(pidfile)).endswith(b"/d\xff\xfe/vm\xff.pid")
+    worker = int(pidfile.read_text())
+    assert alive(worker) and sock.is_socket()
+    os.kill(worker, signal.SIGTERM)
+    assert wait_for(lambda: not alive(worker))
+
+
+def test_netns_file_that_is_not_utf8(topo: Topology, pasta: str, shared_tmp) -> None:
+    """``--netns`` on a bind-mounted namespace file whose name is not UTF-8:
+    the worker serves it, and leaves when the file goes (the netns watch
+    compares the name's bytes)."""
+    netns = shared_tmp / os.fsdecode(b"ns\xff")
+    pidfile = shared_tmp / os.fsdecode(b"ns\xff.pid")
+    netns.touch()
+    subprocess.run(["unshare", f"--net={netns}", "true"], check=True)
+    try:
+        result = topo.run_host(pasta, "-q", "--config-net", "-P", str(pidfile), "--netns",
+                               str(netns))
+        assert result.returncode == 0, result.stderr
+        worker = int(pidfile.read_text())
+        assert alive(worker)
+        routes = subprocess.run(["nsenter", f"--net={netns}", "ip", "-4", "route", "show",
+                                 "default"], capture_output=True, text=True, check=True)
+        assert routes.stdout.startswith("default via "), routes.stdout
+    finally:
+        subprocess.run(["umount", str(netns)], check=False)
+    netns.unlink()
+    assert wait_for(lambda: not alive(worker), timeout=5), \
+        "the worker still serves a namespace whose file is gone"

@@ -7,7 +7,7 @@ import socket
 import tempfile
 
 from passt_sep.log import Logger
-from passt_sep.worker.fwd_io import AutoForwarding, Direction
+from passt_sep.worker.fwd_io import AutoDirection, AutoForwarding
 from passt_sep.worker.loop import Loop
 
 TCP = (b"  sl  local_address rem_address   st tx_queue rx_queue\n"
@@ -29,7 +29,7 @@ def test_a_fresh_namespace_is_not_read_on_the_first_scan() -> None:
         opened.append(port)
         return port
 
-    fresh = Direction("ns", open_port, lambda fd: None, set, fresh=True)
+    fresh = AutoDirection("ns", open_port, lambda fd: None, set, fresh=True)
     loop = Loop()
     fd = _table(TCP)
     try:

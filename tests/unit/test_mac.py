@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from passt_sep.broker import handoff, mac
+from passt_sep.broker import mac, worker_start
 from passt_sep.broker import main as broker_main
 
 
@@ -168,7 +168,7 @@ def _before(source: str, first: str, then: str) -> bool:
 
 
 def test_the_worker_enters_its_confinement_before_its_own_code() -> None:
-    source = inspect.getsource(handoff.start_worker)
+    source = inspect.getsource(worker_start.start_worker)
     assert _before(source, "mac.enter(confinement)", "worker_main.run(")
     assert "mac.release(confinement)" in source
 

@@ -247,12 +247,12 @@ def test_parse_means_what_the_spec_says(case: tuple[str, dict[int, int]]) -> Non
 
 @given(specs(), st.sampled_from([None, "192.0.2.1", "::1"]),
        st.sampled_from([None, "eth0"]))
-def test_dict_round_trip(case: tuple[str, dict[int, int]], address: str | None,
-                         interface: str | None) -> None:
+def test_bind_address_and_interface_on_every_rule(case: tuple[str, dict[int, int]],
+                                                   address: str | None,
+                                                   interface: str | None) -> None:
     bind = (address or "") + (f"%{interface}" if interface else "")
     fwd = parse(f"{bind}/{case[0]}" if bind else case[0])
     assert all((r.address, r.interface) == (address, interface) for r in fwd.rules)
-    assert Forwarding.from_dict(fwd.to_dict()) == fwd
 
 
 def _only_config_errors(spec: str, mode: str) -> None:

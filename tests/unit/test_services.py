@@ -26,7 +26,6 @@ from glue import (
 )
 
 from passt_sep import packet, tcp
-from passt_sep.config import Config
 from passt_sep.netparams import link_local_from_mac
 from passt_sep.packet import IPPROTO_ICMP, IPPROTO_ICMPV6
 from passt_sep.tcp import ACK, SYN
@@ -47,8 +46,7 @@ def server() -> Iterator[Server]:
 
 def services(rig: Rig, tcp_on: bool = True, udp_on: bool = True, echo_on: bool = False,
              **config: bool) -> GuestServices:
-    return GuestServices(rig.loop, NET, Config(mode="passt", **config), rig.log, rig.frames,
-                         rig.echo() if echo_on else None,
+    return GuestServices(rig.context(mac=None, **config), rig.echo() if echo_on else None,
                          tcp=rig.tcp() if tcp_on else None, udp=rig.udp() if udp_on else None)
 
 
@@ -85,19 +83,19 @@ def router_solicitation() -> bytes:
 
 def test_arp_is_answered_and_the_guests_mac_learned(rig: Rig) -> None:
     service = services(rig)
-    assert service.mac() == BROADCAST                   # not known yet (passt mode)
+    assert service.guest_mac() == BROADCAST                   # not known yet (passt mode)
     give(service, arp_request(GATEWAY4))
     [reply] = rig.frames.take()
     assert reply[:14] == GUEST_MAC + NET.our_mac + b"\x08\x06"
     op, sha, spa = struct.unpack_from("!H6s4s", reply, 14 + 6)
     assert (op, sha, spa) == (2, NET.our_mac, GATEWAY4)
-    assert service.mac() == GUEST_MAC
+    assert service.guest_mac() == GUEST_MAC
 
 
 def test_a_multicast_source_is_not_learned_as_the_guests_mac(rig: Rig) -> None:
     service = services(rig)
     give(service, arp_request(GATEWAY4, src_mac=bytes.fromhex("030000000001")))
-    assert service.mac() == BROADCAST
+    assert service.guest_mac() == BROADCAST
 
 
 def test_dhcp_discover_gets_an_offer_of_the_guests_address(rig: Rig) -> None:
@@ -194,7 +192,7 @@ def test_disabled_transports_are_counted(rig: Rig) -> None:
 
 
 def test_a_udp_datagram_over_the_flow_cap_is_counted(rig: Rig) -> None:
-    service = GuestServices(rig.loop, NET, Config(mode="passt"), rig.log, rig.frames, None,
+    service = GuestServices(rig.context(), None,
                             udp=rig.udp(max_flows=0))
     give(service, packet.udp_frame(NET.our_mac, GUEST_MAC, GUEST4, GATEWAY4, 1, 9, b"x"))
     assert rig.loop.counters.values == {"drop_udp_flows_full": 1}

@@ -18,14 +18,36 @@ from passt_sep.worker.loop import Loop
 FRAME = bytes(VNET_HDR_SIZE) + bytes(range(60))
 
 
+class Receiver:
+    """What the link reports to: the frames, and whether a guest came."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.connected = 0
+
+    def on_frame(self, frame: memoryview, now: float) -> None:
+        self.frames.append(bytes(frame))
+
+    def on_connect(self) -> None:
+        self.connected += 1
+
+    def on_disconnect(self) -> None:
+        raise AssertionError("a tap does not go away")
+
+    def on_offload(self, on: bool) -> None:
+        raise AssertionError("a tap's offloads are set by the broker")
+
+
 @pytest.fixture
 def link(monkeypatch: pytest.MonkeyPatch):
     """(send one frame, run one loop round, frames delivered, reads made)."""
     tap, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     loop = Loop()
     tap_link = TapLink(loop, tap.fileno(), Capture(None), Logger("test"), 1500)
-    delivered: list[bytes] = []
-    tap_link.on_frame = lambda frame, now: delivered.append(bytes(frame))
+    receiver = Receiver()
+    tap_link.start(receiver)
+    assert receiver.connected == 1                  # the namespace is there at once
+    delivered = receiver.frames
     reads = []
     real_readv = os.readv
 

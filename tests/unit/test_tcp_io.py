@@ -26,7 +26,7 @@ from glue import (
 
 from passt_sep import tcp
 from passt_sep.tcp import ACK, FIN, PSH, RST, SYN
-from passt_sep.worker.tcp_io import SO_PEEK_OFF, Listener
+from passt_sep.worker.tcp_io import SO_PEEK_OFF, TcpListener
 
 KIB = 1024
 MSS = 1460                     # the guest's, from LINUX_SYN_OPTIONS
@@ -116,7 +116,7 @@ def test_an_accepted_connection_becomes_a_syn_to_the_guest(rig: Rig, v6: bool) -
     listening.bind((loopback(v6), 0))
     listening.listen(4)
     port = listening.getsockname()[1]
-    handler = rig.tcp(listeners=[Listener(listening.detach(), family(v6), port, 8080)])
+    handler = rig.tcp(listeners=[TcpListener(listening.detach(), family(v6), port, 8080)])
     client = socket.create_connection((loopback(v6), port), timeout=2)
     try:
         guest = TcpGuest(rig, handler, v6, port=8080, peer_port=client.getsockname()[1])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from passt_sep.tcp_splice import PIPE_CAPACITY, Direction, SplicePair
+from passt_sep.tcp_splice import PIPE_CAPACITY, SplicePair, SpliceWay
 
 
 def test_read_write_and_end_of_file_passed_on_once() -> None:
-    way = Direction()
+    way = SpliceWay()
     assert way.want_read() and not way.want_write()
     way.read(1000)
     assert way.want_write() and way.pending == 1000
@@ -20,7 +20,7 @@ def test_read_write_and_end_of_file_passed_on_once() -> None:
 
 
 def test_full_pipe_stops_reading() -> None:
-    way = Direction()
+    way = SpliceWay()
     way.read(PIPE_CAPACITY)
     assert not way.want_read()
     way.wrote(1)

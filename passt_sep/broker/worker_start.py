@@ -15,8 +15,8 @@ import socket
 import prctl
 
 from .. import handoff
-from ..config import Config
-from ..handoff import FdEntry
+from ..config import Config, Mode
+from ..handoff import FdEntry, WorkerConfig
 from ..netparams import Network
 from ..sandbox import Prepared
 from ..worker import main as worker_main
@@ -46,12 +46,12 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
         mac.enter(confinement)                # its own profile or domain, first
         if tied:
             prctl.set_pdeathsig(signal.SIGTERM)
-        prog = "pasta-sep" if config.mode == "pasta" else "passt-sep"
+        prog = "pasta-sep" if config.mode == Mode.PASTA else "passt-sep"
         worker_main.run(worker_end, sandbox, prog)  # never returns
     mac.release(confinement)
     worker_end.close()
     try:
-        handoff.send(broker_end, config, network, entries)
+        handoff.send(broker_end, WorkerConfig.from_config(config), network, entries)
         for entry in entries:
             os.close(entry.fd)
         answer = broker_end.recv(1)
