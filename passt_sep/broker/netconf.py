@@ -27,6 +27,7 @@ from .hostinfo import (
     Route,
     read_resolv_conf,
 )
+from .tap import TAP_QUEUE_LEN
 
 IFA_F_NODAD = 0x02
 IFA_F_TEMPORARY = 0x01
@@ -114,10 +115,12 @@ def set_up_tap(config: Config, ifname: str, net: Network, host: HostInfo) -> str
 
 
 def _bring_up(ipr: IPRoute, ifname: str, mac: str | None) -> int:
-    """Loopback and the tap up (the tap with its MAC set first); the tap's index."""
+    """Loopback and the tap up (the tap with its MAC set first, and its
+    queue sized for bursts: ``tap.TAP_QUEUE_LEN``); the tap's index."""
     index = ipr.link_lookup(ifname=ifname)[0]
     if mac:
         ipr.link("set", index=index, address=mac)
+    ipr.link("set", index=index, txqlen=TAP_QUEUE_LEN)
     for lo in ipr.link_lookup(ifname="lo"):
         ipr.link("set", index=lo, state="up")
     ipr.link("set", index=index, state="up")

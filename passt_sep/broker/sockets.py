@@ -16,7 +16,7 @@ from ..handoff import FdEntry
 from ..nssource import LOOPBACK
 from ..pcap import file_header
 from ..ports import Forwarding
-from ..portsock import bound_socket
+from ..portsock import FORCED_RCVBUF_TOTAL, UDP_RCVBUF, bound_socket
 
 
 class SetupError(Exception):
@@ -36,17 +36,20 @@ def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
 
     A port that is already taken is an error naming it, except with
     ``quiet_conflicts`` (``all``), where such ports are skipped as passt does.
+    UDP sockets share ``FORCED_RCVBUF_TOTAL`` of receive buffer (``portsock``).
     """
     role = role or ("tcp_listener" if kind == socket.SOCK_STREAM else "udp_listener")
     entries: list[FdEntry] = []
+    wanted = [(port, target, rule, family) for port, target, rule in forwarding.ports()
+              for family in _rule_families(rule.address, ipv4, ipv6)]
+    buffer = min(UDP_RCVBUF, FORCED_RCVBUF_TOTAL // max(len(wanted), 1))
     try:
-        for port, target, rule in forwarding.ports():
-            for family in _rule_families(rule.address, ipv4, ipv6):
-                address = rule.address or (LOOPBACK[family] if loopback else None)
-                sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts)
-                if sock is not None:
-                    entries.append(FdEntry(role, sock.detach(), {
-                        "family": int(family), "port": port, "target": target}))
+        for port, target, rule, family in wanted:
+            address = rule.address or (LOOPBACK[family] if loopback else None)
+            sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts, buffer)
+            if sock is not None:
+                entries.append(FdEntry(role, sock.detach(), {
+                    "family": int(family), "port": port, "target": target}))
     except BaseException:
         for entry in entries:
             os.close(entry.fd)
@@ -62,9 +65,9 @@ def _rule_families(address: str | None, ipv4: bool, ipv6: bool) -> Iterator[int]
 
 
 def _bound(family: int, kind: int, address: str | None, interface: str | None,
-           port: int, quiet_conflicts: bool) -> socket.socket | None:
+           port: int, quiet_conflicts: bool, buffer: int) -> socket.socket | None:
     try:
-        return bound_socket(family, kind, port, address, interface)
+        return bound_socket(family, kind, port, address, interface, buffer)
     except OSError as exc:
         if quiet_conflicts and exc.errno in (errno.EADDRINUSE, errno.EACCES):
             return None

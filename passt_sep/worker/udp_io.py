@@ -15,6 +15,7 @@ from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
 from ..packet import UDP, Drop, Inbound, address_text
+from ..portsock import UDP_RCVBUF, grow_receive_buffer, receive_drops
 from .loop import EPOLLERR, EPOLLIN, Loop
 from .outbound import DEFAULT_OUTBOUND, Outbound
 
@@ -95,6 +96,7 @@ class UdpHandler:
         self.divert: Callable[[socket.socket, tuple, memoryview, int, float], bool] | None = None
         for listener in listeners:
             self.add_listener(listener)
+        loop.counters.sources.append(self._rcvbuf_drops)
 
     # -- guest -> host --------------------------------------------------------------
     def on_guest_segment(self, inb: Inbound, now: float, header: UDP | None = None) -> None:
@@ -170,6 +172,7 @@ class UdpHandler:
             sock.bind((wildcard, 0))
 
     def _register(self, sock: socket.socket) -> None:
+        grow_receive_buffer(sock, UDP_RCVBUF)           # a peer's burst waits there
         self.sockets[sock.fileno()] = sock
         self.loop.add_fd(sock.fileno(), EPOLLIN, self._readable)
         if self.sweep_timer is None:
@@ -179,8 +182,7 @@ class UdpHandler:
         flow = self.flows.by_handle.get(fd)
         if flow is not None and flow.forwarded:
             self.flows.remove(flow)
-            self.loop.remove_fd(fd)
-            self.sockets.pop(fd).close()
+            self._close(fd)
 
     def bound_ports(self) -> set[int]:
         """Host ports our flows' own sockets hold: they show in the host's
@@ -292,10 +294,22 @@ class UdpHandler:
     def _sweep(self, now: float) -> None:
         self.sweep_timer = None
         for flow in self.flows.expired(now):
-            self.loop.remove_fd(flow.handle)
-            self.sockets.pop(flow.handle).close()
+            self._close(flow.handle)
         if len(self.flows.by_handle) > 0:
             self.sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _close(self, fd: int) -> None:
+        """Close a flow's socket, what the kernel dropped at it counted first."""
+        self.loop.remove_fd(fd)
+        sock = self.sockets.pop(fd)
+        drops = receive_drops(sock)
+        if drops:
+            self.loop.counters.add("udp_rcvbuf_drops", drops)
+        sock.close()
+
+    def _rcvbuf_drops(self) -> dict[str, int]:
+        """Datagrams dropped at our sockets' full receive buffers, so far."""
+        return {"udp_rcvbuf_drops": sum(receive_drops(sock) for sock in self.sockets.values())}
 
     def active_flows(self) -> int:
         return sum(1 for f in self.flows.by_handle.values() if not f.forwarded)
