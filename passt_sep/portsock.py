@@ -32,6 +32,12 @@ UDP_RCVBUF = 16 << 20
 FORCED_RCVBUF_TOTAL = 128 << 20
 
 
+def forwarded_receive_buffer(sockets: int) -> int:
+    """Each forwarded UDP socket's share of FORCED_RCVBUF_TOTAL, at most
+    UDP_RCVBUF (a share below a socket's default leaves it as it is)."""
+    return min(UDP_RCVBUF, FORCED_RCVBUF_TOTAL // max(sockets, 1))
+
+
 def grow_receive_buffer(sock: socket.socket, size: int, force: bool = False) -> None:
     """Ask for a receive buffer of ``size`` bytes if the socket has less:
     ``force`` tries past net.core.rmem_max first (CAP_NET_ADMIN)."""

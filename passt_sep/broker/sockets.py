@@ -16,7 +16,7 @@ from ..handoff import FdEntry
 from ..nssource import LOOPBACK
 from ..pcap import file_header
 from ..ports import Forwarding
-from ..portsock import FORCED_RCVBUF_TOTAL, UDP_RCVBUF, bound_socket
+from ..portsock import bound_socket, forwarded_receive_buffer
 
 
 class SetupError(Exception):
@@ -42,7 +42,7 @@ def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
     entries: list[FdEntry] = []
     wanted = [(port, target, rule, family) for port, target, rule in forwarding.ports()
               for family in _rule_families(rule.address, ipv4, ipv6)]
-    buffer = min(UDP_RCVBUF, FORCED_RCVBUF_TOTAL // max(len(wanted), 1))
+    buffer = forwarded_receive_buffer(len(wanted))
     try:
         for port, target, rule, family in wanted:
             address = rule.address or (LOOPBACK[family] if loopback else None)
