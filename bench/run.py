@@ -41,12 +41,13 @@ BURST_PORT = 5302                       # forwarded into the namespace (-u)
 BURST = 10_000                          # datagrams in a burst
 LOSSY_PORTS = (5400, 5401)              # a source (downloads) and a sink (uploads)
 # MiB moved at each loss rate: at 20%, 64 MiB take minutes through any
-# implementation (the remote's retransmission timer backs off) and trip
-# the peers' 60 s socket timeout; BENCH_LOSSY_MIB sets them all
+# implementation (the sender's retransmission timer backs off, up to a
+# minute while retransmissions are lost); BENCH_LOSSY_MIB sets them all
 LOSSY_MIB = {1: 64, 5: 64, 20: 16}
 if os.environ.get("BENCH_LOSSY_MIB"):
     LOSSY_MIB = dict.fromkeys(LOSSY_MIB, int(os.environ["BENCH_LOSSY_MIB"]))
 LOSS_PERCENTS = tuple(LOSSY_MIB)
+LOSSY_PATIENCE = 300                    # seconds a lossy transfer's socket may wait
 # the current upstream build beside the distro's: its passt binary runs as
 # pasta under that name (a symlink made at start)
 PASTA_CURRENT = os.environ.get("BENCH_PASTA_CURRENT", "/work/shared/peers/passt-2025-01/passt")
@@ -193,28 +194,32 @@ def lossy(served: Served, percent: int, upload: bool) -> tuple[float, float]:
     """Seconds to move LOSSY_MIB[percent] MiB from the remote (or,
     ``upload``, to it) while the remote drops ``percent``% of that
     connection's packets each way (nftables: netem is not on every
-    kernel), and how many retransmission timeouts the remote's TCP had
-    meanwhile (TCPTimeouts: as the sender, of downloads): at high loss the
-    time is mostly those timeouts, doubling while retransmissions are lost."""
+    kernel), and how many retransmission timeouts the sender's TCP had
+    meanwhile (TCPTimeouts of the remote's, or for uploads the host's,
+    namespace): at high loss the time is mostly those timeouts, each
+    doubling the next while retransmissions are lost."""
     topo, size = served.topo, LOSSY_MIB[percent] << 20
     ports = ", ".join(map(str, LOSSY_PORTS))
     subprocess.run(topo.remote_cmd("nft", "-f", "-"), check=True, text=True,
                    input=LOSS_RULES.format(ports=ports, percent=percent))
-    timeouts = _remote_timeouts(topo)
+    sender = topo.host if upload else topo.remote
+    timeouts = _timeouts(sender)
     try:
         start = time.monotonic()
-        out = served.run(sys.executable, PEERS, "send" if upload else "recv", REMOTE_ADDR4,
+        out = served.run("env", f"PEERS_TIMEOUT={LOSSY_PATIENCE}", sys.executable, PEERS,
+                         "send" if upload else "recv", REMOTE_ADDR4,
                          str(LOSSY_PORTS[1] if upload else LOSSY_PORTS[0]), str(size), "1",
-                         timeout=600)
+                         timeout=2 * LOSSY_PATIENCE)
         elapsed = time.monotonic() - start
     finally:
         topo.in_remote("nft", "delete", "table", "inet", "bench_loss")
-    timeouts = _remote_timeouts(topo) - timeouts
+    timeouts = _timeouts(sender) - timeouts
     return (elapsed if out.strip() == peers.expected(size, 1) else float("nan")), timeouts
 
 
-def _remote_timeouts(topo: Topology) -> int:
-    lines = topo.in_remote("cat", "/proc/net/netstat").stdout.splitlines()
+def _timeouts(ns: str) -> int:
+    lines = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/netstat"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
     names, values = next((a.split(), b.split()) for a, b in
                          zip(lines[::2], lines[1::2], strict=True) if a.startswith("TcpExt:"))
     return int(values[names.index("TCPTimeouts")])

@@ -275,8 +275,13 @@ def udp_tally(port: int, seconds: float) -> str:
     return f"got {len(seen)} missing {top + 1 - len(seen)} corrupt {corrupt}"
 
 
+# how long a client waits for its peer (PEERS_TIMEOUT: longer on a lossy path,
+# where retransmission timers back off)
+TIMEOUT = float(os.environ.get("PEERS_TIMEOUT", "60"))
+
+
 def connect(host: str, port: int) -> socket.socket:
-    return socket.create_connection((host, port), timeout=60)
+    return socket.create_connection((host, port), timeout=TIMEOUT)
 
 
 def send(host: str, port: int, size: int, seed: int) -> str:
