@@ -452,7 +452,7 @@ def run() -> int:
     print("ratio = passt-sep / peer (throughput and burst datagrams delivered: higher is "
           "better; latency, start-up and lossy transfer seconds: lower is better)")
     print(f"tcp_lossyN: MiB moved at N% loss {LOSSY_MIB}, N% of the connection's packets "
-          "dropped by the remote each way; _s: seconds, _rto: the remote's retransmission "
+          "dropped by the remote each way; _s: seconds, _rto: the sender's retransmission "
           "timeouts meanwhile")
     print(table(figures))
     print(f"\npasst mode, QEMU guest, {qemu_passt.MIB} MiB each way, Mbit/s:")
