@@ -12,7 +12,7 @@ SO_BINDTODEVICE = 25
 SO_RCVBUFFORCE = 33
 SO_MEMINFO = 55
 _MEMINFO = struct.Struct("=9I")           # SK_MEMINFO_* (linux/sock_diag.h)
-MEMINFO_DROPS = 8
+MEMINFO_RCVBUF, MEMINFO_DROPS = 1, 8
 LISTEN_BACKLOG = 128
 WILDCARD = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
@@ -40,8 +40,10 @@ def forwarded_receive_buffer(sockets: int) -> int:
 
 def grow_receive_buffer(sock: socket.socket, size: int, force: bool = False) -> None:
     """Ask for a receive buffer of ``size`` bytes if the socket has less:
-    ``force`` tries past net.core.rmem_max first (CAP_NET_ADMIN)."""
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * size:
+    ``force`` (the broker only) tries past net.core.rmem_max first
+    (CAP_NET_ADMIN).  The size is read through SO_MEMINFO, which the
+    worker reads anyway, rather than SO_RCVBUF."""
+    if _meminfo(sock)[MEMINFO_RCVBUF] >= 2 * size:
         return
     if force:
         try:
@@ -56,17 +58,20 @@ def receive_drops(sock: socket.socket) -> int:
     """Datagrams the kernel dropped for want of room in the socket's receive
     buffer, since it was made (0 if it cannot say)."""
     try:
-        info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
+        return _meminfo(sock)[MEMINFO_DROPS]
     except OSError:
         return 0
-    return _MEMINFO.unpack(info)[MEMINFO_DROPS]
+
+
+def _meminfo(sock: socket.socket) -> tuple[int, ...]:
+    return _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
 
 
 def bound_socket(family: int, kind: int, port: int, address: str | None = None,
-                 interface: str | None = None,
-                 receive_buffer: int = UDP_RCVBUF) -> socket.socket:
+                 interface: str | None = None, receive_buffer: int = UDP_RCVBUF,
+                 force: bool = False) -> socket.socket:
     """Non-blocking, listening (TCP) or bound (UDP, with ``receive_buffer``,
-    forced if we may) at ``address`` (the wildcard by default) and
+    past rmem_max with ``force``) at ``address`` (the wildcard by default) and
     ``port``; IPv6 sockets take IPv6 only, so that both families can hold
     the same port.  Raises OSError."""
     sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -80,7 +85,7 @@ def bound_socket(family: int, kind: int, port: int, address: str | None = None,
         if kind == socket.SOCK_STREAM:
             sock.listen(LISTEN_BACKLOG)
         else:
-            grow_receive_buffer(sock, receive_buffer, force=True)
+            grow_receive_buffer(sock, receive_buffer, force)
     except OSError:
         sock.close()
         raise

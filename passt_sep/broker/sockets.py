@@ -67,7 +67,7 @@ def _rule_families(address: str | None, ipv4: bool, ipv6: bool) -> Iterator[int]
 def _bound(family: int, kind: int, address: str | None, interface: str | None,
            port: int, quiet_conflicts: bool, buffer: int) -> socket.socket | None:
     try:
-        return bound_socket(family, kind, port, address, interface, buffer)
+        return bound_socket(family, kind, port, address, interface, buffer, force=True)
     except OSError as exc:
         if quiet_conflicts and exc.errno in (errno.EADDRINUSE, errno.EACCES):
             return None
