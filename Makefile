@@ -70,6 +70,12 @@ demo: install
 	chmod 0666 /dev/net/tun
 	$(VENV)/bin/python contrib/demo.py
 
+# The current upstream passt beside the distro's: a build of it, by default
+# the one the founding left beside this checkout (BENCH_PASTA_CURRENT=PATH
+# names another; empty leaves it out).
+BENCH_PASTA_CURRENT ?= $(wildcard $(CURDIR)/../shared/peers/passt-2025-01/passt)
+export BENCH_PASTA_CURRENT
+
 bench: install
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends passt slirp4netns
 	$(VENV)/bin/python bench/run.py

@@ -1,7 +1,7 @@
 """passt mode with a QEMU guest: guest <-> remote TCP throughput through
 passt-sep and through distro passt (/usr/bin/passt) on the stream socket,
 and through passt-sep and the reference current passt
-(/opt/passt-ref/passt) in vhost-user mode, same guest, same topology; and
+(BENCH_PASTA_CURRENT, its passt binary) in vhost-user mode, same guest, same topology; and
 the CPU time the back-end spent per gigabyte moved (passt-sep: broker and
 worker together, the broker only waits).
 
@@ -33,7 +33,7 @@ VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
 PASST_SEP = os.path.join(VENV, "bin", "passt-sep")
 MIB = int(os.environ.get("BENCH_QEMU_MIB", "64"))
 GUEST_TIMEOUT = 600
-REFERENCE = "/opt/passt-ref/passt"     # a symlink to the reference build
+REFERENCE = os.environ.get("BENCH_PASTA_CURRENT", "")   # the current upstream build
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # remote -> guest, then guest -> remote (the guest makes the file first)
 CHECKS = "benchdown,benchup"

@@ -1,5 +1,6 @@
-"""`make bench`: passt-sep beside distro pasta and slirp4netns, same run,
-same topology (tests/topology.py), printed as ratios.
+"""`make bench`: passt-sep beside distro pasta, the current upstream pasta
+(BENCH_PASTA_CURRENT: its passt binary) and slirp4netns, same run, same
+topology (tests/topology.py), printed as ratios.
 
 Each implementation serves a named network namespace; iperf3 inside it
 talks to a server in the "remote" namespace; passt mode: a QEMU guest on
@@ -17,15 +18,17 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
+import peers  # noqa: E402
 import procstat  # noqa: E402
 import qemu_passt  # noqa: E402
 
-from topology import REMOTE_ADDR4, REMOTE_ADDR6, Topology  # noqa: E402
+from topology import HOST_ADDR4, REMOTE_ADDR4, REMOTE_ADDR6, Topology  # noqa: E402
 
 VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
 PASTA_SEP = os.path.join(VENV, "bin", "pasta-sep")
@@ -39,6 +42,24 @@ UDP_PORT = 5301
 # figure is passt-sep's translation path alone, beside the plain IPv6 one)
 CLAT_PREFIX = "2001:db8:64::/96"
 CLAT_REMOTE6 = f"2001:db8:64::{REMOTE_ADDR4}"
+BURST_PORT = 5302                       # forwarded into the namespace (-u)
+BURST = 10_000                          # datagrams in a burst
+LOSSY_PORTS = (5400, 5401)              # a source (downloads) and a sink (uploads)
+# MiB moved at each loss rate: at 20%, 64 MiB take minutes through any
+# implementation (the sender's retransmission timer backs off, up to a
+# minute while retransmissions are lost); BENCH_LOSSY_MIB sets them all
+LOSSY_MIB = {1: 64, 5: 64, 20: 16}
+if os.environ.get("BENCH_LOSSY_MIB"):
+    LOSSY_MIB = dict.fromkeys(LOSSY_MIB, int(os.environ["BENCH_LOSSY_MIB"]))
+LOSS_PERCENTS = tuple(LOSSY_MIB)
+LOSSY_PATIENCE = 120                    # seconds a lossy transfer's socket may wait (distro
+                                        # pasta never completes an upload: its sink's answer
+                                        # after the half-close does not come back)
+# the current upstream build beside the distro's: its passt binary runs as
+# pasta under that name (a symlink made at start)
+PASTA_CURRENT = os.environ.get("BENCH_PASTA_CURRENT", "")   # `make bench` names it
+PASTA_CURRENT_NAME = "pasta-2025-01"
+PEERS = peers.PATH
 
 
 class Served:
@@ -50,13 +71,14 @@ class Served:
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         path = f"/run/netns/{self.ns}"
         self.pidfile = f"/tmp/{self.ns}.pid"
+        forwards = ["-t", str(SPLICE_PORT), "-u", str(BURST_PORT)]
         if name == "passt-sep":
-            self._start([PASTA_SEP, "--config-net", "-q", "-m", str(mtu), "-t", str(SPLICE_PORT),
+            self._start([PASTA_SEP, "--config-net", "-q", "-m", str(mtu), *forwards,
                          "-P", self.pidfile, *extra, "--netns", path])
-        elif name == "pasta":
-            # as root, distro pasta drops to nobody and cannot join: keep root
-            self._start(["pasta", "--config-net", "-q", "--runas", "0:0", "-m", str(mtu),
-                         "-t", str(SPLICE_PORT), "-P", self.pidfile, "--netns", path])
+        elif name in PASTAS:
+            # as root, pasta drops to nobody and cannot join: keep root
+            self._start([PASTAS[name], "--config-net", "-q", "--runas", "0:0", "-m", str(mtu),
+                         *forwards, "-P", self.pidfile, "--netns", path])
         else:
             self.proc = topo.spawn_host("slirp4netns", "--configure", "--enable-ipv6",
                                         f"--mtu={mtu}",
@@ -129,6 +151,85 @@ def udp_out(served: Served) -> float:
                f"UDP:{REMOTE_ADDR4}:{UDP_PORT}", timeout=SECONDS + 10)
     received = int(sink.communicate(timeout=SECONDS + 10)[0].strip() or 0)
     return received * 8 / SECONDS / 1e9
+
+
+def udp_burst_out(served: Served) -> float:
+    """Datagrams of a BURST of 1000-byte ones, sent back to back from the
+    namespace as fast as a program can, that reached the remote."""
+    tally = served.topo.spawn_remote(sys.executable, PEERS, "udp-tally", str(UDP_PORT), "2",
+                                     stdout=subprocess.PIPE, text=True)
+    served.topo.wait_listening(UDP_PORT, "udp")
+    served.run(sys.executable, PEERS, "udp-burst", REMOTE_ADDR4, str(UDP_PORT), str(BURST))
+    return _tallied(tally)
+
+
+def udp_burst_in(served: Served) -> float:
+    """Datagrams of a BURST from the remote to a port forwarded into the
+    namespace (-u) that reached the program there."""
+    if served.name == "slirp4netns":
+        return float("nan")
+    tally = subprocess.Popen(served.cmd(sys.executable, PEERS, "udp-tally", str(BURST_PORT), "2"),
+                             stdout=subprocess.PIPE, text=True)
+    for _ in range(200):
+        if served.run("ss", "-Huln", f"sport = :{BURST_PORT}").strip():
+            break
+        time.sleep(0.05)
+    served.topo.run_remote(sys.executable, PEERS, "udp-burst", HOST_ADDR4, str(BURST_PORT),
+                           str(BURST))
+    return _tallied(tally)
+
+
+def _tallied(tally: subprocess.Popen) -> float:
+    try:
+        words = tally.communicate(timeout=60)[0].split()
+    except subprocess.TimeoutExpired:
+        tally.kill()
+        return float("nan")
+    return float(words[1]) if words[:1] == ["got"] else float("nan")
+
+
+LOSS_RULES = """table inet bench_loss {{
+  chain input {{ type filter hook input priority 0; policy accept;
+    tcp dport {{ {ports} }} numgen random mod 100 < {percent} drop; }}
+  chain output {{ type filter hook output priority 0; policy accept;
+    tcp sport {{ {ports} }} numgen random mod 100 < {percent} drop; }}
+}}
+"""
+
+
+def lossy(served: Served, percent: int, upload: bool) -> tuple[float, float]:
+    """Seconds to move LOSSY_MIB[percent] MiB from the remote (or,
+    ``upload``, to it) while the remote drops ``percent``% of that
+    connection's packets each way (nftables: netem is not on every
+    kernel), and how many retransmission timeouts the sender's TCP had
+    meanwhile (TCPTimeouts of the remote's, or for uploads the host's,
+    namespace): at high loss the time is mostly those timeouts, each
+    doubling the next while retransmissions are lost."""
+    topo, size = served.topo, LOSSY_MIB[percent] << 20
+    ports = ", ".join(map(str, LOSSY_PORTS))
+    subprocess.run(topo.remote_cmd("nft", "-f", "-"), check=True, text=True,
+                   input=LOSS_RULES.format(ports=ports, percent=percent))
+    sender = topo.host if upload else topo.remote
+    timeouts = _timeouts(sender)
+    try:
+        start = time.monotonic()
+        out = served.run("env", f"PEERS_TIMEOUT={LOSSY_PATIENCE}", sys.executable, PEERS,
+                         "send" if upload else "recv", REMOTE_ADDR4,
+                         str(LOSSY_PORTS[1] if upload else LOSSY_PORTS[0]), str(size), "1",
+                         timeout=2 * LOSSY_PATIENCE)
+        elapsed = time.monotonic() - start
+    finally:
+        topo.in_remote("nft", "delete", "table", "inet", "bench_loss")
+    timeouts = _timeouts(sender) - timeouts
+    return (elapsed if out.strip() == peers.expected(size, 1) else float("nan")), timeouts
+
+
+def _timeouts(ns: str) -> int:
+    lines = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/netstat"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    names, values = next((a.split(), b.split()) for a, b in
+                         zip(lines[::2], lines[1::2], strict=True) if a.startswith("TcpExt:"))
+    return int(values[names.index("TCPTimeouts")])
 
 
 def splice_out(served: Served) -> float:
@@ -217,7 +318,8 @@ def rss_with_connections(served: Served, count: int = 1000) -> float:
 def startup(topo: Topology, name: str) -> float:
     """Seconds from exec to a configured namespace running `true`."""
     argv = {"passt-sep": [PASTA_SEP, "--config-net", "-q", "--", "true"],
-            "pasta": ["pasta", "--config-net", "-q", "--runas", "0:0", "--", "true"]}.get(name)
+            **{peer: [binary, "--config-net", "-q", "--runas", "0:0", "--", "true"]
+               for peer, binary in PASTAS.items()}}.get(name)
     if argv is None:
         return float("nan")
     start = time.monotonic()
@@ -254,6 +356,10 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
     with Topology("bench") as topo:
         topo.spawn_remote("iperf3", "-s", stdout=subprocess.DEVNULL)
         topo.spawn_remote(sys.executable, "-c", ECHO_SERVER)
+        if any(wanted(f"tcp_lossy{percent}") for percent in LOSS_PERCENTS):
+            topo.spawn_remote(sys.executable, PEERS, "source", str(LOSSY_PORTS[0]))
+            topo.spawn_remote(sys.executable, PEERS, "sink", str(LOSSY_PORTS[1]))
+            topo.wait_listening(LOSSY_PORTS[1])
         topo.wait_listening(5201)
         topo.wait_listening(7001)
         topo.in_remote("ip", "-6", "addr", "add", f"{CLAT_REMOTE6}/128", "dev", "lo")
@@ -280,6 +386,15 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                                 REMOTE_ADDR6)
                             add(name, "tcp6_in_gbps_mtu65520", iperf, served, True, REMOTE_ADDR6)
                             add(name, "udp_out_gbps", udp_out, served)
+                            add(name, "udp_burst_out_of_10000", udp_burst_out, served)
+                            add(name, "udp_burst_in_of_10000", udp_burst_in, served)
+                            for percent in LOSS_PERCENTS:
+                                for way in ("down", "up"):
+                                    key = f"tcp_lossy{percent}_{way}"
+                                    if wanted(key):
+                                        seconds, timeouts = lossy(served, percent, way == "up")
+                                        add(name, f"{key}_s", float, seconds)
+                                        add(name, f"{key}_rto", float, timeouts)
                     finally:
                         served.close()
                 if name == "passt-sep" and wanted("tcp_clat"):
@@ -303,7 +418,10 @@ SERVED_KEYS = {
     65520: ["tcp_out_gbps_mtu65520", "tcp_in_gbps_mtu65520", "rss_idle_mib", "rr_latency_us",
             "rr_latency_p99_us", "connections_per_s", "rss_1000_conns_mib",
             "splice_host_lo_to_ns_gbps", "splice_ns_lo_to_host_gbps", "tcp6_out_gbps_mtu65520",
-            "tcp6_in_gbps_mtu65520", "udp_out_gbps"],
+            "tcp6_in_gbps_mtu65520", "udp_out_gbps", "udp_burst_out_of_10000",
+            "udp_burst_in_of_10000",
+            *(f"tcp_lossy{percent}_{way}_{what}" for percent in LOSS_PERCENTS
+              for way in ("down", "up") for what in ("s", "rto"))],
     1500: ["tcp_out_gbps_mtu1500", "tcp_in_gbps_mtu1500"],
 }
 
@@ -311,8 +429,9 @@ SERVED_KEYS = {
 def table(figures: dict[str, dict[str, float]]) -> str:
     peers = [n for n in figures if n != "passt-sep"]
     keys = list(figures["passt-sep"])
+    widths = {p: max(12, len(p) + 2) for p in peers}
     head = f"{'metric':<24}{'passt-sep':>12}" + "".join(
-        f"{p:>12}{'ratio':>8}" for p in peers)
+        f"{p:>{widths[p]}}{'ratio':>8}" for p in peers)
     lines = [head, "-" * len(head)]
     for key in keys:
         ours = figures["passt-sep"][key]
@@ -320,20 +439,42 @@ def table(figures: dict[str, dict[str, float]]) -> str:
         for peer in peers:
             theirs = figures[peer].get(key, float("nan"))
             ratio = ours / theirs if theirs and theirs == theirs else float("nan")
-            row += f"{theirs:>12.3f}{ratio:>8.2f}"
+            row += f"{theirs:>{widths[peer]}.3f}{ratio:>8.2f}"
         lines.append(row)
     return "\n".join(lines)
 
 
+PASTAS: dict[str, str] = {}             # pasta name -> binary
+
+
+def find_pastas(tmp: str) -> None:
+    """The distro's pasta and the current upstream build, where installed."""
+    if shutil.which("pasta"):
+        PASTAS["pasta"] = "pasta"
+    if os.access(PASTA_CURRENT, os.X_OK):
+        link = os.path.join(tmp, "pasta")
+        os.symlink(PASTA_CURRENT, link)
+        PASTAS[PASTA_CURRENT_NAME] = link
+
+
 def main() -> int:
-    names = ["passt-sep"] + [n for n in ("pasta", "slirp4netns") if shutil.which(n)]
+    with tempfile.TemporaryDirectory(prefix="passt-sep-bench-") as tmp:
+        find_pastas(tmp)
+        return run()
+
+
+def run() -> int:
+    names = ["passt-sep", *PASTAS] + (["slirp4netns"] if shutil.which("slirp4netns") else [])
     figures = measure(names)
     skip_qemu = qemu_passt.available() or (None if wanted("qemu") else "not in BENCH_CASES")
     passt_mode = {} if skip_qemu else qemu_passt.measure(ROUNDS)
     print(f"passt-sep benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
           f"kernel {platform.release()}, {os.cpu_count()} cpus, {ROUNDS} rounds of {SECONDS}s")
-    print("ratio = passt-sep / peer (throughput: higher is better; latency and start-up: "
-          "lower is better)")
+    print("ratio = passt-sep / peer (throughput and burst datagrams delivered: higher is "
+          "better; latency, start-up and lossy transfer seconds: lower is better)")
+    print(f"tcp_lossyN: MiB moved at N% loss {LOSSY_MIB}, N% of the connection's packets "
+          "dropped by the remote each way; _s: seconds, _rto: the sender's retransmission "
+          "timeouts meanwhile")
     print(table(figures))
     print(f"\npasst mode, QEMU guest, {qemu_passt.MIB} MiB each way, Mbit/s:")
     print(table(passt_mode) if passt_mode else f"skipped: {skip_qemu}")

@@ -28,6 +28,11 @@ Clients (print one line, exit 0 on success):
   udp-stream HOST PORT N [RATE]  send N numbered 1000-byte datagrams to a
                             udp-count, at most RATE per second (default: no limit)
   udp-count PORT SECONDS    count numbered datagrams, print "got N missing M corrupt C"
+  udp-burst HOST PORT N     send N numbered 1000-byte datagrams back to back, as
+                            fast as the socket takes them, after one warm-up
+                            datagram (neighbours resolved first); print "sent N"
+  udp-tally PORT SECONDS    count udp-burst's datagrams until SECONDS pass without
+                            one, print "got N missing M corrupt C"
 
 Data is deterministic per seed, so both ends can compute its sha256.
 """
@@ -226,8 +231,57 @@ def udp_count(port: int, seconds: float) -> str:
     return f"got {len(seen)} missing {top + 1 - len(seen)} corrupt {corrupt}"
 
 
+BURST_SIZE = 1000
+WARM_UP = b"warm-up"
+
+
+def burst_payload(number: int) -> bytes:
+    """A burst datagram: cheap to build, so the sender is as fast as it can be."""
+    return number.to_bytes(8, "big") + bytes([number % 251]) * (BURST_SIZE - 8)
+
+
+def udp_burst(host: str, port: int, count: int) -> str:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, port))
+        sock.send(WARM_UP)
+        time.sleep(0.3)
+        fill = [bytes([n]) * (BURST_SIZE - 8) for n in range(251)]
+        send = sock.send
+        for number in range(count):
+            send(number.to_bytes(8, "big") + fill[number % 251])
+    return f"sent {count}"
+
+
+def udp_tally(port: int, seconds: float) -> str:
+    sock = listener(port, "::", socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.settimeout(seconds)
+    seen: set[int] = set()
+    corrupt = 0
+    try:
+        while True:
+            data = sock.recv(2000)
+            if data == WARM_UP:
+                continue
+            number = int.from_bytes(data[:8], "big")
+            if data != burst_payload(number):
+                corrupt += 1
+                continue
+            seen.add(number)
+    except TimeoutError:
+        pass
+    top = max(seen, default=-1)
+    return f"got {len(seen)} missing {top + 1 - len(seen)} corrupt {corrupt}"
+
+
+# how long a client waits for its peer (PEERS_TIMEOUT: longer on a lossy path,
+# where retransmission timers back off)
+TIMEOUT = float(os.environ.get("PEERS_TIMEOUT", "60"))
+
+
 def connect(host: str, port: int) -> socket.socket:
-    return socket.create_connection((host, port), timeout=60)
+    return socket.create_connection((host, port), timeout=TIMEOUT)
 
 
 def send(host: str, port: int, size: int, seed: int) -> str:
@@ -583,6 +637,10 @@ def main(argv: list[str]) -> None:
         print(udp_stream(args[0], int(args[1]), int(args[2]), rate))
     elif command == "udp-count":
         print(udp_count(int(args[0]), float(args[1])))
+    elif command == "udp-burst":
+        print(udp_burst(args[0], int(args[1]), int(args[2])))
+    elif command == "udp-tally":
+        print(udp_tally(int(args[0]), float(args[1])))
     elif command == "send":
         print(send(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "udp-send":

@@ -34,6 +34,7 @@ from .hostinfo import (
     ns_family,
     read_resolv_conf,
 )
+from .tap import TAP_QUEUE_LEN
 
 IFA_F_NODAD = 0x02
 IFA_F_TEMPORARY = 0x01
@@ -135,6 +136,9 @@ def set_up_tap(config: Config, ifname: str, net: Network, host: HostInfo) -> str
         if config.ns_mac_addr:
             _request(f"cannot set the MAC address of {ifname}", ipr.link, "set", index=index,
                      address=config.ns_mac_addr)
+        # a queue that holds a burst while the worker catches up (tap.TAP_QUEUE_LEN)
+        _request(f"cannot set the queue length of {ifname}", ipr.link, "set", index=index,
+                 txqlen=TAP_QUEUE_LEN)
         for lo in ipr.link_lookup(ifname="lo"):
             _request("cannot bring lo up", ipr.link, "set", index=lo, state="up")
         if config.config_net:

@@ -18,7 +18,7 @@ from ..handoff import FdEntry, ListenerMeta, LogMeta, NetnsWatchMeta, ProcNetMet
 from ..nssource import LOOPBACK
 from ..pcap import file_header
 from ..ports import Forwarding
-from ..portsock import bound_socket
+from ..portsock import bound_socket, forwarded_receive_buffer
 
 OUTPUT_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -41,20 +41,23 @@ def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
     A port that is already taken is an error naming it, except with
     ``quiet_conflicts`` (``all``) or an exclusion-only spec, where such ports
     (and those below ip_unprivileged_port_start, without the privilege) are
-    skipped as passt does, unless none is left.
+    skipped as passt does, unless none is left.  UDP sockets share
+    ``FORCED_RCVBUF_TOTAL`` of receive buffer (``portsock``).
     """
     quiet_conflicts = quiet_conflicts or forwarding.skip_unavailable
     role = role or (Role.TCP_LISTENER if kind == socket.SOCK_STREAM else Role.UDP_LISTENER)
     entries: list[FdEntry] = []
+    wanted = [(port, target, rule, family) for port, target, rule in forwarding.ports()
+              for family in _rule_families(rule.address, ipv4, ipv6)]
+    buffer = forwarded_receive_buffer(len(wanted))
     try:
-        for port, target, rule in forwarding.ports():
-            for family in _rule_families(rule.address, ipv4, ipv6):
-                address = rule.address or (LOOPBACK[family] if loopback else None)
-                sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts,
-                              freebind)
-                if sock is not None:
-                    entries.append(FdEntry(role, sock.detach(),
-                                           ListenerMeta(int(family), port, target)))
+        for port, target, rule, family in wanted:
+            address = rule.address or (LOOPBACK[family] if loopback else None)
+            sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts,
+                          freebind, buffer)
+            if sock is not None:
+                entries.append(FdEntry(role, sock.detach(),
+                                       ListenerMeta(int(family), port, target)))
     except BaseException:
         for entry in entries:
             os.close(entry.fd)
@@ -73,9 +76,10 @@ def _rule_families(address: str | None, ipv4: bool, ipv6: bool) -> Iterator[int]
 
 
 def _bound(family: int, kind: int, address: str | None, interface: str | None,
-           port: int, quiet_conflicts: bool, freebind: bool = False) -> socket.socket | None:
+           port: int, quiet_conflicts: bool, freebind: bool, buffer: int) -> socket.socket | None:
     try:
-        return bound_socket(family, kind, port, address, interface, freebind)
+        return bound_socket(family, kind, port, address, interface, freebind, buffer,
+                            force=True)
     except OSError as exc:
         if quiet_conflicts and exc.errno in (errno.EADDRINUSE, errno.EACCES):
             return None

@@ -22,6 +22,17 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+
+# Frames the tap holds for the worker (its txqueuelen; the kernel's default
+# is 1000).  A program in the namespace can write datagrams several times
+# faster than the worker translates them, and what does not fit this queue
+# is dropped (the tap's tx_dropped): 12288 holds a burst of 10,000 even
+# while the worker gets no CPU at all.  The frames are kernel memory no
+# socket is charged for: a 1000-byte datagram takes 2304 bytes (27 MiB for
+# a full queue of those), a full-size frame at MTU 65520 about 66 KiB (at
+# most 800 MiB, a queue of nothing else).  The namespace's owner can set
+# any txqueuelen on its own taps anyway (``ip link set ... txqueuelen``).
+TAP_QUEUE_LEN = 12288
 _IFREQ = struct.Struct("16sH22x")
 
 

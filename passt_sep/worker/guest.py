@@ -143,29 +143,32 @@ class TapLink:
         """UDP payload behind ``udp.datagram_headers``: the kernel completes
         the checksum and, with ``segment``, cuts it into datagrams (USO).
         False if this kernel refuses that (before Linux 6.2): nothing sent."""
+        datagrams = -(-len(payload) // segment) if segment else 1
         return self._write([vnet_udp_header(len(headers), segment), headers, payload],
-                           refused_ok=bool(segment))
+                           refused_ok=bool(segment), frames=datagrams)
 
-    def _write(self, parts: list, refused_ok: bool = False) -> bool:
+    def _write(self, parts: list, refused_ok: bool = False, frames: int = 1) -> bool:
         try:
             os.writev(self.fd, parts)
         except OSError as exc:
             if refused_ok and exc.errno == errno.EINVAL:
                 return False
-            self._write_failed(exc)
+            self._write_failed(exc, frames)
         return True
 
-    def _write_failed(self, exc: OSError) -> None:
-        """Counted, never fatal: a full queue drops the frame (TCP resends).
-        A tap that is down (as pasta leaves it without --config-net, until
-        the namespace brings it up) refuses frames with EIO: nothing to say."""
+    def _write_failed(self, exc: OSError, frames: int = 1) -> None:
+        """Counted, never fatal: the frames are dropped (TCP resends).  The
+        counters count frames as the guest would have seen them: a UDP
+        write that the kernel cuts into datagrams (USO) counts each.  A tap
+        that is down (as pasta leaves it without --config-net, until the
+        namespace brings it up) refuses frames with EIO: nothing to say."""
         if isinstance(exc, BlockingIOError):
-            self.loop.counters.add("tap_full")
+            self.loop.counters.add("tap_full", frames)
             return
         if exc.errno == errno.EIO:
-            self.loop.counters.add("tap_down")
+            self.loop.counters.add("tap_down", frames)
             return
-        self.loop.counters.add("tap_write_error")
+        self.loop.counters.add("tap_write_error", frames)
         self.log.ratelimited("tap_write", 4, f"tap write failed: {exc.strerror}")
 
 

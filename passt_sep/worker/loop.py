@@ -48,10 +48,22 @@ class Timer:
 
 
 class Counters:
-    """Named event and drop counters, readable as a dict for logging."""
+    """Named event and drop counters, readable as a dict for logging.
+
+    ``sources`` add counts kept elsewhere (the kernel's, read on demand:
+    datagrams dropped at a full socket) to those in ``snapshot``."""
 
     def __init__(self) -> None:
         self.values: dict[str, int] = {}
+        self.sources: list[Callable[[], dict[str, int]]] = []
+
+    def snapshot(self) -> dict[str, int]:
+        """Every counter, the sources' counts added in."""
+        merged = dict(self.values)
+        for source in self.sources:
+            for name, amount in source().items():
+                merged[name] = merged.get(name, 0) + amount
+        return merged
 
     def add(self, name: str, amount: int = 1) -> None:
         self.values[name] = self.values.get(name, 0) + amount

@@ -159,7 +159,7 @@ class Worker:
             return
         for signum in received:
             if signum == signal.SIGUSR1:
-                self.log.log(INFO, f"counters: {self.loop.counters.values}")
+                self.log.log(INFO, f"counters: {self.loop.counters.snapshot()}")
             else:
                 self.log.info(f"{signal.Signals(signum).name}: exiting")
                 self.loop.stop()

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import clat, udp
 from ..packet import UDP, Drop, Inbound, address_text
+from ..portsock import UDP_RCVBUF, grow_receive_buffer, receive_drops
 from .context import WorkerContext
 from .loop import EPOLLERR, EPOLLIN, Loop
 
@@ -93,6 +94,7 @@ class UdpHandler:
         self.divert = divert
         for listener in listeners:
             self.add_listener(listener)
+        loop.counters.sources.append(self._rcvbuf_drops)
 
     # -- guest -> host --------------------------------------------------------------
     def on_guest_segment(self, inb: Inbound, now: float, header: UDP | None = None) -> None:
@@ -194,6 +196,7 @@ class UdpHandler:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
     def _register(self, sock: socket.socket) -> None:
+        grow_receive_buffer(sock, UDP_RCVBUF)           # a peer's burst waits there
         self.sockets[sock.fileno()] = sock
         self.loop.add_fd(sock.fileno(), EPOLLIN, self._readable)
         if self.sweep_timer is None:
@@ -203,8 +206,7 @@ class UdpHandler:
         flow = self.flows.by_handle.get(fd)
         if flow is not None and flow.forwarded:
             self.flows.remove(flow)
-            self.loop.remove_fd(fd)
-            self.sockets.pop(fd).close()
+            self._close(fd)
 
     def bound_ports(self) -> set[int]:
         """Host ports our flows' own sockets hold: they show in the host's
@@ -328,10 +330,22 @@ class UdpHandler:
     def _sweep(self, now: float) -> None:
         self.sweep_timer = None
         for flow in self.flows.expired(now):
-            self.loop.remove_fd(flow.handle)
-            self.sockets.pop(flow.handle).close()
-        if len(self.flows.by_handle) > 0:
-            self.sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+            self._close(flow.handle)
+        if len(self.flows.by_handle) > 0:     # on the clock it was called with
+            self.sweep_timer = self.loop.call_at(now + SWEEP_INTERVAL, self._sweep)
+
+    def _close(self, fd: int) -> None:
+        """Close a flow's socket, what the kernel dropped at it counted first."""
+        self.loop.remove_fd(fd)
+        sock = self.sockets.pop(fd)
+        drops = receive_drops(sock)
+        if drops:
+            self.loop.counters.add("udp_rcvbuf_drops", drops)
+        sock.close()
+
+    def _rcvbuf_drops(self) -> dict[str, int]:
+        """Datagrams dropped at our sockets' full receive buffers, so far."""
+        return {"udp_rcvbuf_drops": sum(receive_drops(sock) for sock in self.sockets.values())}
 
     def active_flows(self) -> int:
         return len(self.flows)

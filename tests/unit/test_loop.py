@@ -34,3 +34,14 @@ def test_live_timers_fire_in_order_after_a_sweep() -> None:
     while len(fired) < 3 and time.monotonic() < deadline:
         loop.poll_once(0.1)
     assert fired == [1, 2, 3]
+
+
+def test_counter_snapshot_adds_the_sources_counts() -> None:
+    """Counts kept elsewhere (the kernel's, read when asked) add to the
+    loop's own under the same name."""
+    loop = Loop()
+    loop.counters.add("udp_rcvbuf_drops", 3)
+    loop.counters.add("tap_full")
+    loop.counters.sources.append(lambda: {"udp_rcvbuf_drops": 4, "other": 1})
+    assert loop.counters.snapshot() == {"udp_rcvbuf_drops": 7, "tap_full": 1, "other": 1}
+    assert loop.counters.get("udp_rcvbuf_drops") == 3

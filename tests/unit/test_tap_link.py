@@ -84,3 +84,23 @@ def test_frames_left_waiting_are_read_whole_in_the_next_round(link) -> None:
     assert len(delivered) == 2                          # one, the tap still readable
     poll()
     assert len(delivered) == 4 and len(reads) == 2 + 1 + 3   # the rest, then EAGAIN
+
+
+def test_a_refused_uso_write_counts_every_datagram_it_carried() -> None:
+    """A tap write the kernel would cut into three datagrams (USO) that
+    finds the queue full drops three datagrams, and the counter says three."""
+    tap, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    loop = Loop()
+    tap_link = TapLink(loop, tap.fileno(), Capture(None), Logger("test"), 1500)
+    tap.setblocking(False)
+    try:
+        while True:
+            tap.send(bytes(1000))
+    except BlockingIOError:
+        pass
+    assert tap_link.send_datagrams(bytes(42), memoryview(bytes(2500)), 1000)
+    assert loop.counters.get("tap_full") == 3
+    tap_link.send(bytes(60))
+    assert loop.counters.get("tap_full") == 4
+    tap.close()
+    guest_end.close()
