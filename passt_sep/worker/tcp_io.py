@@ -494,10 +494,6 @@ class TcpHandler:
             return
         else:
             seen = self.addrmap.to_guest(peer, address[1])
-        fd = sock.fileno()
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        self._tune(sock, None)
         self._offer(sock, params.addr, listener.target_port, seen, address[1], now, as_ipv4)
 
     def _offer(self, sock: socket.socket, guest: bytes, guest_port: int, seen: bytes,
@@ -513,6 +509,11 @@ class TcpHandler:
         if self.flows.full:
             self._reject(sock, "tcp_flows_full")
             return
+        try:
+            self._tune_accepted(sock)
+        except OSError:               # reset by its peer already, say
+            self._reject(sock, "tcp_accepted_gone")
+            return
         isn = tcp.isn_for(self.secret, seen, peer_port, guest, guest_port, now)
         free, sndbuf = self._room(sock)
         conn, syn = tcp.TcpConn.for_accepted(
@@ -524,6 +525,13 @@ class TcpHandler:
         self._track(flow, SOCKET_EVENTS)
         self.send_frame(syn)
         self._schedule(flow)
+
+    def _tune_accepted(self, sock: socket.socket) -> None:
+        """Non-blocking and tuned, only once it is to be offered: a refused
+        connection costs no more than its reset."""
+        fd = sock.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        self._tune(sock, None)
 
     @staticmethod
     def _refused_syn(flow: Flow, seg: tcp.TcpSegment) -> bool:
