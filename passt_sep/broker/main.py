@@ -205,7 +205,7 @@ class Broker:
 
     def _network(self) -> Network:
         """The host's network and (pasta) the tap, from the netlink helper,
-        asked for last: it has been importing pyroute2 all along."""
+        asked for last: it has been reading it all along."""
         config = self.config
         self.host = host = hostinfo.HostInfo.from_map(self.netlink.host())
         for warning in host.warnings:

@@ -1,15 +1,12 @@
 """The netlink helper: the one broker process that speaks rtnetlink.
 
-Importing pyroute2's IPRoute takes 60-70 ms (100 with the package's
-``__init__``, which we skip: see ``_without_package_init``), more than all
-the rest of start-up.  So this helper is forked first thing, before even
-the options are parsed: it imports pyroute2, parses the same command line
-and reads the host's network, while the broker, on the other CPU, parses,
-imports the worker, compiles the seccomp filters and makes the namespaces.
-In pasta mode the helper then enters the target namespace, creates the tap
+Forked as soon as the options are parsed, it imports pyroute2's message
+classes (``netconf``; some 15 ms) and reads the host's network while the
+broker, on the other CPU, imports the worker and makes the namespaces.  In
+pasta mode the helper then enters the target namespace, creates the tap
 there and configures it, while the broker opens the other fds.  Nothing
-else imports pyroute2 (see ``netconf``), and this module imports little at
-the top: it is loaded before anything else.
+else imports pyroute2, so only this short-lived process pays for it.  It
+gets the parsed options with the fork: nothing is parsed twice.
 
 One exchange each way over a socket pair, in ``fdpass`` framing:
 
@@ -28,6 +25,7 @@ import os
 import socket
 
 from .. import fdpass
+from ..config import Config
 
 
 class NetlinkHelperError(Exception):
@@ -43,9 +41,10 @@ class NetlinkHelper:
         self.nat64: str | None = None       # the discovered NAT64 prefix, with host()
 
     @classmethod
-    def start(cls, args: list[str], prog: str) -> NetlinkHelper:
-        """Fork the helper for this command line (``argv[1:]``, program name)."""
-        return cls(*fdpass.fork_peer(lambda theirs: _helper(args, prog, theirs)))
+    def start(cls, config: Config) -> NetlinkHelper:
+        """Fork the helper for these options."""
+        from . import hostinfo, namespaces, tap  # noqa: F401  # loaded once, shared by the fork
+        return cls(*fdpass.fork_peer(lambda theirs: _helper(config, theirs)))
 
     def host(self) -> dict:
         """The host's network, as ``HostInfo.to_map`` gives it."""
@@ -98,10 +97,10 @@ class NetlinkHelper:
         return reply, fds
 
 
-def _helper(args: list[str], prog: str, sock: socket.socket) -> None:
+def _helper(config: Config, sock: socket.socket) -> None:
     code = 0
     try:
-        _serve(args, prog, sock)
+        _serve(config, sock)
     except fdpass.FdPassError:      # the broker closed its end: no tap wanted
         pass
     except BaseException as exc:    # reported to the broker, whatever it is
@@ -111,16 +110,13 @@ def _helper(args: list[str], prog: str, sock: socket.socket) -> None:
     os._exit(code)
 
 
-def _serve(args: list[str], prog: str, sock: socket.socket) -> None:
+def _serve(config: Config, sock: socket.socket) -> None:
     """Read the host, then (pasta) make the tap."""
     _without_package_init("pyroute2")
-    from . import netconf  # pyroute2 first: our modules load in a few ms after it, not 17
-    # isort: split
-    from ..config import parse_args
+    from . import netconf
     from .hostinfo import guest_network
     from .namespaces import Target, enter
     from .tap import open_tap
-    config = parse_args(args, prog)  # the broker parses the same line: an error is its to say
     host = netconf.read_host(config)
     nat64 = None
     if config.clat and not config.nat64_prefix:
@@ -140,9 +136,9 @@ def _without_package_init(name: str) -> None:
     """Register package ``name`` without running its ``__init__``.
 
     pyroute2's ``__init__`` imports every netlink family it knows (conntrack,
-    IPDB, NDB, nl80211, WireGuard, 9P...): 35-45 ms of the helper's 100,
-    on the path to a ready namespace.  We use IPRoute alone, whose modules
-    import what they need themselves.  Only this process is affected.
+    IPDB, NDB, nl80211, WireGuard, 9P...), some 40 ms.  We use the rtnetlink
+    message classes alone, whose modules import what they need themselves.
+    Only this process is affected.
     """
     import importlib.util
     import sys
