@@ -3,11 +3,13 @@ symlink for Podman).  The mode follows the program name, as with passt."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    gc.disable()    # start-up makes no garbage worth collecting: see Broker._run
     _open_standard_fds()
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) if argv else "passt-sep"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import os
 import resource
 import signal
@@ -79,6 +80,17 @@ def _check_interfaces(config: Config) -> None:
     if config.mode == "pasta" and config.interface == "lo" and not config.ns_ifname:
         raise sockets.SetupError("-i lo: the namespace's interface would be called lo too, "
                                  "which is its loopback: name it with -I")
+
+
+def _settle_memory() -> None:
+    """Before the long-lived processes are forked: every object made so far
+    (the imported modules, mostly) goes to the collector's permanent
+    generation, where no collection walks it, so that the ns socket source
+    and the worker keep sharing its pages with each other; then the
+    collector, off during start-up (``cli.main``), runs again for what
+    they make."""
+    gc.freeze()
+    gc.enable()
 
 
 def _say(config: Config, log: Logger, level: int, message: str) -> None:
@@ -168,6 +180,7 @@ class Broker:
         identity = self._jail_identity()
         if identity == self.caller and not self.real_root:
             identity = None         # --runas naming oneself: nothing to switch
+        _settle_memory()
         if config.mode == "pasta" and not config.no_splice:
             self._ns_source(identity)
         net = self._network()
