@@ -267,10 +267,13 @@ class Broker:
     def _ns_source(self, identity: jail.Identity | None) -> None:
         """The process that makes sockets inside the namespace for the
         worker (loopback fast path), jailed and filtered like it, serving
-        only the ports the forwarding options call for."""
+        only the ports the forwarding options call for: none at all with
+        every forwarding ``none`` (Podman's), and then it is not made."""
         assert self.target is not None
         source_filter = self.source_filter
         policy = nspolicy.for_config(self.config)
+        if policy == nspolicy.Policy():
+            return
 
         def serve(sock: socket.socket) -> None:
             confinement = mac.prepare()
