@@ -176,7 +176,7 @@ class Broker:
         self._host_forwarding()
         if config.mode == "pasta":
             self._join_owner_userns()
-            self.netlink.request_tap(self.target.netns_fd)
+            self.netlink.request_tap(self.target.netns_fd, persist=self.target.holder is not None)
         identity = self._jail_identity()
         if identity == self.caller and not self.real_root:
             identity = None         # --runas naming oneself: nothing to switch

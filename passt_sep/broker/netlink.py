@@ -13,7 +13,8 @@ One exchange each way over a socket pair, in ``fdpass`` framing:
 * helper -> broker: ``{"host": HostInfo.to_map(), "nat64": prefix}``, the
   NAT64 prefix ``--clat`` discovered (``nat64.py``), or None;
 * broker -> helper (pasta mode; otherwise the broker just closes its end):
-  ``{"tap": true}`` with the target's network and user namespace fds;
+  ``{"tap": true, "persist": bool}`` with the target's network and user
+  namespace fds;
 * helper -> broker: ``{"ifname": ..., "mac": ...}`` with the tap's fd.
 
 Either reply may be ``{"error": message}`` instead.
@@ -21,11 +22,14 @@ Either reply may be ``{"error": message}`` instead.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 
 from .. import fdpass
 from ..config import Config
+
+TUNSETPERSIST = 0x400454CB
 
 
 class NetlinkHelperError(Exception):
@@ -54,14 +58,15 @@ class NetlinkHelper:
         self.nat64 = reply.get("nat64")
         return reply["host"]
 
-    def request_tap(self, netns_fd: int) -> None:
+    def request_tap(self, netns_fd: int, persist: bool = False) -> None:
         """Start creating the tap in network namespace ``netns_fd``, entered
         through the user namespace this process is in now (ours, or the
-        namespace owner's)."""
+        namespace owner's).  ``persist``: only for a namespace that goes
+        away with the command (see ``_tap``)."""
         assert self.sock is not None
         userns_fd = os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fdpass.send(self.sock, {"tap": True}, [netns_fd, userns_fd])
+            fdpass.send(self.sock, {"tap": True, "persist": persist}, [netns_fd, userns_fd])
         finally:
             os.close(userns_fd)
 
@@ -116,7 +121,6 @@ def _serve(config: Config, sock: socket.socket) -> None:
     from . import netconf
     from .hostinfo import guest_network
     from .namespaces import Target, enter
-    from .tap import open_tap
     host = netconf.read_host(config)
     nat64 = None
     if config.clat and not config.nat64_prefix:
@@ -124,12 +128,34 @@ def _serve(config: Config, sock: socket.socket) -> None:
         found = discover(host.resolvers)
         nat64 = str(found) if found else None
     fdpass.send(sock, {"host": host.to_map(), "nat64": nat64}, [])
-    _request, (netns_fd, userns_fd) = fdpass.receive(sock)
+    request, (netns_fd, userns_fd) = fdpass.receive(sock)
     enter(Target(netns_fd, userns_fd))
     ifname = config.ns_ifname or host.ifname or "tap0"
-    fd = open_tap(ifname)
+    fd = _tap(ifname, request.get("persist") is True)
     mac = netconf.set_up_tap(config, ifname, guest_network(config, host), host)
     fdpass.send(sock, {"ifname": ifname, "mac": mac}, [fd])
+
+
+def _tap(ifname: str, persist: bool) -> int:
+    """The tap, persistent in a namespace that pasta's command mode made.
+
+    Closing the last fd of a tap that is not persistent unregisters the
+    device there and then, two RCU grace periods under the RTNL lock:
+    15-30 ms in the worker's exit, which the caller waits for.  The
+    command's namespace is ours and goes when the command and the worker
+    have gone; the kernel then removes a persistent tap with it, in the
+    background.  A namespace that outlives us (``--netns``, a PID) must not
+    keep a tap nobody serves: there it is not persistent."""
+    from .tap import TapError, open_tap
+    fd = open_tap(ifname)
+    if persist:
+        try:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+        except OSError as exc:
+            os.close(fd)
+            raise TapError(f"cannot make tap device {ifname} persistent: "
+                           f"{exc.strerror}") from None
+    return fd
 
 
 def _without_package_init(name: str) -> None:
