@@ -14,11 +14,9 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,11 +116,22 @@ def spawn_command_namespace(command: list[str]) -> Target:
 
 
 def _check_command(name: str) -> None:
-    path = name if "/" in name else shutil.which(name, mode=os.F_OK)
+    path = name if "/" in name else _on_path(name)
     if path is None or not os.path.exists(path):
         raise NamespaceError(f"Failed to start command {name}: No such file or directory")
     if os.path.isdir(path) or not os.access(path, os.X_OK):
         raise NamespaceError(f"Failed to start command {name}: Permission denied")
+
+
+def _on_path(name: str) -> str | None:
+    """The first file ``name`` in ``$PATH`` (as execvp will look), whether
+    it may be run or not: that is for ``_check_command`` to say.  Not
+    shutil.which: its module (with bz2, lzma, fnmatch) is start-up time."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.path.exists(path) and not os.path.isdir(path):
+            return path
+    return None
 
 
 def _parked_child(command: list[str], go_read: int, ready_write: int) -> None:
@@ -293,6 +302,7 @@ def report_failure(sock: socket.socket, exc: BaseException) -> None:
     """A helper's last words: why it failed, as ``{"error": message}``."""
     message = str(exc) or repr(exc)
     if os.environ.get("PASST_SEP_DEBUG"):
+        import traceback  # only here: it is start-up time for every run
         message += "\n" + traceback.format_exc()
     try:
         fdpass.send(sock, {"error": message}, [])
