@@ -10,7 +10,8 @@ pyroute2 encodes and decodes the messages; the socket is ours (``Rtnl``).
 Its IPRoute would cost 60-100 ms of imports (asyncio, ssl, multiprocessing,
 its mock backend...) for what takes three dumps to read and one batch to
 write: every change to the tap goes to the kernel in a single ``sendmsg``,
-which it runs in order, acknowledging each message.
+which it runs in order, answering only what fails and, last, the tap's
+state.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pyroute2.netlink import (
-    NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
     NLM_F_EXCL,
@@ -124,22 +124,30 @@ class Rtnl:
             found.append(_decoded(type(message), data, offset))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def apply(self, requests: list[Request]) -> None:
-        """Send every request in one datagram (the kernel runs them in
-        order, each whatever became of the one before) and raise for the
-        first one it refused."""
-        seqs = self._send([(r.message, r.kind, r.flags | NLM_F_REQUEST | NLM_F_ACK)
-                           for r in requests])
+    def apply(self, requests: list[Request], index: int) -> nlmsg:
+        """Send every request in one datagram, then a request for the state
+        of link ``index``, and return that state.  The kernel runs them in
+        order, each whatever became of the one before, and answers a
+        change only if it fails: the link's state comes last, once all is
+        done.  Raise for the first request the kernel refused."""
+        query = ifinfmsg()
+        query["index"] = index
+        seqs = self._send([(r.message, r.kind, r.flags | NLM_F_REQUEST) for r in requests]
+                          + [(query, RTM_GETLINK, NLM_F_REQUEST)])
         codes: dict[int, int] = {}
         for data, offset, msg_type, msg_seq in self._messages():
-            if msg_type == NLMSG_ERROR and msg_seq in seqs:
+            if msg_type == NLMSG_ERROR:
                 codes[msg_seq] = -_ERROR.unpack_from(data, offset + _HEADER.size)[0]
-                if len(codes) == len(seqs):
-                    break
-        for request, seq in zip(requests, seqs, strict=True):
-            code = codes[seq]
+            if msg_seq == seqs[-1]:
+                break
+        for request, seq in zip(requests, seqs, strict=False):
+            code = codes.get(seq, 0)
             if code and code != request.tolerated:
                 raise NetconfError(f"{request.what}: {os.strerror(code)}")
+        if seqs[-1] in codes:
+            raise NetconfError(f"cannot read the state of link {index}: "
+                               f"{os.strerror(codes[seqs[-1]])}")
+        return _decoded(ifinfmsg, data, offset)
 
     def _send(self, messages: list[tuple[nlmsg, int, int]]) -> list[int]:
         data = bytearray()
@@ -266,8 +274,8 @@ def _route(message: nlmsg, family: int) -> Route:
 def set_up_tap(config: Config, ifname: str, net: Network, host: HostInfo) -> str:
     """Loopback up and the tap's MAC; with ``--config-net`` the tap up and
     configured too, else, as pasta, left down for the namespace's own DHCP,
-    SLAAC or manual setup.  Returns the tap's MAC.  One batch of changes,
-    then one dump of the namespace's few links for the MAC."""
+    SLAAC or manual setup.  Returns the tap's MAC.  One batch, one
+    answer (``Rtnl.apply``)."""
     index = socket.if_nametoindex(ifname)
     requests = []
     if config.ns_mac_addr:
@@ -277,9 +285,7 @@ def set_up_tap(config: Config, ifname: str, net: Network, host: HostInfo) -> str
     if config.config_net:
         requests += _configuration(index, ifname, config, net, host)
     with Rtnl() as rtnl:
-        rtnl.apply(requests)
-        links = rtnl.dump(_family_message(ifinfmsg), RTM_GETLINK)
-    return _link(links, index).get("address")
+        return rtnl.apply(requests, index).get("address")
 
 
 def _configuration(index: int, ifname: str, config: Config, net: Network,

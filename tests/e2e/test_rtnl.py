@@ -1,6 +1,7 @@
 """netconf's rtnetlink socket against the kernel, in a namespace the test
-makes: a batch runs in order, the first refused request is named in words,
-a route already there is no failure, and the host is read in three dumps."""
+makes: a batch runs in order and ends with the link's state, the first
+refused request is named in words, a route already there is no failure,
+and the host is read in three dumps."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ made = {
 }
 try:
     with netconf.Rtnl() as rtnl:
-        rtnl.apply([made[name] for name in sys.argv[1:]])
+        link = rtnl.apply([made[name] for name in sys.argv[1:]], index)
     error = None
+    assert link["index"] == index and link.get("ifname") == "d0"
 except netconf.NetconfError as exc:
     error = str(exc)
 print(json.dumps({"error": error}))
