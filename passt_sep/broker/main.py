@@ -29,7 +29,6 @@ from ..handoff import FdEntry
 from ..log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from ..netparams import Network
 from ..packet import mac_to_bytes
-from ..ports import Forwarding
 from . import hostinfo, jail, mac, namespaces, sockets
 from .handoff import WorkerStartError, start_worker
 from .netlink import NetlinkHelper, NetlinkHelperError
@@ -229,8 +228,9 @@ class Broker:
         if config.mode != "pasta":
             self.netlink.close()
             return net
-        ifname, mac, fd = self.netlink.tap()
+        ifname, mac, fd, inside = self.netlink.tap()
         self.entries.append(FdEntry("tap", fd, {"ifname": ifname}))
+        self.entries += inside
         return dataclasses.replace(net, guest_mac=mac_to_bytes(mac))
 
     def _discovered_nat64(self, config: Config) -> Config:
@@ -425,47 +425,12 @@ class Broker:
                 freebind=config.freebind)
 
     def _namespace_forwarding(self) -> None:
-        """pasta's ``-T`` and ``-U``: sockets on the namespace's loopback, made
-        there; ``auto`` in either direction: both sides' tables."""
-        assert self.target is not None
-        v4, v6 = not self.config.ipv6_only, not self.config.ipv4_only
-        static = self._ns_static_forwards()
-        auto = self._auto_protocols()
-        if not static and not auto:
-            return
-
-        def inside() -> namespaces.HelperResult:
-            entries = []
-            for forwarding, kind, role in static:
-                entries += sockets.forward_listeners(forwarding, kind, v4, v6, role=role,
-                                                     loopback=True)
-            if auto:
-                entries += sockets.proc_net_tables("ns", auto)
-            return ({"entries": [[e.role, e.meta] for e in entries]}, [e.fd for e in entries])
-
-        result, fds = namespaces.run_inside(self.target, inside)
-        self.entries += [FdEntry(role, fd, meta)
-                         for (role, meta), fd in zip(result["entries"], fds, strict=True)]
+        """``auto`` in either direction: the host's tables too (the
+        namespace's come with the tap, with pasta's ``-T`` and ``-U``
+        sockets: ``namespaces.forwarding_inside``)."""
+        auto = namespaces.auto_protocols(self.config)
         if auto:
             self.entries += sockets.proc_net_tables("host", auto)
-
-    def _ns_static_forwards(self) -> list[tuple[Forwarding, int, str]]:
-        config = self.config
-        static = []
-        if not config.no_tcp and config.tcp_ns.mode == "spec":
-            static.append((config.tcp_ns, socket.SOCK_STREAM, "tcp_ns_listener"))
-        if not config.no_udp and config.udp_ns.mode == "spec":
-            static.append((config.udp_ns, socket.SOCK_DGRAM, "udp_ns_listener"))
-        return static
-
-    def _auto_protocols(self) -> list[str]:
-        config = self.config
-        protocols = []
-        if not config.no_tcp and "auto" in (config.tcp_ns.mode, config.tcp_ports.mode):
-            protocols.append("tcp")
-        if not config.no_udp and "auto" in (config.udp_ns.mode, config.udp_ports.mode):
-            protocols.append("udp")
-        return protocols
 
     def _files(self) -> None:
         config = self.config

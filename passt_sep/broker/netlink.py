@@ -4,7 +4,8 @@ Forked as soon as the options are parsed, it imports pyroute2's message
 classes (``netconf``; some 15 ms) and reads the host's network while the
 broker, on the other CPU, imports the worker and makes the namespaces.  In
 pasta mode the helper then enters the target namespace, creates the tap
-there and configures it, while the broker opens the other fds.  Nothing
+there and configures it, and makes the namespace's side of pasta's
+forwarding options, while the broker opens the other fds.  Nothing
 else imports pyroute2, so only this short-lived process pays for it.  It
 gets the parsed options with the fork: nothing is parsed twice.
 
@@ -15,7 +16,9 @@ One exchange each way over a socket pair, in ``fdpass`` framing:
 * broker -> helper (pasta mode; otherwise the broker just closes its end):
   ``{"tap": true, "persist": bool}`` with the target's network and user
   namespace fds;
-* helper -> broker: ``{"ifname": ..., "mac": ...}`` with the tap's fd.
+* helper -> broker: ``{"ifname": ..., "mac": ..., "entries": [[role, meta],
+  ...]}`` with the tap's fd, then the fds of pasta's ``-T``/``-U`` sockets
+  and ``auto`` tables made in the namespace (``forwarding_inside``).
 
 Either reply may be ``{"error": message}`` instead.
 """
@@ -28,6 +31,7 @@ import socket
 
 from .. import fdpass
 from ..config import Config
+from ..handoff import FdEntry
 
 TUNSETPERSIST = 0x400454CB
 
@@ -47,7 +51,7 @@ class NetlinkHelper:
     @classmethod
     def start(cls, config: Config) -> NetlinkHelper:
         """Fork the helper for these options."""
-        from . import hostinfo, namespaces, tap  # noqa: F401  # loaded once, shared by the fork
+        from . import hostinfo, namespaces, sockets, tap  # noqa: F401  # loaded once, shared
         return cls(*fdpass.fork_peer(lambda theirs: _helper(config, theirs)))
 
     def host(self) -> dict:
@@ -70,13 +74,16 @@ class NetlinkHelper:
         finally:
             os.close(userns_fd)
 
-    def tap(self) -> tuple[str, str, int]:
-        """The tap's name, MAC and fd, once the helper has set it up."""
+    def tap(self) -> tuple[str, str, int, list[FdEntry]]:
+        """The tap's name, MAC and fd, once the helper has set it up, and
+        what it made inside the namespace for the forwarding options."""
         reply, fds = self._receive()
         self.close()
         if "error" in reply:
             raise NetlinkHelperError(reply["error"])
-        return reply["ifname"], reply["mac"], fds[0]
+        inside = [FdEntry(role, fd, meta)
+                  for (role, meta), fd in zip(reply["entries"], fds[1:], strict=True)]
+        return reply["ifname"], reply["mac"], fds[0], inside
 
     def close(self, kill: bool = False) -> None:
         """Let the helper go (it exits when our end closes) and reap it."""
@@ -120,7 +127,7 @@ def _serve(config: Config, sock: socket.socket) -> None:
     _without_package_init("pyroute2")
     from . import netconf
     from .hostinfo import guest_network
-    from .namespaces import Target, enter
+    from .namespaces import Target, enter, forwarding_inside
     host = netconf.read_host(config)
     nat64 = None
     if config.clat and not config.nat64_prefix:
@@ -133,7 +140,10 @@ def _serve(config: Config, sock: socket.socket) -> None:
     ifname = config.ns_ifname or host.ifname or "tap0"
     fd = _tap(ifname, request.get("persist") is True)
     mac = netconf.set_up_tap(config, ifname, guest_network(config, host), host)
-    fdpass.send(sock, {"ifname": ifname, "mac": mac}, [fd])
+    inside = forwarding_inside(config)      # the loopback is up now
+    fdpass.send(sock, {"ifname": ifname, "mac": mac,
+                       "entries": [[e.role, e.meta] for e in inside]},
+                [fd, *(e.fd for e in inside)])
 
 
 def _tap(ifname: str, persist: bool) -> int:
