@@ -6,8 +6,9 @@ and route of the host's template interface (``hostinfo.ns_family`` decides
 which, in what order) and the MTU; without it the tap stays down.  Only the
 netlink helper (``netlink.py``) imports this module.
 
-pyroute2 encodes and decodes the messages; the socket is ours (``Rtnl``).
-Its IPRoute would cost 60-100 ms of imports (asyncio, ssl, multiprocessing,
+pyroute2 encodes and decodes the messages (its rtmsg and ifaddrmsg, and
+``LinkMessage`` declared on its base); the socket is ours (``Rtnl``).  Its
+IPRoute would cost 60-100 ms of imports (asyncio, ssl, multiprocessing,
 its mock backend...) for what takes three dumps to read and one batch to
 write: every change to the tap goes to the kernel in a single ``sendmsg``,
 which it runs in order, answering only what fails and, last, the tap's
@@ -42,7 +43,6 @@ from pyroute2.netlink.rtnl import (
     RTM_NEWROUTE,
 )
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ..config import Config
@@ -72,6 +72,20 @@ NETLINK_ROUTE = 0
 RECEIVE_SIZE = 1 << 16      # a dump's datagrams are at most 32 KiB
 _HEADER = struct.Struct("=IHHII")
 _ERROR = struct.Struct("=i")
+
+
+class LinkMessage(nlmsg):
+    """A link message (struct ifinfomsg) with the three attributes read and
+    set here.  pyroute2's own ifinfmsg loads some twenty link-type plugins
+    and pyroute2.config (multiprocessing, platform, pickle): 6-11 ms of the
+    helper's start, for the name, MTU and MAC.  Other attributes are kept
+    undecoded."""
+
+    prefix = "IFLA_"
+    fields = (("family", "B"), ("__align", "x"), ("ifi_type", "H"), ("index", "i"),
+              ("flags", "I"), ("change", "I"))
+    nla_map = ((1, "IFLA_ADDRESS", "l2addr"), (3, "IFLA_IFNAME", "asciiz"),
+               (4, "IFLA_MTU", "uint32"))
 
 
 class NetconfError(Exception):
@@ -130,7 +144,7 @@ class Rtnl:
         order, each whatever became of the one before, and answers a
         change only if it fails: the link's state comes last, once all is
         done.  Raise for the first request the kernel refused."""
-        query = ifinfmsg()
+        query = LinkMessage()
         query["index"] = index
         seqs = self._send([(r.message, r.kind, r.flags | NLM_F_REQUEST) for r in requests]
                           + [(query, RTM_GETLINK, NLM_F_REQUEST)])
@@ -147,7 +161,7 @@ class Rtnl:
         if seqs[-1] in codes:
             raise NetconfError(f"cannot read the state of link {index}: "
                                f"{os.strerror(codes[seqs[-1]])}")
-        return _decoded(ifinfmsg, data, offset)
+        return _decoded(LinkMessage, data, offset)
 
     def _send(self, messages: list[tuple[nlmsg, int, int]]) -> list[int]:
         data = bytearray()
@@ -189,7 +203,7 @@ def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
     with Rtnl() as rtnl:     # three dumps, both families at once
         routes = [r for r in rtnl.dump(_family_message(rtmsg), RTM_GETROUTE)
                   if r.get("table") == RT_TABLE_MAIN]
-        links = rtnl.dump(_family_message(ifinfmsg), RTM_GETLINK)
+        links = rtnl.dump(_family_message(LinkMessage), RTM_GETLINK)
         addresses = rtnl.dump(_family_message(ifaddrmsg), RTM_GETADDR)
     v4 = None if config.ipv6_only else \
         _read_family(routes, links, addresses, socket.AF_INET, config)
@@ -307,7 +321,7 @@ def _configuration(index: int, ifname: str, config: Config, net: Network,
 
 def _link_request(what: str, index: int, up: bool = False,
                   attrs: list[tuple[str, object]] | None = None) -> Request:
-    message = ifinfmsg()
+    message = LinkMessage()
     message["index"] = index
     if up:
         message["flags"] = message["change"] = IFF_UP

@@ -69,8 +69,9 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_pyroute2_messages_import_alone_and_round_trip() -> None:
-    """The message classes netconf uses load without the package ``__init__``
-    and without IPRoute's machinery (asyncio), and encode what they decode."""
+    """The message classes netconf uses load without the package ``__init__``,
+    without IPRoute's machinery (asyncio) or pyroute2.config, and decode
+    what they encode (a route; a link, on pyroute2's message base)."""
     result = _run(
         "import sys\n"
         "from passt_sep.broker.netlink import _without_package_init\n"
@@ -79,6 +80,13 @@ def test_pyroute2_messages_import_alone_and_round_trip() -> None:
         "from passt_sep.broker.hostinfo import Route\n"
         "assert 'pyroute2.ndb.main' not in sys.modules, 'the package __init__ ran'\n"
         "assert 'asyncio' not in sys.modules, 'IPRoute machinery came along'\n"
+        "assert 'multiprocessing' not in sys.modules, 'pyroute2.config came along'\n"
+        "link = netconf._link_request('x', 3, up=True, attrs=[('IFLA_MTU', 1400),\n"
+        "                             ('IFLA_ADDRESS', '02:00:00:00:00:01')]).message\n"
+        "link.encode()\n"
+        "back = netconf._decoded(netconf.LinkMessage, bytes(link.data), 0)\n"
+        "assert (back['index'], back['flags'], back['change'], back.get('mtu'),\n"
+        "        back.get('address')) == (3, 1, 1, 1400, '02:00:00:00:00:01'), back\n"
         "request = netconf._route_request(7, 'eth0', 10, Route('2001:db8::', 64, 'fe80::1', 5))\n"
         "request.message.encode()\n"
         "back = netconf._decoded(netconf.rtmsg, bytes(request.message.data), 0)\n"
