@@ -3,28 +3,27 @@ symlink for Podman).  The mode follows the program name, as with passt."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
-from .broker.netlink import NetlinkHelper
-
 
 def main(argv: list[str] | None = None) -> int:
+    gc.disable()    # start-up makes no garbage worth collecting: see Broker._run
     _open_standard_fds()
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) if argv else "passt-sep"
-    netlink = NetlinkHelper.start(argv[1:], prog)   # before any other import: see its docstring
     from .config import ConfigError, ShowText, parse_args
     try:
         config = parse_args(argv[1:], prog)
     except ShowText as shown:
-        netlink.close(kill=True)
         _show(shown.text)
         return 0
     except ConfigError as exc:
-        netlink.close(kill=True)
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
+    from .broker.netlink import NetlinkHelper
+    netlink = NetlinkHelper.start(config)   # first: it works while the broker imports
     from .broker.main import run
     return run(config, netlink)
 

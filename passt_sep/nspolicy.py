@@ -104,6 +104,12 @@ class Policy:
         """The addresses ``op`` may connect to, or (listening) bind."""
         return self.reach if op in CONNECTING else LOOPBACKS
 
+    def serves_anything(self) -> bool:
+        """False with every forwarding ``none`` (Podman's): then no source
+        is needed at all."""
+        return any(self.ports(op) != NO_PORT
+                   for op in ("connect", "listen", "udp_connect", "udp_bind"))
+
 
 def reachable(network: Network, host_lo_to_ns_lo: bool) -> frozenset[bytes]:
     """Where the namespace's side of a connection from the host itself may

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import os
 import resource
 import signal
@@ -22,13 +23,12 @@ import socket
 import sys
 from typing import NoReturn
 
-from .. import clat, handoff, linux, nspolicy, nssource, sandbox
+from .. import clat, linux, nspolicy, nssource, sandbox
 from ..config import Config, Mode
 from ..handoff import FdEntry, Role
 from ..log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from ..netparams import Network
 from ..packet import mac_to_bytes
-from ..ports import Forwarding
 from . import hostinfo, jail, mac, namespaces, sockets
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
@@ -79,6 +79,17 @@ def _check_interfaces(config: Config) -> None:
     if config.mode == Mode.PASTA and config.interface == "lo" and not config.ns_ifname:
         raise sockets.SetupError("-i lo: the namespace's interface would be called lo too, "
                                  "which is its loopback: name it with -I")
+
+
+def _settle_memory() -> None:
+    """Before the long-lived processes are forked: every object made so far
+    (the imported modules, mostly) goes to the collector's permanent
+    generation, where no collection walks it, so that the ns socket source
+    and the worker keep sharing its pages with each other; then the
+    collector, off during start-up (``cli.main``), runs again for what
+    they make."""
+    gc.freeze()
+    gc.enable()
 
 
 def _say(config: Config, log: Logger, level: int, message: str) -> None:
@@ -166,10 +177,11 @@ class Broker:
         self._host_forwarding()
         if config.mode == Mode.PASTA:
             self._join_owner_userns()
-            self.netlink.request_tap(self.target.netns_fd)
+            self.netlink.request_tap(self.target.netns_fd, persist=self.target.holder is not None)
         identity = self._jail_identity()
         if identity == self.caller and not self.real_root:
             identity = None         # --runas naming oneself: nothing to switch
+        _settle_memory()
         net = self._network()
         config = self.config                # with the NAT64 prefix found
         if config.mode == Mode.PASTA and not config.no_splice:
@@ -208,7 +220,7 @@ class Broker:
 
     def _network(self) -> Network:
         """The host's network and (pasta) the tap, from the netlink helper,
-        asked for last: it has been importing pyroute2 all along."""
+        asked for last: it has been reading it all along."""
         config = self.config
         self.host = host = hostinfo.HostInfo.from_map(self.netlink.host())
         for warning in host.warnings:
@@ -219,9 +231,10 @@ class Broker:
         if config.mode != Mode.PASTA:
             self.netlink.close()
             return net
-        ifname, mac, fd = self.netlink.tap()
+        ifname, mac, fd, inside = self.netlink.tap()
         self.tap_ifname = ifname
         self.entries.append(FdEntry(Role.TAP, fd))
+        self.entries += inside
         return dataclasses.replace(net, guest_mac=mac_to_bytes(mac))
 
     def _discovered_nat64(self, config: Config) -> Config:
@@ -259,10 +272,14 @@ class Broker:
         """The process that makes sockets inside the namespace for the
         worker (loopback fast path), jailed and filtered like it, serving
         only the ports the forwarding options call for, at the namespace's
-        own addresses (``net``) and its loopback where they call for it."""
+        own addresses (``net``) and its loopback where they call for it:
+        none at all with every forwarding ``none`` (Podman's), and then it
+        is not made."""
         assert self.target is not None
         source_filter = self.source_filter
         policy = nspolicy.for_config(self.config, net)
+        if not policy.serves_anything():
+            return
 
         def serve(sock: socket.socket) -> None:
             confinement = mac.prepare()
@@ -412,48 +429,12 @@ class Broker:
                 freebind=config.freebind)
 
     def _namespace_forwarding(self) -> None:
-        """pasta's ``-T`` and ``-U``: sockets on the namespace's loopback, made
-        there; ``auto`` in either direction: both sides' tables."""
-        assert self.target is not None
-        v4, v6 = not self.config.ipv6_only, not self.config.ipv4_only
-        static = self._ns_static_forwards()
-        auto = self._auto_protocols()
-        if not static and not auto:
-            return
-
-        def inside() -> namespaces.HelperResult:
-            entries = []
-            for forwarding, kind, role in static:
-                entries += sockets.forward_listeners(forwarding, kind, v4, v6, role=role,
-                                                     loopback=True)
-            if auto:
-                entries += sockets.proc_net_tables("ns", auto)
-            return ({"entries": [handoff.entry_to_dict(e) for e in entries]},
-                    [e.fd for e in entries])
-
-        result, fds = namespaces.run_inside(self.target, inside)
-        self.entries += [handoff.entry_from_dict(item, fd)
-                         for item, fd in zip(result["entries"], fds, strict=True)]
+        """``auto`` in either direction: the host's tables too (the
+        namespace's come with the tap, with pasta's ``-T`` and ``-U``
+        sockets: ``namespaces.forwarding_inside``)."""
+        auto = namespaces.auto_protocols(self.config)
         if auto:
             self.entries += sockets.proc_net_tables("host", auto)
-
-    def _ns_static_forwards(self) -> list[tuple[Forwarding, int, Role]]:
-        config = self.config
-        static = []
-        if not config.no_tcp and config.tcp_ns.mode == "spec":
-            static.append((config.tcp_ns, socket.SOCK_STREAM, Role.TCP_NS_LISTENER))
-        if not config.no_udp and config.udp_ns.mode == "spec":
-            static.append((config.udp_ns, socket.SOCK_DGRAM, Role.UDP_NS_LISTENER))
-        return static
-
-    def _auto_protocols(self) -> list[str]:
-        config = self.config
-        protocols = []
-        if not config.no_tcp and "auto" in (config.tcp_ns.mode, config.tcp_ports.mode):
-            protocols.append("tcp")
-        if not config.no_udp and "auto" in (config.udp_ns.mode, config.udp_ports.mode):
-            protocols.append("udp")
-        return protocols
 
     def _files(self) -> None:
         config = self.config

@@ -4,9 +4,10 @@
 cannot be undone, and a rootless process cannot come back to the host's
 network namespace once it has left it.  So everything that must happen
 inside the target namespace (creating the tap, configuring addresses,
-opening its /proc/net tables, making sockets there) runs in a short-lived
-forked helper that enters the namespace, does the work, sends the results
-and fds back over SCM_RIGHTS and exits.
+opening its /proc/net tables, making sockets there) runs in a forked
+helper that enters the namespace, does the work, sends the results and fds
+back over SCM_RIGHTS and exits: the netlink helper (``netlink.py``), which
+calls ``forwarding_inside`` once the tap is up.
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from .. import fdpass, linux
+from ..config import Config
+from ..handoff import FdEntry, Role
+from ..ports import Forwarding
 
 NETNS_RUN_DIR = "/run/netns"
-HelperResult = tuple[dict[str, Any], list[int]]
 
 
 class NamespaceError(Exception):
@@ -118,11 +118,22 @@ def spawn_command_namespace(command: list[str]) -> Target:
 
 
 def _check_command(name: str) -> None:
-    path = name if "/" in name else shutil.which(name, mode=os.F_OK)
+    path = name if "/" in name else _on_path(name)
     if path is None or not os.path.exists(path):
         raise NamespaceError(f"Failed to start command {name}: No such file or directory")
     if os.path.isdir(path) or not os.access(path, os.X_OK):
         raise NamespaceError(f"Failed to start command {name}: Permission denied")
+
+
+def _on_path(name: str) -> str | None:
+    """The first file ``name`` in ``$PATH`` (as execvp will look), whether
+    it may be run or not: that is for ``_check_command`` to say.  Not
+    shutil.which: its module (with bz2, lzma, fnmatch) is start-up time."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.path.exists(path) and not os.path.isdir(path):
+            return path
+    return None
 
 
 def _parked_child(command: list[str], go_read: int, ready_write: int) -> None:
@@ -215,28 +226,6 @@ def _open_ns(path: str, kind: str) -> int:
 
 # -- working inside ---------------------------------------------------------------------
 
-def run_inside(target: Target, work: Callable[[], HelperResult]) -> HelperResult:
-    """Run ``work`` in a forked helper inside the target namespace.
-
-    ``work`` returns a msgpack-able dict and a list of fds; both come back
-    here.  An exception in the helper comes back as ``NamespaceError`` with
-    its message.
-    """
-    pid, parent_end = fdpass.fork_peer(lambda child_end: _helper(target, work, child_end))
-    try:
-        result, fds = fdpass.receive(parent_end)
-    except fdpass.FdPassError as exc:
-        raise NamespaceError(f"namespace helper failed: {exc}") from None
-    finally:
-        parent_end.close()
-        reap(pid)
-    if "error" in result:
-        for fd in fds:
-            fdpass.close_quietly(fd)
-        raise NamespaceError(result["error"])
-    return result, fds
-
-
 def in_initial_user_namespace() -> bool:
     """The initial user namespace maps every uid onto itself."""
     try:
@@ -277,22 +266,11 @@ def enter(target: Target) -> None:
     linux.setns(target.netns_fd, linux.CLONE_NEWNET)
 
 
-def _helper(target: Target, work: Callable[[], HelperResult], sock: socket.socket) -> None:
-    code = 0
-    try:
-        enter(target)
-        result, fds = work()
-        fdpass.send(sock, result, fds)
-    except Exception as exc:  # report, whatever it is, to the broker
-        report_failure(sock, exc)
-        code = 1
-    os._exit(code)
-
-
 def report_failure(sock: socket.socket, exc: BaseException) -> None:
     """A helper's last words: why it failed, as ``{"error": message}``."""
     message = str(exc) or repr(exc)
     if os.environ.get("PASST_SEP_DEBUG"):
+        import traceback  # only here: it is start-up time for every run
         message += "\n" + traceback.format_exc()
     try:
         fdpass.send(sock, {"error": message}, [])
@@ -338,3 +316,39 @@ def same_namespace(fd: int, kind: str) -> bool:
     mine = os.stat(f"/proc/self/ns/{kind}")
     theirs = os.fstat(fd)
     return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
+# -- pasta's forwarding, inside -------------------------------------------------------
+
+def forwarding_inside(config: Config) -> list[FdEntry]:
+    """pasta's ``-T`` and ``-U``: sockets on the namespace's loopback; for
+    ``auto`` in either direction, the namespace's /proc/net tables.  Made
+    by a process in the target namespace with its loopback up."""
+    from . import sockets
+    v4, v6 = not config.ipv6_only, not config.ipv4_only
+    entries = []
+    for forwarding, kind, role in ns_static_forwards(config):
+        entries += sockets.forward_listeners(forwarding, kind, v4, v6, role=role, loopback=True)
+    auto = auto_protocols(config)
+    if auto:
+        entries += sockets.proc_net_tables("ns", auto)
+    return entries
+
+
+def ns_static_forwards(config: Config) -> list[tuple[Forwarding, int, Role]]:
+    static = []
+    if not config.no_tcp and config.tcp_ns.mode == "spec":
+        static.append((config.tcp_ns, socket.SOCK_STREAM, Role.TCP_NS_LISTENER))
+    if not config.no_udp and config.udp_ns.mode == "spec":
+        static.append((config.udp_ns, socket.SOCK_DGRAM, Role.UDP_NS_LISTENER))
+    return static
+
+
+def auto_protocols(config: Config) -> list[str]:
+    """The protocols forwarded ``auto`` one way or the other."""
+    protocols = []
+    if not config.no_tcp and "auto" in (config.tcp_ns.mode, config.tcp_ports.mode):
+        protocols.append("tcp")
+    if not config.no_udp and "auto" in (config.udp_ns.mode, config.udp_ports.mode):
+        protocols.append("udp")
+    return protocols

@@ -1,33 +1,42 @@
 """The netlink helper: the one broker process that speaks rtnetlink.
 
-Importing pyroute2's IPRoute takes 60-70 ms (100 with the package's
-``__init__``, which we skip: see ``_without_package_init``), more than all
-the rest of start-up.  So this helper is forked first thing, before even
-the options are parsed: it imports pyroute2, parses the same command line
-and reads the host's network, while the broker, on the other CPU, parses,
-imports the worker, compiles the seccomp filters and makes the namespaces.
-In pasta mode the helper then enters the target namespace, creates the tap
-there and configures it, while the broker opens the other fds.  Nothing
-else imports pyroute2 (see ``netconf``), and this module imports little at
-the top: it is loaded before anything else.
+Forked as soon as the options are parsed, it imports pyroute2's message
+classes (``netconf``; some 15 ms) and reads the host's network while the
+broker, on the other CPU, imports the worker and makes the namespaces.  In
+pasta mode the helper then enters the target namespace, creates the tap
+there and configures it, and makes the namespace's side of pasta's
+forwarding options, while the broker opens the other fds.  Nothing
+else imports pyroute2, so only this short-lived process pays for it.  It
+gets the parsed options with the fork: nothing is parsed twice.
 
 One exchange each way over a socket pair, in ``fdpass`` framing:
 
 * helper -> broker: ``{"host": HostInfo.to_map(), "nat64": prefix}``, the
   NAT64 prefix ``--clat`` discovered (``nat64.py``), or None;
 * broker -> helper (pasta mode; otherwise the broker just closes its end):
-  ``{"tap": true}`` with the target's network and user namespace fds;
-* helper -> broker: ``{"ifname": ..., "mac": ...}`` with the tap's fd.
+  ``{"tap": true, "persist": bool}`` with the target's network and user
+  namespace fds;
+* helper -> broker: ``{"ifname": ..., "mac": ..., "entries": [[role, meta],
+  ...]}`` with the tap's fd, then the fds of pasta's ``-T``/``-U`` sockets
+  and ``auto`` tables made in the namespace (``forwarding_inside``).
 
 Either reply may be ``{"error": message}`` instead.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from .. import fdpass
+from ..config import Config
+
+if TYPE_CHECKING:
+    from ..handoff import FdEntry
+
+TUNSETPERSIST = 0x400454CB
 
 
 class NetlinkHelperError(Exception):
@@ -43,9 +52,10 @@ class NetlinkHelper:
         self.nat64: str | None = None       # the discovered NAT64 prefix, with host()
 
     @classmethod
-    def start(cls, args: list[str], prog: str) -> NetlinkHelper:
-        """Fork the helper for this command line (``argv[1:]``, program name)."""
-        return cls(*fdpass.fork_peer(lambda theirs: _helper(args, prog, theirs)))
+    def start(cls, config: Config) -> NetlinkHelper:
+        """Fork the helper for these options."""
+        from . import hostinfo, namespaces, sockets, tap  # noqa: F401  # loaded once, shared
+        return cls(*fdpass.fork_peer(lambda theirs: _helper(config, theirs)))
 
     def host(self) -> dict:
         """The host's network, as ``HostInfo.to_map`` gives it."""
@@ -55,24 +65,29 @@ class NetlinkHelper:
         self.nat64 = reply.get("nat64")
         return reply["host"]
 
-    def request_tap(self, netns_fd: int) -> None:
+    def request_tap(self, netns_fd: int, persist: bool = False) -> None:
         """Start creating the tap in network namespace ``netns_fd``, entered
         through the user namespace this process is in now (ours, or the
-        namespace owner's)."""
+        namespace owner's).  ``persist``: only for a namespace that goes
+        away with the command (see ``_tap``)."""
         assert self.sock is not None
         userns_fd = os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fdpass.send(self.sock, {"tap": True}, [netns_fd, userns_fd])
+            fdpass.send(self.sock, {"tap": True, "persist": persist}, [netns_fd, userns_fd])
         finally:
             os.close(userns_fd)
 
-    def tap(self) -> tuple[str, str, int]:
-        """The tap's name, MAC and fd, once the helper has set it up."""
+    def tap(self) -> tuple[str, str, int, list[FdEntry]]:
+        """The tap's name, MAC and fd, once the helper has set it up, and
+        what it made inside the namespace for the forwarding options."""
         reply, fds = self._receive()
         self.close()
         if "error" in reply:
             raise NetlinkHelperError(reply["error"])
-        return reply["ifname"], reply["mac"], fds[0]
+        from ..handoff import entry_from_dict  # not at the top: see the module's docstring
+        inside = [entry_from_dict(item, fd)
+                  for item, fd in zip(reply["entries"], fds[1:], strict=True)]
+        return reply["ifname"], reply["mac"], fds[0], inside
 
     def close(self, kill: bool = False) -> None:
         """Let the helper go (it exits when our end closes) and reap it."""
@@ -98,10 +113,10 @@ class NetlinkHelper:
         return reply, fds
 
 
-def _helper(args: list[str], prog: str, sock: socket.socket) -> None:
+def _helper(config: Config, sock: socket.socket) -> None:
     code = 0
     try:
-        _serve(args, prog, sock)
+        _serve(config, sock)
     except fdpass.FdPassError:      # the broker closed its end: no tap wanted
         pass
     except BaseException as exc:    # reported to the broker, whatever it is
@@ -111,16 +126,12 @@ def _helper(args: list[str], prog: str, sock: socket.socket) -> None:
     os._exit(code)
 
 
-def _serve(args: list[str], prog: str, sock: socket.socket) -> None:
+def _serve(config: Config, sock: socket.socket) -> None:
     """Read the host, then (pasta) make the tap."""
     _without_package_init("pyroute2")
-    from . import netconf  # pyroute2 first: our modules load in a few ms after it, not 17
-    # isort: split
-    from ..config import parse_args
+    from . import netconf
     from .hostinfo import guest_network
-    from .namespaces import Target, enter
-    from .tap import open_tap
-    config = parse_args(args, prog)  # the broker parses the same line: an error is its to say
+    from .namespaces import Target, enter, forwarding_inside
     host = netconf.read_host(config)
     nat64 = None
     if config.clat and not config.nat64_prefix:
@@ -128,21 +139,47 @@ def _serve(args: list[str], prog: str, sock: socket.socket) -> None:
         found = discover(host.resolvers)
         nat64 = str(found) if found else None
     fdpass.send(sock, {"host": host.to_map(), "nat64": nat64}, [])
-    _request, (netns_fd, userns_fd) = fdpass.receive(sock)
+    request, (netns_fd, userns_fd) = fdpass.receive(sock)
     enter(Target(netns_fd, userns_fd))
     ifname = config.ns_ifname or host.ifname or "tap0"
-    fd = open_tap(ifname)
+    fd = _tap(ifname, request.get("persist") is True)
     mac = netconf.set_up_tap(config, ifname, guest_network(config, host), host)
-    fdpass.send(sock, {"ifname": ifname, "mac": mac}, [fd])
+    inside = forwarding_inside(config)      # the loopback is up now
+    from ..handoff import entry_to_dict
+    fdpass.send(sock, {"ifname": ifname, "mac": mac,
+                       "entries": [entry_to_dict(e) for e in inside]},
+                [fd, *(e.fd for e in inside)])
+
+
+def _tap(ifname: str, persist: bool) -> int:
+    """The tap, persistent in a namespace that pasta's command mode made.
+
+    Closing the last fd of a tap that is not persistent unregisters the
+    device there and then, two RCU grace periods under the RTNL lock:
+    15-30 ms in the worker's exit, which the caller waits for.  The
+    command's namespace is ours and goes when the command and the worker
+    have gone; the kernel then removes a persistent tap with it, in the
+    background.  A namespace that outlives us (``--netns``, a PID) must not
+    keep a tap nobody serves: there it is not persistent."""
+    from .tap import TapError, open_tap
+    fd = open_tap(ifname)
+    if persist:
+        try:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+        except OSError as exc:
+            os.close(fd)
+            raise TapError(f"cannot make tap device {ifname} persistent: "
+                           f"{exc.strerror}") from None
+    return fd
 
 
 def _without_package_init(name: str) -> None:
     """Register package ``name`` without running its ``__init__``.
 
     pyroute2's ``__init__`` imports every netlink family it knows (conntrack,
-    IPDB, NDB, nl80211, WireGuard, 9P...): 35-45 ms of the helper's 100,
-    on the path to a ready namespace.  We use IPRoute alone, whose modules
-    import what they need themselves.  Only this process is affected.
+    IPDB, NDB, nl80211, WireGuard, 9P...), some 40 ms.  We use the rtnetlink
+    message classes alone, whose modules import what they need themselves.
+    Only this process is affected.
     """
     import importlib.util
     import sys

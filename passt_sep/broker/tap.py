@@ -1,6 +1,6 @@
 """The tap device inside the target network namespace (pasta mode).
 
-Runs inside a namespace helper (see ``namespaces.run_inside``): the
+Runs in the netlink helper (``netlink.py``), inside the namespace: the
 interface is created in the namespace of the task that calls TUNSETIFF, and
 its fd keeps working from anywhere afterwards.
 """

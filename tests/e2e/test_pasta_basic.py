@@ -250,3 +250,28 @@ def test_broker_and_worker_are_separate_processes(topo: Topology, pasta: str, tm
         assert time.monotonic() - start < 30
     finally:
         subprocess.run(["ip", "netns", "del", f"{topo.host}-t"], check=False)
+
+
+def _tap_persists(link_json: str) -> bool:
+    return json.loads(link_json)[0]["linkinfo"]["info_data"]["persist"]
+
+
+def test_tap_persists_only_in_the_namespace_of_the_command(topo: Topology, pasta: str) -> None:
+    """In a namespace made for the command the tap is persistent: the
+    kernel removes it with the namespace, in the background, not in the
+    worker's exit that the caller waits for.  In a namespace that outlives
+    us (``--netns``) it is not: it goes with the worker."""
+    result = run_pasta(topo, pasta, "--config-net", "--", "ip", "-d", "-j", "link", "show",
+                       HOST_IFNAME, rootless=True)
+    assert result.returncode == 0, result.stderr
+    assert _tap_persists(result.stdout) is True
+    name = f"{topo.host}-p"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        started = run_pasta(topo, pasta, "--config-net", "-q", "--netns", f"/run/netns/{name}")
+        assert started.returncode == 0, started.stderr
+        shown = subprocess.run(["ip", "netns", "exec", name, "ip", "-d", "-j", "link", "show",
+                                HOST_IFNAME], capture_output=True, text=True, check=True)
+        assert _tap_persists(shown.stdout) is False
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

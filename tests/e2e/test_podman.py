@@ -226,6 +226,33 @@ def test_worker_exits_when_the_netns_file_is_removed(topo: Topology, pasta_link:
     assert workers() == []
 
 
+def processes_serving(container: str) -> list[int]:
+    """Every live process of this run, in any namespace: its command line
+    names the container's netns file."""
+    marker = f"/run/netns/{container}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker in handle.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("extra, count", [((), 1), (("-t", "8080"), 2)],
+                         ids=["no-forwards", "published-port"])
+def test_one_process_per_container_unless_a_port_is_published(
+        topo: Topology, pasta_link: str, container: str, extra: tuple[str, ...],
+        count: int) -> None:
+    """Podman's every-forwarding-none argv leaves the worker alone: the ns
+    socket source would serve nothing.  A published port brings it (the
+    host's loopback is spliced to the container's)."""
+    start(topo, pasta_link, container, *extra)
+    assert len(processes_serving(container)) == count
+
+
 ROOTLESS_FLOW = """set -e
 netns="$1/netns-podman"; pasta="$2"; shift 2
 touch "$netns"

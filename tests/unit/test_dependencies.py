@@ -1,8 +1,9 @@
 """The dependencies' internals that passt-sep relies on, and their pins.
 
 Two of them are used in ways their authors do not promise: the netlink
-helper imports pyroute2's IPRoute without running the package's
-``__init__`` (``broker/netlink.py``), and ``sandbox.py`` answers pyseccomp's
+helper imports pyroute2's rtnetlink message classes without running the
+package's ``__init__`` (``broker/netlink.py``) and drives the socket itself
+(``broker/netconf.py``), and ``sandbox.py`` answers pyseccomp's
 library lookups itself while it imports.  When an upgrade moves these, the
 tests here say which promise broke and where it is used, instead of a
 start-up that fails somewhere inside the broker.
@@ -67,18 +68,34 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           cwd=REPO, timeout=60)
 
 
-def test_pyroute2_iproute_imports_without_the_package_init() -> None:
+def test_pyroute2_messages_import_alone_and_round_trip() -> None:
+    """The message classes netconf uses load without the package ``__init__``,
+    without IPRoute's machinery (asyncio) or pyroute2.config, and decode
+    what they encode (a route; a link, on pyroute2's message base)."""
     result = _run(
         "import sys\n"
         "from passt_sep.broker.netlink import _without_package_init\n"
         "_without_package_init('pyroute2')\n"
-        "from pyroute2.iproute.linux import IPRoute\n"
-        "from pyroute2.netlink.exceptions import NetlinkError\n"
+        "from passt_sep.broker import netconf\n"
+        "from passt_sep.broker.hostinfo import Route\n"
         "assert 'pyroute2.ndb.main' not in sys.modules, 'the package __init__ ran'\n"
-        "print(IPRoute.__name__, NetlinkError.__name__)\n")
-    assert result.returncode == 0 and result.stdout.split() == ["IPRoute", "NetlinkError"], (
-        "pyroute2 no longer provides IPRoute and NetlinkError without its package "
-        "__init__ (passt_sep/broker/netlink.py and netconf.py rely on it):\n" + result.stderr)
+        "assert 'asyncio' not in sys.modules, 'IPRoute machinery came along'\n"
+        "assert 'multiprocessing' not in sys.modules, 'pyroute2.config came along'\n"
+        "link = netconf._link_request('x', 3, up=True, attrs=[('IFLA_MTU', 1400),\n"
+        "                             ('IFLA_ADDRESS', '02:00:00:00:00:01')]).message\n"
+        "link.encode()\n"
+        "back = netconf._decoded(netconf.LinkMessage, bytes(link.data), 0)\n"
+        "assert (back['index'], back['flags'], back['change'], back.get('mtu'),\n"
+        "        back.get('address')) == (3, 1, 1, 1400, '02:00:00:00:00:01'), back\n"
+        "request = netconf._route_request(7, 'eth0', 10, Route('2001:db8::', 64, 'fe80::1', 5))\n"
+        "request.message.encode()\n"
+        "back = netconf._decoded(netconf.rtmsg, bytes(request.message.data), 0)\n"
+        "print(back.get('dst'), back['dst_len'], back.get('gateway'), back.get('oif'),\n"
+        "      back.get('priority'), back['table'])\n")
+    assert result.returncode == 0 and result.stdout.split() == [
+        "2001:db8::", "64", "fe80::1", "7", "5", "254"], (
+        "pyroute2's rtnetlink message classes moved (passt_sep/broker/netconf.py "
+        "relies on them):\n" + result.stderr + result.stdout)
 
 
 def test_pyseccomp_finds_its_libraries_through_our_lookup_alone() -> None:
