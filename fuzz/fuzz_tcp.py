@@ -22,9 +22,10 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_tcp.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fuzz import common  # noqa: E402
-from passt_sep import packet, tcp  # noqa: E402
+from passt_sep import packet, tcp_wire  # noqa: E402
 from passt_sep.packet import Drop  # noqa: E402
-from passt_sep.tcp import ACK, RST, SYN, State, TcpConn, TcpSegment  # noqa: E402
+from passt_sep.tcp import State, TcpConn  # noqa: E402
+from passt_sep.tcp_wire import ACK, RST, SYN, TcpSegment  # noqa: E402
 
 NAME = "tcp"
 ALLOWED = (Drop,)
@@ -47,14 +48,14 @@ def check(data: bytes) -> None:
     _, inb = common.layers(common.rest(fdp))
     if inb is None or inb.proto != packet.IPPROTO_TCP:
         return
-    seg = common.guarded(ALLOWED, tcp.parse_tcp, inb, bool(mode & 1))
+    seg = common.guarded(ALLOWED, tcp_wire.parse_tcp, inb, bool(mode & 1))
     if seg is None:
         return
     assert seg.sport and seg.dport and seg.flags & (SYN | RST | ACK)
     assert seg.mss is None or 0 < seg.mss <= 0xFFFF
-    assert seg.wscale is None or 0 <= seg.wscale <= tcp.MAX_WSCALE
-    assert len(seg.payload) <= len(inb.l4) - tcp.TCP_HLEN
-    rst = tcp.rst_for_unknown(seg, inb, common.NET.our_mac)
+    assert seg.wscale is None or 0 <= seg.wscale <= tcp_wire.MAX_WSCALE
+    assert len(seg.payload) <= len(inb.l4) - tcp_wire.TCP_HLEN
+    rst = tcp_wire.rst_for_unknown(seg, inb, common.NET.our_mac)
     if rst is not None:
         assert _ours(rst, inb).flags & RST
     state = STATES[(mode >> 1) % len(STATES)]
@@ -65,7 +66,7 @@ def check(data: bytes) -> None:
 def _ours(frame: bytearray, inb: packet.Inbound) -> TcpSegment:
     """A frame we built for the guest of ``inb``: valid, checksummed, to it."""
     eth, reply = common.reparse(frame)
-    seg = tcp.parse_tcp(reply, verify=True)
+    seg = tcp_wire.parse_tcp(reply, verify=True)
     assert eth.dst == inb.eth.src and reply.dst == inb.src and reply.src == inb.dst
     return seg
 

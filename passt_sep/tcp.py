@@ -6,9 +6,10 @@ passt-sep has no TCP stack (passt's design).  Each guest connection is
 paired with one kernel TCP socket on the host, and what one side can observe
 of the other is mirrored: sequence numbers are ours towards the guest,
 acknowledgements follow what the socket took, windows follow what the
-socket and the guest can take.  This module decides; ``worker/tcp_io.py``
-does the syscalls.  Everything is driven by method calls that pass ``now``;
-nothing here reads a clock or touches a socket.
+socket and the guest can take.  This module decides; ``tcp_wire.py``
+parses and builds the headers, ``worker/tcp_io.py`` does the syscalls.
+Everything is driven by method calls that pass ``now``; nothing here reads
+a clock or touches a socket.
 
 Directions
     Outbound: the guest's SYN makes the I/O layer open a non-blocking socket
@@ -94,32 +95,25 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import struct
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from .netparams import Network
-from .packet import (
-    ETH_P_IP,
-    ETH_P_IPV6,
-    IPPROTO_TCP,
-    IPV4_HLEN,
-    IPV6_HLEN,
-    Drop,
-    Inbound,
-    checksum,
-    pseudo_header_sum,
+from .packet import IPV4_HLEN, IPV6_HLEN, Inbound
+from .tcp_wire import (
+    ACK,
+    FIN,
+    MASK,
+    PSH,
+    RST,
+    SYN,
+    TCP_HLEN,
+    FrameTemplate,
+    TcpSegment,
+    syn_options,
 )
 
-FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-OPT_EOL, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_PERM, OPT_TIMESTAMP = 0, 1, 2, 3, 4, 8
-
-TCP_HLEN = 20
-ETH_HLEN = 14
-MASK = 0xFFFFFFFF
 HALF = 0x80000000
 OUR_WSCALE = 7
-MAX_WSCALE = 14                          # RFC 7323 2.3
 MAX_WINDOW = 0xFFFF << OUR_WSCALE        # about 8 MiB
 RCV_SEGMENTS = 256                       # a tap's queue holds 500 to 1000 frames
 SKB_OVERHEAD = 1024                      # kernel bytes per packet beyond its payload
@@ -137,184 +131,6 @@ LINGER = 2.0
 MIN_CLAMP = 0x10000                      # TCP_WINDOW_CLAMP floor, bytes
 CLAMP_STEP = 4                           # re-clamp on a change of a quarter or more
 
-_TCP = struct.Struct("!HHIIHHHH")
-_TCP_VARIABLE = struct.Struct("!IIHH")   # seq, ack, offset+flags, window (at offset 4)
-_TCP_VARIABLE_CSUM = struct.Struct("!IIHHH")   # the same and the checksum
-_IPV4_VARIABLE = struct.Struct("!HHHBBH")  # total length to checksum (at offset 2)
-IP_DF, TTL = 0x4000, 64                  # our IPv4 frames: don't fragment, the usual TTL
-_U16 = struct.Struct("!H")
-_ETH = struct.Struct("!6s6sH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV6 = struct.Struct("!IHBB16s16s")
-_TIMESTAMPS = struct.Struct("!II")
-
-
-class TcpSegment(NamedTuple):
-    """One parsed guest segment; ``window`` is the raw (unscaled) field."""
-
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int
-    window: int
-    payload: memoryview
-    mss: int | None = None
-    wscale: int | None = None
-    sack_permitted: bool = False
-    timestamp: tuple[int, int] | None = None
-
-
-def parse_tcp(inb: Inbound, verify: bool = False) -> TcpSegment:
-    """The guest's TCP segment.  ``verify`` checks the checksum (passt's
-    stream; the tap device already did).  Malformed: :class:`Drop`."""
-    data = inb.l4
-    if len(data) < TCP_HLEN:
-        raise Drop("tcp_short")
-    sport, dport, seq, ack, offset_flags, window, _csum, _urg = _TCP.unpack_from(data)
-    hlen = (offset_flags >> 12) * 4
-    if hlen < TCP_HLEN:
-        raise Drop("tcp_offset")
-    if hlen > len(data):
-        raise Drop("tcp_truncated")
-    flags = offset_flags & 0x3F
-    if flags & SYN and flags & (FIN | RST):
-        raise Drop("tcp_flags")
-    if not flags & (SYN | RST | ACK):
-        raise Drop("tcp_no_ack")
-    if not sport or not dport:
-        raise Drop("tcp_port_zero")
-    if verify and checksum(data, pseudo_header_sum(inb.src, inb.dst, IPPROTO_TCP,
-                                                   len(data))) not in (0, 0xFFFF):
-        raise Drop("tcp_checksum")
-    payload = data[hlen:]
-    if hlen == TCP_HLEN:
-        return TcpSegment(sport, dport, seq, ack, flags, window, payload)
-    return TcpSegment(sport, dport, seq, ack, flags, window, payload,
-                      *_parse_options(data[TCP_HLEN:hlen]))
-
-
-def _parse_options(data: memoryview) -> tuple[int | None, int | None, bool,
-                                              tuple[int, int] | None]:
-    """MSS, window scale, SACK-permitted, timestamps.  Like Linux, a
-    malformed option ends the parsing but does not drop the segment."""
-    mss = wscale = timestamp = None
-    sack_permitted = False
-    offset, end = 0, len(data)
-    while offset < end:
-        kind = data[offset]
-        if kind == OPT_EOL:
-            break
-        if kind == OPT_NOP:
-            offset += 1
-            continue
-        if offset + 1 >= end:
-            break
-        size = data[offset + 1]
-        if size < 2 or offset + size > end:
-            break
-        if kind == OPT_MSS and size == 4:
-            mss = (data[offset + 2] << 8 | data[offset + 3]) or None
-        elif kind == OPT_WSCALE and size == 3:
-            wscale = min(data[offset + 2], MAX_WSCALE)
-        elif kind == OPT_SACK_PERM and size == 2:
-            sack_permitted = True
-        elif kind == OPT_TIMESTAMP and size == 10:
-            timestamp = _TIMESTAMPS.unpack_from(data, offset + 2)
-        offset += size
-    return mss, wscale, sack_permitted, timestamp
-
-
-def _ones_sum(data: bytes | bytearray | memoryview) -> int:
-    """Ones' complement sum of 16-bit words, as a number below 0xFFFF
-    (docs/design.md §3); an odd length is padded with a zero byte
-    arithmetically, no copy."""
-    value = int.from_bytes(data, "big")
-    return (value << 8) % 0xFFFF if len(data) & 1 else value % 0xFFFF
-
-
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-class FrameTemplate:
-    """The Ethernet, IP and TCP headers of frames from one address/port to
-    another: the constant bytes and their checksum sums are computed once,
-    each frame fills in lengths, sequence numbers, flags and checksums.
-    ``partial``: for a link that completes TCP checksums (pasta's tap, with
-    segmentation offload), the checksum field holds only the
-    pseudo-header's sum, and no byte of the segment is summed here."""
-
-    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum", "partial")
-
-    def __init__(self, dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes,
-                 sport: int, dport: int, partial: bool = False) -> None:
-        self.partial = partial
-        self.v6 = len(src) == 16
-        if self.v6:
-            eth = _ETH.pack(dst_mac, src_mac, ETH_P_IPV6)
-            ip = _IPV6.pack(0x60000000, 0, IPPROTO_TCP, TTL, src, dst)
-            self.ip_sum = 0
-        else:
-            eth = _ETH.pack(dst_mac, src_mac, ETH_P_IP)
-            ip = _IPV4.pack(0x45, 0, 0, 0, IP_DF, TTL, IPPROTO_TCP, 0, src, dst)
-            self.ip_sum = _ones_sum(ip)
-        self.l4 = len(eth) + len(ip)
-        self.prefix = eth + ip + struct.pack("!HH", sport, dport) + bytes(TCP_HLEN - 4)
-        self.pseudo_sum = _fold(_ones_sum(src + dst) + IPPROTO_TCP)
-
-    def build(self, seq: int, ack: int, flags: int, window: int,
-              payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
-        """A whole frame; ``window`` is the 16-bit field, ``options`` a
-        multiple of 4 bytes long.  The sums are folded in line: both addends
-        are below 0x10000, so one step is enough (a frame per segment: this
-        is the hot path)."""
-        frame = bytearray(self.prefix)
-        if options:
-            frame += options
-        if payload:
-            frame += payload
-        l4 = self.l4
-        l4_len = len(frame) - l4
-        if self.v6:
-            _U16.pack_into(frame, ETH_HLEN + 4, l4_len)
-        else:
-            total = l4_len + IPV4_HLEN
-            ip_sum = self.ip_sum + total
-            _IPV4_VARIABLE.pack_into(frame, ETH_HLEN + 2, total, 0, IP_DF, TTL, IPPROTO_TCP,
-                                     ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF)
-        offset_flags = (TCP_HLEN + len(options)) << 10 | flags
-        if self.partial:
-            pseudo = self.pseudo_sum + l4_len
-            _TCP_VARIABLE_CSUM.pack_into(frame, l4 + 4, seq, ack, offset_flags, window,
-                                         (pseudo & 0xFFFF) + (pseudo >> 16))
-            return frame
-        _TCP_VARIABLE.pack_into(frame, l4 + 4, seq, ack, offset_flags, window)
-        with memoryview(frame) as view:
-            total = _ones_sum(view[l4:]) + self.pseudo_sum + l4_len
-        _U16.pack_into(frame, l4 + 16, ~_fold(total) & 0xFFFF)
-        return frame
-
-
-def build_tcp_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,
-                    dport: int, seq: int, ack: int, flags: int, window: int,
-                    payload: bytes | memoryview = b"", options: bytes = b"",
-                    partial: bool = False) -> bytearray:
-    """One Ethernet/IPv4-or-IPv6/TCP frame with correct checksums (the
-    pseudo-header's sum only, with ``partial``: see FrameTemplate)."""
-    return FrameTemplate(dst_mac, src_mac, src, dst, sport, dport, partial).build(
-        seq, ack, flags, window, payload, options)
-
-
-def syn_options(mss: int, wscale: int | None) -> bytes:
-    """MSS, and window scale behind a NOP when we scale (RFC 7323 1.3)."""
-    options = struct.pack("!BBH", OPT_MSS, 4, min(mss, 0xFFFF))
-    if wscale is None:
-        return options
-    return options + bytes((OPT_NOP, OPT_WSCALE, 3, wscale))
-
 
 def seq_lt(a: int, b: int) -> bool:
     """a before b in 32-bit sequence space (RFC 1982)."""
@@ -328,21 +144,6 @@ def isn_for(secret: bytes, local: bytes, lport: int, remote: bytes, rport: int,
     digest = hashlib.blake2s(local + lport.to_bytes(2, "big") + remote + rport.to_bytes(2, "big"),
                              key=secret, digest_size=4).digest()
     return (int(now * 250_000) + int.from_bytes(digest, "big")) & MASK
-
-
-def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes,
-                    partial: bool = False) -> bytearray | None:
-    """RFC 9293 3.10.7.1: the reset that answers a segment of no connection;
-    never one for a RST.  ``partial``: as for FrameTemplate."""
-    if seg.flags & RST:
-        return None
-    if seg.flags & ACK:
-        seq, ack, flags = seg.ack, 0, RST
-    else:
-        length = len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)
-        seq, ack, flags = 0, (seg.seq + length) & MASK, RST | ACK
-    return build_tcp_frame(inb.eth.src, our_mac, inb.dst, inb.src, seg.dport, seg.sport,
-                           seq, ack, flags, 0, partial=partial)
 
 
 class State(enum.Enum):

@@ -25,13 +25,14 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import tcp
+from .. import tcp, tcp_wire
 from ..flow import FlowKey, FlowTable
 from ..fwd import AddressMap
 from ..log import Logger
 from ..netparams import Network
 from ..packet import IPPROTO_TCP, Inbound
-from ..tcp import ACK, RST, SYN, State
+from ..tcp import State
+from ..tcp_wire import ACK, RST, SYN
 from .loop import (
     EPOLLERR,
     EPOLLHUP,
@@ -150,7 +151,7 @@ class TcpHandler:
     # -- the guest's segments -------------------------------------------------------
     def on_guest_segment(self, inb: Inbound, now: float) -> None:
         """A TCP frame from the guest; :class:`~passt_sep.packet.Drop` if malformed."""
-        seg = tcp.parse_tcp(inb, self.verify)
+        seg = tcp_wire.parse_tcp(inb, self.verify)
         key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
         flow = self.flows.get(key)
         syn = seg.flags & SYN_ACK == SYN
@@ -169,12 +170,12 @@ class TcpHandler:
             return
         self._apply(flow, flow.conn.on_guest_segment(seg, now), now)
 
-    def _refuse(self, seg: tcp.TcpSegment, inb: Inbound) -> None:
-        reply = tcp.rst_for_unknown(seg, inb, self.net.our_mac, partial=self.tso)
+    def _refuse(self, seg: tcp_wire.TcpSegment, inb: Inbound) -> None:
+        reply = tcp_wire.rst_for_unknown(seg, inb, self.net.our_mac, partial=self.tso)
         if reply is not None:
             self.send_frame(reply)
 
-    def _open_outbound(self, seg: tcp.TcpSegment, inb: Inbound, key: FlowKey,
+    def _open_outbound(self, seg: tcp_wire.TcpSegment, inb: Inbound, key: FlowKey,
                        now: float) -> None:
         if self.flows.full:
             self.loop.counters.add("tcp_flows_full")
@@ -531,7 +532,7 @@ class TcpHandler:
         self._schedule(flow)
 
     @staticmethod
-    def _refused_syn(flow: Flow, seg: tcp.TcpSegment) -> bool:
+    def _refused_syn(flow: Flow, seg: tcp_wire.TcpSegment) -> bool:
         """The guest's RST answers our SYN (RFC 9293 3.10.7.3)."""
         conn = flow.conn
         return conn.state is State.SYN_SENT and bool(seg.flags & ACK) and seg.ack == conn.snd_nxt

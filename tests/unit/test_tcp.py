@@ -12,10 +12,11 @@ from checksums import reference_checksum
 from hypothesis import given
 from hypothesis import strategies as st
 
-from passt_sep import packet, tcp
+from passt_sep import packet, tcp, tcp_wire
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 from passt_sep.packet import Drop
-from passt_sep.tcp import ACK, FIN, PSH, RST, SYN, URG, State, TcpConn, TcpSegment
+from passt_sep.tcp import State, TcpConn
+from passt_sep.tcp_wire import ACK, FIN, PSH, RST, SYN, URG, TcpSegment
 
 GUEST_MAC = bytes.fromhex("020000000001")
 NET = Network(ipv4=IPv4Params(bytes([198, 51, 100, 2]), 24, bytes([198, 51, 100, 1])),
@@ -43,14 +44,15 @@ class Guest:
 
     def frame(self, seq: int, ack: int, flags: int, window: int = 0xFFFF,
               payload: bytes = b"", options: bytes = b"") -> bytes:
-        return bytes(tcp.build_tcp_frame(self.net.our_mac, GUEST_MAC, self.addr, self.peer,
-                                         GPORT, PPORT, seq & tcp.MASK, ack & tcp.MASK, flags,
-                                         window, payload, options))
+        return bytes(tcp_wire.build_tcp_frame(self.net.our_mac, GUEST_MAC, self.addr,
+                                              self.peer, GPORT, PPORT, seq & tcp_wire.MASK,
+                                              ack & tcp_wire.MASK, flags, window, payload,
+                                              options))
 
     def seg(self, seq: int, ack: int, flags: int, window: int = 0xFFFF,
             payload: bytes = b"", options: bytes = b"") -> tuple[TcpSegment, packet.Inbound]:
         inb = inbound(self.frame(seq, ack, flags, window, payload, options))
-        return tcp.parse_tcp(inb, verify=True), inb
+        return tcp_wire.parse_tcp(inb, verify=True), inb
 
     def check(self, frame: bytes | bytearray) -> TcpSegment:
         """One of our frames: addressed to this guest, checksums right."""
@@ -60,7 +62,7 @@ class Guest:
         assert (inb.src, inb.dst) == (self.peer, self.addr)
         if not self.v6:
             assert reference_checksum(frame[14:34]) == 0
-        seg = tcp.parse_tcp(inb, verify=True)
+        seg = tcp_wire.parse_tcp(inb, verify=True)
         assert (seg.sport, seg.dport) == (PPORT, GPORT)
         return seg
 
@@ -143,7 +145,7 @@ def raw_header(flags: int, offset_words: int = 5, sport: int = GPORT) -> bytes:
 ])
 def test_bad_segments_dropped(l4: bytes, reason: str) -> None:
     with pytest.raises(Drop) as caught:
-        tcp.parse_tcp(tcp_inbound(l4))
+        tcp_wire.parse_tcp(tcp_inbound(l4))
     assert caught.value.reason == reason
 
 
@@ -153,14 +155,14 @@ def test_checksum_verified_only_when_asked(v6: bool) -> None:
     frame[-1] ^= 0x55
     inb = inbound(bytes(frame))
     with pytest.raises(Drop, match="tcp_checksum"):
-        tcp.parse_tcp(inb, verify=True)
-    assert bytes(tcp.parse_tcp(inb).payload) == b"dat" + bytes([ord("a") ^ 0x55])
+        tcp_wire.parse_tcp(inb, verify=True)
+    assert bytes(tcp_wire.parse_tcp(inb).payload) == b"dat" + bytes([ord("a") ^ 0x55])
 
 
 @given(st.binary(max_size=120), st.booleans(), st.booleans())
 def test_parse_only_ever_raises_drop(l4: bytes, v6: bool, verify: bool) -> None:
     try:
-        tcp.parse_tcp(tcp_inbound(l4, v6), verify)
+        tcp_wire.parse_tcp(tcp_inbound(l4, v6), verify)
     except Drop:
         pass
 
@@ -169,7 +171,7 @@ def test_parse_only_ever_raises_drop(l4: bytes, v6: bool, verify: bool) -> None:
 def test_options_of_any_content_parse(options: bytes) -> None:
     options += bytes(-len(options) % 4)
     l4 = raw_header(SYN, offset_words=5 + len(options) // 4) + options
-    tcp.parse_tcp(tcp_inbound(l4))
+    tcp_wire.parse_tcp(tcp_inbound(l4))
 
 
 # -- building --------------------------------------------------------------------------
@@ -177,9 +179,9 @@ def test_options_of_any_content_parse(options: bytes) -> None:
 @pytest.mark.parametrize("payload", [b"", b"x", b"odd length", bytes(range(256)) * 7])
 def test_built_frames_carry_correct_checksums(v6: bool, payload: bytes) -> None:
     guest = Guest(v6)
-    frame = bytes(tcp.build_tcp_frame(GUEST_MAC, NET.our_mac, guest.peer, guest.addr, PPORT,
-                                      GPORT, 0xDEADBEEF, 0x01020304, ACK | PSH, 0x1234, payload,
-                                      MSS_1460))
+    frame = bytes(tcp_wire.build_tcp_frame(GUEST_MAC, NET.our_mac, guest.peer, guest.addr,
+                                           PPORT, GPORT, 0xDEADBEEF, 0x01020304, ACK | PSH,
+                                           0x1234, payload, MSS_1460))
     seg = guest.check(frame)
     assert (seg.seq, seg.ack, seg.flags, seg.window, seg.mss) == (
         0xDEADBEEF, 0x01020304, ACK | PSH, 0x1234, 1460)
@@ -498,7 +500,7 @@ def test_segments_cut_to_guest_mss_within_window() -> None:
     frames = conn.on_socket_data(memoryview(bytes(range(250)) * 12), T0)
     segs = [guest.check(f) for f in frames]
     assert [len(s.payload) for s in segs] == [1460, 1460, 80]
-    assert [s.seq for s in segs] == [(OUR_ISN + 1 + i * 1460) & tcp.MASK for i in range(3)]
+    assert [s.seq for s in segs] == [(OUR_ISN + 1 + i * 1460) & tcp_wire.MASK for i in range(3)]
     assert [s.flags for s in segs] == [ACK, ACK, ACK | PSH]
     assert b"".join(bytes(s.payload) for s in segs) == bytes(range(250)) * 12
     assert conn.send_budget() == 5120 - 3000
@@ -548,7 +550,7 @@ def test_fast_retransmit_after_three_duplicate_acks_once_per_window() -> None:
     assert actions.retransmit and actions.send_more
     assert conn.send_budget() == 1460                        # the first lost segment
     [first] = conn.on_socket_data(memoryview(bytes(1460)), T0)
-    assert guest.check(first).seq == (OUR_ISN + 1 + 1460) & tcp.MASK
+    assert guest.check(first).seq == (OUR_ISN + 1 + 1460) & tcp_wire.MASK
     assert conn.send_budget() == 0                           # until it is acknowledged
     for _ in range(5):                                       # still recovering: no more
         assert not ack(guest, conn, OUR_ISN + 1 + 1460).retransmit
@@ -561,13 +563,13 @@ def test_recovery_follows_partial_acks_one_hole_at_a_time() -> None:
     for _ in range(3):
         ack(guest, conn, OUR_ISN + 1)
     [hole] = conn.on_socket_data(memoryview(bytes(conn.send_budget())), T0)
-    assert guest.check(hole).seq == (OUR_ISN + 1) & tcp.MASK
+    assert guest.check(hole).seq == (OUR_ISN + 1) & tcp_wire.MASK
     # the guest had all but one more segment: its ACK stops at the next hole
     actions = ack(guest, conn, OUR_ISN + 1 + 4 * 1460)
     assert actions.acked == 4 * 1460 and conn.snd_nxt == conn.snd_una
     assert conn.send_budget() == 1460
     [hole] = conn.on_socket_data(memoryview(bytes(1460)), T0)
-    assert guest.check(hole).seq == (OUR_ISN + 1 + 4 * 1460) & tcp.MASK
+    assert guest.check(hole).seq == (OUR_ISN + 1 + 4 * 1460) & tcp_wire.MASK
     # everything sent before the loss is in: back to the whole window
     actions = ack(guest, conn, OUR_ISN + 1 + 10 * 1000)
     assert actions.acked == 10 * 1000 - 4 * 1460 and conn.send_budget() == 1000 << 7
@@ -585,7 +587,7 @@ def test_ack_beyond_rewound_send_point_accepted() -> None:
     conn.on_socket_data(memoryview(bytes(1460)), T0)           # one resent
     actions = ack(guest, conn, OUR_ISN + 1 + 4 * 1460)
     assert actions.acked == 4 * 1460
-    assert conn.snd_nxt == conn.snd_una == (OUR_ISN + 1 + 4 * 1460) & tcp.MASK
+    assert conn.snd_nxt == conn.snd_una == (OUR_ISN + 1 + 4 * 1460) & tcp_wire.MASK
 
 
 def test_duplicate_ack_with_window_change_is_no_duplicate() -> None:
@@ -743,20 +745,20 @@ def test_syn_on_established_flow_gets_challenge_ack() -> None:
 def test_reset_for_unknown_flows(v6: bool) -> None:
     guest = Guest(v6)
     seg, inb = guest.seg(300, 400, ACK, payload=b"xyz")
-    rst = guest.check(tcp.rst_for_unknown(seg, inb, NET.our_mac))
+    rst = guest.check(tcp_wire.rst_for_unknown(seg, inb, NET.our_mac))
     assert (rst.flags, rst.seq, rst.ack) == (RST, 400, 0)
     seg, inb = guest.seg(300, 0, SYN)
-    rst = guest.check(tcp.rst_for_unknown(seg, inb, NET.our_mac))
+    rst = guest.check(tcp_wire.rst_for_unknown(seg, inb, NET.our_mac))
     assert (rst.flags, rst.seq, rst.ack) == (RST | ACK, 0, 301)
     seg, inb = guest.seg(300, 0, RST)
-    assert tcp.rst_for_unknown(seg, inb, NET.our_mac) is None
+    assert tcp_wire.rst_for_unknown(seg, inb, NET.our_mac) is None
 
 
 def test_isn_keyed_by_tuple_and_clocked_at_4_microseconds() -> None:
     secret = bytes(range(16))
     base = tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 10.0)
     assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 10.0) == base
-    assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 11.0) == (base + 250_000) & tcp.MASK
+    assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 11.0) == (base + 250_000) & tcp_wire.MASK
     assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40001, 10.0) != base
     assert tcp.isn_for(bytes(16), PEER4, 80, GUEST4, 40000, 10.0) != base
 
@@ -807,7 +809,7 @@ def test_tso_acks_and_resets_carry_partial_checksums() -> None:
     seg, inb = guest.seg(GUEST_ISN, 0, SYN, 64240, options=LINUX_SYN_OPTIONS)
     conn = TcpConn.from_guest_syn(seg, inb, guest.net, OUR_ISN, T0, tso=True)
     ack = bytes(conn.on_connected(FREE, SNDBUF, T0)[0])[34:]
-    rst = bytes(tcp.rst_for_unknown(*guest.seg(5, 7, ACK), NET.our_mac, partial=True))[34:]
+    rst = bytes(tcp_wire.rst_for_unknown(*guest.seg(5, 7, ACK), NET.our_mac, partial=True))[34:]
     for l4 in (ack, rst):
         pseudo = PEER4 + GUEST4 + struct.pack("!BBH", 0, 6, len(l4))
         assert struct.unpack_from("!H", l4, 16)[0] == reference_checksum(pseudo) ^ 0xFFFF
