@@ -10,7 +10,8 @@ socket takes.  Documented exception: ``packet.Drop``, from the parser only:
 a ``TcpConn`` takes any segment the parser lets through.
 Invariants: every frame we build (the RST for an unknown flow, whatever a
 connection answers) parses back with a valid checksum; windows and budgets
-are never negative.
+are never negative; every input's Actions carries the connection's next
+deadline.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_tcp.py
 from fuzz import common  # noqa: E402
 from passt_sep import packet, tcp_wire  # noqa: E402
 from passt_sep.packet import Drop  # noqa: E402
-from passt_sep.tcp import State, TcpConn  # noqa: E402
+from passt_sep.tcp import Actions, State, TcpConn  # noqa: E402
 from passt_sep.tcp_wire import ACK, RST, SYN, TcpSegment  # noqa: E402
 
 NAME = "tcp"
@@ -92,32 +93,42 @@ def _conn(state: str, seg: TcpSegment, inb: packet.Inbound, isn: int) -> TcpConn
     assert conn.state is State.ESTABLISHED
     conn.on_socket_data(memoryview(bytes(3000)), T0)         # data in flight
     if state == "closed":
-        conn.on_socket_error(T0)
+        assert conn.on_socket_error(T0).forget
     return conn
 
 
 def _converse(conn: TcpConn, seg: TcpSegment, inb: packet.Inbound, take: int) -> None:
-    """The segment, then what the I/O layer does next, as ``tcp_io`` does."""
+    """The segment, then the inputs the I/O layer gives next, as ``tcp_io``
+    does: each Actions is read whole before the next input."""
     now = T0 + 0.5
-    actions = conn.on_guest_segment(seg, now)
+    actions = _answer(conn, conn.on_guest_segment(seg, now))
     frames = list(actions.frames)
     if not actions.reset:
+        send_more = actions.send_more
         if actions.to_socket is not None:
             assert 0 < len(actions.to_socket) <= len(seg.payload)
             accepted = len(actions.to_socket) * take // 255
-            frames += conn.on_socket_accepted(accepted, FREE // 2, SNDBUF, now).frames
+            frames += _answer(conn, conn.on_socket_accepted(accepted, FREE // 2, SNDBUF,
+                                                            now)).frames
         budget = conn.send_budget()
         assert budget >= 0
-        if actions.send_more and budget:
-            frames += conn.on_socket_data(memoryview(bytes(min(budget, 5000))), now)
-        frames += conn.on_socket_eof(now)
-        frames += conn.on_socket_writable(FREE, SNDBUF)
+        if send_more and budget:
+            frames += _answer(conn, conn.on_socket_data(memoryview(bytes(min(budget, 5000))),
+                                                        now)).frames
+        frames += _answer(conn, conn.on_socket_eof(now)).frames
+        frames += _answer(conn, conn.on_socket_writable(FREE, SNDBUF)).frames
         deadline = conn.next_deadline()
         if deadline is not None:
-            frames += conn.on_timer(deadline + 0.001).frames
+            frames += _answer(conn, conn.on_timer(deadline + 0.001)).frames
     for frame in frames:
         ours = _ours(frame, inb)
         assert ours.window >= 0
+
+
+def _answer(conn: TcpConn, actions: Actions) -> Actions:
+    """An input's answer: it carries the timer the connection wants now."""
+    assert actions.deadline == conn.next_deadline()
+    return actions
 
 
 def seeds() -> list[tuple[str, bytes]]:

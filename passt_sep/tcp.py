@@ -158,15 +158,19 @@ class State(enum.Enum):
 
 @dataclass(slots=True)
 class Actions:
-    """What the I/O layer does after an event, in this order: send
-    ``frames``; on ``reset`` close the socket with RST and forget the flow;
-    write ``to_socket`` and report with ``on_socket_accepted`` (its answer's
-    frames go out at once, its ``shutdown_write`` and ``closed`` take the
-    place of these); set ``window_clamp``; discard ``acked`` bytes; on
-    ``retransmit`` set the peek offset to 0; ``shutdown_write``; on
-    ``closed`` close the socket; on ``send_more`` peek and send within
-    ``send_budget()``; on ``forget`` drop the flow.  ``drop`` names a counter;
-    ``window_clamp``, when set, is the socket's new TCP_WINDOW_CLAMP."""
+    """A TcpConn's answer to one input: frames for the guest, operations on
+    the socket and the timer.  The I/O layer carries them out in this order,
+    all of them before the connection's next input: send ``frames``; count
+    ``drop`` (a counter's name); on ``reset`` close the socket with RST and
+    forget the flow (nothing below applies); write ``to_socket``; set
+    ``window_clamp`` as the socket's TCP_WINDOW_CLAMP; discard ``acked``
+    bytes from its receive queue; on ``retransmit`` set its peek offset to
+    0; ``shutdown_write``; on ``closed`` close the socket (the flow lingers);
+    on ``forget`` drop the flow; call ``on_timer`` at ``deadline`` (None: no
+    timer).  Then come the inputs these operations make: what the write
+    took (``on_socket_accepted``, or ``on_socket_error`` if it failed), and
+    with ``send_more``, once that is carried out too, peeks within
+    ``send_budget()`` (``on_socket_data``, ``on_socket_eof``)."""
 
     frames: list[bytearray] = field(default_factory=list)
     to_socket: memoryview | None = None
@@ -179,12 +183,29 @@ class Actions:
     forget: bool = False
     drop: str | None = None
     window_clamp: int | None = None
+    deadline: float | None = None
 
 
 class TcpConn:
-    """One guest connection.  Sequence numbers: ``snd_*`` count our bytes
-    towards the guest (``snd_max`` the highest ever sent, ``snd_nxt`` where
-    the next peek continues), ``rcv_nxt`` the guest's next byte we expect."""
+    """One guest connection, driven by its inputs, each answered with one
+    :class:`Actions`:
+
+    - the guest: ``on_guest_segment``;
+    - the socket: ``on_connected`` and ``on_connect_failed`` (outbound),
+      ``on_socket_accepted`` (what a write of ``to_socket`` took),
+      ``on_socket_writable`` (its send buffer drained), ``on_socket_data``
+      (bytes peeked), ``on_socket_eof`` and ``on_socket_error``;
+    - the clock: ``on_timer``.
+
+    A flow begins with ``from_guest_syn`` (nothing to send until the socket
+    connects) or ``for_accepted`` (our SYN, in its Actions).  The I/O layer
+    may also ask, which changes nothing: ``send_budget()`` (how much to peek
+    next), ``next_deadline()``, ``state`` and ``socket_full`` (the window we
+    offer is closed: watch the socket for room).
+
+    Sequence numbers: ``snd_*`` count our bytes towards the guest
+    (``snd_max`` the highest ever sent, ``snd_nxt`` where the next peek
+    continues), ``rcv_nxt`` the guest's next byte we expect."""
 
     __slots__ = (
         "state", "tx", "guest_addr", "guest_port", "peer_addr", "peer_port", "mtu_mss",
@@ -258,27 +279,35 @@ class TcpConn:
     @classmethod
     def for_accepted(cls, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
                      peer_addr: bytes, peer_port: int, net: Network, isn: int, free: int,
-                     sndbuf: int, now: float, tso: bool = False) -> tuple[TcpConn, bytearray]:
-        """An accepted host connection: the flow and the SYN for the guest."""
+                     sndbuf: int, now: float, tso: bool = False) -> tuple[TcpConn, Actions]:
+        """An accepted host connection: the flow, and the SYN for the guest."""
         conn = cls(State.SYN_SENT, guest_mac=guest_mac, guest_addr=guest_addr,
                    guest_port=guest_port, peer_addr=peer_addr, peer_port=peer_port, net=net,
                    isn=isn, now=now, tso=tso)
+        actions = Actions()
         conn._set_room(free, sndbuf)
         conn.rtx_deadline = now + conn.rto
-        return conn, conn._syn_frame(SYN)
+        actions.frames.append(conn._syn_frame(SYN))
+        return conn, conn._done(actions)
 
-    def on_connected(self, free: int, sndbuf: int, now: float) -> list[bytearray]:
+    def on_connected(self, free: int, sndbuf: int, now: float) -> Actions:
         """The host socket connected: SYN-ACK to the guest.  ``free`` of
         ``sndbuf``: the socket's send buffer, for our first window."""
+        actions = Actions()
         self.state = State.SYN_RCVD
         self._set_room(free, sndbuf)
         self.rtx_deadline = now + self.rto
-        return [self._syn_frame(SYN | ACK)]
+        actions.frames.append(self._syn_frame(SYN | ACK))
+        return self._done(actions)
 
-    def on_connect_failed(self, now: float) -> list[bytearray]:
-        """The host refused or is unreachable: RST for the guest's SYN."""
+    def on_connect_failed(self, now: float) -> Actions:
+        """The host refused or is unreachable: RST for the guest's SYN, and
+        the flow is done."""
+        actions = Actions()
         self.state = State.CLOSED
-        return [self.tx.build(0, self.rcv_nxt, RST | ACK, 0)]
+        actions.frames.append(self.tx.build(0, self.rcv_nxt, RST | ACK, 0))
+        actions.forget = True
+        return self._done(actions)
 
     def _take_syn_options(self, seg: TcpSegment) -> None:
         if seg.mss:
@@ -308,12 +337,18 @@ class TcpConn:
     def _rst(self) -> bytearray:
         return self.tx.build(self.snd_nxt, self.rcv_nxt, RST | ACK, 0)
 
+    def _done(self, actions: Actions) -> Actions:
+        """``actions`` with the timer the input leaves."""
+        actions.deadline = self.next_deadline()
+        return actions
+
     # -- the guest's segments -----------------------------------------------------------
     def on_guest_segment(self, seg: TcpSegment, now: float) -> Actions:
         actions = Actions()
         self.last_activity = now
         if not (self.state is State.ESTABLISHED and self._predicted(seg, actions, now)):
             _GUEST_HANDLERS[self.state](self, seg, actions, now)
+        actions.deadline = self.next_deadline()
         return actions
 
     def _predicted(self, seg: TcpSegment, actions: Actions, now: float) -> bool:
@@ -521,15 +556,17 @@ class TcpConn:
             self._guest_fin(actions, now)
         else:
             actions.frames.append(self._ack())
+        actions.deadline = self.next_deadline()
         return actions
 
-    def on_socket_writable(self, free: int, sndbuf: int) -> list[bytearray]:
+    def on_socket_writable(self, free: int, sndbuf: int) -> Actions:
         """The socket drained: a window update once the room is worth it."""
+        actions = Actions()
         was_full = self.socket_full
         self._set_room(free, sndbuf)
         if was_full and not self.socket_full and self.state is State.ESTABLISHED:
-            return [self._ack()]
-        return []
+            actions.frames.append(self._ack())
+        return self._done(actions)
 
     def _set_room(self, free: int, sndbuf: int) -> None:
         """The window from the send buffer's ``free`` bytes in the kernel's
@@ -561,13 +598,14 @@ class TcpConn:
             budget = min(budget, (self.fin_seq - self.snd_nxt) & MASK)
         return max(budget, 0)
 
-    def on_socket_data(self, data: memoryview, now: float) -> list[bytearray]:
+    def on_socket_data(self, data: memoryview, now: float) -> Actions:
         """Segments for bytes just peeked (at most ``send_budget()``, at
         least one); PSH on the last."""
+        actions = Actions()
         idle = self.snd_max == self.snd_una
         step, size = self._frame_payload(), len(data)
         window, build, ack, seq = self._window_field(), self.tx.build, self.rcv_nxt, self.snd_nxt
-        frames = []
+        frames = actions.frames
         start = 0
         while size - start > step:
             frames.append(build(seq, ack, ACK, window, data[start:start + step]))
@@ -582,7 +620,8 @@ class TcpConn:
         self.last_activity = now
         if self.sock_eof:
             self._maybe_fin(frames, now)
-        return frames
+        actions.deadline = self.next_deadline()
+        return actions
 
     def _frame_payload(self) -> int:
         """Payload per frame: one segment; with ``tso``, as many whole
@@ -593,16 +632,15 @@ class TcpConn:
             return self.snd_mss
         return TSO_MAX_PAYLOAD // self.snd_mss * self.snd_mss
 
-    def on_socket_eof(self, now: float) -> list[bytearray]:
+    def on_socket_eof(self, now: float) -> Actions:
         """A peek at ``snd_nxt`` found end of file: FIN once the guest can
         take it."""
-        if self.sock_eof or self.state is State.CLOSED:
-            return []
-        self.sock_eof = True
-        self.fin_seq = self.snd_nxt
-        frames: list[bytearray] = []
-        self._maybe_fin(frames, now)
-        return frames
+        actions = Actions()
+        if not self.sock_eof and self.state is not State.CLOSED:
+            self.sock_eof = True
+            self.fin_seq = self.snd_nxt
+            self._maybe_fin(actions.frames, now)
+        return self._done(actions)
 
     def _maybe_fin(self, frames: list[bytearray], now: float) -> None:
         in_flight = (self.snd_nxt - self.snd_una) & MASK
@@ -617,14 +655,17 @@ class TcpConn:
             if self.rtx_deadline is None or not in_flight:
                 self.rtx_deadline = now + self.rto
 
-    def on_socket_error(self, now: float) -> list[bytearray]:
-        """The socket failed or its peer reset: RST to the guest."""
-        if self.state is State.CLOSED:
-            return []
+    def on_socket_error(self, now: float) -> Actions:
+        """The socket failed or its peer reset: RST to the guest, and the
+        flow is done."""
         if self.state is State.CONNECTING:
             return self.on_connect_failed(now)
-        self.state = State.CLOSED
-        return [self._rst()]
+        actions = Actions()
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            actions.frames.append(self._rst())
+        actions.forget = True
+        return self._done(actions)
 
     # -- time -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -634,21 +675,25 @@ class TcpConn:
         return idle if self.rtx_deadline is None else min(self.rtx_deadline, idle)
 
     def on_timer(self, now: float) -> Actions:
+        """The deadline came (or an earlier one: then nothing is due)."""
         actions = Actions()
+        self._expire(actions, now)
+        return self._done(actions)
+
+    def _expire(self, actions: Actions, now: float) -> None:
         if self.state is State.CLOSED:
             actions.forget = now >= self.linger_until
-            return actions
+            return
         if now >= self.last_activity + INACTIVITY:
             self._give_up(actions, "tcp_inactive")
-            return actions
+            return
         if self.rtx_deadline is None or now < self.rtx_deadline:
-            return actions
+            return
         self.rtx_deadline = None
         if self.state is State.ESTABLISHED:
             self._retransmit_timeout(actions, now)
         elif self.state is not State.CONNECTING:
             self._handshake_timeout(actions, now)
-        return actions
 
     def _handshake_timeout(self, actions: Actions, now: float) -> None:
         self.retries += 1

@@ -350,17 +350,17 @@ class TcpHandler:
             return
         flow.want_out = False
         self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
-        self._send(flow.conn.on_connected(*self._room(sock), now))
+        self._send(flow.conn.on_connected(*self._room(sock), now).frames)
         self._schedule(flow)
 
     def _connect_failed(self, flow: Flow, now: float) -> None:
         self.loop.counters.add("tcp_connect_failed")
-        self._send(flow.conn.on_connect_failed(now))
+        self._send(flow.conn.on_connect_failed(now).frames)
         self._forget(flow)
 
     def _socket_error(self, flow: Flow, now: float) -> None:
         self.loop.counters.add("tcp_socket_error")
-        self._send(flow.conn.on_socket_error(now))
+        self._send(flow.conn.on_socket_error(now).frames)
         self._forget(flow)
 
     def _want_out(self, flow: Flow) -> None:
@@ -375,7 +375,7 @@ class TcpHandler:
         sock = flow.sock
         if sock is None:
             return
-        self._send(flow.conn.on_socket_writable(*self._room(sock)))
+        self._send(flow.conn.on_socket_writable(*self._room(sock)).frames)
         if flow.conn.socket_full:
             if flow.recheck is None:
                 flow.recheck = self.loop.call_at(now + flow.recheck_delay,
@@ -413,9 +413,9 @@ class TcpHandler:
                 self._socket_error(flow, now)
                 return
             if not size:
-                self._send(conn.on_socket_eof(now))
+                self._send(conn.on_socket_eof(now).frames)
                 return
-            self._send(conn.on_socket_data(view[:size], now))
+            self._send(conn.on_socket_data(view[:size], now).frames)
             if size < wanted and not until_empty:
                 flow.drained = True
                 return
@@ -521,14 +521,14 @@ class TcpHandler:
             return
         isn = tcp.isn_for(self.secret, seen, peer_port, guest, guest_port, now)
         free, sndbuf = self._room(sock)
-        conn, syn = tcp.TcpConn.for_accepted(
+        conn, actions = tcp.TcpConn.for_accepted(
             guest_mac=self.guest_mac(), guest_addr=guest, guest_port=guest_port,
             peer_addr=seen, peer_port=peer_port, net=self.net, isn=isn,
             free=free, sndbuf=sndbuf, now=now, tso=self.tso)
         flow = Flow(conn, sock, key)
         flow.fallback = fallback
         self._track(flow, SOCKET_EVENTS)
-        self.send_frame(syn)
+        self._send(actions.frames)
         self._schedule(flow)
 
     @staticmethod
