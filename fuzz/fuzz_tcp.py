@@ -11,7 +11,8 @@ a ``TcpConn`` takes any segment the parser lets through.
 Invariants: every frame we build (the RST for an unknown flow, whatever a
 connection answers) parses back with a valid checksum; windows and budgets
 are never negative; every input's Actions carries the connection's next
-deadline.
+deadline (but guest data for the socket, whose write's answer carries it),
+and data for the socket never comes with the end of the socket or flow.
 """
 
 from __future__ import annotations
@@ -126,8 +127,13 @@ def _converse(conn: TcpConn, seg: TcpSegment, inb: packet.Inbound, take: int) ->
 
 
 def _answer(conn: TcpConn, actions: Actions) -> Actions:
-    """An input's answer: it carries the timer the connection wants now."""
-    assert actions.deadline == conn.next_deadline()
+    """An input's answer, checked: the I/O layer writes ``to_socket`` to a
+    socket it keeps, and takes the timer from the write's answer then."""
+    if actions.to_socket is None:
+        assert actions.deadline == conn.next_deadline()
+    else:
+        assert actions.deadline is None
+        assert not (actions.reset or actions.closed or actions.forget)
     return actions
 
 

@@ -170,7 +170,14 @@ class Actions:
     timer).  Then come the inputs these operations make: what the write
     took (``on_socket_accepted``, or ``on_socket_error`` if it failed), and
     with ``send_more``, once that is carried out too, peeks within
-    ``send_budget()`` (``on_socket_data``, ``on_socket_eof``)."""
+    ``send_budget()`` (``on_socket_data``, ``on_socket_eof``).  With
+    ``to_socket`` the input is not done until the write's answer, and the
+    timer comes with that answer (``deadline`` is None here: computing it
+    twice per segment of guest data would cost the hot path a call).
+
+    Each connection answers every input with the same object, emptied: it
+    is valid until the connection's next input (a new one per segment was
+    a tenth of the per-segment cost)."""
 
     frames: list[bytearray] = field(default_factory=list)
     to_socket: memoryview | None = None
@@ -184,6 +191,14 @@ class Actions:
     drop: str | None = None
     window_clamp: int | None = None
     deadline: float | None = None
+
+    def clear(self) -> None:
+        """Empty again, for the next input (cheaper than a new object)."""
+        self.frames.clear()
+        self.to_socket = self.drop = self.window_clamp = self.deadline = None
+        self.acked = 0
+        self.retransmit = self.send_more = self.shutdown_write = False
+        self.reset = self.closed = self.forget = False
 
 
 class TcpConn:
@@ -213,7 +228,7 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "clamp",
+        "linger_until", "clamp", "actions",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
@@ -251,6 +266,7 @@ class TcpConn:
         self.pending = (0, False)               # to_socket length, FIN behind it
         self.linger_until = 0.0
         self.clamp = 0                          # the socket's TCP_WINDOW_CLAMP, 0: unset
+        self.actions = Actions()                # every input's answer, reused
 
     @property
     def tso(self) -> bool:
@@ -284,7 +300,7 @@ class TcpConn:
         conn = cls(State.SYN_SENT, guest_mac=guest_mac, guest_addr=guest_addr,
                    guest_port=guest_port, peer_addr=peer_addr, peer_port=peer_port, net=net,
                    isn=isn, now=now, tso=tso)
-        actions = Actions()
+        actions = conn.actions
         conn._set_room(free, sndbuf)
         conn.rtx_deadline = now + conn.rto
         actions.frames.append(conn._syn_frame(SYN))
@@ -293,7 +309,8 @@ class TcpConn:
     def on_connected(self, free: int, sndbuf: int, now: float) -> Actions:
         """The host socket connected: SYN-ACK to the guest.  ``free`` of
         ``sndbuf``: the socket's send buffer, for our first window."""
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         self.state = State.SYN_RCVD
         self._set_room(free, sndbuf)
         self.rtx_deadline = now + self.rto
@@ -303,7 +320,8 @@ class TcpConn:
     def on_connect_failed(self, now: float) -> Actions:
         """The host refused or is unreachable: RST for the guest's SYN, and
         the flow is done."""
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         self.state = State.CLOSED
         actions.frames.append(self.tx.build(0, self.rcv_nxt, RST | ACK, 0))
         actions.forget = True
@@ -344,11 +362,13 @@ class TcpConn:
 
     # -- the guest's segments -----------------------------------------------------------
     def on_guest_segment(self, seg: TcpSegment, now: float) -> Actions:
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         self.last_activity = now
         if not (self.state is State.ESTABLISHED and self._predicted(seg, actions, now)):
             _GUEST_HANDLERS[self.state](self, seg, actions, now)
-        actions.deadline = self.next_deadline()
+        if actions.to_socket is None:      # else on_socket_accepted's answer has it
+            actions.deadline = self.next_deadline()
         return actions
 
     def _predicted(self, seg: TcpSegment, actions: Actions, now: float) -> bool:
@@ -545,7 +565,8 @@ class TcpConn:
         """The socket took ``accepted`` bytes of ``to_socket`` and has
         ``free`` bytes of ``sndbuf`` left: acknowledge what it took (and the
         FIN behind it, if all of it went), advertise the room."""
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         length, fin = self.pending
         self.pending = (0, False)
         self.rcv_nxt = (self.rcv_nxt + accepted) & MASK
@@ -561,7 +582,8 @@ class TcpConn:
 
     def on_socket_writable(self, free: int, sndbuf: int) -> Actions:
         """The socket drained: a window update once the room is worth it."""
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         was_full = self.socket_full
         self._set_room(free, sndbuf)
         if was_full and not self.socket_full and self.state is State.ESTABLISHED:
@@ -601,7 +623,8 @@ class TcpConn:
     def on_socket_data(self, data: memoryview, now: float) -> Actions:
         """Segments for bytes just peeked (at most ``send_budget()``, at
         least one); PSH on the last."""
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         idle = self.snd_max == self.snd_una
         step, size = self._frame_payload(), len(data)
         window, build, ack, seq = self._window_field(), self.tx.build, self.rcv_nxt, self.snd_nxt
@@ -635,7 +658,8 @@ class TcpConn:
     def on_socket_eof(self, now: float) -> Actions:
         """A peek at ``snd_nxt`` found end of file: FIN once the guest can
         take it."""
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         if not self.sock_eof and self.state is not State.CLOSED:
             self.sock_eof = True
             self.fin_seq = self.snd_nxt
@@ -660,7 +684,8 @@ class TcpConn:
         flow is done."""
         if self.state is State.CONNECTING:
             return self.on_connect_failed(now)
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
             actions.frames.append(self._rst())
@@ -676,7 +701,8 @@ class TcpConn:
 
     def on_timer(self, now: float) -> Actions:
         """The deadline came (or an earlier one: then nothing is due)."""
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         self._expire(actions, now)
         return self._done(actions)
 
