@@ -80,11 +80,11 @@ Ending
     a RST to the guest (``on_socket_error``).
 
 Time
-    ``next_deadline()`` says when ``on_timer`` wants to run: SYN and SYN-ACK
-    retries, retransmission with exponential back-off (RST after
-    ``MAX_RETRIES``; the FIN's timeout is its retransmission schedule),
-    zero-window probes, the inactivity limit (2 h, like passt) and the end
-    of the closed state's linger.
+    Each input's ``Actions.deadline`` (and ``next_deadline()``) says when
+    ``on_timer`` wants to run: SYN and SYN-ACK retries, retransmission with
+    exponential back-off (RST after ``MAX_RETRIES``; the FIN's timeout is
+    its retransmission schedule), zero-window probes, the inactivity limit
+    (2 h, like passt) and the end of the closed state's linger.
 
 States: CONNECTING, SYN_RCVD (outbound handshake), SYN_SENT (inbound
 handshake), ESTABLISHED (with the half-close flags ``guest_fin``,
@@ -176,8 +176,8 @@ class Actions:
     twice per segment of guest data would cost the hot path a call).
 
     Each connection answers every input with the same object, emptied: it
-    is valid until the connection's next input (a new one per segment was
-    a tenth of the per-segment cost)."""
+    is valid until the connection's next input (a new one per input cost
+    5% of a data/ACK exchange)."""
 
     frames: list[bytearray] = field(default_factory=list)
     to_socket: memoryview | None = None
