@@ -855,6 +855,20 @@ def test_every_input_answers_with_actions_and_the_timer() -> None:
     assert conn.on_socket_error(T0 + 3).forget
 
 
+def test_one_actions_per_connection_emptied_for_each_input() -> None:
+    """The hot path allocates no answer: every input returns the
+    connection's own Actions, emptied of what the input before set."""
+    guest = Guest()
+    conn = established(guest)
+    answer = conn.on_guest_segment(data_seg(guest, conn, 0, b"abc"), T0)
+    assert bytes(answer.to_socket) == b"abc"
+    assert conn.on_socket_accepted(3, FREE, SNDBUF, T0) is answer
+    assert answer.to_socket is None and len(answer.frames) == 1
+    assert conn.on_socket_data(memoryview(b"xyz"), T0) is answer
+    assert ack(guest, conn, OUR_ISN + 4) is answer
+    assert answer == tcp.Actions(acked=3, send_more=True, deadline=T0 + tcp.INACTIVITY)
+
+
 @given(seq_offset=st.sampled_from([0, 0, 0, 1, -1, 5]), advance=st.integers(0, 12),
        flags=st.sampled_from([ACK, ACK | PSH, ACK | PSH, ACK | FIN, ACK | URG, RST | ACK]),
        window_field=st.sampled_from([1000, 1000, 999, 0]), size=st.sampled_from([0, 1, 3]),
