@@ -308,7 +308,7 @@ def frames() -> dict[str, bytes]:
     """Named valid frames of every kind the guest sends."""
     import struct
 
-    from passt_sep import arp, dhcp, dhcpv6, icmp, ndp, packet, tcp
+    from passt_sep import arp, dhcp, dhcpv6, icmp, ndp, packet, tcp_wire
 
     out: dict[str, bytes] = {}
     bcast = packet.BROADCAST_MAC
@@ -320,19 +320,20 @@ def frames() -> dict[str, bytes]:
                             GUEST_MAC, spa, bytes(6), tpa)
         out[label] = packet.build_ethernet(bcast, GUEST_MAC, packet.ETH_P_ARP, body)
     # TCP
-    linux_syn = (struct.pack("!BBH", tcp.OPT_MSS, 4, 1460) + b"\x04\x02\x08\x0a"
+    linux_syn = (struct.pack("!BBH", tcp_wire.OPT_MSS, 4, 1460) + b"\x04\x02\x08\x0a"
                  + struct.pack("!II", 7, 0) + b"\x01\x03\x03\x07")
     for v, src, dst in (("4", GUEST4, REMOTE4), ("6", GUEST6, REMOTE6)):
         def seg(seq, ack, flags, payload=b"", options=b"", src=src, dst=dst):
-            return bytes(tcp.build_tcp_frame(NET.our_mac, GUEST_MAC, src, dst, 40000, 9000, seq,
-                                             ack, flags, 0xFFFF, payload, options))
-        out[f"tcp{v}-syn"] = seg(1000, 0, tcp.SYN, options=linux_syn)
-        out[f"tcp{v}-ack-data"] = seg(1001, 0xFFFFFF01, tcp.ACK | tcp.PSH, b"hello, world\n")
-        out[f"tcp{v}-fin"] = seg(1014, 0xFFFFFF01, tcp.ACK | tcp.FIN)
-        out[f"tcp{v}-rst"] = seg(1015, 0, tcp.RST)
-    out["tcp4-synack"] = bytes(tcp.build_tcp_frame(
+            return bytes(tcp_wire.build_tcp_frame(NET.our_mac, GUEST_MAC, src, dst, 40000, 9000,
+                                                  seq, ack, flags, 0xFFFF, payload, options))
+        out[f"tcp{v}-syn"] = seg(1000, 0, tcp_wire.SYN, options=linux_syn)
+        out[f"tcp{v}-ack-data"] = seg(1001, 0xFFFFFF01, tcp_wire.ACK | tcp_wire.PSH,
+                                      b"hello, world\n")
+        out[f"tcp{v}-fin"] = seg(1014, 0xFFFFFF01, tcp_wire.ACK | tcp_wire.FIN)
+        out[f"tcp{v}-rst"] = seg(1015, 0, tcp_wire.RST)
+    out["tcp4-synack"] = bytes(tcp_wire.build_tcp_frame(
         NET.our_mac, GUEST_MAC, GUEST4, REMOTE4, 20000, 45000, 5000, 0xFFFFFF01,
-        tcp.SYN | tcp.ACK, 0xFFFF, b"", tcp.syn_options(1460, 7)))
+        tcp_wire.SYN | tcp_wire.ACK, 0xFFFF, b"", tcp_wire.syn_options(1460, 7)))
     # UDP
     out["udp4"] = packet.udp_frame(NET.our_mac, GUEST_MAC, GUEST4, REMOTE4, 40001, 53,
                                    b"\x12\x34\x01\x00\x00\x01" + bytes(6) + b"\x00\x00\x01\x00\x01")

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_services.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fuzz import common  # noqa: E402
-from passt_sep import icmp, packet, tcp, udp  # noqa: E402
+from passt_sep import icmp, packet, tcp_wire, udp  # noqa: E402
 from passt_sep.config import parse_args  # noqa: E402
 from passt_sep.handoff import WorkerConfig  # noqa: E402
 from passt_sep.log import Logger  # noqa: E402
@@ -57,8 +57,8 @@ class _Tcp:
         self.verify, self.sent = verify, sent
 
     def on_guest_segment(self, inb: packet.Inbound, now: float) -> None:
-        seg = tcp.parse_tcp(inb, self.verify)
-        reply = tcp.rst_for_unknown(seg, inb, common.NET.our_mac)
+        seg = tcp_wire.parse_tcp(inb, self.verify)
+        reply = tcp_wire.rst_for_unknown(seg, inb, common.NET.our_mac)
         if reply is not None:
             self.sent.append(reply)
 

@@ -10,7 +10,9 @@ socket takes.  Documented exception: ``packet.Drop``, from the parser only:
 a ``TcpConn`` takes any segment the parser lets through.
 Invariants: every frame we build (the RST for an unknown flow, whatever a
 connection answers) parses back with a valid checksum; windows and budgets
-are never negative.
+are never negative; every input's Actions carries the connection's next
+deadline (but guest data for the socket, whose write's answer carries it),
+and data for the socket never comes with the end of the socket or flow.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_tcp.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fuzz import common  # noqa: E402
-from passt_sep import packet, tcp  # noqa: E402
+from passt_sep import packet, tcp_wire  # noqa: E402
 from passt_sep.packet import Drop  # noqa: E402
-from passt_sep.tcp import ACK, RST, SYN, State, TcpConn, TcpSegment  # noqa: E402
+from passt_sep.tcp import Actions, State, TcpConn  # noqa: E402
+from passt_sep.tcp_wire import ACK, RST, SYN, TcpSegment  # noqa: E402
 
 NAME = "tcp"
 ALLOWED = (Drop,)
@@ -47,14 +50,14 @@ def check(data: bytes) -> None:
     _, inb = common.layers(common.rest(fdp))
     if inb is None or inb.proto != packet.IPPROTO_TCP:
         return
-    seg = common.guarded(ALLOWED, tcp.parse_tcp, inb, bool(mode & 1))
+    seg = common.guarded(ALLOWED, tcp_wire.parse_tcp, inb, bool(mode & 1))
     if seg is None:
         return
     assert seg.sport and seg.dport and seg.flags & (SYN | RST | ACK)
     assert seg.mss is None or 0 < seg.mss <= 0xFFFF
-    assert seg.wscale is None or 0 <= seg.wscale <= tcp.MAX_WSCALE
-    assert len(seg.payload) <= len(inb.l4) - tcp.TCP_HLEN
-    rst = tcp.rst_for_unknown(seg, inb, common.NET.our_mac)
+    assert seg.wscale is None or 0 <= seg.wscale <= tcp_wire.MAX_WSCALE
+    assert len(seg.payload) <= len(inb.l4) - tcp_wire.TCP_HLEN
+    rst = tcp_wire.rst_for_unknown(seg, inb, common.NET.our_mac)
     if rst is not None:
         assert _ours(rst, inb).flags & RST
     state = STATES[(mode >> 1) % len(STATES)]
@@ -65,7 +68,7 @@ def check(data: bytes) -> None:
 def _ours(frame: bytearray, inb: packet.Inbound) -> TcpSegment:
     """A frame we built for the guest of ``inb``: valid, checksummed, to it."""
     eth, reply = common.reparse(frame)
-    seg = tcp.parse_tcp(reply, verify=True)
+    seg = tcp_wire.parse_tcp(reply, verify=True)
     assert eth.dst == inb.eth.src and reply.dst == inb.src and reply.src == inb.dst
     return seg
 
@@ -91,32 +94,47 @@ def _conn(state: str, seg: TcpSegment, inb: packet.Inbound, isn: int) -> TcpConn
     assert conn.state is State.ESTABLISHED
     conn.on_socket_data(memoryview(bytes(3000)), T0)         # data in flight
     if state == "closed":
-        conn.on_socket_error(T0)
+        assert conn.on_socket_error(T0).forget
     return conn
 
 
 def _converse(conn: TcpConn, seg: TcpSegment, inb: packet.Inbound, take: int) -> None:
-    """The segment, then what the I/O layer does next, as ``tcp_io`` does."""
+    """The segment, then the inputs the I/O layer gives next, as ``tcp_io``
+    does: each Actions is read whole before the next input."""
     now = T0 + 0.5
-    actions = conn.on_guest_segment(seg, now)
+    actions = _answer(conn, conn.on_guest_segment(seg, now))
     frames = list(actions.frames)
     if not actions.reset:
+        send_more = actions.send_more
         if actions.to_socket is not None:
             assert 0 < len(actions.to_socket) <= len(seg.payload)
             accepted = len(actions.to_socket) * take // 255
-            frames += conn.on_socket_accepted(accepted, FREE // 2, SNDBUF, now).frames
+            frames += _answer(conn, conn.on_socket_accepted(accepted, FREE // 2, SNDBUF,
+                                                            now)).frames
         budget = conn.send_budget()
         assert budget >= 0
-        if actions.send_more and budget:
-            frames += conn.on_socket_data(memoryview(bytes(min(budget, 5000))), now)
-        frames += conn.on_socket_eof(now)
-        frames += conn.on_socket_writable(FREE, SNDBUF)
+        if send_more and budget:
+            frames += _answer(conn, conn.on_socket_data(memoryview(bytes(min(budget, 5000))),
+                                                        now)).frames
+        frames += _answer(conn, conn.on_socket_eof(now)).frames
+        frames += _answer(conn, conn.on_socket_writable(FREE, SNDBUF)).frames
         deadline = conn.next_deadline()
         if deadline is not None:
-            frames += conn.on_timer(deadline + 0.001).frames
+            frames += _answer(conn, conn.on_timer(deadline + 0.001)).frames
     for frame in frames:
         ours = _ours(frame, inb)
         assert ours.window >= 0
+
+
+def _answer(conn: TcpConn, actions: Actions) -> Actions:
+    """An input's answer, checked: the I/O layer writes ``to_socket`` to a
+    socket it keeps, and takes the timer from the write's answer then."""
+    if actions.to_socket is None:
+        assert actions.deadline == conn.next_deadline()
+    else:
+        assert actions.deadline is None
+        assert not (actions.reset or actions.closed or actions.forget)
+    return actions
 
 
 def seeds() -> list[tuple[str, bytes]]:

@@ -57,16 +57,16 @@ def checksum_fold(total: int) -> int:
     return total
 
 
-def ones_sum(data: bytes | memoryview) -> int:
-    """Ones' complement sum of ``data`` (big-endian 16-bit words).
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """Ones' complement sum of ``data`` (big-endian 16-bit words), as a
+    number below 0xFFFF.
 
     ``int.from_bytes(...) % 0xffff`` sums all 16-bit words modulo 2**16-1 in
-    C, which is far faster than a Python loop (docs/design.md §3).
+    C, which is far faster than a Python loop (docs/design.md §3).  An odd
+    length is padded with a zero byte arithmetically (a shift), no copy.
     """
-    if len(data) % 2:
-        data = bytes(data) + b"\0"
-    total = int.from_bytes(data, "big") % 0xFFFF
-    return total
+    value = int.from_bytes(data, "big")
+    return (value << 8) % 0xFFFF if len(data) & 1 else value % 0xFFFF
 
 
 def checksum(data: bytes | memoryview, initial: int = 0) -> int:

@@ -6,9 +6,10 @@ passt-sep has no TCP stack (passt's design).  Each guest connection is
 paired with one kernel TCP socket on the host, and what one side can observe
 of the other is mirrored: sequence numbers are ours towards the guest,
 acknowledgements follow what the socket took, windows follow what the
-socket and the guest can take.  This module decides; ``worker/tcp_io.py``
-does the syscalls.  Everything is driven by method calls that pass ``now``;
-nothing here reads a clock or touches a socket.
+socket and the guest can take.  This module decides; ``tcp_wire.py``
+parses and builds the headers, ``worker/tcp_io.py`` does the syscalls.
+Everything is driven by method calls that pass ``now``; nothing here reads
+a clock or touches a socket.
 
 Directions
     Outbound: the guest's SYN makes the I/O layer open a non-blocking socket
@@ -79,11 +80,11 @@ Ending
     a RST to the guest (``on_socket_error``).
 
 Time
-    ``next_deadline()`` says when ``on_timer`` wants to run: SYN and SYN-ACK
-    retries, retransmission with exponential back-off (RST after
-    ``MAX_RETRIES``; the FIN's timeout is its retransmission schedule),
-    zero-window probes, the inactivity limit (2 h, like passt) and the end
-    of the closed state's linger.
+    Each input's ``Actions.deadline`` (and ``next_deadline()``) says when
+    ``on_timer`` wants to run: SYN and SYN-ACK retries, retransmission with
+    exponential back-off (RST after ``MAX_RETRIES``; the FIN's timeout is
+    its retransmission schedule), zero-window probes, the inactivity limit
+    (2 h, like passt) and the end of the closed state's linger.
 
 States: CONNECTING, SYN_RCVD (outbound handshake), SYN_SENT (inbound
 handshake), ESTABLISHED (with the half-close flags ``guest_fin``,
@@ -94,32 +95,25 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import struct
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from .netparams import Network
-from .packet import (
-    ETH_P_IP,
-    ETH_P_IPV6,
-    IPPROTO_TCP,
-    IPV4_HLEN,
-    IPV6_HLEN,
-    Drop,
-    Inbound,
-    checksum,
-    pseudo_header_sum,
+from .packet import IPV4_HLEN, IPV6_HLEN, Inbound
+from .tcp_wire import (
+    ACK,
+    FIN,
+    MASK,
+    PSH,
+    RST,
+    SYN,
+    TCP_HLEN,
+    FrameTemplate,
+    TcpSegment,
+    syn_options,
 )
 
-FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-OPT_EOL, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_PERM, OPT_TIMESTAMP = 0, 1, 2, 3, 4, 8
-
-TCP_HLEN = 20
-ETH_HLEN = 14
-MASK = 0xFFFFFFFF
 HALF = 0x80000000
 OUR_WSCALE = 7
-MAX_WSCALE = 14                          # RFC 7323 2.3
 MAX_WINDOW = 0xFFFF << OUR_WSCALE        # about 8 MiB
 RCV_SEGMENTS = 256                       # a tap's queue holds 500 to 1000 frames
 SKB_OVERHEAD = 1024                      # kernel bytes per packet beyond its payload
@@ -137,184 +131,6 @@ LINGER = 2.0
 MIN_CLAMP = 0x10000                      # TCP_WINDOW_CLAMP floor, bytes
 CLAMP_STEP = 4                           # re-clamp on a change of a quarter or more
 
-_TCP = struct.Struct("!HHIIHHHH")
-_TCP_VARIABLE = struct.Struct("!IIHH")   # seq, ack, offset+flags, window (at offset 4)
-_TCP_VARIABLE_CSUM = struct.Struct("!IIHHH")   # the same and the checksum
-_IPV4_VARIABLE = struct.Struct("!HHHBBH")  # total length to checksum (at offset 2)
-IP_DF, TTL = 0x4000, 64                  # our IPv4 frames: don't fragment, the usual TTL
-_U16 = struct.Struct("!H")
-_ETH = struct.Struct("!6s6sH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV6 = struct.Struct("!IHBB16s16s")
-_TIMESTAMPS = struct.Struct("!II")
-
-
-class TcpSegment(NamedTuple):
-    """One parsed guest segment; ``window`` is the raw (unscaled) field."""
-
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int
-    window: int
-    payload: memoryview
-    mss: int | None = None
-    wscale: int | None = None
-    sack_permitted: bool = False
-    timestamp: tuple[int, int] | None = None
-
-
-def parse_tcp(inb: Inbound, verify: bool = False) -> TcpSegment:
-    """The guest's TCP segment.  ``verify`` checks the checksum (passt's
-    stream; the tap device already did).  Malformed: :class:`Drop`."""
-    data = inb.l4
-    if len(data) < TCP_HLEN:
-        raise Drop("tcp_short")
-    sport, dport, seq, ack, offset_flags, window, _csum, _urg = _TCP.unpack_from(data)
-    hlen = (offset_flags >> 12) * 4
-    if hlen < TCP_HLEN:
-        raise Drop("tcp_offset")
-    if hlen > len(data):
-        raise Drop("tcp_truncated")
-    flags = offset_flags & 0x3F
-    if flags & SYN and flags & (FIN | RST):
-        raise Drop("tcp_flags")
-    if not flags & (SYN | RST | ACK):
-        raise Drop("tcp_no_ack")
-    if not sport or not dport:
-        raise Drop("tcp_port_zero")
-    if verify and checksum(data, pseudo_header_sum(inb.src, inb.dst, IPPROTO_TCP,
-                                                   len(data))) not in (0, 0xFFFF):
-        raise Drop("tcp_checksum")
-    payload = data[hlen:]
-    if hlen == TCP_HLEN:
-        return TcpSegment(sport, dport, seq, ack, flags, window, payload)
-    return TcpSegment(sport, dport, seq, ack, flags, window, payload,
-                      *_parse_options(data[TCP_HLEN:hlen]))
-
-
-def _parse_options(data: memoryview) -> tuple[int | None, int | None, bool,
-                                              tuple[int, int] | None]:
-    """MSS, window scale, SACK-permitted, timestamps.  Like Linux, a
-    malformed option ends the parsing but does not drop the segment."""
-    mss = wscale = timestamp = None
-    sack_permitted = False
-    offset, end = 0, len(data)
-    while offset < end:
-        kind = data[offset]
-        if kind == OPT_EOL:
-            break
-        if kind == OPT_NOP:
-            offset += 1
-            continue
-        if offset + 1 >= end:
-            break
-        size = data[offset + 1]
-        if size < 2 or offset + size > end:
-            break
-        if kind == OPT_MSS and size == 4:
-            mss = (data[offset + 2] << 8 | data[offset + 3]) or None
-        elif kind == OPT_WSCALE and size == 3:
-            wscale = min(data[offset + 2], MAX_WSCALE)
-        elif kind == OPT_SACK_PERM and size == 2:
-            sack_permitted = True
-        elif kind == OPT_TIMESTAMP and size == 10:
-            timestamp = _TIMESTAMPS.unpack_from(data, offset + 2)
-        offset += size
-    return mss, wscale, sack_permitted, timestamp
-
-
-def _ones_sum(data: bytes | bytearray | memoryview) -> int:
-    """Ones' complement sum of 16-bit words, as a number below 0xFFFF
-    (docs/design.md §3); an odd length is padded with a zero byte
-    arithmetically, no copy."""
-    value = int.from_bytes(data, "big")
-    return (value << 8) % 0xFFFF if len(data) & 1 else value % 0xFFFF
-
-
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-class FrameTemplate:
-    """The Ethernet, IP and TCP headers of frames from one address/port to
-    another: the constant bytes and their checksum sums are computed once,
-    each frame fills in lengths, sequence numbers, flags and checksums.
-    ``partial``: for a link that completes TCP checksums (pasta's tap, with
-    segmentation offload), the checksum field holds only the
-    pseudo-header's sum, and no byte of the segment is summed here."""
-
-    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum", "partial")
-
-    def __init__(self, dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes,
-                 sport: int, dport: int, partial: bool = False) -> None:
-        self.partial = partial
-        self.v6 = len(src) == 16
-        if self.v6:
-            eth = _ETH.pack(dst_mac, src_mac, ETH_P_IPV6)
-            ip = _IPV6.pack(0x60000000, 0, IPPROTO_TCP, TTL, src, dst)
-            self.ip_sum = 0
-        else:
-            eth = _ETH.pack(dst_mac, src_mac, ETH_P_IP)
-            ip = _IPV4.pack(0x45, 0, 0, 0, IP_DF, TTL, IPPROTO_TCP, 0, src, dst)
-            self.ip_sum = _ones_sum(ip)
-        self.l4 = len(eth) + len(ip)
-        self.prefix = eth + ip + struct.pack("!HH", sport, dport) + bytes(TCP_HLEN - 4)
-        self.pseudo_sum = _fold(_ones_sum(src + dst) + IPPROTO_TCP)
-
-    def build(self, seq: int, ack: int, flags: int, window: int,
-              payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
-        """A whole frame; ``window`` is the 16-bit field, ``options`` a
-        multiple of 4 bytes long.  The sums are folded in line: both addends
-        are below 0x10000, so one step is enough (a frame per segment: this
-        is the hot path)."""
-        frame = bytearray(self.prefix)
-        if options:
-            frame += options
-        if payload:
-            frame += payload
-        l4 = self.l4
-        l4_len = len(frame) - l4
-        if self.v6:
-            _U16.pack_into(frame, ETH_HLEN + 4, l4_len)
-        else:
-            total = l4_len + IPV4_HLEN
-            ip_sum = self.ip_sum + total
-            _IPV4_VARIABLE.pack_into(frame, ETH_HLEN + 2, total, 0, IP_DF, TTL, IPPROTO_TCP,
-                                     ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF)
-        offset_flags = (TCP_HLEN + len(options)) << 10 | flags
-        if self.partial:
-            pseudo = self.pseudo_sum + l4_len
-            _TCP_VARIABLE_CSUM.pack_into(frame, l4 + 4, seq, ack, offset_flags, window,
-                                         (pseudo & 0xFFFF) + (pseudo >> 16))
-            return frame
-        _TCP_VARIABLE.pack_into(frame, l4 + 4, seq, ack, offset_flags, window)
-        with memoryview(frame) as view:
-            total = _ones_sum(view[l4:]) + self.pseudo_sum + l4_len
-        _U16.pack_into(frame, l4 + 16, ~_fold(total) & 0xFFFF)
-        return frame
-
-
-def build_tcp_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,
-                    dport: int, seq: int, ack: int, flags: int, window: int,
-                    payload: bytes | memoryview = b"", options: bytes = b"",
-                    partial: bool = False) -> bytearray:
-    """One Ethernet/IPv4-or-IPv6/TCP frame with correct checksums (the
-    pseudo-header's sum only, with ``partial``: see FrameTemplate)."""
-    return FrameTemplate(dst_mac, src_mac, src, dst, sport, dport, partial).build(
-        seq, ack, flags, window, payload, options)
-
-
-def syn_options(mss: int, wscale: int | None) -> bytes:
-    """MSS, and window scale behind a NOP when we scale (RFC 7323 1.3)."""
-    options = struct.pack("!BBH", OPT_MSS, 4, min(mss, 0xFFFF))
-    if wscale is None:
-        return options
-    return options + bytes((OPT_NOP, OPT_WSCALE, 3, wscale))
-
 
 def seq_lt(a: int, b: int) -> bool:
     """a before b in 32-bit sequence space (RFC 1982)."""
@@ -330,21 +146,6 @@ def isn_for(secret: bytes, local: bytes, lport: int, remote: bytes, rport: int,
     return (int(now * 250_000) + int.from_bytes(digest, "big")) & MASK
 
 
-def rst_for_unknown(seg: TcpSegment, inb: Inbound, our_mac: bytes,
-                    partial: bool = False) -> bytearray | None:
-    """RFC 9293 3.10.7.1: the reset that answers a segment of no connection;
-    never one for a RST.  ``partial``: as for FrameTemplate."""
-    if seg.flags & RST:
-        return None
-    if seg.flags & ACK:
-        seq, ack, flags = seg.ack, 0, RST
-    else:
-        length = len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)
-        seq, ack, flags = 0, (seg.seq + length) & MASK, RST | ACK
-    return build_tcp_frame(inb.eth.src, our_mac, inb.dst, inb.src, seg.dport, seg.sport,
-                           seq, ack, flags, 0, partial=partial)
-
-
 class State(enum.Enum):
     __hash__ = object.__hash__    # members are singletons; Enum's hash runs Python code
 
@@ -357,15 +158,26 @@ class State(enum.Enum):
 
 @dataclass(slots=True)
 class Actions:
-    """What the I/O layer does after an event, in this order: send
-    ``frames``; on ``reset`` close the socket with RST and forget the flow;
-    write ``to_socket`` and report with ``on_socket_accepted`` (its answer's
-    frames go out at once, its ``shutdown_write`` and ``closed`` take the
-    place of these); set ``window_clamp``; discard ``acked`` bytes; on
-    ``retransmit`` set the peek offset to 0; ``shutdown_write``; on
-    ``closed`` close the socket; on ``send_more`` peek and send within
-    ``send_budget()``; on ``forget`` drop the flow.  ``drop`` names a counter;
-    ``window_clamp``, when set, is the socket's new TCP_WINDOW_CLAMP."""
+    """A TcpConn's answer to one input: frames for the guest, operations on
+    the socket and the timer.  The I/O layer carries them out in this order,
+    all of them before the connection's next input: send ``frames``; count
+    ``drop`` (a counter's name); on ``reset`` close the socket with RST and
+    forget the flow (nothing below applies); write ``to_socket``; set
+    ``window_clamp`` as the socket's TCP_WINDOW_CLAMP; discard ``acked``
+    bytes from its receive queue; on ``retransmit`` set its peek offset to
+    0; ``shutdown_write``; on ``closed`` close the socket (the flow lingers);
+    on ``forget`` drop the flow; call ``on_timer`` at ``deadline`` (None: no
+    timer).  Then come the inputs these operations make: what the write
+    took (``on_socket_accepted``, or ``on_socket_error`` if it failed), and
+    with ``send_more``, once that is carried out too, peeks within
+    ``send_budget()`` (``on_socket_data``, ``on_socket_eof``).  With
+    ``to_socket`` the input is not done until the write's answer, and the
+    timer comes with that answer (``deadline`` is None here: computing it
+    twice per segment of guest data would cost the hot path a call).
+
+    Each connection answers every input with the same object, emptied: it
+    is valid until the connection's next input (a new one per input cost
+    5% of a data/ACK exchange)."""
 
     frames: list[bytearray] = field(default_factory=list)
     to_socket: memoryview | None = None
@@ -378,12 +190,37 @@ class Actions:
     forget: bool = False
     drop: str | None = None
     window_clamp: int | None = None
+    deadline: float | None = None
+
+    def clear(self) -> None:
+        """Empty again, for the next input (cheaper than a new object)."""
+        self.frames.clear()
+        self.to_socket = self.drop = self.window_clamp = self.deadline = None
+        self.acked = 0
+        self.retransmit = self.send_more = self.shutdown_write = False
+        self.reset = self.closed = self.forget = False
 
 
 class TcpConn:
-    """One guest connection.  Sequence numbers: ``snd_*`` count our bytes
-    towards the guest (``snd_max`` the highest ever sent, ``snd_nxt`` where
-    the next peek continues), ``rcv_nxt`` the guest's next byte we expect."""
+    """One guest connection, driven by its inputs, each answered with one
+    :class:`Actions`:
+
+    - the guest: ``on_guest_segment``;
+    - the socket: ``on_connected`` and ``on_connect_failed`` (outbound),
+      ``on_socket_accepted`` (what a write of ``to_socket`` took),
+      ``on_socket_writable`` (its send buffer drained), ``on_socket_data``
+      (bytes peeked), ``on_socket_eof`` and ``on_socket_error``;
+    - the clock: ``on_timer``.
+
+    A flow begins with ``from_guest_syn`` (nothing to send until the socket
+    connects) or ``for_accepted`` (our SYN, in its Actions).  The I/O layer
+    may also ask, which changes nothing: ``send_budget()`` (how much to peek
+    next), ``next_deadline()``, ``state`` and ``socket_full`` (the window we
+    offer is closed: watch the socket for room).
+
+    Sequence numbers: ``snd_*`` count our bytes towards the guest
+    (``snd_max`` the highest ever sent, ``snd_nxt`` where the next peek
+    continues), ``rcv_nxt`` the guest's next byte we expect."""
 
     __slots__ = (
         "state", "tx", "guest_addr", "guest_port", "peer_addr", "peer_port", "mtu_mss",
@@ -391,7 +228,7 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "clamp",
+        "linger_until", "clamp", "actions",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
@@ -429,6 +266,7 @@ class TcpConn:
         self.pending = (0, False)               # to_socket length, FIN behind it
         self.linger_until = 0.0
         self.clamp = 0                          # the socket's TCP_WINDOW_CLAMP, 0: unset
+        self.actions = Actions()                # every input's answer, reused
 
     @property
     def tso(self) -> bool:
@@ -457,27 +295,37 @@ class TcpConn:
     @classmethod
     def for_accepted(cls, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
                      peer_addr: bytes, peer_port: int, net: Network, isn: int, free: int,
-                     sndbuf: int, now: float, tso: bool = False) -> tuple[TcpConn, bytearray]:
-        """An accepted host connection: the flow and the SYN for the guest."""
+                     sndbuf: int, now: float, tso: bool = False) -> tuple[TcpConn, Actions]:
+        """An accepted host connection: the flow, and the SYN for the guest."""
         conn = cls(State.SYN_SENT, guest_mac=guest_mac, guest_addr=guest_addr,
                    guest_port=guest_port, peer_addr=peer_addr, peer_port=peer_port, net=net,
                    isn=isn, now=now, tso=tso)
+        actions = conn.actions
         conn._set_room(free, sndbuf)
         conn.rtx_deadline = now + conn.rto
-        return conn, conn._syn_frame(SYN)
+        actions.frames.append(conn._syn_frame(SYN))
+        return conn, conn._done(actions)
 
-    def on_connected(self, free: int, sndbuf: int, now: float) -> list[bytearray]:
+    def on_connected(self, free: int, sndbuf: int, now: float) -> Actions:
         """The host socket connected: SYN-ACK to the guest.  ``free`` of
         ``sndbuf``: the socket's send buffer, for our first window."""
+        actions = self.actions
+        actions.clear()
         self.state = State.SYN_RCVD
         self._set_room(free, sndbuf)
         self.rtx_deadline = now + self.rto
-        return [self._syn_frame(SYN | ACK)]
+        actions.frames.append(self._syn_frame(SYN | ACK))
+        return self._done(actions)
 
-    def on_connect_failed(self, now: float) -> list[bytearray]:
-        """The host refused or is unreachable: RST for the guest's SYN."""
+    def on_connect_failed(self, now: float) -> Actions:
+        """The host refused or is unreachable: RST for the guest's SYN, and
+        the flow is done."""
+        actions = self.actions
+        actions.clear()
         self.state = State.CLOSED
-        return [self.tx.build(0, self.rcv_nxt, RST | ACK, 0)]
+        actions.frames.append(self.tx.build(0, self.rcv_nxt, RST | ACK, 0))
+        actions.forget = True
+        return self._done(actions)
 
     def _take_syn_options(self, seg: TcpSegment) -> None:
         if seg.mss:
@@ -507,12 +355,20 @@ class TcpConn:
     def _rst(self) -> bytearray:
         return self.tx.build(self.snd_nxt, self.rcv_nxt, RST | ACK, 0)
 
+    def _done(self, actions: Actions) -> Actions:
+        """``actions`` with the timer the input leaves."""
+        actions.deadline = self.next_deadline()
+        return actions
+
     # -- the guest's segments -----------------------------------------------------------
     def on_guest_segment(self, seg: TcpSegment, now: float) -> Actions:
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         self.last_activity = now
         if not (self.state is State.ESTABLISHED and self._predicted(seg, actions, now)):
             _GUEST_HANDLERS[self.state](self, seg, actions, now)
+        if actions.to_socket is None:      # else on_socket_accepted's answer has it
+            actions.deadline = self.next_deadline()
         return actions
 
     def _predicted(self, seg: TcpSegment, actions: Actions, now: float) -> bool:
@@ -709,7 +565,8 @@ class TcpConn:
         """The socket took ``accepted`` bytes of ``to_socket`` and has
         ``free`` bytes of ``sndbuf`` left: acknowledge what it took (and the
         FIN behind it, if all of it went), advertise the room."""
-        actions = Actions()
+        actions = self.actions
+        actions.clear()
         length, fin = self.pending
         self.pending = (0, False)
         self.rcv_nxt = (self.rcv_nxt + accepted) & MASK
@@ -720,15 +577,18 @@ class TcpConn:
             self._guest_fin(actions, now)
         else:
             actions.frames.append(self._ack())
+        actions.deadline = self.next_deadline()
         return actions
 
-    def on_socket_writable(self, free: int, sndbuf: int) -> list[bytearray]:
+    def on_socket_writable(self, free: int, sndbuf: int) -> Actions:
         """The socket drained: a window update once the room is worth it."""
+        actions = self.actions
+        actions.clear()
         was_full = self.socket_full
         self._set_room(free, sndbuf)
         if was_full and not self.socket_full and self.state is State.ESTABLISHED:
-            return [self._ack()]
-        return []
+            actions.frames.append(self._ack())
+        return self._done(actions)
 
     def _set_room(self, free: int, sndbuf: int) -> None:
         """The window from the send buffer's ``free`` bytes in the kernel's
@@ -760,13 +620,15 @@ class TcpConn:
             budget = min(budget, (self.fin_seq - self.snd_nxt) & MASK)
         return max(budget, 0)
 
-    def on_socket_data(self, data: memoryview, now: float) -> list[bytearray]:
+    def on_socket_data(self, data: memoryview, now: float) -> Actions:
         """Segments for bytes just peeked (at most ``send_budget()``, at
         least one); PSH on the last."""
+        actions = self.actions
+        actions.clear()
         idle = self.snd_max == self.snd_una
         step, size = self._frame_payload(), len(data)
         window, build, ack, seq = self._window_field(), self.tx.build, self.rcv_nxt, self.snd_nxt
-        frames = []
+        frames = actions.frames
         start = 0
         while size - start > step:
             frames.append(build(seq, ack, ACK, window, data[start:start + step]))
@@ -781,7 +643,8 @@ class TcpConn:
         self.last_activity = now
         if self.sock_eof:
             self._maybe_fin(frames, now)
-        return frames
+        actions.deadline = self.next_deadline()
+        return actions
 
     def _frame_payload(self) -> int:
         """Payload per frame: one segment; with ``tso``, as many whole
@@ -792,16 +655,16 @@ class TcpConn:
             return self.snd_mss
         return TSO_MAX_PAYLOAD // self.snd_mss * self.snd_mss
 
-    def on_socket_eof(self, now: float) -> list[bytearray]:
+    def on_socket_eof(self, now: float) -> Actions:
         """A peek at ``snd_nxt`` found end of file: FIN once the guest can
         take it."""
-        if self.sock_eof or self.state is State.CLOSED:
-            return []
-        self.sock_eof = True
-        self.fin_seq = self.snd_nxt
-        frames: list[bytearray] = []
-        self._maybe_fin(frames, now)
-        return frames
+        actions = self.actions
+        actions.clear()
+        if not self.sock_eof and self.state is not State.CLOSED:
+            self.sock_eof = True
+            self.fin_seq = self.snd_nxt
+            self._maybe_fin(actions.frames, now)
+        return self._done(actions)
 
     def _maybe_fin(self, frames: list[bytearray], now: float) -> None:
         in_flight = (self.snd_nxt - self.snd_una) & MASK
@@ -816,14 +679,18 @@ class TcpConn:
             if self.rtx_deadline is None or not in_flight:
                 self.rtx_deadline = now + self.rto
 
-    def on_socket_error(self, now: float) -> list[bytearray]:
-        """The socket failed or its peer reset: RST to the guest."""
-        if self.state is State.CLOSED:
-            return []
+    def on_socket_error(self, now: float) -> Actions:
+        """The socket failed or its peer reset: RST to the guest, and the
+        flow is done."""
         if self.state is State.CONNECTING:
             return self.on_connect_failed(now)
-        self.state = State.CLOSED
-        return [self._rst()]
+        actions = self.actions
+        actions.clear()
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            actions.frames.append(self._rst())
+        actions.forget = True
+        return self._done(actions)
 
     # -- time -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -833,21 +700,26 @@ class TcpConn:
         return idle if self.rtx_deadline is None else min(self.rtx_deadline, idle)
 
     def on_timer(self, now: float) -> Actions:
-        actions = Actions()
+        """The deadline came (or an earlier one: then nothing is due)."""
+        actions = self.actions
+        actions.clear()
+        self._expire(actions, now)
+        return self._done(actions)
+
+    def _expire(self, actions: Actions, now: float) -> None:
         if self.state is State.CLOSED:
             actions.forget = now >= self.linger_until
-            return actions
+            return
         if now >= self.last_activity + INACTIVITY:
             self._give_up(actions, "tcp_inactive")
-            return actions
+            return
         if self.rtx_deadline is None or now < self.rtx_deadline:
-            return actions
+            return
         self.rtx_deadline = None
         if self.state is State.ESTABLISHED:
             self._retransmit_timeout(actions, now)
         elif self.state is not State.CONNECTING:
             self._handshake_timeout(actions, now)
-        return actions
 
     def _handshake_timeout(self, actions: Actions, now: float) -> None:
         self.retries += 1

@@ -24,7 +24,7 @@ import termios
 import time
 from collections.abc import Callable, Iterable
 
-from passt_sep import packet, tcp, udp
+from passt_sep import packet, tcp, tcp_wire, udp
 from passt_sep.flow import FlowKey
 from passt_sep.fwd import AddressMap
 from passt_sep.handoff import WorkerConfig
@@ -228,7 +228,7 @@ class TcpGuest:
              ack: int | None = None, window: int | None = None, options: bytes = b"") -> None:
         """One segment to the handler, numbered from ``seq`` unless given."""
         number = self.seq if seq is None else seq
-        frame = tcp.build_tcp_frame(NET.our_mac, GUEST_MAC, self.addr, self.peer, self.port,
+        frame = tcp_wire.build_tcp_frame(NET.our_mac, GUEST_MAC, self.addr, self.peer, self.port,
                                     self.peer_port, number & tcp.MASK,
                                     (self.ack if ack is None else ack) & tcp.MASK, flags,
                                     self.window if window is None else window, payload, options)
@@ -270,7 +270,7 @@ class TcpGuest:
         inb = inbound(frame)
         assert (inb.eth.dst, inb.eth.src) == (GUEST_MAC, NET.our_mac)
         assert (inb.src, inb.dst) == (self.peer, self.addr)
-        seg = tcp.parse_tcp(inb, verify=True)
+        seg = tcp_wire.parse_tcp(inb, verify=True)
         assert (seg.sport, seg.dport) == (self.peer_port, self.port)
         return seg
 

@@ -2,9 +2,12 @@
 
 The sans-IO :class:`~passt_sep.tcp.TcpConn` decides; this module turns its
 :class:`~passt_sep.tcp.Actions` into syscalls, in the order that class
-documents.  Only socket, connect, setsockopt, getsockopt, recvfrom, sendto,
-accept4, shutdown, close, epoll_ctl, fcntl and ioctl(FIONBIO) (Python's
-``setblocking``) are used, all listed in ``seccomp/worker.*``.
+documents, one input at a time: what the syscalls find (how much a write
+took, bytes peeked, an error) is the connection's next input, given only
+once the Actions before it are carried out whole.  Only socket, connect,
+setsockopt, getsockopt, recvfrom, sendto, accept4, shutdown, close,
+epoll_ctl, fcntl and ioctl(FIONBIO) (Python's ``setblocking``) are used,
+all listed in ``seccomp/worker.*``.
 
 Sockets are edge-triggered: data the guest has not acknowledged stays in
 the socket's receive queue, so a level-triggered socket would look
@@ -25,10 +28,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import tcp
+from .. import tcp, tcp_wire
 from ..flow import FlowKey, FlowTable
 from ..packet import IPPROTO_TCP, Inbound
-from ..tcp import ACK, RST, SYN, State
+from ..tcp import State
+from ..tcp_wire import ACK, RST, SYN
 from .context import WorkerContext
 from .loop import (
     EPOLLERR,
@@ -50,6 +54,7 @@ SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
 HANGUP = EPOLLRDHUP | EPOLLHUP
 READABLE = EPOLLIN | HANGUP
 PEEK_BUFFER = 1 << 19
+WRITE_FAILED = -1                   # what _write returns when the socket failed
 SYN_ACK = SYN | ACK
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
 WINDOW_RECHECK_MAX = 0.1
@@ -138,14 +143,10 @@ class TcpHandler:
         flow = self.flows.get(key)
         return flow is not None and flow.conn.state is not State.CLOSED
 
-    def _send(self, frames: list[bytearray]) -> None:
-        for frame in frames:
-            self.send_frame(frame)
-
     # -- the guest's segments -------------------------------------------------------
     def on_guest_segment(self, inb: Inbound, now: float) -> None:
         """A TCP frame from the guest; :class:`~passt_sep.packet.Drop` if malformed."""
-        seg = tcp.parse_tcp(inb, self.verify)
+        seg = tcp_wire.parse_tcp(inb, self.verify)
         key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
         flow = self.flows.get(key)
         syn = seg.flags & SYN_ACK == SYN
@@ -162,14 +163,14 @@ class TcpHandler:
         if flow.fallback is not None and seg.flags & RST and self._refused_syn(flow, seg):
             self._fall_back_to_ipv4(flow, now)
             return
-        self._apply(flow, flow.conn.on_guest_segment(seg, now), now)
+        self._handle(flow, flow.conn.on_guest_segment(seg, now), now)
 
-    def _refuse(self, seg: tcp.TcpSegment, inb: Inbound) -> None:
-        reply = tcp.rst_for_unknown(seg, inb, self.net.our_mac, partial=self.tso)
+    def _refuse(self, seg: tcp_wire.TcpSegment, inb: Inbound) -> None:
+        reply = tcp_wire.rst_for_unknown(seg, inb, self.net.our_mac, partial=self.tso)
         if reply is not None:
             self.send_frame(reply)
 
-    def _open_outbound(self, seg: tcp.TcpSegment, inb: Inbound, key: FlowKey,
+    def _open_outbound(self, seg: tcp_wire.TcpSegment, inb: Inbound, key: FlowKey,
                        now: float) -> None:
         if self.flows.full:
             self.loop.counters.add("tcp_flows_full")
@@ -218,55 +219,60 @@ class TcpHandler:
         flow.tracked = True
         self.loop.add_fd(flow.sock.fileno(), events, functools.partial(self._socket_event, flow))
 
-    def _apply(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
-        """Carry out a TcpConn's decision, in the order Actions documents."""
-        if actions.frames:
-            self._send(actions.frames)
+    # -- carrying out Actions -------------------------------------------------------------
+    def _handle(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
+        """One input's Actions, then the inputs its syscalls make, each
+        carried out whole before the next: what the socket took of a write,
+        then, with ``send_more``, the peeks.  The timer follows the last
+        input's deadline (an earlier one is out of date by then)."""
+        send_more = actions.send_more
+        written = self._apply(flow, actions)
+        if written is not None and flow.sock is not None:
+            actions = self._written(flow, written, now)
+        if send_more and flow.sock is not None and not flow.drained:
+            actions = self._pump(flow, now) or actions
+        if flow.tracked:
+            self._schedule(flow, actions.deadline)
+
+    def _apply(self, flow: Flow, actions: tcp.Actions) -> int | None:
+        """Carry out one Actions value but its timer, in the order it
+        documents.  Returns what a write of ``to_socket`` took
+        (WRITE_FAILED: the socket failed), the connection's next input, or
+        None without a write.  Of the socket's operations the guest's data
+        goes first: the peer may be waiting for it (a request), and the
+        rest is bookkeeping that can follow while it answers."""
+        for frame in actions.frames:
+            self.send_frame(frame)
         if actions.drop is not None:
             self.loop.counters.add(actions.drop)
         if actions.reset:
             self._forget(flow, reset=True)
-            return
-        if flow.sock is not None:
-            self._socket_actions(flow, actions, now)
+            return None
+        written = None
+        sock = flow.sock
+        if sock is not None:
+            if actions.to_socket is not None:
+                written = self._write(sock, actions.to_socket)
+                if written == WRITE_FAILED:
+                    return written
+            if actions.window_clamp is not None:
+                self._clamp_window(sock, actions.window_clamp)
+            if actions.acked:
+                self._discard(sock, actions.acked)
+            if actions.retransmit:
+                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+                flow.drained = False
+                self.loop.counters.add("tcp_retransmit")
+            if actions.shutdown_write:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            if actions.closed:
+                self._close_socket(flow)
         if actions.forget:
             self._forget(flow)
-            return
-        if actions.send_more and flow.sock is not None and not flow.drained:
-            self._pump(flow, now)
-        if flow.tracked:
-            self._schedule(flow)
-
-    def _socket_actions(self, flow: Flow, actions: tcp.Actions, now: float) -> None:
-        """The socket's part of ``actions``; the answer to a write (the
-        guest's ACK, a FIN passed on) is carried out here too.  The guest's
-        data goes first: the peer may be waiting for it (a request), and
-        the rest is bookkeeping that can follow while it answers."""
-        sock = flow.sock
-        assert sock is not None
-        last = actions
-        if actions.to_socket is not None:
-            answer = self._write(flow, actions.to_socket, now)
-            if answer is None:
-                return          # the socket failed: the flow is gone
-            self._send(answer.frames)
-            last = answer       # shutdown_write and closed are the answer's (never
-                                # set beside to_socket)
-        if actions.window_clamp is not None:
-            self._clamp_window(sock, actions.window_clamp)
-        if actions.acked:
-            self._discard(sock, actions.acked)
-        if actions.retransmit:
-            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-            flow.drained = False
-            self.loop.counters.add("tcp_retransmit")
-        if last.shutdown_write:
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        if last.closed:
-            self._close_socket(flow)
+        return written
 
     @staticmethod
     def _clamp_window(sock: socket.socket, clamp: int) -> None:
@@ -276,23 +282,28 @@ class TcpHandler:
         except OSError:
             pass
 
-    def _write(self, flow: Flow, data: memoryview, now: float) -> tcp.Actions | None:
-        """Guest data to the socket: the TcpConn's answer to what it took,
-        None if the socket failed (the flow is forgotten then)."""
-        sock = flow.sock
-        assert sock is not None
+    def _write(self, sock: socket.socket, data: memoryview) -> int:
+        """Guest data to the socket: how much it took, WRITE_FAILED if it failed."""
         try:
             written = sock.send(data, SEND_FLAGS)
         except BlockingIOError:
             written = 0
         except OSError:
-            self._socket_error(flow, now)
-            return None
+            return WRITE_FAILED
         if written < len(data):
             self.loop.counters.add("tcp_socket_full")
+        return written
+
+    def _written(self, flow: Flow, written: int, now: float) -> tcp.Actions:
+        """The outcome of a write, the connection's next input, carried out."""
+        sock = flow.sock
+        assert sock is not None
+        if written == WRITE_FAILED:
+            return self._socket_error(flow, now)
         actions = flow.conn.on_socket_accepted(written, *self._room(sock), now)
         if flow.conn.socket_full:
             self._want_out(flow)
+        self._apply(flow, actions)
         return actions
 
     @staticmethod
@@ -331,10 +342,10 @@ class TcpHandler:
             return
         if events & EPOLLOUT and flow.want_out:
             self._window_update(flow, now)
-        if events & READABLE:
-            self._pump(flow, now, bool(events & HANGUP))
-        if flow.tracked:
-            self._schedule(flow)
+        if events & READABLE and flow.sock is not None:
+            actions = self._pump(flow, now, bool(events & HANGUP))
+            if actions is not None and flow.tracked:
+                self._schedule(flow, actions.deadline)
 
     def _connect_done(self, flow: Flow, now: float) -> None:
         sock = flow.sock
@@ -344,18 +355,17 @@ class TcpHandler:
             return
         flow.want_out = False
         self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
-        self._send(flow.conn.on_connected(*self._room(sock), now))
-        self._schedule(flow)
+        self._handle(flow, flow.conn.on_connected(*self._room(sock), now), now)
 
     def _connect_failed(self, flow: Flow, now: float) -> None:
         self.loop.counters.add("tcp_connect_failed")
-        self._send(flow.conn.on_connect_failed(now))
-        self._forget(flow)
+        self._apply(flow, flow.conn.on_connect_failed(now))      # forgets the flow
 
-    def _socket_error(self, flow: Flow, now: float) -> None:
+    def _socket_error(self, flow: Flow, now: float) -> tcp.Actions:
         self.loop.counters.add("tcp_socket_error")
-        self._send(flow.conn.on_socket_error(now))
-        self._forget(flow)
+        actions = flow.conn.on_socket_error(now)
+        self._apply(flow, actions)                                 # forgets the flow
+        return actions
 
     def _want_out(self, flow: Flow) -> None:
         if not flow.want_out and flow.sock is not None:
@@ -369,7 +379,9 @@ class TcpHandler:
         sock = flow.sock
         if sock is None:
             return
-        self._send(flow.conn.on_socket_writable(*self._room(sock)))
+        self._handle(flow, flow.conn.on_socket_writable(*self._room(sock)), now)
+        if flow.sock is None:
+            return
         if flow.conn.socket_full:
             if flow.recheck is None:
                 flow.recheck = self.loop.call_at(now + flow.recheck_delay,
@@ -385,40 +397,44 @@ class TcpHandler:
         if flow.tracked:
             self._window_update(flow, now)
 
-    def _pump(self, flow: Flow, now: float, until_empty: bool = True) -> None:
-        """Peek new socket data and send it while the guest's window allows.
-        Without ``until_empty`` (an EPOLLIN edge, no hang-up), a short peek
-        ends it: the queue was drained and what arrives later raises a new
-        edge, so the peek that would only fail with EAGAIN is saved (one
-        syscall and one exception per request/response).  A hang-up, or a
-        call not caused by an edge, peeks until EAGAIN or end of file, which
-        has no edge of its own once this one is consumed."""
+    def _pump(self, flow: Flow, now: float, until_empty: bool = True) -> tcp.Actions | None:
+        """Peek new socket data and send it while the guest's window allows,
+        each peek an input whose Actions are carried out before the next;
+        the last of them, None without any.  Without ``until_empty`` (an
+        EPOLLIN edge, no hang-up), a short peek ends it: the queue was
+        drained and what arrives later raises a new edge, so the peek that
+        would only fail with EAGAIN is saved (one syscall and one exception
+        per request/response).  A hang-up, or a call not caused by an edge,
+        peeks until EAGAIN or end of file, which has no edge of its own once
+        this one is consumed."""
         conn, sock, view = flow.conn, flow.sock, self.view
         assert sock is not None
         flow.drained = False
+        actions = None
         while (budget := conn.send_budget()) > 0:
             wanted = min(budget, PEEK_BUFFER)
             try:
                 size = sock.recv_into(view, wanted, PEEK_FLAGS)
             except BlockingIOError:
                 flow.drained = True
-                return
+                break
             except OSError:
-                self._socket_error(flow, now)
-                return
+                return self._socket_error(flow, now)
             if not size:
-                self._send(conn.on_socket_eof(now))
-                return
-            self._send(conn.on_socket_data(view[:size], now))
+                actions = conn.on_socket_eof(now)
+                self._apply(flow, actions)
+                break
+            actions = conn.on_socket_data(view[:size], now)
+            self._apply(flow, actions)
             if size < wanted and not until_empty:
                 flow.drained = True
-                return
+                break
+        return actions
 
     # -- timers and the end of flows --------------------------------------------------
-    def _schedule(self, flow: Flow) -> None:
+    def _schedule(self, flow: Flow, deadline: float | None) -> None:
         """One loop timer per flow, moved only when the deadline comes
         earlier; a timer that fires early just schedules the next one."""
-        deadline = flow.conn.next_deadline()
         timer = flow.timer
         if timer is not None and timer.callback is not None:
             if deadline is not None and timer.deadline <= deadline:
@@ -435,7 +451,7 @@ class TcpHandler:
         actions = flow.conn.on_timer(now)
         if actions.retransmit and flow.sock is not None:
             self.loop.counters.add("tcp_retransmit_timeout")
-        self._apply(flow, actions, now)
+        self._handle(flow, actions, now)
 
     def _close_socket(self, flow: Flow, reset: bool = False) -> None:
         sock = flow.sock
@@ -516,15 +532,14 @@ class TcpHandler:
             return
         isn = tcp.isn_for(self.secret, seen, peer_port, guest, guest_port, now)
         free, sndbuf = self._room(sock)
-        conn, syn = tcp.TcpConn.for_accepted(
+        conn, actions = tcp.TcpConn.for_accepted(
             guest_mac=self.guest_mac(), guest_addr=guest, guest_port=guest_port,
             peer_addr=seen, peer_port=peer_port, net=self.net, isn=isn,
             free=free, sndbuf=sndbuf, now=now, tso=self.tso)
         flow = Flow(conn, sock, key)
         flow.fallback = fallback
         self._track(flow, SOCKET_EVENTS)
-        self.send_frame(syn)
-        self._schedule(flow)
+        self._handle(flow, actions, now)
 
     def _tune_accepted(self, sock: socket.socket) -> None:
         """Non-blocking and tuned, only once it is to be offered: a refused
@@ -534,7 +549,7 @@ class TcpHandler:
         self._tune(sock, None)
 
     @staticmethod
-    def _refused_syn(flow: Flow, seg: tcp.TcpSegment) -> bool:
+    def _refused_syn(flow: Flow, seg: tcp_wire.TcpSegment) -> bool:
         """The guest's RST answers our SYN (RFC 9293 3.10.7.3)."""
         conn = flow.conn
         return conn.state is State.SYN_SENT and bool(seg.flags & ACK) and seg.ack == conn.snd_nxt

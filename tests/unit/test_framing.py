@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from passt_sep import pcap, tap
-from passt_sep.tcp import ACK, build_tcp_frame
+from passt_sep.tcp_wire import ACK, build_tcp_frame
 
 
 def framed(*frames: bytes) -> bytes:

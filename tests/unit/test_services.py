@@ -25,7 +25,7 @@ from glue import (
     readable,
 )
 
-from passt_sep import packet, tcp
+from passt_sep import packet, tcp_wire
 from passt_sep.netparams import link_local_from_mac
 from passt_sep.packet import IPPROTO_ICMP, IPPROTO_ICMPV6
 from passt_sep.tcp import ACK, SYN
@@ -130,7 +130,7 @@ def test_no_ra_no_announcement(rig: Rig) -> None:
 def test_a_tcp_syn_reaches_the_tcp_handler(rig: Rig, server: Server) -> None:
     service = services(rig)
     guest = TcpGuest(rig, service.tcp, peer_port=server.port)   # type: ignore[arg-type]
-    frame = tcp.build_tcp_frame(NET.our_mac, GUEST_MAC, GUEST4, GATEWAY4, guest.port,
+    frame = tcp_wire.build_tcp_frame(NET.our_mac, GUEST_MAC, GUEST4, GATEWAY4, guest.port,
                                 server.port, guest.ISN, 0, SYN, 64240, b"", LINUX_SYN_OPTIONS)
     give(service, bytes(frame))
     [synack] = guest.wait("SYN-ACK")
@@ -185,8 +185,8 @@ def test_what_cannot_be_taken_is_counted(rig: Rig, frame: bytes, counter: str) -
 
 def test_disabled_transports_are_counted(rig: Rig) -> None:
     service = services(rig, tcp_on=False, udp_on=False)
-    give(service, bytes(tcp.build_tcp_frame(NET.our_mac, GUEST_MAC, GUEST4, GATEWAY4, 1, 2, 0, 0,
-                                            SYN, 100)))
+    give(service, bytes(tcp_wire.build_tcp_frame(NET.our_mac, GUEST_MAC, GUEST4, GATEWAY4,
+                                                 1, 2, 0, 0, SYN, 100)))
     give(service, packet.udp_frame(NET.our_mac, GUEST_MAC, GUEST4, GATEWAY4, 1, 2, b"x"))
     assert rig.loop.counters.values == {"drop_tcp_disabled": 1, "drop_udp_disabled": 1}
 

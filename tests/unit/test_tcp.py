@@ -12,10 +12,11 @@ from checksums import reference_checksum
 from hypothesis import given
 from hypothesis import strategies as st
 
-from passt_sep import packet, tcp
+from passt_sep import packet, tcp, tcp_wire
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 from passt_sep.packet import Drop
-from passt_sep.tcp import ACK, FIN, PSH, RST, SYN, URG, State, TcpConn, TcpSegment
+from passt_sep.tcp import State, TcpConn
+from passt_sep.tcp_wire import ACK, FIN, PSH, RST, SYN, URG, TcpSegment
 
 GUEST_MAC = bytes.fromhex("020000000001")
 NET = Network(ipv4=IPv4Params(bytes([198, 51, 100, 2]), 24, bytes([198, 51, 100, 1])),
@@ -43,14 +44,15 @@ class Guest:
 
     def frame(self, seq: int, ack: int, flags: int, window: int = 0xFFFF,
               payload: bytes = b"", options: bytes = b"") -> bytes:
-        return bytes(tcp.build_tcp_frame(self.net.our_mac, GUEST_MAC, self.addr, self.peer,
-                                         GPORT, PPORT, seq & tcp.MASK, ack & tcp.MASK, flags,
-                                         window, payload, options))
+        return bytes(tcp_wire.build_tcp_frame(self.net.our_mac, GUEST_MAC, self.addr,
+                                              self.peer, GPORT, PPORT, seq & tcp_wire.MASK,
+                                              ack & tcp_wire.MASK, flags, window, payload,
+                                              options))
 
     def seg(self, seq: int, ack: int, flags: int, window: int = 0xFFFF,
             payload: bytes = b"", options: bytes = b"") -> tuple[TcpSegment, packet.Inbound]:
         inb = inbound(self.frame(seq, ack, flags, window, payload, options))
-        return tcp.parse_tcp(inb, verify=True), inb
+        return tcp_wire.parse_tcp(inb, verify=True), inb
 
     def check(self, frame: bytes | bytearray) -> TcpSegment:
         """One of our frames: addressed to this guest, checksums right."""
@@ -60,7 +62,7 @@ class Guest:
         assert (inb.src, inb.dst) == (self.peer, self.addr)
         if not self.v6:
             assert reference_checksum(frame[14:34]) == 0
-        seg = tcp.parse_tcp(inb, verify=True)
+        seg = tcp_wire.parse_tcp(inb, verify=True)
         assert (seg.sport, seg.dport) == (PPORT, GPORT)
         return seg
 
@@ -143,7 +145,7 @@ def raw_header(flags: int, offset_words: int = 5, sport: int = GPORT) -> bytes:
 ])
 def test_bad_segments_dropped(l4: bytes, reason: str) -> None:
     with pytest.raises(Drop) as caught:
-        tcp.parse_tcp(tcp_inbound(l4))
+        tcp_wire.parse_tcp(tcp_inbound(l4))
     assert caught.value.reason == reason
 
 
@@ -153,14 +155,14 @@ def test_checksum_verified_only_when_asked(v6: bool) -> None:
     frame[-1] ^= 0x55
     inb = inbound(bytes(frame))
     with pytest.raises(Drop, match="tcp_checksum"):
-        tcp.parse_tcp(inb, verify=True)
-    assert bytes(tcp.parse_tcp(inb).payload) == b"dat" + bytes([ord("a") ^ 0x55])
+        tcp_wire.parse_tcp(inb, verify=True)
+    assert bytes(tcp_wire.parse_tcp(inb).payload) == b"dat" + bytes([ord("a") ^ 0x55])
 
 
 @given(st.binary(max_size=120), st.booleans(), st.booleans())
 def test_parse_only_ever_raises_drop(l4: bytes, v6: bool, verify: bool) -> None:
     try:
-        tcp.parse_tcp(tcp_inbound(l4, v6), verify)
+        tcp_wire.parse_tcp(tcp_inbound(l4, v6), verify)
     except Drop:
         pass
 
@@ -169,7 +171,7 @@ def test_parse_only_ever_raises_drop(l4: bytes, v6: bool, verify: bool) -> None:
 def test_options_of_any_content_parse(options: bytes) -> None:
     options += bytes(-len(options) % 4)
     l4 = raw_header(SYN, offset_words=5 + len(options) // 4) + options
-    tcp.parse_tcp(tcp_inbound(l4))
+    tcp_wire.parse_tcp(tcp_inbound(l4))
 
 
 # -- building --------------------------------------------------------------------------
@@ -177,9 +179,9 @@ def test_options_of_any_content_parse(options: bytes) -> None:
 @pytest.mark.parametrize("payload", [b"", b"x", b"odd length", bytes(range(256)) * 7])
 def test_built_frames_carry_correct_checksums(v6: bool, payload: bytes) -> None:
     guest = Guest(v6)
-    frame = bytes(tcp.build_tcp_frame(GUEST_MAC, NET.our_mac, guest.peer, guest.addr, PPORT,
-                                      GPORT, 0xDEADBEEF, 0x01020304, ACK | PSH, 0x1234, payload,
-                                      MSS_1460))
+    frame = bytes(tcp_wire.build_tcp_frame(GUEST_MAC, NET.our_mac, guest.peer, guest.addr,
+                                           PPORT, GPORT, 0xDEADBEEF, 0x01020304, ACK | PSH,
+                                           0x1234, payload, MSS_1460))
     seg = guest.check(frame)
     assert (seg.seq, seg.ack, seg.flags, seg.window, seg.mss) == (
         0xDEADBEEF, 0x01020304, ACK | PSH, 0x1234, 1460)
@@ -199,7 +201,7 @@ def test_guest_syn_waits_for_connect_then_syn_ack_fields() -> None:
     assert conn.state is State.CONNECTING and conn.send_budget() == 0
     seg, _ = guest.seg(GUEST_ISN, 0, SYN, 64240, options=LINUX_SYN_OPTIONS)
     assert conn.on_guest_segment(seg, T0 + 0.5).frames == []   # retransmitted SYN: wait
-    [frame] = conn.on_connected(FREE, SNDBUF, T0 + 1)
+    [frame] = conn.on_connected(FREE, SNDBUF, T0 + 1).frames
     synack = guest.check(frame)
     assert (synack.seq, synack.ack, synack.flags, synack.window) == (
         OUR_ISN, GUEST_ISN + 1, SYN | ACK, 0xFFFF)
@@ -211,13 +213,13 @@ def test_guest_syn_waits_for_connect_then_syn_ack_fields() -> None:
 def test_syn_ack_without_window_scale_when_guest_offers_none() -> None:
     guest = Guest()
     conn = outbound_conn(guest, options=MSS_1460)
-    synack = guest.check(conn.on_connected(51040, SNDBUF, T0)[0])
+    synack = guest.check(conn.on_connected(51040, SNDBUF, T0).frames[0])
     room = 51040 * 1460 // (1460 + tcp.SKB_OVERHEAD)             # 30000
     assert (synack.wscale, synack.window, synack.mss) == (None, room, 65480)
     seg, _ = guest.seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 30000)
     conn.on_guest_segment(seg, T0)
     assert conn.send_budget() == 30000                       # unscaled
-    data = guest.check(conn.on_socket_data(memoryview(b"x"), T0)[0])
+    data = guest.check(conn.on_socket_data(memoryview(b"x"), T0).frames[0])
     assert data.window == room                               # ours unscaled too
 
 
@@ -295,10 +297,10 @@ def test_wrong_ack_in_handshake_gets_reset_and_flow_stays() -> None:
 def test_connect_failure_resets_guest_syn() -> None:
     guest = Guest()
     conn = outbound_conn(guest)
-    [frame] = conn.on_connect_failed(T0)
-    rst = guest.check(frame)
+    actions = conn.on_connect_failed(T0)
+    rst = guest.check(actions.frames[0])
     assert (rst.flags, rst.seq, rst.ack) == (RST | ACK, 0, GUEST_ISN + 1)
-    assert conn.state is State.CLOSED
+    assert conn.state is State.CLOSED and actions.forget
 
 
 def test_guest_reset_while_connecting() -> None:
@@ -311,10 +313,12 @@ def test_guest_reset_while_connecting() -> None:
 
 # -- inbound handshake ----------------------------------------------------------------------
 def accepted(guest: Guest) -> tuple[TcpConn, TcpSegment]:
-    conn, frame = TcpConn.for_accepted(guest_mac=GUEST_MAC, guest_addr=guest.addr,
-                                       guest_port=GPORT, peer_addr=guest.peer, peer_port=PPORT,
-                                       net=guest.net, isn=OUR_ISN, free=100000,
-                                       sndbuf=SNDBUF, now=T0)
+    conn, actions = TcpConn.for_accepted(guest_mac=GUEST_MAC, guest_addr=guest.addr,
+                                         guest_port=GPORT, peer_addr=guest.peer, peer_port=PPORT,
+                                         net=guest.net, isn=OUR_ISN, free=100000,
+                                         sndbuf=SNDBUF, now=T0)
+    [frame] = actions.frames
+    assert actions.deadline == T0 + tcp.SYN_TIMEOUT
     return conn, guest.check(frame)
 
 
@@ -336,7 +340,7 @@ def test_inbound_syn_then_guest_syn_ack(v6: bool) -> None:
     assert reply.window == window >> tcp.OUR_WSCALE
     assert conn.state is State.ESTABLISHED and actions.send_more
     assert conn.send_budget() == 28800                       # SYN-ACK window: unscaled
-    frames = conn.on_socket_data(memoryview(bytes(3000)), T0)
+    frames = conn.on_socket_data(memoryview(bytes(3000)), T0).frames
     assert [len(guest.check(f).payload) for f in frames] == [1400, 1400, 200]
 
 
@@ -382,7 +386,7 @@ def test_inbound_syn_retries_with_backoff_then_gives_up_silently() -> None:
 def test_timer_before_deadline_does_nothing() -> None:
     conn, _ = accepted(Guest())
     actions = conn.on_timer(T0 + 0.5)
-    assert actions == tcp.Actions()
+    assert actions == tcp.Actions(deadline=T0 + tcp.SYN_TIMEOUT)     # the timer stays
 
 
 # -- guest to socket --------------------------------------------------------------------
@@ -413,8 +417,8 @@ def test_partial_accept_acks_part_and_closes_window() -> None:
     actions = conn.on_guest_segment(data_seg(guest, conn, 0, b"b" * 100), T0)
     assert bytes(actions.to_socket) == b"b" * 40
     # the socket drains: a window update, once the room is worth it
-    assert conn.on_socket_writable(2000, SNDBUF) == []      # 1000 bytes: less than a segment
-    [update] = conn.on_socket_writable(FREE, SNDBUF)
+    assert conn.on_socket_writable(2000, SNDBUF).frames == []   # 1175 bytes: not a segment
+    [update] = conn.on_socket_writable(FREE, SNDBUF).frames
     assert guest.check(update).window == WINDOW and not conn.socket_full
 
 
@@ -495,10 +499,10 @@ def test_segments_cut_to_guest_mss_within_window() -> None:
     guest = Guest()
     conn = established(guest, window_field=40)               # 5120 bytes
     assert conn.send_budget() == 5120
-    frames = conn.on_socket_data(memoryview(bytes(range(250)) * 12), T0)
+    frames = conn.on_socket_data(memoryview(bytes(range(250)) * 12), T0).frames
     segs = [guest.check(f) for f in frames]
     assert [len(s.payload) for s in segs] == [1460, 1460, 80]
-    assert [s.seq for s in segs] == [(OUR_ISN + 1 + i * 1460) & tcp.MASK for i in range(3)]
+    assert [s.seq for s in segs] == [(OUR_ISN + 1 + i * 1460) & tcp_wire.MASK for i in range(3)]
     assert [s.flags for s in segs] == [ACK, ACK, ACK | PSH]
     assert b"".join(bytes(s.payload) for s in segs) == bytes(range(250)) * 12
     assert conn.send_budget() == 5120 - 3000
@@ -507,7 +511,7 @@ def test_segments_cut_to_guest_mss_within_window() -> None:
 def test_mss_never_above_mtu() -> None:
     guest = Guest(net=dataclasses.replace(NET, mtu=1500))
     conn = established(guest, options=struct.pack("!BBH", 2, 4, 9000) + b"\x01\x03\x03\x07")
-    frames = conn.on_socket_data(memoryview(bytes(3000)), T0)
+    frames = conn.on_socket_data(memoryview(bytes(3000)), T0).frames
     assert [len(guest.check(f).payload) for f in frames] == [1460, 1460, 80]
 
 
@@ -515,7 +519,7 @@ def test_mss_never_above_mtu() -> None:
 def test_default_mss_without_option(v6: bool, size: int) -> None:
     guest = Guest(v6)
     conn = established(guest, options=b"")
-    frames = conn.on_socket_data(memoryview(bytes(size + 1)), T0)
+    frames = conn.on_socket_data(memoryview(bytes(size + 1)), T0).frames
     assert [len(guest.check(f).payload) for f in frames] == [size, 1]
 
 
@@ -547,8 +551,8 @@ def test_fast_retransmit_after_three_duplicate_acks_once_per_window() -> None:
     actions = ack(guest, conn, OUR_ISN + 1 + 1460)
     assert actions.retransmit and actions.send_more
     assert conn.send_budget() == 1460                        # the first lost segment
-    [first] = conn.on_socket_data(memoryview(bytes(1460)), T0)
-    assert guest.check(first).seq == (OUR_ISN + 1 + 1460) & tcp.MASK
+    [first] = conn.on_socket_data(memoryview(bytes(1460)), T0).frames
+    assert guest.check(first).seq == (OUR_ISN + 1 + 1460) & tcp_wire.MASK
     assert conn.send_budget() == 0                           # until it is acknowledged
     for _ in range(5):                                       # still recovering: no more
         assert not ack(guest, conn, OUR_ISN + 1 + 1460).retransmit
@@ -560,14 +564,14 @@ def test_recovery_follows_partial_acks_one_hole_at_a_time() -> None:
     conn.on_socket_data(memoryview(bytes(10 * 1000)), T0)   # 6 full segments + 1240
     for _ in range(3):
         ack(guest, conn, OUR_ISN + 1)
-    [hole] = conn.on_socket_data(memoryview(bytes(conn.send_budget())), T0)
-    assert guest.check(hole).seq == (OUR_ISN + 1) & tcp.MASK
+    [hole] = conn.on_socket_data(memoryview(bytes(conn.send_budget())), T0).frames
+    assert guest.check(hole).seq == (OUR_ISN + 1) & tcp_wire.MASK
     # the guest had all but one more segment: its ACK stops at the next hole
     actions = ack(guest, conn, OUR_ISN + 1 + 4 * 1460)
     assert actions.acked == 4 * 1460 and conn.snd_nxt == conn.snd_una
     assert conn.send_budget() == 1460
-    [hole] = conn.on_socket_data(memoryview(bytes(1460)), T0)
-    assert guest.check(hole).seq == (OUR_ISN + 1 + 4 * 1460) & tcp.MASK
+    [hole] = conn.on_socket_data(memoryview(bytes(1460)), T0).frames
+    assert guest.check(hole).seq == (OUR_ISN + 1 + 4 * 1460) & tcp_wire.MASK
     # everything sent before the loss is in: back to the whole window
     actions = ack(guest, conn, OUR_ISN + 1 + 10 * 1000)
     assert actions.acked == 10 * 1000 - 4 * 1460 and conn.send_budget() == 1000 << 7
@@ -585,7 +589,7 @@ def test_ack_beyond_rewound_send_point_accepted() -> None:
     conn.on_socket_data(memoryview(bytes(1460)), T0)           # one resent
     actions = ack(guest, conn, OUR_ISN + 1 + 4 * 1460)
     assert actions.acked == 4 * 1460
-    assert conn.snd_nxt == conn.snd_una == (OUR_ISN + 1 + 4 * 1460) & tcp.MASK
+    assert conn.snd_nxt == conn.snd_una == (OUR_ISN + 1 + 4 * 1460) & tcp_wire.MASK
 
 
 def test_duplicate_ack_with_window_change_is_no_duplicate() -> None:
@@ -652,7 +656,7 @@ def test_socket_eof_then_guest_fin_closes_and_lingers() -> None:
     guest = Guest()
     conn = established(guest)
     conn.on_socket_data(memoryview(b"bye"), T0)
-    [frame] = conn.on_socket_eof(T0)
+    [frame] = conn.on_socket_eof(T0).frames
     fin = guest.check(frame)
     assert (fin.flags, fin.seq) == (FIN | ACK, OUR_ISN + 4)
     assert conn.send_budget() == 0
@@ -677,7 +681,7 @@ def test_guest_fin_first_then_socket_eof() -> None:
     assert actions.shutdown_write and not actions.closed
     assert guest.check(actions.frames[0]).ack == GUEST_ISN + 2
     conn.on_socket_data(memoryview(b"answer"), T0)               # half-closed: data still flows
-    [fin] = conn.on_socket_eof(T0)
+    [fin] = conn.on_socket_eof(T0).frames
     assert guest.check(fin).flags == FIN | ACK
     actions = ack(guest, conn, OUR_ISN + 8)
     assert actions.closed and actions.acked == 6
@@ -700,7 +704,7 @@ def test_fin_waits_for_window_and_is_retransmitted() -> None:
     guest = Guest()
     conn = established(guest, window_field=1)                 # 128 bytes
     conn.on_socket_data(memoryview(bytes(128)), T0)
-    assert conn.on_socket_eof(T0) == []                        # the window is full
+    assert conn.on_socket_eof(T0).frames == []                 # the window is full
     actions = ack(guest, conn, OUR_ISN + 129, window_field=1)
     [frame] = actions.frames
     assert guest.check(frame).flags == FIN | ACK
@@ -723,10 +727,12 @@ def test_socket_error_resets_guest() -> None:
     guest = Guest()
     conn = established(guest)
     conn.on_socket_data(memoryview(bytes(10)), T0)
-    [frame] = conn.on_socket_error(T0)
-    rst = guest.check(frame)
+    actions = conn.on_socket_error(T0)
+    rst = guest.check(actions.frames[0])
     assert (rst.flags, rst.seq, rst.ack) == (RST | ACK, OUR_ISN + 11, GUEST_ISN + 1)
-    assert conn.on_socket_error(T0) == []
+    assert actions.forget
+    again = conn.on_socket_error(T0)
+    assert again.frames == [] and again.forget
 
 
 def test_syn_on_established_flow_gets_challenge_ack() -> None:
@@ -743,20 +749,20 @@ def test_syn_on_established_flow_gets_challenge_ack() -> None:
 def test_reset_for_unknown_flows(v6: bool) -> None:
     guest = Guest(v6)
     seg, inb = guest.seg(300, 400, ACK, payload=b"xyz")
-    rst = guest.check(tcp.rst_for_unknown(seg, inb, NET.our_mac))
+    rst = guest.check(tcp_wire.rst_for_unknown(seg, inb, NET.our_mac))
     assert (rst.flags, rst.seq, rst.ack) == (RST, 400, 0)
     seg, inb = guest.seg(300, 0, SYN)
-    rst = guest.check(tcp.rst_for_unknown(seg, inb, NET.our_mac))
+    rst = guest.check(tcp_wire.rst_for_unknown(seg, inb, NET.our_mac))
     assert (rst.flags, rst.seq, rst.ack) == (RST | ACK, 0, 301)
     seg, inb = guest.seg(300, 0, RST)
-    assert tcp.rst_for_unknown(seg, inb, NET.our_mac) is None
+    assert tcp_wire.rst_for_unknown(seg, inb, NET.our_mac) is None
 
 
 def test_isn_keyed_by_tuple_and_clocked_at_4_microseconds() -> None:
     secret = bytes(range(16))
     base = tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 10.0)
     assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 10.0) == base
-    assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 11.0) == (base + 250_000) & tcp.MASK
+    assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40000, 11.0) == (base + 250_000) & tcp_wire.MASK
     assert tcp.isn_for(secret, PEER4, 80, GUEST4, 40001, 10.0) != base
     assert tcp.isn_for(bytes(16), PEER4, 80, GUEST4, 40000, 10.0) != base
 
@@ -768,9 +774,9 @@ def test_whole_exchange_over_ipv6_and_ipv4(v6: bool) -> None:
     conn = established(guest)
     actions = conn.on_guest_segment(data_seg(guest, conn, 0, b"GET /\r\n"), T0)
     guest.check(conn.on_socket_accepted(len(actions.to_socket), FREE, SNDBUF, T0).frames[0])
-    frames = conn.on_socket_data(memoryview(b"200 OK"), T0)
+    frames = conn.on_socket_data(memoryview(b"200 OK"), T0).frames
     assert bytes(guest.check(frames[0]).payload) == b"200 OK"
-    guest.check(conn.on_socket_eof(T0)[0])
+    guest.check(conn.on_socket_eof(T0).frames[0])
     seg, _ = guest.seg(GUEST_ISN + 8, OUR_ISN + 8, FIN | ACK, 1000)
     actions = conn.on_guest_segment(seg, T0)
     assert actions.acked == 6 and actions.shutdown_write and actions.closed
@@ -786,7 +792,7 @@ def test_tso_frames_hold_whole_segments_with_partial_checksums() -> None:
     mss = conn.snd_mss
     assert mss == conn.mtu_mss
     data = bytes(range(256)) * 1024                       # 256 KiB
-    frames = conn.on_socket_data(memoryview(data), T0)
+    frames = conn.on_socket_data(memoryview(data), T0).frames
     sizes = [len(f) - 54 for f in frames]
     step = tcp.TSO_MAX_PAYLOAD // mss * mss
     assert sizes[:-1] == [step] * (len(sizes) - 1) and sum(sizes) == min(len(data),
@@ -806,8 +812,8 @@ def test_tso_acks_and_resets_carry_partial_checksums() -> None:
     guest = Guest()
     seg, inb = guest.seg(GUEST_ISN, 0, SYN, 64240, options=LINUX_SYN_OPTIONS)
     conn = TcpConn.from_guest_syn(seg, inb, guest.net, OUR_ISN, T0, tso=True)
-    ack = bytes(conn.on_connected(FREE, SNDBUF, T0)[0])[34:]
-    rst = bytes(tcp.rst_for_unknown(*guest.seg(5, 7, ACK), NET.our_mac, partial=True))[34:]
+    ack = bytes(conn.on_connected(FREE, SNDBUF, T0).frames[0])[34:]
+    rst = bytes(tcp_wire.rst_for_unknown(*guest.seg(5, 7, ACK), NET.our_mac, partial=True))[34:]
     for l4 in (ack, rst):
         pseudo = PEER4 + GUEST4 + struct.pack("!BBH", 0, 6, len(l4))
         assert struct.unpack_from("!H", l4, 16)[0] == reference_checksum(pseudo) ^ 0xFFFF
@@ -818,8 +824,49 @@ def test_no_tso_when_the_guest_mss_is_below_the_mtu() -> None:
     conn = established(guest, options=struct.pack("!BBH", 2, 4, 1000) + b"\x01\x03\x03\x07",
                        window_field=0xFFFF)
     conn.tso = True
-    frames = conn.on_socket_data(memoryview(bytes(5000)), T0)
+    frames = conn.on_socket_data(memoryview(bytes(5000)), T0).frames
     assert [len(f) - 54 for f in frames] == [1000] * 5
+
+
+def test_every_input_answers_with_actions_and_the_timer() -> None:
+    """One output shape: each input returns Actions, and its deadline is
+    when the connection wants ``on_timer`` next; for guest data, whose
+    input ends with the write's answer, that answer has it."""
+    guest = Guest()
+    conn = outbound_conn(guest)
+    handshake, _ = guest.seg(GUEST_ISN + 1, OUR_ISN + 1, ACK, 1000)
+    inputs = [
+        lambda: conn.on_connected(FREE, SNDBUF, T0),               # SYN-ACK retry at 1 s
+        lambda: conn.on_guest_segment(handshake, T0),              # only the inactivity limit
+        lambda: conn.on_socket_data(memoryview(b"abc"), T0 + 1),   # retransmission at 1 s
+        lambda: conn.on_guest_segment(data_seg(guest, conn, 0, b"q"), T0 + 1),
+        lambda: conn.on_socket_accepted(1, 80, SNDBUF, T0 + 1),
+        lambda: conn.on_socket_writable(FREE, SNDBUF),
+        lambda: conn.on_socket_eof(T0 + 1),
+        lambda: conn.on_timer(T0 + 2),                             # backed off to 2 s
+    ]
+    deadlines = []
+    for call in inputs:
+        actions = call()
+        assert isinstance(actions, tcp.Actions)
+        assert actions.deadline == (None if actions.to_socket else conn.next_deadline())
+        deadlines.append(actions.deadline)
+    assert deadlines == [T0 + 1, T0 + tcp.INACTIVITY, T0 + 2, None] + [T0 + 2] * 3 + [T0 + 4]
+    assert conn.on_socket_error(T0 + 3).forget
+
+
+def test_one_actions_per_connection_emptied_for_each_input() -> None:
+    """The hot path allocates no answer: every input returns the
+    connection's own Actions, emptied of what the input before set."""
+    guest = Guest()
+    conn = established(guest)
+    answer = conn.on_guest_segment(data_seg(guest, conn, 0, b"abc"), T0)
+    assert bytes(answer.to_socket) == b"abc"
+    assert conn.on_socket_accepted(3, FREE, SNDBUF, T0) is answer
+    assert answer.to_socket is None and len(answer.frames) == 1
+    assert conn.on_socket_data(memoryview(b"xyz"), T0) is answer
+    assert ack(guest, conn, OUR_ISN + 4) is answer
+    assert answer == tcp.Actions(acked=3, send_more=True, deadline=T0 + tcp.INACTIVITY)
 
 
 @given(seq_offset=st.sampled_from([0, 0, 0, 1, -1, 5]), advance=st.integers(0, 12),
@@ -842,5 +889,8 @@ def test_header_prediction_decides_as_the_general_path(seq_offset: int, advance:
     expected = tcp.Actions()
     general.last_activity = T0 + 1
     general._seg_established(seg, expected, T0 + 1)
+    if expected.to_socket is None:
+        expected.deadline = general.next_deadline()
     assert conn.on_guest_segment(seg, T0 + 1) == expected
-    assert all(getattr(conn, name) == getattr(general, name) for name in TcpConn.__slots__)
+    assert all(getattr(conn, name) == getattr(general, name) for name in TcpConn.__slots__
+               if name != "actions")          # the answer's object, shared by the copy
