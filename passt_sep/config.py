@@ -626,7 +626,11 @@ def _apply(opt: Option, value: str, values: dict[str, Any]) -> None:
         _dns(value, values)
         return
     if name == "--dns-forward":
-        values["dns_forward"] = values.get("dns_forward", ()) + (_addr()(value, name),)
+        address = _addr()(value, name)
+        why = _unusable(address)
+        if why:                         # as pasta: the guest could not tell it from its own
+            raise ConfigError(f"Invalid DNS forwarding address: {value} ({why})")
+        values["dns_forward"] = values.get("dns_forward", ()) + (address,)
         return
     if name == "--dns-host":
         address = _addr()(value, name)

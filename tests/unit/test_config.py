@@ -651,3 +651,15 @@ def test_bracketed_ipv6_port_spec() -> None:
 
 def test_netmask_in_any_base() -> None:
     assert parse("-n", "0x18").prefix4 == parse("-n", "24").prefix4 == 24
+
+
+@pytest.mark.parametrize("value, why", [
+    ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"),
+    ("0.0.0.0", "the unspecified address"), ("224.0.0.1", "a multicast address"),
+])
+def test_dns_forward_refuses_what_the_guest_cannot_ask(value: str, why: str) -> None:
+    """As the current pasta: the forwarded resolver's address must be one
+    the guest sends to the gateway, not one of its own."""
+    assert error("--dns-forward", value) == f"Invalid DNS forwarding address: {value} ({why})"
+    assert parse_args(["--dns-forward", "169.254.1.1"], "pasta-sep").dns_forward == \
+        ("169.254.1.1",)
