@@ -242,7 +242,7 @@ OPTIONS: tuple[Option, ...] = (
 # pages' COMPATIBILITY section is made from this and ``Option.refused``).
 DIFFERENCES: dict[str, str] = {
     "--debug": "prints a summary of the configuration at start, not passt's full dump",
-    "--trace": "as --debug, with passt-sep's trace messages",
+    "--trace": "as --debug, and a line per guest frame (family, protocol, addresses, size)",
     "--stderr": "logs to standard error too (deprecated without effect in passt)",
     "--log-size": "also takes k, m, g and t suffixes; a full log file is emptied and "
                   "starts over",

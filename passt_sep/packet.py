@@ -310,3 +310,26 @@ def udp_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int
     """Complete Ethernet/IP/UDP frame."""
     segment = build_udp(src, dst, sport, dport, payload)
     return ip_frame(dst_mac, src_mac, src, dst, IPPROTO_UDP, segment, ttl)
+
+
+_PROTOCOL_NAMES = {IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP", IPPROTO_ICMP: "ICMP",
+                   IPPROTO_ICMPV6: "ICMPv6"}
+
+
+def describe_frame(frame: bytes | memoryview) -> str:
+    """One line saying what a guest frame is, for ``--trace``: family,
+    protocol, addresses and ports, length; what cannot be parsed, said so."""
+    try:
+        eth = parse_ethernet(frame)
+        if eth.ethertype == ETH_P_ARP:
+            return f"ARP, {len(frame)} bytes"
+        inb = parse_ip_frame(eth)
+    except Drop as drop:
+        return f"unparsed ({drop.reason}), {len(frame)} bytes"
+    family = "IPv6" if inb.is_ipv6 else "IPv4"
+    name = _PROTOCOL_NAMES.get(inb.proto, f"protocol {inb.proto}")
+    src, dst = address_text(inb.src), address_text(inb.dst)
+    if inb.proto in (IPPROTO_TCP, IPPROTO_UDP) and len(inb.l4) >= 4:
+        sport, dport = struct.unpack_from("!HH", inb.l4)
+        src, dst = f"{src}:{sport}", f"{dst}:{dport}"
+    return f"{family} {name} {src} > {dst}, {len(frame)} bytes"

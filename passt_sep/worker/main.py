@@ -17,14 +17,14 @@ from typing import NoReturn, TypeVar
 from .. import handoff, linux
 from ..config import Mode
 from ..handoff import Handoff, HandoffError, ListenerMeta, LogMeta, NetnsWatchMeta, Role
-from ..log import ERROR, INFO, Logger, describe_exception
+from ..log import ERROR, INFO, TRACE, Logger, describe_exception
 from ..sandbox import Prepared
 from .context import WorkerContext
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
 from .loop import EPOLLIN, Loop
 from .nsfwd import HostDiverts, NamespaceForwarding
-from .services import GuestServices
+from .services import GuestServices, TracingReceiver
 from .tcp_io import TcpHandler, TcpListener, new_secret
 from .udp_io import SendDatagrams, UdpHandler, UdpListener
 from .vhost_io import VhostUserLink
@@ -211,6 +211,8 @@ class Worker:
     def serve(self) -> int:
         """Start the guest link (a guest already there gets its router
         advertisement), then run the loop."""
-        self.link.start(self.services)
+        receiver = TracingReceiver(self.services, self.log) \
+            if self.config.log_level >= TRACE else self.services
+        self.link.start(receiver)
         self.loop.run()
         return self.exit_code

@@ -204,3 +204,15 @@ def test_podman_command_lines(topo: Topology, pasta: str, netns: str, release: s
         assert result.stderr == ""
     addresses = topo.run_host("ip", "netns", "exec", netns, "ip", "-br", "-4", "addr").stdout
     assert f"{HOST_ADDR4}/24" in addresses
+
+
+def test_trace_says_every_guest_frame(topo: Topology, pasta: str) -> None:
+    """--trace: a line per guest frame, with family, protocol and addresses
+    (the namespace's ping to the remote among them); without it, none."""
+    ping = ("ping", "-c", "1", "-W", "5", REMOTE_ADDR4)
+    traced = topo.run_host(pasta, "--trace", "--config-net", "--", *ping)
+    assert traced.returncode == 0, traced.stderr
+    assert re.search(rf"guest: IPv4 ICMP {HOST_ADDR4} > {REMOTE_ADDR4}, \d+ bytes",
+                     traced.stderr), traced.stderr
+    plain = topo.run_host(pasta, "--config-net", "--", *ping)
+    assert plain.returncode == 0 and "guest: " not in plain.stderr, plain.stderr

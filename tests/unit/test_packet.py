@@ -135,3 +135,14 @@ def test_checksum_property(data: bytes) -> None:
     padded = data + (b"\0" if len(data) % 2 else b"")
     csum = packet.checksum(padded)
     assert packet.checksum(padded + csum.to_bytes(2, "big")) in (0, 0xFFFF)
+
+
+def test_describe_frame_says_what_a_frame_is() -> None:
+    """--trace's one line per guest frame."""
+    mac = bytes(6)
+    frame = packet.udp_frame(mac, mac, bytes([198, 51, 100, 2]), bytes([203, 0, 113, 1]),
+                             5353, 53, b"query")
+    assert packet.describe_frame(frame) == \
+        f"IPv4 UDP 198.51.100.2:5353 > 203.0.113.1:53, {len(frame)} bytes"
+    assert packet.describe_frame(b"\x00" * 12 + b"\x08\x06" + bytes(28)) == "ARP, 42 bytes"
+    assert packet.describe_frame(b"\x00" * 10).startswith("unparsed (")
