@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import tcp
-from ..flow import FlowKey, FlowTable
+from ..flow import FlowKey, FlowSection
 from ..packet import IPPROTO_TCP, Inbound
 from ..tcp import ACK, RST, SYN, State
 from .context import WorkerContext
@@ -115,7 +115,7 @@ class TcpHandler:
         self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
         self.secret = secret
         self.verify = ctx.config.verify_checksums
-        self.flows: FlowTable[Flow] = FlowTable(ctx.config.max_flows)
+        self.flows: FlowSection[Flow] = ctx.flows.section(IPPROTO_TCP)
         self.buffer = bytearray(PEEK_BUFFER)
         self.view = memoryview(self.buffer)
         self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}
