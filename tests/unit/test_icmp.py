@@ -211,7 +211,8 @@ def echo_flow(v6: bool, ident: int, dst: bytes) -> FlowKey:
                    GUEST6 if v6 else GUEST4, ident, dst, 0)
 
 
-KEY_A, KEY_B, KEY_C = echo_flow(False, 1, PEER4), echo_flow(True, 1, PEER6), echo_flow(False, 2, PEER4)
+KEY_A, KEY_B = echo_flow(False, 1, PEER4), echo_flow(True, 1, PEER6)
+KEY_C = echo_flow(False, 2, PEER4)
 
 
 def test_echo_key_is_the_guests_view_with_the_identifier_as_its_port() -> None:
