@@ -205,7 +205,30 @@ with \fB\-\-clat\fR, the resolvers asked for the NAT64 prefix.
 .TP
 \fI/dev/net/tun\fR
 The tap device (pasta mode).
-.SH EXIT STATUS
+"""
+
+SIGNALS = r""".SH SIGNALS
+.TP
+\fBSIGUSR1\fR
+The worker logs its counters (at level info, to the log or standard
+error): \fBflows\fR, the flows it holds now (at most \fB\-\-max\-flows\fR,
+every kind together), and events and drops by name, for instance
+\fBtcp_flows_full\fR, \fBsplice_flows_full\fR, \fBudp_splice_flows_full\fR,
+\fBdrop_udp_flows_full\fR and \fBicmp_flows_full\fR (new flows refused
+because the flow table was full), \fBudp_rcvbuf_drops\fR
+(datagrams the kernel dropped at a full receive buffer of one of the
+worker's UDP sockets), \fBudp_send_full\fR and \fBudp_send_error\fR
+(datagrams from the guest that a host socket refused), \fBtap_full\fR and
+\fBtap_write_error\fR (frames, each datagram of a batched UDP write counted,
+that could not be written to the guest).
+"""
+
+PASTA_SIGNALS = r"""Frames the namespace sends faster than the worker reads them wait in the
+tap's queue (12288 frames); what overflows it is the kernel's count, the
+tap's transmit drops in the namespace (\fBip \-s link\fR).
+"""
+
+EXIT = r""".SH EXIT STATUS
 0 when the worker serves (background) or exited cleanly (foreground); in
 pasta's command mode, the command's exit status; 1 for a bad option, a port
 already in use, a missing namespace or any other setup error, with one line
@@ -293,8 +316,8 @@ def page(mode: str) -> str:
             f".SH OPTIONS\n{options}"
             + CLAT + compatibility() + SECURITY + LIFETIME
             + (PASTA_LIFETIME if mode == "pasta" else "")
-            + EXAMPLES[mode] + FILES.replace("SEE ALSO\n",
-                                                       f"SEE ALSO\n\\fB{esc(other)}\\fR(1), "))
+            + EXAMPLES[mode] + FILES + SIGNALS + (PASTA_SIGNALS if mode == "pasta" else "")
+            + EXIT.replace("SEE ALSO\n", f"SEE ALSO\n\\fB{esc(other)}\\fR(1), "))
 
 
 def main() -> None:

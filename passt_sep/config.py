@@ -198,7 +198,11 @@ OPTIONS: tuple[Option, ...] = (
            "none for passt, auto for pasta"),
     Option("-u", "--udp-ports", "SPEC", BOTH, "UDP port forwarding to guest or namespace",
            "none for passt, auto for pasta"),
-    Option(None, "--max-flows", "N", BOTH, "Maximum number of concurrent flows", "8192"),
+    Option(None, "--max-flows", "N", BOTH,
+           "Maximum number of concurrent flows, one cap for all of them together: TCP "
+           "connections, spliced loopback connections, UDP flows (relayed loopback ones too) "
+           "and ICMP echo flows.  Once it is reached, a new flow of any kind is refused and "
+           "counted: TCP with a reset, UDP datagrams and echo requests dropped", "8192"),
     Option(None, "--clat", None, BOTH,
            "IPv4 for the guest through the network's NAT64: every IPv4 flow leaves the host "
            "as IPv6 to the NAT64 prefix (464XLAT's CLAT, RFC 6877)"),

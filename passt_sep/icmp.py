@@ -5,8 +5,9 @@ request built here; the kernel replaces its identifier with the socket's
 own and fixes the checksum, and hands back replies as ICMP messages.  This
 module parses the guest's requests, builds what goes to the socket, and
 turns replies back into frames carrying the guest's original identifier.
-``EchoFlows`` remembers which socket serves which (family, identifier,
-destination), capped and expiring.  No I/O here.
+``EchoFlows`` remembers which socket serves which (guest address,
+identifier, destination), as entries of the worker's one flow table
+(:mod:`passt_sep.flow`), under its cap and expiring.  No I/O here.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import struct
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from .flow import FlowKey, FlowSection, FlowTable
 from .netparams import Network
 from .packet import IPPROTO_ICMP, IPPROTO_ICMPV6, Drop, Inbound, checksum, ip_frame, l4_checksum
 
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
 _ECHO = struct.Struct("!BBHHH")
-
-EchoKey = tuple[bool, int, bytes]  # (IPv6, guest identifier, destination)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,41 +85,58 @@ def echo_reply_frame(net: Network, guest_mac: bytes, src: bytes, dst: bytes, ide
                     IPPROTO_ICMPV6 if v6 else IPPROTO_ICMP, message)
 
 
-class EchoFlows:
-    """(IPv6, identifier, destination) -> the loop's handle (a socket fd)."""
+def echo_key(request: EchoRequest, guest: bytes) -> FlowKey:
+    """The flow of the guest's echo requests from ``guest`` with the
+    request's identifier to its destination (the guest's terms)."""
+    return FlowKey(IPPROTO_ICMPV6 if request.v6 else IPPROTO_ICMP, guest, request.ident,
+                   request.dst, 0)
 
-    def __init__(self, max_flows: int, timeout: float = 60.0) -> None:
-        self.max_flows = max_flows
+
+@dataclass(slots=True)
+class EchoFlow:
+    """A flow's entry in the table: the loop's handle (a ping socket's fd)."""
+
+    handle: Hashable
+    last_used: float
+
+
+class EchoFlows:
+    """Echo flows in the worker's flow table (its ICMP section: under the
+    table's one cap, expiring), and the key of each by handle (an index
+    emptied with the entries)."""
+
+    def __init__(self, table: FlowTable, timeout: float = 60.0) -> None:
         self.timeout = timeout
-        self.flows: dict[EchoKey, tuple[Hashable, float]] = {}
-        self.keys: dict[Hashable, EchoKey] = {}
+        self.section: FlowSection[EchoFlow] = table.section(IPPROTO_ICMP, IPPROTO_ICMPV6)
+        self.keys: dict[Hashable, FlowKey] = {}
 
     def __len__(self) -> int:
-        return len(self.flows)
+        return len(self.section)
 
-    def get(self, key: EchoKey, now: float) -> Hashable | None:
-        entry = self.flows.get(key)
+    def get(self, key: FlowKey, now: float) -> Hashable | None:
+        entry = self.section.get(key)
         if entry is None:
             return None
-        self.flows[key] = (entry[0], now)
-        return entry[0]
+        entry.last_used = now
+        return entry.handle
 
-    def add(self, key: EchoKey, handle: Hashable, now: float) -> bool:
-        if len(self.flows) >= self.max_flows:
+    def full(self) -> bool:
+        """The flow table has no room, for any protocol."""
+        return self.section.full
+
+    def add(self, key: FlowKey, handle: Hashable, now: float) -> bool:
+        """Admit a flow under the table's cap; False when refused."""
+        if not self.section.add(key, EchoFlow(handle, now)):
             return False
-        self.flows[key] = (handle, now)
         self.keys[handle] = key
         return True
 
-    def by_handle(self, handle: Hashable) -> EchoKey | None:
+    def by_handle(self, handle: Hashable) -> FlowKey | None:
         return self.keys.get(handle)
 
     def expired(self, now: float) -> list[Hashable]:
         """Remove and return the handles of flows idle past the timeout."""
-        stale = [key for key, (_, used) in self.flows.items() if now - used > self.timeout]
-        handles = []
-        for key in stale:
-            handle, _ = self.flows.pop(key)
+        handles = [entry.handle for entry in self.section.expire(now, self.timeout)]
+        for handle in handles:
             self.keys.pop(handle, None)
-            handles.append(handle)
         return handles

@@ -28,10 +28,12 @@ through the same flow are gathered in a ``SendBatch`` and leave in one
 ``sendmsg`` with UDP GSO (``UDP_SEGMENT``): the kernel cuts them apart
 again, each the size the guest gave it, in order.
 
-Flows end after ``timeout`` seconds without traffic either way; the table is
-capped.  Errors the kernel reports for a flow's socket (IP_RECVERR: port or
-host unreachable) are reflected to the guest as ICMP/ICMPv6 errors quoting
-the datagram the guest sent, so its connected socket sees ECONNREFUSED.
+Flows end after ``timeout`` seconds without traffic either way.  They are
+entries of the worker's one flow table (:mod:`passt_sep.flow`), under its
+cap shared with every other protocol.  Errors the kernel reports for a
+flow's socket (IP_RECVERR: port or host unreachable) are reflected to the
+guest as ICMP/ICMPv6 errors quoting the datagram the guest sent, so its
+connected socket sees ECONNREFUSED.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from .flow import FlowKey, FlowSection, FlowTable
 from .fwd import AddressMap
 from .netparams import Network
 from .packet import (
@@ -156,9 +159,6 @@ def unreachable_frame(net: Network, guest_mac: bytes, guest: bytes, gport: int,
     return ip_frame(guest_mac, net.our_mac, peer, guest, IPPROTO_ICMPV6, message)
 
 
-FlowKey = tuple[bool, int, bytes, int]   # v6, guest port, peer (as the guest sees it), port
-
-
 @dataclass
 class UdpFlow:
     """One guest 5-tuple and its host socket, connected to the peer."""
@@ -176,7 +176,7 @@ class UdpFlow:
 
     @property
     def key(self) -> FlowKey:
-        return (self.v6, self.guest_port, self.peer, self.peer_port)
+        return FlowKey(IPPROTO_UDP, self.guest_addr, self.guest_port, self.peer, self.peer_port)
 
     @property
     def on_guest_port(self) -> bool:
@@ -238,34 +238,37 @@ AnyFlow = UdpFlow | UdpForward      # what a host socket of ours serves
 
 
 class UdpFlows:
-    """Connected flows by 5-tuple, forwarded ports by (v6, target port),
-    both by socket handle.  Connected flows are capped and expire."""
+    """Connected flows in the worker's flow table (its UDP section: they
+    count against the table's one cap, and expire); forwarded ports, which
+    are listeners, not flows, by (v6, target port); both by socket handle,
+    an index built from the entries added here and emptied as they go."""
 
-    def __init__(self, max_flows: int, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.max_flows = max_flows
+    def __init__(self, table: FlowTable, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.timeout = timeout
-        self.by_key: dict[FlowKey, UdpFlow] = {}
+        self.section: FlowSection[UdpFlow] = table.section(IPPROTO_UDP)
         self.forwards: dict[tuple[bool, int], UdpForward] = {}
         self.by_handle: dict[int, AnyFlow] = {}
         # (v6, port) -> host peers of our flows bound to their guest's port
         self.held: dict[tuple[bool, int], set[tuple[bytes, int]]] = {}
 
     def __len__(self) -> int:
-        return len(self.by_key)
+        return len(self.section)
 
-    def lookup(self, v6: bool, guest_port: int, peer: bytes, peer_port: int,
+    def lookup(self, guest: bytes, guest_port: int, peer: bytes, peer_port: int,
                now: float) -> AnyFlow | None:
         """Where a guest datagram goes: its own connected flow, else the
         forwarded port it answers from; None: a new flow."""
-        flow: AnyFlow | None = self.by_key.get((v6, guest_port, peer, peer_port))
+        flow: AnyFlow | None = self.section.get(
+            FlowKey(IPPROTO_UDP, guest, guest_port, peer, peer_port))
         if flow is None:
-            flow = self.forwards.get((v6, guest_port))
+            flow = self.forwards.get((len(guest) == 16, guest_port))
         if flow is not None:
             flow.last_used = now
         return flow
 
     def full(self) -> bool:
-        return len(self.by_key) >= self.max_flows
+        """The flow table has no room, for any protocol."""
+        return self.section.full
 
     def bind_plan(self, flow: UdpFlow) -> tuple[tuple[int, bool], ...]:
         """``(port, share)`` binds to try, in order, for a new flow's socket.
@@ -282,9 +285,9 @@ class UdpFlows:
         return ((flow.guest_port, True), (0, False))
 
     def add(self, flow: UdpFlow) -> bool:
-        if self.full():
+        """Admit a flow under the table's cap; False when refused."""
+        if not self.section.add(flow.key, flow):
             return False
-        self.by_key[flow.key] = flow
         self.by_handle[flow.handle] = flow
         if flow.on_guest_port:
             self.held.setdefault((flow.v6, flow.host_port), set()).add(
@@ -298,12 +301,16 @@ class UdpFlows:
     def remove(self, flow: AnyFlow) -> None:
         if self.by_handle.get(flow.handle) is not flow:
             return
-        del self.by_handle[flow.handle]
         if isinstance(flow, UdpForward):
+            del self.by_handle[flow.handle]
             if self.forwards.get((flow.v6, flow.guest_port)) is flow:
                 del self.forwards[(flow.v6, flow.guest_port)]
             return
-        del self.by_key[flow.key]
+        self.section.remove(flow.key)
+        self._unindex(flow)
+
+    def _unindex(self, flow: UdpFlow) -> None:
+        del self.by_handle[flow.handle]
         peers = self.held.get((flow.v6, flow.host_port))
         if flow.on_guest_port and peers is not None:
             peers.discard((flow.host_peer, flow.peer_port))
@@ -312,10 +319,14 @@ class UdpFlows:
 
     def expired(self, now: float) -> list[UdpFlow]:
         """Remove and return connected flows idle for longer than the timeout."""
-        stale = [f for f in self.by_key.values() if now - f.last_used > self.timeout]
+        stale = self.section.expire(now, self.timeout)
         for flow in stale:
-            self.remove(flow)
+            self._unindex(flow)
         return stale
+
+    def connected(self) -> list[UdpFlow]:
+        """The connected flows, as a snapshot."""
+        return self.section.values()
 
 
 class SendBatch:

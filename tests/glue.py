@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from passt_sep import packet, tcp, tcp_wire, udp
-from passt_sep.flow import FlowKey
+from passt_sep.flow import FlowKey, FlowTable
 from passt_sep.fwd import AddressMap
 from passt_sep.handoff import WorkerConfig
 from passt_sep.log import Logger
@@ -127,7 +127,7 @@ class Rig:
         guest's MAC known (``mac``) or still to learn (None)."""
         config = WorkerConfig(mode=Mode.PASST, max_flows=max_flows, **flags)
         return WorkerContext(self.loop, self.log, config, NET, self.frames, ADDRMAP,
-                             guest_mac=GuestMac(mac))
+                             FlowTable(max_flows), guest_mac=GuestMac(mac))
 
     def tcp(self, max_flows: int = 16, listeners: Iterable[TcpListener] = ()) -> TcpHandler:
         handler = TcpHandler(self.context(max_flows), list(listeners), bytes(16))
@@ -142,7 +142,7 @@ class Rig:
 
     def echo(self, max_flows: int = 16) -> EchoHandler:
         handler = EchoHandler(self.context(max_flows))
-        self.closers.append(lambda: _close_all(sock for sock, _ in handler.sockets.values()))
+        self.closers.append(lambda: _close_all(handler.sockets.values()))
         return handler
 
     def run_until(self, done: Callable[[], object], what: str) -> None:

@@ -4,7 +4,8 @@ ctx`` is the model).
 ``worker.main.Worker`` builds it in dependency order: the loop and the log,
 the configuration and network from the handoff, the guest link (which only
 sends until it is started), then what is derived from those: the address
-map, the outbound binding and the guest's MAC address.  Every handler takes
+map, the flow table every protocol's handler shares (one ``--max-flows``
+cap for all of them), the outbound binding and the guest's MAC address.  Every handler takes
 the context first and reads what it needs from it at construction; nothing
 in it refers to a part not yet built.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..flow import FlowTable
 from ..fwd import AddressMap
 from ..handoff import WorkerConfig
 from ..log import Logger
@@ -53,15 +55,18 @@ class WorkerContext:
     net: Network
     link: FrameSink
     addrmap: AddressMap
+    flows: FlowTable
     outbound: Outbound = DEFAULT_OUTBOUND
     guest_mac: GuestMac = field(default_factory=lambda: GuestMac(None))
 
     @classmethod
     def build(cls, loop: Loop, log: Logger, config: WorkerConfig, net: Network,
               link: FrameSink) -> WorkerContext:
-        """The derived parts (address map, outbound, guest MAC) from the rest."""
+        """The derived parts (address map, the flow table, outbound, guest
+        MAC) from the rest."""
         return cls(loop, log, config, net, link, address_map(config, net),
-                   Outbound.from_config(config), GuestMac(net.guest_mac))
+                   FlowTable(config.max_flows), Outbound.from_config(config),
+                   GuestMac(net.guest_mac))
 
 
 def address_map(config: WorkerConfig, net: Network) -> AddressMap:

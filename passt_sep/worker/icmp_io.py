@@ -13,6 +13,7 @@ import errno
 import socket
 
 from .. import icmp
+from ..flow import FlowKey
 from ..log import WARNING
 from ..packet import Inbound
 from .context import WorkerContext
@@ -28,8 +29,8 @@ class EchoHandler:
         self.outbound = ctx.outbound
         self.send_frame = ctx.link.send
         self.guest_mac = ctx.guest_mac
-        self.flows = icmp.EchoFlows(ctx.config.max_flows, ECHO_TIMEOUT)
-        self.sockets: dict[int, tuple[socket.socket, bytes]] = {}  # fd -> (sock, guest src)
+        self.flows = icmp.EchoFlows(ctx.flows, ECHO_TIMEOUT)
+        self.sockets: dict[int, socket.socket] = {}
         self.sweep_timer = None
 
     def on_guest_echo(self, inb: Inbound, now: float) -> bool:
@@ -37,14 +38,14 @@ class EchoHandler:
         request = icmp.parse_echo_request(inb)
         if request is None:
             return False
-        key = (request.v6, request.ident, request.dst)
+        key = icmp.echo_key(request, inb.src)
         host = self.addrmap.to_host(request.dst, 0)
         fd = self.flows.get(key, now)
         if fd is None:
-            fd = self._open(key, len(host) == 16, inb.src, now)
+            fd = self._open(key, len(host) == 16, now)
             if fd is None:
                 return True
-        sock = self.sockets[fd][0]
+        sock = self.sockets[fd]
         target = socket.inet_ntop(sock.family, host)
         v6 = sock.family == socket.AF_INET6
         try:
@@ -54,10 +55,13 @@ class EchoHandler:
             self.log.ratelimited("icmp_send", 7, f"ping to {target} failed: {exc.strerror}")
         return True
 
-    def _open(self, key: tuple[bool, int, bytes], v6: bool, guest_src: bytes,
-              now: float) -> int | None:
+    def _open(self, key: FlowKey, v6: bool, now: float) -> int | None:
         """A ping socket for flow ``key``, of IPv6 if ``v6`` (the host's
-        family, which ``--clat`` makes IPv6 for an IPv4 guest)."""
+        family, which ``--clat`` makes IPv6 for an IPv4 guest); None when
+        refused, the flow table (shared by every protocol) full among them."""
+        if self.flows.full():
+            self.loop.counters.add("icmp_flows_full")
+            return None
         family, proto = ((socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6
                          else (socket.AF_INET, socket.IPPROTO_ICMP))
         try:
@@ -79,13 +83,13 @@ class EchoHandler:
             sock.close()
             self.loop.counters.add("icmp_flows_full")
             return None
-        self.sockets[fd] = (sock, guest_src)
+        self.sockets[fd] = sock
         self.loop.add_fd(fd, EPOLLIN, self._readable)
         self._schedule_sweep(now)
         return fd
 
     def _readable(self, fd: int, events: int, now: float) -> None:
-        sock, guest_src = self.sockets[fd]
+        sock = self.sockets[fd]
         key = self.flows.by_handle(fd)
         while key is not None:
             try:
@@ -99,8 +103,8 @@ class EchoHandler:
             if reply is None:
                 continue
             seq, data = reply
-            self.send_frame(icmp.echo_reply_frame(self.net, self.guest_mac(), key[2], guest_src,
-                                                  key[1], seq, data))
+            self.send_frame(icmp.echo_reply_frame(self.net, self.guest_mac(), key.peer_addr,
+                                                  key.guest_addr, key.guest_port, seq, data))
 
     def _schedule_sweep(self, now: float) -> None:
         if self.sweep_timer is None:
@@ -109,7 +113,7 @@ class EchoHandler:
     def _sweep(self, now: float) -> None:
         self.sweep_timer = None
         for fd in self.flows.expired(now):
-            sock, _ = self.sockets.pop(fd)
+            sock = self.sockets.pop(fd)
             self.loop.remove_fd(fd)
             sock.close()
         if self.sockets:

@@ -76,6 +76,8 @@ class Worker:
         capture = Capture(received.fd(Role.PCAP))
         link = self._guest_link(capture, received.network.mtu)
         ctx = WorkerContext.build(self.loop, log, config, received.network, link)
+        flows = ctx.flows       # how full the one table is, with the counters
+        self.loop.counters.sources.append(lambda: {"flows": len(flows)})
         diverts = HostDiverts(ctx, received) if config.mode is Mode.PASTA else None
         echo = None if config.no_icmp else EchoHandler(ctx)
         udp = None if config.no_udp else UdpHandler(

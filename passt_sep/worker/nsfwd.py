@@ -35,7 +35,7 @@ class HostDiverts:
         config, net = ctx.config, ctx.net
         entry = handoff.one(Role.NS_SOURCE)
         self.source = NsSource(entry.fd) if entry else None
-        self.relay = None if config.no_udp else UdpRelay(ctx.loop, ctx.log, config.max_flows)
+        self.relay = None if config.no_udp else UdpRelay(ctx.loop, ctx.log, ctx.flows)
         # the host's own address is the namespace's too: a peer there could
         # not be answered over the tap, so it is spliced like loopback
         own = {family: p.addr for family, p in ((socket.AF_INET, net.ipv4),
@@ -44,7 +44,7 @@ class HostDiverts:
         self.landing = Landing(own, config.host_lo_to_ns_lo)
         self.own_text = {address_text(a) for a in own.values()}
         source = self.source
-        self.tcp = LocalSplicer(ctx.loop, source, self.landing, ctx.log) \
+        self.tcp = LocalSplicer(ctx.loop, source, self.landing, ctx.log, ctx.flows) \
             if source is not None and not config.no_tcp else None
         self.udp = self._udp_from_host_itself if source is not None and self.relay else None
 
@@ -78,7 +78,7 @@ class NamespaceForwarding:
         self.families = [f for f, params in ((socket.AF_INET, ctx.net.ipv4),
                                              (socket.AF_INET6, ctx.net.ipv6))
                          if params is not None]
-        self.outward = NamespaceListeners(ctx.loop, ctx.log) if tcp else None
+        self.outward = NamespaceListeners(ctx.loop, ctx.log, ctx.flows) if tcp else None
         self.static_ns_tcp = self._static(Role.TCP_NS_LISTENER, self._add_tcp_ns)
         self.static_ns_udp = self._static(Role.UDP_NS_LISTENER, self._add_udp_ns)
         self.autos = [a for a in (self._auto_tcp(), self._auto_udp()) if a is not None]

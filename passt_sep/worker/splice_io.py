@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from ..flow import SPLICE_TCP, FlowSection, FlowTable, SpliceKey
 from ..fwd import is_loopback
 from ..log import Logger
 from ..nspolicy import LOOPBACK as LOOPBACK_ADDRESS
@@ -141,11 +142,12 @@ class LocalSplicer:
     socket source, connecting where ``Landing`` says, instead of becoming
     frames."""
 
-    def __init__(self, loop: Loop, source: NsSource, landing: Landing, log: Logger) -> None:
+    def __init__(self, loop: Loop, source: NsSource, landing: Landing, log: Logger,
+                 flows: FlowTable) -> None:
         self.loop, self.source, self.log = loop, source, log
         self.landing = landing
         self.own_addresses = set(landing.own.values())
-        self.active: set[Spliced] = set()
+        self.active: FlowSection[Spliced] = flows.section(SPLICE_TCP)
 
     def __call__(self, sock: socket.socket, family: int, port: int, peer: bytes) -> bool:
         from_loopback = is_loopback(peer)
@@ -154,6 +156,10 @@ class LocalSplicer:
         address = self.landing.address(family, from_loopback)
         if address is None:
             self.loop.counters.add("splice_no_address")
+            close_socket(sock, reset=True)
+            return True
+        if self.active.full:
+            self.loop.counters.add("splice_flows_full")
             close_socket(sock, reset=True)
             return True
         try:
@@ -166,7 +172,7 @@ class LocalSplicer:
         sock.setblocking(False)
         inner.setblocking(False)
         self.loop.counters.add("splice_connections")
-        self.active.add(Spliced(self.loop, sock, inner, self.active.discard))
+        track(self.active, self.loop, sock, inner)
         return True
 
 
@@ -177,10 +183,10 @@ class NamespaceListeners:
     socket; the listeners come from the broker (static ports) or from the
     ns socket source (``auto``)."""
 
-    def __init__(self, loop: Loop, log: Logger) -> None:
+    def __init__(self, loop: Loop, log: Logger, flows: FlowTable) -> None:
         self.loop, self.log = loop, log
         self.listeners: dict[int, tuple[socket.socket, int]] = {}
-        self.active: set[Spliced] = set()
+        self.active: FlowSection[Spliced] = flows.section(SPLICE_TCP)
 
     def add(self, fd: int, target: int) -> None:
         sock = socket.socket(fileno=fd)
@@ -200,6 +206,10 @@ class NamespaceListeners:
                      lambda inner, _address: self._join(inner, listener.family, target))
 
     def _join(self, inner: socket.socket, family: int, target: int) -> None:
+        if self.active.full:
+            self.loop.counters.add("splice_flows_full")
+            close_socket(inner, reset=True)
+            return
         inner.setblocking(False)
         try:
             outer = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
@@ -216,4 +226,11 @@ class NamespaceListeners:
             return
         self.loop.counters.add("splice_connections")
         # Spliced waits for its second socket, the one connecting, to be writable
-        self.active.add(Spliced(self.loop, inner, outer, self.active.discard))
+        track(self.active, self.loop, inner, outer)
+
+
+def track(flows: FlowSection[Spliced], loop: Loop, a: socket.socket, b: socket.socket) -> None:
+    """Splice ``a`` to ``b`` as a flow of the table, named by ``a``'s fd
+    (the caller found the table with room), until both are closed."""
+    key = SpliceKey(SPLICE_TCP, a.fileno())
+    flows.add(key, Spliced(loop, a, b, lambda _spliced: flows.remove(key)))

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import tcp, tcp_wire
-from ..flow import FlowKey, FlowTable
+from ..flow import FlowKey, FlowSection
 from ..packet import IPPROTO_TCP, Inbound
 from ..tcp import State
 from ..tcp_wire import ACK, RST, SYN
@@ -120,7 +120,7 @@ class TcpHandler:
         self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
         self.secret = secret
         self.verify = ctx.config.verify_checksums
-        self.flows: FlowTable[Flow] = FlowTable(ctx.config.max_flows)
+        self.flows: FlowSection[Flow] = ctx.flows.section(IPPROTO_TCP)
         self.buffer = bytearray(PEEK_BUFFER)
         self.view = memoryview(self.buffer)
         self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}

@@ -82,7 +82,7 @@ class UdpHandler:
         self.outbound = ctx.outbound
         self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
         self.verify = ctx.config.verify_checksums
-        self.flows = udp.UdpFlows(ctx.config.max_flows, timeout)
+        self.flows = udp.UdpFlows(ctx.flows, timeout)
         self.sockets: dict[int, socket.socket] = {}
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
@@ -100,7 +100,7 @@ class UdpHandler:
     def on_guest_segment(self, inb: Inbound, now: float, header: UDP | None = None) -> None:
         datagram = udp.parse_guest_datagram(inb, self.verify, header)
         dport = datagram.dport
-        flow = self.flows.lookup(datagram.v6, datagram.sport, datagram.dst, dport, now)
+        flow = self.flows.lookup(datagram.src, datagram.sport, datagram.dst, dport, now)
         if flow is None:
             flow = self._open_flow(datagram, now)
         if isinstance(flow, udp.UdpForward):
@@ -146,7 +146,8 @@ class UdpHandler:
 
     def _open_flow(self, datagram: udp.GuestDatagram, now: float) -> udp.UdpFlow:
         """A socket connected to the datagram's peer: the guest hears from
-        that peer alone on it."""
+        that peer alone on it.  Refused (a counted drop) when the flow
+        table, shared by every protocol, is full."""
         if self.flows.full():
             raise Drop("udp_flows_full")
         host_peer = self.addrmap.to_host(datagram.dst, datagram.dport)  # --clat: may be IPv6
@@ -168,7 +169,9 @@ class UdpHandler:
             sock.close()
             raise Drop("udp_connect") from None
         _discard_queued(sock)
-        self.flows.add(flow)
+        if not self.flows.add(flow):        # checked above: a bug if it happens
+            sock.close()
+            raise Drop("udp_flows_full")
         self._register(sock)
         return flow
 
@@ -211,7 +214,7 @@ class UdpHandler:
     def bound_ports(self) -> set[int]:
         """Host ports our flows' own sockets hold: they show in the host's
         /proc/net/udp like any bound socket, and are not to be forwarded."""
-        return {f.host_port for f in self.flows.by_key.values()}
+        return {f.host_port for f in self.flows.connected()}
 
     def add_listener(self, listener: UdpListener) -> None:
         sock = socket.socket(fileno=listener.fd)

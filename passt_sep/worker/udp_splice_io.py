@@ -5,7 +5,8 @@ side's loopback never becomes a frame: it leaves from a socket connected
 to the other side's loopback at the target port, and what comes back on
 that socket is sent from the bound socket to the original peer.  One
 connected socket per (bound socket, peer), closed after the UDP flow
-timeout; at most ``max_flows`` of them.  ``-U`` ports (bound in the
+timeout: each such pair is a flow of the worker's flow table, admitted
+under its one cap.  ``-U`` ports (bound in the
 namespace, replies from the host) and ``-u`` ports reached from the
 host's loopback (the namespace's socket made by the ns socket source)
 both go through here.
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import udp
+from ..flow import SPLICE_UDP, FlowSection, FlowTable, SpliceKey
 from ..log import Logger
 from ..nssource import LOOPBACK, NsSourceError
 from .loop import EPOLLIN, Loop
@@ -32,8 +34,10 @@ MakeConnected = Callable[[int, int], int]
 
 @dataclass
 class _Pair:
+    """A relayed flow's entry in the table."""
+
+    key: SpliceKey
     bound: socket.socket
-    peer: tuple
     relay: socket.socket
     last_used: float
 
@@ -50,13 +54,12 @@ def connect_host_loopback(family: int, port: int) -> int:
 
 
 class UdpRelay:
-    def __init__(self, loop: Loop, log: Logger, max_flows: int,
+    def __init__(self, loop: Loop, log: Logger, flows: FlowTable,
                  timeout: float = udp.DEFAULT_TIMEOUT) -> None:
-        self.loop, self.log = loop, log
-        self.max_flows, self.timeout = max_flows, timeout
+        self.loop, self.log, self.timeout = loop, log, timeout
         self.bound: dict[int, tuple[socket.socket, int, MakeConnected]] = {}
-        self.pairs: dict[tuple[int, tuple], _Pair] = {}
-        self.by_relay: dict[int, _Pair] = {}
+        self.pairs: FlowSection[_Pair] = flows.section(SPLICE_UDP)
+        self.by_relay: dict[int, _Pair] = {}          # the pairs' index by relay socket
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
         self.sweep_timer = None
@@ -72,8 +75,8 @@ class UdpRelay:
         entry = self.bound.pop(fd, None)
         if entry is None:
             return
-        for key in [k for k in self.pairs if k[0] == fd]:
-            self._close(self.pairs[key])
+        for pair in [p for p in self.pairs.values() if p.key.fd == fd]:
+            self._close(pair)
         self.loop.remove_fd(fd)
         entry[0].close()
 
@@ -93,8 +96,8 @@ class UdpRelay:
     def forward(self, bound: socket.socket, peer: tuple, payload: memoryview, target: int,
                 make: MakeConnected, now: float) -> None:
         """One datagram from ``peer`` on ``bound``: out of the pair's relay."""
-        pair = self.pairs.get((bound.fileno(), peer)) or self._open(bound, peer, target, make,
-                                                                     now)
+        key = SpliceKey(SPLICE_UDP, bound.fileno(), peer)
+        pair = self.pairs.get(key) or self._open(key, bound, target, make, now)
         if pair is None:
             return
         pair.last_used = now
@@ -106,9 +109,10 @@ class UdpRelay:
         except OSError:
             self.loop.counters.add("udp_splice_send_error")
 
-    def _open(self, bound: socket.socket, peer: tuple, target: int, make: MakeConnected,
+    def _open(self, key: SpliceKey, bound: socket.socket, target: int, make: MakeConnected,
               now: float) -> _Pair | None:
-        if len(self.pairs) >= self.max_flows:
+        """A new pair, unless the flow table (shared by every protocol) is full."""
+        if self.pairs.full:
             self.loop.counters.add("udp_splice_flows_full")
             return None
         try:
@@ -118,8 +122,8 @@ class UdpRelay:
             self.log.ratelimited("udp_splice", 4, f"no socket for loopback UDP: {exc}")
             return None
         relay.setblocking(False)
-        pair = _Pair(bound, peer, relay, now)
-        self.pairs[(bound.fileno(), peer)] = pair
+        pair = _Pair(key, bound, relay, now)
+        self.pairs.add(key, pair)
         self.by_relay[relay.fileno()] = pair
         self.loop.add_fd(relay.fileno(), EPOLLIN, self._relay_readable)
         if self.sweep_timer is None:
@@ -140,19 +144,22 @@ class UdpRelay:
                 return
             pair.last_used = now
             try:
-                pair.bound.sendto(self.view[:size], pair.peer)
+                pair.bound.sendto(self.view[:size], pair.key.peer)
             except OSError:
                 self.loop.counters.add("udp_splice_send_error")
 
     def _close(self, pair: _Pair) -> None:
-        self.pairs.pop((pair.bound.fileno(), pair.peer), None)
+        self.pairs.remove(pair.key)
+        self._close_relay(pair)
+
+    def _close_relay(self, pair: _Pair) -> None:
         self.by_relay.pop(pair.relay.fileno(), None)
         self.loop.remove_fd(pair.relay.fileno())
         pair.relay.close()
 
     def _sweep(self, now: float) -> None:
         self.sweep_timer = None
-        for pair in [p for p in self.pairs.values() if now - p.last_used > self.timeout]:
-            self._close(pair)
+        for pair in self.pairs.expire(now, self.timeout):
+            self._close_relay(pair)
         if self.pairs:
             self.sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from passt_sep import icmp, packet
+from passt_sep.flow import FlowKey, FlowTable
 from passt_sep.netparams import DEFAULT_OUR_MAC, IPv4Params, IPv6Params, Network
 
 
@@ -205,11 +206,24 @@ def test_arbitrary_replies_never_raise(message: bytes, v6: bool) -> None:
 
 # -- the flow table -----------------------------------------------------------------------
 
-KEY_A, KEY_B, KEY_C = (False, 1, PEER4), (True, 1, PEER6), (False, 2, PEER4)
+def echo_flow(v6: bool, ident: int, dst: bytes) -> FlowKey:
+    return FlowKey(packet.IPPROTO_ICMPV6 if v6 else packet.IPPROTO_ICMP,
+                   GUEST6 if v6 else GUEST4, ident, dst, 0)
+
+
+KEY_A, KEY_B = echo_flow(False, 1, PEER4), echo_flow(True, 1, PEER6)
+KEY_C = echo_flow(False, 2, PEER4)
+
+
+def test_echo_key_is_the_guests_view_with_the_identifier_as_its_port() -> None:
+    request = icmp.EchoRequest(PEER6, 77, 1, b"", True)
+    assert icmp.echo_key(request, GUEST6) == FlowKey(packet.IPPROTO_ICMPV6, GUEST6, 77, PEER6, 0)
+    request4 = icmp.EchoRequest(PEER4, 77, 1, b"", False)
+    assert icmp.echo_key(request4, GUEST4).proto == packet.IPPROTO_ICMP
 
 
 def test_flows_map_keys_and_handles_both_ways() -> None:
-    flows = icmp.EchoFlows(max_flows=8)
+    flows = icmp.EchoFlows(FlowTable(8))
     assert flows.get(KEY_A, 0.0) is None and len(flows) == 0
     assert flows.add(KEY_A, 10, 0.0) and flows.add(KEY_B, 11, 0.0)
     assert (flows.get(KEY_A, 1.0), flows.get(KEY_B, 1.0), flows.get(KEY_C, 1.0)) == (10, 11, None)
@@ -218,7 +232,7 @@ def test_flows_map_keys_and_handles_both_ways() -> None:
 
 
 def test_flows_are_capped() -> None:
-    flows = icmp.EchoFlows(max_flows=2)
+    flows = icmp.EchoFlows(FlowTable(2))
     assert flows.add(KEY_A, 10, 0.0) and flows.add(KEY_B, 11, 0.0)
     assert not flows.add(KEY_C, 12, 0.0)
     assert flows.get(KEY_C, 0.0) is None and flows.by_handle(12) is None
@@ -227,7 +241,7 @@ def test_flows_are_capped() -> None:
 
 
 def test_idle_flows_expire_and_use_keeps_them() -> None:
-    flows = icmp.EchoFlows(max_flows=8, timeout=60.0)
+    flows = icmp.EchoFlows(FlowTable(8), timeout=60.0)
     flows.add(KEY_A, 10, 0.0)
     flows.add(KEY_B, 11, 0.0)
     flows.add(KEY_C, 12, 30.0)
@@ -244,10 +258,10 @@ def test_idle_flows_expire_and_use_keeps_them() -> None:
                           st.floats(0, 500)), max_size=30),
        st.integers(1, 10), st.floats(0, 1000))
 def test_flow_table_invariants(adds: list, cap: int, sweep: float) -> None:
-    flows = icmp.EchoFlows(max_flows=cap, timeout=60.0)
+    flows = icmp.EchoFlows(FlowTable(cap), timeout=60.0)
     last_use = {}
     for handle, (v6, ident, dst, now) in enumerate(adds):
-        key = (v6, ident, dst)
+        key = echo_flow(v6, ident, dst)
         if flows.get(key, now) is None and flows.add(key, handle, now):
             last_use[key] = (handle, now)
         elif key in last_use:

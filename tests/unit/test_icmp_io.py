@@ -232,7 +232,7 @@ def test_the_flow_cap_leaves_a_new_identifier_unanswered(rig: Rig, kernel: Kerne
     assert echo_request(handler, v6, 1, b"out", ident=IDENT + 1)
     assert rig.loop.counters.get("icmp_flows_full") == 1
     assert len(handler.flows) == 1
-    assert kernel.stand_ins[-1].fileno() == -1                # the extra socket closed
+    assert len(kernel.stand_ins) == 1                         # no socket for the refused one
 
 
 def test_other_icmp_messages_are_not_taken(rig: Rig, v6: bool) -> None:

@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from passt_sep import packet, udp
+from passt_sep.flow import FlowKey, FlowTable
 from passt_sep.fwd import AddressMap
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 
@@ -101,18 +102,18 @@ def flow(v6: bool, guest_port: int, peer: bytes, peer_port: int, handle: int,
 def test_a_flow_is_the_five_tuple() -> None:
     """One guest port talking to two peers (or two ports of one peer) is
     several flows, each its own socket; the other family is another."""
-    flows = udp.UdpFlows(max_flows=10)
+    flows = udp.UdpFlows(FlowTable(10))
     a = flow(False, 1000, PEER4, 53, handle=10)
     b = flow(False, 1000, PEER4, 54, handle=11)
     c = flow(False, 1000, bytes([203, 0, 113, 7]), 53, handle=12)
     d = flow(True, 1000, PEER6, 53, handle=13)
     assert all(flows.add(f) for f in (a, b, c, d)) and len(flows) == 4
-    assert flows.lookup(False, 1000, PEER4, 53, now=1) is a
-    assert flows.lookup(False, 1000, PEER4, 54, now=1) is b
-    assert flows.lookup(False, 1000, bytes([203, 0, 113, 7]), 53, now=1) is c
-    assert flows.lookup(True, 1000, PEER6, 53, now=1) is d
-    assert flows.lookup(False, 1000, bytes([203, 0, 113, 8]), 53, now=1) is None
-    assert flows.lookup(False, 1001, PEER4, 53, now=1) is None
+    assert flows.lookup(GUEST4, 1000, PEER4, 53, now=1) is a
+    assert flows.lookup(GUEST4, 1000, PEER4, 54, now=1) is b
+    assert flows.lookup(GUEST4, 1000, bytes([203, 0, 113, 7]), 53, now=1) is c
+    assert flows.lookup(GUEST6, 1000, PEER6, 53, now=1) is d
+    assert flows.lookup(GUEST4, 1000, bytes([203, 0, 113, 8]), 53, now=1) is None
+    assert flows.lookup(GUEST4, 1001, PEER4, 53, now=1) is None
     assert flows.by_handle[12] is c
 
 
@@ -125,11 +126,12 @@ def test_new_flow_connects_to_the_mapped_peer_and_replies_keep_the_guests_view()
     made = udp.open_flow(datagram, addrmap, handle=7, now=3.0)
     assert made.host_peer == addrmap.to_host(gateway, 53) != gateway
     assert (made.peer, made.peer_port, made.guest_port) == (gateway, 53, 5353)
-    assert made.key == (False, 5353, gateway, 53) and made.last_used == 3.0
+    assert made.key == FlowKey(packet.IPPROTO_UDP, GUEST4, 5353, gateway, 53)
+    assert made.last_used == 3.0
 
 
 def test_flows_cap_and_expiry_leave_forwarded_ports_alone() -> None:
-    flows = udp.UdpFlows(max_flows=2, timeout=10)
+    flows = udp.UdpFlows(FlowTable(2), timeout=10)
     a = flow(False, 1000, PEER4, 7, handle=10)
     b = flow(True, 1000, PEER6, 7, handle=11)
     c = flow(False, 1001, PEER4, 7, handle=12)
@@ -138,31 +140,31 @@ def test_flows_cap_and_expiry_leave_forwarded_ports_alone() -> None:
     assert flows.full() and not flows.add(c)
     flows.add_forward(forward)          # forwarded ports are not counted against the cap
     assert len(flows) == 2
-    assert flows.lookup(False, 1000, PEER4, 7, now=8) is a
+    assert flows.lookup(GUEST4, 1000, PEER4, 7, now=8) is a
     assert flows.expired(now=12) == [b]
     assert flows.expired(now=100) == [a]
     assert not flows.full() and flows.add(c)
-    assert flows.lookup(False, 53, PEER4, 9999, now=100) is forward
+    assert flows.lookup(GUEST4, 53, PEER4, 9999, now=100) is forward
     assert 11 not in flows.by_handle and flows.by_handle[13] is forward
 
 
 def test_the_guests_answers_from_a_forwarded_port_use_its_socket() -> None:
     """A guest port that is a ``-u`` target answers through the listening
     socket, to any peer; its own connected flow, if one exists, first."""
-    flows = udp.UdpFlows(max_flows=4)
+    flows = udp.UdpFlows(FlowTable(4))
     forward = udp.UdpForward(False, GUEST4, 7200, handle=3)
     flows.add_forward(forward)
-    assert flows.lookup(False, 7200, PEER4, 40000, now=1) is forward
-    assert flows.lookup(True, 7200, PEER6, 40000, now=1) is None
+    assert flows.lookup(GUEST4, 7200, PEER4, 40000, now=1) is forward
+    assert flows.lookup(GUEST6, 7200, PEER6, 40000, now=1) is None
     own = flow(False, 7200, PEER4, 9, handle=4)
     flows.add(own)
-    assert flows.lookup(False, 7200, PEER4, 9, now=1) is own
+    assert flows.lookup(GUEST4, 7200, PEER4, 9, now=1) is own
     flows.remove(forward)
-    assert flows.lookup(False, 7200, PEER4, 40000, now=1) is None
+    assert flows.lookup(GUEST4, 7200, PEER4, 40000, now=1) is None
 
 
 def test_bind_plan_keeps_the_guest_port_and_shares_it_among_our_flows_only() -> None:
-    flows = udp.UdpFlows(max_flows=8)
+    flows = udp.UdpFlows(FlowTable(8))
     first = flow(False, 1000, PEER4, 53, handle=1, host_port=0)
     # nobody of ours holds it: alone (a host socket holding it is never joined)
     assert flows.bind_plan(first) == ((1000, False), (0, False))
