@@ -21,8 +21,9 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_config.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fuzz import common  # noqa: E402
-from passt_sep import fdpass, handoff  # noqa: E402
+from passt_sep import handoff  # noqa: E402
 from passt_sep.config import OPTIONS, ConfigError, ShowText, parse_args  # noqa: E402
+from passt_sep.system import fdpass
 
 NAME = "config"
 ALLOWED = (ConfigError, ShowText)

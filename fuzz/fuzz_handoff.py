@@ -4,7 +4,7 @@ with as many fds as the message announces.
 
 Input: the msgpack body.  Documented exceptions: ``handoff.HandoffError``
 (and, for a body that is not a msgpack map, ``fdpass.FdPassError``, which
-``handoff.receive`` turns into a ``HandoffError``).
+``handoff_io.receive`` turns into a ``HandoffError``).
 Invariant: a decoded handoff holds every fd once, in order, each with a
 known role and the metadata record that role has.
 """
@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_handoff.py
 import msgpack  # noqa: E402
 
 from fuzz import common  # noqa: E402
-from passt_sep import fdpass, handoff  # noqa: E402
+from passt_sep import handoff  # noqa: E402
 from passt_sep.config import parse_args  # noqa: E402
 from passt_sep.handoff import (  # noqa: E402
     FdEntry,
@@ -32,6 +32,7 @@ from passt_sep.handoff import (  # noqa: E402
     Role,
     WorkerConfig,
 )
+from passt_sep.system import fdpass
 
 NAME = "handoff"
 ALLOWED = (HandoffError,)

@@ -25,10 +25,11 @@ if __package__ in (None, ""):  # run as a script: python fuzz/fuzz_nssource.py
 import msgpack  # noqa: E402
 
 from fuzz import common  # noqa: E402
-from passt_sep import nspolicy, nssource  # noqa: E402
+from passt_sep import nspolicy  # noqa: E402
 from passt_sep.config import parse_args  # noqa: E402
 from passt_sep.netparams import IPv4Params, IPv6Params, Network  # noqa: E402
 from passt_sep.ports import MAX_PORT  # noqa: E402
+from passt_sep.system import nssource
 
 NAME = "nssource"
 ALLOWED = (nssource.RequestError,)

@@ -25,7 +25,7 @@ from fuzz import common  # noqa: E402
 from passt_sep import icmp, packet, tcp_wire, udp  # noqa: E402
 from passt_sep.config import parse_args  # noqa: E402
 from passt_sep.handoff import WorkerConfig  # noqa: E402
-from passt_sep.log import Logger  # noqa: E402
+from passt_sep.system.log import Logger  # noqa: E402
 from passt_sep.worker.context import WorkerContext  # noqa: E402
 from passt_sep.worker.loop import Counters  # noqa: E402
 from passt_sep.worker.services import GuestServices  # noqa: E402

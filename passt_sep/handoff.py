@@ -39,10 +39,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from . import fdpass
 from .clat import WELL_KNOWN_PREFIX, Nat64Error, Nat64Prefix
 from .config import IFNAMSIZ, Config, Mode
-from .log import DEBUG, ERROR, INFO, TRACE, WARNING, level_for
+from .loglevel import DEBUG, ERROR, INFO, TRACE, WARNING, level_for
 from .netparams import IPv4Params, IPv6Params, Network
 
 VERSION = 2
@@ -450,25 +449,3 @@ def _manifest(manifest: Any, fds: list[int]) -> list[FdEntry]:
         if not spec.repeats and sum(e.role == role for e in entries) > 1:
             raise HandoffError(f"handoff: more than one {str(role)!r} fd")
     return entries
-
-
-# -- transport -------------------------------------------------------------------
-
-def send(sock: socket.socket, config: WorkerConfig, network: Network,
-         entries: list[FdEntry]) -> None:
-    """Send the message and every fd; the caller closes its copies after."""
-    fdpass.send(sock, encode(config, network, entries), [e.fd for e in entries])
-
-
-def receive(sock: socket.socket) -> Handoff:
-    """Receive and check the whole handoff; on error no received fd stays open."""
-    try:
-        message, fds = fdpass.receive(sock)
-    except fdpass.FdPassError as exc:
-        raise HandoffError(f"handoff: {exc}") from None
-    try:
-        return decode(message, fds)
-    except BaseException:
-        for fd in fds:
-            fdpass.close_quietly(fd)
-        raise

@@ -27,7 +27,7 @@ import stat
 import sys
 from collections.abc import Callable
 
-from passt_sep import sandbox
+from passt_sep.system import sandbox
 
 REPORT = "REPORT "
 MAX_FD = 1024

@@ -28,10 +28,10 @@ from passt_sep import packet, tcp, tcp_wire, udp
 from passt_sep.flow import FlowKey, FlowTable
 from passt_sep.fwd import AddressMap
 from passt_sep.handoff import WorkerConfig
-from passt_sep.log import Logger
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 from passt_sep.packet import IPPROTO_TCP, Inbound
 from passt_sep.ports import Mode
+from passt_sep.system.log import Logger
 from passt_sep.tcp import SYN, TcpSegment
 from passt_sep.worker.context import GuestMac, WorkerContext
 from passt_sep.worker.icmp_io import EchoHandler

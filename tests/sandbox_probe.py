@@ -14,8 +14,8 @@ import socket
 import sys
 import time
 
-from passt_sep import sandbox
 from passt_sep.broker import jail
+from passt_sep.system import sandbox
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

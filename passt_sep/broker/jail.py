@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import prctl
 
-from .. import linux
+from ..system import linux
 
 JAIL_MOUNT_POINT = "/tmp"
 PR_CAP_AMBIENT = 47

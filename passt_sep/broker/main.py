@@ -23,12 +23,13 @@ import socket
 import sys
 from typing import NoReturn
 
-from .. import clat, linux, nspolicy, nssource, sandbox
+from .. import clat, nspolicy
 from ..config import Config, Mode
 from ..handoff import FdEntry, Role
-from ..log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from ..netparams import Network
 from ..packet import mac_to_bytes
+from ..system import linux, nssource, sandbox
+from ..system.log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from . import hostinfo, jail, mac, namespaces, sockets
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError

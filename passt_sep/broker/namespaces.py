@@ -21,10 +21,10 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import fdpass, linux
 from ..config import Config
 from ..handoff import FdEntry, Role
 from ..ports import Forwarding
+from ..system import fdpass, linux
 
 NETNS_RUN_DIR = "/run/netns"
 

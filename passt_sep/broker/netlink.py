@@ -30,8 +30,8 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from .. import fdpass
 from ..config import Config
+from ..system import fdpass
 
 if TYPE_CHECKING:
     from ..handoff import FdEntry

@@ -13,12 +13,12 @@ import socket
 import stat
 from collections.abc import Iterator
 
-from .. import linux
 from ..handoff import FdEntry, ListenerMeta, LogMeta, NetnsWatchMeta, ProcNetMeta, Role
-from ..nssource import LOOPBACK
 from ..pcap import file_header
 from ..ports import Forwarding
-from ..portsock import bound_socket, forwarded_receive_buffer
+from ..system import linux
+from ..system.nssource import LOOPBACK
+from ..system.portsock import bound_socket, forwarded_receive_buffer
 
 OUTPUT_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -14,11 +14,11 @@ import socket
 
 import prctl
 
-from .. import handoff
 from ..config import Config, Mode
-from ..handoff import FdEntry, WorkerConfig
+from ..handoff import READY, FdEntry, WorkerConfig
 from ..netparams import Network
-from ..sandbox import Prepared
+from ..system import handoff_io
+from ..system.sandbox import Prepared
 from ..worker import main as worker_main
 from . import mac
 
@@ -51,7 +51,7 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
     mac.release(confinement)
     worker_end.close()
     try:
-        handoff.send(broker_end, WorkerConfig.from_config(config), network, entries)
+        handoff_io.send(broker_end, WorkerConfig.from_config(config), network, entries)
         for entry in entries:
             os.close(entry.fd)
         answer = broker_end.recv(1)
@@ -62,7 +62,7 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
         reason = "it exited during start-up"
     finally:
         broker_end.close()
-    if answer != handoff.READY:
+    if answer != READY:
         status = _reap(pid)
         raise WorkerStartError(f"the worker did not start: {reason} (status {status})")
     return pid

@@ -18,8 +18,8 @@ from typing import Protocol
 from ..flow import FlowTable
 from ..fwd import AddressMap
 from ..handoff import WorkerConfig
-from ..log import Logger
 from ..netparams import Network
+from ..system.log import Logger
 from .loop import Loop
 from .outbound import DEFAULT_OUTBOUND, Outbound
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import procnet
-from ..log import Logger
-from ..nssource import NsSourceError
-from ..portsock import bound_socket
+from ..system.log import Logger
+from ..system.nssource import NsSourceError
+from ..system.portsock import bound_socket
 from .loop import Loop
 
 SCAN_INTERVAL = 1.0

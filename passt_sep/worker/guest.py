@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..log import Logger
 from ..packet import ETH_HLEN
 from ..pcap import record
+from ..system.log import Logger
 from ..tap import (
     VNET_HDR_SIZE,
     FramingError,

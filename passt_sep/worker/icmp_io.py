@@ -14,8 +14,8 @@ import socket
 
 from .. import icmp
 from ..flow import FlowKey
-from ..log import WARNING
 from ..packet import Inbound
+from ..system.log import WARNING
 from .context import WorkerContext
 from .loop import EPOLLIN
 

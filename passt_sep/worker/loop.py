@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..log import Logger
+from ..system.log import Logger
 
 FdCallback = Callable[[int, int, float], None]
 TimerCallback = Callable[[float], None]

@@ -14,11 +14,19 @@ import signal
 import socket
 from typing import NoReturn, TypeVar
 
-from .. import handoff, linux
 from ..config import Mode
-from ..handoff import Handoff, HandoffError, ListenerMeta, LogMeta, NetnsWatchMeta, Role
-from ..log import ERROR, INFO, TRACE, Logger, describe_exception
-from ..sandbox import Prepared
+from ..handoff import (
+    READY,
+    Handoff,
+    HandoffError,
+    ListenerMeta,
+    LogMeta,
+    NetnsWatchMeta,
+    Role,
+)
+from ..system import handoff_io, linux
+from ..system.log import ERROR, INFO, TRACE, Logger, describe_exception
+from ..system.sandbox import Prepared
 from .context import WorkerContext
 from .guest import Capture, StreamLink, TapLink
 from .icmp_io import EchoHandler
@@ -45,10 +53,10 @@ def run(sock: socket.socket, sandbox: Prepared, prog: str = "passt-sep") -> NoRe
     try:
         os.setsid()  # no terminal signals, no controlling tty
         linux.close_all_except({sock.fileno()})
-        received = handoff.receive(sock)
+        received = handoff_io.receive(sock)
         worker = Worker(received, log)
         sandbox.load()
-        sock.sendall(handoff.READY)
+        sock.sendall(READY)
         sock.close()
         code = worker.serve()
     except HandoffError as exc:

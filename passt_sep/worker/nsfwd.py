@@ -16,8 +16,8 @@ from collections.abc import Callable
 from ..fwd import is_loopback_text
 from ..handoff import Handoff, ListenerMeta, ProcNetMeta, Role
 from ..nspolicy import LOOPBACK as LOOPBACK_ADDRESS
-from ..nssource import NsSource
 from ..packet import address_text
+from ..system.nssource import NsSource
 from .context import WorkerContext
 from .fwd_io import AutoDirection, AutoForwarding, Close, Open, host_socket
 from .splice_io import Landing, LocalSplicer, NamespaceListeners

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 
 from ..handoff import WorkerConfig
-from ..portsock import SO_BINDTODEVICE
+from ..system.portsock import SO_BINDTODEVICE
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from .. import arp, dhcp, dhcpv6, ndp
-from ..log import TRACE, Logger
 from ..packet import (
     ETH_P_ARP,
     IPPROTO_ICMP,
@@ -28,6 +27,7 @@ from ..packet import (
     parse_ip_frame,
     parse_udp,
 )
+from ..system.log import TRACE, Logger
 from .context import WorkerContext
 from .icmp_io import EchoHandler
 

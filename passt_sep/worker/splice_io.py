@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from ..flow import SPLICE_TCP, FlowSection, FlowTable, SpliceKey
 from ..fwd import is_loopback
-from ..log import Logger
 from ..nspolicy import LOOPBACK as LOOPBACK_ADDRESS
-from ..nssource import LOOPBACK, NsSource, NsSourceError
+from ..system.log import Logger
+from ..system.nssource import LOOPBACK, NsSource, NsSourceError
 from ..tcp_splice import SplicePair
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop, accept_ready, close_socket
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import clat, udp
 from ..packet import UDP, Drop, Inbound, address_text
-from ..portsock import UDP_RCVBUF, grow_receive_buffer, receive_drops
+from ..system.portsock import UDP_RCVBUF, grow_receive_buffer, receive_drops
 from .context import WorkerContext
 from .loop import EPOLLERR, EPOLLIN, Loop
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from .. import udp
 from ..flow import SPLICE_UDP, FlowSection, FlowTable, SpliceKey
-from ..log import Logger
-from ..nssource import LOOPBACK, NsSourceError
+from ..system.log import Logger
+from ..system.nssource import LOOPBACK, NsSourceError
 from .loop import EPOLLIN, Loop
 
 RECV_SIZE = 65536

@@ -28,8 +28,8 @@ import sys
 from collections.abc import Callable
 
 from .. import vhost_user
-from ..log import Logger
 from ..packet import ETH_HLEN
+from ..system.log import Logger
 from ..tap import VNET_HDR_SIZE, vnet_header
 from ..vhost_user import RX, TX, Backend, Effects, MessageDecoder, ProtocolError, RegionSpec
 from ..virtqueue import GuestMemory, Region, Virtqueue, chain_bytes, deliver

@@ -21,13 +21,13 @@ import sys
 import msgpack
 import pytest
 
-from passt_sep import fdpass, sandbox
 from passt_sep.broker import jail, namespaces
 from passt_sep.broker.main import Broker
 from passt_sep.config import parse_args
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 from passt_sep.nspolicy import LOOPBACK
-from passt_sep.nssource import NsSource, NsSourceError
+from passt_sep.system import fdpass, sandbox
+from passt_sep.system.nssource import NsSource, NsSourceError
 
 from topology import GW_ADDR4, GW_ADDR6, HOST_ADDR4, HOST_ADDR6, Topology
 

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from passt_sep import sandbox
+from passt_sep.system import sandbox
 
 from topology import REMOTE_ADDR4, Topology
 
@@ -210,7 +210,7 @@ def novdso(shared_tmp) -> str:
 def test_the_shim_makes_clock_reads_system_calls(novdso: str) -> None:
     """Under a filter without clock_gettime (the waiter's), a clock read
     kills only with the shim: it does reach the kernel."""
-    code = ("import time\nfrom passt_sep import sandbox\n"
+    code = ("import time\nfrom passt_sep.system import sandbox\n"
             "sandbox.prepare('waiter').load()\ntime.monotonic()\nimport os\nos._exit(0)")
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd="/")
     shimmed = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd="/",

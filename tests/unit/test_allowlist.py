@@ -6,7 +6,7 @@ import ctypes.util
 
 import pytest
 
-from passt_sep import sandbox
+from passt_sep.system import sandbox
 
 
 def test_parse_conditions_and_reasons() -> None:

@@ -1,4 +1,4 @@
-"""Precompiled seccomp programs (``passt_sep/bpf.py``): the file format on
+"""Precompiled seccomp programs (``passt_sep/system/bpf.py``): the file format on
 bytes, and a program libseccomp made, armed by our prctl in a child: what
 its list allows runs, anything else kills the child with SIGSYS."""
 
@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from passt_sep import bpf, sandbox
+from passt_sep.system import bpf, sandbox
 
 RET_ALLOW = b"\x06\x00\x00\x00\x00\x00\xff\x7f"    # BPF_RET | BPF_K, SECCOMP_RET_ALLOW
 

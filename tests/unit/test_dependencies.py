@@ -105,7 +105,7 @@ def test_pyseccomp_finds_its_libraries_through_our_lookup_alone() -> None:
         "import ctypes.util\n"
         "asked = []\n"
         "ctypes.util.find_library = lambda name: asked.append(name)\n"
-        "from passt_sep import sandbox\n"
+        "from passt_sep.system import sandbox\n"
         "filt = sandbox.seccomp.SyscallFilter(sandbox.seccomp.KILL_PROCESS)\n"
         "filt.add_rule(sandbox.seccomp.ALLOW, 'read',\n"
         "              sandbox.seccomp.Arg(0, sandbox.seccomp.MASKED_EQ, 1, 0))\n"
@@ -113,7 +113,7 @@ def test_pyseccomp_finds_its_libraries_through_our_lookup_alone() -> None:
     assert result.returncode == 0, "pyseccomp's API moved (sandbox.py uses SyscallFilter, " \
         "Arg, MASKED_EQ, ALLOW, KILL_PROCESS):\n" + result.stderr
     assert result.stdout.strip() == "fell through: []", (
-        "pyseccomp looked up a library that passt_sep/sandbox.py's soname table does "
+        "pyseccomp looked up a library that passt_sep/system/sandbox.py's soname table does "
         "not know: " + result.stdout)
 
 

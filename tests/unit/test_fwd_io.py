@@ -6,7 +6,7 @@ import os
 import socket
 import tempfile
 
-from passt_sep.log import Logger
+from passt_sep.system.log import Logger
 from passt_sep.worker.fwd_io import AutoDirection, AutoForwarding
 from passt_sep.worker.loop import Loop
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passt_sep import fdpass, handoff
+from passt_sep import handoff
 from passt_sep.config import Config, Mode, parse_args
 from passt_sep.handoff import (
     ROLES,
@@ -33,6 +33,7 @@ from passt_sep.handoff import (
     WorkerConfig,
 )
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
+from passt_sep.system import fdpass, handoff_io
 
 
 def ip(text: str) -> bytes:
@@ -100,8 +101,8 @@ def test_round_trip_through_a_socketpair(config: WorkerConfig) -> None:
                    FdEntry(Role.TCP_LISTENER, made[1][0], ListenerMeta(10, 22, 1022)),
                    FdEntry(Role.TCP_LISTENER, made[1][1], ListenerMeta(2, 23, 1023)),
                    FdEntry(Role.LOG, made[2][1], LogMeta(1234.5))]
-        handoff.send(broker, config, NETWORK, entries)
-        received = handoff.receive(worker)
+        handoff_io.send(broker, config, NETWORK, entries)
+        received = handoff_io.receive(worker)
         try:
             assert received.config == config
             assert received.network == NETWORK
@@ -123,8 +124,8 @@ def test_round_trip_through_a_socketpair(config: WorkerConfig) -> None:
 
 def test_round_trip_without_fds() -> None:
     with pair() as (broker, worker):
-        handoff.send(broker, CONFIG, Network(), [])
-        received = handoff.receive(worker)
+        handoff_io.send(broker, CONFIG, Network(), [])
+        received = handoff_io.receive(worker)
     assert (received.config, received.network, received.fds) == (CONFIG, Network(), [])
 
 
@@ -137,8 +138,8 @@ def test_more_fds_than_one_message_carries() -> None:
             entries = [FdEntry(Role.TCP_LISTENER, fd, ListenerMeta(2, i + 1, i + 1))
                        for i, fd in enumerate(dups)]
             before = len(open_fds())
-            handoff.send(broker, CONFIG, NETWORK, entries)
-            received = handoff.receive(worker)
+            handoff_io.send(broker, CONFIG, NETWORK, entries)
+            received = handoff_io.receive(worker)
             assert len(open_fds()) == before + count
         finally:
             for fd in dups:
@@ -271,7 +272,7 @@ def receive_raw(message: dict, fds: list[int]) -> str:
         before = open_fds()
         fdpass.send(broker, message, fds)
         with pytest.raises(HandoffError) as info:
-            handoff.receive(worker)
+            handoff_io.receive(worker)
         assert open_fds() == before
     return str(info.value)
 
@@ -312,7 +313,7 @@ def test_fewer_fds_than_announced() -> None:
                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", made[0][0]))])
         broker.shutdown(socket.SHUT_WR)
         with pytest.raises(HandoffError, match="^handoff: peer closed the socket early$"):
-            handoff.receive(worker)
+            handoff_io.receive(worker)
         assert open_fds() == before
 
 
@@ -324,7 +325,7 @@ def test_more_fds_than_announced() -> None:
         broker.sendmsg([struct.pack("!I", len(body)) + body],
                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("ii", *made[0]))])
         with pytest.raises(HandoffError, match="^handoff: expected 1 fds, got 2$"):
-            handoff.receive(worker)
+            handoff_io.receive(worker)
         assert open_fds() == before
 
 
@@ -459,7 +460,7 @@ def test_broker_gone_before_sending() -> None:
     with pair() as (broker, worker):
         broker.close()
         with pytest.raises(HandoffError, match="^handoff: peer closed the socket early$"):
-            handoff.receive(worker)
+            handoff_io.receive(worker)
 
 
 @pytest.mark.parametrize("raw, error", [
@@ -484,7 +485,7 @@ def test_fdpass_framing_errors(raw: bytes, error: str) -> None:
         broker.sendall(raw)
         broker.shutdown(socket.SHUT_WR)
         with pytest.raises(HandoffError) as hinfo:
-            handoff.receive(worker)
+            handoff_io.receive(worker)
         assert str(hinfo.value).startswith("handoff: " + error)
 
 
@@ -557,7 +558,7 @@ def test_arbitrary_bytes_on_the_socket_only_handoff_error(raw: bytes) -> None:
         broker.sendall(raw)
         broker.shutdown(socket.SHUT_WR)
         try:
-            received = handoff.receive(worker)
+            received = handoff_io.receive(worker)
         except HandoffError:
             assert open_fds() == before
             return

@@ -16,10 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import passt_sep
-from passt_sep import log
 from passt_sep.config import parse_args
-from passt_sep.log import DEBUG, ERROR, INFO, TRACE, WARNING, Logger, describe_exception
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
+from passt_sep.system import log
+from passt_sep.system.log import DEBUG, ERROR, INFO, TRACE, WARNING, Logger, describe_exception
 from passt_sep.worker.icmp_io import _socket_failure
 
 

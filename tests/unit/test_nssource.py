@@ -17,12 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from passt_sep import fdpass, nspolicy, nssource
+from passt_sep import nspolicy
 from passt_sep.config import parse_args
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
 from passt_sep.nspolicy import EVERY_PORT, LOOPBACKS, NO_PORT, Policy, PortSet
-from passt_sep.nssource import Request, RequestError, SourceClosed
 from passt_sep.ports import parse_forward
+from passt_sep.system import fdpass, nssource
+from passt_sep.system.nssource import Request, RequestError, SourceClosed
 from passt_sep.worker.splice_io import Landing
 
 AF4, AF6 = int(socket.AF_INET), int(socket.AF_INET6)

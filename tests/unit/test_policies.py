@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from passt_sep import sandbox
 from passt_sep.broker import mac
 from passt_sep.broker.jail import JAIL_MOUNT_POINT
 from passt_sep.broker.namespaces import NETNS_RUN_DIR
 from passt_sep.broker.tap import TUN_DEVICE
+from passt_sep.system import sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 APPARMOR = ROOT / "policies" / "apparmor"

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from passt_sep.log import Logger
+from passt_sep.system.log import Logger
 from passt_sep.tap import VNET_HDR_SIZE
 from passt_sep.worker import guest
 from passt_sep.worker.guest import Capture, TapLink

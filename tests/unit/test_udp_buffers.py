@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 
-from passt_sep.portsock import (
+from passt_sep.system.portsock import (
     FORCED_RCVBUF_TOTAL,
     UDP_RCVBUF,
     forwarded_receive_buffer,

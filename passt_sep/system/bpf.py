@@ -3,7 +3,7 @@
 Building a filter at start-up means importing pyseccomp, and with it
 ``ctypes.util``, which brings subprocess, shutil, tempfile and random
 along: some 5 ms of every start, for a program that changes only with its
-allowlist.  ``python -m passt_sep.bpf seccomp/*.x86_64`` writes what
+allowlist.  ``python -m passt_sep.system.bpf seccomp/*.x86_64`` writes what
 libseccomp makes of each allowlist (its BPF program, ``export_bpf``)
 beside it, as ``NAME.ARCH.bpf``, once, when the package is built;
 ``precompiled`` reads it back at start-up, before the jail, and
@@ -121,10 +121,10 @@ def export(allowlist_path: str) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m passt_sep.bpf ALLOWLIST...``: write each one's program
+    """``python -m passt_sep.system.bpf ALLOWLIST...``: write each one's program
     beside it (``NAME.ARCH.bpf``)."""
     if not argv:
-        print("usage: python -m passt_sep.bpf ALLOWLIST...", file=sys.stderr)
+        print("usage: python -m passt_sep.system.bpf ALLOWLIST...", file=sys.stderr)
         return 2
     for path in argv:
         data = export(path)

@@ -16,14 +16,16 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from . import __version__
+from .. import __version__
+from ..loglevel import DEBUG, ERROR, INFO, TRACE, WARNING, level_for
+
+__all__ = ["DEBUG", "ERROR", "INFO", "TRACE", "WARNING", "Logger", "level_for"]
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .netparams import Network
-    from .ports import Forwarding
+    from ..config import Config
+    from ..netparams import Network
+    from ..ports import Forwarding
 
-ERROR, WARNING, INFO, DEBUG, TRACE = 3, 4, 6, 7, 8
 _NAMES = {ERROR: "ERROR", WARNING: "WARNING", INFO: "INFO", DEBUG: "DEBUG", TRACE: "TRACE"}
 # in the log file, the level in a column of its own: debug and trace lines
 # leave it blank, as passt's do
@@ -31,15 +33,6 @@ _FILE_LABELS = {ERROR: "ERROR:", WARNING: "WARNING:", INFO: "info:", DEBUG: "", 
 _LABEL_WIDTH = 9
 RATE_INTERVAL = 1.0
 RATE_BURST = 5
-
-
-def level_for(config: Config) -> int:
-    """The most verbose level ``-q``, ``-d`` and ``--trace`` let through."""
-    if config.trace:
-        return TRACE
-    if config.debug:
-        return DEBUG
-    return WARNING if config.quiet else INFO
 
 
 class _Sink:

@@ -45,10 +45,10 @@ from typing import NoReturn
 
 import msgpack
 
+from ..nspolicy import LOOPBACK as LOOPBACK_ADDRESS
+from ..nspolicy import Policy
+from ..ports import MAX_PORT
 from . import fdpass
-from .nspolicy import LOOPBACK as LOOPBACK_ADDRESS
-from .nspolicy import Policy
-from .ports import MAX_PORT
 from .portsock import LISTEN_BACKLOG
 
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}

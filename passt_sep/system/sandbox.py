@@ -114,8 +114,8 @@ class Entry:
 def allowlist_dirs() -> list[str]:
     """Where the lists live: beside the package in a checkout, else in the
     installed data directory."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return [os.path.join(os.path.dirname(here), "seccomp"),
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.join(os.path.dirname(package), "seccomp"),
             os.path.join(sys.prefix, "share", "passt-sep", "seccomp")]
 
 
