@@ -21,6 +21,14 @@ for it to exit 0 (passt-sep then serves in the background), then gives QEMU
 ``-netdev stream,server=off,reconnect-ms=5000`` on the socket.  On destroy or
 shutdown it kills the pid in the pid file and unlinks the pid file and the
 socket.
+
+With ``<interface type='vhostuser'>`` (and the domain's RAM a shared memfd)
+the same command line starts with ``--vhost-user`` and QEMU gets
+``-chardev socket,path=<socket>,reconnect-ms=5000 -netdev vhost-user``.
+There libvirt 11.3 neither kills passt nor removes its files: passt-sep
+leaves on QEMU's hang-up (--one-off) and the socket and pid file stay,
+stale.  A ``<source dev=...>`` becomes ``--interface``: an empty one is
+refused, as passt does.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import os
 import pathlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,7 +62,7 @@ LIBVIRT_MIN = (10, 0)            # passt works from here (Debian 12's 9.0 has it
 DOMAIN_XML = """<domain type='qemu'>
   <name>{name}</name>
   <uuid>{uuid}</uuid>
-  <memory unit='MiB'>256</memory>
+  <memory unit='MiB'>256</memory>{memory_backing}
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
@@ -66,9 +75,9 @@ DOMAIN_XML = """<domain type='qemu'>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <interface type='user'>
+    <interface type='{type}'>
       <backend type='passt' logFile='{log_file}'/>
-      <mac address='{mac}'/>
+      <mac address='{mac}'/>{source}
       <model type='virtio'/>
       <portForward proto='tcp' address='127.0.0.1'>
         <range start='{fwd_host}' to='{fwd_guest}'/>
@@ -78,6 +87,23 @@ DOMAIN_XML = """<domain type='qemu'>
   </devices>
 </domain>
 """
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """How the domain's interface reaches passt: what changes in its XML."""
+
+    type: str                    # <interface type=...>
+    memory_backing: str = ""     # vhost-user: QEMU shares the guest's RAM
+    source: str = ""
+
+
+STREAM = Backend("user")
+# No <source>: libvirt makes up the socket's path and mode itself, and a
+# <source dev=...> is passt's --interface (an empty one, --interface '').
+VHOST_USER = Backend(
+    "vhostuser",
+    "\n  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>")
 
 
 def libvirt_version() -> tuple[int, ...] | None:
@@ -201,17 +227,55 @@ def guest_image(image_dir: str) -> qemu_guest.GuestImage:
         pytest.skip(str(exc))
 
 
-def define(lv: Session, image: qemu_guest.GuestImage, checks: str, console: str) -> None:
-    """(Re)define the domain to run ``checks`` with its console in ``console``."""
-    params = qemu_guest.check_params(checks, SIZE, seed=SEED, fwd=FWD_GUEST_PORT)
-    cmdline = " ".join(["console=ttyS0", "quiet", "panic=-1"]
-                       + [f"pt_{key}={value}" for key, value in params.items()])
-    xml = DOMAIN_XML.format(name=DOMAIN, uuid=UUID, kernel=image.kernel, initrd=image.initrd,
-                            cmdline=cmdline, log_file=lv.root / "passt.log", mac=MAC,
-                            fwd_host=FWD_HOST_PORT, fwd_guest=FWD_GUEST_PORT, console=console)
-    path = lv.root / "domain.xml"
-    path.write_text(xml)
-    lv.virsh("define", str(path))
+@dataclasses.dataclass
+class Domain:
+    """The test's domain on the session daemon, its guest's checks run
+    against the remote peers; ``backend`` says how it reaches passt."""
+
+    topo: Topology
+    lv: Session
+    image: qemu_guest.GuestImage
+    backend: Backend = STREAM
+
+    def define(self, checks: str, console: str) -> None:
+        """(Re)define the domain to run ``checks`` with its console in ``console``."""
+        params = qemu_guest.check_params(checks, SIZE, seed=SEED, fwd=FWD_GUEST_PORT)
+        cmdline = " ".join(["console=ttyS0", "quiet", "panic=-1"]
+                           + [f"pt_{key}={value}" for key, value in params.items()])
+        xml = DOMAIN_XML.format(
+            name=DOMAIN, uuid=UUID, kernel=self.image.kernel, initrd=self.image.initrd,
+            cmdline=cmdline, log_file=self.lv.root / "passt.log", mac=MAC,
+            fwd_host=FWD_HOST_PORT, fwd_guest=FWD_GUEST_PORT, console=console,
+            type=self.backend.type, memory_backing=self.backend.memory_backing,
+            source=self.backend.source)
+        path = self.lv.root / "domain.xml"
+        path.write_text(xml)
+        self.lv.virsh("define", str(path))
+
+    def boot(self, checks: str, number: int,
+             until: str | None = None) -> tuple[qemu_guest.GuestRun, subprocess.Popen | None]:
+        """Define and start the domain for its ``number``-th boot and follow
+        it as run_domain; with it, the host's fetch through the <portForward>
+        of what the guest serves (started once the guest listens)."""
+        console = str(self.lv.root / f"console-{number}.log")
+        self.define(checks, console)
+        fetch: list[subprocess.Popen] = []
+
+        def fetch_forwarded(_: str) -> None:
+            fetch.append(self.topo.spawn_host(
+                sys.executable, qemu_guest.PEERS, "drain", "127.0.0.1", str(FWD_HOST_PORT),
+                stdout=subprocess.PIPE, text=True))
+
+        run = run_domain(self.lv, console, until, {"fwd-listening": fetch_forwarded})
+        return run, (fetch[0] if fetch else None)
+
+
+@pytest.fixture
+def domain(topo: Topology, session: Session, guest_image: qemu_guest.GuestImage) -> Domain:
+    """A Domain (on the stream socket until a test sets its backend), the
+    remote peers of its guest's checks running."""
+    qemu_guest.start_remote_peers(topo)
+    return Domain(topo, session, guest_image)
 
 
 def run_domain(lv: Session, console: str, until: str | None = None,
@@ -291,62 +355,126 @@ def assert_traffic(run: qemu_guest.GuestRun, fetch: subprocess.Popen | None) -> 
     assert fetch.communicate(timeout=60)[0].strip() == f"{sent_digest} {sent_size}", where
 
 
-def assert_passt_argv(lv: Session) -> None:
+def assert_passt_argv(lv: Session, vhost_user: bool = False) -> list[str]:
     """libvirt ran "passt" (passt-sep) once for this boot, with our options
-    (the domain log starts again at each boot)."""
+    (the domain log starts again at each boot); that command line."""
     log = lv.domain_log.read_text(errors="replace")
     commands = passt_argv(log)
     assert len(commands) == 1, log
     argv = commands[0]
     assert argv[0] == "passt" and "--one-off" in argv, argv
+    assert ("--vhost-user" in argv) == vhost_user, argv
     assert option(argv, "--socket").startswith(f"{lv.passt_dir}/"), argv
     assert option(argv, "--pid").startswith(f"{lv.passt_dir}/"), argv
     assert option(argv, "--log-file") == str(lv.root / "passt.log"), argv
     assert option(argv, "--tcp-ports") == f"127.0.0.1/{FWD_HOST_PORT}:{FWD_GUEST_PORT}", argv
+    return argv
 
 
-@pytest.mark.slow
-def test_libvirt_session_domain_with_passt_backend(
-        topo: Topology, session: Session, guest_image: qemu_guest.GuestImage) -> None:
-    """Start, traffic, destroy mid-download, start again, traffic, guest
-    poweroff: libvirt's passt is passt-sep each time, and cleans up after it."""
-    lv = session
-    qemu_guest.start_remote_peers(topo)
-    fetch: dict[str, subprocess.Popen] = {}
-
-    def fetch_forwarded(_: str) -> None:
-        """From the host side, through the <portForward>, what the guest serves."""
-        fetch["fwd"] = topo.spawn_host(sys.executable, qemu_guest.PEERS, "drain", "127.0.0.1",
-                                       str(FWD_HOST_PORT), stdout=subprocess.PIPE, text=True)
-
-    # First boot: the checks, then an endless download that destroy cuts.
-    console = str(lv.root / "console-1.log")
-    define(lv, guest_image, "ping,tcpdown,tcpup,fwd,hold", console)
-    first = run_domain(lv, console, "holding", {"fwd-listening": fetch_forwarded})
-    assert_traffic(first, fetch.pop("fwd", None))
-    assert "holding" in first.results, first.describe()
-    assert_passt_argv(lv)
+def running_worker(lv: Session) -> int:
+    """After a boot: libvirt's passt directory holds the socket and the pid
+    file, whose pid (passt-sep's worker) runs as the daemon's uid."""
     files = lv.passt_files()
     assert len(files) == 2 and any(f.endswith(".socket") for f in files), files
     pid_file = next(f for f in files if f.endswith(".pid"))
     worker = int((lv.passt_dir / pid_file).read_text())
     assert process_uid(worker) == UID, "passt-sep does not run as the daemon's uid"
+    return worker
 
+
+def assert_destroyed(topo: Topology, lv: Session, worker: int,
+                     stale_files_left: bool = False) -> None:
+    """``virsh destroy`` mid-download: the worker is gone and so is the
+    guest's connection to the remote; libvirt removed passt's files, or,
+    with ``stale_files_left``, assert_stale's."""
+    files = lv.passt_files()
     lv.virsh("destroy", DOMAIN)
-    assert lv.passt_files() == [], "libvirt left passt's socket or pid file"
     assert wait_gone(worker), "passt-sep outlived the destroyed domain"
     assert not topo.run_host("ss", "-Htn", f"dport = :{qemu_guest.SOURCE_PORT}").stdout, \
         "the destroyed guest's download is still open towards the remote"
+    if stale_files_left:
+        assert_stale(lv, files)
+    else:
+        assert lv.passt_files() == [], "libvirt left passt's socket or pid file"
+
+
+def assert_stale(lv: Session, files: list[str]) -> None:
+    """vhostuser: libvirt 11.3 kills passt and removes its files only for
+    type='user', so once QEMU is gone the socket and pid file ``files``
+    stay (unless a libvirt removes them); passt-sep, jailed, cannot unlink
+    them, but it left on QEMU's hang-up (--one-off): nobody listens on the
+    socket, the pid file's process is gone."""
+    left = lv.passt_files()
+    assert set(files) >= set(left), left
+    for name in left:
+        path = lv.passt_dir / name
+        if name.endswith(".socket"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe, \
+                    pytest.raises(ConnectionRefusedError):
+                probe.connect(str(path))
+        else:
+            assert wait_gone(int(path.read_text())), f"{name}: passt-sep outlived QEMU"
+
+
+@pytest.mark.slow
+def test_libvirt_session_domain_with_passt_backend(domain: Domain) -> None:
+    """Start, traffic, destroy mid-download, start again, traffic, guest
+    poweroff: libvirt's passt is passt-sep each time, and cleans up after it."""
+    lv = domain.lv
+    # First boot: the checks, then an endless download that destroy cuts.
+    first, fetch = domain.boot("ping,tcpdown,tcpup,fwd,hold", 1, "holding")
+    assert_traffic(first, fetch)
+    assert "holding" in first.results, first.describe()
+    assert_passt_argv(lv)
+    assert_destroyed(domain.topo, lv, running_worker(lv))
 
     # Second boot: a new passt-sep, traffic again; the guest powers off.
-    console = str(lv.root / "console-2.log")
-    define(lv, guest_image, "ping,tcpdown,tcpup,fwd", console)
-    second = run_domain(lv, console, None, {"fwd-listening": fetch_forwarded})
+    second, fetch = domain.boot("ping,tcpdown,tcpup,fwd", 2)
     print(f"libvirt guests (TCG): first {first.elapsed:.1f} s, second {second.elapsed:.1f} s")
-    assert_traffic(second, fetch.pop("fwd", None))
+    assert_traffic(second, fetch)
     assert second.returncode == 0 and "done" in second.results, second.describe()
     assert lv.passt_files() == [], "libvirt left passt's socket or pid file"
 
     assert_passt_argv(lv)
     passt_log = (lv.root / "passt.log").read_text()
     assert passt_log.count("guest connected") == 2, passt_log   # appended to, each boot
+
+
+@pytest.mark.slow
+def test_libvirt_session_domain_with_passt_vhost_user(domain: Domain) -> None:
+    """<interface type='vhostuser'> with <backend type='passt'/>: libvirt
+    runs passt-sep with --vhost-user, QEMU shares the guest's memfd RAM
+    with it; the same traffic, destroy and restart as on the stream socket."""
+    lv = domain.lv
+    # <source dev=''/>: libvirt runs passt with --interface '', refused (as
+    # passt does) before passt-sep goes to the background, and libvirt
+    # reports it and leaves nothing behind.
+    domain.backend = dataclasses.replace(VHOST_USER, source="\n      <source dev=''/>")
+    domain.define("ping", str(lv.root / "console-0.log"))
+    refused = lv.virsh("start", DOMAIN, check=False)
+    assert refused.returncode != 0, "libvirt started passt with --interface ''"
+    assert "Invalid interface name for --interface" in refused.stderr, refused.stderr
+    assert lv.passt_files() == [] and not lv.running(), lv.passt_files()
+
+    domain.backend = VHOST_USER
+    first, fetch = domain.boot("ping,tcpdown,tcpup,fwd,hold", 1, "holding")
+    assert_traffic(first, fetch)
+    assert "holding" in first.results, first.describe()
+    argv = assert_passt_argv(lv, vhost_user=True)
+    print("libvirt's passt command line:", " ".join(argv))
+    first_files = lv.passt_files()
+    assert_destroyed(domain.topo, lv, running_worker(lv), stale_files_left=True)
+
+    second, fetch = domain.boot("ping,tcpdown,tcpup,fwd", 2)
+    print(f"libvirt vhost-user guests (TCG): first {first.elapsed:.1f} s, "
+          f"second {second.elapsed:.1f} s")
+    assert_traffic(second, fetch)
+    assert second.returncode == 0 and "done" in second.results, second.describe()
+    second_argv = assert_passt_argv(lv, vhost_user=True)
+    assert_stale(lv, first_files + [pathlib.Path(option(second_argv, name)).name
+                                    for name in ("--socket", "--pid")])
+
+    # One QEMU connection per boot, its guest's virtio-net driven through it.
+    passt_log = (lv.root / "passt.log").read_text()
+    assert passt_log.count("vhost-user front-end connected") == 2, passt_log
+    assert passt_log.count("guest connected (vhost-user)") == 2, passt_log
