@@ -1,8 +1,11 @@
 """Test-only entry point: close the real jail and arm the real worker filter,
 then make one system call named on the command line.
 
-Exit status 0 means the call was allowed (whatever it returned); a filter
-that refuses it kills this process with SIGSYS.  Run as root.
+``sandbox_probe.py CALL precompiled`` arms the program compiled at install
+time (exit status 3 if there is none), ``sandbox_probe.py CALL built`` the
+filter libseccomp builds from the list now.  Exit status 0 means the call
+was allowed (whatever it returned); a filter that refuses it kills this
+process with SIGSYS.  Run as root.
 """
 
 from __future__ import annotations
@@ -15,18 +18,19 @@ import sys
 import time
 
 from passt_sep.broker import jail
-from passt_sep.system import sandbox
+from passt_sep.system import bpf, sandbox
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 SOCK_PACKET = 10
 IPPROTO_SCTP = 132
+NOT_PRECOMPILED = 3
+_NUMBERS: dict[str, int] = {}       # resolved before the filter is armed
 
 
 def _raw(name: str, *args: int) -> int:
     """The system call itself, as libc makes it without the vDSO."""
-    number = sandbox.seccomp.resolve_syscall(sandbox.seccomp.Arch.NATIVE, name)
-    return _libc.syscall(number, *[ctypes.c_long(a) for a in args])
+    return _libc.syscall(_NUMBERS[name], *[ctypes.c_long(a) for a in args])
 
 
 _TIMESPEC = ctypes.create_string_buffer(16)
@@ -52,9 +56,21 @@ PROBES = {
 }
 
 
+def _worker_filter(how: str) -> sandbox.Prepared:
+    if how == "built":
+        return sandbox.build(sandbox.read_allowlist("worker")[1])
+    prepared = sandbox.prepare("worker")
+    if not isinstance(prepared, bpf.Program):
+        sys.exit(NOT_PRECOMPILED)
+    return prepared
+
+
 def main() -> None:
     probe = PROBES[sys.argv[1]]
-    worker_filter = sandbox.prepare("worker")
+    seccomp = sandbox.libseccomp()
+    for name in ("clock_gettime", "gettimeofday"):
+        _NUMBERS[name] = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+    worker_filter = _worker_filter(sys.argv[2])
     jail.close(None)
     worker_filter.load()
     try:

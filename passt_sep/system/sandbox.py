@@ -19,19 +19,25 @@ an option name of another level never pair up.  A line that starts with
 shared mapping of guest RAM).  Names are resolved from ``CONSTANTS``.
 Anything not listed kills the process.
 
-The filter is built (and the file read) by ``prepare`` before the jail
-closes; ``Prepared.load`` arms it later, after the handoff.
+The file is read by ``prepare`` before the jail closes, and its filter
+taken from the program compiled from it at install time (``bpf``) or,
+without one, built by libseccomp; ``Prepared.load`` arms it later, after
+the handoff.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util  # pyseccomp imports it anyway: see below
+import functools
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Protocol
 
+from . import bpf
 from .linux import MACHINE
 
 # pyseccomp finds libc and libseccomp with ctypes.util.find_library at
@@ -39,10 +45,9 @@ from .linux import MACHINE
 # pyseccomp imports, the usual sonames are loaded directly; any other name
 # goes to the real lookup, which is put back afterwards.
 _SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
-_ldconfig_lookup = ctypes.util.find_library
 
 
-def _find_library(name: str) -> str | None:
+def _find_library(name: str, lookup: Callable[[str], str | None]) -> str | None:
     soname = _SONAMES.get(name)
     if soname is not None:
         try:
@@ -50,16 +55,24 @@ def _find_library(name: str) -> str | None:
             return soname
         except OSError:
             pass
-    return _ldconfig_lookup(name)
+    return lookup(name)
 
 
-ctypes.util.find_library = _find_library
-try:  # pyseccomp first: a checkout's seccomp/ folder shadows "seccomp"
-    import pyseccomp as seccomp
-except ImportError:  # pragma: no cover - the distro's python3-seccomp
-    import seccomp  # type: ignore[no-redef]
-finally:
-    ctypes.util.find_library = _ldconfig_lookup
+@functools.cache
+def libseccomp() -> ModuleType:
+    """pyseccomp, imported when a filter is first built: a start that finds
+    its programs precompiled (``bpf``) never imports it, nor ctypes.util."""
+    import ctypes.util
+    lookup = ctypes.util.find_library
+    ctypes.util.find_library = functools.partial(_find_library, lookup=lookup)
+    try:  # pyseccomp first: a checkout's seccomp/ folder shadows "seccomp"
+        import pyseccomp as seccomp
+    except ImportError:  # pragma: no cover - the distro's python3-seccomp
+        import seccomp  # type: ignore[no-redef]
+    finally:
+        ctypes.util.find_library = lookup
+    return seccomp
+
 
 CONSTANTS = {
     # socket(): families, types (SOCK_TYPE_MASK strips SOCK_NONBLOCK and
@@ -179,15 +192,23 @@ def syscall_names(entries: list[Entry]) -> list[str]:
     return sorted({e.syscall for e in entries})
 
 
-class Prepared:
-    """A filter built from an allowlist, ready to be armed."""
+class Prepared(Protocol):
+    """A filter ready to be armed: a precompiled ``bpf.Program``, or a
+    ``Built`` one."""
+
+    def load(self) -> None: ...
+
+
+class Built:
+    """A filter built by libseccomp from allowlist entries."""
 
     def __init__(self, entries: list[Entry]) -> None:
+        seccomp = libseccomp()
         self.entries = entries
         self.filter = seccomp.SyscallFilter(seccomp.KILL_PROCESS)
         self.rules = 0
         for entry in entries:
-            for args in _expand(entry.conditions):
+            for args in _expand(entry.conditions, seccomp):
                 self.filter.add_rule(seccomp.ALLOW, entry.syscall, *args)
                 self.rules += 1
 
@@ -195,25 +216,55 @@ class Prepared:
         self.filter.load()
 
 
-def _expand(conditions: tuple[Condition, ...]) -> list[list[object]]:
+def _expand(conditions: tuple[Condition, ...], seccomp: ModuleType) -> list[list[object]]:
     """One argument list per combination of alternatives."""
     combos: list[list[object]] = [[]]
     for cond in conditions:
-        combos = [combo + [_arg(cond, value)] for combo in combos for value in cond.values]
+        combos = [combo + [_arg(cond, value, seccomp)]
+                  for combo in combos for value in cond.values]
     return combos
 
 
-def _arg(cond: Condition, value: int) -> object:
+def _arg(cond: Condition, value: int, seccomp: ModuleType) -> object:
     if cond.mask is None:
         return seccomp.Arg(cond.arg, seccomp.EQ, value)
     return seccomp.Arg(cond.arg, seccomp.MASKED_EQ, cond.mask, value)
 
 
-def prepare(name: str, features: frozenset[str] = frozenset()) -> Prepared:
-    """Read ``seccomp/<name>.<arch>`` and build its filter (before the jail):
-    the lines for everyone, and those marked ``?feature`` for ``features``
-    alone (a rule a mode needs stays out of every other mode's filter)."""
+def for_features(entries: list[Entry], features: frozenset[str]) -> list[Entry]:
+    """The lines for everyone, and those marked ``?feature`` for
+    ``features`` alone (a rule a mode needs stays out of every other
+    mode's filter)."""
+    return [e for e in entries if e.feature is None or e.feature in features]
+
+
+def features_named(entries: list[Entry]) -> frozenset[str]:
+    return frozenset(e.feature for e in entries if e.feature is not None)
+
+
+def build(text: str, features: frozenset[str] = frozenset()) -> Built:
+    """libseccomp's filter for the allowlist ``text`` (imports pyseccomp)."""
+    return Built(for_features(parse_allowlist(text), features))
+
+
+def read_allowlist(name: str) -> tuple[str, str]:
+    """The path and text of ``seccomp/<name>.<arch>``."""
     path = allowlist_path(name)
     with open(path, encoding="utf-8") as handle:
-        entries = parse_allowlist(handle.read())
-    return Prepared([e for e in entries if e.feature is None or e.feature in features])
+        return path, handle.read()
+
+
+def prepare(name: str, features: frozenset[str] = frozenset()) -> Prepared:
+    """The filter for ``name`` with ``features``, read before the jail.
+
+    The program compiled from this very text at install time when there is
+    one (``bpf.precompiled``: its CRC names the text and the features);
+    else, when it is missing, stale or damaged, the filter built from the
+    list now, as libseccomp would have compiled it: the list decides what
+    is allowed either way, a missing program only costs the time to build."""
+    path, text = read_allowlist(name)
+    try:
+        program = bpf.precompiled(path, text, features)
+    except bpf.BpfError:
+        program = None
+    return program if program is not None else build(text, features)

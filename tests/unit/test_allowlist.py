@@ -34,7 +34,7 @@ def test_a_syscall_on_several_lines_is_each_line_or_the_others() -> None:
         "setsockopt arg1==SOL_SOCKET arg2==SO_ERROR|SO_LINGER  # a\n"
         "setsockopt arg1==IPPROTO_TCP arg2==TCP_NODELAY  # b\n")
     assert sandbox.syscall_names(entries) == ["setsockopt"]
-    assert sandbox.Prepared(entries).rules == 3
+    assert sandbox.Built(entries).rules == 3
 
 
 @pytest.mark.parametrize("line", ["socket arg0=AF_INET", "socket arg9==1", "socket foo==1",
@@ -51,13 +51,15 @@ def test_shipped_worker_list_parses_and_builds() -> None:
     names = sandbox.syscall_names(entries)
     assert all(e.reason for e in entries), "every line says why"
     assert len(names) <= 45
-    assert sandbox.Prepared(entries).rules <= 100  # libseccomp accepts every rule, few of them
+    assert sandbox.Built(entries).rules <= 100  # libseccomp accepts every rule, few of them
 
 
 def test_library_lookup_without_ldconfig_and_else_the_real_one() -> None:
-    assert sandbox._find_library("seccomp") == "libseccomp.so.2"
-    assert sandbox._find_library("m") == ctypes.util.find_library("m")      # not a known name
-    assert ctypes.util.find_library is sandbox._ldconfig_lookup              # put back
+    real = ctypes.util.find_library
+    assert sandbox._find_library("seccomp", real) == "libseccomp.so.2"
+    assert sandbox._find_library("m", real) == real("m")      # not a known name
+    sandbox.libseccomp()
+    assert ctypes.util.find_library is real                   # put back
 
 
 def test_feature_lines_join_only_their_features_filter() -> None:
@@ -71,8 +73,8 @@ def test_feature_lines_join_only_their_features_filter() -> None:
 
 def test_the_worker_maps_shared_memory_only_for_vhost_user() -> None:
     def shared_mmap(features: frozenset[str]) -> list[sandbox.Entry]:
-        prepared = sandbox.prepare("worker", features)
-        return [e for e in prepared.entries if e.syscall == "mmap" and any(
+        _path, text = sandbox.read_allowlist("worker")
+        return [e for e in sandbox.build(text, features).entries if e.syscall == "mmap" and any(
             c.arg == 3 and sandbox.CONSTANTS["MAP_SHARED"] in c.values for c in e.conditions)]
     assert shared_mmap(frozenset()) == []
     assert len(shared_mmap(frozenset({"vhost-user"}))) == 1

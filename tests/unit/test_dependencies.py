@@ -106,9 +106,9 @@ def test_pyseccomp_finds_its_libraries_through_our_lookup_alone() -> None:
         "asked = []\n"
         "ctypes.util.find_library = lambda name: asked.append(name)\n"
         "from passt_sep.system import sandbox\n"
-        "filt = sandbox.seccomp.SyscallFilter(sandbox.seccomp.KILL_PROCESS)\n"
-        "filt.add_rule(sandbox.seccomp.ALLOW, 'read',\n"
-        "              sandbox.seccomp.Arg(0, sandbox.seccomp.MASKED_EQ, 1, 0))\n"
+        "seccomp = sandbox.libseccomp()\n"
+        "filt = seccomp.SyscallFilter(seccomp.KILL_PROCESS)\n"
+        "filt.add_rule(seccomp.ALLOW, 'read', seccomp.Arg(0, seccomp.MASKED_EQ, 1, 0))\n"
         "print('fell through:', asked)\n")
     assert result.returncode == 0, "pyseccomp's API moved (sandbox.py uses SyscallFilter, " \
         "Arg, MASKED_EQ, ALLOW, KILL_PROCESS):\n" + result.stderr
