@@ -83,6 +83,7 @@ export BENCH_PASTA_CURRENT
 bench: install
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends passt slirp4netns
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/startup.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

@@ -16,8 +16,9 @@ test topology (tests/topology.py), never the host's own network.
   mapping it, other Python processes on the machine too: Uss is the figure
   no other process lowers.
 
-Printed as a table with ratios to the current pasta (``/opt/passt-ref/pasta``,
-``PASTA_REF`` to change it); written to bench/results/startup.json.  Run as
+Printed as a table with ratios to the current pasta (``BENCH_PASTA_CURRENT``,
+its passt binary, which ``make bench`` names); written to
+bench/results/startup.json.  Run as
 root: ``python bench/startup.py`` (the venv from ``make install``);
 ``BENCH_BASELINE_VENV=/path/to/venv`` adds another passt-sep install to the
 same interleaved runs, to measure a change against what it replaces;
@@ -62,12 +63,16 @@ SETTLE_SECONDS = 0.5
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def implementations() -> dict[str, str]:
+def implementations(tmp: str) -> dict[str, str]:
     """Name -> program: passt-sep first, the current pasta second (the
-    ratios' reference), distro pasta if installed, and another passt-sep
+    ratios' reference: its passt binary runs as pasta under that name, a
+    link made in ``tmp``), distro pasta if installed, and another passt-sep
     install to compare with (``BENCH_BASELINE_VENV``: a change's before)."""
-    found = {"passt-sep": os.path.join(VENV, "bin", "pasta-sep"),
-             "pasta": os.environ.get("PASTA_REF", "/opt/passt-ref/pasta")}
+    found = {"passt-sep": os.path.join(VENV, "bin", "pasta-sep")}
+    current = os.environ.get("BENCH_PASTA_CURRENT", "")
+    if os.access(current, os.X_OK):
+        found["pasta"] = os.path.join(tmp, "pasta")
+        os.symlink(current, found["pasta"])
     baseline = os.environ.get("BENCH_BASELINE_VENV")
     if baseline:
         found["passt-sep-base"] = os.path.join(baseline, "bin", "pasta-sep")
@@ -298,7 +303,12 @@ def main() -> int:
     if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
     os.nice(NICE)
-    programs = implementations()
+    with tempfile.TemporaryDirectory(prefix="passt-sep-startup-", dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)                # the runs are uid 65534's
+        return measure(implementations(tmp))
+
+
+def measure(programs: dict[str, str]) -> int:
     with Topology("st") as topo:
         netns = f"/run/netns/{topo.host}"
         samples = startup(netns, programs)
