@@ -237,3 +237,74 @@ def test_inbound_ipv6_reaches_an_ipv4_only_service(nat64: Nat64Topology, pasta: 
     assert from_ipv4.stdout.strip() == digest(SIZE, 6), from_ipv4.stderr
     out, err = service.communicate(timeout=30)
     assert out.split() == [CLAT_GATEWAY4, SERVER4], err
+
+
+# An IPv4-only UDP echo in the namespace: once it has answered N peers and
+# then heard nothing for a while, it prints them, one a line, and ends.
+UDP_SERVICE = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", int(sys.argv[1])))
+open(sys.argv[2], "w").close()
+peers = []
+while True:
+    sock.settimeout(2 if len(peers) >= int(sys.argv[3]) else None)
+    try:
+        data, peer = sock.recvfrom(65535)
+    except TimeoutError:
+        break
+    sock.sendto(data, peer)
+    if peer[0] not in peers:
+        peers.append(peer[0])
+print("\\n".join(peers), flush=True)
+"""
+UDP_INBOUND = 10300
+UDP_SEND = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(PEERS)!r})
+import peers
+print(peers.udp_send(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), 1200))
+"""
+
+
+def _spawn_service(topo: Nat64Topology, pasta: str, ready, script: str, port: int,
+                   peers: int, *options: str) -> subprocess.Popen:
+    service = topo.spawn_host(pasta, "--config-net", *options, "--", sys.executable, "-c",
+                              script, str(port), str(ready), str(peers),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline and service.poll() is None, service.stderr.read()
+        time.sleep(0.05)
+    return service
+
+
+def _udp_echo_from(ns: str, host: str, port: int, size: int, seed: int) -> None:
+    sent = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", UDP_SEND, host,
+                           str(port), str(size), str(seed)], capture_output=True, text=True,
+                          timeout=90)
+    assert sent.stdout.strip() == digest(size, seed), sent.stderr
+
+
+def test_udp_forward_from_behind_the_nat64_reaches_an_ipv4_only_service(
+        nat64: Nat64Topology, pasta: str, shared_tmp) -> None:
+    """-u: an IPv4 host's datagrams, through the NAT64 to the host's IPv6
+    address, reach the guest over IPv4 from the address the NAT64 prefix
+    embeds, and its answers go back to the peer through the same port."""
+    service = _spawn_service(nat64, pasta, shared_tmp / "ready", UDP_SERVICE, UDP_INBOUND, 1,
+                             "--nat64-prefix", nat64.prefix, "-u", str(UDP_INBOUND))
+    _udp_echo_from(nat64.server, HOST_AS4, UDP_INBOUND, 100000, 7)
+    out, err = service.communicate(timeout=30)
+    assert out.split() == [SERVER4], err
+
+
+def test_udp_forward_to_a_guest_without_ipv6(nat64: Nat64Topology, pasta: str,
+                                             shared_tmp) -> None:
+    """-4 --clat -u: every IPv6 peer reaches the IPv4-only guest, one
+    outside the prefix from the gateway's address."""
+    service = _spawn_service(nat64, pasta, shared_tmp / "ready", UDP_SERVICE, UDP_INBOUND, 2,
+                             "-4", "--nat64-prefix", nat64.prefix, "-u", str(UDP_INBOUND))
+    _udp_echo_from(nat64.remote, HOST6, UDP_INBOUND, 100000, 8)
+    _udp_echo_from(nat64.server, HOST_AS4, UDP_INBOUND, 100000, 9)
+    out, err = service.communicate(timeout=30)
+    assert out.split() == [CLAT_GATEWAY4, SERVER4], err
