@@ -12,7 +12,8 @@ real NAT64 (tayga) in front of an IPv4-only server.
 
 pasta-sep runs in the host namespace; the namespace it makes runs an
 IPv4-only program against 203.0.113.10, by address and by a name resolved
-over IPv4 DNS through the guest's resolver address.
+over IPv4 DNS through the guest's resolver address.  passt-sep runs there
+too, for a guest namespace on its socket (``passtguest``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import tempfile
 import time
 
 import pytest
+from passtguest import Guest
 from peers import PATH as PEERS
 from peers import expected as digest
 
@@ -308,3 +310,35 @@ def test_udp_forward_to_a_guest_without_ipv6(nat64: Nat64Topology, pasta: str,
     _udp_echo_from(nat64.server, HOST_AS4, UDP_INBOUND, 100000, 9)
     out, err = service.communicate(timeout=30)
     assert out.split() == [CLAT_GATEWAY4, SERVER4], err
+
+
+# What the passt mode guest does over IPv4, one line per step.
+VM_GUEST = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(PEERS)!r})
+import peers
+print(peers.recv({SERVER4!r}, {SOURCE}, {SIZE}, 10))
+print(peers.udp_send({SERVER4!r}, {ECHO}, 300000, 11, 1400))
+"""
+
+
+def test_passt_mode_guest_reaches_ipv4_through_nat64(nat64: Nat64Topology, passt: str,
+                                                     shared_tmp) -> None:
+    """passt mode: the VM's DHCP lease is the CLAT address, and its IPv4
+    TCP and UDP reach the IPv4-only server through the NAT64."""
+    socket_path = str(shared_tmp / "passt.socket")
+    daemon = nat64.spawn_host(passt, "-f", "-q", "-s", socket_path, "--nat64-prefix",
+                              nat64.prefix, stderr=subprocess.PIPE, text=True)
+    script = shared_tmp / "vm_guest.py"
+    script.write_text(VM_GUEST)
+    guest = Guest(nat64, socket_path, str(shared_tmp))
+    try:
+        guest.dhcp()
+        lines = guest.run(f"ip -4 -o addr show dev eth0 | awk '{{print $4}}'\n"
+                          f"ip -4 route show default | awk '{{print $3}}'\n"
+                          f"{sys.executable} {script}")
+    finally:
+        guest.close()
+        daemon.kill()
+    assert lines == [f"{CLAT_GUEST4}/29", CLAT_GATEWAY4, digest(SIZE, 10),
+                     digest(300000, 11)], daemon.stderr.read()
