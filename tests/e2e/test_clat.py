@@ -216,20 +216,29 @@ for _ in range(int(sys.argv[3])):
 INBOUND = 10200
 
 
-def test_inbound_ipv6_reaches_an_ipv4_only_service(nat64: Nat64Topology, pasta: str,
-                                                   shared_tmp) -> None:
-    """-t: a connection from IPv6 outside the prefix arrives from the
-    gateway; one from the IPv4 side, through the NAT64, from the IPv4
-    address the peer's IPv6 one embeds."""
-    ready = shared_tmp / "ready"
-    service = nat64.spawn_host(pasta, "--config-net", "--nat64-prefix", nat64.prefix, "-t",
-                               str(INBOUND), "--", sys.executable, "-c", SERVICE, str(INBOUND),
-                               str(ready), "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+def _spawn_service(topo: Nat64Topology, pasta: str, ready, script: str, port: int,
+                   peers: int, *options: str) -> subprocess.Popen:
+    """pasta-sep running ``script PORT READY PEERS`` in its namespace, once
+    the script has made the file READY (it listens)."""
+    service = topo.spawn_host(pasta, "--config-net", *options, "--", sys.executable, "-c",
+                              script, str(port), str(ready), str(peers),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert time.monotonic() < deadline and service.poll() is None, service.stderr.read()
         time.sleep(0.05)
+    return service
+
+
+@pytest.mark.parametrize("options", [(), ("-4",)], ids=["dual", "ipv4_only"])
+def test_inbound_ipv6_reaches_an_ipv4_only_service(nat64: Nat64Topology, pasta: str,
+                                                   shared_tmp, options: tuple[str, ...]) -> None:
+    """-t: a connection from IPv6 outside the prefix arrives from the
+    gateway; one from the IPv4 side, through the NAT64, from the IPv4
+    address the peer's IPv6 one embeds.  A guest with IPv6 refuses them
+    there first; one without (-4) gets them over IPv4 at once."""
+    service = _spawn_service(nat64, pasta, shared_tmp / "ready", SERVICE, INBOUND, 2, *options,
+                             "--nat64-prefix", nat64.prefix, "-t", str(INBOUND))
     from_ipv6 = nat64.run_remote(sys.executable, PEERS, "send", HOST6, str(INBOUND), str(SIZE),
                                  "5")
     assert from_ipv6.stdout.strip() == digest(SIZE, 5), from_ipv6.stderr
@@ -267,18 +276,6 @@ sys.path.insert(0, {os.path.dirname(PEERS)!r})
 import peers
 print(peers.udp_send(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), 1200))
 """
-
-
-def _spawn_service(topo: Nat64Topology, pasta: str, ready, script: str, port: int,
-                   peers: int, *options: str) -> subprocess.Popen:
-    service = topo.spawn_host(pasta, "--config-net", *options, "--", sys.executable, "-c",
-                              script, str(port), str(ready), str(peers),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert time.monotonic() < deadline and service.poll() is None, service.stderr.read()
-        time.sleep(0.05)
-    return service
 
 
 def _udp_echo_from(ns: str, host: str, port: int, size: int, seed: int) -> None:
