@@ -75,7 +75,15 @@ IPv6 gets it over IPv4 at once.
 Over IPv4 the guest sees the peer as the IPv4 address the peer's IPv6
 address embeds if it is inside the NAT64 prefix (an IPv4 client behind the
 NAT64), else as the gateway.
-Forwarded UDP ports (\fB\-u\fR) reach the guest in the peer's own family.
+UDP has no refusal to fall back on, so for a forwarded UDP port
+(\fB\-u\fR) the peer decides: a datagram from an IPv6 peer inside the
+NAT64 prefix reaches the guest over IPv4, from the IPv4 address the peer's
+address embeds; one from any other IPv6 peer over IPv6, or over IPv4 from
+the gateway if the guest has no IPv6.
+The guest's answers from the target port go back to the peer through the
+same port, as IPv6.
+With \fB\-4\fR, \fB\-\-clat\fR still forwards the host's IPv6 ports,
+to the guest's IPv4.
 """
 
 SECURITY = r"""

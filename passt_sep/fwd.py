@@ -145,10 +145,18 @@ class AddressMap:
             return None
         if is_loopback(src) and self.host_loopback4 is not None:
             return self.host_loopback4
+        return self.behind_nat64(src) or self.gateway4
+
+    def behind_nat64(self, src: bytes) -> bytes | None:
+        """``--clat``: the IPv4 host an IPv6 peer ``src`` stands for, when
+        it is in the NAT64 prefix (an IPv4 address the network translates),
+        else None."""
+        if self.nat64 is None:
+            return None
         embedded = self.nat64.extract(src)
         if embedded is not None and translatable(embedded) and embedded != self.host_addr4:
             return embedded
-        return self.gateway4
+        return None
 
 
 def translatable(addr4: bytes) -> bool:

@@ -21,7 +21,13 @@ Forwarded ports (``-u``) work the other way round: a datagram arriving on a
 listening socket for host port H goes to the guest's port T (H's target);
 the guest's answers from T leave through that same socket, so the peer sees
 them come from H.  A forwarded port is open to every host by the user's
-choice; it keeps its peers' addresses both ways (``UdpForward``).
+choice; it keeps its peers' addresses both ways (``UdpForward``).  With
+``--clat``, an IPv6 port's datagram may reach the guest over IPv4
+(``UdpForward.clat_source``): UDP has no refusal to fall back on, as TCP
+has, so the peer decides: one in the NAT64 prefix is an IPv4 host and
+arrives from the address it embeds, any peer does when the guest has no
+IPv6.  The guest's IPv4 answers go back through that IPv6 port
+(``clat_answer``).
 
 Datagrams the guest sends in a burst (one loop round) to the same peer
 through the same flow are gathered in a ``SendBatch`` and leave in one
@@ -204,6 +210,7 @@ class UdpForward:
     guest_port: int
     handle: int
     last_used: float = 0.0
+    guest_addr4: bytes | None = None   # --clat, an IPv6 port: the guest's IPv4 address
     forwarded = True
     # host peer <-> the address the guest knows it by, both ways: replies
     # keep the address the guest used, and the guest's answers to a peer go
@@ -232,6 +239,43 @@ class UdpForward:
 
     def seen_as(self, host_peer: tuple[bytes, int]) -> bytes | None:
         return self.guest_view.get(host_peer)
+
+    def view_of(self, host_src: bytes, port: int, addrmap: AddressMap) -> bytes:
+        """The address the guest knows host peer ``host_src:port`` by: the
+        one remembered, else the ``--clat`` IPv4 one, else ``addrmap``'s."""
+        return (self.seen_as((host_src, port)) or self.clat_source(host_src, addrmap)
+                or addrmap.to_guest(host_src, port))
+
+    def clat_source(self, host_src: bytes, addrmap: AddressMap) -> bytes | None:
+        """``--clat``: the IPv4 address an IPv6 peer's datagram reaches the
+        guest from, None where it goes over IPv6.  The guest without IPv6
+        hears every peer over IPv4 (``to_ipv4_guest``); else only an IPv4
+        host behind the NAT64, from the address it embeds: the one the
+        guest reaches that host by, so its IPv4 services answer it."""
+        if self.guest_addr4 is None or len(host_src) != 16:
+            return None
+        if len(self.guest_addr) == 4:
+            return addrmap.to_ipv4_guest(host_src)
+        return addrmap.behind_nat64(host_src)
+
+    def guest_for(self, seen: bytes) -> bytes:
+        """The guest's address a datagram from ``seen`` goes to: its IPv4
+        one for a peer it sees as an IPv4 address (``--clat``)."""
+        if len(seen) == 4 and self.guest_addr4 is not None:
+            return self.guest_addr4
+        return self.guest_addr
+
+
+def clat_answer(forwards: dict[int, UdpForward], datagram: GuestDatagram) -> UdpForward | None:
+    """``--clat``: the IPv6 forwarded port (of ``forwards``, by target port)
+    the guest's IPv4 ``datagram`` answers through: the one whose target is
+    its source port and that brought a datagram from its destination."""
+    if datagram.v6:
+        return None
+    forward = forwards.get(datagram.sport)
+    if forward is not None and (datagram.dst, datagram.dport) in forward.host_view:
+        return forward
+    return None
 
 
 AnyFlow = UdpFlow | UdpForward      # what a host socket of ours serves

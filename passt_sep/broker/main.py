@@ -417,9 +417,10 @@ class Broker:
     def _host_forwarding(self) -> None:
         """``-t`` and ``-u``: the host's listeners, bound as whoever started
         us, before any identity switch (real root may forward ports below
-        1024)."""
+        1024); with ``--clat`` IPv6 ones even for an IPv4-only guest, which
+        IPv6 peers reach over IPv4."""
         config = self.config
-        v4, v6 = not config.ipv6_only, not config.ipv4_only
+        v4, v6 = not config.ipv6_only, not config.ipv4_only or config.clat
         if not config.no_tcp and config.tcp_ports.mode in ("spec", "all"):
             self.entries += sockets.forward_listeners(
                 config.tcp_ports, socket.SOCK_STREAM, v4, v6, config.tcp_ports.mode == "all",

@@ -83,6 +83,8 @@ class UdpHandler:
         self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
         self.verify = ctx.config.verify_checksums
         self.flows = udp.UdpFlows(ctx.flows, timeout)
+        # --clat: IPv6 forwarded ports by target port, for the guest's IPv4 answers
+        self.clat_forwards: dict[int, udp.UdpForward] = {}
         self.sockets: dict[int, socket.socket] = {}
         self.buffer = bytearray(RECV_SIZE)
         self.view = memoryview(self.buffer)
@@ -101,6 +103,11 @@ class UdpHandler:
         datagram = udp.parse_guest_datagram(inb, self.verify, header)
         dport = datagram.dport
         flow = self.flows.lookup(datagram.src, datagram.sport, datagram.dst, dport, now)
+        if (flow is None or flow.forwarded) and self.clat_forwards:
+            answer = udp.clat_answer(self.clat_forwards, datagram)
+            if answer is not None:
+                flow = answer
+                flow.last_used = now
         if flow is None:
             flow = self._open_flow(datagram, now)
         if isinstance(flow, udp.UdpForward):
@@ -209,6 +216,8 @@ class UdpHandler:
         flow = self.flows.by_handle.get(fd)
         if flow is not None and flow.forwarded:
             self.flows.remove(flow)
+            if self.clat_forwards.get(flow.guest_port) is flow:
+                del self.clat_forwards[flow.guest_port]
             self._close(fd)
 
     def bound_ports(self) -> set[int]:
@@ -220,12 +229,19 @@ class UdpHandler:
         sock = socket.socket(fileno=listener.fd)
         sock.setblocking(False)
         v6 = listener.family == socket.AF_INET6
+        guest4 = self.net.ipv4.addr if self.net.ipv4 else None
+        # --clat: an IPv6 port may bring datagrams to the guest over IPv4
+        clat = v6 and self.addrmap.nat64 is not None and guest4 is not None
         guest = (self.net.ipv6.addr if v6 and self.net.ipv6 else
-                 self.net.ipv4.addr if not v6 and self.net.ipv4 else None)
+                 guest4 if not v6 or clat else None)
         if guest is None:
             sock.close()
             return
-        self.flows.add_forward(udp.UdpForward(v6, guest, listener.target, sock.fileno()))
+        forward = udp.UdpForward(v6, guest, listener.target, sock.fileno(),
+                                 guest_addr4=guest4 if clat else None)
+        self.flows.add_forward(forward)
+        if clat:
+            self.clat_forwards[listener.target] = forward
         self.sockets[sock.fileno()] = sock
         self.loop.add_fd(sock.fileno(), EPOLLIN, self._readable)
 
@@ -253,27 +269,29 @@ class UdpHandler:
 
     def _to_guest(self, flow: udp.AnyFlow, address: tuple, payload: memoryview) -> None:
         if isinstance(flow, udp.UdpFlow):       # connected: from its peer alone
-            src, port = flow.peer, flow.peer_port
+            src, port, guest = flow.peer, flow.peer_port, flow.guest_addr
         else:
             port = address[1]
             host_src = _address_bytes(socket.AF_INET6 if flow.v6 else socket.AF_INET,
                                       address[0])
-            src = flow.seen_as((host_src, port)) or self.addrmap.to_guest(host_src, port)
+            src = flow.view_of(host_src, port, self.addrmap)
             flow.remember((host_src, port), src)
+            guest = flow.guest_for(src)
         if self.send_datagrams is not None:
-            self.deliveries.queue((flow, src, port), payload)
+            self.deliveries.queue((guest, flow.guest_port, src, port), payload)
         else:
-            self._frame(flow, src, port, payload)
+            self._frame(guest, flow.guest_port, src, port, payload)
 
-    def _deliver(self, target: tuple[udp.AnyFlow, bytes, int], data: memoryview, segment: int,
+    def _deliver(self, target: tuple[bytes, int, bytes, int], data: memoryview, segment: int,
                  count: int) -> None:
-        """A batch of datagrams from one peer to the guest: one frame with
-        the checksum and the cutting left to the kernel (tap)."""
-        flow, src, port = target
+        """A batch of datagrams from one peer to the guest's address and
+        port: one frame with the checksum and the cutting left to the
+        kernel (tap)."""
+        guest, guest_port, src, port = target
         assert self.send_datagrams is not None
         try:
             headers = udp.datagram_headers(self.net, self.guest_mac(), src, port,
-                                           flow.guest_addr, flow.guest_port, len(data))
+                                           guest, guest_port, len(data))
         except Drop as drop:
             self.loop.counters.add(f"drop_{drop.reason}")
             return
@@ -282,12 +300,13 @@ class UdpHandler:
         self.loop.counters.add("udp_uso_refused")       # Linux < 6.2: one frame each
         self.send_datagrams = None
         for part in udp.segments(data, segment):
-            self._frame(flow, src, port, part)
+            self._frame(guest, guest_port, src, port, part)
 
-    def _frame(self, flow: udp.AnyFlow, src: bytes, port: int, payload: memoryview) -> None:
+    def _frame(self, guest: bytes, guest_port: int, src: bytes, port: int,
+               payload: memoryview) -> None:
         try:
-            frame = udp.datagram_frame(self.net, self.guest_mac(), src, port, flow.guest_addr,
-                                       flow.guest_port, payload)
+            frame = udp.datagram_frame(self.net, self.guest_mac(), src, port, guest,
+                                       guest_port, payload)
         except Drop as drop:
             self.loop.counters.add(f"drop_{drop.reason}")
             return
@@ -313,19 +332,20 @@ class UdpHandler:
         _err, origin, icmp_type, icmp_code = parsed
         if origin not in (udp.SO_EE_ORIGIN_ICMP, udp.SO_EE_ORIGIN_ICMP6):
             return
-        if origin == udp.SO_EE_ORIGIN_ICMP6 and not flow.v6:     # --clat: RFC 7915's codes
+        if isinstance(flow, udp.UdpFlow):
+            peer, port, guest = flow.peer, flow.peer_port, flow.guest_addr
+        else:
+            host_dst, port = socket.inet_pton(sock.family, address[0]), address[1]
+            peer = flow.view_of(host_dst, port, self.addrmap)
+            guest = flow.guest_for(peer)
+        if origin == udp.SO_EE_ORIGIN_ICMP6 and len(guest) == 4:  # --clat: RFC 7915's codes
             translated = clat.icmp4_error(icmp_type, icmp_code)
             if translated is None:
                 self.loop.counters.add("udp_icmp_untranslated")
                 return
             icmp_type, icmp_code = translated
-        if isinstance(flow, udp.UdpFlow):
-            peer, port = flow.peer, flow.peer_port
-        else:
-            host_dst, port = socket.inet_pton(sock.family, address[0]), address[1]
-            peer = flow.seen_as((host_dst, port)) or self.addrmap.to_guest(host_dst, port)
         self.loop.counters.add("udp_icmp_error")
-        self.send_frame(udp.unreachable_frame(self.net, self.guest_mac(), flow.guest_addr,
+        self.send_frame(udp.unreachable_frame(self.net, self.guest_mac(), guest,
                                               flow.guest_port, peer, port, data,
                                               icmp_type, icmp_code))
 

@@ -12,7 +12,8 @@ real NAT64 (tayga) in front of an IPv4-only server.
 
 pasta-sep runs in the host namespace; the namespace it makes runs an
 IPv4-only program against 203.0.113.10, by address and by a name resolved
-over IPv4 DNS through the guest's resolver address.
+over IPv4 DNS through the guest's resolver address.  passt-sep runs there
+too, for a guest namespace on its socket (``passtguest``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import tempfile
 import time
 
 import pytest
+from passtguest import Guest
 from peers import PATH as PEERS
 from peers import expected as digest
 
@@ -214,20 +216,29 @@ for _ in range(int(sys.argv[3])):
 INBOUND = 10200
 
 
-def test_inbound_ipv6_reaches_an_ipv4_only_service(nat64: Nat64Topology, pasta: str,
-                                                   shared_tmp) -> None:
-    """-t: a connection from IPv6 outside the prefix arrives from the
-    gateway; one from the IPv4 side, through the NAT64, from the IPv4
-    address the peer's IPv6 one embeds."""
-    ready = shared_tmp / "ready"
-    service = nat64.spawn_host(pasta, "--config-net", "--nat64-prefix", nat64.prefix, "-t",
-                               str(INBOUND), "--", sys.executable, "-c", SERVICE, str(INBOUND),
-                               str(ready), "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+def _spawn_service(topo: Nat64Topology, pasta: str, ready, script: str, port: int,
+                   peers: int, *options: str) -> subprocess.Popen:
+    """pasta-sep running ``script PORT READY PEERS`` in its namespace, once
+    the script has made the file READY (it listens)."""
+    service = topo.spawn_host(pasta, "--config-net", *options, "--", sys.executable, "-c",
+                              script, str(port), str(ready), str(peers),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert time.monotonic() < deadline and service.poll() is None, service.stderr.read()
         time.sleep(0.05)
+    return service
+
+
+@pytest.mark.parametrize("options", [(), ("-4",)], ids=["dual", "ipv4_only"])
+def test_inbound_ipv6_reaches_an_ipv4_only_service(nat64: Nat64Topology, pasta: str,
+                                                   shared_tmp, options: tuple[str, ...]) -> None:
+    """-t: a connection from IPv6 outside the prefix arrives from the
+    gateway; one from the IPv4 side, through the NAT64, from the IPv4
+    address the peer's IPv6 one embeds.  A guest with IPv6 refuses them
+    there first; one without (-4) gets them over IPv4 at once."""
+    service = _spawn_service(nat64, pasta, shared_tmp / "ready", SERVICE, INBOUND, 2, *options,
+                             "--nat64-prefix", nat64.prefix, "-t", str(INBOUND))
     from_ipv6 = nat64.run_remote(sys.executable, PEERS, "send", HOST6, str(INBOUND), str(SIZE),
                                  "5")
     assert from_ipv6.stdout.strip() == digest(SIZE, 5), from_ipv6.stderr
@@ -237,3 +248,94 @@ def test_inbound_ipv6_reaches_an_ipv4_only_service(nat64: Nat64Topology, pasta: 
     assert from_ipv4.stdout.strip() == digest(SIZE, 6), from_ipv4.stderr
     out, err = service.communicate(timeout=30)
     assert out.split() == [CLAT_GATEWAY4, SERVER4], err
+
+
+# An IPv4-only UDP echo in the namespace: once it has answered N peers and
+# then heard nothing for a while, it prints them, one a line, and ends.
+UDP_SERVICE = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", int(sys.argv[1])))
+open(sys.argv[2], "w").close()
+peers = []
+while True:
+    sock.settimeout(2 if len(peers) >= int(sys.argv[3]) else None)
+    try:
+        data, peer = sock.recvfrom(65535)
+    except TimeoutError:
+        break
+    sock.sendto(data, peer)
+    if peer[0] not in peers:
+        peers.append(peer[0])
+print("\\n".join(peers), flush=True)
+"""
+UDP_INBOUND = 10300
+UDP_SEND = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(PEERS)!r})
+import peers
+print(peers.udp_send(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), 1200))
+"""
+
+
+def _udp_echo_from(ns: str, host: str, port: int, size: int, seed: int) -> None:
+    sent = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", UDP_SEND, host,
+                           str(port), str(size), str(seed)], capture_output=True, text=True,
+                          timeout=90)
+    assert sent.stdout.strip() == digest(size, seed), sent.stderr
+
+
+def test_udp_forward_from_behind_the_nat64_reaches_an_ipv4_only_service(
+        nat64: Nat64Topology, pasta: str, shared_tmp) -> None:
+    """-u: an IPv4 host's datagrams, through the NAT64 to the host's IPv6
+    address, reach the guest over IPv4 from the address the NAT64 prefix
+    embeds, and its answers go back to the peer through the same port."""
+    service = _spawn_service(nat64, pasta, shared_tmp / "ready", UDP_SERVICE, UDP_INBOUND, 1,
+                             "--nat64-prefix", nat64.prefix, "-u", str(UDP_INBOUND))
+    _udp_echo_from(nat64.server, HOST_AS4, UDP_INBOUND, 100000, 7)
+    out, err = service.communicate(timeout=30)
+    assert out.split() == [SERVER4], err
+
+
+def test_udp_forward_to_a_guest_without_ipv6(nat64: Nat64Topology, pasta: str,
+                                             shared_tmp) -> None:
+    """-4 --clat -u: every IPv6 peer reaches the IPv4-only guest, one
+    outside the prefix from the gateway's address."""
+    service = _spawn_service(nat64, pasta, shared_tmp / "ready", UDP_SERVICE, UDP_INBOUND, 2,
+                             "-4", "--nat64-prefix", nat64.prefix, "-u", str(UDP_INBOUND))
+    _udp_echo_from(nat64.remote, HOST6, UDP_INBOUND, 100000, 8)
+    _udp_echo_from(nat64.server, HOST_AS4, UDP_INBOUND, 100000, 9)
+    out, err = service.communicate(timeout=30)
+    assert out.split() == [CLAT_GATEWAY4, SERVER4], err
+
+
+# What the passt mode guest does over IPv4, one line per step.
+VM_GUEST = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(PEERS)!r})
+import peers
+print(peers.recv({SERVER4!r}, {SOURCE}, {SIZE}, 10))
+print(peers.udp_send({SERVER4!r}, {ECHO}, 300000, 11, 1400))
+"""
+
+
+def test_passt_mode_guest_reaches_ipv4_through_nat64(nat64: Nat64Topology, passt: str,
+                                                     shared_tmp) -> None:
+    """passt mode: the VM's DHCP lease is the CLAT address, and its IPv4
+    TCP and UDP reach the IPv4-only server through the NAT64."""
+    socket_path = str(shared_tmp / "passt.socket")
+    daemon = nat64.spawn_host(passt, "-f", "-q", "-s", socket_path, "--nat64-prefix",
+                              nat64.prefix, stderr=subprocess.PIPE, text=True)
+    script = shared_tmp / "vm_guest.py"
+    script.write_text(VM_GUEST)
+    guest = Guest(nat64, socket_path, str(shared_tmp))
+    try:
+        guest.dhcp()
+        lines = guest.run(f"ip -4 -o addr show dev eth0 | awk '{{print $4}}'\n"
+                          f"ip -4 route show default | awk '{{print $3}}'\n"
+                          f"{sys.executable} {script}")
+    finally:
+        guest.close()
+        daemon.kill()
+    assert lines == [f"{CLAT_GUEST4}/29", CLAT_GATEWAY4, digest(SIZE, 10),
+                     digest(300000, 11)], daemon.stderr.read()

@@ -15,67 +15,14 @@ import threading
 import time
 
 import pytest
+from passtguest import Guest
 
 from topology import HOST_ADDR4, REMOTE_ADDR4, REMOTE_ADDR6, Topology
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.path.join(TESTS, "peers.py")
-BRIDGE = os.path.join(TESTS, "tapbridge.py")
 PY = sys.executable
 MiB = 1 << 20
-LEASE_SCRIPT = """#!/bin/sh
-case "$1" in bound|renew)
-  ip addr flush dev $interface
-  ip addr add $ip/$mask dev $interface
-  [ -n "$router" ] && ip route add default via $router
-;; esac
-exit 0
-"""
-
-
-class Guest:
-    """A namespace attached to passt-sep's socket through a tap bridge."""
-
-    def __init__(self, topo: Topology, socket_path: str, workdir: str) -> None:
-        self.ns = f"{topo.host}-g"
-        self.lease_script = os.path.join(workdir, "udhcpc.sh")
-        with open(self.lease_script, "w", encoding="ascii") as handle:
-            handle.write(LEASE_SCRIPT)
-        os.chmod(self.lease_script, 0o755)
-        subprocess.run(["ip", "netns", "add", self.ns], check=True)
-        subprocess.run(self.cmd("ip", "link", "set", "lo", "up"), check=True)
-        self.bridge = subprocess.Popen(self.cmd(PY, BRIDGE, socket_path, "eth0"))
-        self._wait_link()
-
-    def cmd(self, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, *args]
-
-    def run(self, script: str, timeout: float = 120) -> list[str]:
-        result = subprocess.run(self.cmd("sh", "-ec", script), capture_output=True, text=True,
-                                timeout=timeout)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout.splitlines()
-
-    def _wait_link(self) -> None:
-        for _ in range(200):
-            state = subprocess.run(self.cmd("ip", "-br", "link", "show", "eth0"),
-                                   capture_output=True, text=True).stdout
-            if "UP" in state:
-                return
-            time.sleep(0.05)
-        raise TimeoutError("tap bridge did not come up")
-
-    def dhcp(self) -> None:
-        self.run(f"busybox udhcpc -i eth0 -f -q -n -t 5 -T 1 -s {self.lease_script} "
-                 ">/dev/null 2>&1 || true; "
-                 "ip -4 addr show dev eth0 | grep -q inet || exit 1")
-
-    def close(self) -> None:
-        self.bridge.kill()
-        self.bridge.wait()
-        subprocess.run(["ip", "netns", "del", self.ns], check=False)
-
-
 @pytest.fixture
 def passt_socket(shared_tmp) -> str:
     return str(shared_tmp / "passt.socket")

@@ -120,3 +120,11 @@ def test_ipv6_peers_as_an_ipv4_guest_sees_them() -> None:
     assert m.to_ipv4_guest(ip("64:ff9b::127.0.0.1")) == CLAT_GW4          # not a peer's
     assert m.to_ipv4_guest(LOOPBACK6) == CLAT_GW4
     assert amap().to_ipv4_guest(ip("64:ff9b::198.51.100.7")) is None      # no --clat
+
+
+def test_only_a_peer_in_the_prefix_is_an_ipv4_host_behind_the_nat64() -> None:
+    m = clat_map()
+    assert m.behind_nat64(ip("64:ff9b::198.51.100.7")) == ip("198.51.100.7")
+    for text in ("2001:db8:9::7", "64:ff9b::127.0.0.1", "64:ff9b::192.0.0.2", "::1"):
+        assert m.behind_nat64(ip(text)) is None     # outside, not a peer's, the guest's own
+    assert amap().behind_nat64(ip("64:ff9b::198.51.100.7")) is None      # no --clat

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import gc
 import os
 import socket
 import struct
@@ -137,10 +138,15 @@ def test_more_fds_than_one_message_carries() -> None:
         try:
             entries = [FdEntry(Role.TCP_LISTENER, fd, ListenerMeta(2, i + 1, i + 1))
                        for i, fd in enumerate(dups)]
-            before = len(open_fds())
-            handoff_io.send(broker, CONFIG, NETWORK, entries)
-            received = handoff_io.receive(worker)
-            assert len(open_fds()) == before + count
+            gc.collect()            # an earlier test's socket, closed by the collector
+            gc.disable()            # meanwhile, would spoil the count
+            try:
+                before = len(open_fds())
+                handoff_io.send(broker, CONFIG, NETWORK, entries)
+                received = handoff_io.receive(worker)
+                assert len(open_fds()) == before + count
+            finally:
+                gc.enable()
         finally:
             for fd in dups:
                 os.close(fd)

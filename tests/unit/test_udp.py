@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from passt_sep import packet, udp
+from passt_sep.clat import Nat64Prefix
 from passt_sep.flow import FlowKey, FlowTable
 from passt_sep.fwd import AddressMap
 from passt_sep.netparams import IPv4Params, IPv6Params, Network
@@ -209,6 +210,61 @@ def test_host_peer_maps_once_then_remembers_for_replies() -> None:
     host = forward.host_peer(gateway, 53, addrmap)
     assert host == addrmap.to_host(gateway, 53) != gateway
     assert forward.seen_as((host, 53)) == gateway       # replies come from the gateway
+
+
+# -- --clat: an IPv6 forwarded port and an IPv4 guest ------------------------------------
+
+CLAT_GUEST4, CLAT_GW4 = bytes([192, 0, 0, 2]), bytes([192, 0, 0, 1])
+CLAT_MAP = AddressMap.build(gateway4=CLAT_GW4, gateway6=NET.ipv6.gateway, no_map_gw=False,
+                            map_host_loopback=None, map_guest_addr=None,
+                            host_addr4=CLAT_GUEST4, host_addr6=GUEST6,
+                            nat64=Nat64Prefix.parse("64:ff9b::/96"))
+BEHIND_NAT64 = ipaddress.ip_address("64:ff9b::203.0.113.9").packed
+EMBEDDED = bytes([203, 0, 113, 9])
+
+
+def test_a_guest_with_ipv6_hears_only_nat64_peers_over_ipv4() -> None:
+    """The peer decides, as UDP has no refusal to fall back on: one in the
+    NAT64 prefix is an IPv4 host, to the guest's IPv4 address from the
+    address it embeds; any other stays IPv6."""
+    forward = udp.UdpForward(True, GUEST6, 5353, handle=1, guest_addr4=CLAT_GUEST4)
+    assert forward.view_of(BEHIND_NAT64, 4000, CLAT_MAP) == EMBEDDED
+    assert forward.guest_for(EMBEDDED) == CLAT_GUEST4
+    assert forward.view_of(PEER6, 4000, CLAT_MAP) == PEER6
+    assert forward.guest_for(PEER6) == GUEST6
+
+
+def test_a_guest_without_ipv6_hears_every_ipv6_peer_over_ipv4() -> None:
+    forward = udp.UdpForward(True, CLAT_GUEST4, 5353, handle=1, guest_addr4=CLAT_GUEST4)
+    assert forward.view_of(BEHIND_NAT64, 4000, CLAT_MAP) == EMBEDDED
+    assert forward.view_of(PEER6, 4000, CLAT_MAP) == CLAT_GW4       # from the gateway
+    assert forward.guest_for(CLAT_GW4) == CLAT_GUEST4
+
+
+def test_without_clat_an_ipv6_port_stays_ipv6() -> None:
+    forward = udp.UdpForward(True, GUEST6, 5353, handle=1)
+    assert forward.view_of(BEHIND_NAT64, 4000, CLAT_MAP) == BEHIND_NAT64
+    assert forward.guest_for(BEHIND_NAT64) == GUEST6
+    ipv4_port = udp.UdpForward(False, CLAT_GUEST4, 5353, handle=2)
+    assert ipv4_port.view_of(PEER4, 4000, CLAT_MAP) == PEER4
+
+
+def test_the_guests_ipv4_answer_leaves_through_the_ipv6_port_to_its_peer() -> None:
+    forward = udp.UdpForward(True, GUEST6, 5353, handle=1, guest_addr4=CLAT_GUEST4)
+    forwards = {5353: forward}
+    seen = forward.view_of(BEHIND_NAT64, 4000, CLAT_MAP)
+    forward.remember((BEHIND_NAT64, 4000), seen)
+
+    def answer(src: bytes, sport: int, dst: bytes, dport: int) -> udp.GuestDatagram:
+        return udp.GuestDatagram(src, sport, dst, dport, memoryview(b"x"))
+
+    assert udp.clat_answer(forwards, answer(CLAT_GUEST4, 5353, EMBEDDED, 4000)) is forward
+    assert forward.host_peer(EMBEDDED, 4000, CLAT_MAP) == BEHIND_NAT64
+    # another peer, port, guest port or family: not an answer to this port's peer
+    assert udp.clat_answer(forwards, answer(CLAT_GUEST4, 5353, EMBEDDED, 4001)) is None
+    assert udp.clat_answer(forwards, answer(CLAT_GUEST4, 5353, PEER4, 4000)) is None
+    assert udp.clat_answer(forwards, answer(CLAT_GUEST4, 5354, EMBEDDED, 4000)) is None
+    assert udp.clat_answer(forwards, answer(GUEST6, 5353, BEHIND_NAT64, 4000)) is None
 
 
 def test_send_batch_gathers_one_target_and_size() -> None:
