@@ -6,8 +6,8 @@ HandoffError and leaves no received fd open.  Also the fdpass framing."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import gc
+import ipaddress
 import os
 import socket
 import struct
