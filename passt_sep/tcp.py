@@ -513,10 +513,11 @@ class TcpConn:
             self.fin_sent = self.fin_acked = True
             advance -= 1
         actions.acked = advance
-        if not seq_lt(ack, self.recover):
+        # seq_lt in line: this runs for every acknowledgement
+        if (ack - self.recover) & MASK < HALF:
             self.recover = ack                        # not in recovery: keep up
         self.snd_una = ack
-        if seq_lt(self.snd_nxt, ack):
+        if (self.snd_nxt - ack) & MASK >= HALF:
             self.snd_nxt = ack                        # sent before a rewind: not again
         self.dup_acks = self.retries = 0
         self.rto = ACK_TIMEOUT
@@ -576,7 +577,8 @@ class TcpConn:
         if fin and accepted == length:
             self._guest_fin(actions, now)
         else:
-            actions.frames.append(self._ack())
+            actions.frames.append(self.tx.build(self.snd_nxt, self.rcv_nxt, ACK,
+                                                self._window_field()))
         actions.deadline = self.next_deadline()
         return actions
 
@@ -626,18 +628,17 @@ class TcpConn:
         actions = self.actions
         actions.clear()
         idle = self.snd_max == self.snd_una
-        step, size = self._frame_payload(), len(data)
-        window, build, ack, seq = self._window_field(), self.tx.build, self.rcv_nxt, self.snd_nxt
+        size = len(data)
+        window = 0 if self.socket_full else min(self.rcv_window >> self.our_wscale, 0xFFFF)
+        build, ack, seq = self.tx.build, self.rcv_nxt, self.snd_nxt
         frames = actions.frames
-        start = 0
-        while size - start > step:
-            frames.append(build(seq, ack, ACK, window, data[start:start + step]))
-            seq = (seq + step) & MASK
-            start += step
-        frames.append(build(seq, ack, ACK | PSH, window, data[start:] if start else data))
-        self.snd_nxt = (seq + size - start) & MASK
-        if seq_lt(self.snd_max, self.snd_nxt):
-            self.snd_max = self.snd_nxt
+        if size <= self.snd_mss:                      # one segment: no slicing
+            frames.append(build(seq, ack, ACK | PSH, window, data))
+            self.snd_nxt = nxt = (seq + size) & MASK
+        else:
+            self.snd_nxt = nxt = self._segments(frames, data, seq, ack, window)
+        if (self.snd_max - nxt) & MASK >= HALF:       # seq_lt, in line
+            self.snd_max = nxt
         if idle or self.rtx_deadline is None:
             self.rtx_deadline = now + self.rto
         self.last_activity = now
@@ -645,6 +646,19 @@ class TcpConn:
             self._maybe_fin(frames, now)
         actions.deadline = self.next_deadline()
         return actions
+
+    def _segments(self, frames: list[bytearray], data: memoryview, seq: int, ack: int,
+                  window: int) -> int:
+        """Frames for ``data``, more than one segment, at ``seq``; PSH on
+        the last.  Returns the sequence number after them."""
+        step, size, build = self._frame_payload(), len(data), self.tx.build
+        start = 0
+        while size - start > step:
+            frames.append(build(seq, ack, ACK, window, data[start:start + step]))
+            seq = (seq + step) & MASK
+            start += step
+        frames.append(build(seq, ack, ACK | PSH, window, data[start:] if start else data))
+        return (seq + size - start) & MASK
 
     def _frame_payload(self) -> int:
         """Payload per frame: one segment; with ``tso``, as many whole

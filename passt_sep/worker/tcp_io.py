@@ -149,6 +149,15 @@ class TcpHandler:
         seg = tcp_wire.parse_tcp(inb, self.verify)
         key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
         flow = self.flows.get(key)
+        if flow is not None and flow.fallback is None and seg.flags & SYN_ACK != SYN:
+            self._handle(flow, flow.conn.on_guest_segment(seg, now), now)
+            return                      # the common segment: no SYN, no --clat retry
+        self._unusual_segment(seg, inb, key, flow, now)
+
+    def _unusual_segment(self, seg: tcp_wire.TcpSegment, inb: Inbound, key: FlowKey,
+                         flow: Flow | None, now: float) -> None:
+        """A SYN, a segment for no flow, or one for a ``--clat`` flow that
+        may fall back to IPv4."""
         syn = seg.flags & SYN_ACK == SYN
         if flow is not None and syn and flow.conn.state is State.CLOSED:
             self._forget(flow)            # a new connection on a lingering flow's ports
@@ -232,7 +241,11 @@ class TcpHandler:
         if send_more and flow.sock is not None and not flow.drained:
             actions = self._pump(flow, now) or actions
         if flow.tracked:
-            self._schedule(flow, actions.deadline)
+            timer, deadline = flow.timer, actions.deadline
+            # _schedule's own test, in line: nearly every input leaves the timer
+            if (timer is None or timer.callback is None or deadline is None
+                    or deadline < timer.deadline):
+                self._schedule(flow, deadline)
 
     def _apply(self, flow: Flow, actions: tcp.Actions) -> int | None:
         """Carry out one Actions value but its timer, in the order it
@@ -303,7 +316,11 @@ class TcpHandler:
         actions = flow.conn.on_socket_accepted(written, *self._room(sock), now)
         if flow.conn.socket_full:
             self._want_out(flow)
-        self._apply(flow, actions)
+        if actions.shutdown_write:                # the guest's FIN went along
+            self._apply(flow, actions)
+        else:                                     # else it holds just our ACK
+            for frame in actions.frames:
+                self.send_frame(frame)
         return actions
 
     @staticmethod
@@ -332,20 +349,35 @@ class TcpHandler:
 
     # -- socket events -------------------------------------------------------------------
     def _socket_event(self, flow: Flow, fd: int, events: int, now: float) -> None:
+        """Most events are data and nothing else on a connected socket (a
+        connecting one waits for EPOLLOUT, ``want_out``): straight to the peek."""
+        if events == EPOLLIN and not flow.want_out and flow.sock is not None:
+            actions = self._pump(flow, now, False)
+        else:
+            actions = self._other_event(flow, events, now)
+        if actions is not None and flow.tracked:
+            timer, deadline = flow.timer, actions.deadline
+            # _schedule's own test, in line: nearly every input leaves the timer
+            if (timer is None or timer.callback is None or deadline is None
+                    or deadline < timer.deadline):
+                self._schedule(flow, deadline)
+
+    def _other_event(self, flow: Flow, events: int, now: float) -> tcp.Actions | None:
+        """A connect's outcome, an error, room to write, a hang-up; the
+        peek's Actions to schedule by, if it peeked."""
         if flow.sock is None:
-            return
+            return None
         if flow.conn.state is State.CONNECTING:
             self._connect_done(flow, now)
-            return
+            return None
         if events & EPOLLERR and flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self._socket_error(flow, now)
-            return
+            return None
         if events & EPOLLOUT and flow.want_out:
             self._window_update(flow, now)
         if events & READABLE and flow.sock is not None:
-            actions = self._pump(flow, now, bool(events & HANGUP))
-            if actions is not None and flow.tracked:
-                self._schedule(flow, actions.deadline)
+            return self._pump(flow, now, bool(events & HANGUP))
+        return None
 
     def _connect_done(self, flow: Flow, now: float) -> None:
         sock = flow.sock
@@ -425,7 +457,8 @@ class TcpHandler:
                 self._apply(flow, actions)
                 break
             actions = conn.on_socket_data(view[:size], now)
-            self._apply(flow, actions)
+            for frame in actions.frames:          # all it holds but the deadline
+                self.send_frame(frame)
             if size < wanted and not until_empty:
                 flow.drained = True
                 break

@@ -700,6 +700,28 @@ def test_fin_behind_data_passed_on_only_if_all_data_taken() -> None:
     assert whole.shutdown_write and guest.check(whole.frames[0]).ack == GUEST_ISN + 12
 
 
+def only_frames_and_deadline(actions: tcp.Actions) -> bool:
+    """Nothing in ``actions`` but frames and the timer's deadline."""
+    return actions == tcp.Actions(frames=actions.frames, deadline=actions.deadline)
+
+
+def test_socket_inputs_without_fin_answer_with_frames_only() -> None:
+    """The I/O layer sends these answers' frames without looking at the
+    rest: what a write took (no FIN behind it) and bytes peeked hold
+    nothing else."""
+    guest = Guest()
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"r" * 10), T0)
+    taken = conn.on_socket_accepted(10, FREE, SNDBUF, T0)
+    assert len(taken.frames) == 1 and only_frames_and_deadline(taken)
+    conn.on_guest_segment(data_seg(guest, conn, 10, b"r" * 10), T0)
+    refused = conn.on_socket_accepted(3, 0, SNDBUF, T0)
+    assert conn.socket_full and only_frames_and_deadline(refused)
+    for size in (1, 1460, 5000):
+        peeked = conn.on_socket_data(memoryview(bytes(size)), T0)
+        assert peeked.frames and only_frames_and_deadline(peeked)
+
+
 def test_fin_waits_for_window_and_is_retransmitted() -> None:
     guest = Guest()
     conn = established(guest, window_field=1)                 # 128 bytes
