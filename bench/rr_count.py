@@ -36,9 +36,9 @@ from glue import (  # noqa: E402
 
 from passt_sep import tcp_wire  # noqa: E402
 from passt_sep.handoff import WorkerConfig  # noqa: E402
-from passt_sep.log import Logger  # noqa: E402
 from passt_sep.packet import IPPROTO_TCP  # noqa: E402
 from passt_sep.ports import Mode  # noqa: E402
+from passt_sep.system.log import Logger  # noqa: E402
 from passt_sep.tap import VNET_HDR_SIZE  # noqa: E402
 from passt_sep.tcp_wire import ACK, MASK, PSH, SYN, TcpSegment  # noqa: E402
 from passt_sep.worker.context import GuestMac, WorkerContext  # noqa: E402
