@@ -35,6 +35,7 @@ from glue import (  # noqa: E402
 )
 
 from passt_sep import tcp_wire  # noqa: E402
+from passt_sep.flow import FlowTable  # noqa: E402
 from passt_sep.handoff import WorkerConfig  # noqa: E402
 from passt_sep.packet import IPPROTO_TCP  # noqa: E402
 from passt_sep.ports import Mode  # noqa: E402
@@ -61,7 +62,7 @@ class Bench:
         log = Logger("rr_count")
         link = TapLink(self.loop, worker_end.fileno(), Capture(None), log, NET.mtu)
         config = WorkerConfig(mode=Mode.PASTA, max_flows=16)
-        ctx = WorkerContext(self.loop, log, config, NET, link, ADDRMAP,
+        ctx = WorkerContext(self.loop, log, config, NET, link, ADDRMAP, FlowTable(16),
                             guest_mac=GuestMac(GUEST_MAC))
         link.start(GuestServices(ctx, None, tcp=TcpHandler(ctx, [], bytes(16), tso=True)))
         self.server = Server(v6=v6)
