@@ -12,6 +12,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import qemu_guest  # noqa: E402
+
 from topology import Topology  # noqa: E402
 
 VENV = os.environ.get("PASST_SEP_VENV") or sys.prefix
@@ -57,3 +59,13 @@ def pasta() -> str:
 @pytest.fixture
 def passt() -> str:
     return binary("passt-sep")
+
+
+@pytest.fixture(scope="session")
+def guest_image(tmp_path_factory: pytest.TempPathFactory) -> qemu_guest.GuestImage:
+    """QEMU, kernel and initramfs for the passt-mode guests, built once per
+    session; skipped where there is no QEMU or no guest kernel."""
+    try:
+        return qemu_guest.prepare_image(str(tmp_path_factory.mktemp("qemu-guest")))
+    except qemu_guest.GuestImageError as exc:
+        pytest.skip(str(exc))

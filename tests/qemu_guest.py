@@ -516,6 +516,23 @@ def check_params(checks: str, size: int, **more: object) -> dict[str, object]:
             "source": SOURCE_PORT, "sink": SINK_PORT, "echo": ECHO_PORT, "size": size, **more}
 
 
+
+# The standard run of the guest's checks, over the stream socket and over
+# vhost-user alike.
+FWD_HOST_PORT, FWD_GUEST_PORT = 10080, 8080
+SIZE = 20 << 20                 # both ways over IPv4, and back out through -t
+SIZE6 = 4 << 20
+UDP_SIZES = (1, 1400, 8000, 65000)  # the last ones need the guest's 65520 MTU
+SEED4, SEED6 = 11, 12
+GUEST_TIMEOUT = 300  # the whole run; TCG here: about 11 s
+
+
+def standard_params(checks: str, size: int = SIZE) -> dict[str, object]:
+    """The parameters of the standard run for ``checks``."""
+    return check_params(
+        checks, size, seed=SEED4, size6=SIZE6, seed6=SEED6,
+        udp_sizes=",".join(map(str, UDP_SIZES)), fwd=FWD_GUEST_PORT, name="name.example.test")
+
 def parse_results(console: str) -> dict[str, str]:
     """The ``RESULT name value`` lines of the serial console, by name."""
     results = {}

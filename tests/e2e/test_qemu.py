@@ -18,30 +18,19 @@ import time
 import pytest
 import qemu_guest
 from peers import digest_of
+from qemu_guest import (
+    FWD_GUEST_PORT,
+    FWD_HOST_PORT,
+    GUEST_TIMEOUT,
+    SEED4,
+    SEED6,
+    SIZE,
+    SIZE6,
+    UDP_SIZES,
+    standard_params,
+)
 
 from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, REMOTE_ADDR4, Topology
-
-FWD_HOST_PORT, FWD_GUEST_PORT = 10080, 8080
-SIZE = 20 << 20                 # both ways over IPv4, and back out through -t
-SIZE6 = 4 << 20
-UDP_SIZES = (1, 1400, 8000, 65000)  # the last ones need the guest's 65520 MTU
-SEED4, SEED6 = 11, 12
-GUEST_TIMEOUT = 300  # the whole run; TCG here: about 11 s
-
-
-@pytest.fixture(scope="session")
-def guest_image(tmp_path_factory: pytest.TempPathFactory) -> qemu_guest.GuestImage:
-    """QEMU, kernel and initramfs, built once per session."""
-    try:
-        return qemu_guest.prepare_image(str(tmp_path_factory.mktemp("qemu-guest")))
-    except qemu_guest.GuestImageError as exc:
-        pytest.skip(str(exc))
-
-
-def guest_params(checks: str, size: int = SIZE) -> dict[str, object]:
-    return qemu_guest.check_params(
-        checks, size, seed=SEED4, size6=SIZE6, seed6=SEED6,
-        udp_sizes=",".join(map(str, UDP_SIZES)), fwd=FWD_GUEST_PORT, name="name.example.test")
 
 
 def start_passt(topo: Topology, passt: str, socket_path: str, *args: str) -> subprocess.Popen:
@@ -61,7 +50,7 @@ def assert_dhcp(results: dict[str, str], where: str) -> None:
 def test_qemu_guest_dhcp_ping_tcp_udp_dns_ipv6_and_forwarded_port(
         topo: Topology, passt: str, shared_tmp, guest_image: qemu_guest.GuestImage) -> None:
     qemu_guest.start_remote_peers(topo)
-    params = guest_params("ping,tcpdown,tcpup,udp,dns,ipv6,fwd")
+    params = standard_params("ping,tcpdown,tcpup,udp,dns,ipv6,fwd")
     started: dict[str, subprocess.Popen] = {}
 
     def fetch_forwarded(_: str) -> None:
@@ -139,7 +128,7 @@ def test_qemu_guest_killed_then_a_new_guest_gets_dhcp_and_tcp(
     def attempt(checks: str, until: str | None, log: str):
         def run(accel: str) -> qemu_guest.GuestRun:
             command = qemu_guest.qemu_command(guest_image, accel, socket_path,
-                                              guest_params(checks, size))
+                                              standard_params(checks, size))
             return qemu_guest.run_guest(topo.spawn_host, command, str(shared_tmp / log),
                                         qemu_guest.BOOT_TIMEOUT[accel], GUEST_TIMEOUT, until)
         return run

@@ -21,6 +21,17 @@ import pytest
 import qemu_guest
 from peers import digest_of
 from procstat import logged_counters
+from qemu_guest import (
+    FWD_GUEST_PORT,
+    FWD_HOST_PORT,
+    GUEST_TIMEOUT,
+    SEED4,
+    SEED6,
+    SIZE,
+    SIZE6,
+    UDP_SIZES,
+    standard_params,
+)
 
 from passt_sep import vhost_user
 from passt_sep.virtqueue import DESC_F_NEXT, DESC_F_WRITE
@@ -28,26 +39,6 @@ from passt_sep.virtqueue import DESC_F_NEXT, DESC_F_WRITE
 from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, REMOTE_ADDR4, Topology
 
 HALF_CLOSE_LINE = b"half-close\n"
-# As tests/e2e/test_qemu.py's run over the stream socket.
-FWD_HOST_PORT, FWD_GUEST_PORT = 10080, 8080
-SIZE, SIZE6 = 20 << 20, 4 << 20
-UDP_SIZES = (1, 1400, 8000, 65000)
-SEED4, SEED6 = 11, 12
-GUEST_TIMEOUT = 300
-
-
-@pytest.fixture(scope="module")
-def guest_image(tmp_path_factory: pytest.TempPathFactory) -> qemu_guest.GuestImage:
-    try:
-        return qemu_guest.prepare_image(str(tmp_path_factory.mktemp("qemu-guest")))
-    except qemu_guest.GuestImageError as exc:
-        pytest.skip(str(exc))
-
-
-def guest_params(checks: str, size: int = SIZE) -> dict[str, object]:
-    return qemu_guest.check_params(
-        checks, size, seed=SEED4, size6=SIZE6, seed6=SEED6,
-        udp_sizes=",".join(map(str, UDP_SIZES)), fwd=FWD_GUEST_PORT, name="name.example.test")
 
 
 def assert_dhcp(results: dict[str, str], where: str) -> None:
@@ -89,7 +80,7 @@ def test_vhost_user_guest_checks_then_a_restarted_qemu(
                                            "127.0.0.1", str(FWD_HOST_PORT),
                                            stdout=subprocess.PIPE, text=True)
 
-    params = guest_params("ping,tcpdown,tcpup,halfclose,udp,dns,ipv6,fwd,hold")
+    params = standard_params("ping,tcpdown,tcpup,halfclose,udp,dns,ipv6,fwd,hold")
     first = run_vm(topo, guest_image, socket_path, str(shared_tmp / "first.log"), params,
                    until="holding", on_result={"fwd-listening": fetch_forwarded})
     results, where = first.results, first.describe()
@@ -126,7 +117,7 @@ def test_vhost_user_guest_checks_then_a_restarted_qemu(
     # A new QEMU on the same socket: a fresh negotiation, memory and rings.
     size = 4 << 20
     second = run_vm(topo, guest_image, socket_path, str(shared_tmp / "second.log"),
-                    guest_params("tcpdown,tcpup", size))
+                    standard_params("tcpdown,tcpup", size))
     results, where = second.results, second.describe()
     assert second.returncode == 0 and "done" in results, where
     assert_dhcp(results, where)
