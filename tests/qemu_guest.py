@@ -29,7 +29,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from topology import REMOTE_ADDR4, REMOTE_ADDR6, Topology
+from peers import digest_of
+
+from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, REMOTE_ADDR4, REMOTE_ADDR6, Topology
 
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
@@ -532,6 +534,40 @@ def standard_params(checks: str, size: int = SIZE) -> dict[str, object]:
     return check_params(
         checks, size, seed=SEED4, size6=SIZE6, seed6=SEED6,
         udp_sizes=",".join(map(str, UDP_SIZES)), fwd=FWD_GUEST_PORT, name="name.example.test")
+
+
+def assert_dhcp(results: dict[str, str], where: str) -> None:
+    """The lease is the host's own address, prefix and gateway."""
+    assert results["dhcp"] == f"{HOST_ADDR4}/{PREFIX4}", where
+    assert results["router"] == GW_ADDR4, where
+
+
+def assert_standard_results(results: dict[str, str], where: str) -> str:
+    """What the standard run ("ping,tcpdown,tcpup,udp,dns,ipv6,fwd") must
+    show, whatever carries the guest's frames; the upload's "digest size",
+    which the forwarded port serves back."""
+    assert "insmod-failed" not in results, where
+    # DHCP: the host's own address, prefix, gateway and resolver, and the MTU.
+    assert_dhcp(results, where)
+    assert results["dns-server"].split()[0] == REMOTE_ADDR4, where
+    assert results["mtu"] == "65520", where
+    # ICMP echo, through passt-sep's ping sockets.
+    assert results["ping"] == "ok", where
+    # TCP both ways: remote -> guest and guest -> remote, sha256 on both ends.
+    assert results["tcp-down"].split()[0] == digest_of(SIZE, SEED4), where
+    sent_digest, sent_size = results["tcp-up-sent"].split()
+    assert int(sent_size) == SIZE, where
+    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
+    # UDP: echo off the remote, and a DNS query to the resolver DHCP handed out.
+    assert results["udp-echo"] == " ".join(f"{n}:ok" for n in UDP_SIZES), where
+    assert results["dns"] == "203.0.113.53", where
+    # IPv6: SLAAC from passt-sep's router advertisements, then TCP and UDP.
+    assert results["slaac"].startswith("2001:db8:1:"), where
+    assert results["tcp6-down"].split()[0] == digest_of(SIZE6, SEED6), where
+    assert results["udp6-echo"] == " ".join(f"{n}:ok" for n in UDP_SIZES), where
+    # -t: the guest's server was reached, every byte (the caller checks the fetch).
+    assert results["fwd-served"] == "0", where
+    return f"{sent_digest} {sent_size}"
 
 def parse_results(console: str) -> dict[str, str]:
     """The ``RESULT name value`` lines of the serial console, by name."""

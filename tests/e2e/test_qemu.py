@@ -23,14 +23,12 @@ from qemu_guest import (
     FWD_HOST_PORT,
     GUEST_TIMEOUT,
     SEED4,
-    SEED6,
-    SIZE,
-    SIZE6,
-    UDP_SIZES,
+    assert_dhcp,
+    assert_standard_results,
     standard_params,
 )
 
-from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, REMOTE_ADDR4, Topology
+from topology import Topology
 
 
 def start_passt(topo: Topology, passt: str, socket_path: str, *args: str) -> subprocess.Popen:
@@ -39,11 +37,6 @@ def start_passt(topo: Topology, passt: str, socket_path: str, *args: str) -> sub
     qemu_guest.wait_for_socket(socket_path, daemon)
     return daemon
 
-
-def assert_dhcp(results: dict[str, str], where: str) -> None:
-    """The lease is the host's own address, prefix and gateway."""
-    assert results["dhcp"] == f"{HOST_ADDR4}/{PREFIX4}", where
-    assert results["router"] == GW_ADDR4, where
 
 
 @pytest.mark.slow
@@ -79,29 +72,9 @@ def test_qemu_guest_dhcp_ping_tcp_udp_dns_ipv6_and_forwarded_port(
                       if k.startswith("time-")))
     assert run.booted, "the guest never ran its init script" + where
     assert run.returncode == 0 and "done" in results, "the guest did not finish" + where
-    assert "insmod-failed" not in results, where
-    # DHCP: the host's own address, prefix, gateway and resolver, and the MTU.
-    assert_dhcp(results, where)
-    assert results["dns-server"].split()[0] == REMOTE_ADDR4, where
-    assert results["mtu"] == "65520", where
-    # ICMP echo, through passt-sep's ping sockets.
-    assert results["ping"] == "ok", where
-    # TCP both ways: remote -> guest and guest -> remote, sha256 on both ends.
-    assert results["tcp-down"].split()[0] == digest_of(SIZE, SEED4), where
-    sent_digest, sent_size = results["tcp-up-sent"].split()
-    assert int(sent_size) == SIZE, where
-    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
-    # UDP: echo off the remote, and a DNS query to the resolver DHCP handed out.
-    assert results["udp-echo"] == " ".join(f"{n}:ok" for n in UDP_SIZES), where
-    assert results["dns"] == "203.0.113.53", where
-    # IPv6: SLAAC from passt-sep's router advertisements, then TCP and UDP.
-    assert results["slaac"].startswith("2001:db8:1:"), where
-    assert results["tcp6-down"].split()[0] == digest_of(SIZE6, SEED6), where
-    assert results["udp6-echo"] == " ".join(f"{n}:ok" for n in UDP_SIZES), where
-    # -t: the host's port FWD_HOST_PORT reaches the guest's server, every byte.
-    assert results["fwd-served"] == "0", where
+    uploaded = assert_standard_results(results, where)
     forwarded = started["fetch"].communicate(timeout=60)[0].strip()
-    assert forwarded == f"{sent_digest} {sent_size}", where
+    assert forwarded == uploaded, where
     # One-off: passt-sep ends cleanly once the VM is gone.
     daemon = started["passt"]
     assert daemon.wait(timeout=20) == 0, daemon.stderr.read()
