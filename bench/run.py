@@ -153,6 +153,30 @@ def udp_out(served: Served) -> float:
     return received * 8 / SECONDS / 1e9
 
 
+def udp_in(served: Served) -> float:
+    """Gbit/s of 1400-byte datagrams from the remote, sent as fast as socat
+    can for SECONDS to a port forwarded into the namespace (-u), that the
+    program there received."""
+    if served.name == "slirp4netns":
+        return float("nan")
+    sink = subprocess.Popen(served.cmd("sh", "-c", f"timeout {SECONDS + 2} socat -u -b 65536 "
+                                       f"UDP-RECV:{BURST_PORT} - | wc -c"),
+                            stdout=subprocess.PIPE, text=True)
+    _wait_bound(served, BURST_PORT)
+    served.topo.run_remote("timeout", str(SECONDS), "socat", "-u", "-b", "1400", "/dev/zero",
+                           f"UDP:{HOST_ADDR4}:{BURST_PORT}", timeout=SECONDS + 10)
+    received = int(sink.communicate(timeout=SECONDS + 10)[0].strip() or 0)
+    return received * 8 / SECONDS / 1e9
+
+
+def _wait_bound(served: Served, port: int) -> None:
+    """Until a UDP socket in the namespace is bound to ``port``."""
+    for _ in range(200):
+        if served.run("ss", "-Huln", f"sport = :{port}").strip():
+            return
+        time.sleep(0.05)
+
+
 def udp_burst_out(served: Served) -> float:
     """Datagrams of a BURST of 1000-byte ones, sent back to back from the
     namespace as fast as a program can, that reached the remote."""
@@ -170,10 +194,7 @@ def udp_burst_in(served: Served) -> float:
         return float("nan")
     tally = subprocess.Popen(served.cmd(sys.executable, PEERS, "udp-tally", str(BURST_PORT), "2"),
                              stdout=subprocess.PIPE, text=True)
-    for _ in range(200):
-        if served.run("ss", "-Huln", f"sport = :{BURST_PORT}").strip():
-            break
-        time.sleep(0.05)
+    _wait_bound(served, BURST_PORT)
     served.topo.run_remote(sys.executable, PEERS, "udp-burst", HOST_ADDR4, str(BURST_PORT),
                            str(BURST))
     return _tallied(tally)
@@ -269,11 +290,11 @@ def _loopback_iperf(server: list[str], client: list[str], port: int, settle: flo
         proc.wait()
 
 
-def latency(served: Served) -> tuple[float, float]:
+def latency(served: Served, remote: str = REMOTE_ADDR4) -> tuple[float, float]:
     """Median and 99th percentile microseconds of a 1-byte TCP
-    request/response."""
+    request/response to the remote's echo server at ``remote``."""
     script = ("import socket, time, statistics\n"
-              f"c = socket.create_connection(('{REMOTE_ADDR4}', 7001), 5)\n"
+              f"c = socket.create_connection(('{remote}', 7001), 5)\n"
               "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
               "samples = []\n"
               "for _ in range(2000):\n"
@@ -328,7 +349,8 @@ def startup(topo: Topology, name: str) -> float:
 
 
 ECHO_SERVER = ("import socket, threading\n"
-               "s = socket.create_server(('0.0.0.0', 7001), backlog=2048)\n"
+               "s = socket.create_server(('::', 7001), family=socket.AF_INET6, backlog=2048,\n"
+               "                         dualstack_ipv6=True)\n"
                "def echo(c):\n"
                "    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
                "    while (d := c.recv(1)):\n        c.sendall(d)\n"
@@ -372,12 +394,13 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                     try:
                         add(name, f"tcp_out_gbps_mtu{mtu}", iperf, served, False)
                         add(name, f"tcp_in_gbps_mtu{mtu}", iperf, served, True)
+                        for family, remote in (("", REMOTE_ADDR4), ("6", REMOTE_ADDR6)):
+                            if wanted(f"rr_latency{family}"):
+                                median, p99 = latency(served, remote)
+                                add(name, f"rr_latency{family}_us_mtu{mtu}", float, median)
+                                add(name, f"rr_latency{family}_p99_us_mtu{mtu}", float, p99)
                         if mtu == 65520:
                             add(name, "rss_idle_mib", served.rss_mib)
-                            if wanted("rr_latency"):
-                                median, p99 = latency(served)
-                                add(name, "rr_latency_us", float, median)
-                                add(name, "rr_latency_p99_us", float, p99)
                             add(name, "connections_per_s", connection_rate, served)
                             add(name, "rss_1000_conns_mib", rss_with_connections, served)
                             add(name, "splice_host_lo_to_ns_gbps", splice, served)
@@ -386,6 +409,7 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                                 REMOTE_ADDR6)
                             add(name, "tcp6_in_gbps_mtu65520", iperf, served, True, REMOTE_ADDR6)
                             add(name, "udp_out_gbps", udp_out, served)
+                            add(name, "udp_in_gbps", udp_in, served)
                             add(name, "udp_burst_out_of_10000", udp_burst_out, served)
                             add(name, "udp_burst_in_of_10000", udp_burst_in, served)
                             for percent in LOSS_PERCENTS:
@@ -414,15 +438,17 @@ def clat(topo: Topology, add) -> None:
         served.close()
 
 
+RR_KEYS = {mtu: [f"rr_latency{family}{p99}_us_mtu{mtu}" for family in ("", "6")
+                for p99 in ("", "_p99")] for mtu in (65520, 1500)}
 SERVED_KEYS = {
-    65520: ["tcp_out_gbps_mtu65520", "tcp_in_gbps_mtu65520", "rss_idle_mib", "rr_latency_us",
-            "rr_latency_p99_us", "connections_per_s", "rss_1000_conns_mib",
+    65520: ["tcp_out_gbps_mtu65520", "tcp_in_gbps_mtu65520", *RR_KEYS[65520], "rss_idle_mib",
+            "connections_per_s", "rss_1000_conns_mib",
             "splice_host_lo_to_ns_gbps", "splice_ns_lo_to_host_gbps", "tcp6_out_gbps_mtu65520",
-            "tcp6_in_gbps_mtu65520", "udp_out_gbps", "udp_burst_out_of_10000",
+            "tcp6_in_gbps_mtu65520", "udp_out_gbps", "udp_in_gbps", "udp_burst_out_of_10000",
             "udp_burst_in_of_10000",
             *(f"tcp_lossy{percent}_{way}_{what}" for percent in LOSS_PERCENTS
               for way in ("down", "up") for what in ("s", "rto"))],
-    1500: ["tcp_out_gbps_mtu1500", "tcp_in_gbps_mtu1500"],
+    1500: ["tcp_out_gbps_mtu1500", "tcp_in_gbps_mtu1500", *RR_KEYS[1500]],
 }
 
 
@@ -430,12 +456,12 @@ def table(figures: dict[str, dict[str, float]]) -> str:
     peers = [n for n in figures if n != "passt-sep"]
     keys = list(figures["passt-sep"])
     widths = {p: max(12, len(p) + 2) for p in peers}
-    head = f"{'metric':<24}{'passt-sep':>12}" + "".join(
+    head = f"{'metric':<30}{'passt-sep':>12}" + "".join(
         f"{p:>{widths[p]}}{'ratio':>8}" for p in peers)
     lines = [head, "-" * len(head)]
     for key in keys:
         ours = figures["passt-sep"][key]
-        row = f"{key:<24}{ours:>12.3f}"
+        row = f"{key:<30}{ours:>12.3f}"
         for peer in peers:
             theirs = figures[peer].get(key, float("nan"))
             ratio = ours / theirs if theirs and theirs == theirs else float("nan")
