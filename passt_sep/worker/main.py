@@ -93,7 +93,7 @@ class Worker:
             divert=diverts.udp if diverts else None,
             send_datagrams=self._send_datagrams(link, capture))
         self.tcp = None if config.no_tcp else TcpHandler(
-            ctx, [TcpListener(fd, meta.family, meta.port, meta.target)    # peers unmapped there
+            ctx, [TcpListener(fd, meta.family, meta.port, meta.target)    # unmaps IPv4 peers
                   for fd, meta in self._listeners(Role.TCP_LISTENER)], new_secret(),
             divert=diverts.tcp if diverts else None, tso=isinstance(link, TapLink))
         if diverts is not None:

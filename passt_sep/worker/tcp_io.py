@@ -66,8 +66,8 @@ PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
 
 
-# pasta: (accepted socket, family, target port, peer address) -> taken (spliced instead)
-Divert = Callable[[socket.socket, int, bytes], bool]      # (accepted, target port, peer)
+# pasta: (accepted socket, target port, peer address) -> taken (spliced instead)
+Divert = Callable[[socket.socket, int, bytes], bool]
 
 
 @dataclass(frozen=True)
