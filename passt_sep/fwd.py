@@ -23,6 +23,7 @@ by TCP, UDP and ICMP:
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from .clat import Nat64Prefix
@@ -40,9 +41,38 @@ def is_loopback(addr: bytes) -> bool:
 
 
 def is_loopback_text(host: str) -> bool:
-    """``is_loopback`` of a socket API address (no conversion per datagram;
-    IPv6 sockets here are V6ONLY, so no mapped IPv4)."""
+    """``is_loopback`` of a socket API address (no conversion per datagram),
+    IPv4 ones as ``unmapped_text`` leaves them."""
     return host.startswith("127.") or host.partition("%")[0] == "::1"
+
+
+# A dual-stack socket (one AF_INET6 socket without IPV6_V6ONLY taking both
+# families) shows an IPv4 peer as ::ffff:a.b.c.d and reaches one at it.
+V4_MAPPED = bytes(10) + b"\xff\xff"
+V4_MAPPED_TEXT = "::ffff:"
+
+
+def unmapped(addr: bytes) -> bytes:
+    """A dual-stack socket's IPv4 peer as the IPv4 address it is; any other
+    address as it is."""
+    return addr[12:] if len(addr) == 16 and addr[:12] == V4_MAPPED else addr
+
+
+def v4_mapped(addr: bytes) -> bytes:
+    """An IPv4 address as a dual-stack socket takes it; an IPv6 one as it is."""
+    return V4_MAPPED + addr if len(addr) == 4 else addr
+
+
+def unmapped_text(host: str) -> str:
+    """``unmapped`` of a socket API address."""
+    if host.startswith(V4_MAPPED_TEXT) and "." in host:
+        return host[len(V4_MAPPED_TEXT):]
+    return host
+
+
+def text_family(host: str) -> int:
+    """AF_INET or AF_INET6: the family of a socket API address."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 @dataclass(frozen=True)

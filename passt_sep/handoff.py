@@ -7,11 +7,11 @@ broker before it forks the worker:
    prefix; fds as SCM_RIGHTS in chunks of at most 250, since ``-t all``
    hands over thousands of listeners)::
 
-       {"v": 2,
+       {"v": 3,
         "config":  {...},          # WorkerConfig: its fields, nothing more
         "network": {...},          # netparams.Network, addresses as bytes
         "fds": [{"role": "tap"}, {"role": "tcp_listener", "family": 10,
-                                  "port": 22, "target": 2022}, ...],
+                                  "port": 22, "target": 2022, "dual": true}, ...],
         "nfds": N}
 
    The n-th manifest entry describes the n-th fd received.
@@ -44,7 +44,7 @@ from .config import IFNAMSIZ, Config, Mode
 from .loglevel import DEBUG, ERROR, INFO, TRACE, WARNING, level_for
 from .netparams import IPv4Params, IPv6Params, Network
 
-VERSION = 2
+VERSION = 3
 READY = b"R"
 MAX_FLOWS = 1 << 20
 MAX_LOG_SIZE = 1 << 40
@@ -239,17 +239,22 @@ class Role(StrEnum):
 @dataclass(frozen=True)
 class ListenerMeta:
     """A forwarded port: ``port`` where the socket is bound, ``target`` the
-    port on the other side."""
+    port on the other side.  ``dual``: an AF_INET6 socket on ``[::]``
+    without IPV6_V6ONLY, taking both families (IPv4 peers as
+    ``::ffff:a.b.c.d``): one socket per port where both are enabled."""
 
     family: int
     port: int
     target: int
+    dual: bool = False
 
     def check(self) -> None:
         if self.family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError("family: expected AF_INET or AF_INET6")
         _integer(1, 65535)(self.port)
         _integer(1, 65535)(self.target)
+        if _flag(self.dual) and self.family != socket.AF_INET6:
+            raise ValueError("dual: only an AF_INET6 socket takes both families")
 
 
 PROC_NET_SIDES = ("ns", "host")

@@ -21,7 +21,11 @@ Forwarded ports (``-u``) work the other way round: a datagram arriving on a
 listening socket for host port H goes to the guest's port T (H's target);
 the guest's answers from T leave through that same socket, so the peer sees
 them come from H.  A forwarded port is open to every host by the user's
-choice; it keeps its peers' addresses both ways (``UdpForward``).  With
+choice; it keeps its peers' addresses both ways (``UdpForward``).  A
+port of both families is one dual-stack socket (``UdpForward.dual``): its
+IPv4 peers, which the socket API shows as ``::ffff:a.b.c.d``, reach the
+guest over IPv4 from ``a.b.c.d`` (``fwd.unmapped``), and the guest's IPv4
+answers leave through it to that mapped address (``socket_peer``).  With
 ``--clat``, an IPv6 port's datagram may reach the guest over IPv4
 (``UdpForward.clat_source``): UDP has no refusal to fall back on, as TCP
 has, so the peer decides: one in the NAT64 prefix is an IPv4 host and
@@ -48,7 +52,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .flow import FlowKey, FlowSection, FlowTable
-from .fwd import AddressMap
+from .fwd import AddressMap, v4_mapped
 from .netparams import Network
 from .packet import (
     ETH_P_IP,
@@ -210,7 +214,10 @@ class UdpForward:
     guest_port: int
     handle: int
     last_used: float = 0.0
-    guest_addr4: bytes | None = None   # --clat, an IPv6 port: the guest's IPv4 address
+    # an IPv6 port: the guest's IPv4 address, for its IPv4 peers (dual) or
+    # for IPv6 peers it hears over IPv4 (--clat)
+    guest_addr4: bytes | None = None
+    dual: bool = False                 # a dual-stack socket: the guest's IPv4 answers too
     forwarded = True
     # host peer <-> the address the guest knows it by, both ways: replies
     # keep the address the guest used, and the guest's answers to a peer go
@@ -258,12 +265,19 @@ class UdpForward:
             return addrmap.to_ipv4_guest(host_src)
         return addrmap.behind_nat64(host_src)
 
-    def guest_for(self, seen: bytes) -> bytes:
+    def guest_for(self, seen: bytes) -> bytes | None:
         """The guest's address a datagram from ``seen`` goes to: its IPv4
-        one for a peer it sees as an IPv4 address (``--clat``)."""
+        one for a peer it sees as an IPv4 address (a dual-stack port's
+        IPv4 peer, ``--clat``); None if the guest has none of that family
+        (a dual-stack port of a guest with one)."""
         if len(seen) == 4 and self.guest_addr4 is not None:
             return self.guest_addr4
-        return self.guest_addr
+        return self.guest_addr if len(seen) == len(self.guest_addr) else None
+
+    def socket_peer(self, host: bytes) -> bytes:
+        """Where the socket sends to reach host peer ``host``: an IPv4 one
+        mapped, on a dual-stack socket."""
+        return v4_mapped(host) if self.dual else host
 
 
 def clat_answer(forwards: dict[int, UdpForward], datagram: GuestDatagram) -> UdpForward | None:
@@ -339,7 +353,10 @@ class UdpFlows:
         return True
 
     def add_forward(self, forward: UdpForward) -> None:
-        self.forwards[(forward.v6, forward.guest_port)] = forward
+        """A forwarded port: a dual-stack one takes the guest's answers of
+        both families."""
+        for v6 in _families(forward):
+            self.forwards[(v6, forward.guest_port)] = forward
         self.by_handle[forward.handle] = forward
 
     def remove(self, flow: AnyFlow) -> None:
@@ -347,8 +364,9 @@ class UdpFlows:
             return
         if isinstance(flow, UdpForward):
             del self.by_handle[flow.handle]
-            if self.forwards.get((flow.v6, flow.guest_port)) is flow:
-                del self.forwards[(flow.v6, flow.guest_port)]
+            for v6 in _families(flow):
+                if self.forwards.get((v6, flow.guest_port)) is flow:
+                    del self.forwards[(v6, flow.guest_port)]
             return
         self.section.remove(flow.key)
         self._unindex(flow)
@@ -371,6 +389,11 @@ class UdpFlows:
     def connected(self) -> list[UdpFlow]:
         """The connected flows, as a snapshot."""
         return self.section.values()
+
+
+def _families(forward: UdpForward) -> tuple[bool, ...]:
+    """The guest's families (``v6``) whose answers a forwarded port takes."""
+    return (True, False) if forward.dual else (forward.v6,)
 
 
 class SendBatch:

@@ -38,26 +38,37 @@ def forward_listeners(forwarding: Forwarding, kind: int, ipv4: bool, ipv6: bool,
     the wildcard address or, with ``loopback`` (pasta's ``-T``, made in the
     namespace), on 127.0.0.1 and ::1 unless the rule names an address.
 
-    A port that is already taken is an error naming it, except with
-    ``quiet_conflicts`` (``all``) or an exclusion-only spec, where such ports
-    (and those below ip_unprivileged_port_start, without the privilege) are
-    skipped as passt does, unless none is left.  UDP sockets share
-    ``FORCED_RCVBUF_TOTAL`` of receive buffer (``portsock``).
+    A wildcard port of both families gets one dual-stack socket, as passt's
+    (half the fds of one per family); where that cannot be bound (one
+    family's port taken, no IPv6 in the kernel), one socket per family, as
+    for a single family: a port that is already taken is an error naming
+    it, except with ``quiet_conflicts`` (``all``) or an exclusion-only spec,
+    where such ports (and those below ip_unprivileged_port_start, without
+    the privilege) are skipped as passt does, unless none is left.  UDP
+    sockets share ``FORCED_RCVBUF_TOTAL`` of receive buffer (``portsock``).
     """
     quiet_conflicts = quiet_conflicts or forwarding.skip_unavailable
     role = role or (Role.TCP_LISTENER if kind == socket.SOCK_STREAM else Role.UDP_LISTENER)
     entries: list[FdEntry] = []
-    wanted = [(port, target, rule, family) for port, target, rule in forwarding.ports()
-              for family in _rule_families(rule.address, ipv4, ipv6)]
-    buffer = forwarded_receive_buffer(len(wanted))
+    wanted = [(port, target, rule, list(_rule_families(rule.address, ipv4, ipv6)))
+              for port, target, rule in forwarding.ports()]
+    count = sum(len(fams) for *_, fams in wanted)
+    buffer, dual_buffer = forwarded_receive_buffer(count), forwarded_receive_buffer(count, 2)
     try:
-        for port, target, rule, family in wanted:
-            address = rule.address or (LOOPBACK[family] if loopback else None)
-            sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts,
-                          freebind, buffer)
-            if sock is not None:
-                entries.append(FdEntry(role, sock.detach(),
-                                       ListenerMeta(int(family), port, target)))
+        for port, target, rule, fams in wanted:
+            if len(fams) == 2 and not rule.address and not loopback:
+                sock = _dual_stack(kind, rule.interface, port, dual_buffer)
+                if sock is not None:
+                    entries.append(FdEntry(role, sock.detach(), ListenerMeta(
+                        int(socket.AF_INET6), port, target, dual=True)))
+                    continue
+            for family in fams:
+                address = rule.address or (LOOPBACK[family] if loopback else None)
+                sock = _bound(family, kind, address, rule.interface, port, quiet_conflicts,
+                              freebind, buffer)
+                if sock is not None:
+                    entries.append(FdEntry(role, sock.detach(),
+                                           ListenerMeta(int(family), port, target)))
     except BaseException:
         for entry in entries:
             os.close(entry.fd)
@@ -73,6 +84,17 @@ def _rule_families(address: str | None, ipv4: bool, ipv6: bool) -> Iterator[int]
         yield socket.AF_INET6 if ":" in address else socket.AF_INET
         return
     yield from families(ipv4, ipv6)
+
+
+def _dual_stack(kind: int, interface: str | None, port: int,
+                buffer: int) -> socket.socket | None:
+    """One socket for both families' wildcard ``port``, or None: then one
+    per family, which also says what is wrong, or skips."""
+    try:
+        return bound_socket(socket.AF_INET6, kind, port, None, interface, False, buffer,
+                            force=True, dual=True)
+    except OSError:
+        return None
 
 
 def _bound(family: int, kind: int, address: str | None, interface: str | None,

@@ -32,10 +32,12 @@ UDP_RCVBUF = 16 << 20
 FORCED_RCVBUF_TOTAL = 128 << 20
 
 
-def forwarded_receive_buffer(sockets: int) -> int:
-    """Each forwarded UDP socket's share of FORCED_RCVBUF_TOTAL, at most
-    UDP_RCVBUF (a share below a socket's default leaves it as it is)."""
-    return min(UDP_RCVBUF, FORCED_RCVBUF_TOTAL // max(sockets, 1))
+def forwarded_receive_buffer(sockets: int, families: int = 1) -> int:
+    """A forwarded UDP socket's share of FORCED_RCVBUF_TOTAL, at most
+    UDP_RCVBUF (a share below a socket's default leaves it as it is):
+    ``sockets`` counts one per port and family, and a dual-stack socket
+    (``families`` 2) takes the shares of both."""
+    return min(UDP_RCVBUF, families * FORCED_RCVBUF_TOTAL // max(sockets, 1))
 
 
 def grow_receive_buffer(sock: socket.socket, size: int, force: bool = False) -> None:
@@ -73,16 +75,22 @@ FREEBIND = {socket.AF_INET: (socket.IPPROTO_IP, 15),       # IP_FREEBIND
 
 def bound_socket(family: int, kind: int, port: int, address: str | None = None,
                  interface: str | None = None, freebind: bool = False,
-                 receive_buffer: int = UDP_RCVBUF, force: bool = False) -> socket.socket:
+                 receive_buffer: int = UDP_RCVBUF, force: bool = False,
+                 dual: bool = False) -> socket.socket:
     """Non-blocking, listening (TCP) or bound (UDP, with ``receive_buffer``,
     past rmem_max with ``force``) at ``address`` (the wildcard by default) and
-    ``port``; IPv6 sockets take IPv6 only, so that both families can hold
-    the same port.  Raises OSError."""
+    ``port``.  IPv6 sockets take IPv6 only, so that both families can hold
+    the same port, unless ``dual``: then this one AF_INET6 socket on
+    ``[::]`` takes IPv4 too, its IPv4 peers seen as ``::ffff:a.b.c.d``
+    (one fd per port, not two, as passt does), and the bind fails if
+    either family's port is taken.  Raises OSError."""
+    if dual and (family != socket.AF_INET6 or address):
+        raise ValueError("a dual-stack socket is AF_INET6 on the wildcard address")
     sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not dual))
         if interface:
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
         if freebind and address:      # --freebind: an address the host may get later

@@ -28,6 +28,7 @@ SCAN_INTERVAL = 1.0
 READ_CHUNK = 65536
 
 Open = Callable[[int, int], int]       # (family, port) -> fd, registered where it serves
+OpenDual = Callable[[int], int]        # port -> fd of one socket for both families
 Close = Callable[[int], None]
 
 
@@ -41,7 +42,9 @@ class AutoDirection:
     side is a namespace we just created, where nothing of anyone else's can
     listen yet, so the first scan need not read its tables (reading
     /proc/net/tcp walks the kernel's whole socket hash: milliseconds, on
-    the way to a ready namespace)."""
+    the way to a ready namespace); ``open_dual``: one socket for both
+    families' port (the host's dual-stack wildcard socket), tried first
+    when both are enabled, before one socket per family."""
 
     seen_on: str
     open: Open
@@ -50,6 +53,7 @@ class AutoDirection:
     forwarded: dict[int, list[int]] = field(default_factory=dict)
     refused: set[int] = field(default_factory=set)
     fresh: bool = False
+    open_dual: OpenDual | None = None
 
     def follow(self, seen: set[int]) -> tuple[set[int], set[int]]:
         self.refused &= seen
@@ -85,6 +89,25 @@ class AutoForwarding:
         return ports
 
     def _open(self, direction: AutoDirection, port: int) -> None:
+        fds = self._open_dual(direction, port) or self._open_each(direction, port)
+        if fds:
+            direction.forwarded[port] = fds
+            self.log.debug(f"auto: forwarding {'UDP' if self.udp else 'TCP'} port {port}")
+        else:
+            direction.refused.add(port)
+
+    def _open_dual(self, direction: AutoDirection, port: int) -> list[int]:
+        """The one socket for both families, if both are on and it can be
+        bound; else none, and the caller opens one per family (which
+        reports what is wrong)."""
+        if direction.open_dual is None or len(self.families) < 2:
+            return []
+        try:
+            return [direction.open_dual(port)]
+        except OSError:
+            return []
+
+    def _open_each(self, direction: AutoDirection, port: int) -> list[int]:
         fds = []
         for family in self.families:
             try:
@@ -92,17 +115,13 @@ class AutoForwarding:
             except (OSError, NsSourceError) as exc:
                 self.loop.counters.add("auto_bind_error")
                 self.log.ratelimited("auto", 4, f"auto forwarding of port {port}: {exc}")
-        if fds:
-            direction.forwarded[port] = fds
-            self.log.debug(f"auto: forwarding {'UDP' if self.udp else 'TCP'} port {port}")
-        else:
-            direction.refused.add(port)
+        return fds
 
 
-def host_socket(family: int, kind: int, port: int) -> int:
+def host_socket(family: int, kind: int, port: int, dual: bool = False) -> int:
     """A socket on the host's wildcard address at ``port``: listening (TCP)
-    or bound (UDP)."""
-    return bound_socket(family, kind, port).detach()
+    or bound (UDP); ``dual``, an AF_INET6 one taking IPv4 too."""
+    return bound_socket(family, kind, port, dual=dual).detach()
 
 
 def _read_all(fd: int) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from ..config import Mode
 from ..handoff import (
@@ -41,7 +41,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 DRAIN_SECONDS = 10.0
 DRAIN_POLL = 0.05
-L = TypeVar("L", TcpListener, UdpListener)
 
 
 def run(sock: socket.socket, sandbox: Prepared, prog: str = "passt-sep") -> NoReturn:
@@ -89,11 +88,13 @@ class Worker:
         diverts = HostDiverts(ctx, received) if config.mode is Mode.PASTA else None
         echo = None if config.no_icmp else EchoHandler(ctx)
         udp = None if config.no_udp else UdpHandler(
-            ctx, self._listeners(Role.UDP_LISTENER, UdpListener),
+            ctx, [UdpListener(fd, meta.family, meta.port, meta.target, meta.dual)
+                  for fd, meta in self._listeners(Role.UDP_LISTENER)],
             divert=diverts.udp if diverts else None,
             send_datagrams=self._send_datagrams(link, capture))
         self.tcp = None if config.no_tcp else TcpHandler(
-            ctx, self._listeners(Role.TCP_LISTENER, TcpListener), new_secret(),
+            ctx, [TcpListener(fd, meta.family, meta.port, meta.target)    # unmaps IPv4 peers
+                  for fd, meta in self._listeners(Role.TCP_LISTENER)], new_secret(),
             divert=diverts.tcp if diverts else None, tso=isinstance(link, TapLink))
         if diverts is not None:
             self.nsfwd = NamespaceForwarding(ctx, received, diverts, self.tcp, udp)
@@ -146,9 +147,9 @@ class Worker:
             return link.send_datagrams
         return None
 
-    def _listeners(self, role: Role, make: type[L]) -> list[L]:
-        return [make(e.fd, e.meta.family, e.meta.port, e.meta.target)
-                for e in self.handoff.by_role(role) if isinstance(e.meta, ListenerMeta)]
+    def _listeners(self, role: Role) -> list[tuple[int, ListenerMeta]]:
+        return [(e.fd, e.meta) for e in self.handoff.by_role(role)
+                if isinstance(e.meta, ListenerMeta)]
 
     def _signals(self) -> None:
         wake_read, wake_write = socket.socketpair()

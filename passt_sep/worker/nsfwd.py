@@ -13,13 +13,13 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from ..fwd import is_loopback_text
+from ..fwd import is_loopback_text, text_family, unmapped_text
 from ..handoff import Handoff, ListenerMeta, ProcNetMeta, Role
 from ..nspolicy import LOOPBACK as LOOPBACK_ADDRESS
 from ..packet import address_text
 from ..system.nssource import NsSource
 from .context import WorkerContext
-from .fwd_io import AutoDirection, AutoForwarding, Close, Open, host_socket
+from .fwd_io import AutoDirection, AutoForwarding, Close, Open, OpenDual, host_socket
 from .splice_io import Landing, LocalSplicer, NamespaceListeners
 from .tcp_io import TcpHandler, TcpListener
 from .udp_io import UdpHandler, UdpListener
@@ -52,11 +52,11 @@ class HostDiverts:
                               target: int, now: float) -> bool:
         if self.relay is None or self.source is None:
             return False
-        host = peer[0]
+        host = unmapped_text(peer[0])                   # from a dual-stack socket
         from_loopback = is_loopback_text(host)
         if not (from_loopback or host in self.own_text):
             return False
-        address = self.landing.address(bound.family, from_loopback)
+        address = self.landing.address(text_family(host), from_loopback)
         if address is None:
             self.loop.counters.add("udp_splice_no_address")
             return True
@@ -120,8 +120,8 @@ class NamespaceForwarding:
         if tcp is None or outward is None:
             return None
 
-        def open_inward(family: int, port: int) -> int:
-            fd = host_socket(family, socket.SOCK_STREAM, port)
+        def open_inward(family: int, port: int, dual: bool = False) -> int:
+            fd = host_socket(family, socket.SOCK_STREAM, port, dual)
             tcp.add_listener(TcpListener(fd, family, port, port))
             return fd
 
@@ -135,16 +135,17 @@ class NamespaceForwarding:
         return self._auto(
             "tcp", (open_inward, tcp.remove_listener) if config.tcp_auto else None,
             (open_outward, outward.remove) if config.tcp_ns_auto and source else None,
-            self.static_ns_tcp, lambda: static_host)
+            self.static_ns_tcp, lambda: static_host,
+            lambda port: open_inward(socket.AF_INET6, port, dual=True))
 
     def _auto_udp(self) -> AutoForwarding | None:
         udp, relay, source, config = self.udp, self.relay, self.source, self.config
         if udp is None or relay is None:
             return None
 
-        def open_inward(family: int, port: int) -> int:
-            fd = host_socket(family, socket.SOCK_DGRAM, port)
-            udp.add_listener(UdpListener(fd, family, port, port))
+        def open_inward(family: int, port: int, dual: bool = False) -> int:
+            fd = host_socket(family, socket.SOCK_DGRAM, port, dual)
+            udp.add_listener(UdpListener(fd, family, port, port, dual))
             return fd
 
         def open_outward(family: int, port: int) -> int:
@@ -157,14 +158,17 @@ class NamespaceForwarding:
         return self._auto(
             "udp", (open_inward, udp.remove_listener) if config.udp_auto else None,
             (open_outward, relay.remove) if config.udp_ns_auto and source else None,
-            self.static_ns_udp, lambda: static_host | udp.bound_ports())
+            self.static_ns_udp, lambda: static_host | udp.bound_ports(),
+            lambda port: open_inward(socket.AF_INET6, port, dual=True))
 
     def _auto(self, protocol: str, inward: tuple[Open, Close] | None,
               outward: tuple[Open, Close] | None, static_ns: set[int],
-              host_ours: Callable[[], set[int]]) -> AutoForwarding | None:
+              host_ours: Callable[[], set[int]], inward_dual: OpenDual) -> AutoForwarding | None:
         """``inward`` follows the namespace's table (open, close on the
-        host), ``outward`` the host's (open, close in the namespace); each
-        leaves alone the ports the other holds for us."""
+        host; ``inward_dual``, one socket for both families), ``outward``
+        the host's (open, close in the namespace, on its loopback: one
+        socket per family); each leaves alone the ports the other holds
+        for us."""
         tables = self._tables(protocol)
         if not tables or (inward is None and outward is None):
             return None
@@ -172,7 +176,8 @@ class NamespaceForwarding:
         inward_dir = outward_dir = None
         if inward is not None:
             inward_dir = AutoDirection("ns", *inward, lambda: static_ns | _ports(outward_dir),
-                                   fresh=self.handoff.one(Role.COMMAND_PIDFD) is not None)
+                                       fresh=self.handoff.one(Role.COMMAND_PIDFD) is not None,
+                                       open_dual=inward_dual)
             directions.append(inward_dir)
         if outward is not None:
             outward_dir = AutoDirection("host", *outward, lambda: host_ours() | _ports(inward_dir))

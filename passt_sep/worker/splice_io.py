@@ -149,10 +149,13 @@ class LocalSplicer:
         self.own_addresses = set(landing.own.values())
         self.active: FlowSection[Spliced] = flows.section(SPLICE_TCP)
 
-    def __call__(self, sock: socket.socket, family: int, port: int, peer: bytes) -> bool:
+    def __call__(self, sock: socket.socket, port: int, peer: bytes) -> bool:
+        """``peer``: IPv4 as such, also on a dual-stack listener; the
+        namespace's side is of its family."""
         from_loopback = is_loopback(peer)
         if not (from_loopback or peer in self.own_addresses):
             return False
+        family = socket.AF_INET if len(peer) == 4 else socket.AF_INET6
         address = self.landing.address(family, from_loopback)
         if address is None:
             self.loop.counters.add("splice_no_address")

@@ -66,8 +66,8 @@ PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
 
 
-# pasta: (accepted socket, family, target port, peer address) -> taken (spliced instead)
-Divert = Callable[[socket.socket, int, int, bytes], bool]
+# pasta: (accepted socket, target port, peer address) -> taken (spliced instead)
+Divert = Callable[[socket.socket, int, bytes], bool]
 
 
 @dataclass(frozen=True)
@@ -530,8 +530,7 @@ class TcpHandler:
         peer = socket.inet_pton(listener.family, address[0].split("%")[0])
         if peer[:12] == bytes(10) + b"\xff\xff":
             peer = peer[12:]                        # IPv4 on a dual-stack listener
-        if self.divert is not None and self.divert(sock, listener.family,
-                                                   listener.target_port, peer):
+        if self.divert is not None and self.divert(sock, listener.target_port, peer):
             return                                  # taken by the loopback splice path
         params = self.net.ipv6 if len(peer) == 16 else self.net.ipv4
         # --clat: an IPv6 peer may reach the guest's IPv4 services too

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clat, udp
+from ..fwd import unmapped
 from ..packet import UDP, Drop, Inbound, address_text
 from ..system.portsock import UDP_RCVBUF, grow_receive_buffer, receive_drops
 from .context import WorkerContext
@@ -28,12 +29,14 @@ SOCKADDR_CACHE = 1024                     # peer addresses kept converted
 
 @dataclass(frozen=True)
 class UdpListener:
-    """A ``-u`` forwarded port: bound by the broker, datagrams go to ``target``."""
+    """A ``-u`` forwarded port: bound by the broker, datagrams go to
+    ``target``; ``dual``, an AF_INET6 socket taking IPv4 peers too."""
 
     fd: int
     family: int
     port: int
     target: int
+    dual: bool = False
 
 
 SendDatagrams = Callable[[bytes, memoryview, int], bool]   # TapLink.send_datagrams
@@ -111,7 +114,7 @@ class UdpHandler:
         if flow is None:
             flow = self._open_flow(datagram, now)
         if isinstance(flow, udp.UdpForward):
-            host_dst = flow.host_peer(datagram.dst, dport, self.addrmap)
+            host_dst = flow.socket_peer(flow.host_peer(datagram.dst, dport, self.addrmap))
             target = (self.sockets[flow.handle], (_address_text(host_dst), dport))
         else:                                   # connected: to its peer, no address
             target = (self.sockets[flow.handle], None)
@@ -230,15 +233,17 @@ class UdpHandler:
         sock.setblocking(False)
         v6 = listener.family == socket.AF_INET6
         guest4 = self.net.ipv4.addr if self.net.ipv4 else None
-        # --clat: an IPv6 port may bring datagrams to the guest over IPv4
+        # --clat: an IPv6 port may bring datagrams to the guest over IPv4;
+        # a dual-stack one brings its IPv4 peers' there
         clat = v6 and self.addrmap.nat64 is not None and guest4 is not None
+        dual = listener.dual and guest4 is not None
         guest = (self.net.ipv6.addr if v6 and self.net.ipv6 else
-                 guest4 if not v6 or clat else None)
+                 guest4 if not v6 or clat or dual else None)
         if guest is None:
             sock.close()
             return
         forward = udp.UdpForward(v6, guest, listener.target, sock.fileno(),
-                                 guest_addr4=guest4 if clat else None)
+                                 guest_addr4=guest4 if clat or dual else None, dual=dual)
         self.flows.add_forward(forward)
         if clat:
             self.clat_forwards[listener.target] = forward
@@ -272,11 +277,13 @@ class UdpHandler:
             src, port, guest = flow.peer, flow.peer_port, flow.guest_addr
         else:
             port = address[1]
-            host_src = _address_bytes(socket.AF_INET6 if flow.v6 else socket.AF_INET,
-                                      address[0])
+            host_src = _peer_bytes(socket.AF_INET6 if flow.v6 else socket.AF_INET, address[0])
             src = flow.view_of(host_src, port, self.addrmap)
-            flow.remember((host_src, port), src)
             guest = flow.guest_for(src)
+            if guest is None:
+                self.loop.counters.add("drop_udp_no_family")
+                return
+            flow.remember((host_src, port), src)
         if self.send_datagrams is not None:
             self.deliveries.queue((guest, flow.guest_port, src, port), payload)
         else:
@@ -335,9 +342,11 @@ class UdpHandler:
         if isinstance(flow, udp.UdpFlow):
             peer, port, guest = flow.peer, flow.peer_port, flow.guest_addr
         else:
-            host_dst, port = socket.inet_pton(sock.family, address[0]), address[1]
+            host_dst, port = _peer_bytes(sock.family, address[0]), address[1]
             peer = flow.view_of(host_dst, port, self.addrmap)
             guest = flow.guest_for(peer)
+            if guest is None:
+                return
         if origin == udp.SO_EE_ORIGIN_ICMP6 and len(guest) == 4:  # --clat: RFC 7915's codes
             translated = clat.icmp4_error(icmp_type, icmp_code)
             if translated is None:
@@ -390,5 +399,6 @@ _address_text = functools.lru_cache(maxsize=SOCKADDR_CACHE)(address_text)
 
 
 @functools.lru_cache(maxsize=SOCKADDR_CACHE)
-def _address_bytes(family: int, host: str) -> bytes:
-    return socket.inet_pton(family, host)
+def _peer_bytes(family: int, host: str) -> bytes:
+    """A peer's address, a dual-stack socket's IPv4 peer as IPv4."""
+    return unmapped(socket.inet_pton(family, host))

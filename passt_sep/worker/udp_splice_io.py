@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .. import udp
 from ..flow import SPLICE_UDP, FlowSection, FlowTable, SpliceKey
+from ..fwd import text_family, unmapped_text
 from ..system.log import Logger
 from ..system.nssource import LOOPBACK, NsSourceError
 from .loop import EPOLLIN, Loop
@@ -116,7 +117,7 @@ class UdpRelay:
             self.loop.counters.add("udp_splice_flows_full")
             return None
         try:
-            relay = socket.socket(fileno=make(bound.family, target))
+            relay = socket.socket(fileno=make(text_family(unmapped_text(key.peer[0])), target))
         except (OSError, NsSourceError) as exc:
             self.loop.counters.add("udp_splice_socket_error")
             self.log.ratelimited("udp_splice", 4, f"no socket for loopback UDP: {exc}")

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from passt_sep.clat import Nat64Prefix
-from passt_sep.fwd import LOOPBACK4, LOOPBACK6, AddressMap, is_loopback_text
+from passt_sep.fwd import (
+    LOOPBACK4,
+    LOOPBACK6,
+    AddressMap,
+    is_loopback_text,
+    text_family,
+    unmapped,
+    unmapped_text,
+    v4_mapped,
+)
 
 
 def ip(text: str) -> bytes:
@@ -77,6 +87,25 @@ def test_loopback_from_socket_api_text() -> None:
     assert is_loopback_text("::1") and is_loopback_text("::1%lo")
     assert not is_loopback_text("198.51.100.1") and not is_loopback_text("::12")
     assert not is_loopback_text("1.127.0.0")
+
+
+def test_a_dual_stack_sockets_ipv4_peer_is_ipv4() -> None:
+    """A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d: unmapped,
+    it is that IPv4 address; every other address stays as it is, and the
+    way back maps it again."""
+    mapped = ip("::ffff:203.0.113.1")
+    assert unmapped(mapped) == ip("203.0.113.1")
+    assert v4_mapped(unmapped(mapped)) == mapped
+    for other in (ip("203.0.113.1"), ip("2001:db8::1"), ip("::203.0.113.1"),
+                  ip("::fffe:203.0.113.1"), ip("::1"), ip("64:ff9b::203.0.113.1")):
+        assert unmapped(other) == other
+    assert v4_mapped(ip("2001:db8::1")) == ip("2001:db8::1")
+    assert unmapped_text("::ffff:127.0.0.1") == "127.0.0.1"
+    assert is_loopback_text(unmapped_text("::ffff:127.0.0.1"))
+    for text in ("::ffff:1", "2001:db8::1", "198.51.100.1", "fe80::1%eth0"):
+        assert unmapped_text(text) == text
+    assert [text_family(unmapped_text(t)) for t in ("::ffff:10.0.0.1", "10.0.0.1", "::1")] == [
+        socket.AF_INET, socket.AF_INET, socket.AF_INET6]
 
 
 # -- --clat ---------------------------------------------------------------------------

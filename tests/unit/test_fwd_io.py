@@ -40,3 +40,34 @@ def test_a_fresh_namespace_is_not_read_on_the_first_scan() -> None:
         assert sorted(opened) == [2024, 3306]          # read from the second scan on
     finally:
         os.close(fd)
+
+
+def test_both_families_take_one_dual_stack_socket_or_one_each() -> None:
+    """With both families on, a port gets the one socket ``open_dual``
+    makes; where that cannot be bound, one per family as with one."""
+    opened: list[tuple[int, int]] = []
+
+    def open_port(family: int, port: int) -> int:
+        opened.append((family, port))
+        return len(opened)
+
+    def open_dual(port: int) -> int:
+        if port == 3306:
+            raise OSError(98, "Address already in use")
+        opened.append((0, port))
+        return len(opened)
+
+    both = [socket.AF_INET, socket.AF_INET6]
+    direction = AutoDirection("ns", open_port, lambda fd: None, set, open_dual=open_dual)
+    fd = _table(TCP)
+    try:
+        AutoForwarding(Loop(), Logger("test"), {"ns": [fd]}, False, both, [direction])
+        assert sorted(opened) == [(0, 2024), (socket.AF_INET, 3306), (socket.AF_INET6, 3306)]
+        assert {port: len(fds) for port, fds in direction.forwarded.items()} == {2024: 1,
+                                                                               3306: 2}
+        opened.clear()
+        one = AutoDirection("ns", open_port, lambda fd: None, set, open_dual=open_dual)
+        AutoForwarding(Loop(), Logger("test"), {"ns": [fd]}, False, [socket.AF_INET], [one])
+        assert sorted(opened) == [(socket.AF_INET, 2024), (socket.AF_INET, 3306)]
+    finally:
+        os.close(fd)

@@ -99,7 +99,7 @@ def close_all(received: Handoff) -> None:
 def test_round_trip_through_a_socketpair(config: WorkerConfig) -> None:
     with pair() as (broker, worker), pipes(3) as made:
         entries = [FdEntry(Role.UNIX_LISTENER, made[0][0]),
-                   FdEntry(Role.TCP_LISTENER, made[1][0], ListenerMeta(10, 22, 1022)),
+                   FdEntry(Role.TCP_LISTENER, made[1][0], ListenerMeta(10, 22, 1022, True)),
                    FdEntry(Role.TCP_LISTENER, made[1][1], ListenerMeta(2, 23, 1023)),
                    FdEntry(Role.LOG, made[2][1], LogMeta(1234.5))]
         handoff_io.send(broker, config, NETWORK, entries)
@@ -163,7 +163,7 @@ def test_encode_flattens_the_manifest() -> None:
     """The n-th entry describes the n-th fd: no index of its own."""
     entries = [FdEntry(Role.TAP, 7), FdEntry(Role.PROC_NET, 9, ProcNetMeta("host", "tcp6"))]
     message = handoff.encode(CONFIG, NETWORK, entries)
-    assert message["v"] == handoff.VERSION == 2
+    assert message["v"] == handoff.VERSION == 3
     assert message["fds"] == [{"role": "tap"},
                               {"role": "proc_net", "side": "host", "table": "tcp6"}]
     assert message["config"] == handoff.config_to_dict(CONFIG)
@@ -230,8 +230,10 @@ worker_configs = st.builds(
     dns_forward=st.lists(ipv4_text | ipv6_text, max_size=3).map(tuple),
     nat64_prefix=st.sampled_from([None, "64:ff9b::/96", "2001:db8::/32", "2001:db8:1::/48"]),
     **{name: st.booleans() for name in FLAGS})
-metas = {ListenerMeta: st.builds(ListenerMeta, st.sampled_from([2, 10]),
-                                 st.integers(1, 65535), st.integers(1, 65535)),
+listener_kinds = st.sampled_from([(2, False), (10, False), (10, True)])   # (family, dual)
+metas = {ListenerMeta: st.builds(lambda kind, port, target: ListenerMeta(kind[0], port, target,
+                                                                         kind[1]),
+                                 listener_kinds, st.integers(1, 65535), st.integers(1, 65535)),
          ProcNetMeta: st.builds(ProcNetMeta, st.sampled_from(["ns", "host"]),
                                 st.sampled_from(["tcp", "tcp6", "udp", "udp6"])),
          LogMeta: st.builds(LogMeta, st.floats(0, 1e9)),
@@ -285,7 +287,7 @@ def receive_raw(message: dict, fds: list[int]) -> str:
 
 def test_wrong_or_missing_version() -> None:
     with pipes(1) as made:
-        for version in (1, 3, 0, "2", None):
+        for version in (1, 2, 4, 0, "3", None):
             message = {**good_message([FdEntry(Role.TAP, 0)]), "v": version}
             assert receive_raw(message, [made[0][0]]) == "handoff: wrong or missing version"
         message = good_message()
@@ -378,6 +380,9 @@ def test_every_role_is_documented_and_round_trips() -> None:
     (FdEntry(Role.TCP_LISTENER, 0, ListenerMeta(1, 22, 22)), "handoff: tcp_listener fd: "),
     (FdEntry(Role.TCP_LISTENER, 0, ListenerMeta(2, "22", 22)), "handoff: tcp_listener fd: "),
     (FdEntry(Role.TCP_LISTENER, 0, ListenerMeta(2, True, 22)), "handoff: tcp_listener fd: "),
+    (FdEntry(Role.TCP_LISTENER, 0, ListenerMeta(2, 22, 22, True)), "handoff: tcp_listener fd: "
+     "dual: only an AF_INET6 socket takes both families"),
+    (FdEntry(Role.UDP_LISTENER, 0, ListenerMeta(10, 22, 22, 1)), "handoff: udp_listener fd: "),
     (FdEntry(Role.PROC_NET, 0, ProcNetMeta("init", "tcp")), "handoff: proc_net fd: "),
     (FdEntry(Role.PROC_NET, 0, ProcNetMeta("ns", "raw")), "handoff: proc_net fd: "),
     (FdEntry(Role.LOG, 0, LogMeta("now")), "handoff: log fd: "),
@@ -519,7 +524,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       max_leaves=20)
 
 
-@given(st.fixed_dictionaries({}, optional={"v": st.sampled_from([1, 2]) | values,
+@given(st.fixed_dictionaries({}, optional={"v": st.sampled_from([2, 3]) | values,
                                            "config": values, "network": values,
                                            "fds": values}),
        st.integers(0, 3))

@@ -267,6 +267,44 @@ def test_the_guests_ipv4_answer_leaves_through_the_ipv6_port_to_its_peer() -> No
     assert udp.clat_answer(forwards, answer(GUEST6, 5353, BEHIND_NAT64, 4000)) is None
 
 
+# -- a dual-stack forwarded port: one socket, both families ------------------------------
+
+MAPPED_PEER4 = bytes(10) + b"\xff\xff" + PEER4
+
+
+def test_a_dual_stack_port_takes_the_guests_answers_of_both_families() -> None:
+    flows = udp.UdpFlows(FlowTable(4))
+    forward = udp.UdpForward(True, GUEST6, 7300, handle=3, guest_addr4=GUEST4, dual=True)
+    flows.add_forward(forward)
+    assert flows.lookup(GUEST4, 7300, PEER4, 40000, now=1) is forward
+    assert flows.lookup(GUEST6, 7300, PEER6, 40000, now=1) is forward
+    flows.remove(forward)
+    assert flows.forwards == {} and flows.by_handle == {}
+
+
+def test_a_dual_stack_ports_ipv4_peer_reaches_the_guest_over_ipv4_and_back() -> None:
+    """The socket API's ::ffff:a.b.c.d, once unmapped (``fwd.unmapped``), is
+    an IPv4 peer: to the guest's IPv4 address; the guest's answer to it
+    leaves the socket to the mapped address again.  IPv6 peers stay IPv6."""
+    forward = udp.UdpForward(True, GUEST6, 7300, handle=3, guest_addr4=GUEST4, dual=True)
+    seen = forward.view_of(PEER4, 4000, NO_MAPPING)
+    assert seen == PEER4 and forward.guest_for(seen) == GUEST4
+    forward.remember((PEER4, 4000), seen)
+    host = forward.host_peer(PEER4, 4000, NO_MAPPING)
+    assert forward.socket_peer(host) == MAPPED_PEER4
+    assert forward.view_of(PEER6, 4000, NO_MAPPING) == PEER6
+    assert forward.guest_for(PEER6) == GUEST6
+    assert forward.socket_peer(PEER6) == PEER6
+    assert udp.UdpForward(False, GUEST4, 7300, handle=4).socket_peer(PEER4) == PEER4
+
+
+def test_a_dual_stack_port_of_a_single_family_guest_drops_the_other_family() -> None:
+    only4 = udp.UdpForward(True, GUEST4, 7300, handle=3, guest_addr4=GUEST4, dual=True)
+    assert only4.guest_for(PEER4) == GUEST4 and only4.guest_for(PEER6) is None
+    only6 = udp.UdpForward(True, GUEST6, 7300, handle=3)       # no IPv4 for the guest
+    assert only6.guest_for(PEER6) == GUEST6 and only6.guest_for(PEER4) is None
+
+
 def test_send_batch_gathers_one_target_and_size() -> None:
     batch = udp.SendBatch(capacity=10)
     assert batch.add("a", b"xyz") and batch.add("a", b"abc") and batch.add("a", b"q")

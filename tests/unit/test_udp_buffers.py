@@ -56,3 +56,7 @@ def test_forwarded_udp_ports_share_the_forced_budget() -> None:
     assert forwarded_receive_buffer(0) == UDP_RCVBUF
     for sockets in (2, 8, 9, 1000, 2 * 65535):
         assert forwarded_receive_buffer(sockets) * sockets <= FORCED_RCVBUF_TOTAL
+        # a dual-stack socket counts as the two it stands for
+        assert forwarded_receive_buffer(sockets, 2) <= 2 * FORCED_RCVBUF_TOTAL // sockets
+        assert forwarded_receive_buffer(sockets, 2) <= UDP_RCVBUF
+    assert forwarded_receive_buffer(2 * 65535, 2) == 2 * forwarded_receive_buffer(2 * 65535)

@@ -241,3 +241,26 @@ def test_a_forwarded_port_passes_datagrams_both_ways(rig: Rig, sockets: Sockets,
     data, address = delivered(rig, client)
     assert (data, address[1]) == (b"reply", port)
     assert handler.active_flows() == 0                     # no flow of its own
+
+
+def test_a_dual_stack_forwarded_port_keeps_each_family(rig: Rig, sockets: Sockets,
+                                                       v6: bool) -> None:
+    """One socket for both families (``-u`` where both are on): a client of
+    either family reaches the guest over its own family, an IPv4 one never
+    as ::ffff:127.0.0.1, and the guest's answer goes back to it through
+    that socket."""
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    listener.bind(("::", 0))
+    port = listener.getsockname()[1]
+    handler = rig.udp(listeners=[UdpListener(listener.detach(), socket.AF_INET6, port, 5353,
+                                             dual=True)])
+    client = sockets.bound(v6)
+    client_port = client.getsockname()[1]
+    client.sendto(b"query", (loopback(v6), port))
+    [query] = answers(rig)
+    assert (query.src, query.sport, query.dst, query.dport) == (
+        gateway(v6), client_port, guest_addr(v6), 5353)
+    from_guest(handler, v6, 5353, client_port, b"reply")
+    data, address = delivered(rig, client)
+    assert (data, address[0], address[1]) == (b"reply", loopback(v6), port)
