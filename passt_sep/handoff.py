@@ -297,6 +297,8 @@ Meta = ListenerMeta | ProcNetMeta | LogMeta | NetnsWatchMeta
 
 @dataclass(frozen=True)
 class RoleSpec:
+    """What the manifest allows for one role."""
+
     repeats: bool                       # may appear more than once
     meta: type | None                   # its metadata record, if it has one
     what: str
@@ -329,6 +331,8 @@ ROLES: dict[Role, RoleSpec] = {
 
 @dataclass
 class FdEntry:
+    """One fd of the handoff, what it is for, and its metadata."""
+
     role: Role
     fd: int
     meta: Meta | None = None
@@ -375,6 +379,8 @@ def entry_from_dict(item: Any, fd: int) -> FdEntry:
 
 @dataclass
 class Handoff:
+    """Everything the worker receives from the broker."""
+
     config: WorkerConfig
     network: Network
     fds: list[FdEntry]

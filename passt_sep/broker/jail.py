@@ -46,6 +46,8 @@ class JailError(Exception):
 
 @dataclass(frozen=True)
 class Identity:
+    """A uid and gid to run as."""
+
     uid: int
     gid: int
 
