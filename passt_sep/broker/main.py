@@ -30,6 +30,7 @@ from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..system import linux, nssource, sandbox
 from ..system.log import ERROR, INFO, WARNING, Logger, level_for, startup_block
+from ..worker import main as worker_main
 from . import hostinfo, jail, mac, namespaces, sockets
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
@@ -191,6 +192,7 @@ class Broker:
         if config.mode == Mode.PASTA:  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
         confinement = mac.prepare()                     # needs /proc: before the jail
+        worker_main.preload(config.vhost_user)          # nothing is imported after it
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
         tied = config.foreground or (self.target is not None and self.target.holder is not None)

@@ -14,14 +14,21 @@ it ``exec``s by that name; a text not in the file (an edited class) is
 compiled as before, and a file that is missing, damaged or made by another
 interpreter (marshal's format is the interpreter's own) is not used: a
 missing cache only costs the time to compile.
+
+``dataclasses`` also imports ``inspect`` (with ast, dis, tokenize and
+linecache: a tenth of the broker's imports) for one call, the signature it
+writes as the docstring of a class that has none; ``install`` leaves
+``inspect`` to load when first used (``DeferredModule``), which no class
+with a docstring does.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import marshal
 import os
 import sys
+import types
 from types import CodeType
 
 MAGIC = b"PSDC"
@@ -88,7 +95,10 @@ def unpack(data: bytes) -> dict[str, CodeType] | None:
 
 def install(path: str | None = None) -> CachedExec | None:
     """Have ``dataclasses`` use the code compiled at install time, if the
-    file is there and this interpreter's; the hook, or None."""
+    file is there and this interpreter's; the hook, or None.  Imports
+    ``dataclasses``, with ``inspect`` left for later."""
+    _defer("inspect")
+    import dataclasses
     try:
         with open(path or default_path(), "rb") as handle:
             codes = unpack(handle.read())
@@ -101,10 +111,31 @@ def install(path: str | None = None) -> CachedExec | None:
     return hook
 
 
+class DeferredModule(types.ModuleType):
+    """Stands in ``sys.modules`` for a module not imported yet, which is
+    imported when one of its attributes is first asked for.  (The stdlib's
+    ``importlib.util.LazyLoader`` loads at the next ``import`` statement
+    naming the module: the import system reads its ``__spec__``.)"""
+
+    def __getattr__(self, name: str) -> object:   # any name the stand-in lacks
+        real = self.__dict__.get("_real")
+        if real is None:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            real = self._real = importlib.import_module(self.__name__)
+        return getattr(real, name)
+
+
+def _defer(name: str) -> None:
+    """Module ``name`` imported on first use, not by an ``import``."""
+    if name not in sys.modules:
+        sys.modules[name] = DeferredModule(name)
+
+
 def build(modules: list[str]) -> dict[str, CodeType]:
     """Import ``modules`` (none of them imported yet) and return the code
     of every text ``dataclasses`` compiled for them."""
-    import importlib
+    import dataclasses
     recorder = RecordingExec()
     dataclasses.exec = recorder   # type: ignore[attr-defined]
     try:

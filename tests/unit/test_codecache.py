@@ -99,7 +99,19 @@ def test_the_built_cache_covers_a_start(tmp_path) -> None:
         "from passt_sep.broker.netlink import _without_package_init\n"
         "_without_package_init('pyroute2')\n"
         "import passt_sep.config, passt_sep.broker.main, passt_sep.broker.netconf\n"
-        "print(len(hook.codes), hook.missed)\n")
+        "print(len(hook.codes), hook.missed, 'ast' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", check], check=True, env=env,
                          capture_output=True, text=True).stdout.split()
     assert int(out[0]) > 100 and out[1] == "0"
+    assert out[2] == "False", "inspect was imported: a dataclass without a docstring?"
+
+
+def test_a_deferred_module_loads_on_first_use(monkeypatch) -> None:
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    stand_in = codecache.DeferredModule("colorsys")
+    monkeypatch.setitem(sys.modules, "colorsys", stand_in)
+    import colorsys
+    assert colorsys is stand_in                      # an import does not load it
+    assert colorsys.rgb_to_hsv(1, 0, 0) == (0, 1, 1)
+    assert sys.modules["colorsys"] is not stand_in   # the real one, from now on
+    assert colorsys.hsv_to_rgb(0, 0, 0) == (0, 0, 0)
