@@ -197,7 +197,8 @@ class Broker:
         self.jailed = True
         tied = config.foreground or (self.target is not None and self.target.holder is not None)
         worker = start_worker(config, net, self.entries, worker_filter, tied=tied,
-                              confinement=confinement)
+                              confinement=confinement,
+                              host_tcp_listening=self.netlink.tcp_listening)
         self.entries = []
         self._keep_outputs(worker)
         if self.socket_path and not config.quiet:

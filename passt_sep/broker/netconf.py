@@ -70,9 +70,17 @@ RTN_UNICAST = 1
 RTNH_F_ONLINK = 0x04
 RT_TABLE_MAIN = 254
 NETLINK_ROUTE = 0
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+TCP_LISTEN = 10
 RECEIVE_SIZE = 1 << 16      # a dump's datagrams are at most 32 KiB
 _HEADER = struct.Struct("=IHHII")
 _ERROR = struct.Struct("=i")
+# struct inet_diag_req_v2: family, protocol, extensions, pad, states, and a
+# socket id (ports, addresses, interface, cookie) left zero for a dump
+_DIAG_REQUEST = struct.Struct("=BBBxI48x")
+_DIAG_SPORT = struct.Struct("!H")   # struct inet_diag_msg: the id's source port
+_DIAG_SPORT_OFFSET = 4
 
 
 class LinkMessage(nlmsg):
@@ -113,9 +121,9 @@ class Rtnl:
     SOCK_DGRAM, which for netlink is the same as SOCK_RAW: the AppArmor
     profile allows netlink dgram."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: int = NETLINK_ROUTE) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                  NETLINK_ROUTE)
+                                  protocol)
         self.seq = 0
 
     def __enter__(self) -> Rtnl:
@@ -127,17 +135,27 @@ class Rtnl:
     def dump(self, message: nlmsg, kind: int) -> list:
         """Every object a dump request returns, decoded as ``message``'s class."""
         (seq,) = self._send([(message, kind, NLM_F_REQUEST | NLM_F_DUMP)])
-        found = []
+        return [_decoded(type(message), data, offset) for data, offset in self._dumped(seq)]
+
+    def dump_raw(self, kind: int, payload: bytes) -> list[tuple[bytes, int]]:
+        """A dump request of ``payload`` bytes: each answer's datagram and
+        the offset of its payload."""
+        self.seq += 1
+        header = _HEADER.pack(_HEADER.size + len(payload), kind, NLM_F_REQUEST | NLM_F_DUMP,
+                              self.seq, 0)
+        self.sock.send(header + payload)
+        return [(data, offset + _HEADER.size) for data, offset in self._dumped(self.seq)]
+
+    def _dumped(self, seq: int) -> Iterator[tuple[bytes, int]]:
         for data, offset, msg_type, msg_seq in self._messages():
             if msg_seq != seq:
                 continue
             if msg_type == NLMSG_DONE:
-                return found
+                return
             if msg_type == NLMSG_ERROR:
                 code = -_ERROR.unpack_from(data, offset + _HEADER.size)[0]
                 raise OSError(code, os.strerror(code))
-            found.append(_decoded(type(message), data, offset))
-        raise AssertionError("unreachable")  # pragma: no cover
+            yield data, offset
 
     def apply(self, requests: list[Request], index: int) -> nlmsg:
         """Send every request in one datagram, then a request for the state
@@ -221,6 +239,25 @@ def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
     if missing:
         warnings.append("no usable default route on the host: " + "; ".join(missing))
     return HostInfo(v4, v6, mtu, resolvers, search, tuple(warnings))
+
+
+def listening_tcp_ports() -> list[int] | None:
+    """The ports TCP sockets of this network namespace listen on, asked of
+    sock_diag for listening sockets alone: reading ``/proc/net/tcp{,6}``
+    walks the kernel's whole connection hash table (some 1-4 ms each time,
+    twice per file) even where nothing is connected.  None if sock_diag
+    cannot answer (its module not loaded, a security policy): the worker
+    reads the tables then."""
+    ports: set[int] = set()
+    try:
+        with Rtnl(NETLINK_SOCK_DIAG) as diag:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                request = _DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN)
+                ports.update(_DIAG_SPORT.unpack_from(data, offset + _DIAG_SPORT_OFFSET)[0]
+                             for data, offset in diag.dump_raw(SOCK_DIAG_BY_FAMILY, request))
+    except OSError:
+        return None
+    return sorted(ports)
 
 
 def _family_message(cls: type) -> nlmsg:

@@ -29,7 +29,8 @@ class WorkerStartError(Exception):
 
 def start_worker(config: Config, network: Network, entries: list[FdEntry],
                  sandbox: Prepared, tied: bool = False,
-                 confinement: mac.Confinement | None = None) -> int:
+                 confinement: mac.Confinement | None = None,
+                 host_tcp_listening: list[int] | None = None) -> int:
     """Fork the worker, hand everything over, wait until it serves; its pid.
 
     ``tied``: this process stays for the worker's lifetime (foreground,
@@ -38,6 +39,8 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
     died before the child asked for that, the handoff never arrives and
     the child exits on its end of file.  ``confinement``: the worker's own
     AppArmor profile or SELinux domain, entered first thing in the child.
+    ``host_tcp_listening``: what the worker's first scan of the host's TCP
+    listeners sees (``WorkerConfig.host_tcp_listening``).
     """
     broker_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
@@ -51,7 +54,8 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
     mac.release(confinement)
     worker_end.close()
     try:
-        handoff_io.send(broker_end, WorkerConfig.from_config(config), network, entries)
+        handoff_io.send(broker_end, WorkerConfig.from_config(config, host_tcp_listening),
+                        network, entries)
         for entry in entries:
             os.close(entry.fd)
         answer = broker_end.recv(1)
