@@ -419,7 +419,7 @@ def _disable_ra(ifname: str) -> None:
     a second (SLAAC) address and another default route."""
     path = f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra"
     try:
-        with open(path, "w", encoding="ascii") as handle:
+        with open(path, "w", encoding="utf-8") as handle:
             handle.write("0")
     except OSError as exc:
         raise NetconfError(f"cannot turn off router advertisements on {ifname}: "

@@ -33,7 +33,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from ..config import Config, Mode
-from ..system import fdpass
+from ..system import codecache, fdpass
 
 if TYPE_CHECKING:
     from ..handoff import FdEntry
@@ -133,6 +133,7 @@ def _helper(config: Config, sock: socket.socket) -> None:
 def _serve(config: Config, sock: socket.socket) -> None:
     """Read the host, then (pasta) make the tap."""
     _without_package_init("pyroute2")
+    codecache.defer("traceback")    # pyroute2's and logging's error paths: 2-5 ms
     from . import netconf
     from .hostinfo import guest_network
     from .namespaces import Target, enter, forwarding_inside

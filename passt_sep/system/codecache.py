@@ -19,7 +19,8 @@ missing cache only costs the time to compile.
 linecache: a tenth of the broker's imports) for one call, the signature it
 writes as the docstring of a class that has none; ``install`` leaves
 ``inspect`` to load when first used (``DeferredModule``), which no class
-with a docstring does.
+with a docstring does.  (The netlink helper defers ``traceback`` so,
+which pyroute2 and logging import for their error paths.)
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def install(path: str | None = None) -> CachedExec | None:
     """Have ``dataclasses`` use the code compiled at install time, if the
     file is there and this interpreter's; the hook, or None.  Imports
     ``dataclasses``, with ``inspect`` left for later."""
-    _defer("inspect")
+    defer("inspect")
     import dataclasses
     try:
         with open(path or default_path(), "rb") as handle:
@@ -126,7 +127,7 @@ class DeferredModule(types.ModuleType):
         return getattr(real, name)
 
 
-def _defer(name: str) -> None:
+def defer(name: str) -> None:
     """Module ``name`` imported on first use, not by an ``import``."""
     if name not in sys.modules:
         sys.modules[name] = DeferredModule(name)
