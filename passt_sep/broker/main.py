@@ -28,7 +28,7 @@ from ..config import Config, Mode
 from ..handoff import FdEntry, Role
 from ..netparams import Network
 from ..packet import mac_to_bytes
-from ..system import linux, nssource, sandbox
+from ..system import codecache, linux, nssource, sandbox
 from ..system.log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from ..worker import main as worker_main
 from . import hostinfo, jail, mac, namespaces, sockets
@@ -45,6 +45,8 @@ def run(config: Config, netlink: NetlinkHelper) -> int:
     """Set everything up and start the worker; the caller's exit status.
     A failure is said on standard error and in the ``-l`` file, if it was
     opened by then (the broker opens it first)."""
+    worker_main.preload(config.vhost_user)  # the last import: none after the jail
+    codecache.release()                     # so every class a start makes is made
     log = Logger(_prog(config), level_for(config))
     try:
         return Broker(config, netlink, log).run()
@@ -192,7 +194,6 @@ class Broker:
         if config.mode == Mode.PASTA:  # after the tap: the helper brings up the namespace's lo
             self._namespace_forwarding()
         confinement = mac.prepare()                     # needs /proc: before the jail
-        worker_main.preload(config.vhost_user)          # nothing is imported after it
         jail.close(identity, keep_net_bind=self._needs_low_ports())
         self.jailed = True
         tied = config.foreground or (self.target is not None and self.target.holder is not None)

@@ -127,6 +127,15 @@ class DeferredModule(types.ModuleType):
         return getattr(real, name)
 
 
+def release() -> None:
+    """Every class a start makes is made: ``dataclasses`` compiles again,
+    and the cache (a megabyte) is not carried into the processes forked
+    next."""
+    dataclasses = sys.modules.get("dataclasses")
+    if dataclasses is not None and isinstance(vars(dataclasses).get("exec"), CachedExec):
+        del dataclasses.exec      # type: ignore[attr-defined]
+
+
 def defer(name: str) -> None:
     """Module ``name`` imported on first use, not by an ``import``."""
     if name not in sys.modules:

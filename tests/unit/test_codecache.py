@@ -77,6 +77,8 @@ def test_dataclasses_run_the_cached_code(tmp_path, restore_exec) -> None:
     assert point(1, 2) == point(1, 2) and hash(point(1, 2)) == hash(point(1, 2))
     with pytest.raises(dataclasses.FrozenInstanceError):
         point(1, 2).x = 3
+    codecache.release()
+    assert "exec" not in vars(dataclasses)
     assert hook.missed == 0
 
 
