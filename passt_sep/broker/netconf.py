@@ -22,7 +22,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pyroute2.netlink import (
@@ -81,6 +81,7 @@ _ERROR = struct.Struct("=i")
 _DIAG_REQUEST = struct.Struct("=BBBxI48x")
 _DIAG_SPORT = struct.Struct("!H")   # struct inet_diag_msg: the id's source port
 _DIAG_SPORT_OFFSET = 4
+_RTM_TABLE_OFFSET = 4               # struct rtmsg: family, dst_len, src_len, tos, table
 
 
 class LinkMessage(nlmsg):
@@ -132,10 +133,15 @@ class Rtnl:
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
 
-    def dump(self, message: nlmsg, kind: int) -> list:
-        """Every object a dump request returns, decoded as ``message``'s class."""
+    def dump(self, message: nlmsg, kind: int,
+             keep: Callable[[bytes, int], bool] | None = None) -> list:
+        """Every object a dump request returns, decoded as ``message``'s
+        class; only those ``keep`` (given the datagram and the offset of
+        the object's payload) says to keep, when given: decoding is the
+        slow part."""
         (seq,) = self._send([(message, kind, NLM_F_REQUEST | NLM_F_DUMP)])
-        return [_decoded(type(message), data, offset) for data, offset in self._dumped(seq)]
+        return [_decoded(type(message), data, offset) for data, offset in self._dumped(seq)
+                if keep is None or keep(data, offset + _HEADER.size)]
 
     def dump_raw(self, kind: int, payload: bytes) -> list[tuple[bytes, int]]:
         """A dump request of ``payload`` bytes: each answer's datagram and
@@ -220,8 +226,7 @@ def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
     resolvers, search = read_resolv_conf(resolv_conf)
     warnings = []
     with Rtnl() as rtnl:     # three dumps, both families at once
-        routes = [r for r in rtnl.dump(_family_message(rtmsg), RTM_GETROUTE)
-                  if r.get("table") == RT_TABLE_MAIN]
+        routes = rtnl.dump(_family_message(rtmsg), RTM_GETROUTE, keep=_in_main_table)
         links = rtnl.dump(_family_message(LinkMessage), RTM_GETLINK)
         addresses = rtnl.dump(_family_message(ifaddrmsg), RTM_GETADDR)
     v4 = None if config.ipv6_only else \
@@ -258,6 +263,12 @@ def listening_tcp_ports() -> list[int] | None:
     except OSError:
         return None
     return sorted(ports)
+
+
+def _in_main_table(data: bytes, offset: int) -> bool:
+    """A route of the main table, by its rtmsg's table byte: the local
+    table's (one or two per address) are not decoded."""
+    return data[offset + _RTM_TABLE_OFFSET] == RT_TABLE_MAIN
 
 
 def _family_message(cls: type) -> nlmsg:
