@@ -54,6 +54,8 @@ def _positions(length: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Nat64Prefix:
+    """The NAT64 prefix a CLAT maps IPv4 addresses into (RFC 6052)."""
+
     prefix: bytes           # 16 bytes, zero past ``length``
     length: int
 

@@ -7,12 +7,15 @@ import gc
 import os
 import sys
 
+from .system import codecache
+
 
 def main(argv: list[str] | None = None) -> int:
     gc.disable()    # start-up makes no garbage worth collecting: see Broker._run
     _open_standard_fds()
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) if argv else "passt-sep"
+    codecache.install()     # before the first dataclass: see its docstring
     from .config import ConfigError, ShowText, parse_args
     try:
         config = parse_args(argv[1:], prog)

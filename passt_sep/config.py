@@ -44,6 +44,8 @@ class ShowText(Exception):
 
 @dataclass(frozen=True)
 class Config:
+    """The parsed command line: every option, with passt's defaults."""
+
     mode: Mode
     debug: bool = False
     trace: bool = False
@@ -122,6 +124,8 @@ class Config:
 
 @dataclass(frozen=True)
 class Option:
+    """One command-line option: its names, argument, modes and help text."""
+
     short: str | None
     long: str
     arg: str | None        # metavar, or None for a flag

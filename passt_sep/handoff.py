@@ -43,6 +43,7 @@ from .clat import WELL_KNOWN_PREFIX, Nat64Error, Nat64Prefix
 from .config import IFNAMSIZ, Config, Mode
 from .loglevel import DEBUG, ERROR, INFO, TRACE, WARNING, level_for
 from .netparams import IPv4Params, IPv6Params, Network
+from .ports import MAX_PORT
 
 VERSION = 3
 READY = b"R"
@@ -92,6 +93,11 @@ class WorkerConfig:
     udp_auto: bool = False
     tcp_ns_auto: bool = False
     udp_ns_auto: bool = False
+    # -T auto: the host's listening TCP ports when the broker started, read
+    # by the netlink helper (sock_diag walks the listeners alone, where
+    # /proc/net/tcp walks every connection): the worker's first scan of the
+    # host takes these; None, it reads the tables
+    host_tcp_listening: tuple[int, ...] | None = None
 
     @property
     def verify_checksums(self) -> bool:
@@ -100,7 +106,8 @@ class WorkerConfig:
         return self.mode is Mode.PASST
 
     @classmethod
-    def from_config(cls, config: Config) -> WorkerConfig:
+    def from_config(cls, config: Config,
+                    host_tcp_listening: list[int] | None = None) -> WorkerConfig:
         return cls(
             mode=config.mode, log_level=level_for(config),
             stderr=config.foreground or config.stderr, log_size=config.log_size,
@@ -116,7 +123,8 @@ class WorkerConfig:
             map_guest_addr=config.map_guest_addr, dns_forward=config.dns_forward,
             nat64_prefix=(config.nat64_prefix or WELL_KNOWN_PREFIX) if config.clat else None,
             tcp_auto=config.tcp_ports.mode == "auto", udp_auto=config.udp_ports.mode == "auto",
-            tcp_ns_auto=config.tcp_ns.mode == "auto", udp_ns_auto=config.udp_ns.mode == "auto")
+            tcp_ns_auto=config.tcp_ns.mode == "auto", udp_ns_auto=config.udp_ns.mode == "auto",
+            host_tcp_listening=None if host_tcp_listening is None else tuple(host_tcp_listening))
 
     @property
     def nat64(self) -> Nat64Prefix | None:
@@ -174,6 +182,13 @@ def _nat64(value: Any) -> str:
     return value
 
 
+def _ports(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > MAX_PORT:
+        raise TypeError("expected a list of ports")
+    port = _integer(1, MAX_PORT)
+    return tuple(port(item) for item in value)
+
+
 def _addresses(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise TypeError("expected a list of addresses")
@@ -189,6 +204,7 @@ _CONFIG_CHECKS: dict[str, Any] = {
     "outbound_if4": _optional(_ifname), "outbound_if6": _optional(_ifname),
     "map_host_loopback": _optional(_address()), "map_guest_addr": _optional(_address()),
     "dns_forward": _addresses, "nat64_prefix": _optional(_nat64),
+    "host_tcp_listening": _optional(_ports),
 }
 
 
@@ -196,6 +212,8 @@ def config_to_dict(config: WorkerConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)
     out["mode"] = str(config.mode)
     out["dns_forward"] = list(config.dns_forward)
+    if config.host_tcp_listening is not None:
+        out["host_tcp_listening"] = list(config.host_tcp_listening)
     return out
 
 
@@ -302,6 +320,8 @@ Meta = ListenerMeta | ProcNetMeta | LogMeta | NetnsWatchMeta
 
 @dataclass(frozen=True)
 class RoleSpec:
+    """What the manifest allows for one role."""
+
     repeats: bool                       # may appear more than once
     meta: type | None                   # its metadata record, if it has one
     what: str
@@ -334,6 +354,8 @@ ROLES: dict[Role, RoleSpec] = {
 
 @dataclass
 class FdEntry:
+    """One fd of the handoff, what it is for, and its metadata."""
+
     role: Role
     fd: int
     meta: Meta | None = None
@@ -380,6 +402,8 @@ def entry_from_dict(item: Any, fd: int) -> FdEntry:
 
 @dataclass
 class Handoff:
+    """Everything the worker receives from the broker."""
+
     config: WorkerConfig
     network: Network
     fds: list[FdEntry]

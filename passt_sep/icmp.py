@@ -27,6 +27,8 @@ _ECHO = struct.Struct("!BBHHH")
 
 @dataclass(frozen=True, slots=True)
 class EchoRequest:
+    """An echo request from the guest, parsed."""
+
     dst: bytes
     ident: int
     seq: int

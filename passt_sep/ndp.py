@@ -43,6 +43,8 @@ MIN_MTU, MAX_MTU = 1280, 65520
 
 @dataclass(frozen=True)
 class NdpOption:
+    """One NDP option, its type and body."""
+
     kind: int
     body: bytes          # without the type and length octets
 

@@ -20,6 +20,8 @@ def link_local_from_mac(mac: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class IPv4Params:
+    """What the guest is told about IPv4 (DHCP, ARP)."""
+
     addr: bytes                 # the guest's address (the host's, by default)
     prefix_len: int
     gateway: bytes              # default router the guest sees
@@ -28,6 +30,8 @@ class IPv4Params:
 
 @dataclass(frozen=True)
 class IPv6Params:
+    """What the guest is told about IPv6 (NDP, DHCPv6)."""
+
     addr: bytes                 # the guest's address (the host's, by default)
     prefix_len: int             # 64 for SLAAC
     gateway: bytes              # the host's router (may be global or link-local)
@@ -44,6 +48,8 @@ class IPv6Params:
 
 @dataclass(frozen=True)
 class Network:
+    """The guest's view of the network, which the worker answers for."""
+
     our_mac: bytes = DEFAULT_OUR_MAC     # passt-sep's MAC: the guest's gateway
     guest_mac: bytes | None = None       # known in pasta mode; else learned
     mtu: int = 65520

@@ -109,6 +109,8 @@ def address_text(addr: bytes) -> str:
 
 @dataclass(slots=True)
 class Ethernet:
+    """An Ethernet frame, parsed; ``payload`` is a view into it."""
+
     dst: bytes
     src: bytes
     ethertype: int
@@ -129,6 +131,8 @@ def build_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes | memo
 
 @dataclass(slots=True)
 class IPv4:
+    """An IPv4 packet, parsed; ``payload`` is a view into it."""
+
     src: bytes
     dst: bytes
     proto: int
@@ -171,6 +175,8 @@ def ipv4_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int =
 
 @dataclass(slots=True)
 class IPv6:
+    """An IPv6 packet, parsed; ``payload`` is a view into it."""
+
     src: bytes
     dst: bytes
     next_header: int   # upper-layer protocol after extension headers
@@ -232,6 +238,8 @@ def ip_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = 6
 
 @dataclass(slots=True)
 class UDP:
+    """A UDP datagram, parsed; ``payload`` is a view into it."""
+
     sport: int
     dport: int
     payload: memoryview

@@ -32,6 +32,8 @@ class Mode(StrEnum):
 
 @dataclass(frozen=True)
 class ForwardRule:
+    """One range of a forwarding spec: ports ``first``-``last`` to ``target`` onwards."""
+
     first: int            # first listening port
     last: int             # last listening port, inclusive
     target: int           # port on the other side for ``first``
@@ -44,6 +46,8 @@ class ForwardRule:
 
 @dataclass(frozen=True)
 class Forwarding:
+    """One forwarding option (``-t``, ``-u``, ``-T``, ``-U``), parsed."""
+
     mode: str = "none"                       # "none" | "spec" | "all" | "auto"
     rules: tuple[ForwardRule, ...] = field(default_factory=tuple)
     skip_unavailable: bool = False

@@ -94,7 +94,10 @@ handshake), ESTABLISHED (with the half-close flags ``guest_fin``,
 from __future__ import annotations
 
 import enum
-import hashlib
+
+# hashlib's own BLAKE2s, without hashlib, which loads OpenSSL's libcrypto
+# at import (some 5 ms of every start, and its pages in every process)
+from _blake2 import blake2s
 from dataclasses import dataclass, field
 
 from .netparams import Network
@@ -141,7 +144,7 @@ def isn_for(secret: bytes, local: bytes, lport: int, remote: bytes, rport: int,
             now: float) -> int:
     """RFC 6528: ISN = M + F(localip, localport, remoteip, remoteport, key),
     M a 4-microsecond clock, F a keyed hash (BLAKE2s, 16-byte secret)."""
-    digest = hashlib.blake2s(local + lport.to_bytes(2, "big") + remote + rport.to_bytes(2, "big"),
+    digest = blake2s(local + lport.to_bytes(2, "big") + remote + rport.to_bytes(2, "big"),
                              key=secret, digest_size=4).digest()
     return (int(now * 250_000) + int.from_bytes(digest, "big")) & MASK
 

@@ -90,6 +90,8 @@ _UDP_HEADER = struct.Struct("!HHHH")
 
 @dataclass(slots=True)
 class GuestDatagram:
+    """A UDP datagram from the guest, parsed."""
+
     src: bytes
     sport: int
     dst: bytes

@@ -74,6 +74,8 @@ class ProtocolError(Exception):
 
 @dataclass
 class Message:
+    """One vhost-user message, with the fds that came with it."""
+
     request: int
     flags: int
     payload: bytes
@@ -159,6 +161,8 @@ class Effects:
 
 @dataclass
 class Ring:
+    """One virtqueue as the front-end described it."""
+
     num: int = 0
     addr: tuple[int, int, int] | None = None      # desc, avail, used (QEMU's addresses)
     base: int = 0

@@ -59,6 +59,8 @@ class HostFamily:
 
 @dataclass(frozen=True)
 class HostInfo:
+    """The host's network, as the netlink helper read it."""
+
     v4: HostFamily | None
     v6: HostFamily | None
     mtu: int | None

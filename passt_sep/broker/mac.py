@@ -35,11 +35,11 @@ APPARMOR_ATTR = "thread-self/attr/apparmor/current"
 LEGACY_ATTR = "thread-self/attr/current"
 WORKER_PROFILES = {"passt-sep": "passt-sep-worker", "pasta-sep": "pasta-sep-worker"}
 DOMAIN, WORKER_DOMAIN = "passt_sep_t", "passt_sep_worker_t"
+# Patterns compiled where first used (re keeps them), not at every start's import:
 # "NAME (MODE)", as AppArmor shows a single profile; a stack has "//&"
-_APPARMOR_LABEL = re.compile(r"(?P<name>[^\s/]+) \([a-z_]+\)")
+_APPARMOR_LABEL = r"(?P<name>[^\s/]+) \([a-z_]+\)"
 # user:role:type[:level], as SELinux shows a context
-_SELINUX_CONTEXT = re.compile(r"(?P<user>[^:\s]+):(?P<role>[^:\s]+):(?P<type>[^:\s]+)"
-                              r"(?P<level>:\S+)?")
+_SELINUX_CONTEXT = r"(?P<user>[^:\s]+):(?P<role>[^:\s]+):(?P<type>[^:\s]+)(?P<level>:\S+)?"
 # the target is not loaded: no such AppArmor profile, an invalid SELinux context
 _NOT_LOADED = (errno.ENOENT, errno.EINVAL)
 
@@ -59,10 +59,10 @@ def worker_label(lsm: str, current: str) -> bytes | None:
     confinement, or None to leave it where it is."""
     current = current.rstrip("\0\n")
     if lsm == "apparmor":
-        match = _APPARMOR_LABEL.fullmatch(current)
+        match = re.fullmatch(_APPARMOR_LABEL, current)
         worker = WORKER_PROFILES.get(match["name"]) if match else None
         return f"stack {worker}".encode() if worker else None
-    match = _SELINUX_CONTEXT.fullmatch(current)
+    match = re.fullmatch(_SELINUX_CONTEXT, current)
     if lsm != "selinux" or not match or match["type"] != DOMAIN:
         return None
     return f"{match['user']}:{match['role']}:{WORKER_DOMAIN}{match['level'] or ''}".encode()
@@ -79,7 +79,7 @@ def prepare(proc: str = PROC) -> Confinement | None:
         current = _read(attr, proc_fd)
         if current is not None:
             lsm = "apparmor" if attr == APPARMOR_ATTR or \
-                not _SELINUX_CONTEXT.fullmatch(current.rstrip("\0\n")) else "selinux"
+                not re.fullmatch(_SELINUX_CONTEXT, current.rstrip("\0\n")) else "selinux"
             value = worker_label(lsm, current)
             if value is not None:
                 return Confinement(attr, value, proc_fd)

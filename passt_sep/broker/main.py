@@ -28,8 +28,9 @@ from ..config import Config, Mode
 from ..handoff import FdEntry, Role
 from ..netparams import Network
 from ..packet import mac_to_bytes
-from ..system import linux, nssource, sandbox
+from ..system import codecache, linux, nssource, sandbox
 from ..system.log import ERROR, INFO, WARNING, Logger, level_for, startup_block
+from ..worker import main as worker_main
 from . import hostinfo, jail, mac, namespaces, sockets
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
@@ -44,6 +45,8 @@ def run(config: Config, netlink: NetlinkHelper) -> int:
     """Set everything up and start the worker; the caller's exit status.
     A failure is said on standard error and in the ``-l`` file, if it was
     opened by then (the broker opens it first)."""
+    worker_main.preload(config.vhost_user)  # the last import: none after the jail
+    codecache.release()                     # so every class a start makes is made
     log = Logger(_prog(config), level_for(config))
     try:
         return Broker(config, netlink, log).run()
@@ -195,7 +198,8 @@ class Broker:
         self.jailed = True
         tied = config.foreground or (self.target is not None and self.target.holder is not None)
         worker = start_worker(config, net, self.entries, worker_filter, tied=tied,
-                              confinement=confinement)
+                              confinement=confinement,
+                              host_tcp_listening=self.netlink.tcp_listening)
         self.entries = []
         self._keep_outputs(worker)
         if self.socket_path and not config.quiet:

@@ -53,7 +53,7 @@ def create_user_namespace() -> None:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="ascii") as handle:
+    with open(path, "w", encoding="utf-8") as handle:   # the codec loaded already
         handle.write(text)
 
 
@@ -189,12 +189,12 @@ def open_existing(netns: str | None, pid: int | None, userns: str | None) -> Tar
     return Target(netns_fd, userns_fd, path=netns_path if pid is None else None, pidfd=pidfd)
 
 
-_PROC_NS = re.compile(r"/proc/(\d+)(/task/\d+)?/ns/net")
+_PROC_NS = r"/proc/(\d+)(/task/\d+)?/ns/net"     # compiled when first used
 
 
 def process_of(netns_path: str) -> int | None:
     """The pid in a ``/proc/PID/ns/net`` path, or None for any other path."""
-    match = _PROC_NS.fullmatch(os.path.normpath(netns_path))
+    match = re.fullmatch(_PROC_NS, os.path.normpath(netns_path))
     return int(match.group(1)) if match else None
 
 
@@ -229,7 +229,7 @@ def _open_ns(path: str, kind: str) -> int:
 def in_initial_user_namespace() -> bool:
     """The initial user namespace maps every uid onto itself."""
     try:
-        with open("/proc/self/uid_map", encoding="ascii") as handle:
+        with open("/proc/self/uid_map", encoding="utf-8") as handle:
             return handle.read().split() == ["0", "0", "4294967295"]
     except OSError:
         return True

@@ -22,7 +22,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pyroute2.netlink import (
@@ -70,9 +70,18 @@ RTN_UNICAST = 1
 RTNH_F_ONLINK = 0x04
 RT_TABLE_MAIN = 254
 NETLINK_ROUTE = 0
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+TCP_LISTEN = 10
 RECEIVE_SIZE = 1 << 16      # a dump's datagrams are at most 32 KiB
 _HEADER = struct.Struct("=IHHII")
 _ERROR = struct.Struct("=i")
+# struct inet_diag_req_v2: family, protocol, extensions, pad, states, and a
+# socket id (ports, addresses, interface, cookie) left zero for a dump
+_DIAG_REQUEST = struct.Struct("=BBBxI48x")
+_DIAG_SPORT = struct.Struct("!H")   # struct inet_diag_msg: the id's source port
+_DIAG_SPORT_OFFSET = 4
+_RTM_TABLE_OFFSET = 4               # struct rtmsg: family, dst_len, src_len, tos, table
 
 
 class LinkMessage(nlmsg):
@@ -113,9 +122,9 @@ class Rtnl:
     SOCK_DGRAM, which for netlink is the same as SOCK_RAW: the AppArmor
     profile allows netlink dgram."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: int = NETLINK_ROUTE) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                  NETLINK_ROUTE)
+                                  protocol)
         self.seq = 0
 
     def __enter__(self) -> Rtnl:
@@ -124,20 +133,35 @@ class Rtnl:
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
 
-    def dump(self, message: nlmsg, kind: int) -> list:
-        """Every object a dump request returns, decoded as ``message``'s class."""
+    def dump(self, message: nlmsg, kind: int,
+             keep: Callable[[bytes, int], bool] | None = None) -> list:
+        """Every object a dump request returns, decoded as ``message``'s
+        class; only those ``keep`` (given the datagram and the offset of
+        the object's payload) says to keep, when given: decoding is the
+        slow part."""
         (seq,) = self._send([(message, kind, NLM_F_REQUEST | NLM_F_DUMP)])
-        found = []
+        return [_decoded(type(message), data, offset) for data, offset in self._dumped(seq)
+                if keep is None or keep(data, offset + _HEADER.size)]
+
+    def dump_raw(self, kind: int, payload: bytes) -> list[tuple[bytes, int]]:
+        """A dump request of ``payload`` bytes: each answer's datagram and
+        the offset of its payload."""
+        self.seq += 1
+        header = _HEADER.pack(_HEADER.size + len(payload), kind, NLM_F_REQUEST | NLM_F_DUMP,
+                              self.seq, 0)
+        self.sock.send(header + payload)
+        return [(data, offset + _HEADER.size) for data, offset in self._dumped(self.seq)]
+
+    def _dumped(self, seq: int) -> Iterator[tuple[bytes, int]]:
         for data, offset, msg_type, msg_seq in self._messages():
             if msg_seq != seq:
                 continue
             if msg_type == NLMSG_DONE:
-                return found
+                return
             if msg_type == NLMSG_ERROR:
                 code = -_ERROR.unpack_from(data, offset + _HEADER.size)[0]
                 raise OSError(code, os.strerror(code))
-            found.append(_decoded(type(message), data, offset))
-        raise AssertionError("unreachable")  # pragma: no cover
+            yield data, offset
 
     def apply(self, requests: list[Request], index: int) -> nlmsg:
         """Send every request in one datagram, then a request for the state
@@ -202,8 +226,7 @@ def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
     resolvers, search = read_resolv_conf(resolv_conf)
     warnings = []
     with Rtnl() as rtnl:     # three dumps, both families at once
-        routes = [r for r in rtnl.dump(_family_message(rtmsg), RTM_GETROUTE)
-                  if r.get("table") == RT_TABLE_MAIN]
+        routes = rtnl.dump(_family_message(rtmsg), RTM_GETROUTE, keep=_in_main_table)
         links = rtnl.dump(_family_message(LinkMessage), RTM_GETLINK)
         addresses = rtnl.dump(_family_message(ifaddrmsg), RTM_GETADDR)
     v4 = None if config.ipv6_only else \
@@ -221,6 +244,31 @@ def read_host(config: Config, resolv_conf: str = RESOLV_CONF) -> HostInfo:
     if missing:
         warnings.append("no usable default route on the host: " + "; ".join(missing))
     return HostInfo(v4, v6, mtu, resolvers, search, tuple(warnings))
+
+
+def listening_tcp_ports() -> list[int] | None:
+    """The ports TCP sockets of this network namespace listen on, asked of
+    sock_diag for listening sockets alone: reading ``/proc/net/tcp{,6}``
+    walks the kernel's whole connection hash table (some 1-4 ms each time,
+    twice per file) even where nothing is connected.  None if sock_diag
+    cannot answer (its module not loaded, a security policy): the worker
+    reads the tables then."""
+    ports: set[int] = set()
+    try:
+        with Rtnl(NETLINK_SOCK_DIAG) as diag:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                request = _DIAG_REQUEST.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_LISTEN)
+                ports.update(_DIAG_SPORT.unpack_from(data, offset + _DIAG_SPORT_OFFSET)[0]
+                             for data, offset in diag.dump_raw(SOCK_DIAG_BY_FAMILY, request))
+    except OSError:
+        return None
+    return sorted(ports)
+
+
+def _in_main_table(data: bytes, offset: int) -> bool:
+    """A route of the main table, by its rtmsg's table byte: the local
+    table's (one or two per address) are not decoded."""
+    return data[offset + _RTM_TABLE_OFFSET] == RT_TABLE_MAIN
 
 
 def _family_message(cls: type) -> nlmsg:
@@ -382,7 +430,7 @@ def _disable_ra(ifname: str) -> None:
     a second (SLAAC) address and another default route."""
     path = f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra"
     try:
-        with open(path, "w", encoding="ascii") as handle:
+        with open(path, "w", encoding="utf-8") as handle:
             handle.write("0")
     except OSError as exc:
         raise NetconfError(f"cannot turn off router advertisements on {ifname}: "

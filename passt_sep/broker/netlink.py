@@ -11,8 +11,10 @@ gets the parsed options with the fork: nothing is parsed twice.
 
 One exchange each way over a socket pair, in ``fdpass`` framing:
 
-* helper -> broker: ``{"host": HostInfo.to_map(), "nat64": prefix}``, the
-  NAT64 prefix ``--clat`` discovered (``nat64.py``), or None;
+* helper -> broker: ``{"host": HostInfo.to_map(), "nat64": prefix,
+  "tcp_listening": ports}``, the NAT64 prefix ``--clat`` discovered
+  (``nat64.py``), or None; for pasta's ``-T auto``, the host's listening
+  TCP ports (``netconf.listening_tcp_ports``), or None;
 * broker -> helper (pasta mode; otherwise the broker just closes its end):
   ``{"tap": true, "persist": bool}`` with the target's network and user
   namespace fds;
@@ -30,8 +32,8 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from ..config import Config
-from ..system import fdpass
+from ..config import Config, Mode
+from ..system import codecache, fdpass
 
 if TYPE_CHECKING:
     from ..handoff import FdEntry
@@ -50,6 +52,7 @@ class NetlinkHelper:
         self.pid = pid
         self.sock: socket.socket | None = sock
         self.nat64: str | None = None       # the discovered NAT64 prefix, with host()
+        self.tcp_listening: list[int] | None = None   # the host's listening ports, with host()
 
     @classmethod
     def start(cls, config: Config) -> NetlinkHelper:
@@ -63,6 +66,7 @@ class NetlinkHelper:
         if "error" in reply:
             raise NetlinkHelperError(f"cannot read the host's network: {reply['error']}")
         self.nat64 = reply.get("nat64")
+        self.tcp_listening = reply.get("tcp_listening")
         return reply["host"]
 
     def request_tap(self, netns_fd: int, persist: bool = False) -> None:
@@ -129,6 +133,7 @@ def _helper(config: Config, sock: socket.socket) -> None:
 def _serve(config: Config, sock: socket.socket) -> None:
     """Read the host, then (pasta) make the tap."""
     _without_package_init("pyroute2")
+    codecache.defer("traceback")    # pyroute2's and logging's error paths: 2-5 ms
     from . import netconf
     from .hostinfo import guest_network
     from .namespaces import Target, enter, forwarding_inside
@@ -138,7 +143,9 @@ def _serve(config: Config, sock: socket.socket) -> None:
         from .nat64 import discover
         found = discover(host.resolvers)
         nat64 = str(found) if found else None
-    fdpass.send(sock, {"host": host.to_map(), "nat64": nat64}, [])
+    tcp_listening = netconf.listening_tcp_ports() if _follows_host_tcp(config) else None
+    fdpass.send(sock, {"host": host.to_map(), "nat64": nat64, "tcp_listening": tcp_listening},
+                [])
     request, (netns_fd, userns_fd) = fdpass.receive(sock)
     enter(Target(netns_fd, userns_fd))
     ifname = config.ns_ifname or host.ifname or "tap0"
@@ -149,6 +156,12 @@ def _serve(config: Config, sock: socket.socket) -> None:
     fdpass.send(sock, {"ifname": ifname, "mac": mac,
                        "entries": [entry_to_dict(e) for e in inside]},
                 [fd, *(e.fd for e in inside)])
+
+
+def _follows_host_tcp(config: Config) -> bool:
+    """pasta's ``-T auto``: the worker's first scan of the host's TCP
+    listeners takes the ones read here, in the host's namespace."""
+    return config.mode == Mode.PASTA and not config.no_tcp and config.tcp_ns.mode == "auto"
 
 
 def _tap(ifname: str, persist: bool) -> int:

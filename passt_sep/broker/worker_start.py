@@ -12,12 +12,10 @@ import os
 import signal
 import socket
 
-import prctl
-
 from ..config import Config, Mode
 from ..handoff import READY, FdEntry, WorkerConfig
 from ..netparams import Network
-from ..system import handoff_io
+from ..system import handoff_io, linux
 from ..system.sandbox import Prepared
 from ..worker import main as worker_main
 from . import mac
@@ -29,7 +27,8 @@ class WorkerStartError(Exception):
 
 def start_worker(config: Config, network: Network, entries: list[FdEntry],
                  sandbox: Prepared, tied: bool = False,
-                 confinement: mac.Confinement | None = None) -> int:
+                 confinement: mac.Confinement | None = None,
+                 host_tcp_listening: list[int] | None = None) -> int:
     """Fork the worker, hand everything over, wait until it serves; its pid.
 
     ``tied``: this process stays for the worker's lifetime (foreground,
@@ -38,6 +37,8 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
     died before the child asked for that, the handoff never arrives and
     the child exits on its end of file.  ``confinement``: the worker's own
     AppArmor profile or SELinux domain, entered first thing in the child.
+    ``host_tcp_listening``: what the worker's first scan of the host's TCP
+    listeners sees (``WorkerConfig.host_tcp_listening``).
     """
     broker_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
@@ -45,13 +46,14 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
         broker_end.close()
         mac.enter(confinement)                # its own profile or domain, first
         if tied:
-            prctl.set_pdeathsig(signal.SIGTERM)
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGTERM)
         prog = "pasta-sep" if config.mode == Mode.PASTA else "passt-sep"
         worker_main.run(worker_end, sandbox, prog)  # never returns
     mac.release(confinement)
     worker_end.close()
     try:
-        handoff_io.send(broker_end, WorkerConfig.from_config(config), network, entries)
+        handoff_io.send(broker_end, WorkerConfig.from_config(config, host_tcp_listening),
+                        network, entries)
         for entry in entries:
             os.close(entry.fd)
         answer = broker_end.recv(1)

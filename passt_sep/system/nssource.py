@@ -73,6 +73,8 @@ class SourceClosed(Exception):
 
 @dataclass(frozen=True)
 class Request:
+    """One request to the ns socket source, checked."""
+
     op: str
     family: int
     address: bytes

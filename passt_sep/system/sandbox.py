@@ -111,6 +111,8 @@ class AllowlistError(Exception):
 
 @dataclass(frozen=True)
 class Condition:
+    """An allowlist entry's condition on one argument."""
+
     arg: int
     mask: int | None
     values: tuple[int, ...]
@@ -118,6 +120,8 @@ class Condition:
 
 @dataclass(frozen=True)
 class Entry:
+    """One allowlist line: a system call, its conditions and why."""
+
     syscall: str
     conditions: tuple[Condition, ...]
     reason: str

@@ -49,6 +49,8 @@ class GuestMac:
 
 @dataclass(frozen=True)
 class WorkerContext:
+    """What every part of the worker shares."""
+
     loop: Loop
     log: Logger
     config: WorkerConfig

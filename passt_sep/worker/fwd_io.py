@@ -38,13 +38,14 @@ class AutoDirection:
 
     ``seen_on``: the side whose tables are followed; ``open``/``close``:
     make and drop our socket on the other side; ``ours``: ports our own
-    sockets hold on ``seen_on`` (never forwarded back); ``fresh``: that
-    side is a namespace we just created, where nothing of anyone else's can
-    listen yet, so the first scan need not read its tables (reading
-    /proc/net/tcp walks the kernel's whole socket hash: milliseconds, on
-    the way to a ready namespace); ``open_dual``: one socket for both
-    families' port (the host's dual-stack wildcard socket), tried first
-    when both are enabled, before one socket per family."""
+    sockets hold on ``seen_on`` (never forwarded back); ``known``: what
+    the first scan sees without reading the tables (reading /proc/net/tcp
+    walks the kernel's whole socket hash: milliseconds, on the way to a
+    ready namespace): nothing, in a namespace we just created, where
+    nothing of anyone else's can listen yet; on the host, the listeners the
+    netlink helper found; ``open_dual``: one socket for both families'
+    port (the host's dual-stack wildcard socket), tried first when both
+    are enabled, before one socket per family."""
 
     seen_on: str
     open: Open
@@ -52,7 +53,7 @@ class AutoDirection:
     ours: Callable[[], set[int]]
     forwarded: dict[int, list[int]] = field(default_factory=dict)
     refused: set[int] = field(default_factory=set)
-    fresh: bool = False
+    known: frozenset[int] | None = None
     open_dual: OpenDual | None = None
 
     def follow(self, seen: set[int]) -> tuple[set[int], set[int]]:
@@ -69,8 +70,8 @@ class AutoForwarding:
 
     def scan(self, now: float) -> None:
         for direction in self.directions:
-            seen = set() if direction.fresh else self._listening(direction.seen_on)
-            direction.fresh = False
+            known, direction.known = direction.known, None
+            seen = set(known) if known is not None else self._listening(direction.seen_on)
             start, stop = direction.follow(seen)
             for port in sorted(stop):
                 for fd in direction.forwarded.pop(port):

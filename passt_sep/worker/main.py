@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from ..config import Mode
 from ..handoff import (
@@ -35,12 +35,22 @@ from .nsfwd import HostDiverts, NamespaceForwarding
 from .services import GuestServices, TracingReceiver
 from .tcp_io import TcpHandler, TcpListener, new_secret
 from .udp_io import SendDatagrams, UdpHandler, UdpListener
-from .vhost_io import VhostUserLink
+
+if TYPE_CHECKING:
+    from .vhost_io import VhostUserLink
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 DRAIN_SECONDS = 10.0
 DRAIN_POLL = 0.05
+
+
+def preload(vhost_user: bool) -> None:
+    """Import what only some workers use, for a worker that will: called
+    before the jail closes, after which nothing can be imported (a worker
+    without vhost-user does not pay for its modules, nor carry them)."""
+    if vhost_user:
+        from . import vhost_io  # noqa: F401
 
 
 def run(sock: socket.socket, sandbox: Prepared, prog: str = "passt-sep") -> NoReturn:
@@ -134,6 +144,7 @@ class Worker:
             return TapLink(self.loop, tap, capture, self.log, mtu)
         listener = received.fd(Role.UNIX_LISTENER)
         if self.config.vhost_user and listener is not None:
+            from .vhost_io import VhostUserLink  # preloaded: see ``preload``
             return VhostUserLink(self.loop, capture, self.log, listener, mtu)
         return StreamLink(self.loop, capture, self.log, listener=listener,
                           connected=received.fd(Role.GUEST_STREAM))

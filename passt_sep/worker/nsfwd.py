@@ -136,7 +136,8 @@ class NamespaceForwarding:
             "tcp", (open_inward, tcp.remove_listener) if config.tcp_auto else None,
             (open_outward, outward.remove) if config.tcp_ns_auto and source else None,
             self.static_ns_tcp, lambda: static_host,
-            lambda port: open_inward(socket.AF_INET6, port, dual=True))
+            lambda port: open_inward(socket.AF_INET6, port, dual=True),
+            None if config.host_tcp_listening is None else frozenset(config.host_tcp_listening))
 
     def _auto_udp(self) -> AutoForwarding | None:
         udp, relay, source, config = self.udp, self.relay, self.source, self.config
@@ -163,24 +164,28 @@ class NamespaceForwarding:
 
     def _auto(self, protocol: str, inward: tuple[Open, Close] | None,
               outward: tuple[Open, Close] | None, static_ns: set[int],
-              host_ours: Callable[[], set[int]], inward_dual: OpenDual) -> AutoForwarding | None:
+              host_ours: Callable[[], set[int]], inward_dual: OpenDual,
+              host_known: frozenset[int] | None = None) -> AutoForwarding | None:
         """``inward`` follows the namespace's table (open, close on the
         host; ``inward_dual``, one socket for both families), ``outward``
         the host's (open, close in the namespace, on its loopback: one
         socket per family); each leaves alone the ports the other holds
-        for us."""
+        for us.  ``host_known``: the host's listeners when the broker
+        started, if it read them."""
         tables = self._tables(protocol)
         if not tables or (inward is None and outward is None):
             return None
         directions: list[AutoDirection] = []
         inward_dir = outward_dir = None
         if inward is not None:
+            fresh = self.handoff.one(Role.COMMAND_PIDFD) is not None
             inward_dir = AutoDirection("ns", *inward, lambda: static_ns | _ports(outward_dir),
-                                       fresh=self.handoff.one(Role.COMMAND_PIDFD) is not None,
+                                       known=frozenset() if fresh else None,
                                        open_dual=inward_dual)
             directions.append(inward_dir)
         if outward is not None:
-            outward_dir = AutoDirection("host", *outward, lambda: host_ours() | _ports(inward_dir))
+            outward_dir = AutoDirection("host", *outward, lambda: host_ours() | _ports(inward_dir),
+                                        known=host_known)
             directions.append(outward_dir)
         return AutoForwarding(self.loop, self.log, tables, protocol == "udp", self.families,
                               directions)

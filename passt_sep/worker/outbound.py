@@ -18,6 +18,8 @@ from ..system.portsock import SO_BINDTODEVICE
 
 @dataclass(frozen=True)
 class Outbound:
+    """Where outbound sockets bind: ``--outbound`` and ``--outbound-if``."""
+
     address4: str | None = None
     address6: str | None = None
     ifname4: str | None = None

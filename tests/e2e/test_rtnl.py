@@ -109,3 +109,41 @@ def test_read_host_finds_the_template_interface(topo: Topology) -> None:
         HOST_IFNAME, HOST_ADDR4, GW_ADDR4)
     assert host["v6"]["link_local"].startswith("fe80::")
     assert host["mtu"] == 1500
+
+
+LISTENERS = """
+import json, socket
+from passt_sep import procnet
+from passt_sep.broker.netlink import _without_package_init
+_without_package_init("pyroute2")
+from passt_sep.broker import netconf
+held = []
+for family, address, port, listen in ((socket.AF_INET, "127.0.0.1", 8101, True),
+                                      (socket.AF_INET6, "::1", 8102, True),
+                                      (socket.AF_INET6, "::", 8103, True),
+                                      (socket.AF_INET, "127.0.0.1", 8104, False)):
+    sock = socket.socket(family)
+    sock.bind((address, port))
+    if listen:
+        sock.listen()
+    held.append(sock)
+held.append(socket.create_connection(("127.0.0.1", 8101)))
+tables = set()
+for name in ("tcp", "tcp6"):
+    with open(f"/proc/net/{name}", "rb") as handle:
+        tables |= procnet.listening_ports(handle.read())
+print(json.dumps({"diag": netconf.listening_tcp_ports(), "tables": sorted(tables)}))
+"""
+
+
+def test_sock_diag_finds_what_the_tables_list(dummy_ns: str) -> None:
+    """The helper's read of the host's TCP listeners (both families, bound
+    but not listening left out, connections too) is what the worker's
+    tables would have said."""
+    subprocess.run(["ip", "netns", "exec", dummy_ns, "ip", "link", "set", "lo", "up"],
+                   check=True)
+    result = subprocess.run(["ip", "netns", "exec", dummy_ns, sys.executable, "-c", LISTENERS],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["diag"] == found["tables"] == [8101, 8102, 8103]

@@ -29,13 +29,13 @@ def test_a_fresh_namespace_is_not_read_on_the_first_scan() -> None:
         opened.append(port)
         return port
 
-    fresh = AutoDirection("ns", open_port, lambda fd: None, set, fresh=True)
+    fresh = AutoDirection("ns", open_port, lambda fd: None, set, known=frozenset())
     loop = Loop()
     fd = _table(TCP)
     try:
         auto = AutoForwarding(loop, Logger("test"), {"ns": [fd]}, False, [socket.AF_INET],
                               [fresh])
-        assert opened == [] and not fresh.fresh       # nothing read, nothing opened
+        assert opened == [] and fresh.known is None   # nothing read, nothing opened
         auto.scan(1.0)
         assert sorted(opened) == [2024, 3306]          # read from the second scan on
     finally:
@@ -69,5 +69,27 @@ def test_both_families_take_one_dual_stack_socket_or_one_each() -> None:
         one = AutoDirection("ns", open_port, lambda fd: None, set, open_dual=open_dual)
         AutoForwarding(Loop(), Logger("test"), {"ns": [fd]}, False, [socket.AF_INET], [one])
         assert sorted(opened) == [(socket.AF_INET, 2024), (socket.AF_INET, 3306)]
+    finally:
+        os.close(fd)
+
+
+def test_the_host_listeners_known_at_start_are_the_first_scan() -> None:
+    """The netlink helper's list stands for the host's tables once: what
+    it names is forwarded without a read, then the tables are followed."""
+    opened: list[int] = []
+    closed: list[int] = []
+
+    def open_port(family: int, port: int) -> int:
+        opened.append(port)
+        return port
+
+    host = AutoDirection("host", open_port, closed.append, set, known=frozenset({8080}))
+    fd = _table(TCP)
+    try:
+        auto = AutoForwarding(Loop(), Logger("test"), {"host": [fd]}, False, [socket.AF_INET],
+                              [host])
+        assert opened == [8080] and host.known is None
+        auto.scan(1.0)
+        assert sorted(opened) == [2024, 3306, 8080] and closed == [8080]
     finally:
         os.close(fd)

@@ -229,6 +229,7 @@ worker_configs = st.builds(
     map_guest_addr=st.none() | ipv4_text | ipv6_text,
     dns_forward=st.lists(ipv4_text | ipv6_text, max_size=3).map(tuple),
     nat64_prefix=st.sampled_from([None, "64:ff9b::/96", "2001:db8::/32", "2001:db8:1::/48"]),
+    host_tcp_listening=st.none() | st.lists(st.integers(1, 65535), max_size=5).map(tuple),
     **{name: st.booleans() for name in FLAGS})
 listener_kinds = st.sampled_from([(2, False), (10, False), (10, True)])   # (family, dual)
 metas = {ListenerMeta: st.builds(lambda kind, port, target: ListenerMeta(kind[0], port, target,
@@ -428,6 +429,12 @@ def test_bad_metadata_is_refused_both_ways(entry: FdEntry, error: str) -> None:
     lambda c: c.update(dns_forward=["192.0.2.1", 5]),
     lambda c: c.update(nat64_prefix="64:ff9b::/80"),
     lambda c: c.update(nat64_prefix=96),
+    lambda c: c.update(host_tcp_listening=[0]),
+    lambda c: c.update(host_tcp_listening=[65536]),
+    lambda c: c.update(host_tcp_listening=["22"]),
+    lambda c: c.update(host_tcp_listening=22),
+    lambda c: c.update(host_tcp_listening=[True]),
+    lambda c: c.update(host_tcp_listening=[22] * 65536),
 ])
 def test_bad_worker_config_is_refused(mutate) -> None:
     message = good_message()
