@@ -22,15 +22,22 @@ Everything the processes will ever need must be imported and opened before
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import os
 import pwd
 from dataclasses import dataclass
 
+import prctl
+
 from ..system import linux
 
 JAIL_MOUNT_POINT = "/tmp"
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 NOBODY = "nobody"
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class JailError(Exception):
@@ -39,8 +46,6 @@ class JailError(Exception):
 
 @dataclass(frozen=True)
 class Identity:
-    """A uid and gid to run as."""
-
     uid: int
     gid: int
 
@@ -121,18 +126,19 @@ def become(identity: Identity) -> None:
 
 
 def _drop_privileges(identity: Identity | None, keep_net_bind: bool) -> None:
-    """Every capability gone from every set but ``CAP_NET_BIND_SERVICE``
-    when kept (in the bounding, permitted and effective sets, as the
-    permitted set had it); no new privileges; not dumpable."""
-    kept = frozenset({linux.CAP_NET_BIND_SERVICE}) if keep_net_bind else frozenset()
-    linux.drop_bounding_set(kept)
-    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    kept = (prctl.CAP_NET_BIND_SERVICE,) if keep_net_bind else ()
+    prctl.capbset.limit(*kept)
+    if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, "clearing ambient capabilities")
     if identity is not None:
-        if kept:                      # through the uid change (which empties effective)
-            linux.prctl(linux.PR_SET_KEEPCAPS, 1)
+        if kept:
+            prctl.securebits.keep_caps = True
         become(identity)
-    _, permitted, _ = linux.capabilities()
-    left = permitted & sum(1 << cap for cap in kept)
-    linux.set_capabilities(effective=left, permitted=left, inheritable=0)
-    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    linux.prctl(linux.PR_SET_DUMPABLE, 0)
+    prctl.cap_inheritable.limit()
+    prctl.cap_effective.limit(*kept)  # effective must stay within permitted
+    prctl.cap_permitted.limit(*kept)
+    if kept:                          # a uid change cleared it from effective
+        prctl.cap_effective.net_bind_service = True
+    prctl.set_no_new_privs(1)
+    prctl.set_dumpable(False)

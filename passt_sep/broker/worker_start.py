@@ -12,10 +12,12 @@ import os
 import signal
 import socket
 
+import prctl
+
 from ..config import Config, Mode
 from ..handoff import READY, FdEntry, WorkerConfig
 from ..netparams import Network
-from ..system import handoff_io, linux
+from ..system import handoff_io
 from ..system.sandbox import Prepared
 from ..worker import main as worker_main
 from . import mac
@@ -46,7 +48,7 @@ def start_worker(config: Config, network: Network, entries: list[FdEntry],
         broker_end.close()
         mac.enter(confinement)                # its own profile or domain, first
         if tied:
-            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGTERM)
+            prctl.set_pdeathsig(signal.SIGTERM)
         prog = "pasta-sep" if config.mode == Mode.PASTA else "passt-sep"
         worker_main.run(worker_end, sandbox, prog)  # never returns
     mac.release(confinement)

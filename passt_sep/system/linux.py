@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import struct
-from errno import EINVAL
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -117,56 +115,3 @@ def inotify_names(events: bytes) -> list[bytes]:
         names.append(raw.split(b"\0", 1)[0])
         offset += _INOTIFY_EVENT_HEADER + length
     return names
-
-
-# -- prctl and capabilities ------------------------------------------------------------
-
-PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
-PR_SET_KEEPCAPS = 8
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-CAP_NET_BIND_SERVICE = 10
-CAP_LAST_POSSIBLE = 63               # capabilities are a 64-bit set
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_CAP_HEADER = struct.Struct("=Ii")   # version, pid (0: this thread)
-_CAP_DATA = struct.Struct("=6I")     # {effective, permitted, inheritable} x low, high 32 bits
-
-
-def prctl(option: int, arg: int = 0) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl {option}")
-
-
-def drop_bounding_set(kept: frozenset[int] = frozenset()) -> None:
-    """Drop every capability the kernel knows from the bounding set but
-    ``kept`` (the first it does not know ends the list: EINVAL)."""
-    for cap in range(CAP_LAST_POSSIBLE + 1):
-        if cap in kept:
-            continue
-        if _libc.prctl(ctypes.c_int(PR_CAPBSET_DROP), ctypes.c_ulong(cap), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0)) < 0:
-            errno = ctypes.get_errno()
-            if errno == EINVAL:
-                return
-            raise OSError(errno, f"dropping capability {cap}: {os.strerror(errno)}")
-
-
-def capabilities() -> tuple[int, int, int]:
-    """This thread's (effective, permitted, inheritable) sets."""
-    header = ctypes.create_string_buffer(_CAP_HEADER.pack(_LINUX_CAPABILITY_VERSION_3, 0))
-    data = ctypes.create_string_buffer(_CAP_DATA.size)
-    _check(_libc.capget(header, data), "capget")
-    eff, perm, inh, eff_hi, perm_hi, inh_hi = _CAP_DATA.unpack(data.raw)
-    return eff | eff_hi << 32, perm | perm_hi << 32, inh | inh_hi << 32
-
-
-def set_capabilities(effective: int, permitted: int, inheritable: int) -> None:
-    low, high = 0xFFFFFFFF, 32
-    header = ctypes.create_string_buffer(_CAP_HEADER.pack(_LINUX_CAPABILITY_VERSION_3, 0))
-    data = ctypes.create_string_buffer(_CAP_DATA.pack(
-        effective & low, permitted & low, inheritable & low,
-        effective >> high, permitted >> high, inheritable >> high))
-    _check(_libc.capset(header, data), "capset")

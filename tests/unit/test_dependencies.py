@@ -21,7 +21,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DISTRIBUTIONS = ("pyseccomp", "pyroute2", "msgpack")
+DISTRIBUTIONS = ("pyseccomp", "pyroute2", "python-prctl", "msgpack")
 
 
 def _requirements() -> dict[str, str]:
@@ -115,6 +115,13 @@ def test_pyseccomp_finds_its_libraries_through_our_lookup_alone() -> None:
     assert result.stdout.strip() == "fell through: []", (
         "pyseccomp looked up a library that passt_sep/system/sandbox.py's soname table does "
         "not know: " + result.stdout)
+
+
+def test_prctl_offers_what_the_jail_uses() -> None:
+    import prctl
+    for name in ("capbset", "securebits", "cap_inheritable", "cap_effective",
+                 "cap_permitted", "set_no_new_privs", "set_dumpable", "CAP_NET_BIND_SERVICE"):
+        assert hasattr(prctl, name), f"python-prctl lacks {name} (passt_sep/broker/jail.py)"
 
 
 def test_msgpack_round_trips_bytes_and_text_apart() -> None:
