@@ -177,7 +177,7 @@ def test_a_retransmission_timeout_peeks_the_same_bytes_again(rig: Rig, server: S
     data = pattern(3 * MSS)
     peer.sendall(data)
     first = guest.wait_data(len(data))
-    rig.loop.run_due_timers(rig.loop.timers[0].deadline + tcp.ACK_TIMEOUT)
+    rig.loop.run_due_timers(rig.loop.timers[0][0] + tcp.ACK_TIMEOUT)
     [again] = guest.take()               # recovering: one segment at a time
     assert (again.seq, bytes(again.payload)) == (first[0].seq, bytes(first[0].payload))
     assert rig.loop.counters.get("tcp_retransmit_timeout") == 1
