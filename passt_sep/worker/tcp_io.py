@@ -59,6 +59,10 @@ SYN_ACK = SYN | ACK
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
 WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
+# flow timers come due at multiples of this (a power of two: exact in a
+# float), so that those of many flows share a wakeup: every connection has
+# one to retransmit its SYN-ACK, and another to end its linger
+TIMER_GRAIN = 1 / 32
 # plain ints: socket's MSG_* are enum flags, and each | of them builds a
 # new enum member in Python code (a microsecond per call on the hot path)
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
@@ -467,8 +471,13 @@ class TcpHandler:
     # -- timers and the end of flows --------------------------------------------------
     def _schedule(self, flow: Flow, deadline: float | None) -> None:
         """One loop timer per flow, moved only when the deadline comes
-        earlier; a timer that fires early just schedules the next one."""
+        earlier; a timer that fires early just schedules the next one.  It
+        fires up to TIMER_GRAIN late: TCP's deadlines are a second or more
+        away, and timers due together cost one wakeup of the loop, not one
+        each with a timerfd read and re-arm."""
         timer = flow.timer
+        if deadline is not None:
+            deadline = -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
         if timer is not None and timer.callback is not None:
             if deadline is not None and timer.deadline <= deadline:
                 return
