@@ -89,7 +89,10 @@ class TcpListener:
 class Flow:
     """A TcpConn and its socket; ``sock`` is None once closed (lingering).
     ``drained``: the last peek found the socket's queue empty, so until a
-    new edge (or a rewind) there is nothing to peek however the window grows.
+    new edge (or a rewind) there is nothing to peek however the window grows;
+    a new flow starts so, its socket not yet registered: registering an
+    edge-triggered socket that has data raises the first edge (a peek at
+    the handshake's end would only fail, a syscall and an exception).
     ``tracked``: in the flow table (a flag, not a lookup, on every event).
     ``fallback``: ``--clat``, an inbound IPv6 connection offered to the guest
     over IPv6: the IPv4 address it is offered from instead if the guest
@@ -105,7 +108,7 @@ class Flow:
         self.recheck: Timer | None = None
         self.recheck_delay = WINDOW_RECHECK
         self.want_out = False
-        self.drained = False
+        self.drained = True
         self.tracked = False
         self.fallback: bytes | None = None
 
