@@ -531,7 +531,7 @@ class TcpHandler:
         if sock is None:
             return
         flow.sock = None
-        self.loop.remove_fd(sock.fileno())
+        self.loop.closing_fd(sock.fileno())
         if flow.recheck is not None:
             flow.recheck.cancel()
             flow.recheck = None
