@@ -44,6 +44,7 @@ _ETH = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _TIMESTAMPS = struct.Struct("!II")
+_new_tuple = tuple.__new__
 
 
 class TcpSegment(NamedTuple):
@@ -85,8 +86,9 @@ def parse_tcp(inb: Inbound, verify: bool = False) -> TcpSegment:
                                                    len(data))) not in (0, 0xFFFF):
         raise Drop("tcp_checksum")
     payload = data[hlen:]
-    if hlen == TCP_HLEN:
-        return TcpSegment(sport, dport, seq, ack, flags, window, payload)
+    if hlen == TCP_HLEN:            # the common segment: built in C, no Python __new__
+        return _new_tuple(TcpSegment, (sport, dport, seq, ack, flags, window, payload,
+                                       None, None, False, None))
     return TcpSegment(sport, dport, seq, ack, flags, window, payload,
                       *_parse_options(data[TCP_HLEN:hlen]))
 

@@ -128,6 +128,7 @@ class TcpHandler:
         self.secret = secret
         self.verify = ctx.config.verify_checksums
         self.flows: FlowSection[Flow] = ctx.flows.section(IPPROTO_TCP)
+        self.find = self.flows.finder()
         self.buffer = bytearray(PEEK_BUFFER)
         self.view = memoryview(self.buffer)
         self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}
@@ -154,11 +155,13 @@ class TcpHandler:
     def on_guest_segment(self, inb: Inbound, now: float) -> None:
         """A TCP frame from the guest; :class:`~passt_sep.packet.Drop` if malformed."""
         seg = tcp_wire.parse_tcp(inb, self.verify)
-        key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
-        flow = self.flows.get(key)
+        # a plain tuple finds a FlowKey (equal, same hash) without FlowKey's
+        # __new__ in Python; a new flow makes its FlowKey
+        flow = self.find((IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport))
         if flow is not None and flow.fallback is None and seg.flags & SYN_ACK != SYN:
             self._handle(flow, flow.conn.on_guest_segment(seg, now), now)
             return                      # the common segment: no SYN, no --clat retry
+        key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
         self._unusual_segment(seg, inb, key, flow, now)
 
     def _unusual_segment(self, seg: tcp_wire.TcpSegment, inb: Inbound, key: FlowKey,
