@@ -44,6 +44,7 @@ from .loop import (
     accept_ready,
     close_socket,
 )
+from .outbound import DEFAULT_OUTBOUND
 
 SO_PEEK_OFF = 42
 SO_MEMINFO = 55
@@ -123,7 +124,9 @@ class TcpHandler:
         ``tso``: the link takes frames beyond the MTU (pasta's tap)."""
         self.loop, self.net, self.addrmap, self.log = ctx.loop, ctx.net, ctx.addrmap, ctx.log
         self.tso = tso
-        self.outbound = ctx.outbound
+        # None without -o/--outbound-if*: nothing to bind, and prepare's
+        # look at the socket's family (an IntEnum made in Python) is saved
+        self.outbound = None if ctx.outbound == DEFAULT_OUTBOUND else ctx.outbound
         self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
         self.secret = secret
         self.verify = ctx.config.verify_checksums
@@ -205,7 +208,8 @@ class TcpHandler:
             self._refuse(seg, inb)
             return
         try:
-            self.outbound.prepare(sock)
+            if self.outbound is not None:
+                self.outbound.prepare(sock)
         except OSError as exc:
             sock.close()
             self.loop.counters.add("tcp_bind_error")
