@@ -216,7 +216,8 @@ class TcpHandler:
             self.log.ratelimited("tcp_bind", 4, f"cannot bind outbound socket: {exc.strerror}")
             self._refuse(seg, inb)
             return
-        self._tune(sock, seg.mss)
+        if seg.mss in MAXSEG_RANGE:       # before the connect: our SYN's MSS follows it
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, seg.mss)
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
         conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now, self.tso)
         flow = Flow(conn, sock, key)
@@ -225,12 +226,20 @@ class TcpHandler:
         except OSError:
             self._connect_failed(flow, now)
             return
-        if connected:
-            self._track(flow, SOCKET_EVENTS)
-            self._handle(flow, conn.on_connected(*self._room(sock), now), now)
+        actions = None
+        if connected:                     # the SYN-ACK first: the guest waits for it
+            actions = conn.on_connected(*self._room(sock), now)
+            for frame in actions.frames:
+                self.send_frame(frame)
+        try:
+            self._tune(sock)
+        except OSError:                   # reset by its peer already, say
+            self._socket_error(flow, now)
             return
-        flow.want_out = True
-        self._track(flow, SOCKET_EVENTS | EPOLLOUT)
+        flow.want_out = not connected
+        self._track(flow, SOCKET_EVENTS if connected else SOCKET_EVENTS | EPOLLOUT)
+        if actions is not None:
+            self._schedule(flow, actions.deadline)
 
     @staticmethod
     def _connect(sock: socket.socket, address: tuple[str, int]) -> bool:
@@ -254,13 +263,13 @@ class TcpHandler:
             raise OSError(code, os.strerror(code))
         return True
 
-    def _tune(self, sock: socket.socket, guest_mss: int | None) -> None:
-        """No Nagle (the guest already segmented), the peek offset on, and
-        the guest's MSS mirrored where Linux takes it."""
+    @staticmethod
+    def _tune(sock: socket.socket) -> None:
+        """No Nagle (the guest already segmented), and the peek offset on;
+        before the first write and peek, not necessarily before the connect
+        (an outbound socket's MSS, TCP_MAXSEG, is set before it)."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        if guest_mss in MAXSEG_RANGE:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, guest_mss)
 
     def _track(self, flow: Flow, events: int) -> None:
         """Into the table, and its socket into the loop: the socket's events
@@ -626,7 +635,7 @@ class TcpHandler:
         connection costs no more than its reset."""
         fd = sock.fileno()
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-        self._tune(sock, None)
+        self._tune(sock)
 
     @staticmethod
     def _refused_syn(flow: Flow, seg: tcp_wire.TcpSegment) -> bool:
