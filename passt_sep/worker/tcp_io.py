@@ -307,11 +307,13 @@ class TcpHandler:
         rest is bookkeeping that can follow while it answers."""
         for frame in actions.frames:
             self.send_frame(frame)
-        if actions.drop is not None:
-            self.loop.counters.add(actions.drop)
-        if actions.reset:
-            self._forget(flow, reset=True)
-            return None
+        unusual = actions.unusual
+        if unusual:
+            if actions.drop is not None:
+                self.loop.counters.add(actions.drop)
+            if actions.reset:
+                self._forget(flow, reset=True)
+                return None
         written = None
         sock = flow.sock
         if sock is not None:
@@ -319,24 +321,30 @@ class TcpHandler:
                 written = self._write(sock, actions.to_socket)
                 if written == WRITE_FAILED:
                     return written
-            if actions.window_clamp is not None:
+            if unusual and actions.window_clamp is not None:
                 self._clamp_window(sock, actions.window_clamp)
             if actions.acked:
                 self._discard(sock, actions.acked)
-            if actions.retransmit:
-                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-                flow.drained = False
-                self.loop.counters.add("tcp_retransmit")
-            if actions.shutdown_write:
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-            if actions.closed:
-                self._close_socket(flow)
-        if actions.forget:
+            if unusual:
+                self._socket_ends(flow, sock, actions)
+        if unusual and actions.forget:
             self._forget(flow)
         return written
+
+    def _socket_ends(self, flow: Flow, sock: socket.socket, actions: tcp.Actions) -> None:
+        """The rest of an unusual Actions' socket operations, in order:
+        rewind the peek, shut the socket for writing, close it."""
+        if actions.retransmit:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            flow.drained = False
+            self.loop.counters.add("tcp_retransmit")
+        if actions.shutdown_write:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if actions.closed:
+            self._close_socket(flow)
 
     @staticmethod
     def _clamp_window(sock: socket.socket, clamp: int) -> None:
