@@ -218,56 +218,20 @@ class TcpHandler:
             return
         if seg.mss in MAXSEG_RANGE:       # before the connect: our SYN's MSS follows it
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, seg.mss)
+        self._tune(sock)
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
         conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now, self.tso)
         flow = Flow(conn, sock, key)
-        try:
-            connected = self._connect(sock, (socket.inet_ntop(family, host), seg.dport))
-        except OSError:
+        flow.want_out = True
+        self._track(flow, SOCKET_EVENTS | EPOLLOUT)
+        code = sock.connect_ex((socket.inet_ntop(family, host), seg.dport))
+        if code not in (0, errno.EINPROGRESS):
             self._connect_failed(flow, now)
-            return
-        actions = None
-        if connected:                     # the SYN-ACK first: the guest waits for it
-            actions = conn.on_connected(*self._room(sock), now)
-            for frame in actions.frames:
-                self.send_frame(frame)
-        try:
-            self._tune(sock)
-        except OSError:                   # reset by its peer already, say
-            self._socket_error(flow, now)
-            return
-        flow.want_out = not connected
-        self._track(flow, SOCKET_EVENTS if connected else SOCKET_EVENTS | EPOLLOUT)
-        if actions is not None:
-            self._schedule(flow, actions.deadline)
-
-    @staticmethod
-    def _connect(sock: socket.socket, address: tuple[str, int]) -> bool:
-        """Start a connect: True if it is done already, False if it goes
-        on (EPOLLOUT tells); OSError if it failed.  To a peer on this
-        machine (another namespace through a veth, loopback) the kernel
-        has usually completed the handshake before connect() returns:
-        the SYN-ACK can then go to the guest at once, not a loop round
-        later.  A write of nothing tells without a syscall of its own to
-        allow (getsockopt's TCP_INFO): it takes 0 bytes once connected,
-        fails with EAGAIN while connecting, and with the error if the
-        connect failed."""
-        code = sock.connect_ex(address)
-        if code == errno.EINPROGRESS:
-            try:
-                sock.send(b"", SEND_FLAGS)
-            except BlockingIOError:
-                return False
-            return True
-        if code:
-            raise OSError(code, os.strerror(code))
-        return True
 
     @staticmethod
     def _tune(sock: socket.socket) -> None:
-        """No Nagle (the guest already segmented), and the peek offset on;
-        before the first write and peek, not necessarily before the connect
-        (an outbound socket's MSS, TCP_MAXSEG, is set before it)."""
+        """No Nagle (the guest already segmented), and the peek offset on
+        (an outbound socket's MSS, TCP_MAXSEG, is the guest's too)."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
 

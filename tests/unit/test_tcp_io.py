@@ -111,8 +111,7 @@ def test_a_connection_carries_data_both_ways_within_the_guest_window(rig: Rig, s
 
 def test_the_host_socket_takes_the_guests_mss_no_nagle_and_a_peek_offset(
         rig: Rig, server: Server, v6: bool) -> None:
-    """Its SYN offers the guest's MSS (TCP_MAXSEG before the connect);
-    TCP_NODELAY and SO_PEEK_OFF come once the SYN-ACK is on its way."""
+    """Its SYN offers the guest's MSS (TCP_MAXSEG before the connect)."""
     handler = rig.tcp()
     guest = TcpGuest(rig, handler, v6, peer_port=server.port)
     guest.send(SYN, window=64240, options=bytes.fromhex("020403e8"))    # MSS 1000
