@@ -373,16 +373,9 @@ class TcpHandler:
     # -- socket events -------------------------------------------------------------------
     def _socket_event(self, flow: Flow, fd: int, events: int, now: float) -> None:
         """Most events are data and nothing else on a connected socket (a
-        connecting one waits for EPOLLOUT, ``want_out``): straight to the peek.
-        A hang-up waits for the end of the loop round: the FIN it becomes
-        can follow the round's data (the previous connection's end came
-        before the next one's answer, for a client that opens one
-        connection per request)."""
+        connecting one waits for EPOLLOUT, ``want_out``): straight to the peek."""
         if events == EPOLLIN and not flow.want_out and flow.sock is not None:
             actions = self._pump(flow, now, False)
-        elif events & HANGUP and not events & EPOLLERR and not flow.want_out:
-            self.loop.at_round_end(functools.partial(self._hang_up, flow, events))
-            return
         else:
             actions = self._other_event(flow, events, now)
         if actions is not None and flow.tracked:
@@ -391,12 +384,6 @@ class TcpHandler:
             if (timer is None or timer.callback is None or deadline is None
                     or deadline < timer.deadline):
                 self._schedule(flow, deadline)
-
-    def _hang_up(self, flow: Flow, events: int, now: float) -> None:
-        """A hang-up's event, at the end of the round it came in."""
-        actions = self._other_event(flow, events, now)
-        if actions is not None and flow.tracked:
-            self._schedule(flow, actions.deadline)
 
     def _other_event(self, flow: Flow, events: int, now: float) -> tcp.Actions | None:
         """A connect's outcome, an error, room to write, a hang-up; the
