@@ -119,12 +119,6 @@ class Loop:
         if self.callbacks.pop(fd, None) is not None:
             self.epoll.unregister(fd)
 
-    def closing_fd(self, fd: int) -> None:
-        """``fd`` is closed next, which takes it out of the epoll set (no
-        other fd refers to its file): only its callback goes, one
-        epoll_ctl saved."""
-        self.callbacks.pop(fd, None)
-
     # -- timers -------------------------------------------------------------
     def call_at(self, deadline: float, callback: TimerCallback) -> Timer:
         timer = Timer(deadline, callback)

@@ -519,7 +519,7 @@ class TcpHandler:
         if sock is None:
             return
         flow.sock = None
-        self.loop.closing_fd(sock.fileno())
+        self.loop.remove_fd(sock.fileno())
         if flow.recheck is not None:
             flow.recheck.cancel()
             flow.recheck = None
