@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
@@ -49,7 +50,9 @@ from passt_sep.worker.services import GuestServices  # noqa: E402
 from passt_sep.worker.tcp_io import TcpHandler  # noqa: E402
 
 SYSCALLS = {"epoll.poll", "readv", "writev", "socket.send", "socket.recv_into",
-            "socket.getsockopt", "socket.setsockopt", "read", "write"}
+            "socket.getsockopt", "socket.setsockopt", "read", "write", "socket.connect_ex",
+            "socket.shutdown", "socket.close", "epoll.register", "epoll.modify",
+            "epoll.unregister"}     # not seen here: socket() and timerfd_settime (ctypes)
 
 
 class Bench:
@@ -117,6 +120,57 @@ class Bench:
         self.ack = (reply[-1].seq + 1) & MASK
 
 
+class Tally:
+    """Python bytecodes and calls, C calls and syscalls of the loop rounds
+    run through :meth:`counted`, by function."""
+
+    def __init__(self) -> None:
+        self.opcodes: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def _trace(self, frame, event, arg):
+        frame.f_trace_opcodes, frame.f_trace_lines = True, False
+        name = f"{frame.f_code.co_filename.split('passt_sep/')[-1]}:{frame.f_code.co_name}"
+        self.calls[name] += 1
+        opcodes = self.opcodes
+
+        def opcode(frame, event, arg):
+            if event == "opcode":
+                opcodes[name] += 1
+            return opcode
+        return opcode
+
+    def _profile(self, frame, event, arg):
+        if event == "c_call":
+            self.calls["C " + getattr(arg, "__qualname__", str(arg))] += 1
+
+    def counted(self, run: Callable[..., object], *args: object) -> None:
+        """``run(*args)`` (a loop round), counted."""
+        sys.settrace(self._trace)
+        sys.setprofile(self._profile)
+        try:
+            run(*args)
+        finally:
+            sys.setprofile(None)
+            sys.settrace(None)
+
+    def report(self, n: int, what: str) -> None:
+        """Per ``what`` (``n`` of them): the totals, the functions with the
+        most bytecodes and the syscalls."""
+        python = sum(v for k, v in self.calls.items() if not k.startswith("C "))
+        c_calls = {k[2:]: v for k, v in self.calls.items()
+                   if k.startswith("C ") and k[2:] not in ("setprofile", "settrace")}
+        syscalls = sum(v for k, v in c_calls.items() if k in SYSCALLS)
+        print(f"per {what}: {sum(self.opcodes.values()) / n:.0f} bytecodes, "
+              f"{python / n:.1f} Python calls, {sum(c_calls.values()) / n:.1f} C calls, "
+              f"{syscalls / n:.1f} syscalls")
+        for name, count in self.opcodes.most_common(15):
+            print(f"{count / n:8.1f}  {name}")
+        for name, count in sorted(c_calls.items()):
+            if name in SYSCALLS:
+                print(f"{count / n:8.1f}  {name} (syscall)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--v6", action="store_true")
@@ -125,46 +179,10 @@ def main() -> int:
     bench = Bench(args.v6)
     for _ in range(200):
         bench.exchange(bench.loop.poll_once)
-    opcodes: collections.Counter[str] = collections.Counter()
-    calls: collections.Counter[str] = collections.Counter()
-
-    def trace(frame, event, arg):
-        frame.f_trace_opcodes, frame.f_trace_lines = True, False
-        name = f"{frame.f_code.co_filename.split('passt_sep/')[-1]}:{frame.f_code.co_name}"
-        calls[name] += 1
-
-        def opcode(frame, event, arg):
-            if event == "opcode":
-                opcodes[name] += 1
-            return opcode
-        return opcode
-
-    def profile(frame, event, arg):
-        if event == "c_call":
-            calls["C " + getattr(arg, "__qualname__", str(arg))] += 1
-
-    def counted(timeout: float) -> None:
-        sys.settrace(trace)
-        sys.setprofile(profile)
-        bench.loop.poll_once(timeout)
-        sys.setprofile(None)
-        sys.settrace(None)
-
+    tally = Tally()
     for _ in range(args.exchanges):
-        bench.exchange(counted)
-    n = args.exchanges
-    python = sum(v for k, v in calls.items() if not k.startswith("C "))
-    c_calls = {k[2:]: v for k, v in calls.items()
-               if k.startswith("C ") and k[2:] not in ("setprofile", "settrace")}
-    syscalls = sum(v for k, v in c_calls.items() if k in SYSCALLS)
-    print(f"per exchange ({'IPv6' if args.v6 else 'IPv4'}): {sum(opcodes.values()) / n:.0f} "
-          f"bytecodes, {python / n:.1f} Python calls, {sum(c_calls.values()) / n:.1f} C calls, "
-          f"{syscalls / n:.1f} syscalls")
-    for name, count in opcodes.most_common(15):
-        print(f"{count / n:8.1f}  {name}")
-    for name, count in sorted(c_calls.items()):
-        if name in SYSCALLS:
-            print(f"{count / n:8.1f}  {name} (syscall)")
+        bench.exchange(lambda timeout: tally.counted(bench.loop.poll_once, timeout))
+    tally.report(args.exchanges, f"exchange ({'IPv6' if args.v6 else 'IPv4'})")
     bench.server.close()
     for end in bench.ends:
         end.close()

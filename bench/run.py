@@ -360,6 +360,8 @@ ECHO_SERVER = ("import socket, threading\n"
 
 
 CASES = [c for c in os.environ.get("BENCH_CASES", "").split(",") if c]
+# BENCH_PEERS=pasta-2025-01: only those peers beside passt-sep (all by default)
+PEERS_WANTED = [p for p in os.environ.get("BENCH_PEERS", "").split(",") if p]
 
 
 def wanted(key: str) -> bool:
@@ -491,6 +493,8 @@ def main() -> int:
 
 def run() -> int:
     names = ["passt-sep", *PASTAS] + (["slirp4netns"] if shutil.which("slirp4netns") else [])
+    if PEERS_WANTED:
+        names = ["passt-sep", *(name for name in names[1:] if name in PEERS_WANTED)]
     figures = measure(names)
     skip_qemu = qemu_passt.available() or (None if wanted("qemu") else "not in BENCH_CASES")
     passt_mode = {} if skip_qemu else qemu_passt.measure(ROUNDS)

@@ -48,7 +48,7 @@ removes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
 V = TypeVar("V")
@@ -149,6 +149,11 @@ class FlowSection(Generic[V]):
 
     def get(self, key: Key) -> V | None:
         return self.table._flows.get(key)
+
+    def finder(self) -> Callable[[tuple], V | None]:
+        """``get`` without a Python call of its own, for the lookup of
+        every frame: the table's ``dict.get``, bound."""
+        return self.table._flows.get
 
     def add(self, key: Key, value: V) -> bool:
         """Admit a new flow under the table's cap; False when refused."""

@@ -2,7 +2,9 @@
 
 Every parser takes a ``bytes``/``memoryview`` and returns a small record
 whose ``payload`` is a view into the input (no copy); records are read-only
-by convention, not frozen (that costs a setattr call per field, per frame).
+by convention, not frozen (that costs a setattr call per field, per frame),
+and the two of every frame (:class:`Ethernet`, :class:`Inbound`) are named
+tuples built by ``tuple.__new__``: in C, with no ``__init__`` to run.
 Malformed input raises :class:`Drop` with a short reason that the worker
 counts.  Builders
 return ``bytes`` with correct checksums.  Addresses are raw ``bytes`` (4 or
@@ -15,6 +17,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -40,6 +43,7 @@ _ETH = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _UDP = struct.Struct("!HHHH")
+_new_tuple = tuple.__new__
 
 
 class Drop(Exception):
@@ -107,8 +111,7 @@ def address_text(addr: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
 
 
-@dataclass(slots=True)
-class Ethernet:
+class Ethernet(NamedTuple):
     """An Ethernet frame, parsed; ``payload`` is a view into it."""
 
     dst: bytes
@@ -122,7 +125,7 @@ def parse_ethernet(frame: bytes | memoryview) -> Ethernet:
     if len(view) < ETH_HLEN:
         raise Drop("eth_short")
     dst, src, ethertype = _ETH.unpack_from(view)
-    return Ethernet(dst, src, ethertype, view[ETH_HLEN:])
+    return _new_tuple(Ethernet, (dst, src, ethertype, view[ETH_HLEN:]))
 
 
 def build_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes | memoryview) -> bytes:
@@ -266,8 +269,7 @@ def build_udp(src: bytes, dst: bytes, sport: int, dport: int,
     return bytes(segment)
 
 
-@dataclass(slots=True)
-class Inbound:
+class Inbound(NamedTuple):
     """A guest frame parsed down to its transport payload."""
 
     eth: Ethernet
@@ -299,10 +301,11 @@ def parse_ip_frame(eth: Ethernet) -> Inbound:
             raise Drop("ipv4_length")
         if frag & 0x3FFF:
             raise Drop("ipv4_fragment")
-        return Inbound(eth, src, dst, proto, ttl, view[ihl:total_len])
+        return _new_tuple(Inbound, (eth, src, dst, proto, ttl, view[ihl:total_len]))
     if eth.ethertype == ETH_P_IPV6:
         ip6 = parse_ipv6(eth.payload)
-        return Inbound(eth, ip6.src, ip6.dst, ip6.next_header, ip6.hop_limit, ip6.payload)
+        return _new_tuple(Inbound, (eth, ip6.src, ip6.dst, ip6.next_header, ip6.hop_limit,
+                                    ip6.payload))
     raise Drop("ethertype")
 
 

@@ -180,28 +180,35 @@ class Actions:
 
     Each connection answers every input with the same object, emptied: it
     is valid until the connection's next input (a new one per input cost
-    5% of a data/ACK exchange)."""
+    5% of a data/ACK exchange).  ``unusual`` is set with any of ``drop``,
+    ``reset``, ``window_clamp``, ``retransmit``, ``shutdown_write``,
+    ``closed`` and ``forget``: without it neither ``clear`` nor the I/O
+    layer looks at them (most inputs only move data and ACKs)."""
 
     frames: list[bytearray] = field(default_factory=list)
     to_socket: memoryview | None = None
     acked: int = 0
-    retransmit: bool = False
     send_more: bool = False
+    deadline: float | None = None
+    unusual: bool = False
+    retransmit: bool = False
     shutdown_write: bool = False
     reset: bool = False
     closed: bool = False
     forget: bool = False
     drop: str | None = None
     window_clamp: int | None = None
-    deadline: float | None = None
 
     def clear(self) -> None:
         """Empty again, for the next input (cheaper than a new object)."""
         self.frames.clear()
-        self.to_socket = self.drop = self.window_clamp = self.deadline = None
+        self.to_socket = self.deadline = None
         self.acked = 0
-        self.retransmit = self.send_more = self.shutdown_write = False
-        self.reset = self.closed = self.forget = False
+        self.send_more = False
+        if self.unusual:
+            self.drop = self.window_clamp = None
+            self.retransmit = self.shutdown_write = self.reset = self.closed = False
+            self.forget = self.unusual = False
 
 
 class TcpConn:
@@ -327,7 +334,7 @@ class TcpConn:
         actions.clear()
         self.state = State.CLOSED
         actions.frames.append(self.tx.build(0, self.rcv_nxt, RST | ACK, 0))
-        actions.forget = True
+        actions.forget = actions.unusual = True
         return self._done(actions)
 
     def _take_syn_options(self, seg: TcpSegment) -> None:
@@ -452,6 +459,7 @@ class TcpConn:
         if self.clamp and abs(clamp - self.clamp) * CLAMP_STEP < self.clamp:
             return
         self.clamp = actions.window_clamp = clamp
+        actions.unusual = True
 
     def _seg_established(self, seg: TcpSegment, actions: Actions, now: float) -> None:
         flags = seg.flags
@@ -481,7 +489,7 @@ class TcpConn:
 
     def _reset_by_guest(self, actions: Actions) -> None:
         self.state = State.CLOSED
-        actions.reset = actions.forget = True
+        actions.reset = actions.forget = actions.unusual = True
 
     def _process_ack(self, seg: TcpSegment, actions: Actions, now: float) -> bool:
         """Take the guest's acknowledgement and window; False: drop the segment
@@ -492,6 +500,7 @@ class TcpConn:
             if advance < HALF:
                 actions.frames.append(self._ack())
                 actions.drop = "tcp_ack_unsent"
+                actions.unusual = True
                 return False
             return True                               # an old ACK: only the data counts
         window = seg.window << self.guest_wscale
@@ -539,6 +548,7 @@ class TcpConn:
             ahead = (seg.seq - self.rcv_nxt) & MASK
             actions.drop = ("tcp_out_of_window" if ahead > max(self.rcv_window, 0xFFFF)
                             else "tcp_out_of_order")
+            actions.unusual = True
             actions.frames.append(self._ack())       # a duplicate ACK: resend the gap
             return
         if behind >= len(payload) + fin or self.guest_fin:
@@ -553,7 +563,7 @@ class TcpConn:
     def _guest_fin(self, actions: Actions, now: float) -> None:
         self.guest_fin = True
         self.rcv_nxt = (self.rcv_nxt + 1) & MASK
-        actions.shutdown_write = True
+        actions.shutdown_write = actions.unusual = True
         actions.frames.append(self._ack())
         self._check_closed(actions, now)
 
@@ -562,7 +572,7 @@ class TcpConn:
             self.state = State.CLOSED
             self.linger_until = now + LINGER
             self.rtx_deadline = None
-            actions.closed = True
+            actions.closed = actions.unusual = True
 
     # -- the socket's side -----------------------------------------------------------
     def on_socket_accepted(self, accepted: int, free: int, sndbuf: int, now: float) -> Actions:
@@ -706,7 +716,7 @@ class TcpConn:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
             actions.frames.append(self._rst())
-        actions.forget = True
+        actions.forget = actions.unusual = True
         return self._done(actions)
 
     # -- time -----------------------------------------------------------------------------
@@ -725,7 +735,7 @@ class TcpConn:
 
     def _expire(self, actions: Actions, now: float) -> None:
         if self.state is State.CLOSED:
-            actions.forget = now >= self.linger_until
+            actions.forget = actions.unusual = now >= self.linger_until
             return
         if now >= self.last_activity + INACTIVITY:
             self._give_up(actions, "tcp_inactive")
@@ -772,14 +782,14 @@ class TcpConn:
             self.fin_sent = False
         self.recover = self.snd_max
         self.dup_acks = 0
-        actions.retransmit = actions.send_more = True
+        actions.retransmit = actions.send_more = actions.unusual = True
         self._maybe_fin(actions.frames, now)
 
     def _give_up(self, actions: Actions, reason: str) -> None:
         if self.state is not State.SYN_SENT:
             actions.frames.append(self._rst())
         self.state = State.CLOSED
-        actions.reset = actions.forget = True
+        actions.reset = actions.forget = actions.unusual = True
         actions.drop = reason
 
 

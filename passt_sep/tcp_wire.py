@@ -44,6 +44,10 @@ _ETH = struct.Struct("!6s6sH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _TIMESTAMPS = struct.Struct("!II")
+# MSS; SACK-permitted and timestamps; NOP and window scale: the kinds and
+# lengths as strings, the values as numbers
+_LINUX_SYN = struct.Struct("!2sH4sII3sB")
+_new_tuple = tuple.__new__
 
 
 class TcpSegment(NamedTuple):
@@ -85,8 +89,9 @@ def parse_tcp(inb: Inbound, verify: bool = False) -> TcpSegment:
                                                    len(data))) not in (0, 0xFFFF):
         raise Drop("tcp_checksum")
     payload = data[hlen:]
-    if hlen == TCP_HLEN:
-        return TcpSegment(sport, dport, seq, ack, flags, window, payload)
+    if hlen == TCP_HLEN:            # the common segment: built in C, no Python __new__
+        return _new_tuple(TcpSegment, (sport, dport, seq, ack, flags, window, payload,
+                                       None, None, False, None))
     return TcpSegment(sport, dport, seq, ack, flags, window, payload,
                       *_parse_options(data[TCP_HLEN:hlen]))
 
@@ -94,7 +99,15 @@ def parse_tcp(inb: Inbound, verify: bool = False) -> TcpSegment:
 def _parse_options(data: memoryview) -> tuple[int | None, int | None, bool,
                                               tuple[int, int] | None]:
     """MSS, window scale, SACK-permitted, timestamps.  Like Linux, a
-    malformed option ends the parsing but does not drop the segment."""
+    malformed option ends the parsing but does not drop the segment.
+    Linux's own SYN (every connection of a Linux guest) is read in one
+    unpack: a fifth of the general loop's work."""
+    if len(data) == _LINUX_SYN.size:
+        mss_kind, mss, sack_ts_kinds, tsval, tsecr, wscale_kind, shift = \
+            _LINUX_SYN.unpack_from(data)
+        if (mss_kind == b"\x02\x04" and sack_ts_kinds == b"\x04\x02\x08\x0a"
+                and wscale_kind == b"\x01\x03\x03"):
+            return mss or None, min(shift, MAX_WSCALE), True, (tsval, tsecr)
     mss = wscale = timestamp = None
     sack_permitted = False
     offset, end = 0, len(data)

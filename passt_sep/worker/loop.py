@@ -18,7 +18,6 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ..system.log import Logger
 
@@ -35,16 +34,21 @@ _TFD_CLOEXEC_NONBLOCK = os.O_CLOEXEC | os.O_NONBLOCK
 COMPACT_MIN = 1024          # timers in the heap before cancelled ones are swept out
 
 
-@dataclass(order=True)
 class Timer:
-    """A pending call; ``cancel()`` makes the loop skip it."""
+    """A pending call; ``cancel()`` makes the loop skip it.  The heap holds
+    it as ``(deadline, seq, timer)``: tuples compare in C, where a class of
+    its own would compare in Python code, log2(n) times per push and pop."""
 
-    deadline: float
-    seq: int
-    callback: TimerCallback | None = field(compare=False)
+    __slots__ = ("deadline", "callback")
+
+    def __init__(self, deadline: float, callback: TimerCallback | None) -> None:
+        self.deadline, self.callback = deadline, callback
 
     def cancel(self) -> None:
         self.callback = None
+
+
+TimerEntry = tuple[float, int, Timer]
 
 
 class Counters:
@@ -78,7 +82,7 @@ class Loop:
     def __init__(self) -> None:
         self.epoll = select.epoll()
         self.callbacks: dict[int, FdCallback] = {}
-        self.timers: list[Timer] = []
+        self.timers: list[TimerEntry] = []
         self.timer_seq = itertools.count()
         self.timerfd = _timerfd_create()
         self.armed_deadline: float | None = None
@@ -117,8 +121,8 @@ class Loop:
 
     # -- timers -------------------------------------------------------------
     def call_at(self, deadline: float, callback: TimerCallback) -> Timer:
-        timer = Timer(deadline, next(self.timer_seq), callback)
-        heapq.heappush(self.timers, timer)
+        timer = Timer(deadline, callback)
+        heapq.heappush(self.timers, (deadline, next(self.timer_seq), timer))
         if len(self.timers) > self.compact_at:
             self._compact()
         if self.armed_deadline is None or deadline < self.armed_deadline:
@@ -131,7 +135,7 @@ class Loop:
         every short connection would leave some behind, and memory would grow
         for two hours.  Swept when the heap has doubled since the last sweep,
         so the cost per timer stays constant."""
-        self.timers = [timer for timer in self.timers if timer.callback is not None]
+        self.timers = [entry for entry in self.timers if entry[2].callback is not None]
         heapq.heapify(self.timers)
         self.compact_at = max(COMPACT_MIN, 2 * len(self.timers))
 
@@ -152,15 +156,16 @@ class Loop:
         self.run_due_timers(now)
 
     def run_due_timers(self, now: float) -> None:
-        while self.timers and self.timers[0].deadline <= now:
-            timer = heapq.heappop(self.timers)
+        # self.timers, not a local: a callback's call_at may compact it anew
+        while self.timers and self.timers[0][0] <= now:
+            timer = heapq.heappop(self.timers)[2]
             if timer.callback is not None:
                 callback, timer.callback = timer.callback, None
                 self._guarded(callback, now)
-        while self.timers and self.timers[0].callback is None:
+        while self.timers and self.timers[0][2].callback is None:
             heapq.heappop(self.timers)
-        if self.timers and self.armed_deadline != self.timers[0].deadline:
-            self._arm(self.timers[0].deadline)
+        if self.timers and self.armed_deadline != self.timers[0][0]:
+            self._arm(self.timers[0][0])
 
     def at_round_end(self, callback: TimerCallback) -> None:
         """Call once the events of this poll round are handled: work

@@ -44,6 +44,7 @@ from .loop import (
     accept_ready,
     close_socket,
 )
+from .outbound import DEFAULT_OUTBOUND
 
 SO_PEEK_OFF = 42
 SO_MEMINFO = 55
@@ -59,6 +60,10 @@ SYN_ACK = SYN | ACK
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
 WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
+# flow timers come due at multiples of this (a power of two: exact in a
+# float), so that those of many flows share a wakeup: every connection has
+# one to retransmit its SYN-ACK, and another to end its linger
+TIMER_GRAIN = 1 / 32
 # plain ints: socket's MSG_* are enum flags, and each | of them builds a
 # new enum member in Python code (a microsecond per call on the hot path)
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
@@ -85,7 +90,10 @@ class TcpListener:
 class Flow:
     """A TcpConn and its socket; ``sock`` is None once closed (lingering).
     ``drained``: the last peek found the socket's queue empty, so until a
-    new edge (or a rewind) there is nothing to peek however the window grows.
+    new edge (or a rewind) there is nothing to peek however the window grows;
+    a new flow starts so, its socket not yet registered: registering an
+    edge-triggered socket that has data raises the first edge (a peek at
+    the handshake's end would only fail, a syscall and an exception).
     ``tracked``: in the flow table (a flag, not a lookup, on every event).
     ``fallback``: ``--clat``, an inbound IPv6 connection offered to the guest
     over IPv6: the IPv4 address it is offered from instead if the guest
@@ -101,7 +109,7 @@ class Flow:
         self.recheck: Timer | None = None
         self.recheck_delay = WINDOW_RECHECK
         self.want_out = False
-        self.drained = False
+        self.drained = True
         self.tracked = False
         self.fallback: bytes | None = None
 
@@ -116,11 +124,14 @@ class TcpHandler:
         ``tso``: the link takes frames beyond the MTU (pasta's tap)."""
         self.loop, self.net, self.addrmap, self.log = ctx.loop, ctx.net, ctx.addrmap, ctx.log
         self.tso = tso
-        self.outbound = ctx.outbound
+        # None without -o/--outbound-if*: nothing to bind, and prepare's
+        # look at the socket's family (an IntEnum made in Python) is saved
+        self.outbound = None if ctx.outbound == DEFAULT_OUTBOUND else ctx.outbound
         self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
         self.secret = secret
         self.verify = ctx.config.verify_checksums
         self.flows: FlowSection[Flow] = ctx.flows.section(IPPROTO_TCP)
+        self.find = self.flows.finder()
         self.buffer = bytearray(PEEK_BUFFER)
         self.view = memoryview(self.buffer)
         self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}
@@ -147,11 +158,13 @@ class TcpHandler:
     def on_guest_segment(self, inb: Inbound, now: float) -> None:
         """A TCP frame from the guest; :class:`~passt_sep.packet.Drop` if malformed."""
         seg = tcp_wire.parse_tcp(inb, self.verify)
-        key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
-        flow = self.flows.get(key)
+        # a plain tuple finds a FlowKey (equal, same hash) without FlowKey's
+        # __new__ in Python; a new flow makes its FlowKey
+        flow = self.find((IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport))
         if flow is not None and flow.fallback is None and seg.flags & SYN_ACK != SYN:
             self._handle(flow, flow.conn.on_guest_segment(seg, now), now)
             return                      # the common segment: no SYN, no --clat retry
+        key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
         self._unusual_segment(seg, inb, key, flow, now)
 
     def _unusual_segment(self, seg: tcp_wire.TcpSegment, inb: Inbound, key: FlowKey,
@@ -195,14 +208,17 @@ class TcpHandler:
             self._refuse(seg, inb)
             return
         try:
-            self.outbound.prepare(sock)
+            if self.outbound is not None:
+                self.outbound.prepare(sock)
         except OSError as exc:
             sock.close()
             self.loop.counters.add("tcp_bind_error")
             self.log.ratelimited("tcp_bind", 4, f"cannot bind outbound socket: {exc.strerror}")
             self._refuse(seg, inb)
             return
-        self._tune(sock, seg.mss)
+        if seg.mss in MAXSEG_RANGE:       # before the connect: our SYN's MSS follows it
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, seg.mss)
+        self._tune(sock)
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
         conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now, self.tso)
         flow = Flow(conn, sock, key)
@@ -212,13 +228,12 @@ class TcpHandler:
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(flow, now)
 
-    def _tune(self, sock: socket.socket, guest_mss: int | None) -> None:
-        """No Nagle (the guest already segmented), the peek offset on, and
-        the guest's MSS mirrored where Linux takes it."""
+    @staticmethod
+    def _tune(sock: socket.socket) -> None:
+        """No Nagle (the guest already segmented), and the peek offset on
+        (an outbound socket's MSS, TCP_MAXSEG, is the guest's too)."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        if guest_mss in MAXSEG_RANGE:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, guest_mss)
 
     def _track(self, flow: Flow, events: int) -> None:
         """Into the table, and its socket into the loop: the socket's events
@@ -256,11 +271,13 @@ class TcpHandler:
         rest is bookkeeping that can follow while it answers."""
         for frame in actions.frames:
             self.send_frame(frame)
-        if actions.drop is not None:
-            self.loop.counters.add(actions.drop)
-        if actions.reset:
-            self._forget(flow, reset=True)
-            return None
+        unusual = actions.unusual
+        if unusual:
+            if actions.drop is not None:
+                self.loop.counters.add(actions.drop)
+            if actions.reset:
+                self._forget(flow, reset=True)
+                return None
         written = None
         sock = flow.sock
         if sock is not None:
@@ -268,24 +285,30 @@ class TcpHandler:
                 written = self._write(sock, actions.to_socket)
                 if written == WRITE_FAILED:
                     return written
-            if actions.window_clamp is not None:
+            if unusual and actions.window_clamp is not None:
                 self._clamp_window(sock, actions.window_clamp)
             if actions.acked:
                 self._discard(sock, actions.acked)
-            if actions.retransmit:
-                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-                flow.drained = False
-                self.loop.counters.add("tcp_retransmit")
-            if actions.shutdown_write:
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-            if actions.closed:
-                self._close_socket(flow)
-        if actions.forget:
+            if unusual:
+                self._socket_ends(flow, sock, actions)
+        if unusual and actions.forget:
             self._forget(flow)
         return written
+
+    def _socket_ends(self, flow: Flow, sock: socket.socket, actions: tcp.Actions) -> None:
+        """The rest of an unusual Actions' socket operations, in order:
+        rewind the peek, shut the socket for writing, close it."""
+        if actions.retransmit:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            flow.drained = False
+            self.loop.counters.add("tcp_retransmit")
+        if actions.shutdown_write:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        if actions.closed:
+            self._close_socket(flow)
 
     @staticmethod
     def _clamp_window(sock: socket.socket, clamp: int) -> None:
@@ -467,8 +490,13 @@ class TcpHandler:
     # -- timers and the end of flows --------------------------------------------------
     def _schedule(self, flow: Flow, deadline: float | None) -> None:
         """One loop timer per flow, moved only when the deadline comes
-        earlier; a timer that fires early just schedules the next one."""
+        earlier; a timer that fires early just schedules the next one.  It
+        fires up to TIMER_GRAIN late: TCP's deadlines are a second or more
+        away, and timers due together cost one wakeup of the loop, not one
+        each with a timerfd read and re-arm."""
         timer = flow.timer
+        if deadline is not None:
+            deadline = -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
         if timer is not None and timer.callback is not None:
             if deadline is not None and timer.deadline <= deadline:
                 return
@@ -578,7 +606,7 @@ class TcpHandler:
         connection costs no more than its reset."""
         fd = sock.fileno()
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-        self._tune(sock, None)
+        self._tune(sock)
 
     @staticmethod
     def _refused_syn(flow: Flow, seg: tcp_wire.TcpSegment) -> bool:

@@ -105,6 +105,24 @@ def test_parse_syn_options_and_fields() -> None:
     assert bytes(seg.payload) == b""
 
 
+@pytest.mark.parametrize(("options", "expected"), [
+    (bytes.fromhex("01030307" "020405b4" "0402" "080a0000000700000000"),   # reordered
+     (1460, 7, True)),
+    (bytes.fromhex("020405b4" "0101" "080a0000000700000000" "01030307"),   # no SACK
+     (1460, 7, False)),
+    (bytes.fromhex("02040000" "0402" "080a0000000700000000" "01030307"),   # MSS 0
+     (None, 7, True)),
+    (bytes.fromhex("020405b4" "0402" "080a0000000700000000" "0103030f"),   # shift 15
+     (1460, 14, True)),
+])
+def test_parse_options_of_linux_syn_size_in_other_layouts(
+        options: bytes, expected: tuple[int | None, int, bool]) -> None:
+    """Linux's SYN options are read in one unpack; 20 bytes in any other
+    layout (or values out of range) mean the same as to the general loop."""
+    seg, _ = Guest().seg(GUEST_ISN, 0, SYN, 64240, options=options)
+    assert (seg.mss, seg.wscale, seg.sack_permitted, seg.timestamp) == (*expected, (7, 0))
+
+
 def test_parse_payload_without_options() -> None:
     seg, _ = Guest().seg(5, 6, ACK | PSH, 100, payload=b"hello")
     assert (seg.mss, seg.wscale, seg.sack_permitted, seg.timestamp) == (None, None, False, None)

@@ -109,6 +109,22 @@ def test_a_connection_carries_data_both_ways_within_the_guest_window(rig: Rig, s
     assert handler.active_flows() == 1
 
 
+def test_the_host_socket_takes_the_guests_mss_no_nagle_and_a_peek_offset(
+        rig: Rig, server: Server, v6: bool) -> None:
+    """Its SYN offers the guest's MSS (TCP_MAXSEG before the connect)."""
+    handler = rig.tcp()
+    guest = TcpGuest(rig, handler, v6, peer_port=server.port)
+    guest.send(SYN, window=64240, options=bytes.fromhex("020403e8"))    # MSS 1000
+    [synack] = guest.wait("SYN-ACK")
+    assert synack.flags == SYN | ACK
+    host = guest.host_socket()
+    # loopback's MSS is 65483 else; timestamps take 12 bytes of each segment
+    assert host.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG) in (1000, 1000 - 12)
+    assert host.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert host.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == 0
+    server.accept().close()
+
+
 def test_an_accepted_connection_becomes_a_syn_to_the_guest(rig: Rig, v6: bool) -> None:
     """A forwarded port: a client connects on the host's loopback, the guest
     gets a SYN from the gateway's address (loopback, as it sees it)."""
@@ -177,7 +193,7 @@ def test_a_retransmission_timeout_peeks_the_same_bytes_again(rig: Rig, server: S
     data = pattern(3 * MSS)
     peer.sendall(data)
     first = guest.wait_data(len(data))
-    rig.loop.run_due_timers(rig.loop.timers[0].deadline + tcp.ACK_TIMEOUT)
+    rig.loop.run_due_timers(rig.loop.timers[0][0] + tcp.ACK_TIMEOUT)
     [again] = guest.take()               # recovering: one segment at a time
     assert (again.seq, bytes(again.payload)) == (first[0].seq, bytes(first[0].payload))
     assert rig.loop.counters.get("tcp_retransmit_timeout") == 1
