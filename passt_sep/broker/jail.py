@@ -46,6 +46,8 @@ class JailError(Exception):
 
 @dataclass(frozen=True)
 class Identity:
+    """A uid and gid to run as."""
+
     uid: int
     gid: int
 
@@ -126,6 +128,9 @@ def become(identity: Identity) -> None:
 
 
 def _drop_privileges(identity: Identity | None, keep_net_bind: bool) -> None:
+    """Every capability gone from every set but ``CAP_NET_BIND_SERVICE``
+    when kept (in the bounding, permitted and effective sets); no new
+    privileges; not dumpable."""
     kept = (prctl.CAP_NET_BIND_SERVICE,) if keep_net_bind else ()
     prctl.capbset.limit(*kept)
     if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0:
