@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -26,31 +25,19 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from glue import (  # noqa: E402
-    ADDRMAP,
     GUEST_MAC,
     LINUX_SYN_OPTIONS,
     NET,
     Server,
     gateway,
     guest_addr,
-    inbound,
     readable,
 )
-from rr_count import Tally  # noqa: E402
+from rr_count import Tally, guest_segments, tap_path  # noqa: E402
 
 from passt_sep import tcp_wire  # noqa: E402
-from passt_sep.flow import FlowTable  # noqa: E402
-from passt_sep.handoff import WorkerConfig  # noqa: E402
-from passt_sep.packet import IPPROTO_TCP  # noqa: E402
-from passt_sep.ports import Mode  # noqa: E402
-from passt_sep.system.log import Logger  # noqa: E402
 from passt_sep.tap import VNET_HDR_SIZE  # noqa: E402
 from passt_sep.tcp_wire import ACK, FIN, MASK, PSH, SYN, TcpSegment  # noqa: E402
-from passt_sep.worker.context import GuestMac, WorkerContext  # noqa: E402
-from passt_sep.worker.guest import Capture, TapLink  # noqa: E402
-from passt_sep.worker.loop import Loop  # noqa: E402
-from passt_sep.worker.services import GuestServices  # noqa: E402
-from passt_sep.worker.tcp_io import TcpHandler  # noqa: E402
 
 Round = Callable[[float], None]
 FIRST_PORT, PORTS = 20000, 40000
@@ -60,15 +47,7 @@ class Bench:
     """The worker's tap path and a peer that echoes one byte and closes."""
 
     def __init__(self, v6: bool) -> None:
-        self.loop = Loop()
-        worker_end, self.tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.ends = (worker_end, self.tap)
-        log = Logger("conn_count")
-        link = TapLink(self.loop, worker_end.fileno(), Capture(None), log, NET.mtu)
-        config = WorkerConfig(mode=Mode.PASTA, max_flows=4096)
-        ctx = WorkerContext(self.loop, log, config, NET, link, ADDRMAP, FlowTable(4096),
-                            guest_mac=GuestMac(GUEST_MAC))
-        link.start(GuestServices(ctx, None, tcp=TcpHandler(ctx, [], bytes(16), tso=True)))
+        self.loop, self.tap, self.ends = tap_path("conn_count", 4096)
         self.server = Server(v6=v6)
         self.server.sock.listen(512)
         self.me, self.peer_addr = guest_addr(v6), gateway(v6)
@@ -88,21 +67,10 @@ class Bench:
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             rounds(0.1)
-            for seg in self.segments():
+            for seg in guest_segments(self.tap):
                 if seg.dport == self.port and seg.flags & flags == flags:
                     return seg
         raise SystemExit(f"no segment with flags {flags:#x} from the handler")
-
-    def segments(self) -> list[TcpSegment]:
-        found = []
-        while True:
-            try:
-                data = self.tap.recv(1 << 17, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return found
-            inb = inbound(data[VNET_HDR_SIZE:])
-            if inb.proto == IPPROTO_TCP:
-                found.append(tcp_wire.parse_tcp(inb))
 
     def connection(self, rounds: Round) -> None:
         """A Linux guest's connect, send, receive and close, the peer's

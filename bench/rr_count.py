@@ -55,19 +55,40 @@ SYSCALLS = {"epoll.poll", "readv", "writev", "socket.send", "socket.recv_into",
             "epoll.unregister"}     # not seen here: socket() and timerfd_settime (ctypes)
 
 
+def tap_path(name: str, max_flows: int) -> tuple[Loop, socket.socket,
+                                                 tuple[socket.socket, socket.socket]]:
+    """The worker's loop with a TapLink, GuestServices and a TcpHandler
+    (``tso``) on one end of a SEQPACKET socketpair; the guest's end, and
+    both ends to keep open."""
+    loop = Loop()
+    worker_end, tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    log = Logger(name)
+    link = TapLink(loop, worker_end.fileno(), Capture(None), log, NET.mtu)
+    config = WorkerConfig(mode=Mode.PASTA, max_flows=max_flows)
+    ctx = WorkerContext(loop, log, config, NET, link, ADDRMAP, FlowTable(max_flows),
+                        guest_mac=GuestMac(GUEST_MAC))
+    link.start(GuestServices(ctx, None, tcp=TcpHandler(ctx, [], bytes(16), tso=True)))
+    return loop, tap, (worker_end, tap)
+
+
+def guest_segments(tap: socket.socket) -> list[TcpSegment]:
+    """Our TCP segments waiting on the guest's end."""
+    found = []
+    while True:
+        try:
+            data = tap.recv(1 << 17, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return found
+        inb = inbound(data[VNET_HDR_SIZE:])
+        if inb.proto == IPPROTO_TCP:
+            found.append(tcp_wire.parse_tcp(inb))
+
+
 class Bench:
     """One established flow through the tap path, and its echoing peer."""
 
     def __init__(self, v6: bool) -> None:
-        self.loop = Loop()
-        worker_end, self.tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.ends = (worker_end, self.tap)
-        log = Logger("rr_count")
-        link = TapLink(self.loop, worker_end.fileno(), Capture(None), log, NET.mtu)
-        config = WorkerConfig(mode=Mode.PASTA, max_flows=16)
-        ctx = WorkerContext(self.loop, log, config, NET, link, ADDRMAP, FlowTable(16),
-                            guest_mac=GuestMac(GUEST_MAC))
-        link.start(GuestServices(ctx, None, tcp=TcpHandler(ctx, [], bytes(16), tso=True)))
+        self.loop, self.tap, self.ends = tap_path("rr_count", 16)
         self.server = Server(v6=v6)
         self.me, self.peer_addr = guest_addr(v6), gateway(v6)
         self.seq, self.ack = 1000, 0
@@ -87,23 +108,11 @@ class Bench:
         self.seq += len(payload) + bool(flags & SYN)
         self.tap.send(bytes(VNET_HDR_SIZE) + bytes(frame))
 
-    def segments(self) -> list[TcpSegment]:
-        """Our TCP segments waiting on the guest's end."""
-        found = []
-        while True:
-            try:
-                data = self.tap.recv(1 << 17, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return found
-            inb = inbound(data[VNET_HDR_SIZE:])
-            if inb.proto == IPPROTO_TCP:
-                found.append(tcp_wire.parse_tcp(inb))
-
     def wait_segment(self) -> TcpSegment:
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             self.loop.poll_once(0.1)
-            found = self.segments()
+            found = guest_segments(self.tap)
             if found:
                 return found[-1]
         raise SystemExit("no answer from the handler")
@@ -114,7 +123,7 @@ class Bench:
         rounds(0.5)
         self.peer.send(self.peer.recv(1))
         rounds(0.5)
-        reply = [seg for seg in self.segments() if len(seg.payload)]
+        reply = [seg for seg in guest_segments(self.tap) if len(seg.payload)]
         if not reply:
             raise SystemExit("no response reached the guest")
         self.ack = (reply[-1].seq + 1) & MASK
