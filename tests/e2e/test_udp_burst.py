@@ -57,6 +57,15 @@ def tap_stats(stats: str) -> tuple[int, int]:
     return tap["stats64"]["tx"]["dropped"], rcvbuf_errors(snmp)
 
 
+ICMP6_OUT = "awk '/^Icmp6OutMsgs/ {print $2}' /proc/net/snmp6"
+
+
+def icmp6_out(snmp: str) -> int:
+    """ICMPv6 messages a namespace's kernel has sent (``Icmp6OutMsgs``)."""
+    return next(int(line.split()[1]) for line in snmp.splitlines()
+                if line.startswith("Icmp6OutMsgs"))
+
+
 class Served:
     """pasta-sep running ``script`` in its namespace; after the script, the
     namespace's statistics, then it waits until ``finish``."""
@@ -116,7 +125,8 @@ def test_burst_from_the_namespace(topo: Topology, pasta: str, shared_tmp, remote
     topo.wait_listening(7500, "udp")
     burst = f"{PY} {PEERS} udp-burst {remote} 7500"
     served = Served(topo, pasta, str(shared_tmp),      # neighbours resolved, then the burst
-                    f"{burst} 0 >/dev/null; echo ready; read go; {burst} {count}")
+                    f"{burst} 0 >/dev/null; {ICMP6_OUT}; echo ready; read go; {burst} {count}")
+    icmp6_before = int(served.line())
     assert served.line() == "ready"
     if stalled:
         served.worker(signal.SIGSTOP)
@@ -132,7 +142,11 @@ def test_burst_from_the_namespace(topo: Topology, pasta: str, shared_tmp, remote
     report("namespace -> remote", count, got, counted)
     if not stalled:
         assert got >= count * DELIVERED
-    assert sum(counted.values()) == count - got
+    # the tap's tx_dropped also counts the namespace's own frames that met
+    # the full queue meanwhile (its IPv6 neighbour probes): at most as many
+    # as the ICMPv6 messages it sent since the burst began
+    others = icmp6_out(stats) - icmp6_before
+    assert count - got <= sum(counted.values()) <= count - got + others, others
 
 
 @pytest.mark.parametrize("count, stalled", CASES)
