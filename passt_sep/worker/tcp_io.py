@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from .. import tcp, tcp_wire
 from ..flow import FlowKey, FlowSection
+from ..fwd import unmapped
 from ..packet import IPPROTO_TCP, Inbound
 from ..tcp import State
 from ..tcp_wire import ACK, RST, SYN
@@ -555,9 +556,8 @@ class TcpHandler:
 
     def _inbound(self, sock: socket.socket, listener: TcpListener, address: tuple,
                  now: float) -> None:
-        peer = socket.inet_pton(listener.family, address[0].split("%")[0])
-        if peer[:12] == bytes(10) + b"\xff\xff":
-            peer = peer[12:]                        # IPv4 on a dual-stack listener
+        # an IPv4 peer of a dual-stack listener as the IPv4 address it is
+        peer = unmapped(socket.inet_pton(listener.family, address[0].split("%")[0]))
         if self.divert is not None and self.divert(sock, listener.target_port, peer):
             return                                  # taken by the loopback splice path
         params = self.net.ipv6 if len(peer) == 16 else self.net.ipv4
