@@ -110,6 +110,7 @@ from .tcp_wire import (
     RST,
     SYN,
     TCP_HLEN,
+    Frame,
     FrameTemplate,
     TcpSegment,
     syn_options,
@@ -185,7 +186,7 @@ class Actions:
     ``closed`` and ``forget``: without it neither ``clear`` nor the I/O
     layer looks at them (most inputs only move data and ACKs)."""
 
-    frames: list[bytearray] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
     to_socket: memoryview | None = None
     acked: int = 0
     send_more: bool = False
@@ -359,8 +360,8 @@ class TcpConn:
             return 0
         return min(self.rcv_window >> self.our_wscale, 0xFFFF)
 
-    def _ack(self) -> bytearray:
-        return self.tx.build(self.snd_nxt, self.rcv_nxt, ACK, self._window_field())
+    def _ack(self) -> Frame:
+        return self.tx.ack(self.snd_nxt, self.rcv_nxt, self._window_field())
 
     def _rst(self) -> bytearray:
         return self.tx.build(self.snd_nxt, self.rcv_nxt, RST | ACK, 0)
@@ -590,8 +591,8 @@ class TcpConn:
         if fin and accepted == length:
             self._guest_fin(actions, now)
         else:
-            actions.frames.append(self.tx.build(self.snd_nxt, self.rcv_nxt, ACK,
-                                                self._window_field()))
+            actions.frames.append(self.tx.ack(self.snd_nxt, self.rcv_nxt,
+                                              self._window_field()))
         actions.deadline = self.next_deadline()
         return actions
 
@@ -643,10 +644,10 @@ class TcpConn:
         idle = self.snd_max == self.snd_una
         size = len(data)
         window = 0 if self.socket_full else min(self.rcv_window >> self.our_wscale, 0xFFFF)
-        build, ack, seq = self.tx.build, self.rcv_nxt, self.snd_nxt
+        segment, ack, seq = self.tx.segment, self.rcv_nxt, self.snd_nxt
         frames = actions.frames
         if size <= self.snd_mss:                      # one segment: no slicing
-            frames.append(build(seq, ack, ACK | PSH, window, data))
+            frames.append(segment(seq, ack, ACK | PSH, window, data))
             self.snd_nxt = nxt = (seq + size) & MASK
         else:
             self.snd_nxt = nxt = self._segments(frames, data, seq, ack, window)
@@ -660,17 +661,17 @@ class TcpConn:
         actions.deadline = self.next_deadline()
         return actions
 
-    def _segments(self, frames: list[bytearray], data: memoryview, seq: int, ack: int,
+    def _segments(self, frames: list[Frame], data: memoryview, seq: int, ack: int,
                   window: int) -> int:
         """Frames for ``data``, more than one segment, at ``seq``; PSH on
         the last.  Returns the sequence number after them."""
-        step, size, build = self._frame_payload(), len(data), self.tx.build
+        step, size, segment = self._frame_payload(), len(data), self.tx.segment
         start = 0
         while size - start > step:
-            frames.append(build(seq, ack, ACK, window, data[start:start + step]))
+            frames.append(segment(seq, ack, ACK, window, data[start:start + step]))
             seq = (seq + step) & MASK
             start += step
-        frames.append(build(seq, ack, ACK | PSH, window, data[start:] if start else data))
+        frames.append(segment(seq, ack, ACK | PSH, window, data[start:] if start else data))
         return (seq + size - start) & MASK
 
     def _frame_payload(self) -> int:
@@ -693,12 +694,12 @@ class TcpConn:
             self._maybe_fin(actions.frames, now)
         return self._done(actions)
 
-    def _maybe_fin(self, frames: list[bytearray], now: float) -> None:
+    def _maybe_fin(self, frames: list[Frame], now: float) -> None:
         in_flight = (self.snd_nxt - self.snd_una) & MASK
         if (self.sock_eof and not self.fin_sent and self.state is State.ESTABLISHED
                 and self.snd_nxt == self.fin_seq and self.guest_window > in_flight):
-            frames.append(self.tx.build(self.fin_seq, self.rcv_nxt, FIN | ACK,
-                                        self._window_field()))
+            frames.append(self.tx.segment(self.fin_seq, self.rcv_nxt, FIN | ACK,
+                                          self._window_field()))
             self.fin_sent = True
             self.snd_nxt = (self.fin_seq + 1) & MASK
             if seq_lt(self.snd_max, self.snd_nxt):
@@ -762,8 +763,8 @@ class TcpConn:
         if self.snd_max == self.snd_una:
             if not self.guest_window:
                 # zero-window probe: an old sequence number makes the guest answer
-                actions.frames.append(self.tx.build((self.snd_una - 1) & MASK, self.rcv_nxt,
-                                                    ACK, self._window_field()))
+                actions.frames.append(self.tx.ack((self.snd_una - 1) & MASK, self.rcv_nxt,
+                                                  self._window_field()))
                 self.rto = min(self.rto * 2, MAX_RTO)
                 self.rtx_deadline = now + self.rto
             return

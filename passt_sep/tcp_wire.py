@@ -47,7 +47,16 @@ _TIMESTAMPS = struct.Struct("!II")
 # MSS; SACK-permitted and timestamps; NOP and window scale: the kinds and
 # lengths as strings, the values as numbers
 _LINUX_SYN = struct.Struct("!2sH4sII3sB")
+# a frame without options whole, from the template's constant parts (s) and
+# the fields of the frame: IPv4's total length and checksum, IPv6's payload
+# length; sequence and acknowledgement numbers, offset and flags, window,
+# checksum; the urgent pointer zero (x)
+_SEGMENT4 = struct.Struct("!16sH6sH12sIIHHH2x")
+_SEGMENT6 = struct.Struct("!18sH38sIIHHH2x")
+_ACK_FIELDS = struct.Struct("!IIHH")     # a bare ACK's seq, ack, offset+flags, window
+DATA_OFFSET = TCP_HLEN << 10             # the offset field of a header without options
 _new_tuple = tuple.__new__
+Frame = bytes | bytearray                # what FrameTemplate makes
 
 
 class TcpSegment(NamedTuple):
@@ -141,13 +150,20 @@ class FrameTemplate:
     each frame fills in lengths, sequence numbers, flags and checksums.
     ``partial``: for a link that completes TCP checksums (pasta's tap, with
     segmentation offload), the checksum field holds only the
-    pseudo-header's sum, and no byte of the segment is summed here."""
+    pseudo-header's sum, and no byte of the segment is summed here.
 
-    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum", "partial")
+    With ``partial``, the commonest frames have paths of their own: a bare
+    ACK (``ack``) is a prepared frame with its numbers and window packed
+    in, and a frame without options (``segment``: data, a FIN) its headers
+    packed in one call from the constant parts; ``build`` makes any other.
+    Frames are new objects: one handed to the link is never changed later
+    (a link may keep it queued)."""
+
+    __slots__ = ("prefix", "l4", "v6", "ip_sum", "pseudo_sum", "partial", "head", "middle",
+                 "tail", "ack_frame")
 
     def __init__(self, dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes,
                  sport: int, dport: int, partial: bool = False) -> None:
-        self.partial = partial
         self.v6 = len(src) == 16
         if self.v6:
             eth = _ETH.pack(dst_mac, src_mac, ETH_P_IPV6)
@@ -158,8 +174,17 @@ class FrameTemplate:
             ip = _IPV4.pack(0x45, 0, 0, 0, IP_DF, TTL, IPPROTO_TCP, 0, src, dst)
             self.ip_sum = ones_sum(ip)
         self.l4 = len(eth) + len(ip)
-        self.prefix = eth + ip + struct.pack("!HH", sport, dport) + bytes(TCP_HLEN - 4)
+        ports = struct.pack("!HH", sport, dport)
+        self.prefix = eth + ip + ports + bytes(TCP_HLEN - 4)
         self.pseudo_sum = checksum_fold(ones_sum(src + dst) + IPPROTO_TCP)
+        # what _SEGMENT4 or _SEGMENT6 take as they are: before the first
+        # length, between it and the next field, after the IP header
+        self.head = self.prefix[:ETH_HLEN + (4 if self.v6 else 2)]
+        self.middle = self.prefix[ETH_HLEN + 4:ETH_HLEN + 10]
+        self.tail = self.prefix[ETH_HLEN + (6 if self.v6 else 12):self.l4 + 4]
+        self.partial = True               # the prepared ACK's checksum is partial
+        self.ack_frame = bytes(self.segment(0, 0, ACK, 0))
+        self.partial = partial
 
     def build(self, seq: int, ack: int, flags: int, window: int,
               payload: bytes | memoryview = b"", options: bytes = b"") -> bytearray:
@@ -192,6 +217,33 @@ class FrameTemplate:
             total = ones_sum(view[l4:]) + self.pseudo_sum + l4_len
         _U16.pack_into(frame, l4 + 16, ~checksum_fold(total) & 0xFFFF)
         return frame
+
+    def ack(self, seq: int, ack: int, window: int) -> Frame:
+        """A bare ACK: with ``partial``, the prepared one with ``seq``,
+        ``ack`` and ``window`` packed in."""
+        if not self.partial:
+            return self.build(seq, ack, ACK, window)
+        frame = bytearray(self.ack_frame)
+        _ACK_FIELDS.pack_into(frame, self.l4 + 4, seq, ack, DATA_OFFSET | ACK, window)
+        return frame
+
+    def segment(self, seq: int, ack: int, flags: int, window: int,
+                payload: bytes | memoryview = b"") -> Frame:
+        """A frame without options (data, an ACK, a FIN): with ``partial``,
+        its headers in one pack (the sums folded in line as in ``build``)."""
+        if not self.partial:
+            return self.build(seq, ack, flags, window, payload)
+        l4_len = TCP_HLEN + len(payload)
+        pseudo = self.pseudo_sum + l4_len
+        if self.v6:
+            return _SEGMENT6.pack(self.head, l4_len, self.tail, seq, ack, DATA_OFFSET | flags,
+                                  window, (pseudo & 0xFFFF) + (pseudo >> 16)) + payload
+        total = l4_len + IPV4_HLEN
+        ip_sum = self.ip_sum + total
+        return _SEGMENT4.pack(self.head, total, self.middle,
+                              ~((ip_sum & 0xFFFF) + (ip_sum >> 16)) & 0xFFFF, self.tail,
+                              seq, ack, DATA_OFFSET | flags, window,
+                              (pseudo & 0xFFFF) + (pseudo >> 16)) + payload
 
 
 def build_tcp_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,

@@ -212,6 +212,36 @@ def test_built_frames_carry_correct_checksums(v6: bool, payload: bytes) -> None:
     assert len(frame) == 14 + (40 if v6 else 20) + 24 + len(payload)
 
 
+@pytest.mark.parametrize("v6", [False, True])
+@given(seq=st.integers(0, tcp_wire.MASK), ack=st.integers(0, tcp_wire.MASK),
+       window=st.integers(0, 0xFFFF), flags=st.sampled_from([ACK, ACK | PSH, FIN | ACK, RST]),
+       size=st.sampled_from([0, 1, 2, 1459, 1460, 60000]))
+def test_template_fast_paths_build_what_build_does(v6: bool, seq: int, ack: int, window: int,
+                                                   flags: int, size: int) -> None:
+    """``ack`` and ``segment`` are ``build`` without options, cheaper; with
+    and without ``partial`` (a template may change it: vhost-user's offload)."""
+    guest = Guest(v6)
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for partial in (True, False):
+        tx = tcp_wire.FrameTemplate(GUEST_MAC, NET.our_mac, guest.peer, guest.addr, PPORT,
+                                    GPORT, not partial)
+        tx.partial = partial
+        assert bytes(tx.segment(seq, ack, flags, window, payload)) == bytes(
+            tx.build(seq, ack, flags, window, payload))
+        assert bytes(tx.ack(seq, ack, window)) == bytes(tx.build(seq, ack, ACK, window))
+
+
+def test_template_frames_are_new_objects() -> None:
+    """A frame handed to a link may wait there (vhost-user's queue): the
+    next one must not be the same buffer, changed."""
+    tx = tcp_wire.FrameTemplate(GUEST_MAC, NET.our_mac, PEER4, GUEST4, PPORT, GPORT, True)
+    first = tx.ack(1, 2, 3)
+    kept = bytes(first)
+    tx.ack(4, 5, 6)
+    tx.segment(7, 8, ACK, 9, b"x")
+    assert bytes(first) == kept
+
+
 # -- outbound handshake ---------------------------------------------------------------------
 def test_guest_syn_waits_for_connect_then_syn_ack_fields() -> None:
     guest = Guest()
