@@ -104,6 +104,8 @@ class Frames:
     def send(self, frame: bytes | bytearray) -> None:
         self.frames.append(bytes(frame))
 
+    send_tcp = send
+
     def __len__(self) -> int:
         return len(self.frames)
 

@@ -27,9 +27,13 @@ BROADCAST_MAC = b"\xff" * 6
 
 
 class FrameSink(Protocol):
-    """Where frames for the guest go: the guest link's ``send``."""
+    """Where frames for the guest go: the guest link's ``send``, and
+    ``send_tcp`` for those of ``tcp_wire.FrameTemplate`` (a link may know
+    more of them than of any frame)."""
 
     def send(self, frame: bytes) -> None: ...
+
+    def send_tcp(self, frame: bytes) -> None: ...
 
 
 class GuestMac:

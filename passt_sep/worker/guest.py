@@ -24,6 +24,7 @@ from ..packet import ETH_HLEN
 from ..pcap import record
 from ..system.log import Logger
 from ..tap import (
+    TCP_CSUM_HEADERS,
     VNET_HDR_SIZE,
     FramingError,
     StreamDecoder,
@@ -136,6 +137,20 @@ class TapLink:
             self.capture.frame(frame)
         try:                                  # _write, in line: a frame per segment
             os.writev(self.fd, [vnet_header(frame, self.largest), frame])
+        except OSError as exc:
+            self._write_failed(exc)
+
+    def send_tcp(self, frame: bytes) -> None:
+        """A frame of ``tcp_wire.FrameTemplate`` (or ``rst_for_unknown``):
+        its virtio-net header by the ethertype alone, up to the MTU; the
+        kernel cuts one beyond it (``vnet_header``)."""
+        if self.capture.fd is not None:
+            self.capture.frame(frame)
+        largest = self.largest
+        header = (TCP_CSUM_HEADERS[frame[12]] if len(frame) <= largest
+                  else vnet_header(frame, largest))
+        try:
+            os.writev(self.fd, [header, frame])
         except OSError as exc:
             self._write_failed(exc)
 
@@ -265,6 +280,8 @@ class StreamLink:
         self.out += frame
         if len(self.out) == len(frame) + 4:
             self._flush()
+
+    send_tcp = send
 
     def _flush(self) -> None:
         assert self.conn is not None

@@ -128,7 +128,7 @@ class TcpHandler:
         # None without -o/--outbound-if*: nothing to bind, and prepare's
         # look at the socket's family (an IntEnum made in Python) is saved
         self.outbound = None if ctx.outbound == DEFAULT_OUTBOUND else ctx.outbound
-        self.send_frame, self.guest_mac = ctx.link.send, ctx.guest_mac
+        self.send_frame, self.guest_mac = ctx.link.send_tcp, ctx.guest_mac
         self.secret = secret
         self.verify = ctx.config.verify_checksums
         self.flows: FlowSection[Flow] = ctx.flows.section(IPPROTO_TCP)

@@ -326,6 +326,8 @@ class VhostUserLink:
             if queue.want_kicks():             # buffers came meanwhile
                 self._flush_pending()
 
+    send_tcp = send
+
     def _header(self, frame: bytes) -> bytes:
         if self.backend.offload:
             head = vnet_header(frame, self.largest)

@@ -80,6 +80,15 @@ def test_vnet_header_tcp_payload_needs_checksum_and_big_frames_segmentation(
     assert struct.unpack("<BBHHHH", big) == (1, gso_type, l4 + 20, LARGEST - l4 - 20, l4, 16)
 
 
+@pytest.mark.parametrize("addresses", [_V4, _V6])
+@pytest.mark.parametrize("size", [0, 1, 1000])
+def test_tcp_csum_headers_are_vnet_headers_of_template_frames(
+        addresses: tuple[bytes, bytes], size: int) -> None:
+    """TapLink.send_tcp's lookup gives what vnet_header would."""
+    frame = _tcp(addresses, b"x" * size)
+    assert tap.TCP_CSUM_HEADERS[frame[12]] == tap.vnet_header(frame, LARGEST)
+
+
 @pytest.mark.parametrize("headers_len, l4", [(42, 34), (62, 54)])
 def test_vnet_udp_header_checksum_and_segments(headers_len: int, l4: int) -> None:
     one = tap.vnet_udp_header(headers_len, 0)

@@ -11,6 +11,7 @@ import pytest
 
 from passt_sep.system.log import Logger
 from passt_sep.tap import VNET_HDR_SIZE
+from passt_sep.tcp_wire import ACK, build_tcp_frame
 from passt_sep.worker import guest
 from passt_sep.worker.guest import Capture, TapLink
 from passt_sep.worker.loop import Loop
@@ -102,5 +103,22 @@ def test_a_refused_uso_write_counts_every_datagram_it_carried() -> None:
     assert loop.counters.get("tap_full") == 3
     tap_link.send(bytes(60))
     assert loop.counters.get("tap_full") == 4
+    tap.close()
+    guest_end.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 20000])
+@pytest.mark.parametrize("v6", [False, True])
+def test_send_tcp_writes_what_send_does(size: int, v6: bool) -> None:
+    """TCP frames take a shorter way to the tap (TCP_CSUM_HEADERS up to
+    the MTU, GSO beyond): the same bytes as ``send`` writes."""
+    tap, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    link = TapLink(Loop(), tap.fileno(), Capture(None), Logger("test"), 1500)
+    addresses = (bytes(16), bytes(15) + b"\x01") if v6 else (bytes(4), bytes(3) + b"\x01")
+    frame = build_tcp_frame(bytes(6), bytes(6), *addresses, 80, 40000, 1, 2, ACK, 3,
+                            b"x" * size, partial=True)
+    link.send(frame)
+    link.send_tcp(frame)
+    assert guest_end.recv(1 << 16) == guest_end.recv(1 << 16)
     tap.close()
     guest_end.close()
