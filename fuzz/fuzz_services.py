@@ -3,7 +3,8 @@
 takes: Ethernet, ARP, IP, then DHCP, DHCPv6, NDP, echo, TCP or UDP.
 
 The handlers that would do I/O are stood in for by their sans-IO parts:
-TCP by ``parse_tcp`` and the RST for an unknown flow, UDP by
+TCP by ``parse_tcp`` (checked against ``parse_tcp_frame``, which parses
+the common frame first) and the RST for an unknown flow, UDP by
 ``parse_guest_datagram``, echo by ``parse_echo_request``.
 
 Input: one Ethernet frame, then two control bytes (from the end): the
@@ -26,6 +27,7 @@ from passt_sep import icmp, packet, tcp_wire, udp  # noqa: E402
 from passt_sep.config import parse_args  # noqa: E402
 from passt_sep.handoff import WorkerConfig  # noqa: E402
 from passt_sep.system.log import Logger  # noqa: E402
+from passt_sep.tcp_wire import TcpSegment  # noqa: E402
 from passt_sep.worker.context import WorkerContext  # noqa: E402
 from passt_sep.worker.loop import Counters  # noqa: E402
 from passt_sep.worker.services import GuestServices  # noqa: E402
@@ -58,6 +60,18 @@ class _Tcp:
 
     def on_guest_segment(self, inb: packet.Inbound, now: float) -> None:
         seg = tcp_wire.parse_tcp(inb, self.verify)
+        reply = tcp_wire.rst_for_unknown(seg, inb, common.NET.our_mac)
+        if reply is not None:
+            self.sent.append(reply)
+
+    def on_segment(self, seg: TcpSegment, src: bytes, dst: bytes, frame: memoryview,
+                   now: float) -> None:
+        """Parsed in one go (tcp_wire.parse_tcp_frame): the general parsers
+        must take the frame and agree."""
+        inb = packet.parse_ip_frame(packet.parse_ethernet(frame))
+        assert (inb.src, inb.dst) == (src, dst)
+        assert tcp_wire.parse_tcp(inb, self.verify)._replace(payload=b"") == \
+            seg._replace(payload=b"")
         reply = tcp_wire.rst_for_unknown(seg, inb, common.NET.our_mac)
         if reply is not None:
             self.sent.append(reply)

@@ -47,12 +47,20 @@ def check(data: bytes) -> None:
     mode = fdp.ConsumeIntInRange(0, 255)
     isn = OUR_ISNS[fdp.ConsumeIntInRange(0, 255) % len(OUR_ISNS)]
     take = fdp.ConsumeIntInRange(0, 255)
-    _, inb = common.layers(common.rest(fdp))
+    frame = common.rest(fdp)
+    fast = tcp_wire.parse_tcp_frame(memoryview(frame), bool(mode & 1))
+    _, inb = common.layers(frame)
     if inb is None or inb.proto != packet.IPPROTO_TCP:
+        assert fast is None
         return
     seg = common.guarded(ALLOWED, tcp_wire.parse_tcp, inb, bool(mode & 1))
     if seg is None:
+        assert fast is None
         return
+    if fast is not None:                     # the one-unpack parse agrees
+        assert fast[:3] == (inb.eth.src, inb.src, inb.dst)
+        assert fast[3]._replace(payload=b"") == seg._replace(payload=b"")
+        assert bytes(fast[3].payload) == bytes(seg.payload)
     assert seg.sport and seg.dport and seg.flags & (SYN | RST | ACK)
     assert seg.mss is None or 0 < seg.mss <= 0xFFFF
     assert seg.wscale is None or 0 <= seg.wscale <= tcp_wire.MAX_WSCALE

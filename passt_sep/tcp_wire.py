@@ -19,6 +19,7 @@ from .packet import (
     ETH_P_IPV6,
     IPPROTO_TCP,
     IPV4_HLEN,
+    IPV6_HLEN,
     Drop,
     Inbound,
     checksum,
@@ -55,6 +56,16 @@ _SEGMENT4 = struct.Struct("!16sH6sH12sIIHHH2x")
 _SEGMENT6 = struct.Struct("!18sH38sIIHHH2x")
 _ACK_FIELDS = struct.Struct("!IIHH")     # a bare ACK's seq, ack, offset+flags, window
 DATA_OFFSET = TCP_HLEN << 10             # the offset field of a header without options
+# the guest's common frame from the Ethernet source on, IPv4 without options
+# or IPv6 without extension headers, and the TCP header: what the parsers
+# check and what a segment holds, the rest skipped (x)
+_FRAME4 = struct.Struct("!6s3sxHxxHxB2x4s4sHHIIHH4x")
+_FRAME6 = struct.Struct("!6sHIHBx16s16sHHIIHH4x")
+_HEAD4 = struct.pack("!HB", ETH_P_IP, 0x45)         # ethertype, IPv4 without options
+L4_OFFSET4, L4_OFFSET6 = ETH_HLEN + IPV4_HLEN, ETH_HLEN + IPV6_HLEN
+# constants of parse_tcp_frame, folded: Python does not fold module names
+_SHORTEST4, _SHORTEST6 = L4_OFFSET4 + TCP_HLEN, L4_OFFSET6 + TCP_HLEN
+_ETHERTYPE4_HIGH, _ETHERTYPE6_HIGH = ETH_P_IP >> 8, ETH_P_IPV6 >> 8
 _new_tuple = tuple.__new__
 Frame = bytes | bytearray                # what FrameTemplate makes
 
@@ -73,6 +84,55 @@ class TcpSegment(NamedTuple):
     wscale: int | None = None
     sack_permitted: bool = False
     timestamp: tuple[int, int] | None = None
+
+
+def _valid_flags(flags: int) -> bool:
+    """What parse_tcp takes: no SYN with FIN or RST; SYN, RST or ACK."""
+    return not (flags & SYN and flags & (FIN | RST)) and bool(flags & (SYN | RST | ACK))
+
+
+_VALID_FLAGS = tuple(_valid_flags(flags) for flags in range(0x40))
+
+
+def parse_tcp_frame(frame: memoryview, verify: bool = False
+                    ) -> tuple[bytes, bytes, bytes, TcpSegment] | None:
+    """The guest's commonest frame, parsed in one unpack: IPv4 without
+    options, not a fragment, or IPv6 without extension headers, carrying
+    TCP.  Returns its Ethernet source, IP source and destination, and the
+    segment, as ``packet.parse_ethernet``, ``packet.parse_ip_frame`` and
+    :func:`parse_tcp` would.  None for any other frame, and for one that
+    any of their checks would drop: they take it then, and drop it with
+    their reason.  ``verify``: as for parse_tcp."""
+    size = len(frame)
+    if size >= _SHORTEST4 and frame[12] == _ETHERTYPE4_HIGH:
+        (mac, head, total, frag, proto, src, dst, sport, dport, seq, ack, offset_flags,
+         window) = _FRAME4.unpack_from(frame, 6)
+        if (head != _HEAD4 or proto != IPPROTO_TCP or frag & 0x3FFF
+                or total > size - ETH_HLEN):
+            return None
+        l4, end = L4_OFFSET4, ETH_HLEN + total
+    elif size >= _SHORTEST6 and frame[12] == _ETHERTYPE6_HIGH:
+        (mac, ethertype, version, length, proto, src, dst, sport, dport, seq, ack,
+         offset_flags, window) = _FRAME6.unpack_from(frame, 6)
+        if (ethertype != ETH_P_IPV6 or version >> 28 != 6 or proto != IPPROTO_TCP
+                or length > size - L4_OFFSET6):
+            return None
+        l4, end = L4_OFFSET6, L4_OFFSET6 + length
+    else:
+        return None
+    hlen = offset_flags >> 10 & 0x3C
+    flags = offset_flags & 0x3F
+    if hlen < TCP_HLEN or l4 + hlen > end or not _VALID_FLAGS[flags] or not sport or not dport:
+        return None
+    if verify and checksum(frame[l4:end], pseudo_header_sum(src, dst, IPPROTO_TCP, end - l4)
+                           ) not in (0, 0xFFFF):
+        return None
+    payload = frame[l4 + hlen:end]
+    if hlen == TCP_HLEN:
+        return mac, src, dst, _new_tuple(TcpSegment, (sport, dport, seq, ack, flags, window,
+                                                      payload, None, None, False, None))
+    return mac, src, dst, TcpSegment(sport, dport, seq, ack, flags, window, payload,
+                                     *_parse_options(frame[l4 + TCP_HLEN:l4 + hlen]))
 
 
 def parse_tcp(inb: Inbound, verify: bool = False) -> TcpSegment:

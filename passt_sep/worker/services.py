@@ -28,6 +28,7 @@ from ..packet import (
     parse_udp,
 )
 from ..system.log import TRACE, Logger
+from ..tcp_wire import TcpSegment, parse_tcp_frame
 from .context import WorkerContext
 from .icmp_io import EchoHandler
 
@@ -40,6 +41,9 @@ class TransportHandler(Protocol):
     tso: bool
 
     def on_guest_segment(self, inb: Inbound, now: float) -> None: ...
+
+    def on_segment(self, seg: TcpSegment, src: bytes, dst: bytes, frame: memoryview,
+                   now: float) -> None: ...
 
     def reset_all(self) -> None: ...
 
@@ -57,11 +61,20 @@ class GuestServices:
         self.echo, self.tcp, self.udp = echo, tcp, udp
         self.ra_enabled = bool(ctx.net.ipv6) and not (ctx.config.no_ndp or ctx.config.no_ra)
         self.dhcpv6_enabled = not ctx.config.no_dhcpv6
+        self.verify = ctx.config.verify_checksums
 
     def on_frame(self, frame: memoryview, now: float) -> None:
-        """One guest frame, TCP first: it is most of them, so it takes no
-        detour through a further call."""
+        """One guest frame, TCP first: it is most of them, so the common
+        one (``tcp_wire.parse_tcp_frame``) is parsed in one go, and any
+        other frame, a malformed one included, takes the general parsers."""
         try:
+            parsed = parse_tcp_frame(frame, self.verify)
+            if parsed is not None and self.tcp is not None:
+                mac, src, dst, seg = parsed
+                if mac[0] & 1 == 0:             # a unicast source: the guest's own
+                    self.guest_mac.value = mac
+                self.tcp.on_segment(seg, src, dst, frame, now)
+                return
             eth = parse_ethernet(frame)
             if eth.src[0] & 1 == 0:             # a unicast source: the guest's own
                 self.guest_mac.value = eth.src

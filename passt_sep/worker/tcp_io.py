@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from .. import tcp, tcp_wire
 from ..flow import FlowKey, FlowSection
 from ..fwd import unmapped
-from ..packet import IPPROTO_TCP, Inbound
+from ..packet import IPPROTO_TCP, Inbound, parse_ethernet, parse_ip_frame
 from ..tcp import State
 from ..tcp_wire import ACK, RST, SYN
 from .context import WorkerContext
@@ -167,6 +167,18 @@ class TcpHandler:
             return                      # the common segment: no SYN, no --clat retry
         key = FlowKey(IPPROTO_TCP, inb.src, seg.sport, inb.dst, seg.dport)
         self._unusual_segment(seg, inb, key, flow, now)
+
+    def on_segment(self, seg: tcp_wire.TcpSegment, src: bytes, dst: bytes, frame: memoryview,
+                   now: float) -> None:
+        """A TCP frame from the guest, parsed already (``tcp_wire.parse_tcp_frame``):
+        as on_guest_segment; the records of the frame that the unusual
+        segment needs are made only for it."""
+        flow = self.find((IPPROTO_TCP, src, seg.sport, dst, seg.dport))
+        if flow is not None and flow.fallback is None and seg.flags & SYN_ACK != SYN:
+            self._handle(flow, flow.conn.on_guest_segment(seg, now), now)
+            return
+        key = FlowKey(IPPROTO_TCP, src, seg.sport, dst, seg.dport)
+        self._unusual_segment(seg, parse_ip_frame(parse_ethernet(frame)), key, flow, now)
 
     def _unusual_segment(self, seg: tcp_wire.TcpSegment, inb: Inbound, key: FlowKey,
                          flow: Flow | None, now: float) -> None:

@@ -192,6 +192,67 @@ def test_options_of_any_content_parse(options: bytes) -> None:
     tcp_wire.parse_tcp(tcp_inbound(l4))
 
 
+def _general_parse(frame: bytes, verify: bool) -> tuple[bytes, bytes, bytes, TcpSegment]:
+    """What the general parsers make of a frame (Drop if they drop it)."""
+    inb = inbound(frame)
+    if inb.proto != packet.IPPROTO_TCP:
+        raise Drop("ip_proto")
+    return inb.eth.src, inb.src, inb.dst, tcp_wire.parse_tcp(inb, verify)
+
+
+def _same_parse(frame: bytes, verify: bool) -> bool:
+    """parse_tcp_frame gives what the general parsers give, or None: then
+    they take the frame.  True if it took the frame."""
+    fast = tcp_wire.parse_tcp_frame(memoryview(frame), verify)
+    if fast is None:
+        return False
+    mac, src, dst, seg = _general_parse(frame, verify)      # never a Drop then
+    assert fast[:3] == (mac, src, dst)
+    assert fast[3]._replace(payload=b"") == seg._replace(payload=b"")
+    assert bytes(fast[3].payload) == bytes(seg.payload)
+    return True
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("flags, payload, options", [
+    (ACK, b"", b""), (ACK | PSH, b"x", b""), (SYN, b"", LINUX_SYN_OPTIONS),
+    (FIN | ACK, b"data" * 300, MSS_1460), (RST, b"", b"")])
+def test_common_frames_are_parsed_in_one_go(v6: bool, flags: int, payload: bytes,
+                                            options: bytes) -> None:
+    frame = Guest(v6).frame(1, 2, flags, 1000, payload, options)
+    assert _same_parse(frame, verify=True)
+    assert _same_parse(frame + b"ethernet padding", verify=False)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_one_go_leaves_bad_checksums_to_the_general_path(v6: bool) -> None:
+    frame = bytearray(Guest(v6).frame(1, 2, ACK, payload=b"data"))
+    frame[-1] ^= 0x55
+    assert tcp_wire.parse_tcp_frame(memoryview(frame), verify=True) is None
+    assert _same_parse(bytes(frame), verify=False)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@given(data=st.data())
+def test_one_go_takes_what_the_general_path_takes(v6: bool, data: st.DataObject) -> None:
+    """Any byte of a good frame changed, any length cut or added: the one
+    unpack gives the general parsers' result, or leaves the frame to them
+    (so that a malformed frame gets their drop reason)."""
+    options = data.draw(st.sampled_from([b"", MSS_1460, LINUX_SYN_OPTIONS]))
+    frame = bytearray(Guest(v6).frame(1, 2, ACK, payload=b"data", options=options))
+    for _ in range(data.draw(st.integers(0, 3))):
+        frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
+    frame = frame[:data.draw(st.integers(0, len(frame)))] + data.draw(st.binary(max_size=8))
+    verify = data.draw(st.booleans())
+    try:
+        general = _general_parse(bytes(frame), verify)
+    except Drop:
+        general = None
+    if not _same_parse(bytes(frame), verify):
+        return
+    assert general is not None
+
+
 # -- building --------------------------------------------------------------------------
 @pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("payload", [b"", b"x", b"odd length", bytes(range(256)) * 7])
