@@ -630,7 +630,7 @@ class TcpConn:
             return 0
         in_flight = (self.snd_nxt - self.snd_una) & MASK
         budget = self.guest_window - in_flight
-        if seq_lt(self.snd_nxt, self.recover):
+        if (self.snd_nxt - self.recover) & MASK >= HALF:      # seq_lt, in line
             budget = min(budget, self.snd_mss - in_flight)    # recovering: one segment
         if self.sock_eof:
             budget = min(budget, (self.fin_seq - self.snd_nxt) & MASK)
@@ -658,7 +658,12 @@ class TcpConn:
         self.last_activity = now
         if self.sock_eof:
             self._maybe_fin(frames, now)
-        actions.deadline = self.next_deadline()
+            actions.deadline = self.next_deadline()
+            return actions
+        # next_deadline in line: not closed (the budget was not 0), last
+        # active now, a retransmission due
+        rtx, idle = self.rtx_deadline, now + INACTIVITY
+        actions.deadline = rtx if rtx < idle else idle
         return actions
 
     def _segments(self, frames: list[Frame], data: memoryview, seq: int, ack: int,
@@ -724,8 +729,8 @@ class TcpConn:
     def next_deadline(self) -> float | None:
         if self.state is State.CLOSED:
             return self.linger_until
-        idle = self.last_activity + INACTIVITY
-        return idle if self.rtx_deadline is None else min(self.rtx_deadline, idle)
+        idle, rtx = self.last_activity + INACTIVITY, self.rtx_deadline
+        return idle if rtx is None or idle < rtx else rtx
 
     def on_timer(self, now: float) -> Actions:
         """The deadline came (or an earlier one: then nothing is due)."""
