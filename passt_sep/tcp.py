@@ -32,7 +32,10 @@ Guest to host
     buffer can still take, estimated from the kernel's own accounting
     (``free`` of ``sndbuf``, SO_MEMINFO) with room for the kernel's
     per-packet overhead: a write the socket refuses costs the guest a
-    retransmission timeout, so the estimate errs low.  Too little room is
+    retransmission timeout, so the estimate errs low.  A write shorter than
+    a segment, with half the buffer left, needs no measurement
+    (``on_socket_took``): the last one less what was written since, each
+    write charged its overhead, errs low too.  Too little room is
     advertised as none (receiver-side silly-window avoidance) and a window
     update follows when the socket drains (``on_socket_writable``).  Segments beyond ``rcv_nxt`` are
     dropped (we keep no reassembly queue) and answered with a duplicate ACK
@@ -121,6 +124,7 @@ OUR_WSCALE = 7
 MAX_WINDOW = 0xFFFF << OUR_WSCALE        # about 8 MiB
 RCV_SEGMENTS = 256                       # a tap's queue holds 500 to 1000 frames
 SKB_OVERHEAD = 1024                      # kernel bytes per packet beyond its payload
+SKB_SPAN = 1024                          # a small write's payload per skb, at least
 DEFAULT_MSS4, DEFAULT_MSS6 = 536, 1220   # RFC 9293 3.7.1, RFC 8200 5
 MIN_MSS = 48                             # Linux's TCP_MIN_SND_MSS
 DUP_ACK_THRESHOLD = 3
@@ -172,8 +176,9 @@ class Actions:
     0; ``shutdown_write``; on ``closed`` close the socket (the flow lingers);
     on ``forget`` drop the flow; call ``on_timer`` at ``deadline`` (None: no
     timer).  Then come the inputs these operations make: what the write
-    took (``on_socket_accepted``, or ``on_socket_error`` if it failed), and
-    with ``send_more``, once that is carried out too, peeks within
+    took (``on_socket_took``, or where that answers None
+    ``on_socket_accepted`` with the send buffer measured; ``on_socket_error``
+    if it failed), and with ``send_more``, once that is carried out too, peeks within
     ``send_budget()`` (``on_socket_data``, ``on_socket_eof``).  With
     ``to_socket`` the input is not done until the write's answer, and the
     timer comes with that answer (``deadline`` is None here: computing it
@@ -218,7 +223,8 @@ class TcpConn:
 
     - the guest: ``on_guest_segment``;
     - the socket: ``on_connected`` and ``on_connect_failed`` (outbound),
-      ``on_socket_accepted`` (what a write of ``to_socket`` took),
+      ``on_socket_took`` and ``on_socket_accepted`` (what a write of
+      ``to_socket`` took, without and with the send buffer measured),
       ``on_socket_writable`` (its send buffer drained), ``on_socket_data``
       (bytes peeked), ``on_socket_eof`` and ``on_socket_error``;
     - the clock: ``on_timer``.
@@ -239,7 +245,7 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "clamp", "actions",
+        "linger_until", "clamp", "sock_free", "sock_buf", "actions",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
@@ -277,6 +283,8 @@ class TcpConn:
         self.pending = (0, False)               # to_socket length, FIN behind it
         self.linger_until = 0.0
         self.clamp = 0                          # the socket's TCP_WINDOW_CLAMP, 0: unset
+        self.sock_free = 0                      # the send buffer's free bytes, at least
+        self.sock_buf = 0                       # its size, as last measured
         self.actions = Actions()                # every input's answer, reused
 
     @property
@@ -596,6 +604,46 @@ class TcpConn:
         actions.deadline = self.next_deadline()
         return actions
 
+    def on_socket_took(self, accepted: int, now: float) -> Actions | None:
+        """What a write of ``to_socket`` took, its send buffer not measured:
+        as ``on_socket_accepted``, the room estimated from the last
+        measurement less what the writes since took, each charged an skb's
+        overhead for every KiB it started (an skb holds at least that much
+        of a write shorter than a segment), so that the estimate only ever
+        errs low: the socket frees room, it never takes more than that.
+        None, with nothing changed, when the estimate will not do: measure
+        and call ``on_socket_accepted``.  That is when the socket refused
+        part of the write, the guest's FIN goes with it, the write was a
+        segment or more (bulk: the window must follow the buffer as the
+        kernel grows it, which it does only for a socket that fills up), or
+        less than half the buffer would be left.  A request/response
+        exchange so measures once in many; a bulk transfer after each write."""
+        length, fin = self.pending
+        free, sndbuf = self.sock_free - accepted - (accepted // SKB_SPAN + 1) * SKB_OVERHEAD, \
+            self.sock_buf
+        if accepted != length or fin or accepted >= self.snd_mss or free < sndbuf >> 1:
+            return None
+        # _set_room in line; with half the buffer free the room is never
+        # too little (a segment at most 48 bytes would make it so: measure)
+        segment = min(self.guest_mss, self.mtu_mss)
+        room = free * segment // (segment + SKB_OVERHEAD)
+        if room < segment and room < sndbuf >> 3:
+            return None
+        self.sock_free = free
+        self.rcv_window = window = min(room, MAX_WINDOW, segment * RCV_SEGMENTS)
+        self.socket_full = False
+        actions = self.actions
+        actions.clear()
+        self.pending = (0, False)
+        self.rcv_nxt = rcv_nxt = (self.rcv_nxt + accepted) & MASK
+        window >>= self.our_wscale
+        actions.frames.append(self.tx.ack(self.snd_nxt, rcv_nxt,
+                                          window if window < 0xFFFF else 0xFFFF))
+        # next_deadline in line: established (data went to the socket)
+        rtx, idle = self.rtx_deadline, self.last_activity + INACTIVITY
+        actions.deadline = idle if rtx is None or idle < rtx else rtx
+        return actions
+
     def on_socket_writable(self, free: int, sndbuf: int) -> Actions:
         """The socket drained: a window update once the room is worth it."""
         actions = self.actions
@@ -619,6 +667,7 @@ class TcpConn:
         overflows it is lost before we read it.  Receiver-side silly-window
         avoidance (RFC 9293 3.8.6.2.2): less room than a segment or a
         quarter of the buffer is advertised as none."""
+        self.sock_free, self.sock_buf = free, sndbuf
         segment = min(self.guest_mss, self.mtu_mss)
         room, buffer = free * segment // (segment + SKB_OVERHEAD), sndbuf // 2
         self.rcv_window = min(room, MAX_WINDOW, segment * RCV_SEGMENTS)

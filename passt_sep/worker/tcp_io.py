@@ -349,9 +349,12 @@ class TcpHandler:
         assert sock is not None
         if written == WRITE_FAILED:
             return self._socket_error(flow, now)
-        actions = flow.conn.on_socket_accepted(written, *self._room(sock), now)
-        if flow.conn.socket_full:
-            self._want_out(flow)
+        conn = flow.conn
+        actions = conn.on_socket_took(written, now)
+        if actions is None:                       # the estimate will not do: measure
+            actions = conn.on_socket_accepted(written, *self._room(sock), now)
+            if conn.socket_full:
+                self._want_out(flow)
         if actions.shutdown_write:                # the guest's FIN went along
             self._apply(flow, actions)
         else:                                     # else it holds just our ACK

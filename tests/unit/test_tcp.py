@@ -559,6 +559,50 @@ def test_silly_window_avoidance(free: int, sndbuf: int, full: bool) -> None:
     assert conn.socket_full is full and (guest.check(frame).window == 0) is full
 
 
+def test_a_short_write_answered_from_the_estimated_room() -> None:
+    """After one measurement, a write shorter than a segment needs none: the
+    room is what was measured less what the writes since took, each with
+    an skb's overhead per KiB it started."""
+    guest = Guest()
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"m"), T0)
+    conn.on_socket_accepted(1, FREE, FREE, T0)           # an empty buffer
+    free = FREE
+    for offset, size in ((1, 1), (2, 1023), (1025, 1024), (2049, 1459)):
+        conn.on_guest_segment(data_seg(guest, conn, offset, b"n" * size), T0)
+        actions = conn.on_socket_took(size, T0)
+        assert actions is not None and only_frames_and_deadline(actions)
+        free -= size + (size // 1024 + 1) * tcp.SKB_OVERHEAD
+        reply = guest.check(actions.frames[0])
+        assert (reply.ack, reply.flags) == (GUEST_ISN + 1 + offset + size, ACK)
+        assert reply.window == min(free * 1460 // (1460 + tcp.SKB_OVERHEAD),
+                                   1460 * tcp.RCV_SEGMENTS) >> tcp.OUR_WSCALE
+        assert actions.deadline == conn.next_deadline()
+
+
+@pytest.mark.parametrize("payload, flags, took, free", [
+    (b"r" * 10, ACK | PSH, 4, FREE),                 # refused in part
+    (b"r" * 10, ACK | PSH | FIN, 10, FREE),          # the guest's FIN goes with it
+    (b"r" * 1460, ACK | PSH, 1460, FREE),            # a segment: bulk, measure
+    (b"r" * 10, ACK | PSH, 10, FREE // 2 + 1000),    # less than half the buffer left
+    (b"r" * 10, ACK | PSH, 10, 0),                   # never measured
+])
+def test_the_estimate_declined_with_nothing_changed(payload: bytes, flags: int, took: int,
+                                                    free: int) -> None:
+    guest = Guest()
+    conn = established(guest)
+    if free:                                         # of a buffer of FREE bytes
+        conn.on_guest_segment(data_seg(guest, conn, 0, b"m"), T0)
+        conn.on_socket_accepted(1, free, FREE, T0)
+    offset = 1 if free else 0
+    conn.on_guest_segment(data_seg(guest, conn, offset, payload, flags), T0)
+    before = (conn.rcv_nxt, conn.pending, conn.rcv_window, conn.sock_free)
+    assert conn.on_socket_took(took, T0) is None
+    assert (conn.rcv_nxt, conn.pending, conn.rcv_window, conn.sock_free) == before
+    [frame] = conn.on_socket_accepted(took, FREE, SNDBUF, T0).frames
+    assert guest.check(frame).ack == GUEST_ISN + 1 + offset + took + bool(flags & FIN)
+
+
 def test_duplicate_segment_only_reacknowledged() -> None:
     guest = Guest()
     conn = established(guest)

@@ -260,6 +260,31 @@ def test_a_full_socket_closes_the_window_and_reopens_it_when_drained(rig: Rig) -
         server.close()
 
 
+def test_small_writes_fill_a_socket_within_every_window_offered(rig: Rig) -> None:
+    """Writes shorter than a segment are answered from an estimate of the
+    socket's room, not a measurement: every window offered is still at most
+    the room the kernel reports, the socket takes every byte sent within
+    it, and the window closes once it is full."""
+    server = Server(rcvbuf=4096)
+    try:
+        handler = rig.tcp()
+        guest, peer = connect(rig, handler, server)
+        host = guest.host_socket()
+        window = 0xFFFF
+        for _ in range(10000):
+            guest.send(ACK | PSH, b"s" * min(500, window))
+            [ack] = guest.take()
+            assert ack.ack == guest.seq, "the socket refused data sent within the window"
+            window = ack.window << tcp.OUR_WSCALE
+            free, _ = handler._room(host)
+            assert window <= free * MSS // (MSS + tcp.SKB_OVERHEAD)
+            if not window:
+                break
+        assert not window, "the socket never filled"
+    finally:
+        server.close()
+
+
 # -- ends ------------------------------------------------------------------------------------
 def test_guest_fin_is_eof_to_the_server_and_the_servers_close_a_fin_after_all_data(
         rig: Rig, server: Server, v6: bool) -> None:
