@@ -401,12 +401,23 @@ class TcpConn:
                 or self.sock_eof or not self.guest_window
                 or seg.window << self.guest_wscale != self.guest_window):
             return False
-        advance = (seg.ack - self.snd_una) & MASK
+        ack, snd_una = seg.ack, self.snd_una
+        advance = (ack - snd_una) & MASK
         size = len(seg.payload)
-        if advance > (self.snd_max - self.snd_una) & MASK or not (advance or size):
+        if advance > (self.snd_max - snd_una) & MASK or not (advance or size):
             return False
         if advance:
-            self._acknowledged(seg.ack, advance, actions, now)
+            # _acknowledged in line, without our FIN (no end of file yet)
+            actions.acked = advance
+            if (ack - self.recover) & MASK < HALF:
+                self.recover = ack                    # not in recovery: keep up
+            self.snd_una = ack
+            if (self.snd_nxt - ack) & MASK >= HALF:
+                self.snd_nxt = ack                    # sent before a rewind: not again
+            self.dup_acks = self.retries = 0
+            self.rto = ACK_TIMEOUT
+            self.rtx_deadline = now + ACK_TIMEOUT if self.snd_max != ack else None
+            actions.send_more = True
         if size:
             actions.to_socket = seg.payload
             self.pending = (size, False)
@@ -618,20 +629,20 @@ class TcpConn:
         kernel grows it, which it does only for a socket that fills up), or
         less than half the buffer would be left.  A request/response
         exchange so measures once in many; a bulk transfer after each write."""
-        length, fin = self.pending
-        free, sndbuf = self.sock_free - accepted - (accepted // SKB_SPAN + 1) * SKB_OVERHEAD, \
-            self.sock_buf
-        if accepted != length or fin or accepted >= self.snd_mss or free < sndbuf >> 1:
+        free = self.sock_free - accepted - (accepted // SKB_SPAN + 1) * SKB_OVERHEAD
+        sndbuf = self.sock_buf
+        if self.pending != (accepted, False) or accepted >= self.snd_mss or free < sndbuf >> 1:
             return None
-        # _set_room in line; with half the buffer free the room is never
-        # too little (a segment at most 48 bytes would make it so: measure)
+        # _set_room in line.  The room was not too little at the last
+        # measurement (or the estimate would be under half the buffer), but
+        # it is less now; too little (a buffer under 3 KiB would make it so)
+        # closes the window: measure
         segment = min(self.guest_mss, self.mtu_mss)
         room = free * segment // (segment + SKB_OVERHEAD)
         if room < segment and room < sndbuf >> 3:
             return None
         self.sock_free = free
         self.rcv_window = window = min(room, MAX_WINDOW, segment * RCV_SEGMENTS)
-        self.socket_full = False
         actions = self.actions
         actions.clear()
         self.pending = (0, False)

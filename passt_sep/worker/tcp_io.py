@@ -265,7 +265,13 @@ class TcpHandler:
         send_more = actions.send_more
         written = self._apply(flow, actions)
         if written is not None and flow.sock is not None:
-            actions = self._written(flow, written, now)
+            answer = flow.conn.on_socket_took(written, now) if written > 0 else None
+            if answer is None:                  # failed, or the room must be measured
+                actions = self._written(flow, written, now)
+            else:                               # our ACK, and its window estimated
+                actions = answer
+                for frame in answer.frames:
+                    self.send_frame(frame)
         if send_more and flow.sock is not None and not flow.drained:
             actions = self._pump(flow, now) or actions
         if flow.tracked:
@@ -344,17 +350,17 @@ class TcpHandler:
         return written
 
     def _written(self, flow: Flow, written: int, now: float) -> tcp.Actions:
-        """The outcome of a write, the connection's next input, carried out."""
+        """The outcome of a write, the connection's next input, carried out,
+        the send buffer measured (``_handle`` answers the common write with
+        ``on_socket_took``, its room estimated)."""
         sock = flow.sock
         assert sock is not None
         if written == WRITE_FAILED:
             return self._socket_error(flow, now)
         conn = flow.conn
-        actions = conn.on_socket_took(written, now)
-        if actions is None:                       # the estimate will not do: measure
-            actions = conn.on_socket_accepted(written, *self._room(sock), now)
-            if conn.socket_full:
-                self._want_out(flow)
+        actions = conn.on_socket_accepted(written, *self._room(sock), now)
+        if conn.socket_full:
+            self._want_out(flow)
         if actions.shutdown_write:                # the guest's FIN went along
             self._apply(flow, actions)
         else:                                     # else it holds just our ACK
