@@ -13,7 +13,9 @@ Sockets are edge-triggered: data the guest has not acknowledged stays in
 the socket's receive queue, so a level-triggered socket would look
 readable for ever.  After each edge, and whenever the guest acknowledges
 data or opens its window, ``_pump`` peeks as much as ``send_budget()``
-allows into one buffer shared by every flow.  EPOLLOUT is asked for only
+allows into one buffer shared by every flow.  What the guest acknowledged
+is discarded (``MSG_TRUNC``) once there are DISCARD_BATCH bytes of it, or
+before a rewind, a shutdown or a close.  EPOLLOUT is asked for only
 while a connect is in progress or the socket refused guest data.
 """
 
@@ -56,6 +58,9 @@ SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
 HANGUP = EPOLLRDHUP | EPOLLHUP
 READABLE = EPOLLIN | HANGUP
 PEEK_BUFFER = 1 << 19
+# acknowledged bytes a socket's receive queue may keep before they are
+# discarded: a request/response exchange then saves the discard's syscall
+DISCARD_BATCH = 1 << 14
 WRITE_FAILED = -1                   # what _write returns when the socket failed
 SYN_ACK = SYN | ACK
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
@@ -98,10 +103,12 @@ class Flow:
     ``tracked``: in the flow table (a flag, not a lookup, on every event).
     ``fallback``: ``--clat``, an inbound IPv6 connection offered to the guest
     over IPv6: the IPv4 address it is offered from instead if the guest
-    refuses it (a service listening on IPv4 only)."""
+    refuses it (a service listening on IPv4 only).  ``undiscarded``: bytes
+    the guest acknowledged that are still at the head of the socket's
+    receive queue (fewer than DISCARD_BATCH; the peek offset counts them)."""
 
     __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out",
-                 "drained", "tracked", "fallback")
+                 "drained", "tracked", "fallback", "undiscarded")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -113,6 +120,7 @@ class Flow:
         self.drained = True
         self.tracked = False
         self.fallback: bytes | None = None
+        self.undiscarded = 0
 
 
 class TcpHandler:
@@ -287,7 +295,10 @@ class TcpHandler:
         (WRITE_FAILED: the socket failed), the connection's next input, or
         None without a write.  Of the socket's operations the guest's data
         goes first: the peer may be waiting for it (a request), and the
-        rest is bookkeeping that can follow while it answers."""
+        rest is bookkeeping that can follow while it answers.  Acknowledged
+        bytes are discarded DISCARD_BATCH at a time, and all of them before
+        any unusual operation: a rewound peek starts after them, and a
+        socket closed with unread data would reset its peer."""
         for frame in actions.frames:
             self.send_frame(frame)
         unusual = actions.unusual
@@ -306,8 +317,13 @@ class TcpHandler:
                     return written
             if unusual and actions.window_clamp is not None:
                 self._clamp_window(sock, actions.window_clamp)
-            if actions.acked:
-                self._discard(sock, actions.acked)
+            acked = flow.undiscarded + actions.acked
+            if acked:
+                if acked < DISCARD_BATCH and not unusual:
+                    flow.undiscarded = acked          # discarded with later ones
+                else:
+                    flow.undiscarded = 0
+                    self._discard(sock, acked)
             if unusual:
                 self._socket_ends(flow, sock, actions)
         if unusual and actions.forget:
