@@ -138,6 +138,7 @@ INACTIVITY = 7200.0
 LINGER = 2.0
 MIN_CLAMP = 0x10000                      # TCP_WINDOW_CLAMP floor, bytes
 CLAMP_STEP = 4                           # re-clamp on a change of a quarter or more
+ACK_PSH = ACK | PSH
 
 
 def seq_lt(a: int, b: int) -> bool:
@@ -701,7 +702,7 @@ class TcpConn:
             budget = min(budget, self.snd_mss - in_flight)    # recovering: one segment
         if self.sock_eof:
             budget = min(budget, (self.fin_seq - self.snd_nxt) & MASK)
-        return max(budget, 0)
+        return budget if budget > 0 else 0
 
     def on_socket_data(self, data: memoryview, now: float) -> Actions:
         """Segments for bytes just peeked (at most ``send_budget()``, at
@@ -710,11 +711,13 @@ class TcpConn:
         actions.clear()
         idle = self.snd_max == self.snd_una
         size = len(data)
-        window = 0 if self.socket_full else min(self.rcv_window >> self.our_wscale, 0xFFFF)
+        window = 0 if self.socket_full else self.rcv_window >> self.our_wscale
+        if window > 0xFFFF:
+            window = 0xFFFF
         segment, ack, seq = self.tx.segment, self.rcv_nxt, self.snd_nxt
         frames = actions.frames
         if size <= self.snd_mss:                      # one segment: no slicing
-            frames.append(segment(seq, ack, ACK | PSH, window, data))
+            frames.append(segment(seq, ack, ACK_PSH, window, data))
             self.snd_nxt = nxt = (seq + size) & MASK
         else:
             self.snd_nxt = nxt = self._segments(frames, data, seq, ack, window)
@@ -743,7 +746,7 @@ class TcpConn:
             frames.append(segment(seq, ack, ACK, window, data[start:start + step]))
             seq = (seq + step) & MASK
             start += step
-        frames.append(segment(seq, ack, ACK | PSH, window, data[start:] if start else data))
+        frames.append(segment(seq, ack, ACK_PSH, window, data[start:] if start else data))
         return (seq + size - start) & MASK
 
     def _frame_payload(self) -> int:
