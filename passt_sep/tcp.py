@@ -33,7 +33,7 @@ Guest to host
     (``free`` of ``sndbuf``, SO_MEMINFO) with room for the kernel's
     per-packet overhead: a write the socket refuses costs the guest a
     retransmission timeout, so the estimate errs low.  A write shorter than
-    a segment, with half the buffer left, needs no measurement
+    1 KiB, with half the buffer left, needs no measurement
     (``on_socket_took``): the last one less what was written since, each
     write charged its overhead, errs low too.  Too little room is
     advertised as none (receiver-side silly-window avoidance) and a window
@@ -124,7 +124,7 @@ OUR_WSCALE = 7
 MAX_WINDOW = 0xFFFF << OUR_WSCALE        # about 8 MiB
 RCV_SEGMENTS = 256                       # a tap's queue holds 500 to 1000 frames
 SKB_OVERHEAD = 1024                      # kernel bytes per packet beyond its payload
-SKB_SPAN = 1024                          # a small write's payload per skb, at least
+SMALL_WRITE = 1024                       # a write in one skb: its room may be estimated
 DEFAULT_MSS4, DEFAULT_MSS6 = 536, 1220   # RFC 9293 3.7.1, RFC 8200 5
 MIN_MSS = 48                             # Linux's TCP_MIN_SND_MSS
 DUP_ACK_THRESHOLD = 3
@@ -626,20 +626,21 @@ class TcpConn:
     def on_socket_took(self, accepted: int, now: float) -> Actions | None:
         """What a write of ``to_socket`` took, its send buffer not measured:
         as ``on_socket_accepted``, the room estimated from the last
-        measurement less what the writes since took, each charged an skb's
-        overhead for every KiB it started (an skb holds at least that much
-        of a write shorter than a segment), so that the estimate only ever
-        errs low: the socket frees room, it never takes more than that.
-        None, with nothing changed, when the estimate will not do: measure
-        and call ``on_socket_accepted``.  That is when the socket refused
-        part of the write, the guest's FIN goes with it, the write was a
-        segment or more (bulk: the window must follow the buffer as the
-        kernel grows it, which it does only for a socket that fills up), or
-        less than half the buffer would be left.  A request/response
-        exchange so measures once in many; a bulk transfer after each write."""
-        free = self.sock_free - accepted - (accepted // SKB_SPAN + 1) * SKB_OVERHEAD
-        sndbuf = self.sock_buf
-        if self.pending != (accepted, False) or accepted >= self.snd_mss or free < sndbuf >> 1:
+        measurement less what the writes since took, each charged a whole
+        skb's overhead (a write shorter than SMALL_WRITE and a segment
+        starts one skb at most), so that the estimate only ever errs low:
+        the socket frees room, it never takes more than that.  None, with
+        nothing changed, when the estimate will not do: measure and call
+        ``on_socket_accepted``.  That is when the socket refused part of the
+        write, the guest's FIN goes with it, the write was not short (bulk:
+        the window must follow the buffer as the kernel grows it, which it
+        does only for a socket that fills up; and a larger write's charge
+        would be a guess), or less than half the buffer would be left.  A
+        request/response exchange so measures once in many; a bulk
+        transfer after each write."""
+        free, sndbuf = self.sock_free - accepted - SKB_OVERHEAD, self.sock_buf
+        if (self.pending != (accepted, False) or accepted >= SMALL_WRITE
+                or accepted >= self.snd_mss or free < sndbuf >> 1):
             return None
         # _set_room in line.  The room was not too little at the last
         # measurement (or the estimate would be under half the buffer), but

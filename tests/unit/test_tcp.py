@@ -560,19 +560,18 @@ def test_silly_window_avoidance(free: int, sndbuf: int, full: bool) -> None:
 
 
 def test_a_short_write_answered_from_the_estimated_room() -> None:
-    """After one measurement, a write shorter than a segment needs none: the
-    room is what was measured less what the writes since took, each with
-    an skb's overhead per KiB it started."""
+    """After one measurement, a short write needs none: the room is what was
+    measured less what the writes since took, each with an skb's overhead."""
     guest = Guest()
     conn = established(guest)
     conn.on_guest_segment(data_seg(guest, conn, 0, b"m"), T0)
     conn.on_socket_accepted(1, FREE, FREE, T0)           # an empty buffer
     free = FREE
-    for offset, size in ((1, 1), (2, 1023), (1025, 1024), (2049, 1459)):
+    for offset, size in ((1, 1), (2, 1023), (1025, 500)):
         conn.on_guest_segment(data_seg(guest, conn, offset, b"n" * size), T0)
         actions = conn.on_socket_took(size, T0)
         assert actions is not None and only_frames_and_deadline(actions)
-        free -= size + (size // 1024 + 1) * tcp.SKB_OVERHEAD
+        free -= size + tcp.SKB_OVERHEAD
         reply = guest.check(actions.frames[0])
         assert (reply.ack, reply.flags) == (GUEST_ISN + 1 + offset + size, ACK)
         assert reply.window == min(free * 1460 // (1460 + tcp.SKB_OVERHEAD),
@@ -583,7 +582,8 @@ def test_a_short_write_answered_from_the_estimated_room() -> None:
 @pytest.mark.parametrize("payload, flags, took, free", [
     (b"r" * 10, ACK | PSH, 4, FREE),                 # refused in part
     (b"r" * 10, ACK | PSH | FIN, 10, FREE),          # the guest's FIN goes with it
-    (b"r" * 1460, ACK | PSH, 1460, FREE),            # a segment: bulk, measure
+    (b"r" * 1024, ACK | PSH, 1024, FREE),            # not short: bulk, measure
+    (b"r" * 1460, ACK | PSH, 1460, FREE),            # a segment
     (b"r" * 10, ACK | PSH, 10, FREE // 2 + 1000),    # less than half the buffer left
     (b"r" * 10, ACK | PSH, 10, 0),                   # never measured
 ])
