@@ -21,6 +21,7 @@ import resource
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from .. import clat, nspolicy
@@ -29,12 +30,11 @@ from ..handoff import FdEntry, Role
 from ..netparams import Network
 from ..packet import mac_to_bytes
 from ..system import codecache, linux, nssource, sandbox
+from ..system.handoff_io import WorkerStartError
 from ..system.log import ERROR, INFO, WARNING, Logger, level_for, startup_block
-from ..worker import main as worker_main
 from . import hostinfo, jail, mac, namespaces, sockets
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
-from .worker_start import WorkerStartError, start_worker
 
 NS_GET_USERNS = 0xB701
 BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.JailError,
@@ -45,8 +45,6 @@ def run(config: Config, netlink: NetlinkHelper) -> int:
     """Set everything up and start the worker; the caller's exit status.
     A failure is said on standard error and in the ``-l`` file, if it was
     opened by then (the broker opens it first)."""
-    worker_main.preload(config.vhost_user)  # the last import: none after the jail
-    codecache.release()                     # so every class a start makes is made
     log = Logger(_prog(config), level_for(config))
     try:
         return Broker(config, netlink, log).run()
@@ -161,27 +159,31 @@ class Broker:
         host's listeners (ports below 1024) are opened as whoever started us,
         before real root gives up its uid to join a user namespace
         (``_join_owner_userns``); what is made inside the namespace comes
-        after the join, which gives the capabilities there."""
+        after the join, which gives the capabilities there.  The command's
+        namespace (pasta's command mode) has nothing to join: its tap is
+        asked for as soon as it exists, before the worker's code is
+        imported (``_import_worker``)."""
         config = self.config
         self._open_log()
         _raise_fd_limit()
         _check_interfaces(config)
         if config.runas:   # an unknown user, or root, fails before anything
             jail.resolve_runas(config.runas, self.real_root)
-        worker_filter = sandbox.prepare(
-            "worker", frozenset({"vhost-user"}) if config.vhost_user else frozenset())
-        waiter_filter = sandbox.prepare("waiter")
-        self.source_filter = sandbox.prepare("nssource")
         if config.mode == Mode.PASTA:
             self._pasta_namespace()
         else:
             self._own_user_namespace()
             self._passt_socket()
+        start_worker = self._import_worker()
+        worker_filter = sandbox.prepare(
+            "worker", frozenset({"vhost-user"}) if config.vhost_user else frozenset())
+        waiter_filter = sandbox.prepare("waiter")
+        self.source_filter = sandbox.prepare("nssource")
         self._files()
         self._host_forwarding()
-        if config.mode == Mode.PASTA:
+        if config.mode == Mode.PASTA and self.target.holder is None:   # else asked for already
             self._join_owner_userns()
-            self.netlink.request_tap(self.target.netns_fd, persist=self.target.holder is not None)
+            self._request_tap()
         identity = self._jail_identity()
         if identity == self.caller and not self.real_root:
             identity = None         # --runas naming oneself: nothing to switch
@@ -201,15 +203,28 @@ class Broker:
                               confinement=confinement,
                               host_tcp_listening=self.netlink.tcp_listening)
         self.entries = []
+        self.netlink.reap()     # it exited meanwhile: its exit is no wait of ours
         self._keep_outputs(worker)
         if self.socket_path and not config.quiet:
             _print_block(self.log, _qemu_hint(self.socket_path, config.vhost_user).split("\n"))
         self.socket_path = None
         return self._after_start(worker, waiter_filter)
 
+    def _import_worker(self) -> Callable[..., int]:
+        """Import the worker's code, the last import (none after the
+        jail) and a third of the broker's CPU: after the command's namespace
+        is made and its tap asked for, so that the netlink helper, on the
+        other CPU, makes the tap meanwhile; ``start_worker``."""
+        from ..worker import main as worker_main
+        from .worker_start import start_worker
+        worker_main.preload(self.config.vhost_user)
+        codecache.release()     # so every class a start makes is made
+        return start_worker
+
     # -- pasta ------------------------------------------------------------------
     def _pasta_namespace(self) -> None:
-        """Open or create the namespaces (joined later: ``_join_owner_userns``)."""
+        """Open or create the namespaces (joined later: ``_join_owner_userns``);
+        a namespace of our own for the command gets its tap asked for now."""
         config = self.config
         if config.netns or config.target_pid is not None:
             self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
@@ -222,6 +237,13 @@ class Broker:
             self.target = namespaces.spawn_command_namespace(command)
             self.entries.append(FdEntry(Role.COMMAND_PIDFD,
                                         os.pidfd_open(self.target.holder.pid)))
+            self._request_tap()
+
+    def _request_tap(self) -> None:
+        """Have the netlink helper make the tap in the target namespace,
+        persistent in the command's (``netlink._tap``)."""
+        assert self.target is not None
+        self.netlink.request_tap(self.target.netns_fd, persist=self.target.holder is not None)
 
     def _network(self) -> Network:
         """The host's network and (pasta) the tap, from the netlink helper,
