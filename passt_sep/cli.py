@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from .broker.netlink import NetlinkHelper
     netlink = NetlinkHelper.start(config)   # first: it works while the broker imports
+    from .broker.namespaces import prelude
+    made = prelude(config)                  # the command's namespaces, as early
     from .broker.main import run
-    return run(config, netlink)
+    return run(config, netlink, made)
 
 
 def _open_standard_fds() -> None:

@@ -41,13 +41,13 @@ BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.J
                  NetlinkHelperError, WorkerStartError, sandbox.AllowlistError)
 
 
-def run(config: Config, netlink: NetlinkHelper) -> int:
+def run(config: Config, netlink: NetlinkHelper, prelude: namespaces.Prelude | None = None) -> int:
     """Set everything up and start the worker; the caller's exit status.
     A failure is said on standard error and in the ``-l`` file, if it was
     opened by then (the broker opens it first)."""
     log = Logger(_prog(config), level_for(config))
     try:
-        return Broker(config, netlink, log).run()
+        return Broker(config, netlink, log, prelude).run()
     except BROKER_ERRORS as exc:
         _say(config, log, ERROR, str(exc))
     except OSError as exc:  # anything not foreseen above: still one line
@@ -125,27 +125,29 @@ def _prog(config: Config) -> str:
 
 
 class Broker:
-    def __init__(self, config: Config, netlink: NetlinkHelper, log: Logger | None = None) -> None:
+    def __init__(self, config: Config, netlink: NetlinkHelper, log: Logger | None = None,
+                 prelude: namespaces.Prelude | None = None) -> None:
         self.config = config
         self.netlink = netlink
         self.log = log or Logger(_prog(config), level_for(config))
         self.host: hostinfo.HostInfo | None = None      # as the netlink helper saw it
+        self.prelude = prelude = prelude or namespaces.prelude(config)
         self.entries: list[FdEntry] = []
         self.tap_ifname: str | None = None              # pasta: the tap's name, once made
         self.target: namespaces.Target | None = None
         # root of a user namespace someone else made (Podman's) is not "real
         # root": it has nobody to switch to, and nothing on the host to protect
-        self.real_root = os.geteuid() == 0 and namespaces.in_initial_user_namespace()
+        self.real_root = prelude.real_root
         # files we opened for writing, until the worker serves: removed
         # if start-up fails (the pid file always, the others if made here)
         self.outputs: list[sockets.OutputFile] = []
         self.pid_output: sockets.OutputFile | None = None
         self.socket_path: str | None = None             # a UNIX socket we created
         self.jailed = False
-        self.own_userns = False
+        self.own_userns = prelude.own_userns
         # real root joining another user namespace: who it becomes first
         self.join_as: jail.Identity | None = None
-        self.caller = jail.Identity(os.getuid(), os.getgid())   # before any user namespace
+        self.caller = jail.Identity(*prelude.caller)           # before any user namespace
 
     def run(self) -> int:
         try:
@@ -231,10 +233,11 @@ class Broker:
             if self.target.pidfd is not None:
                 self.entries.append(FdEntry(Role.TARGET_PIDFD, self.target.pidfd))
             self._owner_userns()
-        else:
-            self._own_user_namespace()
-            command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
-            self.target = namespaces.spawn_command_namespace(command)
+        else:                       # started already: ``namespaces.prelude``
+            if self.prelude.error is not None:
+                raise self.prelude.error
+            assert self.prelude.holder is not None
+            self.target = namespaces.command_target(self.prelude.holder)
             self.entries.append(FdEntry(Role.COMMAND_PIDFD,
                                         os.pidfd_open(self.target.holder.pid)))
             self._request_tap()
@@ -512,8 +515,8 @@ class Broker:
                 os.close(entry.fd)
             except OSError:
                 pass
-        if self.target and self.target.holder:
-            self.target.holder.abandon()
+        if self.prelude.holder is not None:     # the target's in command mode
+            self.prelude.holder.abandon()
         self.netlink.close(kill=True)
 
     def _remove_outputs(self) -> None:
