@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) if argv else "passt-sep"
     codecache.install()     # before the first dataclass: see its docstring
+    codecache.defer("selectors")    # socket's, for sendfile() alone: 0.5-1 ms
     from .config import ConfigError, ShowText, parse_args
     try:
         config = parse_args(argv[1:], prog)

@@ -8,8 +8,8 @@ receives the manifest and the fds through SCM_RIGHTS (``passt_sep.handoff``).
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py's enums cost 1 ms of start-up
 import os
-import signal
 import socket
 
 import prctl
