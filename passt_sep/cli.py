@@ -7,11 +7,12 @@ import gc
 import os
 import sys
 
-from .system import codecache
+from .system import bundle, codecache
 
 
 def main(argv: list[str] | None = None) -> int:
     gc.disable()    # start-up makes no garbage worth collecting: see Broker._run
+    bundle.install()        # the package's modules from one file: see its docstring
     _open_standard_fds()
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) if argv else "passt-sep"

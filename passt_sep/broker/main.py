@@ -29,7 +29,7 @@ from ..config import Config, Mode
 from ..handoff import FdEntry, Role
 from ..netparams import Network
 from ..packet import mac_to_bytes
-from ..system import codecache, linux, nssource, sandbox
+from ..system import bundle, codecache, linux, nssource, sandbox
 from ..system.handoff_io import WorkerStartError
 from ..system.log import ERROR, INFO, WARNING, Logger, level_for, startup_block
 from . import hostinfo, jail, mac, namespaces, sockets
@@ -221,6 +221,7 @@ class Broker:
         from .worker_start import start_worker
         worker_main.preload(self.config.vhost_user)
         codecache.release()     # so every class a start makes is made
+        bundle.release()
         return start_worker
 
     # -- pasta ------------------------------------------------------------------
