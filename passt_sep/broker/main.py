@@ -216,7 +216,8 @@ class Broker:
         """Import the worker's code, the last import (none after the
         jail) and a third of the broker's CPU: after the command's namespace
         is made and its tap asked for, so that the netlink helper, on the
-        other CPU, makes the tap meanwhile; ``start_worker``."""
+        other CPU, makes the tap meanwhile; then the install-time caches of
+        code go (``codecache``, ``bundle``).  ``start_worker``."""
         from ..worker import main as worker_main
         from .worker_start import start_worker
         worker_main.preload(self.config.vhost_user)
