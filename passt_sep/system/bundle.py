@@ -148,8 +148,11 @@ def _root() -> str:
 
 
 def release() -> None:
-    """The last import is done: the finder out, its bytes freed."""
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, BundleFinder)]
+    """The last import is done: the finder out and the file's bytes freed
+    (each module it loaded keeps it as its ``__loader__``)."""
+    for finder in [f for f in sys.meta_path if isinstance(f, BundleFinder)]:
+        sys.meta_path.remove(finder)
+        finder.index, finder.data = {}, memoryview(b"")
 
 
 def main(argv: list[str]) -> int:

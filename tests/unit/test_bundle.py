@@ -67,4 +67,4 @@ def test_install_and_release(tmp_path) -> None:
         assert finder is not None and sys.meta_path[0] is finder
     finally:
         bundle.release()
-    assert finder not in sys.meta_path
+    assert finder not in sys.meta_path and finder.index == {} and len(finder.data) == 0
