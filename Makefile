@@ -53,12 +53,14 @@ venv: $(VENV)/bin/python
 
 # The seccomp programs are compiled from the installed allowlists, beside
 # them (passt_sep/system/bpf.py): a start then arms them without building a
-# filter; so are the dataclasses' methods (passt_sep/system/codecache.py).
+# filter; so are the dataclasses' methods (passt_sep/system/codecache.py)
+# and the package's modules (passt_sep/system/bundle.py).
 # -P: the installed package, not this checkout's.
 install: venv
 	$(VENV)/bin/pip install -q ".[test]" ruff
 	$(VENV)/bin/python -P -m passt_sep.system.bpf $(VENV)/share/passt-sep/seccomp/*.$$(uname -m)
 	$(VENV)/bin/python -P -m passt_sep.system.codecache
+	$(VENV)/bin/python -P -m passt_sep.system.bundle
 	chmod -R a+rX $(VENV)
 
 # Distros ship /dev/net/tun as 0666; rootless tests rely on it.

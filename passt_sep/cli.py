@@ -7,15 +7,17 @@ import gc
 import os
 import sys
 
-from .system import codecache
+from .system import bundle, codecache
 
 
 def main(argv: list[str] | None = None) -> int:
     gc.disable()    # start-up makes no garbage worth collecting: see Broker._run
+    bundle.install()        # the package's modules from one file: see its docstring
     _open_standard_fds()
     argv = sys.argv if argv is None else argv
     prog = os.path.basename(argv[0]) if argv else "passt-sep"
     codecache.install()     # before the first dataclass: see its docstring
+    codecache.defer("selectors")    # socket's, for sendfile() alone: 0.5-1 ms
     from .config import ConfigError, ShowText, parse_args
     try:
         config = parse_args(argv[1:], prog)
@@ -27,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from .broker.netlink import NetlinkHelper
     netlink = NetlinkHelper.start(config)   # first: it works while the broker imports
+    from .broker.namespaces import prelude
+    made = prelude(config)                  # the command's namespaces, as early
     from .broker.main import run
-    return run(config, netlink)
+    return run(config, netlink, made)
 
 
 def _open_standard_fds() -> None:

@@ -13,14 +13,15 @@ the command and return its exit status.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py's enums cost 1 ms of start-up
 import dataclasses
 import fcntl
 import gc
 import os
 import resource
-import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from .. import clat, nspolicy
@@ -28,28 +29,25 @@ from ..config import Config, Mode
 from ..handoff import FdEntry, Role
 from ..netparams import Network
 from ..packet import mac_to_bytes
-from ..system import codecache, linux, nssource, sandbox
+from ..system import bundle, codecache, linux, nssource, sandbox
+from ..system.handoff_io import WorkerStartError
 from ..system.log import ERROR, INFO, WARNING, Logger, level_for, startup_block
-from ..worker import main as worker_main
 from . import hostinfo, jail, mac, namespaces, sockets
 from .netlink import NetlinkHelper, NetlinkHelperError
 from .tap import TapError
-from .worker_start import WorkerStartError, start_worker
 
 NS_GET_USERNS = 0xB701
 BROKER_ERRORS = (sockets.SetupError, namespaces.NamespaceError, TapError, jail.JailError,
                  NetlinkHelperError, WorkerStartError, sandbox.AllowlistError)
 
 
-def run(config: Config, netlink: NetlinkHelper) -> int:
+def run(config: Config, netlink: NetlinkHelper, prelude: namespaces.Prelude | None = None) -> int:
     """Set everything up and start the worker; the caller's exit status.
     A failure is said on standard error and in the ``-l`` file, if it was
     opened by then (the broker opens it first)."""
-    worker_main.preload(config.vhost_user)  # the last import: none after the jail
-    codecache.release()                     # so every class a start makes is made
     log = Logger(_prog(config), level_for(config))
     try:
-        return Broker(config, netlink, log).run()
+        return Broker(config, netlink, log, prelude).run()
     except BROKER_ERRORS as exc:
         _say(config, log, ERROR, str(exc))
     except OSError as exc:  # anything not foreseen above: still one line
@@ -127,27 +125,29 @@ def _prog(config: Config) -> str:
 
 
 class Broker:
-    def __init__(self, config: Config, netlink: NetlinkHelper, log: Logger | None = None) -> None:
+    def __init__(self, config: Config, netlink: NetlinkHelper, log: Logger | None = None,
+                 prelude: namespaces.Prelude | None = None) -> None:
         self.config = config
         self.netlink = netlink
         self.log = log or Logger(_prog(config), level_for(config))
         self.host: hostinfo.HostInfo | None = None      # as the netlink helper saw it
+        self.prelude = prelude = prelude or namespaces.prelude(config)
         self.entries: list[FdEntry] = []
         self.tap_ifname: str | None = None              # pasta: the tap's name, once made
         self.target: namespaces.Target | None = None
         # root of a user namespace someone else made (Podman's) is not "real
         # root": it has nobody to switch to, and nothing on the host to protect
-        self.real_root = os.geteuid() == 0 and namespaces.in_initial_user_namespace()
+        self.real_root = prelude.real_root
         # files we opened for writing, until the worker serves: removed
         # if start-up fails (the pid file always, the others if made here)
         self.outputs: list[sockets.OutputFile] = []
         self.pid_output: sockets.OutputFile | None = None
         self.socket_path: str | None = None             # a UNIX socket we created
         self.jailed = False
-        self.own_userns = False
+        self.own_userns = prelude.own_userns
         # real root joining another user namespace: who it becomes first
         self.join_as: jail.Identity | None = None
-        self.caller = jail.Identity(os.getuid(), os.getgid())   # before any user namespace
+        self.caller = jail.Identity(*prelude.caller)           # before any user namespace
 
     def run(self) -> int:
         try:
@@ -161,27 +161,31 @@ class Broker:
         host's listeners (ports below 1024) are opened as whoever started us,
         before real root gives up its uid to join a user namespace
         (``_join_owner_userns``); what is made inside the namespace comes
-        after the join, which gives the capabilities there."""
+        after the join, which gives the capabilities there.  The command's
+        namespace (pasta's command mode) has nothing to join: its tap is
+        asked for as soon as it exists, before the worker's code is
+        imported (``_import_worker``)."""
         config = self.config
         self._open_log()
         _raise_fd_limit()
         _check_interfaces(config)
         if config.runas:   # an unknown user, or root, fails before anything
             jail.resolve_runas(config.runas, self.real_root)
-        worker_filter = sandbox.prepare(
-            "worker", frozenset({"vhost-user"}) if config.vhost_user else frozenset())
-        waiter_filter = sandbox.prepare("waiter")
-        self.source_filter = sandbox.prepare("nssource")
         if config.mode == Mode.PASTA:
             self._pasta_namespace()
         else:
             self._own_user_namespace()
             self._passt_socket()
+        start_worker = self._import_worker()
+        worker_filter = sandbox.prepare(
+            "worker", frozenset({"vhost-user"}) if config.vhost_user else frozenset())
+        waiter_filter = sandbox.prepare("waiter")
+        self.source_filter = sandbox.prepare("nssource")
         self._files()
         self._host_forwarding()
-        if config.mode == Mode.PASTA:
+        if config.mode == Mode.PASTA and self.target.holder is None:   # else asked for already
             self._join_owner_userns()
-            self.netlink.request_tap(self.target.netns_fd, persist=self.target.holder is not None)
+            self._request_tap()
         identity = self._jail_identity()
         if identity == self.caller and not self.real_root:
             identity = None         # --runas naming oneself: nothing to switch
@@ -201,27 +205,50 @@ class Broker:
                               confinement=confinement,
                               host_tcp_listening=self.netlink.tcp_listening)
         self.entries = []
+        self.netlink.reap()     # it exited meanwhile: its exit is no wait of ours
         self._keep_outputs(worker)
         if self.socket_path and not config.quiet:
             _print_block(self.log, _qemu_hint(self.socket_path, config.vhost_user).split("\n"))
         self.socket_path = None
         return self._after_start(worker, waiter_filter)
 
+    def _import_worker(self) -> Callable[..., int]:
+        """Import the worker's code, the last import (none after the
+        jail) and a third of the broker's CPU: after the command's namespace
+        is made and its tap asked for, so that the netlink helper, on the
+        other CPU, makes the tap meanwhile; then the install-time caches of
+        code go (``codecache``, ``bundle``).  ``start_worker``."""
+        from ..worker import main as worker_main
+        from .worker_start import start_worker
+        worker_main.preload(self.config.vhost_user)
+        codecache.release()     # so every class a start makes is made
+        bundle.release()
+        return start_worker
+
     # -- pasta ------------------------------------------------------------------
     def _pasta_namespace(self) -> None:
-        """Open or create the namespaces (joined later: ``_join_owner_userns``)."""
+        """Open or create the namespaces (joined later: ``_join_owner_userns``);
+        a namespace of our own for the command gets its tap asked for now."""
         config = self.config
         if config.netns or config.target_pid is not None:
             self.target = namespaces.open_existing(config.netns, config.target_pid, config.userns)
             if self.target.pidfd is not None:
                 self.entries.append(FdEntry(Role.TARGET_PIDFD, self.target.pidfd))
             self._owner_userns()
-        else:
-            self._own_user_namespace()
-            command = list(config.command) or [os.environ.get("SHELL") or "/bin/sh"]
-            self.target = namespaces.spawn_command_namespace(command)
+        else:                       # started already: ``namespaces.prelude``
+            if self.prelude.error is not None:
+                raise self.prelude.error
+            assert self.prelude.holder is not None
+            self.target = namespaces.command_target(self.prelude.holder)
             self.entries.append(FdEntry(Role.COMMAND_PIDFD,
                                         os.pidfd_open(self.target.holder.pid)))
+            self._request_tap()
+
+    def _request_tap(self) -> None:
+        """Have the netlink helper make the tap in the target namespace,
+        persistent in the command's (``netlink._tap``)."""
+        assert self.target is not None
+        self.netlink.request_tap(self.target.netns_fd, persist=self.target.holder is not None)
 
     def _network(self) -> Network:
         """The host's network and (pasta) the tap, from the netlink helper,
@@ -490,8 +517,8 @@ class Broker:
                 os.close(entry.fd)
             except OSError:
                 pass
-        if self.target and self.target.holder:
-            self.target.holder.abandon()
+        if self.prelude.holder is not None:     # the target's in command mode
+            self.prelude.holder.abandon()
         self.netlink.close(kill=True)
 
     def _remove_outputs(self) -> None:

@@ -12,16 +12,16 @@ calls ``forwarding_inside`` once the tap is up.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py's enums cost 1 ms of start-up
 import fcntl
 import os
 import re
-import signal
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import Config
+from ..config import Config, Mode
 from ..handoff import FdEntry, Role
 from ..ports import Forwarding
 from ..system import fdpass, linux
@@ -71,13 +71,47 @@ class Target:
 
 # -- a new namespace with a command inside ---------------------------------------
 
+@dataclass
+class Prelude:
+    """Who started us, seen before any user namespace of ours, and in
+    pasta's command mode the command's namespaces, made by ``prelude``."""
+
+    real_root: bool                  # root in the host's user namespace
+    caller: tuple[int, int]          # uid and gid
+    own_userns: bool = False
+    holder: CommandHolder | None = None
+    error: Exception | None = None   # the broker raises it where it made them
+
+
+def prelude(config: Config) -> Prelude:
+    """Pasta's command mode: a user namespace of our own (unless real
+    root) and the parked command in a new network namespace, made right
+    after the netlink helper is forked (``cli.main``), before the broker
+    imports most of its code: a fork made later shares a larger process,
+    whose pages the broker then copies as it writes them.  The broker
+    waits for the namespace later (``command_target``)."""
+    found = Prelude(os.geteuid() == 0 and in_initial_user_namespace(), (os.getuid(), os.getgid()))
+    if config.mode != Mode.PASTA or config.netns or config.target_pid is not None:
+        return found
+    try:
+        if not found.real_root:
+            create_user_namespace()
+            found.own_userns = True
+        found.holder = start_command(list(config.command)
+                                     or [os.environ.get("SHELL") or "/bin/sh"])
+    except (NamespaceError, OSError) as exc:
+        found.error = exc
+    return found
+
+
 class CommandHolder:
     """The pasta command, forked into a new network namespace and parked
     until the worker serves it; then released to exec the command."""
 
-    def __init__(self, pid: int, release_fd: int) -> None:
+    def __init__(self, pid: int, release_fd: int, ready_fd: int = -1) -> None:
         self.pid = pid
         self.release_fd = release_fd
+        self.ready_fd = ready_fd    # until ``command_target`` has read it
 
     def release(self) -> None:
         os.write(self.release_fd, b"go")
@@ -86,14 +120,16 @@ class CommandHolder:
 
     def abandon(self) -> None:
         """Let the parked child exit without running the command."""
-        if self.release_fd >= 0:
-            os.close(self.release_fd)
-            self.release_fd = -1
+        for fd in (self.release_fd, self.ready_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.release_fd = self.ready_fd = -1
         reap(self.pid)
 
 
-def spawn_command_namespace(command: list[str]) -> Target:
-    """Fork a child into a new network namespace that will exec ``command``.
+def start_command(command: list[str]) -> CommandHolder:
+    """Fork a child into a new network namespace that will exec ``command``;
+    ``command_target`` waits until the namespace exists.
 
     A command that cannot be run is an error here, before anything starts,
     as with pasta (not the shell's silent 127 once the worker serves)."""
@@ -107,14 +143,20 @@ def spawn_command_namespace(command: list[str]) -> Target:
         _parked_child(command, go_read, ready_write)
     os.close(go_read)
     os.close(ready_write)
-    status = os.read(ready_read, 256)
-    os.close(ready_read)
+    return CommandHolder(pid, go_write, ready_read)
+
+
+def command_target(holder: CommandHolder) -> Target:
+    """The command's network namespace, once its child has made it (its
+    caller abandons the holder if this fails)."""
+    status = os.read(holder.ready_fd, 256)
+    os.close(holder.ready_fd)
+    holder.ready_fd = -1
     if status != b"ok":
-        reap(pid)
         reason = status.decode(errors="replace")
         raise NamespaceError(f"cannot create a network namespace: {reason}")
-    netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    return Target(netns_fd, holder=CommandHolder(pid, go_write))
+    netns_fd = os.open(f"/proc/{holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return Target(netns_fd, holder=holder)
 
 
 def _check_command(name: str) -> None:

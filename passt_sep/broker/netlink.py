@@ -49,7 +49,7 @@ class NetlinkHelper:
     """The broker's end: ask for the host, then for the tap."""
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
+        self.pid: int | None = pid
         self.sock: socket.socket | None = sock
         self.nat64: str | None = None       # the discovered NAT64 prefix, with host()
         self.tcp_listening: list[int] | None = None   # the host's listening ports, with host()
@@ -94,16 +94,23 @@ class NetlinkHelper:
         return reply["ifname"], reply["mac"], fds[0], inside
 
     def close(self, kill: bool = False) -> None:
-        """Let the helper go (it exits when our end closes) and reap it."""
-        if self.sock is None:
-            return
-        self.sock.close()
-        self.sock = None
-        from .namespaces import reap  # not at the top: nothing to load before the fork
-        if kill:
+        """Let the helper go (it exits when our end closes), reaped by
+        ``reap`` once the broker has other work behind it (a process's exit
+        takes 1-3 ms), or now when killed."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if kill and self.pid is not None:
             import signal  # error paths only
             os.kill(self.pid, signal.SIGKILL)
-        reap(self.pid)
+            self.reap()
+
+    def reap(self) -> None:
+        """Wait for the helper's exit, once, after ``close``."""
+        if self.pid is not None:
+            from .namespaces import reap  # not at the top: nothing to load before the fork
+            reap(self.pid)
+            self.pid = None
 
     def _receive(self) -> tuple[dict, list[int]]:
         assert self.sock is not None

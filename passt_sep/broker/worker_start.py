@@ -8,8 +8,8 @@ receives the manifest and the fds through SCM_RIGHTS (``passt_sep.handoff``).
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py's enums cost 1 ms of start-up
 import os
-import signal
 import socket
 
 import prctl
@@ -18,13 +18,10 @@ from ..config import Config, Mode
 from ..handoff import READY, FdEntry, WorkerConfig
 from ..netparams import Network
 from ..system import handoff_io
+from ..system.handoff_io import WorkerStartError
 from ..system.sandbox import Prepared
 from ..worker import main as worker_main
 from . import mac
-
-
-class WorkerStartError(Exception):
-    """The worker died or refused the handoff before it became ready."""
 
 
 def start_worker(config: Config, network: Network, entries: list[FdEntry],

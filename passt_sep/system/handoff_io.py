@@ -10,6 +10,10 @@ from ..netparams import Network
 from . import fdpass
 
 
+class WorkerStartError(Exception):
+    """The worker died or refused the handoff before it became ready."""
+
+
 def send(sock: socket.socket, config: WorkerConfig, network: Network,
          entries: list[FdEntry]) -> None:
     """Send the message and every fd; the caller closes its copies after."""
