@@ -25,6 +25,7 @@ import functools
 import os
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,8 +64,9 @@ WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
 # flow timers come due at multiples of this (a power of two: exact in a
 # float), so that those of many flows share a wakeup: every connection has
-# one to retransmit its SYN-ACK, and another to end its linger
+# one to retransmit its SYN-ACK (the linger's end is the sweep's)
 TIMER_GRAIN = 1 / 32
+NO_TIMER = float("inf")
 # plain ints: socket's MSG_* are enum flags, and each | of them builds a
 # new enum member in Python code (a microsecond per call on the hot path)
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
@@ -96,17 +98,20 @@ class Flow:
     edge-triggered socket that has data raises the first edge (a peek at
     the handshake's end would only fail, a syscall and an exception).
     ``tracked``: in the flow table (a flag, not a lookup, on every event).
+    ``sooner``: a deadline at or before it needs ``timer`` moved (it comes
+    due at the next multiple of TIMER_GRAIN); infinite without a timer.
     ``fallback``: ``--clat``, an inbound IPv6 connection offered to the guest
     over IPv6: the IPv4 address it is offered from instead if the guest
     refuses it (a service listening on IPv4 only)."""
 
-    __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out",
-                 "drained", "tracked", "fallback")
+    __slots__ = ("conn", "sock", "key", "timer", "sooner", "recheck", "recheck_delay",
+                 "want_out", "drained", "tracked", "fallback")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
         self.sock: socket.socket | None = sock
         self.timer: Timer | None = None
+        self.sooner = NO_TIMER
         self.recheck: Timer | None = None
         self.recheck_delay = WINDOW_RECHECK
         self.want_out = False
@@ -137,6 +142,10 @@ class TcpHandler:
         self.view = memoryview(self.buffer)
         self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}
         self.divert = divert
+        # closed flows, oldest first, each until its linger_until: every one
+        # lingers tcp.LINGER, so one timer for the oldest sweeps them all
+        self.lingering: deque[Flow] = deque()
+        self.sweep: Timer | None = None
         for listener in listeners:
             self.add_listener(listener)
 
@@ -256,11 +265,9 @@ class TcpHandler:
             actions = self._written(flow, written, now)
         if send_more and flow.sock is not None and not flow.drained:
             actions = self._pump(flow, now) or actions
-        if flow.tracked:
-            timer, deadline = flow.timer, actions.deadline
-            # _schedule's own test, in line: nearly every input leaves the timer
-            if (timer is None or timer.callback is None or deadline is None
-                    or deadline < timer.deadline):
+        if flow.sock is not None:         # else forgotten, or lingering: swept
+            deadline = actions.deadline
+            if deadline is None or deadline <= flow.sooner:     # rarely: most keep the timer
                 self._schedule(flow, deadline)
 
     def _apply(self, flow: Flow, actions: tcp.Actions) -> int | None:
@@ -310,6 +317,7 @@ class TcpHandler:
                 pass
         if actions.closed:
             self._close_socket(flow)
+            self._linger(flow)
 
     @staticmethod
     def _clamp_window(sock: socket.socket, clamp: int) -> None:
@@ -379,11 +387,9 @@ class TcpHandler:
             actions = self._pump(flow, now, False)
         else:
             actions = self._other_event(flow, events, now)
-        if actions is not None and flow.tracked:
-            timer, deadline = flow.timer, actions.deadline
-            # _schedule's own test, in line: nearly every input leaves the timer
-            if (timer is None or timer.callback is None or deadline is None
-                    or deadline < timer.deadline):
+        if actions is not None and flow.sock is not None:
+            deadline = actions.deadline
+            if deadline is None or deadline <= flow.sooner:     # rarely: most keep the timer
                 self._schedule(flow, deadline)
 
     def _other_event(self, flow: Flow, events: int, now: float) -> tcp.Actions | None:
@@ -490,30 +496,60 @@ class TcpHandler:
 
     # -- timers and the end of flows --------------------------------------------------
     def _schedule(self, flow: Flow, deadline: float | None) -> None:
-        """One loop timer per flow, moved only when the deadline comes
-        earlier; a timer that fires early just schedules the next one.  It
-        fires up to TIMER_GRAIN late: TCP's deadlines are a second or more
-        away, and timers due together cost one wakeup of the loop, not one
-        each with a timerfd read and re-arm."""
-        timer = flow.timer
+        """Move the flow's timer to an earlier ``deadline`` (None: cancel
+        it).  One loop timer per flow, moved only when the deadline comes
+        earlier (the callers' test, ``sooner``); a timer that fires early
+        just schedules the next one.  It fires up to TIMER_GRAIN late:
+        TCP's deadlines are a second or more away, and timers due together
+        cost one wakeup of the loop, not one each with a timerfd read and
+        re-arm."""
+        self._cancel_timer(flow)
         if deadline is not None:
             deadline = -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
-        if timer is not None and timer.callback is not None:
-            if deadline is not None and timer.deadline <= deadline:
-                return
-            timer.cancel()
-        flow.timer = None
-        if deadline is not None:
             flow.timer = self.loop.call_at(deadline, functools.partial(self._on_timer, flow))
+            flow.sooner = deadline - TIMER_GRAIN
+
+    @staticmethod
+    def _cancel_timer(flow: Flow) -> None:
+        if flow.timer is not None:
+            flow.timer.cancel()
+            flow.timer, flow.sooner = None, NO_TIMER
 
     def _on_timer(self, flow: Flow, now: float) -> None:
-        flow.timer = None
+        flow.timer, flow.sooner = None, NO_TIMER
         if not flow.tracked:
             return
         actions = flow.conn.on_timer(now)
         if actions.retransmit and flow.sock is not None:
             self.loop.counters.add("tcp_retransmit_timeout")
         self._handle(flow, actions, now)
+
+    def _linger(self, flow: Flow) -> None:
+        """Closed: the flow stays in the table until its ``linger_until``
+        to acknowledge a retransmitted FIN, in the queue of lingering flows
+        instead of on a timer of its own."""
+        self._cancel_timer(flow)
+        self.lingering.append(flow)
+        if self.sweep is None:
+            self._sweep_at(flow.conn.linger_until)
+
+    def _sweep_at(self, deadline: float) -> None:
+        self.sweep = self.loop.call_at(-(-deadline // TIMER_GRAIN) * TIMER_GRAIN, self._sweep)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the flows whose linger is over (those forgotten since,
+        by a reset or a new SYN on their ports, just leave the queue)."""
+        self.sweep = None
+        lingering, flows = self.lingering, self.flows
+        while lingering:
+            flow = lingering[0]
+            if flow.conn.linger_until > now:
+                self._sweep_at(flow.conn.linger_until)
+                return
+            lingering.popleft()
+            if flow.tracked:
+                flow.tracked = False
+                flows.remove(flow.key)
 
     def _close_socket(self, flow: Flow, reset: bool = False) -> None:
         sock = flow.sock
@@ -528,9 +564,7 @@ class TcpHandler:
 
     def _forget(self, flow: Flow, reset: bool = False) -> None:
         self._close_socket(flow, reset)
-        if flow.timer is not None:
-            flow.timer.cancel()
-            flow.timer = None
+        self._cancel_timer(flow)
         if flow.tracked:
             flow.tracked = False
             self.flows.remove(flow.key)

@@ -297,6 +297,33 @@ def test_guest_fin_is_eof_to_the_server_and_the_servers_close_a_fin_after_all_da
     assert len(handler.flows) == 0                     # forgotten after the linger
 
 
+def close(rig: Rig, guest: TcpGuest, peer: socket.socket) -> None:
+    """The guest's FIN, then the server's close, then the guest's last ACK."""
+    guest.send(FIN | ACK)
+    guest.take()
+    assert peer.recv(10) == b""
+    peer.close()
+    rig.run_until(lambda: bool(guest.take()) and guest.fin, "the FIN")
+    guest.send(ACK)
+
+
+def test_closed_flows_linger_on_one_timer_and_a_new_syn_takes_their_ports(
+        rig: Rig, server: Server, v6: bool) -> None:
+    """A closed flow stays LINGER seconds, waiting in a queue that one
+    timer sweeps rather than on a timer of its own; a new connection on a
+    lingering flow's ports replaces it, and the sweep leaves it alone."""
+    handler = rig.tcp()
+    for port in (40000, 40001, 40002):
+        close(rig, *connect(rig, handler, server, v6, port=port))
+    assert len(handler.flows) == 3 and handler.active_flows() == 0
+    live = [timer.callback for _, _, timer in rig.loop.timers if timer.callback is not None]
+    assert live == [handler._sweep]
+    again, _ = connect(rig, handler, server, v6, port=40000)
+    rig.loop.run_due_timers(time.monotonic() + tcp.LINGER + 0.1)
+    assert list(handler.flows) == [again.key()] and handler.active_flows() == 1
+    assert handler.sweep is None and not handler.lingering
+
+
 def test_server_close_first_then_guest_fin(rig: Rig, server: Server, v6: bool) -> None:
     handler = rig.tcp()
     guest, peer = connect(rig, handler, server, v6)
