@@ -56,6 +56,7 @@ EPOLLET = 1 << 31
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
 HANGUP = EPOLLRDHUP | EPOLLHUP
 READABLE = EPOLLIN | HANGUP
+IN_OUT = EPOLLIN | EPOLLOUT
 PEEK_BUFFER = 1 << 19
 WRITE_FAILED = -1                   # what _write returns when the socket failed
 SYN_ACK = SYN | ACK
@@ -105,7 +106,7 @@ class Flow:
     refuses it (a service listening on IPv4 only)."""
 
     __slots__ = ("conn", "sock", "key", "timer", "sooner", "recheck", "recheck_delay",
-                 "want_out", "drained", "tracked", "fallback")
+                 "want_out", "asks_out", "drained", "tracked", "fallback")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -114,7 +115,7 @@ class Flow:
         self.sooner = NO_TIMER
         self.recheck: Timer | None = None
         self.recheck_delay = WINDOW_RECHECK
-        self.want_out = False
+        self.want_out = self.asks_out = False
         self.drained = True
         self.tracked = False
         self.fallback: bytes | None = None
@@ -232,7 +233,7 @@ class TcpHandler:
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
         conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now, self.tso)
         flow = Flow(conn, sock, key)
-        flow.want_out = True
+        flow.want_out = flow.asks_out = True
         self._track(flow, SOCKET_EVENTS | EPOLLOUT)
         code = sock.connect_ex((socket.inet_ntop(family, host), seg.dport))
         if code not in (0, errno.EINPROGRESS):
@@ -382,8 +383,9 @@ class TcpHandler:
     # -- socket events -------------------------------------------------------------------
     def _socket_event(self, flow: Flow, fd: int, events: int, now: float) -> None:
         """Most events are data and nothing else on a connected socket (a
-        connecting one waits for EPOLLOUT, ``want_out``): straight to the peek."""
-        if events == EPOLLIN and not flow.want_out and flow.sock is not None:
+        connecting one waits for EPOLLOUT, ``want_out``), EPOLLOUT along if
+        still asked for (``asks_out``): straight to the peek."""
+        if events | EPOLLOUT == IN_OUT and not flow.want_out and flow.sock is not None:
             actions = self._pump(flow, now, False)
         else:
             actions = self._other_event(flow, events, now)
@@ -398,25 +400,41 @@ class TcpHandler:
         if flow.sock is None:
             return None
         if flow.conn.state is State.CONNECTING:
-            self._connect_done(flow, now)
+            self._connect_done(flow, events, now)
             return None
         if events & EPOLLERR and flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self._socket_error(flow, now)
             return None
-        if events & EPOLLOUT and flow.want_out:
-            self._window_update(flow, now)
+        if events & EPOLLOUT:
+            if flow.want_out:
+                self._window_update(flow, now)
+            elif not events & READABLE:
+                self._stop_out(flow)          # room back, wanted no longer: stop asking
         if events & READABLE and flow.sock is not None:
             return self._pump(flow, now, bool(events & HANGUP))
         return None
 
-    def _connect_done(self, flow: Flow, now: float) -> None:
+    def _connect_done(self, flow: Flow, events: int, now: float) -> None:
+        """The connect's outcome, from the events alone: a connect that
+        failed (refused, unreachable, timed out) left an error and a closed
+        socket, EPOLLERR and EPOLLHUP; else EPOLLOUT says it is done.  A
+        reset that comes later is an error event of its own.  EPOLLOUT
+        stays asked for (``asks_out``): the data events carry it along,
+        and a connection that never fills its socket (a request and its
+        answer) needs no epoll_ctl to drop it; an EPOLLOUT of its own, room
+        back after the socket was full, does (``_other_event``).  Data or
+        the peer's FIN that came with the connect are peeked once the
+        guest acknowledges our SYN-ACK: this event was their edge."""
         sock = flow.sock
         assert sock is not None
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        if events & (EPOLLERR | EPOLLHUP):
             self._connect_failed(flow, now)
             return
+        if not events & EPOLLOUT:
+            return                          # not done yet
         flow.want_out = False
-        self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
+        if events & READABLE:
+            flow.drained = False
         self._handle(flow, flow.conn.on_connected(*self._room(sock), now), now)
 
     def _connect_failed(self, flow: Flow, now: float) -> None:
@@ -431,8 +449,16 @@ class TcpHandler:
 
     def _want_out(self, flow: Flow) -> None:
         if not flow.want_out and flow.sock is not None:
-            flow.want_out = True
+            flow.want_out = flow.asks_out = True
+            # even if asked for already: the epoll_ctl reports the room
+            # there is now (a window may wait for room the socket never
+            # refused a write for: no EPOLLOUT edge would come)
             self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS | EPOLLOUT)
+
+    def _stop_out(self, flow: Flow) -> None:
+        if flow.asks_out and flow.sock is not None:
+            flow.asks_out = False
+            self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS)
 
     def _window_update(self, flow: Flow, now: float) -> None:
         """Offer the guest the room the socket has again.  The socket says
@@ -452,7 +478,7 @@ class TcpHandler:
             return
         flow.recheck_delay = WINDOW_RECHECK
         flow.want_out = False
-        self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
+        self._stop_out(flow)
 
     def _recheck(self, flow: Flow, now: float) -> None:
         flow.recheck = None

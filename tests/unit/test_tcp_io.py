@@ -109,6 +109,25 @@ def test_a_connection_carries_data_both_ways_within_the_guest_window(rig: Rig, s
     assert handler.active_flows() == 1
 
 
+def test_a_banner_and_fin_that_come_with_the_connect_follow_the_handshake(
+        rig: Rig, server: Server, v6: bool) -> None:
+    """A server that speaks first may have spoken and closed before the
+    loop sees the connect: one event tells all of it, and its data and FIN
+    go to the guest once it acknowledges our SYN-ACK."""
+    handler = rig.tcp()
+    guest = TcpGuest(rig, handler, v6, peer_port=server.port)
+    guest.connect()                                   # the loop has not run yet
+    peer = server.accept()
+    peer.sendall(b"220 hello\r\n")
+    peer.close()
+    [synack] = guest.wait("SYN-ACK")
+    assert synack.flags == SYN | ACK
+    guest.send(ACK)
+    guest.wait_data(11)
+    rig.run_until(lambda: bool(guest.take()) or guest.fin, "the FIN")
+    assert bytes(guest.data) == b"220 hello\r\n" and guest.fin
+
+
 def test_the_host_socket_takes_the_guests_mss_no_nagle_and_a_peek_offset(
         rig: Rig, server: Server, v6: bool) -> None:
     """Its SYN offers the guest's MSS (TCP_MAXSEG before the connect)."""
