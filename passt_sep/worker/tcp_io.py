@@ -19,6 +19,7 @@ while a connect is in progress or the socket refused guest data.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import fcntl
 import functools
@@ -73,6 +74,7 @@ NO_TIMER = float("inf")
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
 PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+OUTBOUND_TYPE = int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
 
 # pasta: (accepted socket, target port, peer address) -> taken (spliced instead)
@@ -212,8 +214,9 @@ class TcpHandler:
         host = self.addrmap.to_host(inb.dst, seg.dport)   # --clat: IPv4 may leave as IPv6
         family = socket.AF_INET6 if len(host) == 16 else socket.AF_INET
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-                                 | socket.SOCK_CLOEXEC)
+            # the C type socket.socket adds to: its __init__ and close() run
+            # Python code, for makefile()'s reference counts (never used here)
+            sock = _socket.socket(family, OUTBOUND_TYPE)
         except OSError:
             self.loop.counters.add("tcp_socket_error")     # out of fds, most likely
             self._refuse(seg, inb)
