@@ -100,6 +100,11 @@ class Flow:
     a new flow starts so, its socket not yet registered: registering an
     edge-triggered socket that has data raises the first edge (a peek at
     the handshake's end would only fail, a syscall and an exception).
+    ``peek_off``: the socket's SO_PEEK_OFF is on.  Off, every peek starts
+    at the front of the receive queue, the first byte the guest has not
+    acknowledged: right for a peek with nothing in flight (a request's
+    answer, as a rule), so the option is set only before the first peek
+    behind bytes in flight (most short connections never set it).
     ``tracked``: in the flow table (a flag, not a lookup, on every event).
     ``sooner``: a deadline at or before it needs ``timer`` moved (it comes
     due at the next multiple of TIMER_GRAIN); infinite without a timer.
@@ -108,7 +113,7 @@ class Flow:
     refuses it (a service listening on IPv4 only)."""
 
     __slots__ = ("conn", "sock", "key", "timer", "sooner", "recheck", "recheck_delay",
-                 "want_out", "asks_out", "drained", "tracked", "fallback")
+                 "want_out", "asks_out", "drained", "peek_off", "tracked", "fallback")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -119,6 +124,7 @@ class Flow:
         self.recheck_delay = WINDOW_RECHECK
         self.want_out = self.asks_out = False
         self.drained = True
+        self.peek_off = False
         self.tracked = False
         self.fallback: bytes | None = None
 
@@ -232,7 +238,7 @@ class TcpHandler:
             return
         if seg.mss in MAXSEG_RANGE:       # before the connect: our SYN's MSS follows it
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, seg.mss)
-        self._tune(sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # the guest segmented
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
         conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now, self.tso)
         flow = Flow(conn, sock, key)
@@ -241,13 +247,6 @@ class TcpHandler:
         code = sock.connect_ex((socket.inet_ntop(family, host), seg.dport))
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(flow, now)
-
-    @staticmethod
-    def _tune(sock: socket.socket) -> None:
-        """No Nagle (the guest already segmented), and the peek offset on
-        (an outbound socket's MSS, TCP_MAXSEG, is the guest's too)."""
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
 
     def _track(self, flow: Flow, events: int) -> None:
         """Into the table, and its socket into the loop: the socket's events
@@ -312,7 +311,7 @@ class TcpHandler:
         rewind the peek, shut the socket for writing, close it."""
         if actions.retransmit:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-            flow.drained = False
+            flow.drained, flow.peek_off = False, True
             self.loop.counters.add("tcp_retransmit")
         if actions.shutdown_write:
             try:
@@ -504,6 +503,10 @@ class TcpHandler:
         actions = None
         while (budget := conn.send_budget()) > 0:
             wanted = min(budget, PEEK_BUFFER)
+            if not flow.peek_off and conn.snd_nxt != conn.snd_una:   # bytes in flight
+                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF,
+                                (conn.snd_nxt - conn.snd_una) & tcp_wire.MASK)
+                flow.peek_off = True
             try:
                 size = sock.recv_into(view, wanted, PEEK_FLAGS)
             except BlockingIOError:
@@ -669,7 +672,7 @@ class TcpHandler:
         connection costs no more than its reset."""
         fd = sock.fileno()
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-        self._tune(sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # the guest segments
 
     @staticmethod
     def _refused_syn(flow: Flow, seg: tcp_wire.TcpSegment) -> bool:
