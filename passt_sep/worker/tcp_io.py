@@ -13,8 +13,10 @@ Sockets are edge-triggered: data the guest has not acknowledged stays in
 the socket's receive queue, so a level-triggered socket would look
 readable for ever.  After each edge, and whenever the guest acknowledges
 data or opens its window, ``_pump`` peeks as much as ``send_budget()``
-allows into one buffer shared by every flow.  EPOLLOUT is asked for only
-while a connect is in progress or the socket refused guest data.
+allows into one buffer shared by every flow.  EPOLLOUT matters only
+while a connect is in progress or the socket refused guest data; after a
+connect it stays asked for until an EPOLLOUT comes alone (see
+``_connect_done``).
 """
 
 from __future__ import annotations
@@ -220,8 +222,9 @@ class TcpHandler:
         host = self.addrmap.to_host(inb.dst, seg.dport)   # --clat: IPv4 may leave as IPv6
         family = socket.AF_INET6 if len(host) == 16 else socket.AF_INET
         try:
-            # the C type socket.socket adds to: its __init__ and close() run
-            # Python code, for makefile()'s reference counts (never used here)
+            # _socket.socket, the C type socket.socket derives from: the
+            # latter's __init__ and close() run Python code per connection,
+            # for makefile()'s reference counts (never used here)
             sock = _socket.socket(family, OUTBOUND_TYPE)
         except OSError:
             self.loop.counters.add("tcp_socket_error")     # out of fds, most likely
@@ -535,11 +538,14 @@ class TcpHandler:
         TCP's deadlines are a second or more away, and timers due together
         cost one wakeup of the loop, not one each with a timerfd read and
         re-arm."""
-        self._cancel_timer(flow)
-        if deadline is not None:
-            deadline = -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
-            flow.timer = self.loop.call_at(deadline, functools.partial(self._on_timer, flow))
-            flow.sooner = deadline - TIMER_GRAIN
+        if flow.timer is not None:
+            flow.timer.cancel()
+        if deadline is None:
+            flow.timer, flow.sooner = None, NO_TIMER
+            return
+        deadline = -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
+        flow.timer = self.loop.call_at(deadline, functools.partial(self._on_timer, flow))
+        flow.sooner = deadline - TIMER_GRAIN
 
     @staticmethod
     def _cancel_timer(flow: Flow) -> None:
