@@ -26,6 +26,7 @@ from glue import (
 
 from passt_sep import tcp
 from passt_sep.tcp import ACK, FIN, PSH, RST, SYN
+from passt_sep.worker.loop import EPOLLOUT
 from passt_sep.worker.tcp_io import SO_PEEK_OFF, TcpListener
 
 KIB = 1024
@@ -128,6 +129,27 @@ def test_a_banner_and_fin_that_come_with_the_connect_follow_the_handshake(
     guest.wait_data(11)
     rig.run_until(lambda: bool(guest.take()) or guest.fin, "the FIN")
     assert bytes(guest.data) == b"220 hello\r\n" and guest.fin
+
+
+def test_epollout_stays_asked_for_after_the_connect_until_it_comes_alone(
+        rig: Rig, server: Server, v6: bool) -> None:
+    """No epoll_ctl to drop EPOLLOUT once connected: data events carry it
+    along.  An EPOLLOUT of its own (room back in a socket that was full,
+    wanted no longer) drops it, and the socket's data still comes."""
+    handler = rig.tcp()
+    guest, peer = connect(rig, handler, server, v6)
+    flow = handler.flows.get(guest.key())
+    assert flow is not None and flow.sock is not None
+    assert flow.asks_out and not flow.want_out
+    peer.sendall(b"one")
+    guest.wait_data(3)                                # EPOLLIN with EPOLLOUT along
+    assert flow.asks_out
+    guest.send(ACK)
+    handler._socket_event(flow, flow.sock.fileno(), EPOLLOUT, time.monotonic())
+    assert not flow.asks_out
+    peer.sendall(b"two")
+    guest.wait_data(6)
+    assert bytes(guest.data) == b"onetwo"
 
 
 def test_the_host_socket_takes_the_guests_mss_no_nagle_and_no_peek_offset_yet(
