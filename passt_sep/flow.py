@@ -156,18 +156,21 @@ class FlowSection(Generic[V]):
         return self.table._flows.get
 
     def add(self, key: Key, value: V) -> bool:
-        """Admit a new flow under the table's cap; False when refused."""
+        """Admit a new flow under the table's cap; False when refused.
+        (FlowTable.add's test, in line: this runs for every connection.)"""
         if key[0] not in self.kinds:
             raise ValueError(f"kind {key[0]} is not this section's")
-        if not self.table.add(key, value):
+        flows = self.table._flows
+        if len(flows) >= self.table.max_flows or key in flows:
             return False
+        flows[key] = value
         self._count += 1
         return True
 
     @property
     def full(self) -> bool:
         """No flow of any kind can be added."""
-        return self.table.full
+        return len(self.table._flows) >= self.table.max_flows
 
     def remove(self, key: Key) -> V | None:
         value = self.table._flows.pop(key, None) if key[0] in self.kinds else None

@@ -18,6 +18,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from time import monotonic
 
 from ..system.log import Logger
 
@@ -183,14 +184,13 @@ class Loop:
             ready = self.epoll.poll(timeout, 256)
         except InterruptedError:
             return
-        now = time.monotonic()
+        now = monotonic()
         self.rounds += 1
         callbacks = self.callbacks
         for fd, events in ready:
-            callback = callbacks.get(fd)
-            if callback is not None:
+            if fd in callbacks:  # else removed by an event before it, this round
                 try:             # _guarded, inline: this runs for every event
-                    callback(fd, events, now)
+                    callbacks[fd](fd, events, now)
                 except Exception as exc:
                     self._failed(exc)
         while self.round_end:

@@ -15,18 +15,21 @@ readable for ever.  After each edge, and whenever the guest acknowledges
 data or opens its window, ``_pump`` peeks as much as ``send_budget()``
 allows into one buffer shared by every flow.  What the guest acknowledged
 is discarded (``MSG_TRUNC``) once there are DISCARD_BATCH bytes of it, or
-before a rewind, a shutdown or a close.  EPOLLOUT is asked for only
-while a connect is in progress or the socket refused guest data.
+before a rewind, a shutdown or a close.  EPOLLOUT matters only while a
+connect is in progress or the socket refused guest data; after a connect
+it stays asked for until an EPOLLOUT comes alone (see ``_connect_done``).
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import fcntl
 import functools
 import os
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,6 +60,7 @@ EPOLLET = 1 << 31
 SOCKET_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
 HANGUP = EPOLLRDHUP | EPOLLHUP
 READABLE = EPOLLIN | HANGUP
+IN_OUT = EPOLLIN | EPOLLOUT
 PEEK_BUFFER = 1 << 19
 # acknowledged bytes a socket's receive queue may keep before they are
 # discarded: a request/response exchange then saves the discard's syscall
@@ -68,13 +72,15 @@ WINDOW_RECHECK_MAX = 0.1
 MAXSEG_RANGE = range(88, 32768)     # what Linux takes for TCP_MAXSEG
 # flow timers come due at multiples of this (a power of two: exact in a
 # float), so that those of many flows share a wakeup: every connection has
-# one to retransmit its SYN-ACK, and another to end its linger
+# one to retransmit its SYN-ACK (the linger's end is the sweep's)
 TIMER_GRAIN = 1 / 32
+NO_TIMER = float("inf")
 # plain ints: socket's MSG_* are enum flags, and each | of them builds a
 # new enum member in Python code (a microsecond per call on the hot path)
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
 PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+OUTBOUND_TYPE = int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
 
 # pasta: (accepted socket, target port, peer address) -> taken (spliced instead)
@@ -100,24 +106,34 @@ class Flow:
     a new flow starts so, its socket not yet registered: registering an
     edge-triggered socket that has data raises the first edge (a peek at
     the handshake's end would only fail, a syscall and an exception).
+    ``peek_off``: the socket's SO_PEEK_OFF is on.  Off, every peek starts
+    at the front of the receive queue: right while nothing is in flight
+    and nothing acknowledged waits there for its discard (a request's first
+    answer, as a rule), so the option is set only before the first peek
+    behind such bytes (most short connections never set it).
     ``tracked``: in the flow table (a flag, not a lookup, on every event).
+    ``sooner``: a deadline at or before it needs ``timer`` moved (it comes
+    due at the next multiple of TIMER_GRAIN); infinite without a timer.
     ``fallback``: ``--clat``, an inbound IPv6 connection offered to the guest
     over IPv6: the IPv4 address it is offered from instead if the guest
     refuses it (a service listening on IPv4 only).  ``undiscarded``: bytes
     the guest acknowledged that are still at the head of the socket's
     receive queue (fewer than DISCARD_BATCH; the peek offset counts them)."""
 
-    __slots__ = ("conn", "sock", "key", "timer", "recheck", "recheck_delay", "want_out",
-                 "drained", "tracked", "fallback", "undiscarded")
+    __slots__ = ("conn", "sock", "key", "timer", "sooner", "recheck", "recheck_delay",
+                 "want_out", "asks_out", "drained", "peek_off", "tracked", "fallback",
+                 "undiscarded")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
         self.sock: socket.socket | None = sock
         self.timer: Timer | None = None
+        self.sooner = NO_TIMER
         self.recheck: Timer | None = None
         self.recheck_delay = WINDOW_RECHECK
-        self.want_out = False
+        self.want_out = self.asks_out = False
         self.drained = True
+        self.peek_off = False
         self.tracked = False
         self.fallback: bytes | None = None
         self.undiscarded = 0
@@ -145,6 +161,10 @@ class TcpHandler:
         self.view = memoryview(self.buffer)
         self.listeners: dict[int, tuple[socket.socket, TcpListener]] = {}
         self.divert = divert
+        # closed flows, oldest first, each until its linger_until: every one
+        # lingers tcp.LINGER, so one timer for the oldest sweeps them all
+        self.lingering: deque[Flow] = deque()
+        self.sweep: Timer | None = None
         for listener in listeners:
             self.add_listener(listener)
 
@@ -222,8 +242,10 @@ class TcpHandler:
         host = self.addrmap.to_host(inb.dst, seg.dport)   # --clat: IPv4 may leave as IPv6
         family = socket.AF_INET6 if len(host) == 16 else socket.AF_INET
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-                                 | socket.SOCK_CLOEXEC)
+            # _socket.socket, the C type socket.socket derives from: the
+            # latter's __init__ and close() run Python code per connection,
+            # for makefile()'s reference counts (never used here)
+            sock = _socket.socket(family, OUTBOUND_TYPE)
         except OSError:
             self.loop.counters.add("tcp_socket_error")     # out of fds, most likely
             self._refuse(seg, inb)
@@ -239,22 +261,15 @@ class TcpHandler:
             return
         if seg.mss in MAXSEG_RANGE:       # before the connect: our SYN's MSS follows it
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, seg.mss)
-        self._tune(sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # the guest segmented
         isn = tcp.isn_for(self.secret, inb.dst, seg.dport, inb.src, seg.sport, now)
         conn = tcp.TcpConn.from_guest_syn(seg, inb, self.net, isn, now, self.tso)
         flow = Flow(conn, sock, key)
-        flow.want_out = True
+        flow.want_out = flow.asks_out = True
         self._track(flow, SOCKET_EVENTS | EPOLLOUT)
         code = sock.connect_ex((socket.inet_ntop(family, host), seg.dport))
         if code not in (0, errno.EINPROGRESS):
             self._connect_failed(flow, now)
-
-    @staticmethod
-    def _tune(sock: socket.socket) -> None:
-        """No Nagle (the guest already segmented), and the peek offset on
-        (an outbound socket's MSS, TCP_MAXSEG, is the guest's too)."""
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
 
     def _track(self, flow: Flow, events: int) -> None:
         """Into the table, and its socket into the loop: the socket's events
@@ -282,11 +297,9 @@ class TcpHandler:
                     self.send_frame(frame)
         if send_more and flow.sock is not None and not flow.drained:
             actions = self._pump(flow, now) or actions
-        if flow.tracked:
-            timer, deadline = flow.timer, actions.deadline
-            # _schedule's own test, in line: nearly every input leaves the timer
-            if (timer is None or timer.callback is None or deadline is None
-                    or deadline < timer.deadline):
+        if flow.sock is not None:         # else forgotten, or lingering: swept
+            deadline = actions.deadline
+            if deadline is None or deadline <= flow.sooner:     # rarely: most keep the timer
                 self._schedule(flow, deadline)
 
     def _apply(self, flow: Flow, actions: tcp.Actions) -> int | None:
@@ -335,7 +348,7 @@ class TcpHandler:
         rewind the peek, shut the socket for writing, close it."""
         if actions.retransmit:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-            flow.drained = False
+            flow.drained, flow.peek_off = False, True
             self.loop.counters.add("tcp_retransmit")
         if actions.shutdown_write:
             try:
@@ -344,6 +357,7 @@ class TcpHandler:
                 pass
         if actions.closed:
             self._close_socket(flow)
+            self._linger(flow)
 
     @staticmethod
     def _clamp_window(sock: socket.socket, clamp: int) -> None:
@@ -411,16 +425,15 @@ class TcpHandler:
     # -- socket events -------------------------------------------------------------------
     def _socket_event(self, flow: Flow, fd: int, events: int, now: float) -> None:
         """Most events are data and nothing else on a connected socket (a
-        connecting one waits for EPOLLOUT, ``want_out``): straight to the peek."""
-        if events == EPOLLIN and not flow.want_out and flow.sock is not None:
+        connecting one waits for EPOLLOUT, ``want_out``), EPOLLOUT along if
+        still asked for (``asks_out``): straight to the peek."""
+        if events | EPOLLOUT == IN_OUT and not flow.want_out and flow.sock is not None:
             actions = self._pump(flow, now, False)
         else:
             actions = self._other_event(flow, events, now)
-        if actions is not None and flow.tracked:
-            timer, deadline = flow.timer, actions.deadline
-            # _schedule's own test, in line: nearly every input leaves the timer
-            if (timer is None or timer.callback is None or deadline is None
-                    or deadline < timer.deadline):
+        if actions is not None and flow.sock is not None:
+            deadline = actions.deadline
+            if deadline is None or deadline <= flow.sooner:     # rarely: most keep the timer
                 self._schedule(flow, deadline)
 
     def _other_event(self, flow: Flow, events: int, now: float) -> tcp.Actions | None:
@@ -429,25 +442,41 @@ class TcpHandler:
         if flow.sock is None:
             return None
         if flow.conn.state is State.CONNECTING:
-            self._connect_done(flow, now)
+            self._connect_done(flow, events, now)
             return None
         if events & EPOLLERR and flow.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
             self._socket_error(flow, now)
             return None
-        if events & EPOLLOUT and flow.want_out:
-            self._window_update(flow, now)
+        if events & EPOLLOUT:
+            if flow.want_out:
+                self._window_update(flow, now)
+            elif not events & READABLE:
+                self._stop_out(flow)          # room back, wanted no longer: stop asking
         if events & READABLE and flow.sock is not None:
             return self._pump(flow, now, bool(events & HANGUP))
         return None
 
-    def _connect_done(self, flow: Flow, now: float) -> None:
+    def _connect_done(self, flow: Flow, events: int, now: float) -> None:
+        """The connect's outcome, from the events alone: a connect that
+        failed (refused, unreachable, timed out) left an error and a closed
+        socket, EPOLLERR and EPOLLHUP; else EPOLLOUT says it is done.  A
+        reset that comes later is an error event of its own.  EPOLLOUT
+        stays asked for (``asks_out``): the data events carry it along,
+        and a connection that never fills its socket (a request and its
+        answer) needs no epoll_ctl to drop it; an EPOLLOUT of its own, room
+        back after the socket was full, does (``_other_event``).  Data or
+        the peer's FIN that came with the connect are peeked once the
+        guest acknowledges our SYN-ACK: this event was their edge."""
         sock = flow.sock
         assert sock is not None
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        if events & (EPOLLERR | EPOLLHUP):
             self._connect_failed(flow, now)
             return
+        if not events & EPOLLOUT:
+            return                          # not done yet
         flow.want_out = False
-        self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
+        if events & READABLE:
+            flow.drained = False
         self._handle(flow, flow.conn.on_connected(*self._room(sock), now), now)
 
     def _connect_failed(self, flow: Flow, now: float) -> None:
@@ -462,8 +491,16 @@ class TcpHandler:
 
     def _want_out(self, flow: Flow) -> None:
         if not flow.want_out and flow.sock is not None:
-            flow.want_out = True
+            flow.want_out = flow.asks_out = True
+            # even if asked for already: the epoll_ctl reports the room
+            # there is now (a window may wait for room the socket never
+            # refused a write for: no EPOLLOUT edge would come)
             self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS | EPOLLOUT)
+
+    def _stop_out(self, flow: Flow) -> None:
+        if flow.asks_out and flow.sock is not None:
+            flow.asks_out = False
+            self.loop.modify_fd(flow.sock.fileno(), SOCKET_EVENTS)
 
     def _window_update(self, flow: Flow, now: float) -> None:
         """Offer the guest the room the socket has again.  The socket says
@@ -483,7 +520,7 @@ class TcpHandler:
             return
         flow.recheck_delay = WINDOW_RECHECK
         flow.want_out = False
-        self.loop.modify_fd(sock.fileno(), SOCKET_EVENTS)
+        self._stop_out(flow)
 
     def _recheck(self, flow: Flow, now: float) -> None:
         flow.recheck = None
@@ -506,6 +543,11 @@ class TcpHandler:
         actions = None
         while (budget := conn.send_budget()) > 0:
             wanted = min(budget, PEEK_BUFFER)
+            if not flow.peek_off and (conn.snd_nxt != conn.snd_una or flow.undiscarded):
+                # bytes in flight, or acknowledged ones kept: the peek goes behind them
+                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, flow.undiscarded
+                                + ((conn.snd_nxt - conn.snd_una) & tcp_wire.MASK))
+                flow.peek_off = True
             try:
                 size = sock.recv_into(view, wanted, PEEK_FLAGS)
             except BlockingIOError:
@@ -527,30 +569,63 @@ class TcpHandler:
 
     # -- timers and the end of flows --------------------------------------------------
     def _schedule(self, flow: Flow, deadline: float | None) -> None:
-        """One loop timer per flow, moved only when the deadline comes
-        earlier; a timer that fires early just schedules the next one.  It
-        fires up to TIMER_GRAIN late: TCP's deadlines are a second or more
-        away, and timers due together cost one wakeup of the loop, not one
-        each with a timerfd read and re-arm."""
-        timer = flow.timer
-        if deadline is not None:
-            deadline = -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
-        if timer is not None and timer.callback is not None:
-            if deadline is not None and timer.deadline <= deadline:
-                return
-            timer.cancel()
-        flow.timer = None
-        if deadline is not None:
-            flow.timer = self.loop.call_at(deadline, functools.partial(self._on_timer, flow))
+        """Move the flow's timer to an earlier ``deadline`` (None: cancel
+        it).  One loop timer per flow, moved only when the deadline comes
+        earlier (the callers' test, ``sooner``); a timer that fires early
+        just schedules the next one.  It fires up to TIMER_GRAIN late:
+        TCP's deadlines are a second or more away, and timers due together
+        cost one wakeup of the loop, not one each with a timerfd read and
+        re-arm."""
+        if flow.timer is not None:
+            flow.timer.cancel()
+        if deadline is None:
+            flow.timer, flow.sooner = None, NO_TIMER
+            return
+        deadline = -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
+        flow.timer = self.loop.call_at(deadline, functools.partial(self._on_timer, flow))
+        flow.sooner = deadline - TIMER_GRAIN
+
+    @staticmethod
+    def _cancel_timer(flow: Flow) -> None:
+        if flow.timer is not None:
+            flow.timer.cancel()
+            flow.timer, flow.sooner = None, NO_TIMER
 
     def _on_timer(self, flow: Flow, now: float) -> None:
-        flow.timer = None
+        flow.timer, flow.sooner = None, NO_TIMER
         if not flow.tracked:
             return
         actions = flow.conn.on_timer(now)
         if actions.retransmit and flow.sock is not None:
             self.loop.counters.add("tcp_retransmit_timeout")
         self._handle(flow, actions, now)
+
+    def _linger(self, flow: Flow) -> None:
+        """Closed: the flow stays in the table until its ``linger_until``
+        to acknowledge a retransmitted FIN, in the queue of lingering flows
+        instead of on a timer of its own."""
+        self._cancel_timer(flow)
+        self.lingering.append(flow)
+        if self.sweep is None:
+            self._sweep_at(flow.conn.linger_until)
+
+    def _sweep_at(self, deadline: float) -> None:
+        self.sweep = self.loop.call_at(-(-deadline // TIMER_GRAIN) * TIMER_GRAIN, self._sweep)
+
+    def _sweep(self, now: float) -> None:
+        """Forget the flows whose linger is over (those forgotten since,
+        by a reset or a new SYN on their ports, just leave the queue)."""
+        self.sweep = None
+        lingering, flows = self.lingering, self.flows
+        while lingering:
+            flow = lingering[0]
+            if flow.conn.linger_until > now:
+                self._sweep_at(flow.conn.linger_until)
+                return
+            lingering.popleft()
+            if flow.tracked:
+                flow.tracked = False
+                flows.remove(flow.key)
 
     def _close_socket(self, flow: Flow, reset: bool = False) -> None:
         sock = flow.sock
@@ -565,9 +640,7 @@ class TcpHandler:
 
     def _forget(self, flow: Flow, reset: bool = False) -> None:
         self._close_socket(flow, reset)
-        if flow.timer is not None:
-            flow.timer.cancel()
-            flow.timer = None
+        self._cancel_timer(flow)
         if flow.tracked:
             flow.tracked = False
             self.flows.remove(flow.key)
@@ -643,7 +716,7 @@ class TcpHandler:
         connection costs no more than its reset."""
         fd = sock.fileno()
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-        self._tune(sock)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # the guest segments
 
     @staticmethod
     def _refused_syn(flow: Flow, seg: tcp_wire.TcpSegment) -> bool:

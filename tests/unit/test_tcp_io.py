@@ -27,6 +27,7 @@ from glue import (
 from passt_sep import tcp
 from passt_sep.tcp import ACK, FIN, PSH, RST, SYN
 from passt_sep.worker import tcp_io
+from passt_sep.worker.loop import EPOLLOUT
 from passt_sep.worker.tcp_io import SO_PEEK_OFF, TcpListener
 
 KIB = 1024
@@ -93,13 +94,15 @@ def test_a_connection_carries_data_both_ways_within_the_guest_window(rig: Rig, s
     assert max(len(s.payload) for s in segments) == MSS
     assert segments[-1].flags & PSH
     assert all(s.window > 0 for s in segments)
-    # peeked, not read: all of it still queued, the peek offset at the window's end
+    # peeked, not read: all of it still queued
     assert queued(host) == len(answer)
-    assert host.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == 16 * KIB
 
-    # a partial ACK: the queue shrinks by exactly that, the window slides by as much
+    # a partial ACK: the queue shrinks by exactly that, the window slides by
+    # as much; the peek offset (on by the first peek behind bytes in flight,
+    # this one at the latest) at the window's end
     guest.ack_through(5000)
     assert queued(host) == len(answer) - 5000
+    assert host.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == 16 * KIB
     segments = guest.take()
     assert sum(len(s.payload) for s in segments) == 5000
     assert guest.offset(segments[0]) == 16 * KIB
@@ -118,9 +121,50 @@ def test_a_connection_carries_data_both_ways_within_the_guest_window(rig: Rig, s
     assert handler.active_flows() == 1
 
 
-def test_the_host_socket_takes_the_guests_mss_no_nagle_and_a_peek_offset(
+def test_a_banner_and_fin_that_come_with_the_connect_follow_the_handshake(
         rig: Rig, server: Server, v6: bool) -> None:
-    """Its SYN offers the guest's MSS (TCP_MAXSEG before the connect)."""
+    """A server that speaks first may have spoken and closed before the
+    loop sees the connect: one event tells all of it, and its data and FIN
+    go to the guest once it acknowledges our SYN-ACK."""
+    handler = rig.tcp()
+    guest = TcpGuest(rig, handler, v6, peer_port=server.port)
+    guest.connect()                                   # the loop has not run yet
+    peer = server.accept()
+    peer.sendall(b"220 hello\r\n")
+    peer.close()
+    [synack] = guest.wait("SYN-ACK")
+    assert synack.flags == SYN | ACK
+    guest.send(ACK)
+    guest.wait_data(11)
+    rig.run_until(lambda: bool(guest.take()) or guest.fin, "the FIN")
+    assert bytes(guest.data) == b"220 hello\r\n" and guest.fin
+
+
+def test_epollout_stays_asked_for_after_the_connect_until_it_comes_alone(
+        rig: Rig, server: Server, v6: bool) -> None:
+    """No epoll_ctl to drop EPOLLOUT once connected: data events carry it
+    along.  An EPOLLOUT of its own (room back in a socket that was full,
+    wanted no longer) drops it, and the socket's data still comes."""
+    handler = rig.tcp()
+    guest, peer = connect(rig, handler, server, v6)
+    flow = handler.flows.get(guest.key())
+    assert flow is not None and flow.sock is not None
+    assert flow.asks_out and not flow.want_out
+    peer.sendall(b"one")
+    guest.wait_data(3)                                # EPOLLIN with EPOLLOUT along
+    assert flow.asks_out
+    guest.send(ACK)
+    handler._socket_event(flow, flow.sock.fileno(), EPOLLOUT, time.monotonic())
+    assert not flow.asks_out
+    peer.sendall(b"two")
+    guest.wait_data(6)
+    assert bytes(guest.data) == b"onetwo"
+
+
+def test_the_host_socket_takes_the_guests_mss_no_nagle_and_no_peek_offset_yet(
+        rig: Rig, server: Server, v6: bool) -> None:
+    """Its SYN offers the guest's MSS (TCP_MAXSEG before the connect); the
+    peek offset waits for a peek behind bytes in flight."""
     handler = rig.tcp()
     guest = TcpGuest(rig, handler, v6, peer_port=server.port)
     guest.send(SYN, window=64240, options=bytes.fromhex("020403e8"))    # MSS 1000
@@ -130,7 +174,7 @@ def test_the_host_socket_takes_the_guests_mss_no_nagle_and_a_peek_offset(
     # loopback's MSS is 65483 else; timestamps take 12 bytes of each segment
     assert host.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG) in (1000, 1000 - 12)
     assert host.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    assert host.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == 0
+    assert host.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == -1
     server.accept().close()
 
 
@@ -375,6 +419,33 @@ def test_guest_fin_is_eof_to_the_server_and_the_servers_close_a_fin_after_all_da
     assert again.flags == ACK and again.ack == guest.seq
     rig.loop.run_due_timers(time.monotonic() + tcp.LINGER + 0.1)
     assert len(handler.flows) == 0                     # forgotten after the linger
+
+
+def close(rig: Rig, guest: TcpGuest, peer: socket.socket) -> None:
+    """The guest's FIN, then the server's close, then the guest's last ACK."""
+    guest.send(FIN | ACK)
+    guest.take()
+    assert peer.recv(10) == b""
+    peer.close()
+    rig.run_until(lambda: bool(guest.take()) and guest.fin, "the FIN")
+    guest.send(ACK)
+
+
+def test_closed_flows_linger_on_one_timer_and_a_new_syn_takes_their_ports(
+        rig: Rig, server: Server, v6: bool) -> None:
+    """A closed flow stays LINGER seconds, waiting in a queue that one
+    timer sweeps rather than on a timer of its own; a new connection on a
+    lingering flow's ports replaces it, and the sweep leaves it alone."""
+    handler = rig.tcp()
+    for port in (40000, 40001, 40002):
+        close(rig, *connect(rig, handler, server, v6, port=port))
+    assert len(handler.flows) == 3 and handler.active_flows() == 0
+    live = [timer.callback for _, _, timer in rig.loop.timers if timer.callback is not None]
+    assert live == [handler._sweep]
+    again, _ = connect(rig, handler, server, v6, port=40000)
+    rig.loop.run_due_timers(time.monotonic() + tcp.LINGER + 0.1)
+    assert list(handler.flows) == [again.key()] and handler.active_flows() == 1
+    assert handler.sweep is None and not handler.lingering
 
 
 def test_server_close_first_then_guest_fin(rig: Rig, server: Server, v6: bool) -> None:
