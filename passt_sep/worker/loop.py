@@ -78,11 +78,19 @@ class Counters:
 
 
 class Loop:
-    """epoll + one timerfd.  Callbacks run in the order events arrive."""
+    """epoll + one timerfd.  Callbacks run in the order events arrive.
+
+    An fd removed during a round may be reused at once: a socket closed by
+    one event's callback, and one opened by the next, get the same number.
+    The round's remaining events for that number belong to the closed one
+    (the new one was registered after the wait), so they are skipped
+    (``removed``): delivered, a stale hang-up would read as the new
+    socket's failed connect."""
 
     def __init__(self) -> None:
         self.epoll = select.epoll()
         self.callbacks: dict[int, FdCallback] = {}
+        self.removed: set[int] = set()        # fds removed in this round
         self.timers: list[TimerEntry] = []
         self.timer_seq = itertools.count()
         self.timerfd = _timerfd_create()
@@ -119,6 +127,7 @@ class Loop:
     def remove_fd(self, fd: int) -> None:
         if self.callbacks.pop(fd, None) is not None:
             self.epoll.unregister(fd)
+            self.removed.add(fd)
 
     # -- timers -------------------------------------------------------------
     def call_at(self, deadline: float, callback: TimerCallback) -> Timer:
@@ -186,9 +195,12 @@ class Loop:
             return
         now = monotonic()
         self.rounds += 1
-        callbacks = self.callbacks
+        callbacks, removed = self.callbacks, self.removed
+        if removed:
+            removed.clear()
         for fd, events in ready:
-            if fd in callbacks:  # else removed by an event before it, this round
+            # else removed by an event before it, this round (and maybe reused)
+            if fd in callbacks and fd not in removed:
                 try:             # _guarded, inline: this runs for every event
                     callbacks[fd](fd, events, now)
                 except Exception as exc:

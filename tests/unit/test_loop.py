@@ -3,6 +3,7 @@ in deadline order.  A real epoll and timerfd, no sandbox."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 from passt_sep.worker.loop import COMPACT_MIN, Loop
@@ -45,3 +46,33 @@ def test_counter_snapshot_adds_the_sources_counts() -> None:
     loop.counters.sources.append(lambda: {"udp_rcvbuf_drops": 4, "other": 1})
     assert loop.counters.snapshot() == {"udp_rcvbuf_drops": 7, "tap_full": 1, "other": 1}
     assert loop.counters.get("udp_rcvbuf_drops") == 3
+
+
+def test_an_fd_number_reused_in_a_round_gets_none_of_the_old_fds_events() -> None:
+    """Two readable sockets: whichever event comes first closes the other
+    and opens a socket that takes its number; the event the closed one
+    still had in this round must not reach the new one's callback."""
+    loop = Loop()
+    pairs = [socket.socketpair() for _ in range(2)]
+    reached_new: list[int] = []
+    replacement: list[socket.socket] = []
+
+    def readable(fd: int, events: int, now: float) -> None:
+        if replacement:
+            return
+        other = next(end for end, _ in pairs if end.fileno() != fd)
+        number = other.fileno()
+        loop.remove_fd(number)
+        other.close()
+        fresh = socket.socket()
+        assert fresh.fileno() == number          # the lowest free number: reused
+        replacement.append(fresh)
+        loop.add_fd(number, 1, lambda fd, events, now: reached_new.append(events))
+
+    for end, peer in pairs:
+        peer.send(b"x")
+        loop.add_fd(end.fileno(), 1, readable)
+    loop.poll_once(0.5)
+    assert replacement and reached_new == []
+    for sock in [*replacement, *(end for pair in pairs for end in pair)]:
+        sock.close()
