@@ -137,7 +137,7 @@ class Virtqueue:
         """Chains waiting; 0 when there are none or the queue is broken."""
         if self.broken:
             return 0
-        waiting = (self.avail_idx() - self.last_avail) & 0xFFFF
+        waiting = (_U16.unpack_from(self.avail, 2)[0] - self.last_avail) & 0xFFFF
         if waiting > self.num:
             self.broken = True
             self.count("vhost_queue_broken")
@@ -154,6 +154,11 @@ class Virtqueue:
             if head >= self.num:
                 self.count("vhost_bad_head")
                 continue
+            addr, length, flags, _ = _DESC.unpack_from(self.desc, head * DESC_SIZE)
+            if not flags:           # one part to read: how a guest sends most frames
+                part = self.memory.gpa(addr, length)
+                if part is not None:
+                    return Chain(head, [part], [])
             return self._walk(head)
         return None
 

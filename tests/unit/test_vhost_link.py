@@ -104,3 +104,14 @@ def test_frames_wait_for_buffers_in_order(rig: LinkWithRing) -> None:
                                 for i, p in enumerate(pieces[:count])))
             del pieces[:count]
     assert got == sent and not rig.link.pending
+
+
+def test_frames_from_the_guest_arrive_without_their_header(rig: LinkWithRing) -> None:
+    got: list[bytes] = []
+    rig.link.on_frame = lambda frame, now: got.append(bytes(frame))
+    sent = [tcp_frame(bytes([n]) * n) for n in range(1, 40)]
+    for index, frame in enumerate(sent):
+        rig.sender.send(index, bytes(vu.HDR_LEN) + frame)
+    rig.link._transmitted(0.0)
+    assert got == sent
+    assert [head for head, _ in rig.sender.used(again=False)] == list(range(len(sent)))
