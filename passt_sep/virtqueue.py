@@ -298,48 +298,53 @@ def deliver(vq: Virtqueue, header: bytes, frame: bytes | bytearray | memoryview,
     chain of any other kind starts the frame anew the general way."""
     hlen, end = len(header), len(frame)
     waiting = vq.pending()
+    if not waiting:
+        return False
     last, used_idx = vq.last_avail, vq.used_idx
     avail, desc, used, gpa, mask = vq.avail, vq.desc, vq.used, vq.memory.gpa, vq.num - 1
-    source = memoryview(frame)
-    first = None
-    offset = chains = 0
-    while True:
-        if not waiting:
-            if chains > mask:
-                vq.count("vhost_rx_too_big")
-                return None
-            return False
-        waiting -= 1
-        head = _U16.unpack_from(avail, 4 + 2 * (last & mask))[0]
-        if head > mask:
-            return _deliver_chains(vq, header, frame, mergeable)
-        addr, length, flags, _ = _DESC.unpack_from(desc, head * DESC_SIZE)
-        part = gpa(addr, length) if flags == DESC_F_WRITE else None
-        if part is None:
-            return _deliver_chains(vq, header, frame, mergeable)
-        skip = 0
-        if first is None:
-            if length < hlen:
+    # the first buffer: the header, then as much of the frame as fits
+    head = _U16.unpack_from(avail, 4 + 2 * (last & mask))[0]
+    if head > mask:
+        return _deliver_chains(vq, header, frame, mergeable)
+    addr, length, flags, _ = _DESC.unpack_from(desc, head * DESC_SIZE)
+    first = gpa(addr, length) if flags == DESC_F_WRITE and length >= hlen else None
+    if first is None:
+        return _deliver_chains(vq, header, frame, mergeable)
+    first[:hlen] = header
+    chains = 1
+    if length - hlen >= end:
+        first[hlen:hlen + end] = frame
+        _USED_ELEM.pack_into(used, 4 + 8 * (used_idx & mask), head, hlen + end)
+    elif not mergeable:
+        vq.count("vhost_rx_too_big")
+        return None
+    else:
+        source = memoryview(frame)
+        offset = length - hlen
+        first[hlen:] = source[:offset]
+        _USED_ELEM.pack_into(used, 4 + 8 * (used_idx & mask), head, length)
+        while offset < end:             # then buffer after buffer
+            if chains == waiting:
+                if chains > mask:
+                    vq.count("vhost_rx_too_big")
+                    return None
+                return False
+            head = _U16.unpack_from(avail, 4 + 2 * ((last + chains) & mask))[0]
+            if head > mask:
                 return _deliver_chains(vq, header, frame, mergeable)
-            first = part
-            part[:hlen] = header
-            skip = hlen
-        step = length - skip
-        if step > end - offset:
-            step = end - offset
-        part[skip:skip + step] = source[offset:offset + step]
-        offset += step
-        _USED_ELEM.pack_into(used, 4 + 8 * ((used_idx + chains) & mask), head, skip + step)
-        chains += 1
-        last = (last + 1) & 0xFFFF
-        if offset == end:
-            break
-        if not mergeable:
-            vq.count("vhost_rx_too_big")
-            return None
+            addr, length, flags, _ = _DESC.unpack_from(desc, head * DESC_SIZE)
+            part = gpa(addr, length) if flags == DESC_F_WRITE else None
+            if part is None:
+                return _deliver_chains(vq, header, frame, mergeable)
+            if length > end - offset:
+                length = end - offset
+            part[:length] = source[offset:offset + length]
+            offset += length
+            _USED_ELEM.pack_into(used, 4 + 8 * ((used_idx + chains) & mask), head, length)
+            chains += 1
     if mergeable:
         _U16.pack_into(first, NUM_BUFFERS_OFFSET, chains)
-    vq.last_avail = last
+    vq.last_avail = (last + chains) & 0xFFFF
     vq.used_idx = (used_idx + chains) & 0xFFFF
     return True
 
