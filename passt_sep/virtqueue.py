@@ -132,6 +132,7 @@ class Virtqueue:
         self.used_idx = _U16.unpack_from(used_view, 2)[0]
         self.signalled = self.used_idx     # used index at our last interrupt
         self.broken = False
+        self.seen = self.last_avail         # the available index as last read
 
     # -- the available ring -------------------------------------------------------
     def avail_idx(self) -> int:
@@ -141,7 +142,8 @@ class Virtqueue:
         """Chains waiting; 0 when there are none or the queue is broken."""
         if self.broken:
             return 0
-        waiting = (_U16.unpack_from(self.avail, 2)[0] - self.last_avail) & 0xFFFF
+        self.seen = seen = _U16.unpack_from(self.avail, 2)[0]
+        waiting = (seen - self.last_avail) & 0xFFFF
         if waiting > self.num:
             self.broken = True
             self.count("vhost_queue_broken")
@@ -238,12 +240,16 @@ class Virtqueue:
         return wanted
 
     def want_kicks(self) -> bool:
-        """Ask to be kicked when the guest adds past what we took; True if
-        chains arrived meanwhile (then go on without waiting)."""
+        """Ask to be kicked when the guest adds chains past those last seen
+        (``pending``): all of them taken, or, on the receive ring, too few
+        for the frame at hand.  True if it has added some meanwhile (then
+        go on without waiting): never for the same chains twice, or a frame
+        needing more buffers than the guest posted so far would spin."""
+        seen = self.seen
         if self.event_idx:
-            _U16.pack_into(self.used, 4 + 8 * self.num, self.last_avail)
+            _U16.pack_into(self.used, 4 + 8 * self.num, seen)
             full_fence()
-        return self.pending() > 0
+        return not self.broken and _U16.unpack_from(self.avail, 2)[0] != seen
 
 
 def chain_bytes(parts: Sequence[memoryview], into: bytearray) -> int:

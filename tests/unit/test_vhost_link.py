@@ -9,7 +9,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from vhost_guest import FEATURES, LinkWithRing
+from vhost_guest import FEATURES, NUM, USED, LinkWithRing
 
 from passt_sep import tap
 from passt_sep import vhost_user as vu
@@ -115,3 +115,29 @@ def test_frames_from_the_guest_arrive_without_their_header(rig: LinkWithRing) ->
     rig.link._transmitted(0.0)
     assert got == sent
     assert [head for head, _ in rig.sender.used(again=False)] == list(range(len(sent)))
+
+
+def test_too_few_buffers_for_the_next_frame_wait_for_a_kick(rig: LinkWithRing) -> None:
+    """A frame over 15 buffers, fewer posted: the link waits for the
+    guest's kick (the event index past them), it does not spin on them."""
+    queue = rig.link.rx
+    assert queue is not None
+    looks = 0
+    real = queue.want_kicks
+
+    def counted() -> bool:
+        nonlocal looks
+        looks += 1
+        assert looks < 100, "spinning on buffers that are not enough"
+        return real()
+
+    queue.want_kicks = counted                        # type: ignore[method-assign]
+    big = tcp_frame(bytes(60000))
+    while not rig.link.pending:                       # 17 frames, then 1 buffer left
+        rig.link.send_tcp(big)
+    for head, _ in rig.guest.used(again=False)[:8]:
+        rig.guest.offer(head)
+    rig.link._flush_pending()
+    assert rig.link.pending and looks == 2
+    event = struct.unpack_from("<H", rig.guest.view, USED + 4 + 8 * NUM)   # avail_event
+    assert event == (rig.guest.avail_idx,)            # a kick on the next buffer posted
