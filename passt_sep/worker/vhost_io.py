@@ -354,13 +354,16 @@ class VhostUserLink:
             self._call_soon()
 
     def _wait(self, queue: Virtqueue, header: bytes, frame: bytes) -> None:
-        """Keep the frame until the guest posts buffers (within bounds)."""
+        """Keep the frame until the guest posts buffers (within bounds).
+        The first to wait asks for a kick, and looks again (buffers may
+        have come meanwhile); the others wait for that kick."""
         if self.pending_bytes + len(frame) > PENDING_MAX:
             self.loop.counters.add("vhost_rx_full")
             return
+        first = not self.pending
         self.pending.append((header, frame))
         self.pending_bytes += len(frame)
-        if queue.want_kicks():             # buffers came meanwhile
+        if first and queue.want_kicks():
             self._flush_pending()
 
     def _deliver(self, queue: Virtqueue, header: bytes, frame: bytes) -> bool:
@@ -373,15 +376,24 @@ class VhostUserLink:
         return True
 
     def _flush_pending(self) -> None:
-        queue = self.rx
-        while self.pending and queue is not None:
-            header, frame = self.pending[0]
-            if not self._deliver(queue, header, frame):
+        """Waiting frames into the buffers the guest posted, published
+        together; a kick asked for when buffers run out again."""
+        queue, pending = self.rx, self.pending
+        if queue is None or not pending:
+            return
+        mergeable, taken = self.mergeable, 0
+        while pending:
+            header, frame = pending[0]
+            if deliver(queue, header, frame, mergeable) is False:
                 if queue.want_kicks():
                     continue
-                return
-            self.pending.popleft()
+                break
+            pending.popleft()
             self.pending_bytes -= len(frame)
+            taken += 1
+        if taken:
+            queue.publish()
+            self._call_soon()
 
     def _call_soon(self) -> None:
         if not self.calls_due:
