@@ -54,17 +54,13 @@ class GuestMemory:
 
     def __init__(self, regions: Sequence[Region]) -> None:
         self.regions = tuple(regions)
-        # for buffers, a lookup per descriptor: the largest region first
-        # (QEMU sends the 640 KiB below the VGA hole as one of its own)
-        self._by_gpa = tuple((r.gpa, r.size, r.view)
-                             for r in sorted(regions, key=lambda r: -r.size))
 
     def gpa(self, addr: int, length: int) -> memoryview | None:
         """``length`` bytes at guest-physical ``addr``, or None."""
-        for start, size, view in self._by_gpa:
-            offset = addr - start
-            if 0 <= offset and length >= 0 and offset + length <= size:
-                return view[offset:offset + length]
+        for region in self.regions:
+            offset = addr - region.gpa
+            if 0 <= offset and length >= 0 and offset + length <= region.size:
+                return region.view[offset:offset + length]
         return None
 
     def uva(self, addr: int, length: int) -> memoryview | None:
