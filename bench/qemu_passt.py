@@ -10,7 +10,10 @@ busybox initramfs, no iperf3, so the guest times its own transfers of
 BENCH_QEMU_MIB MiB with busybox nc against tests/peers.py's source and sink
 in the "remote" namespace (the guest's uptime around each).  Under TCG the
 figures are low: the ratio is what counts.  Run by bench/run.py; alone:
-``python bench/qemu_passt.py``.
+``python bench/qemu_passt.py``.  To compare two builds in one run (the VM's
+speed drifts between runs): BENCH_QEMU_BASELINE, another .venv whose passt-sep
+runs too in vhost-user mode ("base-vhost"), and BENCH_QEMU_ONLY, the names
+to run (comma-separated); each round takes them in a rotated order.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ PASST_SEP = os.path.join(VENV, "bin", "passt-sep")
 MIB = int(os.environ.get("BENCH_QEMU_MIB", "64"))
 GUEST_TIMEOUT = 600
 REFERENCE = os.environ.get("BENCH_PASTA_CURRENT", "")   # the current upstream build
+BASELINE = os.environ.get("BENCH_QEMU_BASELINE", "")    # another build's .venv
+ONLY = [name for name in os.environ.get("BENCH_QEMU_ONLY", "").split(",") if name]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # remote -> guest, then guest -> remote (the guest makes the file first)
 CHECKS = "benchdown,benchup"
@@ -47,7 +52,10 @@ def backends() -> dict[str, tuple[str, bool]]:
         found["passt"] = (shutil.which("passt") or "passt", False)
     if os.access(REFERENCE, os.X_OK):
         found["ref-vhost"] = (REFERENCE, True)
-    return found
+    baseline = os.path.join(BASELINE, "bin", "passt-sep")
+    if BASELINE and os.access(baseline, os.X_OK):
+        found["base-vhost"] = (baseline, True)
+    return {name: found[name] for name in ONLY if name in found} if ONLY else found
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -124,18 +132,28 @@ def one_run(topo: Topology, image: qemu_guest.GuestImage, binary: str, vhost: bo
 
 def measure(rounds: int) -> dict[str, dict[str, float]]:
     """name -> metric -> median over ``rounds`` guests each."""
+    samples = measure_samples(rounds)
+    return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in samples.items()}
+
+
+def measure_samples(rounds: int) -> dict[str, dict[str, list[float]]]:
+    """name -> metric -> the figure of each of ``rounds`` guests."""
     samples: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="passt-sep-bench-qemu-") as workdir, \
             Topology("bq") as topo:
         os.chmod(workdir, 0o777)  # both passts drop to nobody and make their socket here
         image = qemu_guest.prepare_image(workdir)
         qemu_guest.start_remote_peers(topo)
-        for _ in range(rounds):
-            for name, (binary, vhost) in backends().items():
+        for number in range(rounds):
+            chosen = list(backends().items())
+            for name, (binary, vhost) in chosen[number % len(chosen):] + \
+                    chosen[:number % len(chosen)]:
                 for key, value in one_run(topo, image, binary, vhost, workdir).items():
                     samples.setdefault(name, {}).setdefault(key, []).append(value)
-    return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in samples.items()}
+    return samples
 
 
 if __name__ == "__main__":
-    print(measure(int(os.environ.get("BENCH_ROUNDS", "3"))))
+    every = measure_samples(int(os.environ.get("BENCH_ROUNDS", "3")))
+    print(every)
+    print({n: {k: statistics.median(v) for k, v in m.items()} for n, m in every.items()})

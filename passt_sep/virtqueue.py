@@ -128,6 +128,7 @@ class Virtqueue:
         self.used_idx = _U16.unpack_from(used_view, 2)[0]
         self.signalled = self.used_idx     # used index at our last interrupt
         self.broken = False
+        self.seen = self.last_avail         # the available index as last read
 
     # -- the available ring -------------------------------------------------------
     def avail_idx(self) -> int:
@@ -137,7 +138,8 @@ class Virtqueue:
         """Chains waiting; 0 when there are none or the queue is broken."""
         if self.broken:
             return 0
-        waiting = (self.avail_idx() - self.last_avail) & 0xFFFF
+        self.seen = seen = _U16.unpack_from(self.avail, 2)[0]
+        waiting = (seen - self.last_avail) & 0xFFFF
         if waiting > self.num:
             self.broken = True
             self.count("vhost_queue_broken")
@@ -154,6 +156,11 @@ class Virtqueue:
             if head >= self.num:
                 self.count("vhost_bad_head")
                 continue
+            addr, length, flags, _ = _DESC.unpack_from(self.desc, head * DESC_SIZE)
+            if not flags:           # one part to read: how a guest sends most frames
+                part = self.memory.gpa(addr, length)
+                if part is not None:
+                    return Chain(head, [part], [])
             return self._walk(head)
         return None
 
@@ -229,12 +236,16 @@ class Virtqueue:
         return wanted
 
     def want_kicks(self) -> bool:
-        """Ask to be kicked when the guest adds past what we took; True if
-        chains arrived meanwhile (then go on without waiting)."""
+        """Ask to be kicked when the guest adds chains past those last seen
+        (``pending``): all of them taken, or, on the receive ring, too few
+        for the frame at hand.  True if it has added some meanwhile (then
+        go on without waiting): never for the same chains twice, or a frame
+        needing more buffers than the guest posted so far would spin."""
+        seen = self.seen
         if self.event_idx:
-            _U16.pack_into(self.used, 4 + 8 * self.num, self.last_avail)
+            _U16.pack_into(self.used, 4 + 8 * self.num, seen)
             full_fence()
-        return self.pending() > 0
+        return not self.broken and _U16.unpack_from(self.avail, 2)[0] != seen
 
 
 def chain_bytes(parts: Sequence[memoryview], into: bytearray) -> int:
@@ -280,7 +291,70 @@ def deliver(vq: Virtqueue, header: bytes, frame: bytes | bytearray | memoryview,
     buffers: True once given to the guest (after ``publish``), False when
     there is no room yet (nothing taken), None when the frame was dropped
     (counted).  With mergeable buffers the frame may span several chains,
-    and the header's num_buffers says how many."""
+    and the header's num_buffers says how many.
+
+    A call per frame, so in line and in one pass for chains of one
+    writable descriptor each (what Linux posts): the available index read
+    once, each buffer filled as it is taken.  Buffers filled and then not
+    given back (too few of them) are the guest's to post again, unread; a
+    chain of any other kind starts the frame anew the general way."""
+    hlen, end = len(header), len(frame)
+    waiting = vq.pending()
+    if not waiting:
+        return False
+    last, used_idx = vq.last_avail, vq.used_idx
+    avail, desc, used, gpa, mask = vq.avail, vq.desc, vq.used, vq.memory.gpa, vq.num - 1
+    # the first buffer: the header, then as much of the frame as fits
+    head = _U16.unpack_from(avail, 4 + 2 * (last & mask))[0]
+    if head > mask:
+        return _deliver_chains(vq, header, frame, mergeable)
+    addr, length, flags, _ = _DESC.unpack_from(desc, head * DESC_SIZE)
+    first = gpa(addr, length) if flags == DESC_F_WRITE and length >= hlen else None
+    if first is None:
+        return _deliver_chains(vq, header, frame, mergeable)
+    first[:hlen] = header
+    chains = 1
+    if length - hlen >= end:
+        first[hlen:hlen + end] = frame
+        _USED_ELEM.pack_into(used, 4 + 8 * (used_idx & mask), head, hlen + end)
+    elif not mergeable:
+        vq.count("vhost_rx_too_big")
+        return None
+    else:
+        source = memoryview(frame)
+        offset = length - hlen
+        first[hlen:] = source[:offset]
+        _USED_ELEM.pack_into(used, 4 + 8 * (used_idx & mask), head, length)
+        while offset < end:             # then buffer after buffer
+            if chains == waiting:
+                if chains > mask:
+                    vq.count("vhost_rx_too_big")
+                    return None
+                return False
+            head = _U16.unpack_from(avail, 4 + 2 * ((last + chains) & mask))[0]
+            if head > mask:
+                return _deliver_chains(vq, header, frame, mergeable)
+            addr, length, flags, _ = _DESC.unpack_from(desc, head * DESC_SIZE)
+            part = gpa(addr, length) if flags == DESC_F_WRITE else None
+            if part is None:
+                return _deliver_chains(vq, header, frame, mergeable)
+            if length > end - offset:
+                length = end - offset
+            part[:length] = source[offset:offset + length]
+            offset += length
+            _USED_ELEM.pack_into(used, 4 + 8 * ((used_idx + chains) & mask), head, length)
+            chains += 1
+    if mergeable:
+        _U16.pack_into(first, NUM_BUFFERS_OFFSET, chains)
+    vq.last_avail = (last + chains) & 0xFFFF
+    vq.used_idx = (used_idx + chains) & 0xFFFF
+    return True
+
+
+def _deliver_chains(vq: Virtqueue, header: bytes, frame: bytes | bytearray | memoryview,
+                    mergeable: bool) -> bool | None:
+    """``deliver`` for any chains: several descriptors, indirect ones, a
+    first buffer shorter than the header, bad ones."""
     need = len(header) + len(frame)
     start = vq.last_avail
     chains: list[Chain] = []

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from .. import vhost_user
 from ..packet import ETH_HLEN
 from ..system.log import Logger
-from ..tap import VNET_HDR_SIZE, vnet_header
+from ..tap import TCP_CSUM_HEADERS, VNET_HDR_SIZE, vnet_header
 from ..vhost_user import RX, TX, Backend, Effects, MessageDecoder, ProtocolError, RegionSpec
 from ..virtqueue import GuestMemory, Region, Virtqueue, chain_bytes, deliver
 from .guest import READ_SIZE, Capture, FrameHandler, GuestReceiver
@@ -103,6 +103,7 @@ class VhostUserLink:
         self.view = memoryview(self.buffer)
         self.calls_due = False
         self.announced = False
+        self._rx_format()
         self.on_frame: FrameHandler = lambda frame, now: None
         self.on_connect: Callable[[], None] = lambda: None
         self.on_disconnect: Callable[[], None] = lambda: None
@@ -123,6 +124,19 @@ class VhostUserLink:
     def _rx(self) -> Virtqueue | None:
         queue = self.backend.queue(RX)
         return queue if queue is not None and self.backend.rings[RX].enabled else None
+
+    def _rx_format(self) -> None:
+        """What a frame to the guest needs, as the front-end set it up: the
+        receive queue (None: none to write to), whether buffers merge,
+        the padding after a ``vnet_header``, and the whole header of a
+        frame of ``send_tcp``'s by its ethertype's first byte (kept here:
+        only control messages change them, not a call per frame)."""
+        self.rx = self._rx()
+        self.mergeable = self.backend.has(vhost_user.F_MRG_RXBUF)
+        self.offload = self.backend.offload
+        self.header_pad = bytes(self.backend.header_len - VNET_HDR_SIZE)
+        self.tcp_headers = {key: (header if self.offload else bytes(VNET_HDR_SIZE))
+                            + self.header_pad for key, header in TCP_CSUM_HEADERS.items()}
 
     # -- the control socket ----------------------------------------------------------
     def _accept(self, fd: int, events: int, now: float) -> None:
@@ -174,6 +188,7 @@ class VhostUserLink:
             self.log.ratelimited("vhost_error", 4, f"vhost-user: {effects.error}")
         if effects.memory is not None:
             effects.ok = self._map(effects.memory)
+        self._rx_format()                       # before _sync's on_connect
         self._sync()                            # no longer watched: then closed
         _close_all(effects.close)
         answer = effects.reply
@@ -254,6 +269,7 @@ class VhostUserLink:
         self.pending.clear()
         self.pending_bytes = 0
         self.announced = False
+        self._rx_format()
         self.on_disconnect()
 
     # -- the rings --------------------------------------------------------------------
@@ -310,51 +326,74 @@ class VhostUserLink:
         self._call_soon()
 
     def send(self, frame: bytes) -> None:
-        queue = self._rx()
+        queue = self.rx
         if queue is None:
             self.loop.counters.add("vhost_not_ready")
             return
         if self.capture.fd is not None:
             self.capture.frame(frame)
-        header = self._header(frame)
+        header = vnet_header(frame, self.largest) if self.offload else bytes(VNET_HDR_SIZE)
+        header += self.header_pad
         if self.pending or not self._deliver(queue, header, frame):
-            if self.pending_bytes + len(frame) > PENDING_MAX:
-                self.loop.counters.add("vhost_rx_full")
-                return
-            self.pending.append((header, frame))
-            self.pending_bytes += len(frame)
-            if queue.want_kicks():             # buffers came meanwhile
-                self._flush_pending()
+            self._wait(queue, header, frame)
 
-    send_tcp = send
+    def send_tcp(self, frame: bytes) -> None:
+        """A frame of ``tcp_wire.FrameTemplate`` (or ``rst_for_unknown``) up
+        to the MTU: its header by a lookup, written straight into the
+        receive buffers; anything else goes the way of ``send``."""
+        queue = self.rx
+        if queue is None or len(frame) > self.largest or self.capture.fd is not None:
+            self.send(frame)
+            return
+        header = self.tcp_headers[frame[12]]
+        if self.pending or deliver(queue, header, frame, self.mergeable) is False:
+            self._wait(queue, header, frame)
+            return
+        queue.publish()
+        if not self.calls_due:
+            self._call_soon()
 
-    def _header(self, frame: bytes) -> bytes:
-        if self.backend.offload:
-            head = vnet_header(frame, self.largest)
-        else:
-            head = bytes(VNET_HDR_SIZE)
-        return head + bytes(self.backend.header_len - VNET_HDR_SIZE)
+    def _wait(self, queue: Virtqueue, header: bytes, frame: bytes) -> None:
+        """Keep the frame until the guest posts buffers (within bounds).
+        The first to wait asks for a kick, and looks again (buffers may
+        have come meanwhile); the others wait for that kick."""
+        if self.pending_bytes + len(frame) > PENDING_MAX:
+            self.loop.counters.add("vhost_rx_full")
+            return
+        first = not self.pending
+        self.pending.append((header, frame))
+        self.pending_bytes += len(frame)
+        if first and queue.want_kicks():
+            self._flush_pending()
 
     def _deliver(self, queue: Virtqueue, header: bytes, frame: bytes) -> bool:
         """True unless the frame must wait for buffers (dropped ones count
         as done)."""
-        done = deliver(queue, header, frame, self.backend.has(vhost_user.F_MRG_RXBUF))
-        if done is False:
+        if deliver(queue, header, frame, self.mergeable) is False:
             return False
         queue.publish()
         self._call_soon()
         return True
 
     def _flush_pending(self) -> None:
-        queue = self._rx()
-        while self.pending and queue is not None:
-            header, frame = self.pending[0]
-            if not self._deliver(queue, header, frame):
+        """Waiting frames into the buffers the guest posted, published
+        together; a kick asked for when buffers run out again."""
+        queue, pending = self.rx, self.pending
+        if queue is None or not pending:
+            return
+        mergeable, taken = self.mergeable, 0
+        while pending:
+            header, frame = pending[0]
+            if deliver(queue, header, frame, mergeable) is False:
                 if queue.want_kicks():
                     continue
-                return
-            self.pending.popleft()
+                break
+            pending.popleft()
             self.pending_bytes -= len(frame)
+            taken += 1
+        if taken:
+            queue.publish()
+            self._call_soon()
 
     def _call_soon(self) -> None:
         if not self.calls_due:

@@ -199,6 +199,80 @@ def test_a_frame_spans_mergeable_buffers() -> None:
     assert got + bytes(rings.view[DATA + 0x2000:DATA + 0x200c]) == frame
 
 
+def test_a_frame_in_one_buffer_and_the_next_one_after_it() -> None:
+    rings = Rings()
+    receive_buffers(rings, [2048, 2048])
+    header = bytes(range(12))
+    assert deliver(rings.queue, header, b"first", mergeable=True) is True
+    assert deliver(rings.queue, header, b"second", mergeable=False) is True
+    rings.queue.publish()
+    assert rings.used() == (2, [(0, 17), (1, 18)])
+    assert bytes(rings.view[DATA:DATA + 17]) == header[:10] + b"\1\0first"
+    assert bytes(rings.view[DATA + 0x1000:DATA + 0x1000 + 18]) == header + b"second"
+
+
+@pytest.mark.parametrize("second", ["two descriptors", "indirect", "bad head"])
+def test_a_chain_of_another_kind_starts_the_frame_anew(second: str) -> None:
+    """A frame half written into plain buffers when another kind of chain
+    comes: written again the general way, each bad chain counted once."""
+    rings = Rings()
+    receive_buffers(rings, [100])
+    if second == "two descriptors":
+        rings.desc(1, GPA + DATA + 0x1000, 50, DESC_F_WRITE | DESC_F_NEXT, 2)
+        rings.desc(2, GPA + DATA + 0x2000, 100, DESC_F_WRITE)
+        rings.offer(1)
+    elif second == "indirect":
+        table = DATA + 0x8000
+        rings.desc(0, GPA + DATA + 0x1000, 50, DESC_F_WRITE | DESC_F_NEXT, 1, table=table)
+        rings.desc(1, GPA + DATA + 0x2000, 100, DESC_F_WRITE, table=table)
+        rings.desc(1, GPA + table, 32, DESC_F_INDIRECT)
+        rings.offer(1)
+    else:
+        struct.pack_into("<H", rings.view, AVAIL + 4 + 2, NUM)      # head out of range
+        rings.avail_idx = 2
+        struct.pack_into("<H", rings.view, AVAIL + 2, 2)
+        rings.desc(3, GPA + DATA + 0x1000, 150, DESC_F_WRITE)
+        rings.offer(3)
+    frame = bytes(range(200))
+    assert deliver(rings.queue, bytes(12), frame, mergeable=True) is True
+    rings.queue.publish()
+    idx, elements = rings.used()
+    if second == "bad head":
+        assert rings.counts == {"vhost_bad_head": 1} and elements == [(0, 100), (3, 112)]
+        got = bytes(rings.view[DATA + 12:DATA + 100]) + bytes(rings.view[DATA + 0x1000:
+                                                                         DATA + 0x1070])
+    else:
+        assert not rings.counts and elements == [(0, 100), (1, 112)]
+        got = (bytes(rings.view[DATA + 12:DATA + 100]) + bytes(rings.view[DATA + 0x1000:
+                                                                          DATA + 0x1032])
+               + bytes(rings.view[DATA + 0x2000:DATA + 0x203e]))
+    assert got == frame and struct.unpack_from("<H", rings.view, DATA + 10) == (2,)
+
+
+def test_a_first_buffer_shorter_than_the_header() -> None:
+    rings = Rings()
+    receive_buffers(rings, [8, 100])
+    header = bytes(range(12))
+    assert deliver(rings.queue, header, b"frame", mergeable=True) is True
+    rings.queue.publish()
+    assert rings.used() == (2, [(0, 8), (1, 9)])
+    got = bytes(rings.view[DATA:DATA + 8]) + bytes(rings.view[DATA + 0x1000:DATA + 0x1009])
+    assert got == header[:10] + b"\2\0frame"
+
+
+def test_buffers_filled_but_too_few_are_not_given_back() -> None:
+    rings = Rings()
+    receive_buffers(rings, [100, 100])
+    assert deliver(rings.queue, bytes(12), bytes(300), mergeable=True) is False
+    rings.queue.publish()
+    assert rings.queue.last_avail == 0 and rings.used() == (0, [])
+    rings.desc(2, GPA + DATA + 0x2000, 100, DESC_F_WRITE)
+    rings.offer(2)
+    assert deliver(rings.queue, bytes(12), bytes(250), mergeable=True) is True
+    rings.queue.publish()
+    assert rings.used() == (3, [(0, 100), (1, 100), (2, 62)])
+
+
 def test_a_frame_waits_for_buffers_without_taking_any() -> None:
     rings = Rings()
     receive_buffers(rings, [100])
@@ -243,8 +317,11 @@ def test_event_index_decides_interrupts_and_kicks() -> None:
     rings.queue.publish()
     assert rings.queue.need_call()
     assert not rings.queue.need_call()                           # nothing new since
-    assert rings.queue.want_kicks() is True                      # one chain still waits
-    assert struct.unpack_from("<H", rings.view, USED + 4 + 8 * NUM) == (2,)
+    # a kick once the guest adds past the chains seen (one was left over)
+    assert rings.queue.want_kicks() is False
+    assert struct.unpack_from("<H", rings.view, USED + 4 + 8 * NUM) == (3,)
+    receive_buffers(rings, [100])
+    assert rings.queue.want_kicks() is True                      # it did meanwhile
 
 
 def test_no_interrupt_flag_without_event_index() -> None:
