@@ -48,7 +48,7 @@ Host to guest
     bytes: the guest's window minus what is in flight.  ``on_socket_data``
     cuts it into segments of the guest's MSS.  Bytes the guest acknowledges
     are reported in ``Actions.acked`` and the I/O layer discards them from
-    the socket (``MSG_TRUNC``), some KiB at a time.  Retransmission never needs a copy: it
+    the socket (``MSG_TRUNC``).  Retransmission never needs a copy: it
     rewinds (``snd_nxt = snd_una``; ``Actions.retransmit`` tells the I/O layer
     to set the peek offset back to 0) and the data is peeked again, after
     three duplicate ACKs (once per window: NewReno's ``recover`` point) or
@@ -56,7 +56,7 @@ Host to guest
     one segment at a time goes out, each after the ACK of the one before:
     the guest usually holds the rest already, and its ACK then jumps ahead
     (``snd_nxt`` follows it).  Invariant: the socket's peek offset is
-    ``snd_nxt - snd_una``, plus the acknowledged bytes not yet discarded.
+    ``snd_nxt - snd_una``.
 
 Windows and options
     Our SYN/SYN-ACK carries MSS (the MTU's) and window scale (``OUR_WSCALE``,
@@ -173,8 +173,7 @@ class Actions:
     ``drop`` (a counter's name); on ``reset`` close the socket with RST and
     forget the flow (nothing below applies); write ``to_socket``; set
     ``window_clamp`` as the socket's TCP_WINDOW_CLAMP; discard ``acked``
-    bytes from its receive queue (the I/O layer may gather them first, but
-    discards them before any of what follows); on ``retransmit`` set its
+    bytes from its receive queue; on ``retransmit`` set its
     peek offset to 0; ``shutdown_write``; on ``closed`` close the socket
     (the flow lingers); on ``forget`` drop the flow; call ``on_timer`` at
     ``deadline`` (None: no timer).  Then come the inputs these operations
@@ -192,10 +191,7 @@ class Actions:
     5% of a data/ACK exchange).  ``unusual`` is set with any of ``drop``,
     ``reset``, ``window_clamp``, ``retransmit``, ``shutdown_write``,
     ``closed`` and ``forget``: without it neither ``clear`` nor the I/O
-    layer looks at them (most inputs only move data and ACKs).  It is also
-    set when an acknowledgement passes ``snd_nxt`` (after a rewind), and
-    then the acknowledged bytes may not be gathered: the kernel's peek
-    offset, behind them, must fall back to 0 with their discard."""
+    layer looks at them (most inputs only move data and ACKs)."""
 
     frames: list[Frame] = field(default_factory=list)
     to_socket: memoryview | None = None
@@ -420,7 +416,6 @@ class TcpConn:
             self.snd_una = ack
             if (self.snd_nxt - ack) & MASK >= HALF:
                 self.snd_nxt = ack                    # sent before a rewind: not again
-                actions.unusual = True                # the peek offset: see Actions
             self.dup_acks = self.retries = 0
             self.rto = ACK_TIMEOUT
             self.rtx_deadline = now + ACK_TIMEOUT if self.snd_max != ack else None
@@ -558,7 +553,6 @@ class TcpConn:
         self.snd_una = ack
         if (self.snd_nxt - ack) & MASK >= HALF:
             self.snd_nxt = ack                        # sent before a rewind: not again
-            actions.unusual = True                    # the peek offset: see Actions
         self.dup_acks = self.retries = 0
         self.rto = ACK_TIMEOUT
         self.rtx_deadline = now + self.rto if self.snd_max != ack else None

@@ -13,9 +13,7 @@ Sockets are edge-triggered: data the guest has not acknowledged stays in
 the socket's receive queue, so a level-triggered socket would look
 readable for ever.  After each edge, and whenever the guest acknowledges
 data or opens its window, ``_pump`` peeks as much as ``send_budget()``
-allows into one buffer shared by every flow.  What the guest acknowledged
-is discarded (``MSG_TRUNC``) once there are DISCARD_BATCH bytes of it, or
-before a rewind, a shutdown or a close.  EPOLLOUT matters only while a
+allows into one buffer shared by every flow.  EPOLLOUT matters only while a
 connect is in progress or the socket refused guest data; after a connect
 it stays asked for until an EPOLLOUT comes alone (see ``_connect_done``).
 """
@@ -62,9 +60,6 @@ HANGUP = EPOLLRDHUP | EPOLLHUP
 READABLE = EPOLLIN | HANGUP
 IN_OUT = EPOLLIN | EPOLLOUT
 PEEK_BUFFER = 1 << 19
-# acknowledged bytes a socket's receive queue may keep before they are
-# discarded: a request/response exchange then saves the discard's syscall
-DISCARD_BATCH = 1 << 14
 WRITE_FAILED = -1                   # what _write returns when the socket failed
 SYN_ACK = SYN | ACK
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
@@ -116,13 +111,10 @@ class Flow:
     due at the next multiple of TIMER_GRAIN); infinite without a timer.
     ``fallback``: ``--clat``, an inbound IPv6 connection offered to the guest
     over IPv6: the IPv4 address it is offered from instead if the guest
-    refuses it (a service listening on IPv4 only).  ``undiscarded``: bytes
-    the guest acknowledged that are still at the head of the socket's
-    receive queue (fewer than DISCARD_BATCH; the peek offset counts them)."""
+    refuses it (a service listening on IPv4 only)."""
 
     __slots__ = ("conn", "sock", "key", "timer", "sooner", "recheck", "recheck_delay",
-                 "want_out", "asks_out", "drained", "peek_off", "tracked", "fallback",
-                 "undiscarded")
+                 "want_out", "asks_out", "drained", "peek_off", "tracked", "fallback")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -136,7 +128,6 @@ class Flow:
         self.peek_off = False
         self.tracked = False
         self.fallback: bytes | None = None
-        self.undiscarded = 0
 
 
 class TcpHandler:
@@ -309,9 +300,10 @@ class TcpHandler:
         None without a write.  Of the socket's operations the guest's data
         goes first: the peer may be waiting for it (a request), and the
         rest is bookkeeping that can follow while it answers.  Acknowledged
-        bytes are discarded DISCARD_BATCH at a time, and all of them before
-        any unusual operation: a rewound peek starts after them, and a
-        socket closed with unread data would reset its peer."""
+        bytes are discarded with each acknowledgement: kept at the head of
+        the receive queue, a few KiB of small segments can hold the whole
+        receive buffer in the kernel's accounting (their skbs' truesize)
+        and close the socket's window to its peer for good."""
         for frame in actions.frames:
             self.send_frame(frame)
         unusual = actions.unusual
@@ -330,13 +322,8 @@ class TcpHandler:
                     return written
             if unusual and actions.window_clamp is not None:
                 self._clamp_window(sock, actions.window_clamp)
-            acked = flow.undiscarded + actions.acked
-            if acked:
-                if acked < DISCARD_BATCH and not unusual:
-                    flow.undiscarded = acked          # discarded with later ones
-                else:
-                    flow.undiscarded = 0
-                    self._discard(sock, acked)
+            if actions.acked:
+                self._discard(sock, actions.acked)
             if unusual:
                 self._socket_ends(flow, sock, actions)
         if unusual and actions.forget:
@@ -543,10 +530,9 @@ class TcpHandler:
         actions = None
         while (budget := conn.send_budget()) > 0:
             wanted = min(budget, PEEK_BUFFER)
-            if not flow.peek_off and (conn.snd_nxt != conn.snd_una or flow.undiscarded):
-                # bytes in flight, or acknowledged ones kept: the peek goes behind them
-                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, flow.undiscarded
-                                + ((conn.snd_nxt - conn.snd_una) & tcp_wire.MASK))
+            if not flow.peek_off and conn.snd_nxt != conn.snd_una:   # bytes in flight
+                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF,
+                                (conn.snd_nxt - conn.snd_una) & tcp_wire.MASK)
                 flow.peek_off = True
             try:
                 size = sock.recv_into(view, wanted, PEEK_FLAGS)

@@ -26,7 +26,6 @@ from glue import (
 
 from passt_sep import tcp
 from passt_sep.tcp import ACK, FIN, PSH, RST, SYN
-from passt_sep.worker import tcp_io
 from passt_sep.worker.loop import EPOLLOUT
 from passt_sep.worker.tcp_io import SO_PEEK_OFF, TcpListener
 
@@ -39,13 +38,6 @@ BIG_WINDOW = 0xFFFF
 @pytest.fixture(params=[False, True], ids=["ipv4", "ipv6"])
 def v6(request: pytest.FixtureRequest) -> bool:
     return request.param
-
-
-@pytest.fixture
-def discard_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Acknowledged bytes discarded with each acknowledgement, not gathered
-    first: for the tests that follow the receive queue byte by byte."""
-    monkeypatch.setattr(tcp_io, "DISCARD_BATCH", 1)
 
 
 @pytest.fixture
@@ -69,7 +61,6 @@ def connect(rig: Rig, handler, server: Server, v6: bool = False, port: int = 400
 
 
 # -- opening and data both ways --------------------------------------------------------
-@pytest.mark.usefixtures("discard_at_once")
 def test_a_connection_carries_data_both_ways_within_the_guest_window(rig: Rig, server: Server,
                                                                      v6: bool) -> None:
     handler = rig.tcp()
@@ -205,7 +196,6 @@ def test_an_accepted_connection_becomes_a_syn_to_the_guest(rig: Rig, v6: bool) -
 
 
 # -- lost segments -------------------------------------------------------------------------
-@pytest.mark.usefixtures("discard_at_once")
 def test_three_duplicate_acks_resend_from_the_first_unacknowledged_byte(rig: Rig,
                                                                         server: Server,
                                                                         v6: bool) -> None:
@@ -256,7 +246,6 @@ def test_a_retransmission_timeout_peeks_the_same_bytes_again(rig: Rig, server: S
     assert (next_one.seq, bytes(next_one.payload)) == (first[1].seq, bytes(first[1].payload))
 
 
-@pytest.mark.usefixtures("discard_at_once")
 def test_one_segment_with_data_and_an_ack_writes_discards_and_sends_on(
         rig: Rig, server: Server, v6: bool) -> None:
     """The order Actions documents: the guest's data goes to the socket, the
@@ -276,50 +265,6 @@ def test_one_segment_with_data_and_an_ack_writes_discards_and_sends_on(
     assert queued(host) == len(answer) - sent
     assert guest.offset(segments[1]) == sent and bytes(guest.data) == answer[:len(guest.data)]
     assert len(guest.data) == 2 * sent
-
-
-def test_acknowledged_bytes_discarded_a_batch_at_a_time(rig: Rig, server: Server,
-                                                       v6: bool) -> None:
-    """Short answers, each acknowledged by the next request, stay at the
-    head of the receive queue until DISCARD_BATCH bytes of them are there
-    (a syscall saved per exchange), each new answer still peeked where it
-    starts; a retransmission, or an ACK past what was peeked again after
-    it, discards them first; the guest's FIN discards them before the
-    shutdown (a socket closed with unread data would reset its peer)."""
-    handler = rig.tcp()
-    guest, peer = connect(rig, handler, server, v6)
-    host = guest.host_socket()
-    answer = pattern(1000)
-    exchanges, kept = tcp_io.DISCARD_BATCH // len(answer) + 3, 0
-    for n in range(exchanges):
-        guest.send(ACK | PSH, b"q")               # acknowledges the answer before
-        kept += len(answer) if n else 0
-        kept = kept if kept < tcp_io.DISCARD_BATCH else 0
-        assert queued(host) == kept
-        assert peer.recv(10) == b"q"
-        peer.sendall(answer)
-        guest.wait_data((n + 1) * len(answer))
-    assert bytes(guest.data) == answer * exchanges and kept
-    # three segments more, the first lost: one ACK, then three duplicates
-    done = len(guest.data)
-    more = pattern(3 * MSS)
-    peer.sendall(more)
-    guest.wait_data(done + len(more))
-    for _ in range(4):
-        guest.ack_through(done)
-    assert queued(host) == len(more)
-    [again] = guest.take()
-    assert guest.offset(again) == done and bytes(again.payload) == more[:MSS]
-    # it had the others: its ACK passes what was peeked again, and the
-    # kernel's peek offset, behind it, must fall back to 0: discarded at once
-    guest.ack_through(done + len(more) - 1)
-    assert queued(host) == 1
-    guest.send(ACK | FIN)
-    rig.settle()
-    assert queued(host) == 0
-    assert peer.recv(10) == b""
-    peer.close()
-    rig.run_until(lambda: (guest.take(), guest.fin)[1], "our FIN")
 
 
 # -- window updates (guest to host) --------------------------------------------------------
