@@ -409,17 +409,7 @@ class TcpConn:
         if advance > (self.snd_max - snd_una) & MASK or not (advance or size):
             return False
         if advance:
-            # _acknowledged in line, without our FIN (no end of file yet)
-            actions.acked = advance
-            if (ack - self.recover) & MASK < HALF:
-                self.recover = ack                    # not in recovery: keep up
-            self.snd_una = ack
-            if (self.snd_nxt - ack) & MASK >= HALF:
-                self.snd_nxt = ack                    # sent before a rewind: not again
-            self.dup_acks = self.retries = 0
-            self.rto = ACK_TIMEOUT
-            self.rtx_deadline = now + ACK_TIMEOUT if self.snd_max != ack else None
-            actions.send_more = True
+            self._acknowledged(ack, advance, actions, now)
         if size:
             actions.to_socket = seg.payload
             self.pending = (size, False)
