@@ -78,6 +78,11 @@ DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
 OUTBOUND_TYPE = int(socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
 
+def _on_grain(deadline: float) -> float:
+    """The first multiple of TIMER_GRAIN at or after ``deadline``."""
+    return -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
+
+
 # pasta: (accepted socket, target port, peer address) -> taken (spliced instead)
 Divert = Callable[[socket.socket, int, bytes], bool]
 
@@ -103,9 +108,8 @@ class Flow:
     the handshake's end would only fail, a syscall and an exception).
     ``peek_off``: the socket's SO_PEEK_OFF is on.  Off, every peek starts
     at the front of the receive queue: right while nothing is in flight
-    and nothing acknowledged waits there for its discard (a request's first
-    answer, as a rule), so the option is set only before the first peek
-    behind such bytes (most short connections never set it).
+    (a request's answer, as a rule), so the option is set only before the
+    first peek behind bytes in flight (most short connections never set it).
     ``tracked``: in the flow table (a flag, not a lookup, on every event).
     ``sooner``: a deadline at or before it needs ``timer`` moved (it comes
     due at the next multiple of TIMER_GRAIN); infinite without a timer.
@@ -567,15 +571,9 @@ class TcpHandler:
         if deadline is None:
             flow.timer, flow.sooner = None, NO_TIMER
             return
-        deadline = -(-deadline // TIMER_GRAIN) * TIMER_GRAIN
+        deadline = _on_grain(deadline)
         flow.timer = self.loop.call_at(deadline, functools.partial(self._on_timer, flow))
         flow.sooner = deadline - TIMER_GRAIN
-
-    @staticmethod
-    def _cancel_timer(flow: Flow) -> None:
-        if flow.timer is not None:
-            flow.timer.cancel()
-            flow.timer, flow.sooner = None, NO_TIMER
 
     def _on_timer(self, flow: Flow, now: float) -> None:
         flow.timer, flow.sooner = None, NO_TIMER
@@ -590,13 +588,13 @@ class TcpHandler:
         """Closed: the flow stays in the table until its ``linger_until``
         to acknowledge a retransmitted FIN, in the queue of lingering flows
         instead of on a timer of its own."""
-        self._cancel_timer(flow)
+        self._schedule(flow, None)
         self.lingering.append(flow)
         if self.sweep is None:
             self._sweep_at(flow.conn.linger_until)
 
     def _sweep_at(self, deadline: float) -> None:
-        self.sweep = self.loop.call_at(-(-deadline // TIMER_GRAIN) * TIMER_GRAIN, self._sweep)
+        self.sweep = self.loop.call_at(_on_grain(deadline), self._sweep)
 
     def _sweep(self, now: float) -> None:
         """Forget the flows whose linger is over (those forgotten since,
@@ -626,7 +624,7 @@ class TcpHandler:
 
     def _forget(self, flow: Flow, reset: bool = False) -> None:
         self._close_socket(flow, reset)
-        self._cancel_timer(flow)
+        self._schedule(flow, None)
         if flow.tracked:
             flow.tracked = False
             self.flows.remove(flow.key)
