@@ -149,6 +149,7 @@ sys.path.insert(0, sys.argv[1])
 from peers import data_chunks
 remote, flood = sys.argv[2], sys.argv[3]
 held = socket.create_connection((remote, 9000), 10)
+held.settimeout(120)    # the sink answers behind the flood's connections and resets
 print(subprocess.run([sys.executable, "-c", flood, remote, "100000", sys.argv[4]],
                      capture_output=True, text=True, check=True).stdout.strip())
 for chunk in data_chunks(int(sys.argv[5]), 33):
