@@ -52,13 +52,15 @@ def processes_naming(marker: str) -> list[int]:
     return found
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory (VmRSS) of ``pid`` in KiB."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of ``pid`` in KiB: now (VmRSS), or the most it has
+    ever held (``field="VmHWM"``, the kernel's own high-water mark, which
+    no sampling interval can miss)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-    raise ProcessLookupError(f"no VmRSS for {pid}")
+    raise ProcessLookupError(f"no {field} for {pid}")
 
 
 def fd_count(pid: int) -> int:

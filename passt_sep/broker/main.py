@@ -135,6 +135,9 @@ class Broker:
         self.entries: list[FdEntry] = []
         self.tap_ifname: str | None = None              # pasta: the tap's name, once made
         self.target: namespaces.Target | None = None
+        # the ns socket source, once forked: our child, which ends when the
+        # worker does (its socket closes) and is waited for where the worker is
+        self.source_pid: int | None = None
         # root of a user namespace someone else made (Podman's) is not "real
         # root": it has nobody to switch to, and nothing on the host to protect
         self.real_root = prelude.real_root
@@ -320,7 +323,7 @@ class Broker:
             source_filter.load()
             nssource.serve(sock, policy)
 
-        _pid, fd = namespaces.spawn_inside(self.target, serve)
+        self.source_pid, fd = namespaces.spawn_inside(self.target, serve)
         self.entries.append(FdEntry(Role.NS_SOURCE, fd))
 
     def _own_user_namespace(self) -> None:
@@ -482,12 +485,16 @@ class Broker:
         self.entries.append(FdEntry(Role.DEVNULL, os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)))
 
     def _after_start(self, worker: int, waiter_filter: sandbox.Prepared) -> int:
+        """Daemon: return at once.  Command mode and ``-f``: wait for the
+        worker, then for the ns socket source, which leaves a moment after
+        it: whoever waits for this process finds nothing of it left."""
         holder = self.target.holder if self.target else None
+        helpers = [worker] if self.source_pid is None else [worker, self.source_pid]
         if holder is not None:
-            return _run_command(holder, worker, waiter_filter)
+            return _run_command(holder, helpers, waiter_filter)
         if self.config.foreground:
             _forward_signals(worker)
-            return _wait(worker)
+            return _wait_all(helpers)
         return 0
 
     def _keep_outputs(self, worker: int) -> None:
@@ -539,10 +546,11 @@ class Broker:
         self.outputs, self.pid_output = [], None
 
 
-def _run_command(holder: namespaces.CommandHolder, worker: int,
+def _run_command(holder: namespaces.CommandHolder, helpers: list[int],
                  waiter_filter: sandbox.Prepared) -> NoReturn:
     """pasta's command mode: run the command, return its status once the
-    worker has drained its flows and exited.  From here this process holds
+    worker has drained its flows and exited, and every other helper
+    (``helpers``, the worker first) with it.  From here this process holds
     no fd and no capability, and may only wait and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stdout.flush()
@@ -551,7 +559,7 @@ def _run_command(holder: namespaces.CommandHolder, worker: int,
     holder.release()
     linux.close_range(0)
     status = _wait(holder.pid)
-    _wait(worker)
+    _wait_all(helpers)
     os._exit(status)  # no interpreter shutdown under the waiter's filter
 
 
@@ -566,6 +574,14 @@ def _forward_signals(worker: int) -> None:
             pass
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
+
+
+def _wait_all(pids: list[int]) -> int:
+    """Wait for each of ``pids`` in turn; the first one's status."""
+    status = _wait(pids[0])
+    for pid in pids[1:]:
+        _wait(pid)
+    return status
 
 
 def _wait(pid: int) -> int:

@@ -14,7 +14,7 @@ import time
 import pytest
 from peers import PATH as PEERS
 from peers import expected as digest
-from procstat import Sampler, logged_counters, socket_count
+from procstat import Sampler, logged_counters, rss_kib, socket_count, wait_for
 
 from topology import HOST_ADDR4, REMOTE_ADDR4, Topology
 
@@ -149,6 +149,7 @@ sys.path.insert(0, sys.argv[1])
 from peers import data_chunks
 remote, flood = sys.argv[2], sys.argv[3]
 held = socket.create_connection((remote, 9000), 10)
+held.settimeout(120)    # the sink answers behind the flood's connections and resets
 print(subprocess.run([sys.executable, "-c", flood, remote, "100000", sys.argv[4]],
                      capture_output=True, text=True, check=True).stdout.strip())
 for chunk in data_chunks(int(sys.argv[5]), 33):
@@ -164,18 +165,20 @@ def test_syn_flood_from_guest_keeps_established_flows(topo: Topology, pasta: str
     the worker stays alive with its flows capped and its memory bounded,
     and a connection opened before the flood moves its data intact."""
     _sinks(topo)
-    pidfile = shared_tmp / "pid"
+    pidfile, done, go = shared_tmp / "pid", shared_tmp / "done", shared_tmp / "go"
     size = 4 * MiB
     script = (f"{PY} -c \"$0\" {os.path.dirname(PEERS)} {REMOTE_ADDR4} \"$1\" "
               "$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1) "
-              f"{size}")
+              f"{size}; touch {done}; until [ -e {go} ]; do sleep 0.05; done")
     proc = topo.spawn_host(pasta, "--config-net", "--max-flows", "1024", "-P", str(pidfile),
                            "--", "sh", "-ec", script, HELD_THEN_FLOOD, SYN_FLOOD,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = Sampler(lambda: int(pidfile.read_text())).start()
-    out, err = proc.communicate(timeout=300)
-    sampler.stop()
-    peak = sampler.peak("rss_kib")
+    # the worker's high-water mark, read while the command holds it alive
+    # (a sampling thread starved under load once saw no sample at all)
+    assert wait_for(lambda: done.exists() or proc.poll() is not None, timeout=300)
+    peak = rss_kib(int(pidfile.read_text()), "VmHWM") if done.exists() else 0
+    go.touch()
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.splitlines() == ["sent", digest(size, 33)]
     assert 0 < peak < 200 * 1024, f"worker RSS peaked at {peak} KiB"

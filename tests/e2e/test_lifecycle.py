@@ -88,6 +88,31 @@ def test_nothing_outlives_the_command(topo: Topology, pasta: str, shared_tmp) ->
     assert processes_naming(marker) == []
 
 
+def test_command_status_waits_for_the_ns_source(topo: Topology, pasta: str,
+                                                shared_tmp) -> None:
+    """The ns socket source leaves a moment after the worker (when its
+    socket closes): the command's status waits for it too.  Held stopped,
+    it holds the status back; let go, nothing is left once it arrives
+    (under load the status used to come first: a test found it alive)."""
+    marker, flag = shared_tmp / "held.pid", shared_tmp / "go"
+    proc = topo.spawn_host(pasta, "-q", "--config-net", "-P", str(marker), "-t", "20080",
+                           "--", "sh", "-c", f"until [ -e {flag} ]; do sleep 0.05; done; exit 7",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert wait_for(lambda: marker.exists() and marker.read_text().strip() != "", timeout=30)
+    worker = int(marker.read_text())
+    (source,) = set(processes_naming(str(marker))) - {proc.pid, worker}
+    os.kill(source, signal.SIGSTOP)
+    try:
+        flag.touch()
+        assert wait_for(lambda: not alive(worker), timeout=30), "the worker outlived the command"
+        assert not wait_for(lambda: proc.poll() is not None, timeout=1), \
+            "the command's status came before the ns socket source was gone"
+    finally:
+        os.kill(source, signal.SIGCONT)
+    assert proc.wait(timeout=30) == 7, proc.stderr.read()
+    assert processes_naming(str(marker)) == []
+
+
 def test_command_mode_waiter_killed_takes_the_worker(topo: Topology, pasta: str,
                                                     shared_tmp) -> None:
     """The process that waits for the command is the one a caller can kill;

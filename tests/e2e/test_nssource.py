@@ -237,6 +237,9 @@ def test_the_source_under_test_is_jailed_and_filtered(source: Source) -> None:
 
 
 def test_fds_sent_to_the_source_are_closed(source: Source) -> None:
+    """Its fd table read once it has answered: until then it may still
+    hold what it inherited from its parent."""
+    assert "error" in source.raw(request(port=0))[0]
     before = source.fd_kinds()
     assert before == ["/dev/null"] * 3 + ["socket"]
     null = os.open(os.devnull, os.O_RDONLY)
