@@ -19,7 +19,20 @@ passes of N exchanges each, the translator process measured around them:
    syscall, so no time is taken from this pass);
 3. perf (when ``perf`` works): ``perf stat`` task-clock, context switches
    and migrations, and ``perf record -e cpu-clock`` samples split by
-   where they fell: the kernel, the interpreter (python), libc, others.
+   where they fell: the kernel, the interpreter (python), libc, others
+   (sampling inflates the absolute figures: take the shares);
+4. path (perf too): the syscall tracepoints of the client and the
+   translator, cut into the exchange's critical path, medians in us:
+   to_wake (the client's send until the translator's epoll_wait returns),
+   request (from there until it sends to the socket), echo (until its
+   epoll_wait returns with the answer), response (until its writev of it
+   to the tap begins), deliver (until the client's recv returns); path is
+   the median of their sums; post_send the translator's work after its
+   send to the socket until it waits again (off the path while the echo
+   is slower); idle% the exchanges whose request found it asleep in
+   epoll_wait (else still busy with the previous one); traced the
+   exchanges that showed every step.  Each traced syscall costs a couple
+   of microseconds, so these absolute figures run high.
 
 passt-sep's translator is its worker (the pid file names it); pasta's is
 pasta.  The ratio rows are passt-sep / pasta; the summary gives each
@@ -30,6 +43,7 @@ The bytecodes behind the user time: bench/rr_count.py.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import signal
@@ -50,6 +64,12 @@ TICK = os.sysconf("SC_CLK_TCK")
 FAMILIES = {4: REMOTE_ADDR4, 6: REMOTE_ADDR6}
 COLUMNS = ("wall_med", "wall_p99", "cpu", "user", "sys", "wait", "ctxsw", "syscalls",
            "kernel%", "python%")
+# the critical path of an exchange, from syscall tracepoints (pass 4)
+PATH_COLUMNS = ("to_wake", "request", "echo", "response", "deliver", "path", "post_send",
+                "idle%", "traced")
+# x86_64 syscall numbers: the client's send and receive, the translator's
+# wait, its send to the socket (sendto, sendmsg) and its write to the tap
+SENDTO, RECVFROM, SENDMSG, WRITEV, EPOLL_WAIT, EPOLL_PWAIT = 44, 45, 46, 20, 232, 281
 WIDTH = 10
 
 
@@ -191,6 +211,82 @@ def sample_shares(data: str) -> dict[str, float]:
     return shares
 
 
+def critical_path(served: run.Served, remote: str, n: int, tmp: str) -> dict[str, float]:
+    """Pass 4: the exchange's critical path, medians in microseconds."""
+    pid, data = served.pid(), os.path.join(tmp, "path.data")
+    client = Client(served, remote, n)
+    record = subprocess.Popen(["perf", "record", "-q", "-e",
+                               "raw_syscalls:sys_enter,raw_syscalls:sys_exit", "-o", data,
+                               "-p", f"{pid},{client.proc.pid}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    client.go()
+    record.send_signal(signal.SIGINT)
+    record.wait(timeout=60)
+    script = subprocess.run(["perf", "script", "-i", data, "--ns", "-F", "pid,time,event,trace"],
+                            capture_output=True, text=True).stdout
+    cutter = PathCutter()
+    for line in script.splitlines():
+        # "<pid> <seconds>: raw_syscalls:sys_enter: NR <nr> (...)"
+        words = line.split()
+        if len(words) >= 5 and words[3] == "NR":
+            side = cutter.translator if int(words[0]) == pid else cutter.client
+            side(float(words[1].rstrip(":")), words[2].endswith("enter:"), int(words[4]))
+    return cutter.figures()
+
+
+class PathCutter:
+    """Cuts the syscall events of a client and a translator into each
+    exchange's critical path (see pass 4 in the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.segments: dict[str, list[float]] = {c: [] for c in (*PATH_COLUMNS[:6],
+                                                                 "post_send", "idle%")}
+        self.start: float | None = None
+        self.marks: list[float] = []
+        self.waits: list[float] = []        # the translator's epoll_wait entries meanwhile
+        self.last_wait = 0.0
+
+    def client(self, at: float, enter: bool, nr: int) -> None:
+        if enter and nr == SENDTO:
+            self.start, self.marks, self.waits = at, [], []
+        elif not enter and nr == RECVFROM and self.start is not None and len(self.marks) == 4:
+            times = [self.start, *self.marks, at]
+            for column, (a, b) in zip(PATH_COLUMNS[:5], itertools.pairwise(times), strict=True):
+                self.segments[column].append((b - a) * 1e6)
+            self.segments["path"].append((at - self.start) * 1e6)
+            after_send = [w for w in self.waits if w > self.marks[1]]
+            if after_send:
+                self.segments["post_send"].append((after_send[0] - self.marks[1]) * 1e6)
+            self.start = None
+
+    def translator(self, at: float, enter: bool, nr: int) -> None:
+        waits = nr in (EPOLL_WAIT, EPOLL_PWAIT)
+        if enter and waits:
+            self.last_wait = at
+            self.waits.append(at)
+        if self.start is None:
+            return
+        step = len(self.marks)
+        if step in (0, 2) and waits and not enter:
+            if step == 0:       # was it asleep when the request came, or still busy?
+                self.segments["idle%"].append(100.0 * (self.last_wait < self.start))
+            self.marks.append(at)
+        elif step == 1 and enter and nr in (SENDTO, SENDMSG):
+            self.marks.append(at)
+        elif step >= 3 and enter and nr == WRITEV:
+            self.marks[3:] = [at]        # the last write to the tap before the client's recv
+
+    def figures(self) -> dict[str, float]:
+        """Medians (idle%: the mean) of the exchanges that showed every step."""
+        found = {c: statistics.median(v) if v else float("nan")
+                 for c, v in self.segments.items()}
+        idle = self.segments["idle%"]
+        found["idle%"] = statistics.fmean(idle) if idle else float("nan")
+        found["traced"] = len(self.segments["path"])
+        return found
+
+
 def kernel_symbols(data: str, top: int = 12) -> list[str]:
     """The kernel functions with the most samples in a perf.data."""
     report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", "sym",
@@ -206,14 +302,16 @@ def fmt(value: float) -> str:
 
 def show(title: str, rows: dict[str, dict[str, float]]) -> None:
     print(f"\n{title}")
-    print(f"{'':<16}" + "".join(f"{c:>{WIDTH}}" for c in COLUMNS))
     names = list(rows)
-    for name in names:
-        print(f"{name:<16}" + "".join(fmt(rows[name].get(c, float("nan"))) for c in COLUMNS))
     ours, theirs = rows[names[0]], rows[names[1]]
-    print(f"{'ratio':<16}" + "".join(
-        fmt(ours.get(c, float("nan")) / theirs[c] if theirs.get(c) else float("nan"))
-        for c in COLUMNS))
+    for columns in (COLUMNS, PATH_COLUMNS):
+        print(f"{'':<16}" + "".join(f"{c:>{WIDTH}}" for c in columns))
+        for name in names:
+            print(f"{name:<16}" + "".join(fmt(rows[name].get(c, float("nan")))
+                                          for c in columns))
+        print(f"{'ratio':<16}" + "".join(
+            fmt(ours.get(c, float("nan")) / theirs[c] if theirs.get(c) else float("nan"))
+            for c in columns))
 
 
 def profile(topo: Topology, name: str, mtu: int, families: list[int], n: int,
@@ -234,6 +332,7 @@ def profile(topo: Topology, name: str, mtu: int, families: list[int], n: int,
                         sorted(by_name.items(), key=lambda item: -item[1]) if count >= 0.01))
             if perf:
                 figures.update(perf_profile(served, remote, n, tmp))
+                figures.update(critical_path(served, remote, n, tmp))
                 if detail:
                     print(f"{name} mtu {mtu} IPv{family}, kernel functions (% of all samples):")
                     for line in kernel_symbols(os.path.join(tmp, "perf.data")):
@@ -250,7 +349,7 @@ def summary(results: dict[tuple[int, int], list[dict[str, dict[str, float]]]]) -
     for (mtu, family), rounds in results.items():
         print(f"\nmtu {mtu} IPv{family}")
         names = list(rounds[0])
-        for column in (*COLUMNS, "perf_task-clock", "perf_context-switches",
+        for column in (*COLUMNS, *PATH_COLUMNS, "perf_task-clock", "perf_context-switches",
                        "perf_cpu-migrations", "libc%", "other%"):
             cells = []
             for name in [*names, "ratio"]:
