@@ -31,8 +31,10 @@ passes of N exchanges each, the translator process measured around them:
    send to the socket until it waits again (off the path while the echo
    is slower); idle% the exchanges whose request found it asleep in
    epoll_wait (else still busy with the previous one); traced the
-   exchanges that showed every step.  Each traced syscall costs a couple
-   of microseconds, so these absolute figures run high.
+   exchanges that showed every step.  Only the syscalls that mark the
+   steps are recorded (a filter in the kernel drops the others), the same
+   nine events an exchange in both; each still costs a few microseconds in a
+   VM, so these absolute figures run high.
 
 passt-sep's translator is its worker (the pid file names it); pasta's is
 pasta.  The ratio rows are passt-sep / pasta; the summary gives each
@@ -215,9 +217,14 @@ def critical_path(served: run.Served, remote: str, n: int, tmp: str) -> dict[str
     """Pass 4: the exchange's critical path, medians in microseconds."""
     pid, data = served.pid(), os.path.join(tmp, "path.data")
     client = Client(served, remote, n)
-    record = subprocess.Popen(["perf", "record", "-q", "-e",
-                               "raw_syscalls:sys_enter,raw_syscalls:sys_exit", "-o", data,
-                               "-p", f"{pid},{client.proc.pid}"],
+    mine, theirs = f"common_pid == {pid}", f"common_pid == {client.proc.pid}"
+    enters = (f"({theirs} && id == {SENDTO}) || ({mine} && (id == {SENDTO} || "
+              f"id == {SENDMSG} || id == {WRITEV} || id == {EPOLL_WAIT} || id == {EPOLL_PWAIT}))")
+    exits = (f"({theirs} && id == {RECVFROM}) || ({mine} && (id == {EPOLL_WAIT} || "
+             f"id == {EPOLL_PWAIT}))")
+    record = subprocess.Popen(["perf", "record", "-q", "-e", "raw_syscalls:sys_enter",
+                               "--filter", enters, "-e", "raw_syscalls:sys_exit", "--filter",
+                               exits, "-o", data, "-p", f"{pid},{client.proc.pid}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     client.go()
