@@ -146,6 +146,7 @@ class Tally:
         self.opcodes: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
         self.phases: collections.Counter[str] = collections.Counter()
+        self.on_path: collections.Counter[str] = collections.Counter()   # before the markers
         self.rounds = 0
         self.in_round = [0]                     # bytecodes so far in this round
         self.cut: int | None = None             # of them, before its marker
@@ -154,12 +155,14 @@ class Tally:
         frame.f_trace_opcodes, frame.f_trace_lines = True, False
         name = f"{frame.f_code.co_filename.split('passt_sep/')[-1]}:{frame.f_code.co_name}"
         self.calls[name] += 1
-        opcodes, in_round = self.opcodes, self.in_round
+        opcodes, in_round, on_path = self.opcodes, self.in_round, self.on_path
 
         def opcode(frame, event, arg):
             if event == "opcode":
                 opcodes[name] += 1
                 in_round[0] += 1
+                if self.cut is None:
+                    on_path[name] += 1
             return opcode
         return opcode
 
@@ -204,6 +207,9 @@ class Tally:
         print("bytecodes by phase (before the marker: on the critical path):")
         for phase, count in self.phases.items():
             print(f"{count / n:8.1f}  {phase}")
+        print("on the critical path, by function:")
+        for name, count in self.on_path.most_common(12):
+            print(f"{count / n:8.1f}  {name}")
 
 
 def main() -> int:
