@@ -85,9 +85,10 @@ BENCH_PASTA_CURRENT ?= $(wildcard $(CURDIR)/../shared/peers/passt-2025-01/passt)
 export BENCH_PASTA_CURRENT
 
 bench: install
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends passt slirp4netns
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends passt slirp4netns strace
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/startup.py
+	$(VENV)/bin/python bench/rr_profile.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

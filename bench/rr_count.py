@@ -9,7 +9,9 @@ the echo are built and answered outside them):
     .venv/bin/python bench/rr_count.py [--v6] [--exchanges N]
 
 prints Python bytecodes, Python calls, C calls and syscalls per exchange,
-and the functions with the most bytecodes.  Root is not needed.
+the functions with the most bytecodes, and the bytecodes split by phase:
+each round's before and after the syscall that passes the payload on.
+Root is not needed.
 """
 
 from __future__ import annotations
@@ -133,28 +135,47 @@ class Tally:
     """Python bytecodes and calls, C calls and syscalls of the loop rounds
     run through :meth:`counted`, by function."""
 
+    # An exchange is two rounds, the request's and the response's; each
+    # round's bytecodes are split at the syscall that passes the payload on
+    # (the request's send to the socket, the response's write to the tap):
+    # before it they are on the exchange's critical path, after it they
+    # overlap the peer's (or the client's) turn, unless the CPU is short.
+    MARKERS = (("socket.send", "request"), ("writev", "response"))
+
     def __init__(self) -> None:
         self.opcodes: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
+        self.phases: collections.Counter[str] = collections.Counter()
+        self.on_path: collections.Counter[str] = collections.Counter()   # before the markers
+        self.rounds = 0
+        self.in_round = [0]                     # bytecodes so far in this round
+        self.cut: int | None = None             # of them, before its marker
 
     def _trace(self, frame, event, arg):
         frame.f_trace_opcodes, frame.f_trace_lines = True, False
         name = f"{frame.f_code.co_filename.split('passt_sep/')[-1]}:{frame.f_code.co_name}"
         self.calls[name] += 1
-        opcodes = self.opcodes
+        opcodes, in_round, on_path = self.opcodes, self.in_round, self.on_path
 
         def opcode(frame, event, arg):
             if event == "opcode":
                 opcodes[name] += 1
+                in_round[0] += 1
+                if self.cut is None:
+                    on_path[name] += 1
             return opcode
         return opcode
 
     def _profile(self, frame, event, arg):
         if event == "c_call":
-            self.calls["C " + getattr(arg, "__qualname__", str(arg))] += 1
+            called = getattr(arg, "__qualname__", str(arg))
+            self.calls["C " + called] += 1
+            if self.cut is None and called == self.MARKERS[self.rounds % 2][0]:
+                self.cut = self.in_round[0]
 
     def counted(self, run: Callable[..., object], *args: object) -> None:
         """``run(*args)`` (a loop round), counted."""
+        self.in_round[0], self.cut = 0, None
         sys.settrace(self._trace)
         sys.setprofile(self._profile)
         try:
@@ -162,6 +183,11 @@ class Tally:
         finally:
             sys.setprofile(None)
             sys.settrace(None)
+        what = self.MARKERS[self.rounds % 2][1]
+        cut = self.in_round[0] if self.cut is None else self.cut
+        self.phases[f"{what}, before its {self.MARKERS[self.rounds % 2][0]}"] += cut
+        self.phases[f"{what}, after it"] += self.in_round[0] - cut
+        self.rounds += 1
 
     def report(self, n: int, what: str) -> None:
         """Per ``what`` (``n`` of them): the totals, the functions with the
@@ -178,6 +204,12 @@ class Tally:
         for name, count in sorted(c_calls.items()):
             if name in SYSCALLS:
                 print(f"{count / n:8.1f}  {name} (syscall)")
+        print("bytecodes by phase (before the marker: on the critical path):")
+        for phase, count in self.phases.items():
+            print(f"{count / n:8.1f}  {phase}")
+        print("on the critical path, by function:")
+        for name, count in self.on_path.most_common(12):
+            print(f"{count / n:8.1f}  {name}")
 
 
 def main() -> int:

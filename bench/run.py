@@ -293,17 +293,35 @@ def _loopback_iperf(server: list[str], client: list[str], port: int, settle: flo
 def latency(served: Served, remote: str = REMOTE_ADDR4) -> tuple[float, float]:
     """Median and 99th percentile microseconds of a 1-byte TCP
     request/response to the remote's echo server at ``remote``."""
-    script = ("import socket, time, statistics\n"
-              f"c = socket.create_connection(('{remote}', 7001), 5)\n"
-              "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
-              "samples = []\n"
-              "for _ in range(2000):\n"
-              "    t = time.perf_counter(); c.sendall(b'x'); c.recv(1)\n"
-              "    samples.append(time.perf_counter() - t)\n"
-              "samples.sort()\n"
-              "print(statistics.median(samples) * 1e6, samples[int(len(samples) * 0.99)] * 1e6)")
-    out = served.run(sys.executable, "-c", script).split()
-    return (float(out[0]), float(out[1])) if len(out) == 2 else (float("nan"), float("nan"))
+    return rr_figures(served.run(sys.executable, "-c", rr_client(remote)))
+
+
+def rr_client(remote: str, exchanges: int = 2000, gated: bool = False) -> str:
+    """The request/response client, run inside the namespace: ``exchanges``
+    1-byte requests and responses on one connection to the remote's echo
+    server at ``remote``, then the median and 99th percentile microseconds.
+    ``gated`` (bench/rr_profile.py, which measures the translator around the
+    exchanges alone): after connecting and 200 exchanges to warm up, it
+    prints ``ready`` and waits for a line on stdin before the measured ones."""
+    gate = ("for _ in range(200):\n    c.sendall(b'x'); c.recv(1)\n"
+            "print('ready', flush=True); input()\n") if gated else ""
+    return ("import socket, time, statistics\n"
+            f"c = socket.create_connection(('{remote}', 7001), 5)\n"
+            "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+            f"{gate}"
+            "samples = []\n"
+            f"for _ in range({exchanges}):\n"
+            "    t = time.perf_counter(); c.sendall(b'x'); c.recv(1)\n"
+            "    samples.append(time.perf_counter() - t)\n"
+            "samples.sort()\n"
+            "print(statistics.median(samples) * 1e6, samples[int(len(samples) * 0.99)] * 1e6)")
+
+
+def rr_figures(out: str) -> tuple[float, float]:
+    """The median and p99 the client printed (NaN if it printed none)."""
+    words = out.split()
+    return (float(words[0]), float(words[1])) if len(words) == 2 else (float("nan"),
+                                                                        float("nan"))
 
 
 def connection_rate(served: Served) -> float:
