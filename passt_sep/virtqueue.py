@@ -351,6 +351,48 @@ def deliver(vq: Virtqueue, header: bytes, frame: bytes | bytearray | memoryview,
     return True
 
 
+def deliver_many(vq: Virtqueue, header: bytes, frames: Sequence[bytes | bytearray],
+                 mergeable: bool) -> int:
+    """``deliver`` for each of ``frames`` in order, all behind one
+    ``header``, until one must wait for buffers: how many were taken
+    (given to the guest once ``publish`` runs, or dropped and counted).
+    A peek's segments come in one call: the ring's addresses and indexes
+    are read once, and a frame that one writable buffer holds with the
+    header (Linux's mergeable buffers, at an MTU of 1500) is written in
+    line; any other goes through ``deliver``."""
+    hlen = len(header)
+    if mergeable:                       # as deliver writes it for one buffer
+        header = bytearray(header)
+        _U16.pack_into(header, NUM_BUFFERS_OFFSET, 1)
+    waiting = vq.pending()
+    last, used_idx = vq.last_avail, vq.used_idx
+    avail, desc, used, gpa, mask = vq.avail, vq.desc, vq.used, vq.memory.gpa, vq.num - 1
+    taken = 0
+    for frame in frames:
+        if waiting:
+            head = _U16.unpack_from(avail, 4 + 2 * (last & mask))[0]
+            if head <= mask:
+                addr, length, flags, _ = _DESC.unpack_from(desc, head * DESC_SIZE)
+                size = hlen + len(frame)
+                part = gpa(addr, size) if flags == DESC_F_WRITE and length >= size else None
+                if part is not None:
+                    part[:hlen] = header
+                    part[hlen:] = frame
+                    _USED_ELEM.pack_into(used, 4 + 8 * (used_idx & mask), head, size)
+                    last, used_idx = (last + 1) & 0xFFFF, (used_idx + 1) & 0xFFFF
+                    waiting -= 1
+                    taken += 1
+                    continue
+        vq.last_avail, vq.used_idx = last, used_idx     # the general way
+        if deliver(vq, header, frame, mergeable) is False:
+            return taken
+        taken += 1
+        waiting = vq.pending()
+        last, used_idx = vq.last_avail, vq.used_idx
+    vq.last_avail, vq.used_idx = last, used_idx
+    return taken
+
+
 def _deliver_chains(vq: Virtqueue, header: bytes, frame: bytes | bytearray | memoryview,
                     mergeable: bool) -> bool | None:
     """``deliver`` for any chains: several descriptors, indirect ones, a
