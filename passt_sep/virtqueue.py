@@ -366,7 +366,10 @@ def deliver_many(vq: Virtqueue, header: bytes, frames: Sequence[bytes | bytearra
         _U16.pack_into(header, NUM_BUFFERS_OFFSET, 1)
     waiting = vq.pending()
     last, used_idx = vq.last_avail, vq.used_idx
-    avail, desc, used, gpa, mask = vq.avail, vq.desc, vq.used, vq.memory.gpa, vq.num - 1
+    avail, desc, used, mask = vq.avail, vq.desc, vq.used, vq.num - 1
+    # GuestMemory.gpa in line: (start, end, view) of each region
+    spans = [(region.gpa, region.gpa + region.size, region.view)
+             for region in vq.memory.regions]
     taken = 0
     for frame in frames:
         if waiting:
@@ -374,7 +377,12 @@ def deliver_many(vq: Virtqueue, header: bytes, frames: Sequence[bytes | bytearra
             if head <= mask:
                 addr, length, flags, _ = _DESC.unpack_from(desc, head * DESC_SIZE)
                 size = hlen + len(frame)
-                part = gpa(addr, size) if flags == DESC_F_WRITE and length >= size else None
+                part = None
+                if flags == DESC_F_WRITE and length >= size:
+                    for start, end, view in spans:
+                        if start <= addr and addr + size <= end:
+                            part = view[addr - start:addr - start + size]
+                            break
                 if part is not None:
                     part[:hlen] = header
                     part[hlen:] = frame
