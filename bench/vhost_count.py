@@ -10,6 +10,10 @@ Python bytecodes, Python calls and C calls, with the functions that take
 most:
 
     .venv/bin/python bench/vhost_count.py [--payload N] [--buffer N] [--v6] [--tx] [--backlog]
+                                          [--batch]
+
+``--batch``: a round's frames in one ``send_tcp_frames``, as tcp_io hands
+over a peek's segments.
 
 ``--backlog``: twice as many frames a round as the ring holds, as when a
 guest is slower than its peer: half wait, and go as buffers come back.
@@ -40,6 +44,8 @@ from passt_sep import vhost_user as vu  # noqa: E402
 from passt_sep.tcp_wire import ACK, PSH  # noqa: E402
 from passt_sep.worker.vhost_io import VhostUserLink  # noqa: E402
 
+BATCHED = False
+
 
 def frames(payload: int, v6: bool, count: int) -> list[bytes]:
     src, dst = (bytes(15) + b"\1", bytes(15) + b"\2") if v6 else (b"\xc0\0\2\1", b"\xc0\0\2\2")
@@ -57,6 +63,9 @@ def run(link: VhostUserLink, guest: Guest, batch: list[bytes], rounds: int,
     send, loop = link.send_tcp, link.loop
 
     def send_all() -> None:
+        if BATCHED:
+            link.send_tcp_frames(batch)
+            return
         for frame in batch:
             send(frame)
 
@@ -125,7 +134,11 @@ def main() -> int:
     parser.add_argument("--tx", action="store_true", help="frames from the guest instead")
     parser.add_argument("--backlog", action="store_true",
                         help="twice as many frames a round as the ring holds")
+    parser.add_argument("--batch", action="store_true",
+                        help="a round's frames in one send_tcp_frames, as a peek's go")
     args = parser.parse_args()
+    global BATCHED
+    BATCHED = args.batch
     if args.tx:
         return main_tx(args)
     rig = LinkWithRing(args.buffer)

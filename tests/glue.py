@@ -106,6 +106,9 @@ class Frames:
 
     send_tcp = send
 
+    def send_tcp_frames(self, frames: list[bytes | bytearray]) -> None:
+        self.frames.extend(bytes(frame) for frame in frames)
+
     def __len__(self) -> int:
         return len(self.frames)
 

@@ -12,6 +12,7 @@ in it refers to a part not yet built.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +35,9 @@ class FrameSink(Protocol):
     def send(self, frame: bytes) -> None: ...
 
     def send_tcp(self, frame: bytes) -> None: ...
+
+    def send_tcp_frames(self, frames: Sequence[bytes | bytearray]) -> None:
+        """``send_tcp`` for each of ``frames``, those of one flow."""
 
 
 class GuestMac:

@@ -17,7 +17,7 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..packet import ETH_HLEN
@@ -154,6 +154,12 @@ class TapLink:
         except OSError as exc:
             self._write_failed(exc)
 
+    def send_tcp_frames(self, frames: Sequence[bytes | bytearray]) -> None:
+        """``send_tcp`` for each of ``frames`` (a write each: the tap takes
+        one frame per write)."""
+        for frame in frames:
+            self.send_tcp(frame)
+
     def send_datagrams(self, headers: bytes, payload: memoryview, segment: int) -> bool:
         """UDP payload behind ``udp.datagram_headers``: the kernel completes
         the checksum and, with ``segment``, cuts it into datagrams (USO).
@@ -203,6 +209,7 @@ class StreamLink:
         self.conn: socket.socket | None = None
         self.decoder = StreamDecoder()
         self.out = bytearray()
+        self.asks_out = False              # EPOLLOUT asked for: frames wait for room
         self.buffer = bytearray(READ_SIZE)
         self.on_frame: FrameHandler = lambda frame, now: None
         self.on_connect: Callable[[], None] = lambda: None
@@ -240,6 +247,7 @@ class StreamLink:
         self.conn = sock
         self.decoder.reset()
         self.out.clear()
+        self.asks_out = False
         self.loop.add_fd(sock.fileno(), EPOLLIN, self._ready)
         self.on_connect()
 
@@ -270,20 +278,31 @@ class StreamLink:
             self.on_frame(memoryview(frame), now)
 
     def send(self, frame: bytes) -> None:
-        if self.conn is None:
-            return
-        if len(self.out) + len(frame) + 4 > STREAM_OUT_MAX:
-            self.loop.counters.add("stream_full")
-            return
-        self.capture.frame(frame)
-        self.out += stream_prefix(len(frame))
-        self.out += frame
-        if len(self.out) == len(frame) + 4:
-            self._flush()
+        self.send_tcp_frames((frame,))
 
     send_tcp = send
 
+    def send_tcp_frames(self, frames: Sequence[bytes | bytearray]) -> None:
+        """Each frame behind its length, written at once (a peek's
+        segments in one write) unless earlier ones wait for room: then
+        they go along when the socket reports it (EPOLLOUT)."""
+        if self.conn is None:
+            return
+        out = self.out
+        idle = not out
+        for frame in frames:
+            if len(out) + len(frame) + 4 > STREAM_OUT_MAX:
+                self.loop.counters.add("stream_full")
+                continue
+            self.capture.frame(frame)
+            out += stream_prefix(len(frame))
+            out += frame
+        if idle and out:
+            self._flush()
+
     def _flush(self) -> None:
+        """Write what waits; EPOLLOUT asked for while some is left (an
+        epoll_ctl only when that changes)."""
         assert self.conn is not None
         try:
             sent = self.conn.send(self.out)
@@ -295,7 +314,9 @@ class StreamLink:
                 return
             sent = 0
         del self.out[:sent]
-        self.loop.modify_fd(self.conn.fileno(), EPOLLIN | (EPOLLOUT if self.out else 0))
+        if bool(self.out) != self.asks_out:
+            self.asks_out = not self.asks_out
+            self.loop.modify_fd(self.conn.fileno(), EPOLLIN | (EPOLLOUT if self.asks_out else 0))
 
     def disconnect(self, reason: str) -> None:
         if self.conn is None:

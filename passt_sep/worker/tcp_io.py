@@ -148,6 +148,7 @@ class TcpHandler:
         # look at the socket's family (an IntEnum made in Python) is saved
         self.outbound = None if ctx.outbound == DEFAULT_OUTBOUND else ctx.outbound
         self.send_frame, self.guest_mac = ctx.link.send_tcp, ctx.guest_mac
+        self.send_frames = ctx.link.send_tcp_frames
         self.secret = secret
         self.verify = ctx.config.verify_checksums
         self.flows: FlowSection[Flow] = ctx.flows.section(IPPROTO_TCP)
@@ -550,8 +551,7 @@ class TcpHandler:
                 self._apply(flow, actions)
                 break
             actions = conn.on_socket_data(view[:size], now)
-            for frame in actions.frames:          # all it holds but the deadline
-                self.send_frame(frame)
+            self.send_frames(actions.frames)      # all it holds but the deadline
             if size < wanted and not until_empty:
                 flow.drained = True
                 break

@@ -25,14 +25,14 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .. import vhost_user
 from ..packet import ETH_HLEN
 from ..system.log import Logger
 from ..tap import TCP_CSUM_HEADERS, VNET_HDR_SIZE, vnet_header
 from ..vhost_user import RX, TX, Backend, Effects, MessageDecoder, ProtocolError, RegionSpec
-from ..virtqueue import GuestMemory, Region, Virtqueue, chain_bytes, deliver
+from ..virtqueue import GuestMemory, Region, Virtqueue, chain_bytes, deliver, deliver_many
 from .guest import READ_SIZE, Capture, FrameHandler, GuestReceiver
 from .loop import EPOLLERR, EPOLLHUP, EPOLLIN, Loop
 
@@ -352,6 +352,26 @@ class VhostUserLink:
         queue.publish()
         if not self.calls_due:
             self._call_soon()
+
+    def send_tcp_frames(self, frames: Sequence[bytes | bytearray]) -> None:
+        """``send_tcp`` for each of ``frames``, those of one flow (one
+        header by their ethertype), up to the MTU, as a peek's segments
+        are: written together (``deliver_many``), published once; those the
+        ring has no buffers for yet wait, in order."""
+        queue = self.rx
+        if (queue is None or self.pending or self.capture.fd is not None or not frames
+                or max(map(len, frames)) > self.largest):
+            for frame in frames:
+                self.send_tcp(frame)
+            return
+        header = self.tcp_headers[frames[0][12]]
+        taken = deliver_many(queue, header, frames, self.mergeable)
+        if taken:
+            queue.publish()
+            if not self.calls_due:
+                self._call_soon()
+        for frame in frames[taken:]:
+            self._wait(queue, header, frame)
 
     def _wait(self, queue: Virtqueue, header: bytes, frame: bytes) -> None:
         """Keep the frame until the guest posts buffers (within bounds).

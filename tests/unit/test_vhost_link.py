@@ -106,6 +106,22 @@ def test_frames_wait_for_buffers_in_order(rig: LinkWithRing) -> None:
     assert got == sent and not rig.link.pending
 
 
+def test_a_peeks_frames_together_wait_in_order_too(rig: LinkWithRing) -> None:
+    """send_tcp_frames: what fits goes at once, in one publish; the rest
+    waits behind it for buffers, as frame by frame."""
+    sent = [tcp_frame(bytes([n % 256]) * 1400) for n in range(NUM + 5)]
+    rig.link.send_tcp_frames(sent[:3])
+    rig.link.send_tcp_frames(sent[3:])
+    assert len(rig.link.pending) == 5
+    got: list[bytes] = []
+    while len(got) < len(sent):
+        used = rig.guest.used()
+        assert used
+        got += [rig.guest.received(*one)[vu.HDR_LEN:] for one in used]
+        rig.link._flush_pending()
+    assert got == sent and not rig.link.pending
+
+
 def test_frames_from_the_guest_arrive_without_their_header(rig: LinkWithRing) -> None:
     got: list[bytes] = []
     rig.link.on_frame = lambda frame, now: got.append(bytes(frame))

@@ -20,6 +20,7 @@ from passt_sep.virtqueue import (
     Virtqueue,
     chain_bytes,
     deliver,
+    deliver_many,
     need_event,
 )
 
@@ -247,6 +248,61 @@ def test_a_chain_of_another_kind_starts_the_frame_anew(second: str) -> None:
                                                                           DATA + 0x1032])
                + bytes(rings.view[DATA + 0x2000:DATA + 0x203e]))
     assert got == frame and struct.unpack_from("<H", rings.view, DATA + 10) == (2,)
+
+
+def lay_out(rings: Rings) -> None:
+    """Plain buffers, two too small for a frame alone, an indirect chain
+    and one of two descriptors among them."""
+    receive_buffers(rings, [2048, 2048, 100, 100, 2048])
+    table = DATA + 0x8000
+    rings.desc(0, GPA + DATA + 0x5000, 20, DESC_F_WRITE | DESC_F_NEXT, 1, table=table)
+    rings.desc(1, GPA + DATA + 0x6000, 100, DESC_F_WRITE, table=table)
+    rings.desc(5, GPA + table, 32, DESC_F_INDIRECT)
+    rings.offer(5)
+    rings.desc(6, GPA + DATA + 0x7000, 30, DESC_F_WRITE | DESC_F_NEXT, 7)
+    rings.desc(7, GPA + DATA + 0x7800, 2048, DESC_F_WRITE)
+    rings.offer(6)
+
+
+@pytest.mark.parametrize("mergeable", [True, False])
+def test_deliver_many_writes_what_deliver_does_frame_by_frame(mergeable: bool) -> None:
+    frames = [b"a" * 10, b"b" * 20, bytes(range(150)), b"c" * 50, b"d" * 90, b"e" * 200]
+    header = bytes(range(12))
+    one, many = Rings(), Rings()
+    for rings in (one, many):
+        lay_out(rings)
+    for frame in frames:
+        assert deliver(one.queue, header, frame, mergeable) is not False
+    assert deliver_many(many.queue, header, frames, mergeable) == len(frames)
+    for rings in (one, many):
+        rings.queue.publish()
+    assert many.used() == one.used() and many.counts == one.counts
+    assert bytes(many.view[DATA:DATA + 0x9000]) == bytes(one.view[DATA:DATA + 0x9000])
+    assert many.queue.last_avail == one.queue.last_avail
+
+
+def test_deliver_many_stops_at_the_first_frame_without_room() -> None:
+    rings = Rings()
+    receive_buffers(rings, [2048, 2048])
+    frames = [b"first", b"second", b"third"]
+    assert deliver_many(rings.queue, bytes(12), frames, mergeable=True) == 2
+    assert rings.queue.last_avail == 2
+    rings.desc(2, GPA + DATA + 0x2000, 2048, DESC_F_WRITE)
+    rings.offer(2)
+    assert deliver_many(rings.queue, bytes(12), frames[2:], mergeable=True) == 1
+    rings.queue.publish()
+    assert rings.used() == (3, [(0, 17), (1, 18), (2, 17)])
+    assert bytes(rings.view[DATA + 0x2000:DATA + 0x2011]) == bytes(10) + b"\1\0third"
+
+
+def test_deliver_many_drops_a_frame_too_big_and_goes_on() -> None:
+    rings = Rings()
+    receive_buffers(rings, [100, 100])
+    frames = [bytes(50), bytes(200), b"x" * 60]
+    assert deliver_many(rings.queue, bytes(12), frames, mergeable=False) == 3
+    rings.queue.publish()
+    assert rings.counts == {"vhost_rx_too_big": 1}
+    assert rings.used() == (2, [(0, 62), (1, 72)])
 
 
 def test_a_first_buffer_shorter_than_the_header() -> None:
