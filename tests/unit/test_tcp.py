@@ -561,7 +561,8 @@ def test_silly_window_avoidance(free: int, sndbuf: int, full: bool) -> None:
 
 def test_a_short_write_answered_from_the_estimated_room() -> None:
     """After one measurement, a short write needs none: the room is what was
-    measured less what the writes since took, each with an skb's overhead."""
+    measured less what the writes since took, each with an skb's overhead.
+    Its ACK is owed, and sent when due with the window as it stands."""
     guest = Guest()
     conn = established(guest)
     conn.on_guest_segment(data_seg(guest, conn, 0, b"m"), T0)
@@ -571,8 +572,11 @@ def test_a_short_write_answered_from_the_estimated_room() -> None:
         conn.on_guest_segment(data_seg(guest, conn, offset, b"n" * size), T0)
         actions = conn.on_socket_took(size, T0)
         assert actions is not None and only_frames_and_deadline(actions)
+        assert actions.frames == [] and conn.ack_due
         free -= size + tcp.SKB_OVERHEAD
-        reply = guest.check(actions.frames[0])
+        due = conn.on_ack_due()
+        assert due is not None and not conn.ack_due
+        reply = guest.check(due)
         assert (reply.ack, reply.flags) == (GUEST_ISN + 1 + offset + size, ACK)
         assert reply.window == min(free * 1460 // (1460 + tcp.SKB_OVERHEAD),
                                    1460 * tcp.RCV_SEGMENTS) >> tcp.OUR_WSCALE
@@ -601,6 +605,102 @@ def test_the_estimate_declined_with_nothing_changed(payload: bytes, flags: int, 
     assert (conn.rcv_nxt, conn.pending, conn.rcv_window, conn.sock_free) == before
     [frame] = conn.on_socket_accepted(took, FREE, SNDBUF, T0).frames
     assert guest.check(frame).ack == GUEST_ISN + 1 + offset + took + bool(flags & FIN)
+    assert not conn.ack_due                          # acknowledged at once, as ever
+
+
+# -- delayed ACK ------------------------------------------------------------------------
+def owing(guest: Guest, payload: bytes = b"q") -> TcpConn:
+    """An established flow whose short write's ACK is owed: the room
+    measured once (an empty buffer of FREE bytes), then ``payload`` written
+    (at offset 1) and taken whole."""
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"m"), T0)
+    conn.on_socket_accepted(1, FREE, FREE, T0)
+    actions = conn.on_guest_segment(data_seg(guest, conn, 1, payload), T0)
+    assert bytes(actions.to_socket) == payload
+    took = conn.on_socket_took(len(payload), T0)
+    assert took is not None and only_frames_and_deadline(took)
+    assert took.frames == [] and conn.ack_due
+    return conn
+
+
+def test_a_short_writes_ack_is_owed_and_the_answer_carries_it() -> None:
+    """A request/response exchange: one frame to the guest, not two."""
+    guest = Guest()
+    conn = owing(guest)
+    [frame] = conn.on_socket_data(memoryview(b"answer"), T0).frames
+    reply = guest.check(frame)
+    assert (bytes(reply.payload), reply.ack) == (b"answer", GUEST_ISN + 3)
+    assert not conn.ack_due and conn.on_ack_due() is None
+
+
+def test_an_owed_ack_goes_once_when_due_with_the_window_as_it_stands() -> None:
+    guest = Guest()
+    conn = owing(guest)
+    frame = conn.on_ack_due()
+    assert frame is not None
+    reply = guest.check(frame)
+    assert (reply.flags, reply.seq, reply.ack, bytes(reply.payload)) == (
+        ACK, (OUR_ISN + 1) & tcp_wire.MASK, GUEST_ISN + 3, b"")
+    free = FREE - 1 - tcp.SKB_OVERHEAD                # the estimate after the write
+    assert reply.window == min(free * 1460 // (1460 + tcp.SKB_OVERHEAD),
+                               1460 * tcp.RCV_SEGMENTS) >> tcp.OUR_WSCALE
+    assert not conn.ack_due and conn.on_ack_due() is None      # once
+
+
+def test_an_owed_ack_never_offers_less_than_a_segment() -> None:
+    """Room measured too small since the write is offered as none: the
+    guest's TCP would hold its data for its persist timer on a window
+    smaller than a segment."""
+    guest = Guest()
+    conn = owing(guest)
+    assert conn.on_socket_writable(2000, 1 << 20).frames == []    # 1175 bytes
+    frame = conn.on_ack_due()
+    assert frame is not None and guest.check(frame).window == 0
+
+
+def test_a_second_short_write_while_an_ack_is_owed_is_acknowledged_at_once() -> None:
+    """Two segments unacknowledged: ACK now (Linux's rule), else a sender
+    with Nagle would wait for the delay."""
+    guest = Guest()
+    conn = owing(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 2, b"r"), T0)
+    took = conn.on_socket_took(1, T0)
+    assert took is not None and only_frames_and_deadline(took)
+    [frame] = took.frames
+    assert guest.check(frame).ack == GUEST_ISN + 4
+    assert not conn.ack_due and conn.on_ack_due() is None
+    conn.on_guest_segment(data_seg(guest, conn, 3, b"s"), T0)      # owed again
+    took = conn.on_socket_took(1, T0)
+    assert took is not None and took.frames == [] and conn.ack_due
+
+
+@pytest.mark.parametrize("payload, flags, took", [
+    (b"b" * 1460, ACK | PSH, 1460),                  # bulk: a segment
+    (b"b" * 1023, ACK | PSH, 1000),                  # refused in part
+    (b"b" * 10, ACK | PSH | FIN, 10),                # the guest's FIN behind it
+])
+def test_other_writes_acknowledged_at_once_pay_an_owed_ack(payload: bytes, flags: int,
+                                                          took: int) -> None:
+    guest = Guest()
+    conn = owing(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 2, payload, flags), T0)
+    assert conn.on_socket_took(took, T0) is None
+    [frame] = conn.on_socket_accepted(took, FREE, SNDBUF, T0).frames
+    assert guest.check(frame).ack == GUEST_ISN + 3 + took + bool(flags & FIN and took == 10)
+    assert not conn.ack_due and conn.on_ack_due() is None
+
+
+def test_an_owed_ack_paid_by_our_fin_and_dropped_with_a_reset() -> None:
+    guest = Guest()
+    conn = owing(guest)
+    [fin] = conn.on_socket_eof(T0).frames
+    assert (guest.check(fin).flags, guest.check(fin).ack) == (FIN | ACK, GUEST_ISN + 3)
+    assert conn.on_ack_due() is None
+    conn = owing(guest)
+    seg, _ = guest.seg(GUEST_ISN + 3, 0, RST)
+    assert conn.on_guest_segment(seg, T0).reset
+    assert conn.on_ack_due() is None
 
 
 def test_duplicate_segment_only_reacknowledged() -> None:
