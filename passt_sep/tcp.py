@@ -210,7 +210,12 @@ class Actions:
 
     Each connection answers every input with the same object, emptied: it
     is valid until the connection's next input (a new one per input cost
-    5% of a data/ACK exchange).  ``unusual`` is set with any of ``drop``,
+    5% of a data/ACK exchange).  But ``on_socket_took`` and
+    ``on_socket_data``, two of the three inputs of a request/response
+    exchange, answer with a second object of the connection's, which
+    never holds more than ``frames`` and ``deadline``: it is emptied by
+    emptying its frames, without ``clear`` (a call and some 20 bytecodes
+    each).  ``unusual`` is set with any of ``drop``,
     ``reset``, ``window_clamp``, ``retransmit``, ``shutdown_write``,
     ``closed`` and ``forget``: without it neither ``clear`` nor the I/O
     layer looks at them (most inputs only move data and ACKs)."""
@@ -271,7 +276,7 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "clamp", "sock_free", "sock_buf", "ack_due", "actions",
+        "linger_until", "clamp", "sock_free", "sock_buf", "ack_due", "actions", "quick",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
@@ -312,7 +317,8 @@ class TcpConn:
         self.sock_free = 0                      # the send buffer's free bytes, at least
         self.sock_buf = 0                       # its size, as last measured
         self.ack_due = False                    # rcv_nxt not yet sent to the guest
-        self.actions = Actions()                # every input's answer, reused
+        self.actions = Actions()                # every input's answer, reused...
+        self.quick = Actions()                  # ...but those of frames and deadline only
 
     @property
     def tso(self) -> bool:
@@ -667,8 +673,8 @@ class TcpConn:
             return None
         self.sock_free = free
         self.rcv_window = window = min(room, MAX_WINDOW, segment * RCV_SEGMENTS)
-        actions = self.actions
-        actions.clear()
+        actions = self.quick
+        actions.frames.clear()
         self.pending = (0, False)
         self.rcv_nxt = (self.rcv_nxt + accepted) & MASK
         if self.ack_due:                    # two segments unacknowledged: ACK now
@@ -727,8 +733,8 @@ class TcpConn:
     def on_socket_data(self, data: memoryview, now: float) -> Actions:
         """Segments for bytes just peeked (at most ``send_budget()``, at
         least one); PSH on the last."""
-        actions = self.actions
-        actions.clear()
+        actions = self.quick
+        actions.frames.clear()
         self.ack_due = False                # these frames carry rcv_nxt
         idle = self.snd_max == self.snd_una
         size = len(data)

@@ -1132,16 +1132,23 @@ def test_every_input_answers_with_actions_and_the_timer() -> None:
 
 def test_one_actions_per_connection_emptied_for_each_input() -> None:
     """The hot path allocates no answer: every input returns the
-    connection's own Actions, emptied of what the input before set."""
+    connection's own Actions, emptied of what the input before set; what
+    a short write took and bytes peeked return a second one, which holds
+    only frames and a deadline."""
     guest = Guest()
     conn = established(guest)
     answer = conn.on_guest_segment(data_seg(guest, conn, 0, b"abc"), T0)
     assert bytes(answer.to_socket) == b"abc"
-    assert conn.on_socket_accepted(3, FREE, SNDBUF, T0) is answer
+    assert conn.on_socket_accepted(3, FREE, FREE, T0) is answer
     assert answer.to_socket is None and len(answer.frames) == 1
-    assert conn.on_socket_data(memoryview(b"xyz"), T0) is answer
+    quick = conn.on_socket_data(memoryview(b"xyz"), T0)
+    assert quick is not answer and len(quick.frames) == 1 and only_frames_and_deadline(quick)
     assert ack(guest, conn, OUR_ISN + 4) is answer
     assert answer == tcp.Actions(acked=3, send_more=True, deadline=T0 + tcp.INACTIVITY)
+    conn.on_guest_segment(data_seg(guest, conn, 3, b"d"), T0)
+    assert conn.on_socket_took(1, T0) is quick and quick.frames == []       # owed
+    assert only_frames_and_deadline(quick) and quick.deadline == conn.next_deadline()
+    assert conn.on_socket_data(memoryview(b"z"), T0) is quick and len(quick.frames) == 1
 
 
 @given(seq_offset=st.sampled_from([0, 0, 0, 1, -1, 5]), advance=st.integers(0, 12),
@@ -1168,4 +1175,4 @@ def test_header_prediction_decides_as_the_general_path(seq_offset: int, advance:
         expected.deadline = general.next_deadline()
     assert conn.on_guest_segment(seg, T0 + 1) == expected
     assert all(getattr(conn, name) == getattr(general, name) for name in TcpConn.__slots__
-               if name != "actions")          # the answer's object, shared by the copy
+               if name not in ("actions", "quick"))     # the answers, shared by the copy
