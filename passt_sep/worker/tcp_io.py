@@ -611,16 +611,22 @@ class TcpHandler:
 
     def _send_owed_acks(self, now: float) -> None:
         """The ACKs still owed by the flows in the queue, which empties:
-        those paid since by a frame, and those closed, send nothing."""
+        those paid since by a frame, and those closed, send nothing.  A
+        flow that fails (a bug: the loop carries on) leaves the rest to
+        the next sweep, not queued for ever."""
         self.ack_sweep = None
         owing, send = self.owing, self.send_frame
-        while owing:
-            flow = owing.popleft()
-            flow.owing = False
-            if flow.sock is not None:
-                frame = flow.conn.on_ack_due()
-                if frame is not None:
-                    send(frame)
+        try:
+            while owing:
+                flow = owing.popleft()
+                flow.owing = False
+                if flow.sock is not None:
+                    frame = flow.conn.on_ack_due()
+                    if frame is not None:
+                        send(frame)
+        finally:
+            if owing:
+                self.ack_sweep = self.loop.call_at(now + tcp.ACK_DELAY, self._send_owed_acks)
 
     def _linger(self, flow: Flow) -> None:
         """Closed: the flow stays in the table until its ``linger_until``

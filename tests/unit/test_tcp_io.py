@@ -306,6 +306,29 @@ def test_a_lone_short_writes_ack_comes_after_the_delay(rig: Rig, server: Server,
     assert guest.take() == []                         # once
 
 
+def test_a_failing_flow_leaves_the_other_owed_acks_to_the_next_sweep(
+        rig: Rig, server: Server, v6: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    handler = rig.tcp()
+    first, _ = connect(rig, handler, server, v6, port=40000)
+    second, _ = connect(rig, handler, server, v6, port=40001)
+    first.send(ACK | PSH, b"a")
+    second.send(ACK | PSH, b"b")
+    answered = tcp.TcpConn.on_ack_due
+    asked: list[tcp.TcpConn] = []
+
+    def first_fails(conn: tcp.TcpConn) -> object:
+        asked.append(conn)
+        if len(asked) == 1:
+            raise RuntimeError("a bug")
+        return answered(conn)
+
+    monkeypatch.setattr(tcp.TcpConn, "on_ack_due", first_fails)
+    errors: list[Exception] = []
+    rig.loop.on_error = errors.append
+    [ack] = second.wait("the other flow's owed ACK")
+    assert ack.ack == second.seq and len(errors) == 1 and len(asked) == 2
+
+
 # -- window updates (guest to host) --------------------------------------------------------
 def test_a_full_socket_closes_the_window_and_reopens_it_when_drained(rig: Rig) -> None:
     """The server reads nothing: the guest's data fills the handler's socket
