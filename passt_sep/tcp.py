@@ -37,9 +37,27 @@ Guest to host
     (``on_socket_took``): the last one less what was written since, each
     write charged its overhead, errs low too.  Too little room is
     advertised as none (receiver-side silly-window avoidance) and a window
-    update follows when the socket drains (``on_socket_writable``).  Segments beyond ``rcv_nxt`` are
-    dropped (we keep no reassembly queue) and answered with a duplicate ACK
-    so that the guest retransmits the gap at once.
+    update follows when the socket drains (``on_socket_writable``).
+    Segments beyond ``rcv_nxt`` are dropped (we keep no reassembly queue)
+    and answered with a duplicate ACK so that the guest retransmits the gap
+    at once.
+
+Delayed ACK
+    As passt does (its ACK_TO_TAP_DUE and ACK_INTERVAL), the ACK of a
+    short write answered from the estimated room (``on_socket_took``) is
+    owed (``ack_due``) rather than sent: a request's answer usually follows
+    within a fraction of a millisecond and carries it, as every frame to
+    the guest carries ``rcv_nxt``, so a request/response exchange costs one
+    frame to the guest, not two.  When none does, the I/O layer asks
+    ``on_ack_due`` within ``ACK_DELAY``, which sends the bare ACK with the
+    window as it stands then (``_window_field``: none rather than less
+    than a segment).  Everything else is acknowledged at once as before: a
+    write of SMALL_WRITE or more or of a whole segment (bulk: the sender's
+    pace is our ACKs), one the socket refused in part, one that leaves less
+    than half the buffer (the window the guest must hear about), a FIN,
+    data out of order, and a second short write while an ACK is owed (two
+    segments unacknowledged, Linux's rule: a sender with Nagle waits for
+    our ACK, and its loss probe would fire sooner).
 
 Host to guest
     Data stays in the socket's receive queue until the guest acknowledges
@@ -132,6 +150,7 @@ TSO_MAX_PAYLOAD = 0xFFFF - IPV4_HLEN - TCP_HLEN   # an IPv4 packet's limit (IPv6
 SYN_TIMEOUT = 1.0                        # first SYN / SYN-ACK retry, doubling
 SYN_RETRIES = 3
 ACK_TIMEOUT = 1.0                        # first data retransmission, doubling
+ACK_DELAY = 0.010                        # an owed ACK goes out this late at the latest
 MAX_RTO = 60.0
 MAX_RETRIES = 8
 INACTIVITY = 7200.0
@@ -184,11 +203,19 @@ class Actions:
     ``on_socket_eof``).  With ``to_socket`` the input is not done until the
     write's answer, and the timer comes with that answer (``deadline`` is
     None here: computing it twice per segment of guest data would cost the
-    hot path a call).
+    hot path a call).  ``on_socket_took`` answers with our ACK or with no
+    frame at all: then the ACK is owed (``ack_due``), and unless a frame
+    of a later input carries it, ``on_ack_due`` is to be called within
+    ACK_DELAY.
 
     Each connection answers every input with the same object, emptied: it
     is valid until the connection's next input (a new one per input cost
-    5% of a data/ACK exchange).  ``unusual`` is set with any of ``drop``,
+    5% of a data/ACK exchange).  But ``on_socket_took`` and
+    ``on_socket_data``, two of the three inputs of a request/response
+    exchange, answer with a second object of the connection's, which
+    never holds more than ``frames`` and ``deadline``: it is emptied by
+    emptying its frames, without ``clear`` (a call and some 20 bytecodes
+    each).  ``unusual`` is set with any of ``drop``,
     ``reset``, ``window_clamp``, ``retransmit``, ``shutdown_write``,
     ``closed`` and ``forget``: without it neither ``clear`` nor the I/O
     layer looks at them (most inputs only move data and ACKs)."""
@@ -229,13 +256,15 @@ class TcpConn:
       ``to_socket`` took, without and with the send buffer measured),
       ``on_socket_writable`` (its send buffer drained), ``on_socket_data``
       (bytes peeked), ``on_socket_eof`` and ``on_socket_error``;
-    - the clock: ``on_timer``.
+    - the clock: ``on_timer``, and ``on_ack_due`` (ACK_DELAY after an ACK
+      became owed: the bare ACK, unless a frame carried it since).
 
     A flow begins with ``from_guest_syn`` (nothing to send until the socket
     connects) or ``for_accepted`` (our SYN, in its Actions).  The I/O layer
     may also ask, which changes nothing: ``send_budget()`` (how much to peek
-    next), ``next_deadline()``, ``state`` and ``socket_full`` (the window we
-    offer is closed: watch the socket for room).
+    next), ``next_deadline()``, ``state``, ``socket_full`` (the window we
+    offer is closed: watch the socket for room) and ``ack_due`` (an ACK is
+    owed to the guest: see the module's docstring).
 
     Sequence numbers: ``snd_*`` count our bytes towards the guest
     (``snd_max`` the highest ever sent, ``snd_nxt`` where the next peek
@@ -247,7 +276,7 @@ class TcpConn:
         "guest_wscale", "our_wscale", "guest_window", "rcv_window", "socket_full",
         "dup_acks", "recover", "retries", "rto", "rtx_deadline", "last_activity",
         "guest_fin", "sock_eof", "fin_seq", "fin_sent", "fin_acked", "pending",
-        "linger_until", "clamp", "sock_free", "sock_buf", "actions",
+        "linger_until", "clamp", "sock_free", "sock_buf", "ack_due", "actions", "quick",
     )
 
     def __init__(self, state: State, *, guest_mac: bytes, guest_addr: bytes, guest_port: int,
@@ -287,7 +316,9 @@ class TcpConn:
         self.clamp = 0                          # the socket's TCP_WINDOW_CLAMP, 0: unset
         self.sock_free = 0                      # the send buffer's free bytes, at least
         self.sock_buf = 0                       # its size, as last measured
-        self.actions = Actions()                # every input's answer, reused
+        self.ack_due = False                    # rcv_nxt not yet sent to the guest
+        self.actions = Actions()                # every input's answer, reused...
+        self.quick = Actions()                  # ...but those of frames and deadline only
 
     @property
     def tso(self) -> bool:
@@ -371,6 +402,7 @@ class TcpConn:
         return min(self.rcv_window >> self.our_wscale, 0xFFFF)
 
     def _ack(self) -> Frame:
+        self.ack_due = False
         return self.tx.ack(self.snd_nxt, self.rcv_nxt, self._window_field())
 
     def _rst(self) -> bytearray:
@@ -595,6 +627,7 @@ class TcpConn:
         actions.clear()
         length, fin = self.pending
         self.pending = (0, False)
+        self.ack_due = False                # this ACK carries any owed one
         self.rcv_nxt = (self.rcv_nxt + accepted) & MASK
         self._set_room(free, sndbuf)
         if accepted < length:
@@ -621,7 +654,11 @@ class TcpConn:
         does only for a socket that fills up; and a larger write's charge
         would be a guess), or less than half the buffer would be left.  A
         request/response exchange so measures once in many; a bulk
-        transfer after each write."""
+        transfer after each write.  The ACK is owed (``ack_due``, no frame
+        in the Actions), unless one was owed already: then it goes now
+        (see the module's docstring).  The window it would advertise
+        shrinks only by the write's charge, half the buffer left: nothing
+        the guest needs to hear at once."""
         free, sndbuf = self.sock_free - accepted - SKB_OVERHEAD, self.sock_buf
         if (self.pending != (accepted, False) or accepted >= SMALL_WRITE
                 or accepted >= self.snd_mss or free < sndbuf >> 1):
@@ -636,13 +673,17 @@ class TcpConn:
             return None
         self.sock_free = free
         self.rcv_window = window = min(room, MAX_WINDOW, segment * RCV_SEGMENTS)
-        actions = self.actions
-        actions.clear()
+        actions = self.quick
+        actions.frames.clear()
         self.pending = (0, False)
-        self.rcv_nxt = rcv_nxt = (self.rcv_nxt + accepted) & MASK
-        window >>= self.our_wscale
-        actions.frames.append(self.tx.ack(self.snd_nxt, rcv_nxt,
-                                          window if window < 0xFFFF else 0xFFFF))
+        self.rcv_nxt = (self.rcv_nxt + accepted) & MASK
+        if self.ack_due:                    # two segments unacknowledged: ACK now
+            self.ack_due = False
+            window >>= self.our_wscale
+            actions.frames.append(self.tx.ack(self.snd_nxt, self.rcv_nxt,
+                                              window if window < 0xFFFF else 0xFFFF))
+        else:
+            self.ack_due = True             # the answer's data will carry it
         # next_deadline in line: established (data went to the socket)
         rtx, idle = self.rtx_deadline, self.last_activity + INACTIVITY
         actions.deadline = idle if rtx is None or idle < rtx else rtx
@@ -692,8 +733,9 @@ class TcpConn:
     def on_socket_data(self, data: memoryview, now: float) -> Actions:
         """Segments for bytes just peeked (at most ``send_budget()``, at
         least one); PSH on the last."""
-        actions = self.actions
-        actions.clear()
+        actions = self.quick
+        actions.frames.clear()
+        self.ack_due = False                # these frames carry rcv_nxt
         idle = self.snd_max == self.snd_una
         size = len(data)
         window = 0 if self.socket_full else self.rcv_window >> self.our_wscale
@@ -760,6 +802,7 @@ class TcpConn:
                 and self.snd_nxt == self.fin_seq and self.guest_window > in_flight):
             frames.append(self.tx.segment(self.fin_seq, self.rcv_nxt, FIN | ACK,
                                           self._window_field()))
+            self.ack_due = False
             self.fin_sent = True
             self.snd_nxt = (self.fin_seq + 1) & MASK
             if seq_lt(self.snd_max, self.snd_nxt):
@@ -794,6 +837,15 @@ class TcpConn:
         self._expire(actions, now)
         return self._done(actions)
 
+    def on_ack_due(self) -> Frame | None:
+        """ACK_DELAY after an ACK became owed (or sooner: the I/O layer
+        sweeps owed ACKs together): the bare ACK, with the window as it
+        stands, if no frame carried it since; None if one did, or the flow
+        is no longer established."""
+        if not self.ack_due or self.state is not State.ESTABLISHED:
+            return None
+        return self._ack()
+
     def _expire(self, actions: Actions, now: float) -> None:
         if self.state is State.CLOSED:
             actions.forget = actions.unusual = now >= self.linger_until
@@ -823,6 +875,7 @@ class TcpConn:
         if self.snd_max == self.snd_una:
             if not self.guest_window:
                 # zero-window probe: an old sequence number makes the guest answer
+                self.ack_due = False
                 actions.frames.append(self.tx.ack((self.snd_una - 1) & MASK, self.rcv_nxt,
                                                   self._window_field()))
                 self.rto = min(self.rto * 2, MAX_RTO)

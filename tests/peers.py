@@ -4,6 +4,7 @@ Servers (run in a namespace, until killed; PORTS is one port or a comma list):
   sink PORTS [ADDR]         TCP: read until EOF, answer "<sha256> <bytes>\\n", close
   source PORTS [ADDR]       TCP: read "SIZE SEED\\n", send SIZE pseudo-random bytes, close
   udp-echo PORTS [ADDR]     UDP: send every datagram back
+  tcp-echo PORTS [ADDR]     TCP: send every byte back but "q" (left unanswered)
   dns PORT [ADDR]           DNS over UDP and TCP: A -> 203.0.113.53, AAAA -> 2001:db8:2::53
 Clients (print one line, exit 0 on success):
   send HOST PORT SIZE SEED  send, half-close, print the sink's answer and ours
@@ -12,6 +13,11 @@ Clients (print one line, exit 0 on success):
                             time, each sent again until its echo comes back;
                             print "<sha256> <bytes>" of what came back
   drain HOST PORT           print "<sha256> <bytes>" of what a server sends unasked
+  ack-check HOST PORT N     N one-byte exchanges with a tcp-echo (TCP_NODELAY),
+                            then one byte it leaves unanswered; print "echoed E
+                            retrans R unacked U ack_ms M": the kernel's count of
+                            retransmissions and of unacknowledged segments, and
+                            how long the last byte waited for its ACK
   many HOST PORT N SIZE     N concurrent sends to a sink, print "ok N" if all match
   connect-flood HOST PORT N RATE PATIENCE  open N connections, RATE per second,
                             and hold each until the server ends it; print
@@ -47,6 +53,7 @@ import random
 import resource
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -135,6 +142,14 @@ def udp_echo(sock: socket.socket) -> None:
         sock.sendto(data, peer)
 
 
+def handle_tcp_echo(conn: socket.socket) -> None:
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(4096):
+            if data.replace(b"q", b""):
+                conn.sendall(data.replace(b"q", b""))
+
+
 def serve_ports(command: str, ports: str, addr: str) -> None:
     """A server on each of a comma-separated list of ports, one thread each."""
     threads = []
@@ -142,7 +157,8 @@ def serve_ports(command: str, ports: str, addr: str) -> None:
         if command == "udp-echo":
             target, args = udp_echo, (listener(int(port), addr, socket.SOCK_DGRAM),)
         else:
-            handler = handle_sink if command == "sink" else handle_source
+            handler = {"sink": handle_sink, "source": handle_source,
+                       "tcp-echo": handle_tcp_echo}[command]
             target, args = serve, (listener(int(port), addr), handler)
         threads.append(threading.Thread(target=target, args=args, daemon=True))
     for thread in threads:
@@ -307,6 +323,30 @@ def recv(host: str, port: int, size: int, seed: int) -> str:
 def drain(host: str, port: int) -> str:
     with connect(host, port) as sock:
         return digest_until_eof(sock)
+
+
+TCP_INFO = "8B24I"                    # struct tcp_info's head: its u8s, then u32s
+TCPI_UNACKED, TCPI_TOTAL_RETRANS = 8 + 4, 8 + 23
+
+
+def ack_check(host: str, port: int, count: int) -> str:
+    with connect(host, port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        echoed = 0
+        for _ in range(count):
+            sock.sendall(b"x")
+            echoed += sock.recv(1) == b"x"
+        sock.sendall(b"q")
+        start = time.monotonic()
+        while True:
+            info = struct.unpack(TCP_INFO, sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
+                                                          struct.calcsize(TCP_INFO)))
+            waited = time.monotonic() - start
+            if not info[TCPI_UNACKED] or waited > 5:
+                break
+            time.sleep(0.0005)
+    return (f"echoed {echoed} retrans {info[TCPI_TOTAL_RETRANS]} "
+            f"unacked {info[TCPI_UNACKED]} ack_ms {waited * 1000:.0f}")
 
 
 def echo_of(sock: socket.socket, packet: bytes, peer: tuple, deadline: float) -> bytes:
@@ -628,7 +668,7 @@ def dns_check(host: str, seconds: float, rate: float) -> str:
 
 def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
-    if command in ("sink", "source", "udp-echo"):
+    if command in ("sink", "source", "udp-echo", "tcp-echo"):
         serve_ports(command, args[0], args[1] if len(args) > 1 else "::")
     elif command == "dns":
         dns_server(int(args[0]), args[1] if len(args) > 1 else "::")
@@ -649,6 +689,8 @@ def main(argv: list[str]) -> None:
         print(recv(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "drain":
         print(drain(args[0], int(args[1])))
+    elif command == "ack-check":
+        print(ack_check(args[0], int(args[1]), int(args[2])))
     elif command == "many":
         print(many(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "connect-flood":

@@ -16,6 +16,15 @@ data or opens its window, ``_pump`` peeks as much as ``send_budget()``
 allows into one buffer shared by every flow.  EPOLLOUT matters only while a
 connect is in progress or the socket refused guest data; after a connect
 it stays asked for until an EPOLLOUT comes alone (see ``_connect_done``).
+
+ACKs owed to the guest (``TcpConn.ack_due``: a short write's, which the
+answer's data usually carries) are swept by one timer for all flows, not
+moved onto each flow's own: a flow that comes to owe one joins the queue
+``owing`` unless it is there already, the timer is armed ACK_DELAY ahead
+while the queue is not empty, and when it fires each flow in the queue is
+asked ``on_ack_due``.  An owed ACK so goes out ACK_DELAY late at the most,
+and a busy flow costs the queue an append once per ACK_DELAY, not per
+exchange.
 """
 
 from __future__ import annotations
@@ -115,10 +124,12 @@ class Flow:
     due at the next multiple of TIMER_GRAIN); infinite without a timer.
     ``fallback``: ``--clat``, an inbound IPv6 connection offered to the guest
     over IPv6: the IPv4 address it is offered from instead if the guest
-    refuses it (a service listening on IPv4 only)."""
+    refuses it (a service listening on IPv4 only).  ``owing``: in the
+    handler's queue of flows that owed an ACK (it may be paid since)."""
 
     __slots__ = ("conn", "sock", "key", "timer", "sooner", "recheck", "recheck_delay",
-                 "want_out", "asks_out", "drained", "peek_off", "tracked", "fallback")
+                 "want_out", "asks_out", "drained", "peek_off", "tracked", "fallback",
+                 "owing")
 
     def __init__(self, conn: tcp.TcpConn, sock: socket.socket, key: FlowKey) -> None:
         self.conn, self.key = conn, key
@@ -132,6 +143,7 @@ class Flow:
         self.peek_off = False
         self.tracked = False
         self.fallback: bytes | None = None
+        self.owing = False
 
 
 class TcpHandler:
@@ -161,6 +173,9 @@ class TcpHandler:
         # lingers tcp.LINGER, so one timer for the oldest sweeps them all
         self.lingering: deque[Flow] = deque()
         self.sweep: Timer | None = None
+        # flows that owed the guest an ACK, each once; swept by one timer
+        self.owing: deque[Flow] = deque()
+        self.ack_sweep: Timer | None = None
         for listener in listeners:
             self.add_listener(listener)
 
@@ -289,8 +304,10 @@ class TcpHandler:
                 actions = self._written(flow, written, now)
             else:                               # our ACK, and its window estimated
                 actions = answer
-                for frame in answer.frames:
-                    self.send_frame(frame)
+                if answer.frames:
+                    self.send_frame(answer.frames[0])
+                elif not flow.owing:            # the ACK owed instead
+                    self._owe_ack(flow, now)
         if send_more and flow.sock is not None and not flow.drained:
             actions = self._pump(flow, now) or actions
         if flow.sock is not None:         # else forgotten, or lingering: swept
@@ -583,6 +600,33 @@ class TcpHandler:
         if actions.retransmit and flow.sock is not None:
             self.loop.counters.add("tcp_retransmit_timeout")
         self._handle(flow, actions, now)
+
+    def _owe_ack(self, flow: Flow, now: float) -> None:
+        """Into the queue of flows that owe an ACK, the sweep armed if it
+        is not (see the module's docstring)."""
+        flow.owing = True
+        self.owing.append(flow)
+        if self.ack_sweep is None:
+            self.ack_sweep = self.loop.call_at(now + tcp.ACK_DELAY, self._send_owed_acks)
+
+    def _send_owed_acks(self, now: float) -> None:
+        """The ACKs still owed by the flows in the queue, which empties:
+        those paid since by a frame, and those closed, send nothing.  A
+        flow that fails (a bug: the loop carries on) leaves the rest to
+        the next sweep, not queued for ever."""
+        self.ack_sweep = None
+        owing, send = self.owing, self.send_frame
+        try:
+            while owing:
+                flow = owing.popleft()
+                flow.owing = False
+                if flow.sock is not None:
+                    frame = flow.conn.on_ack_due()
+                    if frame is not None:
+                        send(frame)
+        finally:
+            if owing:
+                self.ack_sweep = self.loop.call_at(now + tcp.ACK_DELAY, self._send_owed_acks)
 
     def _linger(self, flow: Flow) -> None:
         """Closed: the flow stays in the table until its ``linger_until``

@@ -63,6 +63,19 @@ def test_tcp_both_ways_udp_and_ping(topo: Topology, guest: Guest) -> None:
     assert lines == digests + ["ping-ok", "udp-ok"]
 
 
+def test_requests_answered_and_a_lone_write_acknowledged_soon(topo: Topology,
+                                                              guest: Guest) -> None:
+    """As tests/e2e/test_tcp.py's, over the stream socket: the owed ACK
+    goes out without an answer to carry it, the guest retransmits nothing."""
+    guest.dhcp()
+    topo.spawn_remote(PY, PEERS, "tcp-echo", "9000")
+    topo.wait_listening(9000)
+    [line] = guest.run(f"{PY} {PEERS} ack-check {REMOTE_ADDR4} 9000 200")
+    words = line.split()
+    assert words[:6] == ["echoed", "200", "retrans", "0", "unacked", "0"], line
+    assert int(words[7]) < 150, line
+
+
 def test_ipv6_slaac_and_tcp(topo: Topology, guest: Guest) -> None:
     topo.spawn_remote(PY, PEERS, "source", "9001")
     topo.wait_listening(9001)

@@ -40,6 +40,20 @@ def test_100_mib_each_way_outbound(topo: Topology, pasta: str, remote: str) -> N
     assert lines == [digest(size, 1), digest(size, 2)]
 
 
+@pytest.mark.parametrize("remote", [REMOTE_ADDR4, REMOTE_ADDR6])
+def test_requests_answered_and_a_lone_write_acknowledged_soon(topo: Topology, pasta: str,
+                                                              remote: str) -> None:
+    """A short write's ACK is owed to the answer (one frame to the guest per
+    exchange); a write nobody answers gets its ACK after the delay, long
+    before the guest's minimum retransmission timeout (200 ms): its kernel
+    counts no retransmission."""
+    start_servers(topo, ("tcp-echo", 9000))
+    [line] = in_pasta(topo, pasta, f"{PY} {PEERS} ack-check {remote} 9000 200")
+    words = line.split()
+    assert words[:6] == ["echoed", "200", "retrans", "0", "unacked", "0"], line
+    assert int(words[7]) < 150, line
+
+
 def test_200_concurrent_connections(topo: Topology, pasta: str) -> None:
     start_servers(topo, ("sink", 9000))
     lines = in_pasta(topo, pasta, f"{PY} {PEERS} many {REMOTE_ADDR4} 9000 200 {MiB}")

@@ -561,7 +561,8 @@ def test_silly_window_avoidance(free: int, sndbuf: int, full: bool) -> None:
 
 def test_a_short_write_answered_from_the_estimated_room() -> None:
     """After one measurement, a short write needs none: the room is what was
-    measured less what the writes since took, each with an skb's overhead."""
+    measured less what the writes since took, each with an skb's overhead.
+    Its ACK is owed, and sent when due with the window as it stands."""
     guest = Guest()
     conn = established(guest)
     conn.on_guest_segment(data_seg(guest, conn, 0, b"m"), T0)
@@ -571,8 +572,11 @@ def test_a_short_write_answered_from_the_estimated_room() -> None:
         conn.on_guest_segment(data_seg(guest, conn, offset, b"n" * size), T0)
         actions = conn.on_socket_took(size, T0)
         assert actions is not None and only_frames_and_deadline(actions)
+        assert actions.frames == [] and conn.ack_due
         free -= size + tcp.SKB_OVERHEAD
-        reply = guest.check(actions.frames[0])
+        due = conn.on_ack_due()
+        assert due is not None and not conn.ack_due
+        reply = guest.check(due)
         assert (reply.ack, reply.flags) == (GUEST_ISN + 1 + offset + size, ACK)
         assert reply.window == min(free * 1460 // (1460 + tcp.SKB_OVERHEAD),
                                    1460 * tcp.RCV_SEGMENTS) >> tcp.OUR_WSCALE
@@ -601,6 +605,102 @@ def test_the_estimate_declined_with_nothing_changed(payload: bytes, flags: int, 
     assert (conn.rcv_nxt, conn.pending, conn.rcv_window, conn.sock_free) == before
     [frame] = conn.on_socket_accepted(took, FREE, SNDBUF, T0).frames
     assert guest.check(frame).ack == GUEST_ISN + 1 + offset + took + bool(flags & FIN)
+    assert not conn.ack_due                          # acknowledged at once, as ever
+
+
+# -- delayed ACK ------------------------------------------------------------------------
+def owing(guest: Guest, payload: bytes = b"q") -> TcpConn:
+    """An established flow whose short write's ACK is owed: the room
+    measured once (an empty buffer of FREE bytes), then ``payload`` written
+    (at offset 1) and taken whole."""
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"m"), T0)
+    conn.on_socket_accepted(1, FREE, FREE, T0)
+    actions = conn.on_guest_segment(data_seg(guest, conn, 1, payload), T0)
+    assert bytes(actions.to_socket) == payload
+    took = conn.on_socket_took(len(payload), T0)
+    assert took is not None and only_frames_and_deadline(took)
+    assert took.frames == [] and conn.ack_due
+    return conn
+
+
+def test_a_short_writes_ack_is_owed_and_the_answer_carries_it() -> None:
+    """A request/response exchange: one frame to the guest, not two."""
+    guest = Guest()
+    conn = owing(guest)
+    [frame] = conn.on_socket_data(memoryview(b"answer"), T0).frames
+    reply = guest.check(frame)
+    assert (bytes(reply.payload), reply.ack) == (b"answer", GUEST_ISN + 3)
+    assert not conn.ack_due and conn.on_ack_due() is None
+
+
+def test_an_owed_ack_goes_once_when_due_with_the_window_as_it_stands() -> None:
+    guest = Guest()
+    conn = owing(guest)
+    frame = conn.on_ack_due()
+    assert frame is not None
+    reply = guest.check(frame)
+    assert (reply.flags, reply.seq, reply.ack, bytes(reply.payload)) == (
+        ACK, (OUR_ISN + 1) & tcp_wire.MASK, GUEST_ISN + 3, b"")
+    free = FREE - 1 - tcp.SKB_OVERHEAD                # the estimate after the write
+    assert reply.window == min(free * 1460 // (1460 + tcp.SKB_OVERHEAD),
+                               1460 * tcp.RCV_SEGMENTS) >> tcp.OUR_WSCALE
+    assert not conn.ack_due and conn.on_ack_due() is None      # once
+
+
+def test_an_owed_ack_never_offers_less_than_a_segment() -> None:
+    """Room measured too small since the write is offered as none: the
+    guest's TCP would hold its data for its persist timer on a window
+    smaller than a segment."""
+    guest = Guest()
+    conn = owing(guest)
+    assert conn.on_socket_writable(2000, 1 << 20).frames == []    # 1175 bytes
+    frame = conn.on_ack_due()
+    assert frame is not None and guest.check(frame).window == 0
+
+
+def test_a_second_short_write_while_an_ack_is_owed_is_acknowledged_at_once() -> None:
+    """Two segments unacknowledged: ACK now (Linux's rule), else a sender
+    with Nagle would wait for the delay."""
+    guest = Guest()
+    conn = owing(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 2, b"r"), T0)
+    took = conn.on_socket_took(1, T0)
+    assert took is not None and only_frames_and_deadline(took)
+    [frame] = took.frames
+    assert guest.check(frame).ack == GUEST_ISN + 4
+    assert not conn.ack_due and conn.on_ack_due() is None
+    conn.on_guest_segment(data_seg(guest, conn, 3, b"s"), T0)      # owed again
+    took = conn.on_socket_took(1, T0)
+    assert took is not None and took.frames == [] and conn.ack_due
+
+
+@pytest.mark.parametrize("payload, flags, took", [
+    (b"b" * 1460, ACK | PSH, 1460),                  # bulk: a segment
+    (b"b" * 1023, ACK | PSH, 1000),                  # refused in part
+    (b"b" * 10, ACK | PSH | FIN, 10),                # the guest's FIN behind it
+])
+def test_other_writes_acknowledged_at_once_pay_an_owed_ack(payload: bytes, flags: int,
+                                                          took: int) -> None:
+    guest = Guest()
+    conn = owing(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 2, payload, flags), T0)
+    assert conn.on_socket_took(took, T0) is None
+    [frame] = conn.on_socket_accepted(took, FREE, SNDBUF, T0).frames
+    assert guest.check(frame).ack == GUEST_ISN + 3 + took + bool(flags & FIN and took == 10)
+    assert not conn.ack_due and conn.on_ack_due() is None
+
+
+def test_an_owed_ack_paid_by_our_fin_and_dropped_with_a_reset() -> None:
+    guest = Guest()
+    conn = owing(guest)
+    [fin] = conn.on_socket_eof(T0).frames
+    assert (guest.check(fin).flags, guest.check(fin).ack) == (FIN | ACK, GUEST_ISN + 3)
+    assert conn.on_ack_due() is None
+    conn = owing(guest)
+    seg, _ = guest.seg(GUEST_ISN + 3, 0, RST)
+    assert conn.on_guest_segment(seg, T0).reset
+    assert conn.on_ack_due() is None
 
 
 def test_duplicate_segment_only_reacknowledged() -> None:
@@ -1032,16 +1132,23 @@ def test_every_input_answers_with_actions_and_the_timer() -> None:
 
 def test_one_actions_per_connection_emptied_for_each_input() -> None:
     """The hot path allocates no answer: every input returns the
-    connection's own Actions, emptied of what the input before set."""
+    connection's own Actions, emptied of what the input before set; what
+    a short write took and bytes peeked return a second one, which holds
+    only frames and a deadline."""
     guest = Guest()
     conn = established(guest)
     answer = conn.on_guest_segment(data_seg(guest, conn, 0, b"abc"), T0)
     assert bytes(answer.to_socket) == b"abc"
-    assert conn.on_socket_accepted(3, FREE, SNDBUF, T0) is answer
+    assert conn.on_socket_accepted(3, FREE, FREE, T0) is answer
     assert answer.to_socket is None and len(answer.frames) == 1
-    assert conn.on_socket_data(memoryview(b"xyz"), T0) is answer
+    quick = conn.on_socket_data(memoryview(b"xyz"), T0)
+    assert quick is not answer and len(quick.frames) == 1 and only_frames_and_deadline(quick)
     assert ack(guest, conn, OUR_ISN + 4) is answer
     assert answer == tcp.Actions(acked=3, send_more=True, deadline=T0 + tcp.INACTIVITY)
+    conn.on_guest_segment(data_seg(guest, conn, 3, b"d"), T0)
+    assert conn.on_socket_took(1, T0) is quick and quick.frames == []       # owed
+    assert only_frames_and_deadline(quick) and quick.deadline == conn.next_deadline()
+    assert conn.on_socket_data(memoryview(b"z"), T0) is quick and len(quick.frames) == 1
 
 
 @given(seq_offset=st.sampled_from([0, 0, 0, 1, -1, 5]), advance=st.integers(0, 12),
@@ -1068,4 +1175,4 @@ def test_header_prediction_decides_as_the_general_path(seq_offset: int, advance:
         expected.deadline = general.next_deadline()
     assert conn.on_guest_segment(seg, T0 + 1) == expected
     assert all(getattr(conn, name) == getattr(general, name) for name in TcpConn.__slots__
-               if name != "actions")          # the answer's object, shared by the copy
+               if name not in ("actions", "quick"))     # the answers, shared by the copy

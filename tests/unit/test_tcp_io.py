@@ -69,9 +69,10 @@ def test_a_connection_carries_data_both_ways_within_the_guest_window(rig: Rig, s
 
     request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     guest.send(ACK | PSH, request)
-    [ack] = guest.take()                     # written at once, acknowledged at once
-    assert ack.flags == ACK and ack.ack == guest.seq
+    assert guest.take() == []                # written at once, its ACK owed...
     assert peer.recv(100) == request         # byte-exact
+    [ack] = guest.wait("the owed ACK")       # ...and sent when no answer carried it
+    assert ack.flags == ACK and ack.ack == guest.seq
 
     answer = pattern(100 * KIB)
     peer.sendall(answer)
@@ -260,11 +261,72 @@ def test_one_segment_with_data_and_an_ack_writes_discards_and_sends_on(
     sent = len(guest.data)
     guest.send(ACK | PSH, b"next, please")             # acknowledges all it has
     segments = guest.take()
-    assert segments[0].flags == ACK and segments[0].ack == guest.seq   # the write's ACK first
+    assert all(s.payload and s.ack == guest.seq for s in segments)   # the data carries our ACK
     assert peer.recv(100) == b"next, please"
     assert queued(host) == len(answer) - sent
-    assert guest.offset(segments[1]) == sent and bytes(guest.data) == answer[:len(guest.data)]
+    assert guest.offset(segments[0]) == sent and bytes(guest.data) == answer[:len(guest.data)]
     assert len(guest.data) == 2 * sent
+
+
+# -- delayed ACK -----------------------------------------------------------------------------
+def test_a_request_costs_the_guest_one_frame_its_answer(rig: Rig, server: Server,
+                                                       v6: bool) -> None:
+    """The request's ACK is owed, the answer carries it, and no bare ACK
+    follows once the owed ACKs are swept."""
+    handler = rig.tcp()
+    guest, peer = connect(rig, handler, server, v6)
+    for _ in range(3):
+        guest.send(ACK | PSH, b"?")
+        assert guest.take() == []                     # no bare ACK at once
+        assert peer.recv(10) == b"?"
+        peer.sendall(b"!")
+        segments = guest.wait_data(1)
+        # the sweep may come before the answer on a slow machine, never after
+        assert bytes(segments[-1].payload) == b"!" and segments[-1].ack == guest.seq
+        time.sleep(tcp.ACK_DELAY * 2)
+        rig.settle()
+        assert guest.take() == []
+        guest.data.clear()
+
+
+def test_a_lone_short_writes_ack_comes_after_the_delay(rig: Rig, server: Server,
+                                                      v6: bool) -> None:
+    handler = rig.tcp()
+    guest, peer = connect(rig, handler, server, v6)
+    start = time.monotonic()
+    guest.send(ACK | PSH, b"no answer to this")
+    assert guest.take() == []
+    [ack] = guest.wait("the owed ACK")
+    elapsed = time.monotonic() - start
+    assert ack.flags == ACK and ack.ack == guest.seq and ack.window > 0
+    # and well before the guest's minimum retransmission timeout (200 ms)
+    assert tcp.ACK_DELAY <= elapsed < 0.15
+    assert peer.recv(100) == b"no answer to this"
+    rig.settle()
+    assert guest.take() == []                         # once
+
+
+def test_a_failing_flow_leaves_the_other_owed_acks_to_the_next_sweep(
+        rig: Rig, server: Server, v6: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    handler = rig.tcp()
+    first, _ = connect(rig, handler, server, v6, port=40000)
+    second, _ = connect(rig, handler, server, v6, port=40001)
+    first.send(ACK | PSH, b"a")
+    second.send(ACK | PSH, b"b")
+    answered = tcp.TcpConn.on_ack_due
+    asked: list[tcp.TcpConn] = []
+
+    def first_fails(conn: tcp.TcpConn) -> object:
+        asked.append(conn)
+        if len(asked) == 1:
+            raise RuntimeError("a bug")
+        return answered(conn)
+
+    monkeypatch.setattr(tcp.TcpConn, "on_ack_due", first_fails)
+    errors: list[Exception] = []
+    rig.loop.on_error = errors.append
+    [ack] = second.wait("the other flow's owed ACK")
+    assert ack.ack == second.seq and len(errors) == 1 and len(asked) == 2
 
 
 # -- window updates (guest to host) --------------------------------------------------------
@@ -317,7 +379,7 @@ def test_small_writes_fill_a_socket_within_every_window_offered(rig: Rig) -> Non
         window = 0xFFFF
         for _ in range(10000):
             guest.send(ACK | PSH, b"s" * min(500, window))
-            [ack] = guest.take()
+            [ack] = guest.take() or guest.wait("the owed ACK")
             assert ack.ack == guest.seq, "the socket refused data sent within the window"
             window = ack.window << tcp.OUR_WSCALE
             free, _ = handler._room(host)
@@ -403,7 +465,7 @@ def test_server_close_first_then_guest_fin(rig: Rig, server: Server, v6: bool) -
     assert guest.fin and bytes(guest.data) == b"bye"
     guest.send(ACK | PSH, b"late words")               # the guest may still talk
     assert peer.recv(100) == b"late words"
-    assert guest.take()[0].ack == guest.seq
+    assert guest.wait("the owed ACK")[0].ack == guest.seq
     guest.send(FIN | ACK)
     [last] = guest.take()
     assert last.flags == ACK and last.ack == guest.seq
