@@ -54,6 +54,10 @@ class GuestMemory:
 
     def __init__(self, regions: Sequence[Region]) -> None:
         self.regions = tuple(regions)
+        # (first address, end, view) of each, guest-physical: the hot
+        # loops that look buffers up in line (``deliver``) read these
+        self.spans = tuple((region.gpa, region.gpa + region.size, region.view)
+                           for region in self.regions)
 
     def gpa(self, addr: int, length: int) -> memoryview | None:
         """``length`` bytes at guest-physical ``addr``, or None."""
@@ -325,10 +329,9 @@ def deliver(vq: Virtqueue, header: bytes, frame: bytes | bytearray | memoryview,
         offset = length - hlen
         first[hlen:] = source[:offset]
         _USED_ELEM.pack_into(used, 4 + 8 * (used_idx & mask), head, length)
-        # GuestMemory.gpa in line: (start, end, view) of each region (a
-        # 64 KiB frame takes some 40 buffers of Linux's 1.5 KiB)
-        spans = [(region.gpa, region.gpa + region.size, region.view)
-                 for region in vq.memory.regions]
+        # GuestMemory.gpa in line (a 64 KiB frame takes some 40 buffers
+        # of Linux's 1.5 KiB)
+        spans = vq.memory.spans
         while offset < end:             # then buffer after buffer
             if chains == waiting:
                 if chains > mask:
@@ -376,9 +379,7 @@ def deliver_many(vq: Virtqueue, header: bytes, frames: Sequence[bytes | bytearra
     waiting = vq.pending()
     last, used_idx = vq.last_avail, vq.used_idx
     avail, desc, used, mask = vq.avail, vq.desc, vq.used, vq.num - 1
-    # GuestMemory.gpa in line: (start, end, view) of each region
-    spans = [(region.gpa, region.gpa + region.size, region.view)
-             for region in vq.memory.regions]
+    spans = vq.memory.spans             # GuestMemory.gpa in line
     taken = 0
     for frame in frames:
         if waiting:
