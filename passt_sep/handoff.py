@@ -40,7 +40,7 @@ from enum import StrEnum
 from typing import Any
 
 from .clat import WELL_KNOWN_PREFIX, Nat64Error, Nat64Prefix
-from .config import IFNAMSIZ, Config, Mode
+from .config import DEFAULT_BUSY_POLL, IFNAMSIZ, MAX_BUSY_POLL, Config, Mode
 from .loglevel import DEBUG, ERROR, INFO, TRACE, WARNING, level_for
 from .netparams import IPv4Params, IPv6Params, Network
 from .ports import MAX_PORT
@@ -67,6 +67,7 @@ class WorkerConfig:
     stderr: bool = False                # -f or -e: standard error stays a log target
     log_size: int | None = None         # --log-size, for the -l file
     max_flows: int = 8192
+    busy_poll: int = DEFAULT_BUSY_POLL  # microseconds
     no_tcp: bool = False
     no_udp: bool = False
     no_icmp: bool = False
@@ -111,8 +112,9 @@ class WorkerConfig:
         return cls(
             mode=config.mode, log_level=level_for(config),
             stderr=config.foreground or config.stderr, log_size=config.log_size,
-            max_flows=config.max_flows, no_tcp=config.no_tcp, no_udp=config.no_udp,
-            no_icmp=config.no_icmp, no_dhcp=config.no_dhcp, no_dhcpv6=config.no_dhcpv6,
+            max_flows=config.max_flows, busy_poll=config.busy_poll,
+            no_tcp=config.no_tcp, no_udp=config.no_udp, no_icmp=config.no_icmp,
+            no_dhcp=config.no_dhcp, no_dhcpv6=config.no_dhcpv6,
             no_ndp=config.no_ndp, no_ra=config.no_ra, no_dhcp_dns=config.no_dhcp_dns,
             no_dhcp_search=config.no_dhcp_search, advertise_mtu=config.mtu != 0,
             one_off=config.one_off, vhost_user=config.vhost_user,
@@ -200,6 +202,7 @@ _CONFIG_CHECKS: dict[str, Any] = {
     "log_level": _level,
     "log_size": _optional(_integer(0, MAX_LOG_SIZE)),
     "max_flows": _integer(1, MAX_FLOWS),
+    "busy_poll": _integer(0, MAX_BUSY_POLL),
     "outbound4": _optional(_address(4)), "outbound6": _optional(_address(6)),
     "outbound_if4": _optional(_ifname), "outbound_if6": _optional(_ifname),
     "map_host_loopback": _optional(_address()), "map_guest_addr": _optional(_address()),

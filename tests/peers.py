@@ -18,6 +18,10 @@ Clients (print one line, exit 0 on success):
                             retrans R unacked U ack_ms M": the kernel's count of
                             retransmissions and of unacknowledged segments, and
                             how long the last byte waited for its ACK
+  paced HOST PORT N GAP PIDFILE  N one-byte exchanges with a tcp-echo, GAP
+                            seconds apart; print "echoed E cpu C wall W": the
+                            CPU seconds of the process PIDFILE names (the
+                            worker) over the W seconds they took
   many HOST PORT N SIZE     N concurrent sends to a sink, print "ok N" if all match
   connect-flood HOST PORT N RATE PATIENCE  open N connections, RATE per second,
                             and hold each until the server ends it; print
@@ -347,6 +351,27 @@ def ack_check(host: str, port: int, count: int) -> str:
             time.sleep(0.0005)
     return (f"echoed {echoed} retrans {info[TCPI_TOTAL_RETRANS]} "
             f"unacked {info[TCPI_UNACKED]} ack_ms {waited * 1000:.0f}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system time of ``pid`` so far (/proc's clock ticks)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def paced(host: str, port: int, count: int, gap: float, pidfile: str) -> str:
+    with open(pidfile, encoding="ascii") as handle:
+        pid = int(handle.read())
+    with connect(host, port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        echoed, cpu, start = 0, cpu_seconds(pid), time.monotonic()
+        for _ in range(count):
+            sock.sendall(b"x")
+            echoed += sock.recv(1) == b"x"
+            time.sleep(gap)
+        cpu, wall = cpu_seconds(pid) - cpu, time.monotonic() - start
+    return f"echoed {echoed} cpu {cpu:.3f} wall {wall:.3f}"
 
 
 def echo_of(sock: socket.socket, packet: bytes, peer: tuple, deadline: float) -> bytes:
@@ -691,6 +716,8 @@ def main(argv: list[str]) -> None:
         print(drain(args[0], int(args[1])))
     elif command == "ack-check":
         print(ack_check(args[0], int(args[1]), int(args[2])))
+    elif command == "paced":
+        print(paced(args[0], int(args[1]), int(args[2]), float(args[3]), args[4]))
     elif command == "many":
         print(many(args[0], int(args[1]), int(args[2]), int(args[3])))
     elif command == "connect-flood":

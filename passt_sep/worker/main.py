@@ -90,6 +90,7 @@ class Worker:
         self._setup_stdio_and_log()
         self.loop = Loop()
         self.loop.on_error = self._internal_error
+        self.loop.spin = config.busy_poll / 1e6
         self.exit_code = EXIT_OK
         capture = Capture(received.fd(Role.PCAP))
         link = self._guest_link(capture, received.network.mtu)

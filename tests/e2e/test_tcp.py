@@ -54,6 +54,22 @@ def test_requests_answered_and_a_lone_write_acknowledged_soon(topo: Topology, pa
     assert int(words[7]) < 150, line
 
 
+@pytest.mark.parametrize("busy_poll", [0, 10_000])
+def test_busy_poll_spins_after_traffic_for_as_long_as_asked(topo: Topology, pasta: str,
+                                                            tmp_path, busy_poll: int) -> None:
+    """Exchanges 5 ms apart: with --busy-poll 10000 (10 ms) the worker
+    never sleeps between them, its CPU time about the wall time; with 0
+    it sleeps through each gap and uses a sliver of it."""
+    start_servers(topo, ("tcp-echo", 9000))
+    pidfile = tmp_path / "pid"
+    [line] = in_pasta(topo, pasta, f"{PY} {PEERS} paced {REMOTE_ADDR4} 9000 100 0.005 {pidfile}",
+                      "-P", str(pidfile), "--busy-poll", str(busy_poll))
+    words = line.split()
+    assert words[:2] == ["echoed", "100"], line
+    share = float(words[3]) / float(words[5])
+    assert (share > 0.4) if busy_poll else (share < 0.15), line
+
+
 def test_200_concurrent_connections(topo: Topology, pasta: str) -> None:
     start_servers(topo, ("sink", 9000))
     lines = in_pasta(topo, pasta, f"{PY} {PEERS} many {REMOTE_ADDR4} 9000 200 {MiB}")

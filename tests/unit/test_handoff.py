@@ -223,6 +223,7 @@ FLAGS = [f.name for f in dataclasses.fields(WorkerConfig) if f.type == "bool"]
 worker_configs = st.builds(
     WorkerConfig, mode=st.sampled_from(Mode), log_level=st.sampled_from([3, 4, 6, 7, 8]),
     log_size=st.none() | st.integers(40960, 1 << 40), max_flows=st.integers(1, 1 << 20),
+    busy_poll=st.integers(0, 10_000),
     outbound4=st.none() | ipv4_text, outbound6=st.none() | ipv6_text,
     outbound_if4=st.none() | ifnames, outbound_if6=st.none() | ifnames,
     map_host_loopback=st.none() | ipv4_text | ipv6_text,
@@ -418,6 +419,8 @@ def test_bad_metadata_is_refused_both_ways(entry: FdEntry, error: str) -> None:
     lambda c: c.update(max_flows=0),
     lambda c: c.update(max_flows=True),
     lambda c: c.update(max_flows=(1 << 20) + 1),
+    lambda c: c.update(busy_poll=-1),
+    lambda c: c.update(busy_poll=10_001),
     lambda c: c.update(log_level=5),
     lambda c: c.update(log_size=-1),
     lambda c: c.update(outbound4="2001:db8::1"),

@@ -76,3 +76,41 @@ def test_an_fd_number_reused_in_a_round_gets_none_of_the_old_fds_events() -> Non
     assert replacement and reached_new == []
     for sock in [*replacement, *(end for pair in pairs for end in pair)]:
         sock.close()
+
+
+def _timeouts_of_a_run(spin: float) -> list[float]:
+    """The timeouts ``run`` polls with around one event, stopped by a
+    timer 50 ms later."""
+    loop = Loop()
+    loop.spin = spin
+    end, peer = socket.socketpair()
+    loop.add_fd(end.fileno(), 1, lambda fd, events, now: end.recv(1))
+    timeouts: list[float] = []
+    real_poll = loop.poll_once
+
+    def recording_poll(timeout: float) -> bool:
+        timeouts.append(timeout)
+        return real_poll(timeout)
+
+    loop.poll_once = recording_poll           # type: ignore[method-assign]
+    peer.send(b"x")
+    loop.call_later(0.05, lambda now: loop.stop())
+    loop.run()
+    end.close()
+    peer.close()
+    return timeouts
+
+
+def test_after_a_busy_round_the_loop_polls_without_sleeping_for_its_spin() -> None:
+    """The event's round, then polls that do not sleep for the spin's
+    length (the answer to what it sent often comes that soon), then a
+    sleep until the timer."""
+    timeouts = _timeouts_of_a_run(0.005)
+    assert timeouts[0] == -1 and timeouts[1] == 0
+    spinning = timeouts[1:timeouts.index(-1, 1)]
+    assert spinning and set(spinning) == {0}
+    assert -1 in timeouts[1:]                      # it slept once the spin was over
+
+
+def test_without_a_spin_the_loop_sleeps_at_every_poll() -> None:
+    assert set(_timeouts_of_a_run(0)) == {-1}

@@ -14,7 +14,7 @@ from passt_sep.tap import VNET_HDR_SIZE
 from passt_sep.tcp_wire import ACK, build_tcp_frame
 from passt_sep.worker import guest
 from passt_sep.worker.guest import Capture, TapLink
-from passt_sep.worker.loop import Loop
+from passt_sep.worker.loop import EPOLLIN, Loop
 
 FRAME = bytes(VNET_HDR_SIZE) + bytes(range(60))
 
@@ -41,9 +41,12 @@ class Receiver:
 
 @pytest.fixture
 def link(monkeypatch: pytest.MonkeyPatch):
-    """(send one frame, run one loop round, frames delivered, reads made)."""
+    """(send one frame, run one loop round, run a round with another fd's
+    event, frames delivered, reads made)."""
     tap, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    other, other_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     loop = Loop()
+    loop.add_fd(other.fileno(), EPOLLIN, lambda fd, events, now: other.recv(1))
     tap_link = TapLink(loop, tap.fileno(), Capture(None), Logger("test"), 1500)
     receiver = Receiver()
     tap_link.start(receiver)
@@ -57,28 +60,32 @@ def link(monkeypatch: pytest.MonkeyPatch):
         return real_readv(fd, buffers)
 
     monkeypatch.setattr(guest.os, "readv", counting_readv)
-    yield guest_end.send, lambda: loop.poll_once(0), delivered, reads
-    tap.close()
-    guest_end.close()
+    def other_round() -> None:
+        other_end.send(b"x")
+        assert loop.poll_once(0)
+
+    yield guest_end.send, lambda: loop.poll_once(0), other_round, delivered, reads
+    for sock in (tap, guest_end, other, other_end):
+        sock.close()
 
 
 def test_a_lone_frame_per_wakeup_is_read_without_a_failing_read(link) -> None:
-    send, poll, delivered, reads = link
+    send, poll, other_round, delivered, reads = link
     send(FRAME)
     poll()
     assert len(delivered) == 1 and len(reads) == 2     # the frame, then EAGAIN
     for count in range(2, 5):
-        poll()                                          # another fd's round
+        other_round()
         send(FRAME)
         poll()
         assert len(delivered) == count and len(reads) == count + 1
 
 
 def test_frames_left_waiting_are_read_whole_in_the_next_round(link) -> None:
-    send, poll, delivered, reads = link
+    send, poll, other_round, delivered, reads = link
     send(FRAME)
     poll()
-    poll()                                              # one frame per wakeup now
+    other_round()                                       # one frame per wakeup now
     for _ in range(3):
         send(FRAME)
     poll()
