@@ -98,6 +98,7 @@ class Loop:
         self.compact_at = COMPACT_MIN
         self.running = False
         self.spin = 0.0                       # seconds: --busy-poll
+        self.awake_until = 0.0                # stay_awake's deadline
         self.rounds = 0                       # poll rounds so far
         self.round_end: list[TimerCallback] = []
         self.counters = Counters()
@@ -185,18 +186,28 @@ class Loop:
 
     # -- running ------------------------------------------------------------
     def run(self) -> None:
-        """Poll rounds until ``stop``.  After a round with events the loop
-        polls without sleeping for up to ``spin`` seconds: the answer to
-        what it just sent (a request's response, the guest's next request)
-        often comes within that, and a sleeping worker takes 10-15 us to
-        wake in a VM, a fifth of a request/response exchange.  An idle
-        worker sleeps; a busy one finds events at each poll anyway."""
+        """Poll rounds until ``stop``, sleeping in between unless a handler
+        asked the loop to stay awake (``stay_awake``)."""
         self.running = True
-        poll_once, spin = self.poll_once, self.spin
-        until = 0.0
+        poll_once, step_aside = self.poll_once, os.sched_yield
         while self.running:
-            if poll_once(0 if monotonic() < until else -1):
-                until = monotonic() + spin
+            if self.awake_until <= monotonic():
+                poll_once(-1)
+            elif not poll_once(0):
+                step_aside()
+
+    def stay_awake(self, now: float) -> None:
+        """A reply is likely soon (a short request went to a socket, a
+        short answer to the guest): poll without sleeping until ``spin``
+        seconds from ``now``.  A sleeping worker takes 10-15 us to wake in
+        a VM, a fifth to a half of a request/response exchange.  Only
+        handlers that expect a prompt reply ask: bulk traffic finds events
+        at every poll anyway, and a spin there takes the CPU from the
+        processes that make the traffic (the guest's sender and its peer
+        share two CPUs with the worker; the scheduler does not move them
+        to a CPU that never idles).  Between empty polls the worker
+        yields the CPU to whatever else can run on it."""
+        self.awake_until = now + self.spin
 
     def poll_once(self, timeout: float) -> bool:
         """One round: wait up to ``timeout`` seconds (-1: for ever), then

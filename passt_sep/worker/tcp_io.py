@@ -69,6 +69,7 @@ HANGUP = EPOLLRDHUP | EPOLLHUP
 READABLE = EPOLLIN | HANGUP
 IN_OUT = EPOLLIN | EPOLLOUT
 PEEK_BUFFER = 1 << 19
+SHORT_ANSWER = 1 << 14              # a peek that drains the socket: the loop stays awake
 WRITE_FAILED = -1                   # what _write returns when the socket failed
 SYN_ACK = SYN | ACK
 WINDOW_RECHECK = 0.002              # first look at a full socket's room, doubling
@@ -304,6 +305,7 @@ class TcpHandler:
                 actions = self._written(flow, written, now)
             else:                               # our ACK, and its window estimated
                 actions = answer
+                self.loop.stay_awake(now)       # a short write: likely a request
                 if answer.frames:
                     self.send_frame(answer.frames[0])
                 elif not flow.owing:            # the ACK owed instead
@@ -571,6 +573,8 @@ class TcpHandler:
             self.send_frames(actions.frames)      # all it holds but the deadline
             if size < wanted and not until_empty:
                 flow.drained = True
+                if size <= SHORT_ANSWER:        # likely the answer to a request
+                    self.loop.stay_awake(now)
                 break
         return actions
 

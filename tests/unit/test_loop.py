@@ -78,13 +78,20 @@ def test_an_fd_number_reused_in_a_round_gets_none_of_the_old_fds_events() -> Non
         sock.close()
 
 
-def _timeouts_of_a_run(spin: float) -> list[float]:
-    """The timeouts ``run`` polls with around one event, stopped by a
-    timer 50 ms later."""
+def _timeouts_of_a_run(spin: float, asks: bool) -> list[float]:
+    """The timeouts ``run`` polls with around one event whose handler asks
+    the loop to stay awake (``asks``) or not, stopped by a timer 50 ms
+    later."""
     loop = Loop()
     loop.spin = spin
     end, peer = socket.socketpair()
-    loop.add_fd(end.fileno(), 1, lambda fd, events, now: end.recv(1))
+
+    def readable(fd: int, events: int, now: float) -> None:
+        end.recv(1)
+        if asks:
+            loop.stay_awake(now)
+
+    loop.add_fd(end.fileno(), 1, readable)
     timeouts: list[float] = []
     real_poll = loop.poll_once
 
@@ -101,16 +108,19 @@ def _timeouts_of_a_run(spin: float) -> list[float]:
     return timeouts
 
 
-def test_after_a_busy_round_the_loop_polls_without_sleeping_for_its_spin() -> None:
+def test_asked_to_stay_awake_the_loop_polls_without_sleeping_for_its_spin() -> None:
     """The event's round, then polls that do not sleep for the spin's
-    length (the answer to what it sent often comes that soon), then a
+    length (the reply to a short request often comes that soon), then a
     sleep until the timer."""
-    timeouts = _timeouts_of_a_run(0.005)
+    timeouts = _timeouts_of_a_run(0.005, asks=True)
     assert timeouts[0] == -1 and timeouts[1] == 0
     spinning = timeouts[1:timeouts.index(-1, 1)]
     assert spinning and set(spinning) == {0}
     assert -1 in timeouts[1:]                      # it slept once the spin was over
 
 
-def test_without_a_spin_the_loop_sleeps_at_every_poll() -> None:
-    assert set(_timeouts_of_a_run(0)) == {-1}
+def test_unasked_or_without_a_spin_the_loop_sleeps_at_every_poll() -> None:
+    """Bulk traffic does not ask (a spin would take the CPU its sender
+    needs), and --busy-poll 0 never spins."""
+    assert set(_timeouts_of_a_run(0.005, asks=False)) == {-1}
+    assert set(_timeouts_of_a_run(0, asks=True)) == {-1}
