@@ -211,10 +211,11 @@ OPTIONS: tuple[Option, ...] = (
            "and ICMP echo flows.  Once it is reached, a new flow of any kind is refused and "
            "counted: TCP with a reset, UDP datagrams and echo requests dropped", "8192"),
     Option(None, "--busy-poll", "USEC", BOTH,
-           "After handling traffic, poll for more without sleeping for up to USEC "
-           "microseconds before waiting (0: always wait).  A reply that comes within "
-           "it is handled without the wake-up, which costs 10-20 us in a VM; the price "
-           "is that much CPU after each burst of traffic", str(DEFAULT_BUSY_POLL)),
+           "After a short TCP write to a socket (a likely request) or a short answer "
+           "passed to the guest, poll for the reply without sleeping for up to USEC "
+           "microseconds, yielding the CPU to other processes meanwhile (0: sleep at "
+           "once).  A reply that comes within it skips the wake-up, which costs 10-20 us "
+           "in a VM; the price is up to that much CPU per exchange", str(DEFAULT_BUSY_POLL)),
     Option(None, "--clat", None, BOTH,
            "IPv4 for the guest through the network's NAT64: every IPv4 flow leaves the host "
            "as IPv6 to the NAT64 prefix (464XLAT's CLAT, RFC 6877)"),
