@@ -32,7 +32,7 @@ SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 MAX_SIZE = 1 << 40
 PID_MAX_LIMIT = 1 << 22             # the kernel's largest pid_max
 DEFAULT_LOG_SIZE = 1 << 20          # --log-size, as passt
-DEFAULT_BUSY_POLL = 50              # --busy-poll, microseconds
+DEFAULT_BUSY_POLL = 100             # --busy-poll, microseconds
 MAX_BUSY_POLL = 10_000
 
 
