@@ -217,10 +217,11 @@ class Loop:
             ready = self.epoll.poll(timeout, 256)
         except InterruptedError:
             return False
-        now = monotonic()
         if not ready:
-            self._round_end(now)        # what was gathered outside a round
+            if self.round_end:          # what was gathered outside a round
+                self._round_end(monotonic())
             return False
+        now = monotonic()
         self.rounds += 1
         callbacks, removed = self.callbacks, self.removed
         if removed:
@@ -232,7 +233,8 @@ class Loop:
                     callbacks[fd](fd, events, now)
                 except Exception as exc:
                     self._failed(exc)
-        self._round_end(now)
+        if self.round_end:              # most rounds gather nothing: no call
+            self._round_end(now)
         return True
 
     def _round_end(self, now: float) -> None:
