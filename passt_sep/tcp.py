@@ -710,13 +710,18 @@ class TcpConn:
         a 100 MiB upload took 25 s instead of 0.5 s).
         Never more segments than the tap's queue holds either: what
         overflows it is lost before we read it.  Receiver-side silly-window
-        avoidance (RFC 9293 3.8.6.2.2): less room than a segment or a
-        quarter of the buffer is advertised as none."""
+        avoidance (RFC 9293 3.8.6.2.2): less room than a segment or half
+        the buffer is advertised as none.  A smaller window would be of no
+        use and would not reopen: a sender cannot cut a segment it built to
+        fit one (Linux's, up to 64 KiB each, waited for its probe timer,
+        200 ms, at every such window), and nothing tells it of room a
+        socket never refused a write for, where a closed window is
+        reopened as the socket drains (``on_socket_writable``)."""
         self.sock_free, self.sock_buf = free, sndbuf
         segment = min(self.guest_mss, self.mtu_mss)
         room, buffer = free * segment // (segment + SKB_OVERHEAD), sndbuf // 2
         self.rcv_window = min(room, MAX_WINDOW, segment * RCV_SEGMENTS)
-        self.socket_full = room < min(segment, buffer // 4)
+        self.socket_full = room < min(segment, buffer)
 
     def send_budget(self) -> int:
         """How many new bytes may be peeked and sent to the guest now."""

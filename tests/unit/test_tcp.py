@@ -545,15 +545,17 @@ def test_window_from_send_buffer_accounting(mss: int, free: int, window: int) ->
     assert guest.check(frame).window == window >> tcp.OUR_WSCALE
 
 
-@pytest.mark.parametrize("free, sndbuf, full", [
-    (2000, 1 << 20, True),               # 1175 bytes: less than a segment
-    (3000, 1 << 20, False),
-    (2000, 8000, False),                 # a quarter of a small buffer is enough
-    (1500, 8000, True),
+@pytest.mark.parametrize("mss, free, sndbuf, full", [
+    (1460, 2000, 1 << 20, True),         # 1175 bytes: less than a segment
+    (1460, 3000, 1 << 20, False),
+    (1460, 1800, 2000, False),           # 1058 bytes: half of a small buffer is enough
+    (1460, 1600, 2000, True),            # 940 bytes: not even that
+    (65480, 40000, 1 << 20, True),       # 39 KB: less than one of the guest's segments
+    (65480, 67000, 1 << 20, False),
 ])
-def test_silly_window_avoidance(free: int, sndbuf: int, full: bool) -> None:
+def test_silly_window_avoidance(mss: int, free: int, sndbuf: int, full: bool) -> None:
     guest = Guest()
-    conn = established(guest)
+    conn = established(guest, options=struct.pack("!BBH", 2, 4, mss) + b"\x01\x03\x03\x00")
     conn.on_guest_segment(data_seg(guest, conn, 0, b"g"), T0)
     [frame] = conn.on_socket_accepted(1, free, sndbuf, T0).frames
     assert conn.socket_full is full and (guest.check(frame).window == 0) is full
