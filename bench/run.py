@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,7 @@ class Served:
 
     def __init__(self, topo: Topology, name: str, mtu: int, extra: tuple[str, ...] = ()) -> None:
         self.topo, self.name, self.mtu = topo, name, mtu
+        self.proc: subprocess.Popen | None = None
         self.ns = f"{topo.host}-b"
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         path = f"/run/netns/{self.ns}"
@@ -121,6 +123,9 @@ class Served:
                               timeout=timeout).stdout
 
     def close(self) -> None:
+        if self.proc is not None:   # slirp4netns outlives its namespace: its process group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
         subprocess.run(["ip", "netns", "del", self.ns], check=False)
         time.sleep(0.3)  # netns-watching implementations exit on their own
 
