@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -223,20 +224,24 @@ LOSS_RULES = """table inet bench_loss {{
 """
 
 
-def lossy(served: Served, percent: int, upload: bool) -> tuple[float, float]:
+def lossy(served: Served, percent: int, upload: bool) -> tuple[float, float, float]:
     """Seconds to move LOSSY_MIB[percent] MiB from the remote (or,
     ``upload``, to it) while the remote drops ``percent``% of that
     connection's packets each way (nftables: netem is not on every
-    kernel), and how many retransmission timeouts the sender's TCP had
+    kernel), how many retransmission timeouts the sender's TCP had
     meanwhile (TCPTimeouts of the remote's, or for uploads the host's,
-    namespace): at high loss the time is mostly those timeouts, each
-    doubling the next while retransmissions are lost."""
+    namespace), and for uploads the percentage of the time the
+    translator's socket had nothing left to send (NaN for downloads): at
+    high loss the time is mostly those timeouts, each doubling the next
+    while retransmissions are lost, and only a socket that runs dry makes
+    it the translator's."""
     topo, size = served.topo, LOSSY_MIB[percent] << 20
     ports = ", ".join(map(str, LOSSY_PORTS))
     subprocess.run(topo.remote_cmd("nft", "-f", "-"), check=True, text=True,
                    input=LOSS_RULES.format(ports=ports, percent=percent))
     sender = topo.host if upload else topo.remote
     timeouts = _timeouts(sender)
+    queue = SendQueue(served.pid(), LOSSY_PORTS[1]) if upload else None
     try:
         start = time.monotonic()
         try:
@@ -248,9 +253,51 @@ def lossy(served: Served, percent: int, upload: bool) -> tuple[float, float]:
             out = ""            # still crawling at the deadline: never done, like a give-up
         elapsed = time.monotonic() - start
     finally:
+        dry = queue.stop() if queue else float("nan")
         topo.in_remote("nft", "delete", "table", "inet", "bench_loss")
     timeouts = _timeouts(sender) - timeouts
-    return (elapsed if out.strip() == peers.expected(size, 1) else float("nan")), timeouts
+    return (elapsed if out.strip() == peers.expected(size, 1) else float("nan")), timeouts, dry
+
+
+class SendQueue:
+    """Samples, every SAMPLE_EVERY seconds, the unacknowledged bytes of the
+    translator's established IPv4 connection to ``port`` (its Send-Q, from
+    ``/proc/PID/net/tcp`` of the translator's process, in the host's
+    namespace) until ``stop``, which returns the percentage of samples,
+    from the first with data queued, in which nothing was."""
+
+    SAMPLE_EVERY = 0.02
+
+    def __init__(self, pid: int, port: int) -> None:
+        self.path, self.port = f"/proc/{pid}/net/tcp", f"{port:04X}"
+        self.samples: list[int] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.SAMPLE_EVERY):
+            queued = self._queued()
+            if queued is not None and (queued or self.samples):
+                self.samples.append(queued)
+
+    def _queued(self) -> int | None:
+        try:
+            with open(self.path, encoding="ascii") as table:
+                for line in table:
+                    fields = line.split()     # sl local remote st tx_queue:rx_queue ...
+                    if fields[2].endswith(f":{self.port}") and fields[3] == "01":
+                        return int(fields[4].split(":")[0], 16)
+        except OSError:
+            pass
+        return None
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        if not self.samples:
+            return float("nan")
+        return 100 * self.samples.count(0) / len(self.samples)
 
 
 def _timeouts(ns: str) -> int:
@@ -396,6 +443,10 @@ def wanted(key: str) -> bool:
     return not CASES or any(key.startswith(case) for case in CASES)
 
 
+def wanted_any(keys: list[str]) -> bool:
+    return any(wanted(key) for key in keys)
+
+
 def measure(names: list[str]) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, list[float]]] = {n: {} for n in names}
 
@@ -406,7 +457,7 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
     with Topology("bench") as topo:
         topo.spawn_remote("iperf3", "-s", stdout=subprocess.DEVNULL)
         topo.spawn_remote(sys.executable, "-c", ECHO_SERVER)
-        if any(wanted(f"tcp_lossy{percent}") for percent in LOSS_PERCENTS):
+        if wanted_any(LOSSY_KEYS):
             topo.spawn_remote(sys.executable, PEERS, "source", str(LOSSY_PORTS[0]))
             topo.spawn_remote(sys.executable, PEERS, "sink", str(LOSSY_PORTS[1]))
             topo.wait_listening(LOSSY_PORTS[1])
@@ -416,14 +467,15 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
         for _ in range(ROUNDS):
             for name in names:
                 for mtu in (65520, 1500):
-                    if not any(wanted(k) for k in SERVED_KEYS[mtu]):
+                    if not wanted_any(SERVED_KEYS[mtu]):
                         continue
                     served = Served(topo, name, mtu)
                     try:
                         add(name, f"tcp_out_gbps_mtu{mtu}", iperf, served, False)
                         add(name, f"tcp_in_gbps_mtu{mtu}", iperf, served, True)
                         for family, remote in (("", REMOTE_ADDR4), ("6", REMOTE_ADDR6)):
-                            if wanted(f"rr_latency{family}"):
+                            if wanted_any([key for key in RR_KEYS[mtu]
+                                           if key.startswith(f"rr_latency{family}_")]):
                                 median, p99 = latency(served, remote)
                                 add(name, f"rr_latency{family}_us_mtu{mtu}", float, median)
                                 add(name, f"rr_latency{family}_p99_us_mtu{mtu}", float, p99)
@@ -445,13 +497,17 @@ def measure(names: list[str]) -> dict[str, dict[str, float]]:
                             for percent in LOSS_PERCENTS:
                                 for way in ("down", "up"):
                                     key = f"tcp_lossy{percent}_{way}"
-                                    if wanted(key):
-                                        seconds, timeouts = lossy(served, percent, way == "up")
+                                    if wanted_any([k for k in LOSSY_KEYS
+                                                   if k.startswith(f"{key}_")]):
+                                        seconds, timeouts, dry = lossy(served, percent,
+                                                                       way == "up")
                                         add(name, f"{key}_s", float, seconds)
                                         add(name, f"{key}_rto", float, timeouts)
+                                        if way == "up":
+                                            add(name, f"{key}_dry_pct", float, dry)
                     finally:
                         served.close()
-                if name == "passt-sep" and wanted("tcp_clat"):
+                if name == "passt-sep" and wanted_any(CLAT_KEYS):
                     clat(topo, add)
                 add(name, "startup_s", startup, topo, name)
     return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in results.items()}
@@ -468,6 +524,9 @@ def clat(topo: Topology, add) -> None:
         served.close()
 
 
+LOSSY_KEYS = [f"tcp_lossy{percent}_{way}_{what}" for percent in LOSS_PERCENTS
+              for way in ("down", "up") for what in ("s", "rto", "dry_pct")
+              if way == "up" or what != "dry_pct"]
 RR_KEYS = {mtu: [f"rr_latency{family}{p99}_us_mtu{mtu}" for family in ("", "6")
                 for p99 in ("", "_p99")] for mtu in (65520, 1500)}
 SERVED_KEYS = {
@@ -476,10 +535,11 @@ SERVED_KEYS = {
             "splice_host_lo_to_ns_gbps", "splice_ns_lo_to_host_gbps", "tcp6_out_gbps_mtu65520",
             "tcp6_in_gbps_mtu65520", "udp_out_gbps", "udp_in_gbps", "udp_burst_out_of_10000",
             "udp_burst_in_of_10000",
-            *(f"tcp_lossy{percent}_{way}_{what}" for percent in LOSS_PERCENTS
-              for way in ("down", "up") for what in ("s", "rto"))],
+            *LOSSY_KEYS],
     1500: ["tcp_out_gbps_mtu1500", "tcp_in_gbps_mtu1500", *RR_KEYS[1500]],
 }
+CLAT_KEYS = ["tcp_clat_out_gbps_mtu65520", "tcp_clat_in_gbps_mtu65520"]
+KEYS = [*SERVED_KEYS[65520], *SERVED_KEYS[1500], *CLAT_KEYS, "startup_s", "qemu"]
 
 
 def table(figures: dict[str, dict[str, float]]) -> str:
@@ -520,6 +580,11 @@ def main() -> int:
 
 
 def run() -> int:
+    unknown = [case for case in CASES if not any(key.startswith(case) for key in KEYS)]
+    if unknown:
+        print(f"BENCH_CASES: {', '.join(unknown)} names no figure; the figures are "
+              f"{', '.join(KEYS)}", file=sys.stderr)
+        return 2
     names = ["passt-sep", *PASTAS] + (["slirp4netns"] if shutil.which("slirp4netns") else [])
     if PEERS_WANTED:
         names = ["passt-sep", *(name for name in names[1:] if name in PEERS_WANTED)]
