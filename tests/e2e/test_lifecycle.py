@@ -57,6 +57,33 @@ def test_foreground_signal_to_the_started_pid_ends_the_worker(
     assert processes_naming(str(sock)) == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_foreground_pasta_signal_ends_the_worker_and_the_ns_source(
+        topo: Topology, pasta: str, shared_tmp, signum: int) -> None:
+    """Pasta's ``-f`` with a forwarded port has a third process, the ns
+    socket source inside the namespace: stopping the started pid ends it
+    and the worker alike, and the port is free again."""
+    marker = shared_tmp / "fg-pasta.pid"
+    target = topo.spawn_host("unshare", "--net", "sleep", "600")
+    netns = f"/proc/{target.pid}/ns/net"
+    assert wait_for(lambda: os.readlink(netns) != os.readlink("/proc/self/ns/net"))
+    proc = topo.spawn_host(pasta, "-f", "-q", "--config-net", "-P", str(marker),
+                           "-t", "20081", "--netns", netns,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert wait_for(lambda: marker.exists() and marker.read_text().strip() != "", timeout=30)
+    worker = int(marker.read_text())
+    assert wait_for(lambda: len(set(processes_naming(str(marker))) - {proc.pid, worker}) == 1), \
+        "no ns socket source beside the worker"
+    (source,) = set(processes_naming(str(marker))) - {proc.pid, worker}
+    os.kill(proc.pid, signum)
+    proc.wait(timeout=10)
+    assert wait_for(lambda: not alive(worker)), "the worker outlived the process started"
+    assert wait_for(lambda: not alive(source)), "the ns socket source outlived it"
+    assert processes_naming(str(marker)) == []
+    assert wait_for(lambda: "20081" not in topo.run_host("ss", "-Htln").stdout), \
+        "the forwarded port is still bound"
+
+
 @pytest.mark.parametrize("how", ["path", "pid"])
 def test_pid_mode_exits_when_the_target_process_dies(topo: Topology, pasta: str, shared_tmp,
                                                     how: str) -> None:

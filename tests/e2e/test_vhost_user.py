@@ -109,6 +109,36 @@ def test_vhost_user_guest_checks_then_a_restarted_qemu(
     assert daemon.wait(timeout=20) == 0, daemon.stderr.read()
 
 
+@pytest.mark.slow
+def test_vhost_user_at_mtu_1500_moves_every_byte_in_segments_of_a_buffer(
+        topo: Topology, passt: str, shared_tmp,
+        guest_image: qemu_guest.GuestImage) -> None:
+    """At MTU 1500 a frame fits one of the guest's receive buffers: the
+    rings carry many small frames per peek instead of few merged ones."""
+    qemu_guest.start_remote_peers(topo)
+    socket_path = str(shared_tmp / "vhost.socket")
+    daemon = start_vhost(topo, passt, socket_path, "-m", "1500", quiet=False)
+    size = 8 << 20
+    guest = run_vm(topo, guest_image, socket_path, str(shared_tmp / "mtu1500.log"),
+                   standard_params("tcpdown,tcpup", size))
+    results, where = guest.results, guest.describe()
+    assert guest.returncode == 0 and "done" in results, where
+    assert_dhcp(results, where)
+    assert results["mtu"] == "1500", where
+    assert results["tcp-down"].split()[0] == digest_of(size, SEED4), where
+    sent_digest, sent_size = results["tcp-up-sent"].split()
+    assert int(sent_size) == size, where
+    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
+    os.kill(worker_of(daemon.pid), signal.SIGUSR1)
+    time.sleep(0.5)
+    daemon.terminate()
+    assert daemon.wait(timeout=20) == 0
+    log = daemon.stderr.read()
+    counters = logged_counters(log)
+    assert "internal_error" not in counters, log
+    assert "vhost_rx_full" not in counters, log
+
+
 # -- a hand-made front-end: hostile rings over the real socket -----------------------
 RING_NUM, REGION = 8, 1 << 20
 UVA_BASE = 0x7F0000000000
