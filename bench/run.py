@@ -597,7 +597,8 @@ def run() -> int:
           "better; latency, start-up and lossy transfer seconds: lower is better)")
     print(f"tcp_lossyN: MiB moved at N% loss {LOSSY_MIB}, N% of the connection's packets "
           "dropped by the remote each way; _s: seconds, _rto: the sender's retransmission "
-          "timeouts meanwhile")
+          "timeouts meanwhile, _dry_pct: % of the upload's samples in which the "
+          "translator's socket had nothing to send (the time is then the translator's)")
     print(table(figures))
     print(f"\npasst mode, QEMU guest, {qemu_passt.MIB} MiB each way, Mbit/s:")
     print(table(passt_mode) if passt_mode else f"skipped: {skip_qemu}")
