@@ -542,6 +542,17 @@ def assert_dhcp(results: dict[str, str], where: str) -> None:
     assert results["router"] == GW_ADDR4, where
 
 
+def assert_tcp_both_ways(results: dict[str, str], where: str, size: int,
+                         seed: int = SEED4) -> str:
+    """The "tcpdown" and "tcpup" checks: ``size`` bytes each way, the
+    sha256 on both ends alike; the upload's "digest size"."""
+    assert results["tcp-down"].split()[0] == digest_of(size, seed), where
+    sent_digest, sent_size = results["tcp-up-sent"].split()
+    assert int(sent_size) == size, where
+    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
+    return f"{sent_digest} {sent_size}"
+
+
 def assert_standard_results(results: dict[str, str], where: str) -> str:
     """What the standard run ("ping,tcpdown,tcpup,udp,dns,ipv6,fwd") must
     show, whatever carries the guest's frames; the upload's "digest size",
@@ -554,10 +565,7 @@ def assert_standard_results(results: dict[str, str], where: str) -> str:
     # ICMP echo, through passt-sep's ping sockets.
     assert results["ping"] == "ok", where
     # TCP both ways: remote -> guest and guest -> remote, sha256 on both ends.
-    assert results["tcp-down"].split()[0] == digest_of(SIZE, SEED4), where
-    sent_digest, sent_size = results["tcp-up-sent"].split()
-    assert int(sent_size) == SIZE, where
-    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
+    uploaded = assert_tcp_both_ways(results, where, SIZE)
     # UDP: echo off the remote, and a DNS query to the resolver DHCP handed out.
     assert results["udp-echo"] == " ".join(f"{n}:ok" for n in UDP_SIZES), where
     assert results["dns"] == "203.0.113.53", where
@@ -567,7 +575,7 @@ def assert_standard_results(results: dict[str, str], where: str) -> str:
     assert results["udp6-echo"] == " ".join(f"{n}:ok" for n in UDP_SIZES), where
     # -t: the guest's server was reached, every byte (the caller checks the fetch).
     assert results["fwd-served"] == "0", where
-    return f"{sent_digest} {sent_size}"
+    return uploaded
 
 def parse_results(console: str) -> dict[str, str]:
     """The ``RESULT name value`` lines of the serial console, by name."""

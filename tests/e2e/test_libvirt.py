@@ -46,7 +46,6 @@ import time
 
 import pytest
 import qemu_guest
-from peers import digest_of
 
 from topology import GW_ADDR4, HOST_ADDR4, PREFIX4, Topology
 
@@ -345,14 +344,11 @@ def assert_traffic(run: qemu_guest.GuestRun, fetch: subprocess.Popen | None) -> 
     assert results["dhcp"] == f"{HOST_ADDR4}/{PREFIX4}", where
     assert results["router"] == GW_ADDR4, where
     assert results["ping"] == "ok", where
-    assert results["tcp-down"].split()[0] == digest_of(SIZE, SEED), where
-    sent_digest, sent_size = results["tcp-up-sent"].split()
-    assert int(sent_size) == SIZE, where
-    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
+    uploaded = qemu_guest.assert_tcp_both_ways(results, where, SIZE, SEED)
     # <portForward>: the host's port FWD_HOST_PORT reaches the guest's server.
     assert results["fwd-served"] == "0", where
     assert fetch is not None, "the guest never listened on its forwarded port" + where
-    assert fetch.communicate(timeout=60)[0].strip() == f"{sent_digest} {sent_size}", where
+    assert fetch.communicate(timeout=60)[0].strip() == uploaded, where
 
 
 def assert_passt_argv(lv: Session, vhost_user: bool = False) -> list[str]:

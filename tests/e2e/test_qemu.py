@@ -25,6 +25,7 @@ from qemu_guest import (
     SEED4,
     assert_dhcp,
     assert_standard_results,
+    assert_tcp_both_ways,
     standard_params,
 )
 
@@ -125,7 +126,5 @@ def test_qemu_guest_killed_then_a_new_guest_gets_dhcp_and_tcp(
           f"second {second.elapsed:.1f} s")
     assert second.returncode == 0 and "done" in results, where
     assert_dhcp(results, where)
-    assert results["tcp-down"].split()[0] == digest_of(size, SEED4), where
-    sent_digest, sent_size = results["tcp-up-sent"].split()
-    assert results["tcp-up-got"] == f"{sent_digest} {sent_size}", where
+    assert_tcp_both_ways(results, where, size)
     assert daemon.poll() is None, "passt-sep exited without --one-off"
