@@ -94,13 +94,7 @@ def test_vhost_user_guest_checks_then_a_restarted_qemu(
     assert daemon.poll() is None, daemon.stderr.read()
 
     # A new QEMU on the same socket: a fresh negotiation, memory and rings.
-    size = 4 << 20
-    second = run_vm(topo, guest_image, socket_path, str(shared_tmp / "second.log"),
-                    standard_params("tcpdown,tcpup", size))
-    results, where = second.results, second.describe()
-    assert second.returncode == 0 and "done" in results, where
-    assert_dhcp(results, where)
-    assert_tcp_both_ways(results, where, size)
+    run_transfers(topo, guest_image, socket_path, str(shared_tmp / "second.log"), 4 << 20)
     assert daemon.poll() is None, "passt-sep exited without --one-off"
     daemon.terminate()
     assert daemon.wait(timeout=20) == 0, daemon.stderr.read()
@@ -115,22 +109,35 @@ def test_vhost_user_at_mtu_1500_moves_every_byte_in_segments_of_a_buffer(
     qemu_guest.start_remote_peers(topo)
     socket_path = str(shared_tmp / "vhost.socket")
     daemon = start_vhost(topo, passt, socket_path, "-m", "1500", quiet=False)
-    size = 8 << 20
-    guest = run_vm(topo, guest_image, socket_path, str(shared_tmp / "mtu1500.log"),
-                   standard_params("tcpdown,tcpup", size))
+    results, where = run_transfers(topo, guest_image, socket_path,
+                                   str(shared_tmp / "mtu1500.log"), 8 << 20)
+    assert results["mtu"] == "1500", where
+    counters, log = stop_with_counters(daemon)
+    assert "internal_error" not in counters, log
+    assert "vhost_rx_full" not in counters, log
+
+
+def run_transfers(topo: Topology, image: qemu_guest.GuestImage, socket_path: str, log: str,
+                  size: int) -> tuple[dict[str, str], str]:
+    """A guest's lease and ``size`` bytes over TCP each way, checked; its
+    results and their description."""
+    guest = run_vm(topo, image, socket_path, log, standard_params("tcpdown,tcpup", size))
     results, where = guest.results, guest.describe()
     assert guest.returncode == 0 and "done" in results, where
     assert_dhcp(results, where)
-    assert results["mtu"] == "1500", where
     assert_tcp_both_ways(results, where, size)
+    return results, where
+
+
+def stop_with_counters(daemon: subprocess.Popen) -> tuple[dict[str, int], str]:
+    """The worker's counters (SIGUSR1), then a clean stop; the counters and
+    the whole log."""
     os.kill(worker_of(daemon.pid), signal.SIGUSR1)
     time.sleep(0.5)
     daemon.terminate()
     assert daemon.wait(timeout=20) == 0
     log = daemon.stderr.read()
-    counters = logged_counters(log)
-    assert "internal_error" not in counters, log
-    assert "vhost_rx_full" not in counters, log
+    return logged_counters(log), log
 
 
 # -- a hand-made front-end: hostile rings over the real socket -----------------------
@@ -241,12 +248,7 @@ def test_hostile_rings_are_counted_and_a_good_frame_still_answered(
     again.send(vhost_user.GET_FEATURES)
     assert struct.unpack("<Q", again.answer())[0] == vhost_user.OFFERED
     assert daemon.poll() is None
-    os.kill(worker_of(daemon.pid), signal.SIGUSR1)
-    time.sleep(0.5)
-    daemon.terminate()
-    assert daemon.wait(timeout=20) == 0
-    log = daemon.stderr.read()
-    counters = logged_counters(log)
+    counters, log = stop_with_counters(daemon)
     assert counters.get("vhost_desc_loop") == 1, log
     assert counters.get("vhost_bad_address") == 2, log
     assert counters.get("vhost_bad_head") == 1, log
