@@ -6,6 +6,8 @@ tap left down; and the host's own link-local address as the IPv6 router."""
 from __future__ import annotations
 
 import json
+import pathlib
+import shutil
 import sys
 
 import pytest
@@ -77,15 +79,20 @@ def routes(entries: list) -> list[tuple[str, str | None, int | None, bool]]:
                   for r in entries if r.get("protocol") != "ra")
 
 
-def peers_dir() -> str:
+def peers_for_everyone(shared_tmp: pathlib.Path) -> str:
+    """A directory holding a copy of tests/peers.py that the rootless
+    command can import: the checkout may sit where uid 65534 cannot reach
+    (a clone in a private temporary directory)."""
     import peers
-    return peers.PATH.rsplit("/", 1)[0]
+    shutil.copy(peers.PATH, shared_tmp / "peers.py")
+    return str(shared_tmp)
 
 
 @pytest.mark.parametrize(("address", "remote", "seen_as"), [
     ("192.0.2.7", REMOTE_ADDR4, HOST_ADDR4), ("2001:db8:ff::7", REMOTE_ADDR6, HOST_ADDR6)])
 def test_address_outside_the_host_subnet_reaches_the_remote(
-        topo: Topology, pasta: str, address: str, remote: str, seen_as: str) -> None:
+        topo: Topology, pasta: str, shared_tmp: pathlib.Path, address: str, remote: str,
+        seen_as: str) -> None:
     """Podman's --net=pasta:-a,ADDR, rootless: the namespace's default route
     goes via the host's gateway, reachable through the copied prefix route;
     the remote, which has no route back to ADDR, answers the host's address
@@ -95,9 +102,10 @@ def test_address_outside_the_host_subnet_reaches_the_remote(
     assert back.returncode != 0, back.stdout   # only the translation brings replies back
     topo.spawn_remote(PY, "-c", WHO_AND_SINK, "9400")
     topo.wait_listening(9400)
+    peers_dir = peers_for_everyone(shared_tmp)
     script = (f"ip -j {family} addr show dev {HOST_IFNAME} scope global\n"
               f"ping -c 2 -W 3 {remote} >/dev/null && echo '\"ping ok\"'\n"
-              f"{PY} -c '{SEND}' {remote} 9400 {peers_dir()} {SIZE} | sed 's/.*/\"&\"/'")
+              f"{PY} -c '{SEND}' {remote} 9400 {peers_dir} {SIZE} | sed 's/.*/\"&\"/'")
     addrs, ping, answer = pasta_json(topo, pasta, "--config-net", "-a", address,
                                      command=script, rootless=True)
     assert global_addresses(addrs) == [(address, 64 if ":" in address else 24)]
