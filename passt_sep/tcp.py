@@ -665,11 +665,12 @@ class TcpConn:
             return None
         # _set_room in line.  The room was not too little at the last
         # measurement (or the estimate would be under half the buffer), but
-        # it is less now; too little (a buffer under 3 KiB would make it so)
-        # closes the window: measure
+        # it is less now; too little, under both a segment and half the
+        # buffer as _set_room has it (a small buffer, or 64 KiB segments
+        # with the buffer just over half free), closes the window: measure
         segment = min(self.guest_mss, self.mtu_mss)
         room = free * segment // (segment + SKB_OVERHEAD)
-        if room < segment and room < sndbuf >> 3:
+        if room < segment and room < sndbuf >> 1:
             return None
         self.sock_free = free
         self.rcv_window = window = min(room, MAX_WINDOW, segment * RCV_SEGMENTS)

@@ -610,6 +610,22 @@ def test_the_estimate_declined_with_nothing_changed(payload: bytes, flags: int, 
     assert not conn.ack_due                          # acknowledged at once, as ever
 
 
+def test_the_estimate_declined_where_the_window_rule_would_close_it() -> None:
+    """The estimate follows _set_room's rule: in a 3,000-byte buffer a
+    10-byte write leaves room for 1,155 bytes, under a segment and under
+    half the buffer, which the rule offers as none; the estimate declines,
+    and the measured answer closes the window."""
+    guest = Guest()
+    conn = established(guest)
+    conn.on_guest_segment(data_seg(guest, conn, 0, b"m"), T0)
+    conn.on_socket_accepted(1, 3000, 3000, T0)
+    assert not conn.socket_full                      # 1,763 bytes of room: open
+    conn.on_guest_segment(data_seg(guest, conn, 1, b"r" * 10), T0)
+    assert conn.on_socket_took(10, T0) is None
+    [frame] = conn.on_socket_accepted(10, 3000 - 10 - tcp.SKB_OVERHEAD, 3000, T0).frames
+    assert conn.socket_full and guest.check(frame).window == 0
+
+
 # -- delayed ACK ------------------------------------------------------------------------
 def owing(guest: Guest, payload: bytes = b"q") -> TcpConn:
     """An established flow whose short write's ACK is owed: the room
